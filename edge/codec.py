@@ -29,7 +29,8 @@ except ImportError:  # CPython
 
 _IDENT = b"AIO1"
 _TAG = const(32)
-MAX_FRAME = 16384
+# Devices refuse larger frames outright: commands and acks are a few hundred bytes.
+MAX_FRAME = 4096
 
 # Field kinds. Scalar kinds index _FMT and _SIZE.
 _U8 = const(0)

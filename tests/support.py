@@ -79,14 +79,16 @@ def from_wire(v: Any) -> Any:
 
 def micropython_codec(jobs: list[dict[str, Any]], heap: str = "256k") -> list[dict[str, Any]]:
     """Run codec jobs (see codec_runner.py) in one MicroPython process."""
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-        json.dump([to_wire(j) for j in jobs], f)
+    with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False, encoding="utf-8") as f:
+        for job in jobs:
+            f.write(json.dumps(to_wire(job), ensure_ascii=False) + "\n")
         path = f.name
     try:
         out = run_micropython(RUNNER, path, heap=heap)
     finally:
         os.unlink(path)
-    results = [from_wire(json.loads(line)) for line in out.splitlines() if line.strip()]
+    # split("\n"), not splitlines(): a payload may hold U+0085 or U+2028.
+    results = [from_wire(json.loads(line)) for line in out.split("\n") if line.strip()]
     assert len(results) == len(jobs), out
     return results
 

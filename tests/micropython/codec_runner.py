@@ -1,12 +1,14 @@
 # Runs edge/codec.py jobs under the MicroPython interpreter for the tests.
 #
-#   micropython codec_runner.py JOBS.json   -> one JSON result per line
+#   micropython codec_runner.py JOBS.jsonl  -> one JSON result per line
 #
-# Each job: {"op": "decode", "hex": ..., "key_hex": ... or null}
+# Jobs are read one line at a time, so the runner's own memory stays small
+# under a firmware-sized heap. Each job: {"op": "decode", "hex": ..., "key_hex": ... or null}
 #        or {"op": "encode", "type": ..., "fields": {...}, "key_hex": ... or null}
 # Floats cross the boundary as {"f64": hex of the little-endian double}, so no
 # decimal formatting can blur a comparison.
 import binascii
+import gc
 import json
 import struct
 import sys
@@ -40,6 +42,10 @@ def run(job):
     try:
         if job["op"] == "decode":
             data = binascii.unhexlify(job["hex"])
+            if job.get("zeros"):  # a long zero tail, sent as a count
+                full = bytearray(len(data) + job["zeros"])
+                full[: len(data)] = data
+                data = full
             if hm is None:
                 kind, fields = codec.decode_envelope(data)
             else:
@@ -56,6 +62,12 @@ def run(job):
 
 
 with open(sys.argv[1]) as f:
-    jobs = json.load(f)
-for job in jobs:
-    print(json.dumps(run(job)))
+    while True:
+        line = f.readline()
+        if not line:
+            break
+        job = json.loads(line)
+        line = None
+        gc.collect()
+        print(json.dumps(run(job)))
+        job = None
