@@ -192,7 +192,9 @@ def _order(spec):
     # Inline field order inside a table: widest first, so that with the table
     # start at 4 mod 8 every field lands on its natural alignment.
     idx = list(range(len(spec)))
-    idx.sort(key=lambda i: i - 64 * _SIZE[spec[i][1]])  # unique keys: MicroPython sort is not stable
+    idx.sort(
+        key=lambda i: i - 64 * _SIZE[spec[i][1]]
+    )  # unique keys: MicroPython sort is not stable
     return idx
 
 
@@ -369,7 +371,9 @@ class Encoder:
         if i < 0 or i >= self._count:
             raise CodecError("bad_value", "reading index %d of %d" % (i, self._count))
         if sensor < 0 or sensor > 0xFFFF or offset_ms < 0 or offset_ms > 0xFFFF:
-            raise CodecError("bad_value", "sensor %r / offset_ms %r out of u16" % (sensor, offset_ms))
+            raise CodecError(
+                "bad_value", "sensor %r / offset_ms %r out of u16" % (sensor, offset_ms)
+            )
         struct.pack_into("<HHf", self.buf, self._readings + 8 * i, sensor, offset_ms, value)
 
     def batch(self, device_id, boot_epoch, first_seq, base_ts_ms, readings):
@@ -410,9 +414,7 @@ def _values(spec, fields):
     out = []
     for name, kind, _req, _sub in spec:
         v = fields.get(name)
-        if kind == _TABLES and not v:
-            v = None
-        elif kind == _STR and v == "" and not _req:
+        if (kind == _TABLES and not v) or (kind == _STR and v == "" and not _req):
             v = None
         elif v is not None and kind == _F64:
             v = float(v)
@@ -481,7 +483,7 @@ class _Reader:
                     out[name] = ""
                 elif kind == _F64:
                     out[name] = 0.0
-                elif kind == _TABLES or kind == _READINGS:
+                elif kind in (_TABLES, _READINGS):
                     out[name] = []
                 elif kind != _UNION:
                     out[name] = 0

@@ -296,7 +296,9 @@ def from_dict(kind: str, d: dict[str, Any]) -> Message:
         readings = []
         for r in d.get("readings", ()):
             if isinstance(r, dict):
-                readings.append(Reading(r.get("sensor", 0), r.get("offset_ms", 0), _num(r.get("value", 0.0))))
+                readings.append(
+                    Reading(r.get("sensor", 0), r.get("offset_ms", 0), _num(r.get("value", 0.0)))
+                )
             else:
                 readings.append(Reading(int(r[0]), int(r[1]), float(r[2])))
         return TelemetryBatch(
@@ -364,7 +366,7 @@ def from_dict(kind: str, d: dict[str, Any]) -> Message:
 
 def to_edge_fields(msg: Message) -> dict[str, Any]:
     """The dict that ``edge.codec.Encoder.message`` takes for ``msg``."""
-    body = to_dict(msg)["payload"]
+    body: dict[str, Any] = to_dict(msg)["payload"]
     if isinstance(msg, TelemetryBatch):
         body["readings"] = [(r.sensor, r.offset_ms, r.value) for r in msg.readings]
     elif isinstance(msg, Command):

@@ -45,7 +45,9 @@ def seal(envelope: bytes, key: bytes) -> bytes:
     return envelope + sign(envelope, key)
 
 
-def open_frame(frame: bytes | bytearray | memoryview, key: bytes, max_size: int = MAX_FRAME) -> bytes:
+def open_frame(
+    frame: bytes | bytearray | memoryview, key: bytes, max_size: int = MAX_FRAME
+) -> bytes:
     """Check size and trailer; return the envelope bytes."""
     if len(frame) > max_size:
         raise CodecError("oversized", f"{len(frame)} bytes, limit {max_size}")
@@ -73,8 +75,8 @@ def peek_device_id(frame: bytes | bytearray | memoryview, max_size: int = MAX_FR
 # -- encode -------------------------------------------------------------------------
 
 
-def _param_t(p: m.Param) -> g.ParamT:
-    t = g.ParamT()
+def _param_t(p: m.Param) -> Any:
+    t: Any = g.ParamT()
     t.name = p.name
     t.kind = int(p.kind)
     if t.kind == g.ParamKind.Text:
@@ -128,7 +130,7 @@ def _payload_t(msg: m.Message) -> Any:
         t.reconnects, t.hubIndex = msg.reconnects, msg.hub_index
         caps = []
         for c in msg.capabilities:
-            ct = g.CapabilityT()
+            ct: Any = g.CapabilityT()
             ct.action = c.action
             ct.params = [g.ParamSpecT(s.name, int(s.kind), s.min, s.max) for s in c.params] or None
             caps.append(ct)
@@ -138,7 +140,7 @@ def _payload_t(msg: m.Message) -> Any:
 
 def encode(msg: m.Message) -> bytes:
     """The Envelope bytes for ``msg``, built by the official runtime."""
-    env = g.EnvelopeT()
+    env: Any = g.EnvelopeT()
     env.payloadType = int(m.PAYLOAD_TYPES[type(msg)])
     env.payload = _payload_t(msg)
     builder = flatbuffers.Builder(256)
@@ -215,7 +217,9 @@ def _status(t: Any) -> m.DeviceStatus:
     caps = tuple(
         m.Capability(
             _s(c.action),
-            tuple(m.ParamSpec(_s(s.name), m.ParamKind(s.kind), s.min, s.max) for s in c.params or ()),
+            tuple(
+                m.ParamSpec(_s(s.name), m.ParamKind(s.kind), s.min, s.max) for s in c.params or ()
+            ),
         )
         for c in t.capabilities or ()
     )

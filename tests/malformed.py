@@ -102,12 +102,10 @@ def cases() -> list[tuple[str, bytes, str]]:
     root = struct.unpack_from("<I", batch, 0)[0]
     out.append(("vtable_outside", signed(_patch(batch, root, "<i", -100000)), "bad_vtable"))
     out.append(("vtable_negative", signed(_patch(batch, root, "<i", 100000)), "bad_vtable"))
-    payload, pvt = _table_of_payload(batch)
+    _payload, pvt = _table_of_payload(batch)
     out.append(("vtable_size_huge", signed(_patch(batch, pvt, "<H", 0xFFFE)), "bad_vtable"))
     out.append(("table_size_huge", signed(_patch(batch, pvt + 2, "<H", 0xFFF0)), "bad_vtable"))
-    out.append(
-        ("field_past_table", signed(_patch(batch, pvt + 4, "<H", 0xFFF0)), "bad_vtable")
-    )
+    out.append(("field_past_table", signed(_patch(batch, pvt + 4, "<H", 0xFFF0)), "bad_vtable"))
     str_field = _field_pos(batch, 0)
     out.append(
         ("string_offset_out", signed(_patch(batch, str_field, "<I", 0x7FFFFFF0)), "bad_offset")

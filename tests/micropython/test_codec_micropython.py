@@ -90,7 +90,12 @@ def test_malformed_input_raises_codec_error_under_micropython() -> None:
     for _, frame, _ in malformed:
         head = frame.rstrip(b"\0") if len(frame) > 4096 else frame
         jobs.append(
-            {"op": "decode", "hex": head.hex(), "zeros": len(frame) - len(head), "key_hex": KEY.hex()}
+            {
+                "op": "decode",
+                "hex": head.hex(),
+                "zeros": len(frame) - len(head),
+                "key_hex": KEY.hex(),
+            }
         )
     # A 2 G-element claim must not allocate. 128 KB rather than the firmware's
     # 96 KB only because this runner itself holds the 16 KB "oversized" frame.

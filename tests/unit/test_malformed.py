@@ -57,7 +57,9 @@ def test_codec_errors_are_value_errors_with_machine_readable_reason() -> None:
         CodecError("not-a-reason")
 
 
-@pytest.mark.parametrize("name", ["telemetry_batch-official", "command-edge", "device_status-official"])
+@pytest.mark.parametrize(
+    "name", ["telemetry_batch-official", "command-edge", "device_status-official"]
+)
 def test_every_truncation_is_rejected_or_harmless(name: str) -> None:
     data = golden(name)
     for cut in range(len(data)):
@@ -82,8 +84,15 @@ def test_huge_vector_claim_allocates_nothing_big() -> None:
 @settings(max_examples=1500, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.sampled_from(
-        ["telemetry_batch-edge", "telemetry_batch-official", "command-official", "command-edge",
-         "device_status-edge", "device_status-official", "command_result_rejected-official"]
+        [
+            "telemetry_batch-edge",
+            "telemetry_batch-official",
+            "command-official",
+            "command-edge",
+            "device_status-edge",
+            "device_status-official",
+            "command_result_rejected-official",
+        ]
     ),
     st.lists(st.tuples(st.integers(0, 4095), st.integers(0, 255)), min_size=1, max_size=6),
 )

@@ -1,0 +1,103 @@
+"""`aiot` lists only commands that work, and each one does."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from protocol import wire
+from protocol.golden import CASES, TEST_KEY, VECTORS
+
+pytestmark = pytest.mark.unit
+
+
+def aiot(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tools.cli", *args],
+        input=stdin.decode("latin-1") if stdin is not None else None,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def listed_commands(help_text: str) -> set[str]:
+    block = help_text.split("Commands", 1)[1]
+    return set(re.findall(r"^│ (\w[\w-]*) ", block, flags=re.M))
+
+
+def test_help_lists_exactly_the_working_groups() -> None:
+    out = aiot("--help")
+    assert out.returncode == 0
+    assert listed_commands(out.stdout) == {"bench", "protocol"}
+    assert listed_commands(aiot("bench", "--help").stdout) == {"codec"}
+    assert listed_commands(aiot("protocol", "--help").stdout) == {"decode", "walkthrough"}
+
+
+def test_decode_prints_json_for_an_envelope() -> None:
+    out = aiot("protocol", "decode", str(VECTORS / "command-edge.bin"))
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["payload_type"] == "Command"
+    assert doc["payload"]["params"][3]["text_value"] == "power over the limit for 10 s"
+
+
+def test_decode_verifies_a_signed_frame_from_stdin_hex(tmp_path: Path) -> None:
+    frame = wire.seal(wire.encode(CASES["commit_ack"]), TEST_KEY)
+    out = aiot(
+        "protocol", "decode", "-", "--hex", "--key", TEST_KEY.hex(), stdin=frame.hex().encode()
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["payload"]["watermark"] == 1056
+
+
+def test_decode_rejects_a_bad_hmac_with_one_clear_line(tmp_path: Path) -> None:
+    frame = wire.seal(wire.encode(CASES["commit_ack"]), bytes(32))
+    path = tmp_path / "f.bin"
+    path.write_bytes(frame)
+    out = aiot("protocol", "decode", str(path), "--key", TEST_KEY.hex())
+    assert out.returncode == 1
+    assert out.stderr.strip() == (
+        "aiot: not a valid aiot v1 message: bad_hmac: trailer does not match the device key"
+    )
+    assert "Traceback" not in out.stderr
+
+
+def test_decode_rejects_garbage_and_missing_files(tmp_path: Path) -> None:
+    path = tmp_path / "junk.bin"
+    path.write_bytes(b"\x00" * 40)
+    out = aiot("protocol", "decode", str(path))
+    assert out.returncode == 1 and "wrong_root" in out.stderr
+    out = aiot("protocol", "decode", str(tmp_path / "missing.bin"))
+    assert out.returncode == 2 and "cannot read" in out.stderr
+    out = aiot("protocol", "decode", str(path), "--key", "zz")
+    assert out.returncode == 2 and "--key must be hex" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+@pytest.mark.bench
+@pytest.mark.micropython
+def test_bench_codec_json_has_the_promised_keys() -> None:
+    out = aiot("bench", "codec", "--json", "--seconds", "0.2")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 1
+    doc = json.loads(lines[0])
+    for key in (
+        "batch_readings",
+        "bytes_per_reading",
+        "edge_encode_per_s_micropython",
+        "official_encode_per_s_cpython",
+        "ratio",
+    ):
+        assert key in doc
+    assert doc["batch_readings"] == 32
+    assert doc["bytes_per_reading"] == doc["frame_bytes_edge"] / 32 <= 12
+    assert doc["edge_encode_per_s_micropython"] > 0 and doc["official_encode_per_s_cpython"] > 0
+    want = doc["edge_encode_per_s_micropython"] / doc["official_encode_per_s_cpython"]
+    assert doc["ratio"] == pytest.approx(want, rel=1e-3)

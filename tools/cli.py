@@ -1,0 +1,118 @@
+"""The `aiot` command line. Every command listed by `aiot --help` works."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from protocol import messages as m
+from protocol import wire
+from protocol.errors import CodecError
+
+app = typer.Typer(
+    name="aiot",
+    help="Edge-hub runtime for AIoT devices.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+bench_app = typer.Typer(
+    help="Benchmarks: print JSON, measured against a baseline in the same run.",
+    no_args_is_help=True,
+)
+protocol_app = typer.Typer(help="Wire protocol tools.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+app.add_typer(protocol_app, name="protocol")
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    typer.echo(f"aiot: {message}", err=True)
+    return typer.Exit(code)
+
+
+@bench_app.command("codec")
+def bench_codec(
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    seconds: Annotated[
+        float, typer.Option(min=0.1, help="Measuring time for each side, in seconds.")
+    ] = 2.0,
+) -> None:
+    """Edge codec on MicroPython against the official FlatBuffers runtime on CPython."""
+    from tools.bench import BenchError, codec
+
+    if not json_out:
+        typer.echo(f"measuring for {seconds:g} s on each side...", err=True)
+    try:
+        result = codec(seconds)
+    except BenchError as exc:
+        raise _fail(str(exc)) from None
+    if json_out:
+        typer.echo(json.dumps(result))
+        return
+    for key, value in result.items():
+        typer.echo(f"{key:>32}  {value}")
+
+
+@protocol_app.command("decode")
+def protocol_decode(
+    path: Annotated[Path, typer.Argument(help="File with a frame or envelope; - for stdin.")],
+    key: Annotated[
+        str | None,
+        typer.Option(help="Device key (hex): the input is a frame with an HMAC trailer."),
+    ] = None,
+    hex_input: Annotated[bool, typer.Option("--hex", help="The input is hex text.")] = False,
+) -> None:
+    """Verify and decode one message; print it as JSON."""
+    raw = sys.stdin.buffer.read() if str(path) == "-" else _read(path)
+    if hex_input:
+        try:
+            raw = bytes.fromhex(raw.decode("ascii").strip())
+        except (UnicodeDecodeError, ValueError):
+            raise _fail("--hex input is not hex text") from None
+    try:
+        if key is not None:
+            try:
+                key_bytes = bytes.fromhex(key)
+            except ValueError:
+                raise _fail("--key must be hex") from None
+            msg = wire.decode_frame(raw, key_bytes)
+        else:
+            msg = wire.decode(raw)
+    except CodecError as exc:
+        raise _fail(f"not a valid aiot v1 message: {exc}", 1) from None
+    typer.echo(json.dumps(m.to_dict(msg), indent=2))
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise _fail(f"cannot read {path}: {exc.strerror}") from None
+
+
+@protocol_app.command("walkthrough")
+def protocol_walkthrough() -> None:
+    """One signed batch from a MicroPython device through Mosquitto, and its ack back."""
+    from tools.bench import BenchError
+    from tools.mosquitto import BrokerError
+    from tools.walkthrough import run
+
+    try:
+        summary = run(lambda line: typer.echo(line))
+    except (BenchError, BrokerError) as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(json.dumps(summary))
+    if not summary["ok"]:
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
