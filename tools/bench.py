@@ -94,26 +94,38 @@ def codec(seconds: float = 2.0) -> dict[str, Any]:
     """Edge codec on MicroPython against the official runtime on CPython."""
     batch = CASES["telemetry_batch"]
     assert isinstance(batch, m.TelemetryBatch)
-    edge = edge_encode_rate_micropython(seconds)
     builder = flatbuffers.Builder(512)
     if wire.decode(builder_encode(batch, builder)) != batch:
         raise BenchError("the builder baseline does not round-trip")
-    official_rate = _rate(lambda: builder_encode(batch, builder), seconds)
-    object_api_rate = _rate(lambda: wire.encode(batch), seconds)
-    edge_rate = edge["batches"] / edge["seconds"]
+    # Alternate the sides over a few rounds so drift on a noisy machine hits
+    # both alike.
+    rounds = 3
+    edge_batches, edge_seconds, frame_bytes = 0, 0.0, 0
+    official_rates, object_api_rates = [], []
+    for _ in range(rounds):
+        edge = edge_encode_rate_micropython(seconds / rounds)
+        edge_batches += edge["batches"]
+        edge_seconds += edge["seconds"]
+        frame_bytes = edge["frame_bytes"]
+        official_rates.append(_rate(lambda: builder_encode(batch, builder), seconds / rounds))
+        object_api_rates.append(_rate(lambda: wire.encode(batch), seconds / rounds))
+    edge_rate = edge_batches / edge_seconds
+    official_rate = sum(official_rates) / rounds
+    object_api_rate = sum(object_api_rates) / rounds
     official_bytes = len(builder_encode(batch, builder)) + wire.TAG_SIZE
     return {
         "bench": "codec",
         "batch_readings": len(batch.readings),
         "device_id": batch.device_id,
-        "bytes_per_reading": edge["frame_bytes"] / len(batch.readings),
-        "frame_bytes_edge": edge["frame_bytes"],
+        "bytes_per_reading": frame_bytes / len(batch.readings),
+        "frame_bytes_edge": frame_bytes,
         "frame_bytes_official": official_bytes,
         "edge_encode_per_s_micropython": round(edge_rate, 1),
         "official_encode_per_s_cpython": round(official_rate, 1),
         "official_object_api_encode_per_s_cpython": round(object_api_rate, 1),
         "ratio": round(edge_rate / official_rate, 4),
         "seconds_per_side": seconds,
+        "rounds": rounds,
         "note": (
             "encode + HMAC-SHA256 seal of one 32-reading batch; official = generated "
             "builder functions; ratio = edge / official"

@@ -1,0 +1,55 @@
+# Two commands do all the set-up on a fresh machine:
+#   make demo    installs what it needs, then runs the best end-to-end path
+#   make test    installs what it needs, then runs the test suite
+# Others: make check (lint + types + tests), make protocol, make bench.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-dev
+
+.PHONY: demo test check lint protocol bench mosquitto clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# Reinstall whenever pyproject.toml changes.
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+# Mosquitto is a Debian package: install it when running as root, otherwise
+# say in one line what to run. Tests that need it skip outside CI and fail in CI.
+mosquitto:
+	@if command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing mosquitto with apt-get"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto mosquitto-clients >/dev/null; \
+	else \
+		echo "mosquitto is missing: run 'sudo apt-get update && sudo apt-get install -y mosquitto mosquitto-clients'"; \
+	fi
+
+demo: $(STAMP) mosquitto
+	$(VENV)/bin/aiot protocol walkthrough
+
+test: $(STAMP) mosquitto
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+check: lint test
+
+# Regenerate protocol/generated/ and protocol/vectors/ from protocol/aiot.fbs.
+protocol: $(STAMP)
+	$(PY) -m protocol.gen
+	$(PY) -m protocol.golden
+
+bench: $(STAMP)
+	$(VENV)/bin/aiot bench codec --json
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info
