@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
 
@@ -190,77 +190,29 @@ def param_to_dict(p: Param) -> dict[str, Any]:
     }
 
 
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Param):
+        return param_to_dict(value)
+    if isinstance(value, enum.IntEnum):
+        return value.name
+    if isinstance(value, float):
+        return _float(value)
+    if isinstance(value, tuple):
+        return [_jsonable(v) for v in value]
+    if is_dataclass(value):
+        return {f.name: _jsonable(getattr(value, f.name)) for f in fields(value)}
+    return value
+
+
 def to_dict(msg: Message) -> dict[str, Any]:
-    """The envelope as ``flatc --json --strict-json --defaults-json`` shows it."""
-    body: dict[str, Any]
-    if isinstance(msg, TelemetryBatch):
-        body = {
-            "device_id": msg.device_id,
-            "boot_epoch": msg.boot_epoch,
-            "first_seq": msg.first_seq,
-            "base_ts_ms": msg.base_ts_ms,
-            "readings": [
-                {"sensor": r.sensor, "offset_ms": r.offset_ms, "value": _float(r.value)}
-                for r in msg.readings
-            ],
-        }
-    elif isinstance(msg, CommitAck):
-        body = {
-            "device_id": msg.device_id,
-            "watermark": msg.watermark,
-            "hub_time_ms": msg.hub_time_ms,
-        }
-    elif isinstance(msg, Command):
-        body = {
-            "command_id": msg.command_id,
-            "device_id": msg.device_id,
-            "seq": msg.seq,
-            "term": msg.term,
-            "action": msg.action,
-            "params": [param_to_dict(p) for p in msg.params],
-            "issued_at_ms": msg.issued_at_ms,
-            "deadline_ms": msg.deadline_ms,
-        }
-    elif isinstance(msg, CommandResult):
-        body = {
-            "command_id": msg.command_id,
-            "device_id": msg.device_id,
-            "seq": msg.seq,
-            "status": CommandStatus(msg.status).name,
-            "reason": Reason(msg.reason).name,
-            "detail": msg.detail,
-            "executed_at_ms": msg.executed_at_ms,
-        }
-    else:
-        body = {
-            "device_id": msg.device_id,
-            "state": LinkState(msg.state).name,
-            "firmware": msg.firmware,
-            "boot_epoch": msg.boot_epoch,
-            "uptime_s": msg.uptime_s,
-            "free_heap": msg.free_heap,
-            "buffer_fill_permille": msg.buffer_fill_permille,
-            "unacked": msg.unacked,
-            "dropped": msg.dropped,
-            "reconnects": msg.reconnects,
-            "hub_index": msg.hub_index,
-            "capabilities": [
-                {
-                    "action": c.action,
-                    "params": [
-                        {
-                            "name": s.name,
-                            "kind": ParamKind(s.kind).name,
-                            "min": _float(s.min),
-                            "max": _float(s.max),
-                        }
-                        for s in c.params
-                    ],
-                }
-                for c in msg.capabilities
-            ],
-        }
-    return {"payload_type": PAYLOAD_TYPES[type(msg)].name, "payload": body}
+    """The envelope as ``flatc --json --strict-json --defaults-json`` shows it,
+    except that absent strings and vectors, which flatc leaves out, show here
+    as "" and [].
+
+    Dataclass fields are declared in schema order, so the keys come out in
+    the order flatc prints them.
+    """
+    return {"payload_type": PAYLOAD_TYPES[type(msg)].name, "payload": _jsonable(msg)}
 
 
 def _enum(cls: type[enum.IntEnum], value: Any) -> Any:

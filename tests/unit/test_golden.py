@@ -58,6 +58,18 @@ def test_flatc_json_matches_checked_in_json_and_expected_values(tmp_path: Path) 
         assert m.from_dict(doc["payload_type"], doc["payload"]) == expected_message(name), name
 
 
+def test_to_dict_is_what_flatc_prints_with_defaults(tmp_path: Path) -> None:
+    printed = flatc_json([VECTORS / f"{n}.bin" for n in NAMES], tmp_path, defaults=True)
+    for name in NAMES:
+        flatc_doc = json.loads(printed[name])
+        ours = m.to_dict(expected_message(name))
+        assert flatc_doc["payload_type"] == ours["payload_type"]
+        left_out = {k: v for k, v in ours["payload"].items() if k not in flatc_doc["payload"]}
+        assert all(v in ("", []) for v in left_out.values()), (name, left_out)
+        kept = {k: v for k, v in ours["payload"].items() if k in flatc_doc["payload"]}
+        assert list(kept.items()) == list(flatc_doc["payload"].items()), name
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_hmac_trailer_matches_manifest_in_both_implementations(name: str) -> None:
     data = (VECTORS / f"{name}.bin").read_bytes()
