@@ -51,7 +51,7 @@ _MAX = (0xFF, 0xFFFF, 0xFFFFFFFF, 0xFFFFFFFFFFFFFFFF)
 # Enum ranges (number of values) for validated u8/u16 fields.
 _N_KIND = const(4)
 _N_STATUS = const(5)
-_N_REASON = const(11)
+_N_REASON = const(13)
 _N_STATE = const(2)
 
 # Specs: one (name, kind, required, sub) per slot, in aiot.fbs order.
@@ -142,6 +142,8 @@ REASONS = (
     "PARAM_OUT_OF_BOUNDS",
     "EXECUTION_ERROR",
     "BUSY",
+    "WRONG_DEVICE",
+    "MALFORMED",
 )
 LINK_STATES = ("OFFLINE", "ONLINE")
 

@@ -41,6 +41,8 @@ class Reason(enum.IntEnum):
     PARAM_OUT_OF_BOUNDS = 8
     EXECUTION_ERROR = 9
     BUSY = 10
+    WRONG_DEVICE = 11
+    MALFORMED = 12
 
 
 class LinkState(enum.IntEnum):

@@ -28,7 +28,7 @@ Field = tuple[str, str, bool, tuple[int, ...] | None]
 
 _KIND = (0, 1, 2, 3)
 _STATUS = (0, 1, 2, 3, 4)
-_REASON = tuple(range(11))
+_REASON = tuple(range(13))
 _STATE = (0, 1)
 
 LAYOUT: Final[dict[str, tuple[Field, ...]]] = {

@@ -70,3 +70,31 @@ def test_union_order_matches_generated_enum() -> None:
     for tag, name in enumerate(verify.UNION, start=1):
         assert int(members[name]) == tag
     assert edge_codec.TYPES == verify.UNION
+
+
+def _generated_enum(name: str) -> dict[str, int]:
+    text = GENERATED.read_text()
+    block = text.split(f"class {name}(object):", 1)[1].split("\n\n", 1)[0]
+    return {k: int(v) for k, v in re.findall(r"(\w+) = (\d+)", block)}
+
+
+def test_enums_match_generated_code_everywhere() -> None:
+    from protocol import messages as m
+
+    pairs = [
+        ("ParamKind", m.ParamKind, edge_codec.PARAM_KINDS),
+        ("CommandStatus", m.CommandStatus, edge_codec.STATUSES),
+        ("Reason", m.Reason, edge_codec.REASONS),
+        ("LinkState", m.LinkState, edge_codec.LINK_STATES),
+    ]
+    layout_values = {
+        "ParamKind": verify.LAYOUT["Param"][1][3],
+        "CommandStatus": verify.LAYOUT["CommandResult"][3][3],
+        "Reason": verify.LAYOUT["CommandResult"][4][3],
+        "LinkState": verify.LAYOUT["DeviceStatus"][1][3],
+    }
+    for name, py_enum, edge_names in pairs:
+        generated = _generated_enum(name)
+        assert {e.name: e.value for e in py_enum} == generated, name
+        assert {n: i for i, n in enumerate(edge_names)} == generated, name
+        assert set(layout_values[name] or ()) == set(generated.values()), name
