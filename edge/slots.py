@@ -1,0 +1,508 @@
+# The A/B slot store: every reading on flash until the hub has committed it.
+#
+#   store = SlotStore("/flash/aiot", meta, capacity=512 * 1024)
+#   store.add(sensor, ts_ms, value)   # buffered in RAM, packed (edge/pack.py)
+#   store.flush()                     # one record appended to the active slot
+#   readings = store.read(seq, 32)    # [(seq, sensor, ts_ms, value), ...]
+#   store.ack(watermark)              # from the hub's CommitAck
+#   store.cleanup()                   # erase a fully acknowledged slot
+#
+# Two slot files, slot.a and slot.b, of at most `capacity` bytes each. A slot
+# file is a 16-byte header (magic "AIS1", version, generation u32, CRC32)
+# followed by records, only ever appended:
+#
+#   magic 0xA7 | generation u16 | count u8 | length u16 | first seq u64 | CRC32
+#   then `length` bytes of packed readings (edge/pack.py)
+#
+# The CRC covers the first 14 header bytes and the payload. The generation in
+# every record is the low 16 bits of its slot's generation, so a record left
+# over from an erased slot can never be taken for a live one. edge/DESIGN.md
+# gives the switching, cleanup, overflow and recovery rules.
+
+import binascii
+import os
+import struct
+
+from edge.pack import Packer, PackError, unpack
+
+try:
+    from micropython import const
+except ImportError:  # CPython
+
+    def const(x):
+        return x
+
+
+_SLOT_MAGIC = b"AIS1"
+_SLOT_VERSION = const(1)
+_SLOT_HEAD = "<4sBxxxI"  # + CRC32 of these 12 bytes
+_SLOT_HEAD_SIZE = const(16)
+_REC_MAGIC = const(0xA7)
+_REC_HEAD = "<BHBHQ"  # magic, gen16, count, length, first seq; + CRC32
+_REC_HEAD_SIZE = const(18)
+_MAX_COUNT = const(255)
+_NAMES = ("a", "b")
+
+DROP_OLDEST = "drop_oldest"
+STOP_SAMPLING = "stop_sampling"
+
+
+class StoreError(OSError):
+    pass
+
+
+def _exists(path):
+    try:
+        os.stat(path)
+        return True
+    except OSError:
+        return False
+
+
+def _size(path):
+    try:
+        return os.stat(path)[6]
+    except OSError:
+        return -1
+
+
+class _Slot:
+    # What the store knows about one slot file, rebuilt by recovery.
+    def __init__(self, name):
+        self.name = name
+        self.clear()
+
+    def clear(self):
+        self.gen = 0  # 0: no valid header (empty)
+        self.size = 0  # bytes in use, header included
+        self.first_seq = 0
+        self.last_seq = 0  # 0: no records
+        self.readings = 0
+        self.records = 0
+
+
+class SlotStore:
+    def __init__(
+        self,
+        directory,
+        meta,
+        capacity=512 * 1024,
+        cleanup_ratio=0.5,
+        policy=DROP_OLDEST,
+        record_bytes=1024,
+    ):
+        if policy not in (DROP_OLDEST, STOP_SAMPLING):
+            raise ValueError("policy must be drop_oldest or stop_sampling")
+        if not 0 < cleanup_ratio <= 1:
+            raise ValueError("cleanup_ratio must be in (0, 1]")
+        if capacity < _SLOT_HEAD_SIZE + record_bytes:
+            raise ValueError("capacity must hold at least one full record")
+        self.dir = directory
+        self.meta = meta
+        self.capacity = capacity
+        self.cleanup_ratio = cleanup_ratio
+        self.policy = policy
+        self.packer = Packer(record_bytes - _REC_HEAD_SIZE)
+        self._hdr = bytearray(_REC_HEAD_SIZE)
+        self._pay = bytearray(record_bytes)
+        self.slots = (_Slot("a"), _Slot("b"))
+        self.active = None  # index of the slot appended to
+        self._wf = None  # open append handle of the active slot
+        self.next_seq = 1
+        self.stopped = False  # stop_sampling policy engaged
+        self.corrupt_records = 0  # invalid records skipped by recovery
+        self.truncated_bytes = 0  # torn tails cut by recovery
+        self.bytes_written = 0  # record and header bytes appended
+        self.flash_writes = 0
+        self._cursor = None  # (slot index, gen, offset, seq) of a recent read
+        self.recover()
+
+    # -- paths and headers ---------------------------------------------------
+
+    def _path(self, i):
+        return self.dir + "/slot." + _NAMES[i] if self.dir else "slot." + _NAMES[i]
+
+    def _read_slot_header(self, f):
+        h = f.read(_SLOT_HEAD_SIZE)
+        if len(h) != _SLOT_HEAD_SIZE:
+            return 0
+        magic, version, gen = struct.unpack_from(_SLOT_HEAD, h, 0)
+        crc = struct.unpack_from("<I", h, 12)[0]
+        if magic != _SLOT_MAGIC or version != _SLOT_VERSION or gen == 0:
+            return 0
+        if binascii.crc32(memoryview(h)[:12]) & 0xFFFFFFFF != crc:
+            return 0
+        return gen
+
+    # -- scanning --------------------------------------------------------------
+
+    def _record_at(self, f, pos, end, gen16):
+        # The valid record at pos -> (seq, count, length), or None. Leaves the
+        # payload in self._pay.
+        if pos + _REC_HEAD_SIZE > end:
+            return None
+        f.seek(pos)
+        h = self._hdr
+        if f.readinto(h) != _REC_HEAD_SIZE:
+            return None
+        magic, g, count, length, seq = struct.unpack_from(_REC_HEAD, h, 0)
+        if magic != _REC_MAGIC or g != gen16 or count == 0 or seq == 0:
+            return None
+        if length == 0 or length > len(self._pay) or pos + _REC_HEAD_SIZE + length > end:
+            return None
+        mv = memoryview(self._pay)[:length]
+        if f.readinto(mv) != length:
+            return None
+        crc = binascii.crc32(memoryview(h)[:14])
+        crc = binascii.crc32(mv, crc) & 0xFFFFFFFF
+        if crc != struct.unpack_from("<I", h, 14)[0]:
+            return None
+        return seq, count, length
+
+    def _next_candidate(self, f, pos, end):
+        # Position of the next record magic byte after pos, or end.
+        buf = self._pay
+        pos += 1
+        while pos < end:
+            f.seek(pos)
+            n = f.readinto(buf)
+            if not n:
+                return end
+            for j in range(n):
+                if buf[j] == _REC_MAGIC:
+                    return pos + j
+            pos += n
+        return end
+
+    def _records(self, i, start=None, visit=None):
+        # Walk the valid records of slot i, calling visit(pos, seq, count,
+        # length) for each (the payload is in self._pay). Returns (end of the
+        # last valid record, invalid records skipped, file size).
+        s = self.slots[i]
+        path = self._path(i)
+        size = _size(path)
+        if size < _SLOT_HEAD_SIZE or not s.gen:
+            return _SLOT_HEAD_SIZE, 0, size
+        gen16 = s.gen & 0xFFFF
+        good_end = _SLOT_HEAD_SIZE
+        skipped = 0
+        with open(path, "rb") as f:
+            pos = _SLOT_HEAD_SIZE if start is None else start
+            while pos < size:
+                rec = self._record_at(f, pos, size, gen16)
+                if rec is None:
+                    skipped += 1
+                    pos = self._next_candidate(f, pos, size)
+                    continue
+                seq, count, length = rec
+                if visit is not None and visit(pos, seq, count, length) is False:
+                    return pos, skipped, size
+                pos += _REC_HEAD_SIZE + length
+                good_end = pos
+        return good_end, skipped, size
+
+    # -- recovery ----------------------------------------------------------------
+
+    def recover(self):
+        # Rebuild the slot table from flash: validate headers and CRCs,
+        # truncate torn tails, restore next_seq. Safe to call at any time.
+        self._close()
+        self._cursor = None
+        top = 0
+        for i in range(2):
+            s = self.slots[i]
+            s.clear()
+            path = self._path(i)
+            if not _exists(path):
+                continue
+            with open(path, "rb") as f:
+                s.gen = self._read_slot_header(f)
+            if not s.gen:
+                os.remove(path)  # a torn or foreign header: nothing to keep
+                continue
+
+            def visit(pos, seq, count, length, s=s):
+                if not s.first_seq or seq < s.first_seq:
+                    s.first_seq = seq
+                if seq + count - 1 > s.last_seq:
+                    s.last_seq = seq + count - 1
+                s.readings += count
+                s.records += 1
+
+            good_end, skipped, size = self._records(i, visit=visit)
+            if skipped:
+                self.corrupt_records += skipped
+            if good_end < size:
+                # Nothing valid after good_end: a torn tail. Cut it so that
+                # appends continue from a clean record boundary.
+                self._truncate(i, good_end)
+                self.truncated_bytes += size - good_end
+            s.size = good_end
+            if s.last_seq > top:
+                top = s.last_seq
+        self.next_seq = max(self.meta.next_seq, top + 1)
+        a, b = self.slots
+        if a.gen or b.gen:
+            self.active = 0 if a.gen > b.gen else 1
+        else:
+            self.active = None
+
+    def _truncate(self, i, end):
+        path = self._path(i)
+        tmp = path + ".tmp"
+        buf = self._pay
+        with open(path, "rb") as src, open(tmp, "wb") as dst:
+            left = end
+            while left:
+                n = src.readinto(memoryview(buf)[: min(left, len(buf))])
+                if not n:
+                    break
+                dst.write(memoryview(buf)[:n])
+                left -= n
+        os.rename(tmp, path)
+
+    # -- writing ------------------------------------------------------------------
+
+    def _close(self):
+        if self._wf is not None:
+            try:
+                self._wf.close()
+            except OSError:
+                pass
+            self._wf = None
+
+    def _start_slot(self, i):
+        # Make slot i the active one, with a fresh generation.
+        self._close()
+        other = self.slots[1 - i]
+        gen = max(self.slots[0].gen, self.slots[1].gen, other.gen) + 1
+        h = bytearray(_SLOT_HEAD_SIZE)
+        struct.pack_into(_SLOT_HEAD, h, 0, _SLOT_MAGIC, _SLOT_VERSION, gen)
+        struct.pack_into("<I", h, 12, binascii.crc32(memoryview(h)[:12]) & 0xFFFFFFFF)
+        with open(self._path(i), "wb") as f:
+            f.write(h)
+        self.bytes_written += _SLOT_HEAD_SIZE
+        self.flash_writes += 1
+        s = self.slots[i]
+        s.clear()
+        s.gen = gen
+        s.size = _SLOT_HEAD_SIZE
+        self.active = i
+
+    def _erase(self, i):
+        # Persist the counters first, so that a sequence number stored only in
+        # this slot can never be handed out again.
+        self.meta.next_seq = self.next_seq
+        self.meta.save()
+        if i == self.active:
+            self._close()
+        path = self._path(i)
+        if _exists(path):
+            os.remove(path)
+        self.slots[i].clear()
+        if self._cursor is not None and self._cursor[0] == i:
+            self._cursor = None
+
+    def ack_floor(self):
+        return max(self.meta.watermark, self.meta.floor)
+
+    def _acked(self, i):
+        s = self.slots[i]
+        return s.last_seq <= self.ack_floor()
+
+    def _room(self, need):
+        # Make room for a record of `need` bytes; False if sampling must stop.
+        if self.active is None:
+            self._start_slot(0)
+        act = self.slots[self.active]
+        if act.size + need <= self.capacity:
+            return True
+        o = 1 - self.active
+        other = self.slots[o]
+        if other.gen and not self._acked(o):
+            if self.policy == STOP_SAMPLING:
+                self.stopped = True
+                return False
+            # drop_oldest: the other slot is the older one.
+            lost = max(0, other.last_seq - max(self.ack_floor(), other.first_seq - 1))
+            self.meta.dropped += lost
+            self.meta.floor = max(self.meta.floor, other.last_seq)
+        if other.gen:
+            self._erase(o)
+        self._start_slot(o)
+        return True
+
+    def add(self, sensor, ts, value):
+        # Buffer one reading; False (reading refused) while sampling is stopped.
+        if self.stopped:
+            return False
+        p = self.packer
+        if not p.count:
+            p.reset(ts)
+        elif p.count >= _MAX_COUNT or not p.add(sensor, ts, value):
+            if not self.flush():
+                return False
+            p.reset(ts)
+        else:
+            return True
+        if not p.add(sensor, ts, value):
+            raise StoreError("a single reading does not fit in a record")
+        return True
+
+    @property
+    def pending(self):
+        return self.packer.count
+
+    def flush(self):
+        # Append the buffered readings as one record. Returns the number of
+        # readings written (0: nothing pending, or sampling stopped).
+        p = self.packer
+        count = p.count
+        if not count:
+            return 0
+        length = p.pos
+        if not self._room(_REC_HEAD_SIZE + length):
+            return 0
+        s = self.slots[self.active]
+        seq = self.next_seq
+        h = self._hdr
+        struct.pack_into(_REC_HEAD, h, 0, _REC_MAGIC, s.gen & 0xFFFF, count, length, seq)
+        payload = memoryview(p.buf)[:length]
+        crc = binascii.crc32(memoryview(h)[:14])
+        crc = binascii.crc32(payload, crc) & 0xFFFFFFFF
+        struct.pack_into("<I", h, 14, crc)
+        if self._wf is None:
+            self._wf = open(self._path(self.active), "ab")  # noqa: SIM115 - kept open
+        # One write of header and payload, then a sync: the record is on
+        # flash when flush returns.
+        rec = memoryview(self._pay)[: _REC_HEAD_SIZE + length]
+        rec[:_REC_HEAD_SIZE] = h
+        rec[_REC_HEAD_SIZE:] = payload
+        self._wf.write(rec)
+        self._wf.flush()
+        self.bytes_written += _REC_HEAD_SIZE + length
+        self.flash_writes += 1
+        self.next_seq = seq + count
+        if not s.first_seq:
+            s.first_seq = seq
+        s.last_seq = seq + count - 1
+        s.readings += count
+        s.records += 1
+        s.size += _REC_HEAD_SIZE + length
+        p.count = 0
+        p.pos = 0
+        # Switch early when the other slot is clean and the hub is acking this
+        # one, so this one can be erased outside the sampling path once it is
+        # all acknowledged. Offline (no acks reach this slot), fill it up:
+        # both slots' whole capacity then buffers readings.
+        o = 1 - self.active
+        if (
+            not self.slots[o].gen
+            and s.size >= self.cleanup_ratio * self.capacity
+            and self.ack_floor() >= s.first_seq
+        ):
+            self._start_slot(o)
+        return count
+
+    # -- acknowledgement and cleanup ---------------------------------------------
+
+    def ack(self, watermark):
+        # Apply a commit-ack watermark (never moves backwards).
+        if watermark > self.meta.watermark:
+            self.meta.watermark = min(watermark, self.next_seq - 1)
+
+    def cleanup(self):
+        # Erase every sealed slot whose records are all acknowledged. Call it
+        # outside the sampling path. Returns the number of slots erased.
+        erased = 0
+        for i in range(2):
+            s = self.slots[i]
+            if i != self.active and s.gen and self._acked(i):
+                self._erase(i)
+                erased += 1
+        if self.stopped:
+            o = None if self.active is None else 1 - self.active
+            if o is None or not self.slots[o].gen:
+                self.stopped = False
+        return erased
+
+    def checkpoint(self):
+        # Persist watermark and counters (call now and then, and at shutdown).
+        self.meta.next_seq = self.next_seq
+        self.meta.save()
+
+    # -- reading --------------------------------------------------------------------
+
+    def _order(self):
+        # Slot indexes with records, oldest generation first.
+        a, b = self.slots
+        order = (0, 1) if a.gen <= b.gen else (1, 0)
+        return [i for i in order if self.slots[i].gen and self.slots[i].last_seq]
+
+    def read(self, from_seq, max_n, out=None):
+        # Up to max_n stored readings with contiguous sequence numbers, the
+        # first at or after from_seq: [(seq, sensor, ts_ms, value), ...].
+        if out is None:
+            out = []
+        rows = []
+        state = [0]  # next seq expected once the first reading is taken
+
+        for i in self._order():
+            s = self.slots[i]
+            if s.last_seq < from_seq:
+                continue
+            start = None
+            c = self._cursor
+            if c is not None and c[0] == i and c[1] == s.gen and c[3] <= from_seq:
+                start = c[2]
+
+            def visit(pos, seq, count, length, i=i, gen=s.gen):
+                if seq + count - 1 < from_seq:
+                    self._cursor = (i, gen, pos + _REC_HEAD_SIZE + length, seq + count)
+                    return True
+                if state[0] and seq != state[0]:
+                    return False  # a gap: the batch ends before it
+                del rows[:]
+                try:
+                    unpack(self._pay, 0, length, count, rows)
+                except PackError:
+                    self.corrupt_records += 1
+                    return False
+                first = max(from_seq, seq) if not state[0] else seq
+                for k in range(first - seq, count):
+                    if len(out) >= max_n:
+                        return False
+                    r = rows[k]
+                    out.append((seq + k, r[0], r[1], r[2]))
+                state[0] = seq + count
+                if len(out) >= max_n:
+                    return False
+                self._cursor = (i, gen, pos, seq)
+                return True
+
+            self._records(i, start, visit)
+            if len(out) >= max_n:
+                break
+        return out
+
+    # -- figures for the status message ------------------------------------------------
+
+    def unacked(self):
+        floor = self.ack_floor()
+        n = 0
+        for s in self.slots:
+            if s.gen and s.last_seq > floor:
+                n += s.last_seq - max(floor, s.first_seq - 1)
+        return n + self.packer.count
+
+    def fill_permille(self):
+        used = 0
+        for s in self.slots:
+            if s.gen:
+                used += s.size
+        return min(1000, used * 1000 // (2 * self.capacity))
+
+    def close(self):
+        self.flush()
+        self.checkpoint()
+        self._close()
