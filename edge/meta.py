@@ -32,7 +32,7 @@ _HEAD_SIZE = const(11)
 # cmd_state, cmd_status, cmd_reason, cmd_executed_at_ms
 _FIXED = "<QQQIIQQBBHQ"
 _FIXED_SIZE = const(62)
-_MAX_STR = const(200)
+MAX_STR = 200  # bytes of cmd_id and cmd_detail kept
 
 # Command states kept for the executor (edge/executor.py).
 CMD_IDLE = const(0)
@@ -42,6 +42,17 @@ CMD_DONE = const(2)  # persisted after acting, with the result
 
 class MetaError(OSError):
     pass
+
+
+def _clip(text, limit):
+    # UTF-8 bytes of text, cut to at most limit bytes on a character boundary.
+    b = text.encode()
+    if len(b) <= limit:
+        return b
+    end = limit
+    while end and (b[end] & 0xC0) == 0x80:
+        end -= 1
+    return b[:end]
 
 
 def _join(directory, name):
@@ -79,7 +90,7 @@ class Meta:
         # -> (counter, payload memoryview) or None
         try:
             with open(self._path(which), "rb") as f:
-                data = f.read(_HEAD_SIZE + _FIXED_SIZE + 2 * (_MAX_STR + 2) + 4 + 1)
+                data = f.read(_HEAD_SIZE + _FIXED_SIZE + 2 * (MAX_STR + 2) + 4 + 1)
         except OSError:
             return None
         if len(data) < _HEAD_SIZE + 4:
@@ -97,24 +108,25 @@ class Meta:
         return counter, memoryview(data)[_HEAD_SIZE:end]
 
     def load(self):
-        best = None
+        # The valid copy with the higher counter; if it does not decode (it
+        # was written by incompatible firmware), the other valid copy.
+        found = []
         for which in ("a", "b"):
             got = self._read(which)
-            if got is not None and (best is None or got[0] > best[1]):
-                best = (which, got[0], got[1])
-        if best is None:
-            return False
-        which, counter, payload = best
-        try:
-            self._decode(payload)
-        except (ValueError, UnicodeError):
-            # CRC-valid but undecodable: written by incompatible firmware.
-            self.reset()
-            self.rejected += 1
-            return False
-        self.counter = counter
-        self.loaded_from = which
-        return True
+            if got is not None:
+                found.append((got[0], which, got[1]))
+        found.sort(key=lambda c: -c[0])
+        for counter, which, payload in found:
+            try:
+                self._decode(payload)
+            except (ValueError, UnicodeError):
+                self.reset()
+                self.rejected += 1
+                continue
+            self.counter = counter
+            self.loaded_from = which
+            return True
+        return False
 
     def _decode(self, p):
         if len(p) < _FIXED_SIZE + 4:
@@ -142,8 +154,8 @@ class Meta:
         self.cmd_detail = str(bytes(p[pos + 2 : pos + 2 + n]), "utf-8")
 
     def save(self):
-        cid = self.cmd_id.encode()[:_MAX_STR]
-        detail = self.cmd_detail.encode()[:_MAX_STR]
+        cid = _clip(self.cmd_id, MAX_STR)
+        detail = _clip(self.cmd_detail, MAX_STR)
         length = _FIXED_SIZE + 2 + len(cid) + 2 + len(detail)
         buf = bytearray(_HEAD_SIZE + length + 4)
         counter = self.counter + 1

@@ -134,6 +134,33 @@ def case_meta_torn(d):
     }
 
 
+def case_meta_utf8(d):
+    m = Meta(d)
+    m.watermark = 5
+    m.save()  # meta.a: the older, valid copy
+    m.watermark = 6
+    m.cmd_detail = "\u00e9" * 150  # 300 bytes of two-byte characters
+    m.save()  # meta.b
+    clipped = Meta(d)
+    # A CRC-valid copy that does not decode (foreign firmware): fall back.
+    import binascii
+
+    with open(d + "/meta.b", "rb") as f:
+        b = bytearray(f.read())
+    pos = 11 + 62  # length of cmd_id
+    struct.pack_into("<H", b, pos, 60000)
+    struct.pack_into("<I", b, len(b) - 4, binascii.crc32(memoryview(b)[:-4]) & 0xFFFFFFFF)
+    with open(d + "/meta.b", "wb") as f:
+        f.write(b)
+    fallback = Meta(d)
+    return {
+        "clipped_len": len(clipped.cmd_detail.encode()),
+        "clipped_ok": clipped.cmd_detail == "\u00e9" * 100,
+        "watermark": clipped.watermark,
+        "fallback": [fallback.watermark, fallback.loaded_from, fallback.rejected],
+    }
+
+
 def case_drop_oldest(d):
     store = SlotStore(d, Meta(d), capacity=1024, record_bytes=200)
     rows = fill(store, 0, 1500, 20)  # far more than two slots hold, no acks

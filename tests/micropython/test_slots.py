@@ -63,6 +63,12 @@ def test_torn_or_flipped_metadata_falls_back_to_the_other_copy() -> None:
     assert r["flip"][:2] == [12, "b"] and r["flip"][2] == 1
 
 
+def test_metadata_clips_on_characters_and_falls_back_when_undecodable() -> None:
+    r = case("meta_utf8")
+    assert r["clipped_len"] == 200 and r["clipped_ok"] and r["watermark"] == 6
+    assert r["fallback"] == [5, "a", 1]
+
+
 def test_overflow_drop_oldest_counts_and_keeps_the_newest() -> None:
     r = case("drop_oldest")
     assert r["accepted"] == 1500
@@ -94,7 +100,7 @@ def test_sequence_numbers_survive_reboots_without_reuse() -> None:
         assert a < b <= c
 
 
-@pytest.mark.parametrize("name", ["torn_tail", "bit_flip", "drop_oldest", "meta_torn"])
+@pytest.mark.parametrize("name", ["torn_tail", "bit_flip", "drop_oldest", "meta_torn", "meta_utf8"])
 def test_same_store_runs_on_cpython(name: str, tmp_path: Path) -> None:
     # The fleet simulator runs edge/ on CPython over a host directory.
     proc = subprocess.run(
