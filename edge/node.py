@@ -1,0 +1,323 @@
+# The device: sample, store, upload, execute commands, report status.
+#
+#   node = Node(config, "/flash/aiot", SimulatedPlug(seed=7))
+#   asyncio.run(node.run())
+#
+# config is a dict (firmware/config_template.json documents every key):
+# device_id, key (hex), hubs ([[host, port], ...] in this device's order),
+# user, password, and optional tuning (sample_ms, flush_ms, status_ms, ...).
+#
+# Tasks, all in one asyncio loop:
+#   sampler    every sample_ms: one reading per sensor into the slot store;
+#              flushes a record when flush_ms has passed (offline_flush_ms
+#              while no broker is reachable) or the record is full
+#   uplink     stored readings -> signed batches -> the hub (edge/uplink.py)
+#   status     the retained DeviceStatus every status_ms and on each connect;
+#              the broker publishes the signed OFFLINE copy as the last will
+#   janitor    erases acknowledged slots, checkpoints the metadata
+# Commands and commit-acks arrive on aiot/v1/<id>/down through on_message;
+# command results leave on aiot/v1/<id>/ack.
+import asyncio
+import binascii
+import gc
+
+from edge import codec
+from edge.clock import Clock, ticks_diff, ticks_ms
+from edge.executor import PLUG_CAPABILITIES, Executor
+from edge.meta import Meta
+from edge.mqtt import MQTTClient
+from edge.slots import SlotStore
+from edge.uplink import Uplink
+
+FIRMWARE = "0.1.0"
+
+DEFAULTS = {
+    "user": None,
+    "password": None,
+    "sample_ms": 1000,
+    "flush_ms": 2000,
+    "offline_flush_ms": 30000,
+    "status_ms": 30000,
+    "keepalive_s": 30,
+    "return_after_s": 60,
+    "slot_capacity": 512 * 1024,
+    "cleanup_ratio": 0.5,
+    "overflow": "drop_oldest",
+    "record_bytes": 1024,
+    "batch_readings": 32,
+    "batch_bytes": 1024,
+    "window": 4,
+    "ack_timeout_ms": 5000,
+    "failover_after_ms": 15000,
+    "stop_after": 0,  # stop sampling after this many readings (tests, benches)
+    "exit_when_done": False,  # with stop_after: exit once all are acknowledged
+}
+
+
+def _mem_free():
+    try:
+        return gc.mem_free()
+    except AttributeError:  # CPython
+        return 0
+
+
+class Node:
+    def __init__(self, config, directory, sensor, board=None):
+        cfg = dict(DEFAULTS)
+        cfg.update(config)
+        self.cfg = cfg
+        self.device_id = cfg["device_id"]
+        self.sensor = sensor
+        self.board = board  # optional: relay pin, reset, watchdog feed
+        self.hm = codec.Hmac(binascii.unhexlify(cfg["key"]))
+        self.meta = Meta(directory)
+        self.meta.boot_epoch += 1
+        self.meta.save()
+        self.store = SlotStore(
+            directory,
+            self.meta,
+            capacity=cfg["slot_capacity"],
+            cleanup_ratio=cfg["cleanup_ratio"],
+            policy=cfg["overflow"],
+            record_bytes=cfg["record_bytes"],
+        )
+        self.clock = Clock()
+        self.sample_ms = cfg["sample_ms"]
+        self.limit_w = 0.0
+        self.executor = Executor(
+            self.device_id,
+            self.hm,
+            self.meta,
+            {
+                "relay.set": self._relay,
+                "limit.set": self._limit,
+                "sample.set": self._sample_interval,
+                "reboot": None,
+            },
+            now_ms=self._synced_ms,
+        )
+        prefix = "aiot/v1/%s/" % self.device_id
+        self.t_status = prefix + "status"
+        self.t_ack = prefix + "ack"
+        self.t_down = prefix + "down"
+        self.enc = codec.Encoder(1024)
+        self.client = MQTTClient(
+            self.device_id,
+            [tuple(h) for h in cfg["hubs"]],
+            user=cfg["user"],
+            password=cfg["password"],
+            keepalive=cfg["keepalive_s"],
+            will=(self.t_status, self._status_frame(False), 1, True),
+            on_message=self._on_message,
+            return_after_s=cfg["return_after_s"],
+        )
+        self.uplink = Uplink(
+            self.device_id,
+            self.hm,
+            self.store,
+            self.client,
+            self.clock,
+            self.meta,
+            max_readings=cfg["batch_readings"],
+            max_bytes=cfg["batch_bytes"],
+            window=cfg["window"],
+            ack_timeout_ms=cfg["ack_timeout_ms"],
+            failover_after_ms=cfg["failover_after_ms"],
+        )
+        self._results = []  # sealed CommandResult frames waiting to be sent
+        self._wake_results = asyncio.Event()
+        self.started = ticks_ms()
+        self.sampled = 0
+        self.refused = 0  # readings refused while sampling was stopped
+        self.down_rejected = 0  # down frames that were not for us / invalid
+        self.min_free = None  # lowest gc.mem_free() seen (MicroPython)
+        self.stopping = False
+
+    # -- command handlers ------------------------------------------------------------
+
+    def _relay(self, params):
+        on = params["on"]
+        self.sensor.relay_on = on
+        if self.board is not None:
+            self.board.relay(on)
+        return "relay on" if on else "relay off"
+
+    def _limit(self, params):
+        self.limit_w = params["watts"]
+        return None
+
+    def _sample_interval(self, params):
+        self.sample_ms = params["interval_ms"]
+        return None
+
+    def _synced_ms(self):
+        return self.clock.now_ms() if self.clock.synced else None
+
+    # -- messages from the hub ---------------------------------------------------------
+
+    def _on_message(self, topic, payload, retained):
+        if topic != self.t_down:
+            self.down_rejected += 1
+            return
+        try:
+            kind, fields = codec.decode(payload, self.hm)
+        except codec.CodecError as e:
+            self.down_rejected += 1
+            self._queue(self.executor.reject_frame(payload, e))
+            return
+        if kind == "CommitAck":
+            if fields["device_id"] == self.device_id:
+                self.uplink.on_ack(fields)
+            else:
+                self.down_rejected += 1
+        elif kind == "Command":
+            self._queue(self.executor.handle(fields))
+        else:
+            self.down_rejected += 1
+
+    def _queue(self, result):
+        if result is not None:
+            self._results.append(bytes(self.executor.seal(result, self.enc)))
+            self._wake_results.set()
+
+    # -- status ---------------------------------------------------------------------------
+
+    def _status_frame(self, online):
+        st = self.store
+        fields = {
+            "device_id": self.device_id,
+            "state": 1 if online else 0,
+            "firmware": FIRMWARE,
+            "boot_epoch": self.meta.boot_epoch,
+            "uptime_s": ticks_diff(ticks_ms(), self.started) // 1000 if online else 0,
+            "free_heap": _mem_free(),
+            "buffer_fill_permille": st.fill_permille(),
+            "unacked": st.unacked(),
+            "dropped": self.meta.dropped,
+            "reconnects": getattr(self.client, "reconnects", 0) if online else 0,
+            "hub_index": getattr(self.client, "server", 0) if online else 0,
+            "capabilities": PLUG_CAPABILITIES if online else None,
+        }
+        self.enc.message("DeviceStatus", fields)
+        return bytes(self.enc.seal(self.hm))
+
+    def _note_memory(self):
+        # Live data only: collect first, then sample.
+        gc.collect()
+        free = _mem_free()
+        if free and (self.min_free is None or free < self.min_free):
+            self.min_free = free
+
+    # -- tasks --------------------------------------------------------------------------------
+
+    async def _sampler(self):
+        last_flush = ticks_ms()
+        stop_after = self.cfg["stop_after"]
+        while not self.stopping:
+            t0 = ticks_ms()
+            if stop_after and self.sampled >= stop_after:
+                if self.store.pending:
+                    self.store.flush()
+                    self.uplink.kick()
+                elif self.cfg["exit_when_done"] and not self.store.unacked():
+                    self.stopping = True
+                await asyncio.sleep(0.05)
+                continue
+            if self.store.stopped:
+                self.refused += 1
+            else:
+                now = self.clock.now_ms()
+                for sensor, value in self.sensor.sample(now):
+                    if stop_after and self.sampled >= stop_after:
+                        break
+                    if self.store.add(sensor, now, value):
+                        self.sampled += 1
+                    else:
+                        self.refused += 1
+            online = self.client.up.is_set()
+            limit = self.cfg["flush_ms" if online else "offline_flush_ms"]
+            if self.store.pending and ticks_diff(ticks_ms(), last_flush) >= limit:
+                self.store.flush()
+                last_flush = ticks_ms()
+                self.uplink.kick()
+            if self.board is not None:
+                self.board.feed()
+            wait = self.sample_ms - ticks_diff(ticks_ms(), t0)
+            await asyncio.sleep(max(0, wait) / 1000)
+
+    async def _status(self):
+        while not self.stopping:
+            await self.client.up.wait()
+            try:
+                await self.client.publish(self.t_status, self._status_frame(True), 1, True)
+            except OSError:
+                continue
+            # Again after status_ms, or at once after a reconnect.
+            seen = self.client.connects
+            t0 = ticks_ms()
+            while (
+                not self.stopping
+                and self.client.connects == seen
+                and ticks_diff(ticks_ms(), t0) < self.cfg["status_ms"]
+            ):
+                await asyncio.sleep(0.1)
+
+    async def _results_out(self):
+        while not self.stopping:
+            if not self._results:
+                self._wake_results.clear()
+                await self._wake_results.wait()
+                continue
+            await self.client.up.wait()
+            try:
+                await self.client.publish(self.t_ack, self._results[0], 1)
+            except OSError:
+                continue
+            self._results.pop(0)
+            if self.executor.reboot_requested and not self._results:
+                self.store.close()
+                if self.board is not None:
+                    self.board.reset()
+                self.stopping = True
+
+    async def _janitor(self):
+        while not self.stopping:
+            await asyncio.sleep(1)
+            self.store.cleanup()
+            self._note_memory()
+
+    async def run(self):
+        self._queue(self.executor.recover())
+        self.client.start()
+        tasks = [
+            # Waits for the first connection; re-sent on every reconnect.
+            asyncio.create_task(self.client.subscribe(self.t_down, 1)),
+            asyncio.create_task(self._sampler()),
+            asyncio.create_task(self.uplink.run()),
+            asyncio.create_task(self._status()),
+            asyncio.create_task(self._results_out()),
+            asyncio.create_task(self._janitor()),
+        ]
+        while not self.stopping:
+            await asyncio.sleep(0.2)
+        for t in tasks:
+            t.cancel()
+        await self.client.disconnect()
+
+    def stats(self):
+        st = self.store
+        return {
+            "sampled": self.sampled,
+            "refused": self.refused,
+            "next_seq": st.next_seq,
+            "watermark": self.meta.watermark,
+            "unacked": st.unacked(),
+            "dropped": self.meta.dropped,
+            "batches_sent": self.uplink.batches_sent,
+            "retransmits": self.uplink.retransmits,
+            "failovers": self.uplink.failovers,
+            "reconnects": self.client.reconnects,
+            "hub_index": self.client.server,
+            "min_free": self.min_free,
+            "bytes_written": st.bytes_written,
+        }
