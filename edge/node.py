@@ -320,4 +320,7 @@ class Node:
             "hub_index": self.client.server,
             "min_free": self.min_free,
             "bytes_written": st.bytes_written,
+            "down_rejected": self.down_rejected,
+            "relay_on": self.sensor.relay_on,
+            "commands": self.executor.stats(),
         }
