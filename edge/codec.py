@@ -378,6 +378,17 @@ class Encoder:
             )
         struct.pack_into("<HHf", self.buf, self._readings + 8 * i, sensor, offset_ms, value)
 
+    def end_batch(self, n):
+        # Shorten a batch begun with room for more readings to the first n.
+        # The readings vector is the last object in the buffer, so the frame
+        # simply ends earlier.
+        if n < 0 or n > self._count:
+            raise CodecError("bad_value", "reading count %d of %d" % (n, self._count))
+        struct.pack_into("<I", self.buf, self._readings - 4, n)
+        self._count = n
+        self.pos = self._readings + 8 * n
+        return self.mv[: self.pos]
+
     def batch(self, device_id, boot_epoch, first_seq, base_ts_ms, readings):
         # readings: sequence of (sensor, offset_ms, value). Returns the
         # envelope (a memoryview valid until the next call).

@@ -49,6 +49,7 @@ DEFAULTS = {
     "window": 4,
     "ack_timeout_ms": 5000,
     "failover_after_ms": 15000,
+    "max_payload": 2048,  # larger incoming messages are skipped unread
     "stop_after": 0,  # stop sampling after this many readings (tests, benches)
     "exit_when_done": False,  # with stop_after: exit once all are acknowledged
 }
@@ -100,7 +101,7 @@ class Node:
         self.t_status = prefix + "status"
         self.t_ack = prefix + "ack"
         self.t_down = prefix + "down"
-        self.enc = codec.Encoder(1024)
+        self.enc = codec.Encoder(640)  # status (with capabilities) and results
         self.client = MQTTClient(
             self.device_id,
             [tuple(h) for h in cfg["hubs"]],
@@ -110,6 +111,7 @@ class Node:
             will=(self.t_status, self._status_frame(False), 1, True),
             on_message=self._on_message,
             return_after_s=cfg["return_after_s"],
+            max_payload=cfg["max_payload"],
         )
         self.uplink = Uplink(
             self.device_id,

@@ -186,9 +186,10 @@ def _read_varint(buf, pos, end):
         shift += 7
 
 
-def unpack(buf, start, end, count, out):
-    # Decode `count` readings from buf[start:end] into out.append((sensor,
-    # ts, value)); PackError if the block is inconsistent.
+def unpack(buf, start, end, count, emit):
+    # Decode `count` readings from buf[start:end], calling emit(sensor, ts,
+    # value) for each (no list is built); PackError if the block is
+    # inconsistent. Returns count.
     t, pos = _read_varint(buf, start, end)
     state = {}
     f = bytearray(4)
@@ -229,7 +230,7 @@ def unpack(buf, start, end, count, out):
         else:
             raise PackError("reserved value mode")
         st[2] = bits
-        out.append((sensor, t, struct.unpack_from("<f", f, 0)[0]))
+        emit(sensor, t, struct.unpack_from("<f", f, 0)[0])
     if pos != end:
         raise PackError("block has trailing bytes")
-    return out
+    return count

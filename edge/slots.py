@@ -439,13 +439,29 @@ class SlotStore:
         order = (0, 1) if a.gen <= b.gen else (1, 0)
         return [i for i in order if self.slots[i].gen and self.slots[i].last_seq]
 
-    def read(self, from_seq, max_n, out=None):
+    def read(self, from_seq, max_n):
         # Up to max_n stored readings with contiguous sequence numbers, the
         # first at or after from_seq: [(seq, sensor, ts_ms, value), ...].
-        if out is None:
-            out = []
-        rows = []
-        state = [0]  # next seq expected once the first reading is taken
+        out = []
+        self.scan(from_seq, max_n, lambda seq, s, t, v: out.append((seq, s, t, v)))
+        return out
+
+    def scan(self, from_seq, max_n, emit):
+        # Like read(), without building a list: emit(seq, sensor, ts_ms,
+        # value) for each reading; emit may return False to stop. Returns the
+        # number of readings emitted.
+        st = [0, 0, 0, 0]  # emitted, next seq expected, record seq, stop flag
+
+        def one(sensor, t, v):
+            # Called for every reading of a record, in order.
+            seq = st[2]
+            st[2] = seq + 1
+            if st[3] or seq < from_seq or st[0] >= max_n:
+                return
+            if emit(seq, sensor, t, v) is False:
+                st[3] = 1
+                return
+            st[0] += 1
 
         for i in self._order():
             s = self.slots[i]
@@ -460,30 +476,22 @@ class SlotStore:
                 if seq + count - 1 < from_seq:
                     self._cursor = (i, gen, pos + _REC_HEAD_SIZE + length, seq + count)
                     return True
-                if state[0] and seq != state[0]:
-                    return False  # a gap: the batch ends before it
-                del rows[:]
+                if st[1] and seq != st[1]:
+                    return False  # a gap: the readings returned end before it
+                st[2] = seq
                 try:
-                    unpack(self._pay, 0, length, count, rows)
+                    unpack(self._pay, 0, length, count, one)
                 except PackError:
                     self.corrupt_records += 1
                     return False
-                first = max(from_seq, seq) if not state[0] else seq
-                for k in range(first - seq, count):
-                    if len(out) >= max_n:
-                        return False
-                    r = rows[k]
-                    out.append((seq + k, r[0], r[1], r[2]))
-                state[0] = seq + count
-                if len(out) >= max_n:
-                    return False
+                st[1] = seq + count
                 self._cursor = (i, gen, pos, seq)
-                return True
+                return not st[3] and st[0] < max_n
 
             self._records(i, start, visit)
-            if len(out) >= max_n:
+            if st[3] or st[0] >= max_n:
                 break
-        return out
+        return st[0]
 
     # -- figures for the status message ------------------------------------------------
 

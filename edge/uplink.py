@@ -61,6 +61,7 @@ class Uplink:
         self.failover_after_ms = failover_after_ms
         self.enc = Encoder(fixed + _READING * self.max_readings + 16)
         self._wake = asyncio.Event()
+        self._b = [0, 0, 0]
         self._next = 0  # next sequence number to send
         self._flight = []  # [first, last, sent ticks] of batches in flight
         self._progress = ticks_ms()  # watermark moved, or sending began after idle
@@ -78,23 +79,31 @@ class Uplink:
     def build(self, from_seq):
         # The frame of the next batch starting at or after from_seq, as
         # (first seq, last seq, frame bytes), or None when nothing is stored.
-        rows = self.store.read(from_seq, self.max_readings)
-        if not rows:
-            return None
-        base = rows[0][2]
-        n = 1
-        while n < len(rows):
-            dt = rows[n][2] - base
-            if dt < 0 or dt > 0xFFFF:
-                break
-            n += 1
+        # Readings stream from flash straight into the encoder's buffer.
         enc = self.enc
-        enc.begin_batch(self.device_id, self.meta.boot_epoch, rows[0][0], base, n)
-        for i in range(n):
-            r = rows[i]
-            enc.set_reading(i, r[1], r[2] - base, r[3])
+        b = self._b  # [count, first seq, base ts]
+
+        def take(seq, sensor, ts, value):
+            n = b[0]
+            if n == 0:
+                b[1] = seq
+                b[2] = ts
+                enc.begin_batch(self.device_id, self.meta.boot_epoch, seq, ts, self.max_readings)
+            else:
+                dt = ts - b[2]
+                if dt < 0 or dt > 0xFFFF:
+                    return False  # offsets are u16 ms from the base time
+            enc.set_reading(n, sensor, ts - b[2], value)
+            b[0] = n + 1
+            return True
+
+        b[0] = 0
+        n = self.store.scan(from_seq, self.max_readings, take)
+        if not n:
+            return None
+        enc.end_batch(n)
         frame = bytes(enc.seal(self.hm))  # a copy: the client may resend it
-        return rows[0][0], rows[n - 1][0], frame
+        return b[1], b[1] + n - 1, frame
 
     # -- acknowledgements ---------------------------------------------------------
 

@@ -60,6 +60,18 @@ def test_batch_streaming_api_matches_batch() -> None:
     assert bytes(b.mv[: b.pos]) == want
 
 
+def test_end_batch_shortens_to_the_same_bytes_as_a_smaller_batch() -> None:
+    rs = [(i % 3, i * 10, float(i)) for i in range(32)]
+    want = bytes(edge_codec.Encoder(512).batch("plug-1", 2, 100, 1_763_700_000_000, rs[:7]))
+    enc = edge_codec.Encoder(512)
+    enc.begin_batch("plug-1", 2, 100, 1_763_700_000_000, 32)
+    for i in range(7):
+        enc.set_reading(i, *rs[i])
+    assert bytes(enc.end_batch(7)) == want
+    with pytest.raises(edge_codec.CodecError):
+        enc.end_batch(8)
+
+
 @pytest.mark.parametrize(
     ("fields", "why"),
     [
