@@ -8,7 +8,7 @@ traceback:
 
     hub.toml: raft.bind: expected host:port with a port in 1..65535, got 'localhost'
 
-The format, with defaults (docs/hub-config.md has the reference):
+The format, with defaults:
 
     [node]
     id = "hub-1"                      # required: [A-Za-z0-9._-]{1,64}

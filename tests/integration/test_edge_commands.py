@@ -37,7 +37,7 @@ def command(seq: int, term: int, cid: str, on: bool, key: bytes = KEY) -> bytes:
 
 
 def test_relay_command_runs_once_and_refusals_carry_reasons(tmp_path: Path) -> None:
-    from tests.acker import Acker
+    from tools.acker import Acker
 
     port = free_port()
     acker = Acker({"plug-1": KEY}, [port])

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.acker import Acker
+from tools.acker import Acker
 from tests.device import Device
 from tests.support import wait_until
 from tools.mosquitto import INSTALL_HINT, find_mosquitto, free_port, running_mosquitto

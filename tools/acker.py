@@ -1,10 +1,12 @@
-"""A test-side hub stand-in: a real MQTT client that consumes batches and acks.
+"""The hub stand-in until the hub daemon exists: a real MQTT client that
+consumes batches and acks them.
 
-It plays the hub for edge tests until the hub daemon exists: it subscribes to
-``aiot/v1/+/up`` on one or more brokers, authenticates and decodes every
-batch with the official runtime, records every sequence number it received,
-and answers each batch with a signed ``CommitAck`` carrying the highest
-contiguous sequence number seen so far for that device.
+It plays the hub for edge tests and benchmarks: it subscribes to
+``aiot/v1/+/up`` (and ``status``, ``ack``) on one or more brokers,
+authenticates and decodes every batch with the official runtime, records
+every sequence number it received, and answers each batch with a signed
+``CommitAck`` carrying the highest contiguous sequence number seen so far for
+that device. It keeps no state beyond memory: no Raft, no LMDB, no quorum.
 
     with Acker({"plug-1": key}, [port]) as acker:
         ...
@@ -35,6 +37,8 @@ class DeviceLog:
     duplicates: int = 0  # readings received more than once
     values: dict[int, tuple[int, int, float]] = field(default_factory=dict)
     by_port: dict[int, int] = field(default_factory=dict)  # batches per broker
+    # time.monotonic() when the first CommitAck went out through each broker
+    first_ack_at: dict[int, float] = field(default_factory=dict)
 
 
 class Acker:
@@ -102,7 +106,7 @@ class Acker:
                     await client.subscribe(topics.subscription("ack"), qos=1)
                     subscribed.set()
                     async for msg in client.messages:
-                        await self._handle(client, port, str(msg.topic), bytes(msg.payload))  # type: ignore[arg-type]
+                        await self._handle(client, port, str(msg.topic), bytes(msg.payload))
             except aiomqtt.MqttError:
                 await asyncio.sleep(0.2)
 
@@ -145,6 +149,8 @@ class Acker:
             await client.publish(
                 topics.topic(device_id, "down"), wire.seal(wire.encode(ack), key), qos=1
             )
+            with self._lock:
+                self.logs[device_id].first_ack_at.setdefault(port, time.monotonic())
 
     # -- queries (thread-safe) ----------------------------------------------------
 
