@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +18,20 @@ MAIN = ROOT / "firmware" / "main.py"
 class Device:
     """One device process on the unix port, with its own config and data dir."""
 
-    def __init__(self, workdir: Path, config: dict[str, Any], heap: str = "256k") -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        config: dict[str, Any],
+        heap: str = "256k",
+        romfs: Path | None = None,
+    ) -> None:
+        """``romfs``: run the firmware from this ROMFS image (tools/romfs.py), as
+        boards do, instead of from source."""
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config = {"data_dir": str(workdir / "data"), **config}
         self.heap = heap
+        self.romfs = romfs
         self.proc: subprocess.Popen[str] | None = None
         self.log = workdir / "device.log"
         self._log_file: Any = None
@@ -29,11 +39,17 @@ class Device:
     def start(self) -> Device:
         path = self.workdir / "config.json"
         path.write_text(json.dumps(self.config))
-        env = dict(os.environ, MICROPYPATH=f"{ROOT}:.frozen")
+        env = dict(os.environ, MICROPYPATH=f"{ROOT}:.frozen", PYTHONPATH=str(ROOT))
+        if self.romfs is None:
+            argv = [micropython(), "-X", f"heapsize={self.heap}", str(MAIN)]
+        else:
+            micropython()  # skip or fail early if the interpreter is missing
+            argv = [sys.executable, "-m", "tools.romfs", "run", "--image", str(self.romfs)]
+            argv += ["--heap", self.heap, "--", "-m", "firmware.main"]
         self._close_log()
         self._log_file = self.log.open("a")
         self.proc = subprocess.Popen(
-            [micropython(), "-X", f"heapsize={self.heap}", str(MAIN), "--config", str(path)],
+            [*argv, "--config", str(path)],
             cwd=self.workdir,
             env=env,
             stdout=subprocess.PIPE,
