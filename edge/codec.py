@@ -79,6 +79,7 @@ TELEMETRY_BATCH = (
     ("first_seq", _U64, False, None),
     ("base_ts_ms", _U64, False, None),
     ("readings", _READINGS, True, None),
+    ("lost_before", _U64, False, None),
 )
 COMMIT_ACK = (
     ("device_id", _STR, True, None),
@@ -363,11 +364,13 @@ class Encoder:
 
     # -- public API --
 
-    def begin_batch(self, device_id, boot_epoch, first_seq, base_ts_ms, count):
+    def begin_batch(self, device_id, boot_epoch, first_seq, base_ts_ms, count, lost_before=0):
         # Lay out a TelemetryBatch with room for `count` readings; fill them
         # with set_reading(i, ...) before seal(). Nothing is allocated per
         # reading, so the uplink can stream records straight from flash.
-        return self._root(1, TELEMETRY_BATCH, (device_id, boot_epoch, first_seq, base_ts_ms, count))
+        return self._root(
+            1, TELEMETRY_BATCH, (device_id, boot_epoch, first_seq, base_ts_ms, count, lost_before)
+        )
 
     def set_reading(self, i, sensor, offset_ms, value):
         if i < 0 or i >= self._count:

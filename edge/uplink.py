@@ -82,13 +82,20 @@ class Uplink:
         # Readings stream from flash straight into the encoder's buffer.
         enc = self.enc
         b = self._b  # [count, first seq, base ts]
+        floor = self.store.ack_floor()
 
         def take(seq, sensor, ts, value):
             n = b[0]
             if n == 0:
                 b[1] = seq
                 b[2] = ts
-                enc.begin_batch(self.device_id, self.meta.boot_epoch, seq, ts, self.max_readings)
+                # Readings the hub never acknowledged and the device no
+                # longer holds (overflow, corruption): declare them lost, or
+                # the hub would wait for them for ever.
+                lost = seq if seq > self.meta.watermark + 1 and from_seq <= floor + 1 else 0
+                enc.begin_batch(
+                    self.device_id, self.meta.boot_epoch, seq, ts, self.max_readings, lost
+                )
             else:
                 dt = ts - b[2]
                 if dt < 0 or dt > 0xFFFF:

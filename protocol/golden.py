@@ -52,6 +52,10 @@ CASES: Final[dict[str, m.Message]] = {
         ),
     ),
     "telemetry_batch_empty": m.TelemetryBatch("meter-1", 1, 1, 1_763_700_000_000, ()),
+    # After drop_oldest: readings below 1201 are gone from the device.
+    "telemetry_batch_lost": m.TelemetryBatch(
+        "plug-07", 4, 1201, 1_763_700_300_000, (m.Reading(0, 0, 1450.5),), 1201
+    ),
     "commit_ack": m.CommitAck("plug-07", 1056, 1_763_700_000_512),
     "command": m.Command(
         "c-2-00000041",

@@ -74,6 +74,7 @@ class TelemetryBatch:
     first_seq: int
     base_ts_ms: int
     readings: tuple[Reading, ...]
+    lost_before: int = 0  # see aiot.fbs
 
     @property
     def last_seq(self) -> int:
@@ -261,6 +262,7 @@ def from_dict(kind: str, d: dict[str, Any]) -> Message:
             d.get("first_seq", 0),
             d.get("base_ts_ms", 0),
             tuple(readings),
+            d.get("lost_before", 0),
         )
     if kind == "CommitAck":
         return CommitAck(d["device_id"], d.get("watermark", 0), d.get("hub_time_ms", 0))

@@ -42,6 +42,7 @@ LAYOUT: Final[dict[str, tuple[Field, ...]]] = {
         ("first_seq", "Q", False, None),
         ("base_ts_ms", "Q", False, None),
         ("readings", "vstructs:8", True, None),
+        ("lost_before", "Q", False, None),
     ),
     "CommitAck": (
         ("device_id", "str", True, None),

@@ -98,6 +98,7 @@ def _payload_t(msg: m.Message) -> Any:
             msg.base_ts_ms,
         )
         t.readings = [g.ReadingT(r.sensor, r.offset_ms, r.value) for r in msg.readings]
+        t.lostBefore = msg.lost_before
     elif isinstance(msg, m.CommitAck):
         t = g.CommitAckT()
         t.deviceId, t.watermark, t.hubTimeMs = msg.device_id, msg.watermark, msg.hub_time_ms
@@ -181,6 +182,7 @@ def _batch(t: Any) -> m.TelemetryBatch:
         t.firstSeq,
         t.baseTsMs,
         tuple(m.Reading(r.sensor, r.offsetMs, r.value) for r in t.readings or ()),
+        t.lostBefore,
     )
 
 

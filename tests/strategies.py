@@ -17,7 +17,7 @@ f32 = st.floats(allow_nan=False, width=32)
 
 readings = st.builds(m.Reading, u16, u16, f32)
 batches = st.builds(
-    m.TelemetryBatch, text, u32, u64, u64, st.lists(readings, max_size=64).map(tuple)
+    m.TelemetryBatch, text, u32, u64, u64, st.lists(readings, max_size=64).map(tuple), u64
 )
 acks = st.builds(m.CommitAck, text, u64, u64)
 param_values = st.one_of(i64, f64, st.booleans(), text)

@@ -212,8 +212,15 @@ class TelemetryBatch(object):
         o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(12))
         return o == 0
 
+    # TelemetryBatch
+    def LostBefore(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(14))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint64Flags, o + self._tab.Pos)
+        return 0
+
 def TelemetryBatchStart(builder: flatbuffers.Builder):
-    builder.StartObject(5)
+    builder.StartObject(6)
 
 def TelemetryBatchAddDeviceId(builder: flatbuffers.Builder, deviceId: int):
     builder.PrependUOffsetTRelativeSlot(0, flatbuffers.number_types.UOffsetTFlags.py_type(deviceId), 0)
@@ -232,6 +239,9 @@ def TelemetryBatchAddReadings(builder: flatbuffers.Builder, readings: int):
 
 def TelemetryBatchStartReadingsVector(builder, numElems: int) -> int:
     return builder.StartVector(8, numElems, 4)
+
+def TelemetryBatchAddLostBefore(builder: flatbuffers.Builder, lostBefore: int):
+    builder.PrependUint64Slot(5, lostBefore, 0)
 
 def TelemetryBatchEnd(builder: flatbuffers.Builder) -> int:
     return builder.EndObject()
@@ -252,12 +262,14 @@ class TelemetryBatchT(object):
         firstSeq = 0,
         baseTsMs = 0,
         readings = None,
+        lostBefore = 0,
     ):
         self.deviceId = deviceId  # type: Optional[str]
         self.bootEpoch = bootEpoch  # type: int
         self.firstSeq = firstSeq  # type: int
         self.baseTsMs = baseTsMs  # type: int
         self.readings = readings  # type: Optional[List[ReadingT]]
+        self.lostBefore = lostBefore  # type: int
 
     @classmethod
     def InitFromBuf(cls, buf, pos):
@@ -294,6 +306,7 @@ class TelemetryBatchT(object):
                 else:
                     reading_ = ReadingT.InitFromObj(telemetryBatch.Readings(i))
                     self.readings.append(reading_)
+        self.lostBefore = telemetryBatch.LostBefore()
 
     # TelemetryBatchT
     def Pack(self, builder):
@@ -312,6 +325,7 @@ class TelemetryBatchT(object):
         TelemetryBatchAddBaseTsMs(builder, self.baseTsMs)
         if self.readings is not None:
             TelemetryBatchAddReadings(builder, readings)
+        TelemetryBatchAddLostBefore(builder, self.lostBefore)
         telemetryBatch = TelemetryBatchEnd(builder)
         return telemetryBatch
 
