@@ -20,27 +20,77 @@ class PowerCut(OSError):
     pass
 
 
+class Power:
+    # One power supply shared by several block devices (say LittleFS for the
+    # metadata and a raw partition for the slots): one cut kills them all.
+    def __init__(self, cut_at=0, torn=None):
+        self.ops = 0  # programs + erases so far, on every device
+        self.cut_at = cut_at  # 0: never
+        self.torn = torn
+        self.dead = False
+
+
 class RAMBlockDev:
-    def __init__(self, block_size=512, blocks=64, image=None):
+    # Programming behaves like NOR flash: it can only clear bits (new = old
+    # AND data), so writing over unerased bytes shows up in the tests.
+    def __init__(self, block_size=512, blocks=64, image=None, power=None):
         self.bs = block_size
         self.n = blocks
-        self.data = (
-            bytearray(image) if image is not None else bytearray(b"\xff" * (block_size * blocks))
-        )
-        self.ops = 0  # programs + erases so far
+        size = block_size * blocks
+        self.data = bytearray(image) if image is not None else bytearray(b"\xff" * size)
+        self.power = power if power is not None else Power()
         self.programs = 0
         self.erases = 0
         self.bytes_programmed = 0
-        self.cut_at = 0  # 0: never
-        self.torn = None
-        self.dead = False
+
+    # cut_at, torn, dead and ops live on the (possibly shared) power supply.
+    @property
+    def cut_at(self):
+        return self.power.cut_at
+
+    @cut_at.setter
+    def cut_at(self, v):
+        self.power.cut_at = v
+
+    @property
+    def torn(self):
+        return self.power.torn
+
+    @torn.setter
+    def torn(self, v):
+        self.power.torn = v
+
+    @property
+    def dead(self):
+        return self.power.dead
+
+    @dead.setter
+    def dead(self, v):
+        self.power.dead = v
+
+    @property
+    def ops(self):
+        return self.power.ops
 
     def image(self):
         return bytes(self.data)
 
     def _op(self):
-        self.ops += 1
-        return self.cut_at and self.ops >= self.cut_at
+        p = self.power
+        p.ops += 1
+        return p.cut_at and p.ops >= p.cut_at
+
+    def _program(self, a, buf):
+        n = len(buf)
+        d = self.data
+        for i in range(n):
+            if d[a + i] != 0xFF:
+                break
+        else:
+            d[a : a + n] = buf  # all erased: a plain copy
+            return
+        for i in range(n):
+            d[a + i] &= buf[i]
 
     def readblocks(self, block, buf, offset=0):
         if self.dead:
@@ -59,9 +109,9 @@ class RAMBlockDev:
             self.dead = True
             if self.torn:
                 k = min(self.torn, len(buf))
-                self.data[a : a + k] = memoryview(buf)[:k]
+                self._program(a, memoryview(buf)[:k])
             raise PowerCut("power cut during a program")
-        self.data[a : a + len(buf)] = buf
+        self._program(a, buf)
         self.programs += 1
         self.bytes_programmed += len(buf)
 

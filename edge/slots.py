@@ -20,10 +20,10 @@
 # gives the switching, cleanup, overflow and recovery rules.
 
 import binascii
-import os
 import struct
 
 from edge.pack import Packer, PackError, unpack
+from edge.slotio import FileSlots
 
 try:
     from micropython import const
@@ -51,21 +51,6 @@ class StoreError(OSError):
     pass
 
 
-def _exists(path):
-    try:
-        os.stat(path)
-        return True
-    except OSError:
-        return False
-
-
-def _size(path):
-    try:
-        return os.stat(path)[6]
-    except OSError:
-        return -1
-
-
 class _Slot:
     # What the store knows about one slot file, rebuilt by recovery.
     def __init__(self, name):
@@ -90,11 +75,18 @@ class SlotStore:
         cleanup_ratio=0.5,
         policy=DROP_OLDEST,
         record_bytes=1024,
+        io=None,
     ):
+        # io: where the slots live (edge/slotio.py); default: files in
+        # `directory`. With BlockSlots the slots are raw flash blocks and
+        # `capacity` is the size of each slot's block run.
         if policy not in (DROP_OLDEST, STOP_SAMPLING):
             raise ValueError("policy must be drop_oldest or stop_sampling")
         if not 0 < cleanup_ratio <= 1:
             raise ValueError("cleanup_ratio must be in (0, 1]")
+        self.io = io if io is not None else FileSlots(directory)
+        if getattr(self.io, "capacity", None):
+            capacity = self.io.capacity
         if capacity < _SLOT_HEAD_SIZE + record_bytes:
             raise ValueError("capacity must hold at least one full record")
         self.dir = directory
@@ -107,20 +99,17 @@ class SlotStore:
         self._pay = bytearray(record_bytes)
         self.slots = (_Slot("a"), _Slot("b"))
         self.active = None  # index of the slot appended to
-        self._wf = None  # open append handle of the active slot
         self.next_seq = 1
         self.stopped = False  # stop_sampling policy engaged
         self.corrupt_records = 0  # invalid records skipped by recovery
         self.truncated_bytes = 0  # torn tails cut by recovery
+        self.torn_tails = 0  # torn tails left in place (raw flash) and skipped
         self.bytes_written = 0  # record and header bytes appended
         self.flash_writes = 0
         self._cursor = None  # (slot index, gen, offset, seq) of a recent read
         self.recover()
 
     # -- paths and headers ---------------------------------------------------
-
-    def _path(self, i):
-        return self.dir + "/slot." + _NAMES[i] if self.dir else "slot." + _NAMES[i]
 
     def _read_slot_header(self, f):
         h = f.read(_SLOT_HEAD_SIZE)
@@ -179,14 +168,13 @@ class SlotStore:
         # length) for each (the payload is in self._pay). Returns (end of the
         # last valid record, invalid records skipped, file size).
         s = self.slots[i]
-        path = self._path(i)
-        size = _size(path)
+        size = self.io.size(i)
         if size < _SLOT_HEAD_SIZE or not s.gen:
             return _SLOT_HEAD_SIZE, 0, size
         gen16 = s.gen & 0xFFFF
         good_end = _SLOT_HEAD_SIZE
         skipped = 0
-        with open(path, "rb") as f:
+        with self.io.reader(i) as f:
             pos = _SLOT_HEAD_SIZE if start is None else start
             while pos < size:
                 rec = self._record_at(f, pos, size, gen16)
@@ -212,13 +200,12 @@ class SlotStore:
         for i in range(2):
             s = self.slots[i]
             s.clear()
-            path = self._path(i)
-            if not _exists(path):
+            if not self.io.exists(i):
                 continue
-            with open(path, "rb") as f:
+            with self.io.reader(i) as f:
                 s.gen = self._read_slot_header(f)
             if not s.gen:
-                os.remove(path)  # a torn or foreign header: nothing to keep
+                self.io.erase(i)  # a torn or foreign header: nothing to keep
                 continue
 
             def visit(pos, seq, count, length, s=s):
@@ -232,12 +219,16 @@ class SlotStore:
             good_end, skipped, size = self._records(i, visit=visit)
             if skipped:
                 self.corrupt_records += skipped
+            s.size = good_end
             if good_end < size:
                 # Nothing valid after good_end: a torn tail. Cut it so that
-                # appends continue from a clean record boundary.
-                self._truncate(i, good_end)
-                self.truncated_bytes += size - good_end
-            s.size = good_end
+                # appends continue from a clean record boundary; raw flash
+                # cannot be cut, so there appends go after it, and scans skip it.
+                if self.io.truncate(i, good_end, self._pay):
+                    self.truncated_bytes += size - good_end
+                else:
+                    s.size = size
+                    self.torn_tails += 1
             if s.last_seq > top:
                 top = s.last_seq
         self.next_seq = max(self.meta.next_seq, top + 1)
@@ -247,29 +238,10 @@ class SlotStore:
         else:
             self.active = None
 
-    def _truncate(self, i, end):
-        path = self._path(i)
-        tmp = path + ".tmp"
-        buf = self._pay
-        with open(path, "rb") as src, open(tmp, "wb") as dst:
-            left = end
-            while left:
-                n = src.readinto(memoryview(buf)[: min(left, len(buf))])
-                if not n:
-                    break
-                dst.write(memoryview(buf)[:n])
-                left -= n
-        os.rename(tmp, path)
-
     # -- writing ------------------------------------------------------------------
 
     def _close(self):
-        if self._wf is not None:
-            try:
-                self._wf.close()
-            except OSError:
-                pass
-            self._wf = None
+        self.io.close()
 
     def _start_slot(self, i):
         # Make slot i the active one, with a fresh generation.
@@ -279,8 +251,7 @@ class SlotStore:
         h = bytearray(_SLOT_HEAD_SIZE)
         struct.pack_into(_SLOT_HEAD, h, 0, _SLOT_MAGIC, _SLOT_VERSION, gen)
         struct.pack_into("<I", h, 12, binascii.crc32(memoryview(h)[:12]) & 0xFFFFFFFF)
-        with open(self._path(i), "wb") as f:
-            f.write(h)
+        self.io.create(i, h)
         self.bytes_written += _SLOT_HEAD_SIZE
         self.flash_writes += 1
         s = self.slots[i]
@@ -294,11 +265,7 @@ class SlotStore:
         # this slot can never be handed out again.
         self.meta.next_seq = self.next_seq
         self.meta.save()
-        if i == self.active:
-            self._close()
-        path = self._path(i)
-        if _exists(path):
-            os.remove(path)
+        self.io.erase(i)
         self.slots[i].clear()
         if self._cursor is not None and self._cursor[0] == i:
             self._cursor = None
@@ -371,15 +338,12 @@ class SlotStore:
         crc = binascii.crc32(memoryview(h)[:14])
         crc = binascii.crc32(payload, crc) & 0xFFFFFFFF
         struct.pack_into("<I", h, 14, crc)
-        if self._wf is None:
-            self._wf = open(self._path(self.active), "ab")  # noqa: SIM115 - kept open
         # One write of header and payload, then a sync: the record is on
         # flash when flush returns.
         rec = memoryview(self._pay)[: _REC_HEAD_SIZE + length]
         rec[:_REC_HEAD_SIZE] = h
         rec[_REC_HEAD_SIZE:] = payload
-        self._wf.write(rec)
-        self._wf.flush()
+        self.io.append(self.active, rec)
         self.bytes_written += _REC_HEAD_SIZE + length
         self.flash_writes += 1
         self.next_seq = seq + count

@@ -52,7 +52,7 @@ def case_torn_tail(d):
     store = SlotStore(d, Meta(d), capacity=4096, record_bytes=200)
     rows = fill(store, 0, 90, 15)
     store.checkpoint()
-    path = store._path(store.active)
+    path = store.io._path(store.active)
     with open(path, "rb") as f:
         f.seek(16)
         head = f.read(40)
@@ -77,7 +77,7 @@ def case_bit_flip(d):
     store = SlotStore(d, Meta(d), capacity=4096, record_bytes=200)
     rows = fill(store, 0, 90, 15)  # six records of 15 readings
     store.checkpoint()
-    path = store._path(store.active)
+    path = store.io._path(store.active)
     # Flip one bit inside the third record's payload.
     offsets = []
     store._records(store.active, visit=lambda pos, seq, c, ln: offsets.append((pos, seq, ln)))

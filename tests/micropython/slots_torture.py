@@ -1,7 +1,11 @@
-# Power-cut torture of edge/slots.py on LittleFS, run under MicroPython.
+# Power-cut torture of edge/slots.py, run under MicroPython.
 #
-#   micropython slots_torture.py count            -> {"ops": W, "switches": .., "cleanups": ..}
-#   micropython slots_torture.py run FIRST LAST   -> {"tested": n, "failures": [...]}
+#   micropython slots_torture.py BACKEND count           -> {"ops": W, "switches": .., ...}
+#   micropython slots_torture.py BACKEND run FIRST LAST  -> {"tested": n, "failures": [...]}
+#
+# BACKEND is "lfs" (slot files on LittleFS) or "raw" (slots on a raw flash
+# partition, edge/slotio.py BlockSlots; the metadata stays on LittleFS). Both
+# devices share one power supply: one cut stops every write.
 #
 # `run` cuts power at every program/erase number N in FIRST..LAST, once with
 # the interrupted write lost entirely and once torn (its first bytes landed),
@@ -17,7 +21,8 @@ import sys
 import vfs
 
 from edge.meta import Meta
-from edge.ramdisk import RAMBlockDev
+from edge.ramdisk import Power, RAMBlockDev
+from edge.slotio import BlockSlots
 from edge.slots import SlotStore
 
 BLOCK = 512
@@ -25,6 +30,41 @@ BLOCKS = 48
 MOUNT = "/flash"
 DIR = "/flash"
 KW = {"capacity": 1200, "record_bytes": 160, "cleanup_ratio": 0.5}
+RAW_BLOCKS = 6  # two slots of 3 x 512 bytes
+BACKEND = sys.argv[1]
+
+
+class Rig:
+    # The flash of one device: LittleFS (metadata, and slots for "lfs") and,
+    # for "raw", a partition for the slots.
+    def __init__(self, power, fs_image=None, raw_image=None):
+        self.power = power
+        self.fs = RAMBlockDev(BLOCK, BLOCKS, fs_image, power)
+        if fs_image is None:
+            vfs.VfsLfs2.mkfs(self.fs)
+        self.raw = None
+        if BACKEND == "raw":
+            self.raw = RAMBlockDev(BLOCK, RAW_BLOCKS, raw_image, power)
+
+    @property
+    def dead(self):
+        return self.power.dead
+
+    @property
+    def ops(self):
+        return self.power.ops
+
+    def reboot(self):
+        raw = self.raw.image() if self.raw is not None else None
+        return Rig(Power(), self.fs.image(), raw)
+
+    def store(self):
+        mount(self.fs)
+        if self.raw is None:
+            return SlotStore(DIR, Meta(DIR), **KW)
+        return SlotStore(None, Meta(DIR), io=BlockSlots(self.raw), **KW)
+
+
 FLUSHES = 44
 PER_FLUSH = 12
 
@@ -54,9 +94,8 @@ def reading(i):
     return (i % 3, 1763700000000 + 1000 * (i // 3), v)
 
 
-def scenario(dev, run):
-    mount(dev)
-    store = SlotStore(DIR, Meta(DIR), **KW)
+def scenario(rig, run):
+    store = rig.store()
     run.store = store
     i = 0
     for f in range(FLUSHES):
@@ -83,11 +122,9 @@ def scenario(dev, run):
     return store
 
 
-def check(dev, run, torn):
-    # Reboot from the flash image and check every promise.
-    dev2 = RAMBlockDev(BLOCK, BLOCKS, dev.image())
-    mount(dev2)
-    store = SlotStore(DIR, Meta(DIR), **KW)  # recovery must not raise
+def check(rig, run, torn):
+    # Reboot from the flash images and check every promise.
+    store = rig.reboot().store()  # recovery must not raise
     got = {}
     for seq, sensor, ts, value in store.read(1, 100000):
         got[seq] = (sensor, ts, value)
@@ -125,13 +162,16 @@ def check(dev, run, torn):
     return None
 
 
-def fresh():
-    dev = RAMBlockDev(BLOCK, BLOCKS)
-    vfs.VfsLfs2.mkfs(dev)
-    return dev
+def fresh(cut_at=0, torn=None):
+    # A formatted device; cut points count from the first write after that.
+    rig = Rig(Power())
+    rig.power.ops = 0
+    rig.power.cut_at = cut_at
+    rig.power.torn = torn
+    return rig
 
 
-mode = sys.argv[1]
+mode = sys.argv[2]
 if mode == "count":
     dev = fresh()
     run = Run()
@@ -143,14 +183,12 @@ if mode == "count":
         )
     )
 else:
-    first, last = int(sys.argv[2]), int(sys.argv[3])
+    first, last = int(sys.argv[3]), int(sys.argv[4])
     failures = []
     tested = 0
     for n in range(first, last + 1):
         for torn in (None, 100):
-            dev = fresh()
-            dev.cut_at = n
-            dev.torn = torn
+            dev = fresh(n, torn)
             run = Run()
             try:
                 scenario(dev, run)

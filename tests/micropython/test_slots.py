@@ -27,14 +27,16 @@ def case(name: str) -> dict[str, Any]:
     return result
 
 
-def test_power_cut_at_every_program_and_erase() -> None:
-    count = json.loads(run_micropython(TORTURE, "count", heap="4m").strip().splitlines()[-1])
+@pytest.mark.parametrize("backend", ["lfs", "raw"])
+def test_power_cut_at_every_program_and_erase(backend: str) -> None:
+    out = run_micropython(TORTURE, backend, "count", heap="4m")
+    count = json.loads(out.strip().splitlines()[-1])
     assert count["error"] is None
     # The scenario must exercise what the acceptance asks for.
     assert count["switches"] >= 2 and count["cleanups"] >= 2, count
     ops = count["ops"]
     result = json.loads(
-        run_micropython(TORTURE, "run", "1", str(ops), heap="4m").strip().splitlines()[-1]
+        run_micropython(TORTURE, backend, "run", "1", str(ops), heap="4m").strip().splitlines()[-1]
     )
     assert result["failures"] == [] and result["failed"] == 0
     # Every cut point twice: the write lost, and the write torn.

@@ -1,0 +1,229 @@
+# Where the two slots live: files on a file system, or raw flash blocks.
+#
+# edge/slots.py talks to one of these through the same small interface:
+#
+#   exists(i)          slot i holds anything at all
+#   size(i)            bytes in use (physical end), -1 if the slot is absent
+#   reader(i)          an object with seek(pos), readinto(buf), read(n), close()
+#   create(i, header)  erase slot i and write its header
+#   append(i, data)    add data at the end, durably, before returning
+#   erase(i)           forget slot i
+#   truncate(i, end)   cut slot i back to `end` bytes; False if it cannot
+#   programmed         bytes handed to the flash (or file system) so far
+#
+# FileSlots keeps each slot in a file (any MicroPython file system, or a host
+# directory on CPython). On LittleFS every sync rewrites the file's partly
+# filled last block, so small appends cost far more flash than their size.
+#
+# BlockSlots keeps each slot in a run of erase blocks of a raw block device
+# (a flash partition: esp32.Partition, rp2.Flash, or edge/ramdisk.py):
+# appends program erased bytes in place, nothing is copied, and erasing a
+# slot erases its blocks. Flash cannot be un-programmed, so a torn tail stays
+# where it is and appends continue after it; the store's scan skips it (CRC
+# and the generation in every record keep stale or torn bytes out).
+import os
+
+
+class FileSlots:
+    def __init__(self, directory):
+        self.dir = directory
+        self.programmed = 0
+        self._wf = None  # append handle of the slot last appended to
+        self._wi = -1
+
+    def _path(self, i):
+        name = "slot." + "ab"[i]
+        return self.dir + "/" + name if self.dir else name
+
+    def exists(self, i):
+        return self.size(i) >= 0
+
+    def size(self, i):
+        try:
+            return os.stat(self._path(i))[6]
+        except OSError:
+            return -1
+
+    def reader(self, i):
+        return open(self._path(i), "rb")
+
+    def close(self):
+        if self._wf is not None:
+            try:
+                self._wf.close()
+            except OSError:
+                pass
+            self._wf = None
+            self._wi = -1
+
+    def create(self, i, header):
+        if i == self._wi:
+            self.close()
+        with open(self._path(i), "wb") as f:
+            f.write(header)
+        self.programmed += len(header)
+
+    def append(self, i, data):
+        if self._wi != i:
+            self.close()
+            self._wf = open(self._path(i), "ab")  # noqa: SIM115 - kept open between appends
+            self._wi = i
+        self._wf.write(data)
+        self._wf.flush()  # on LittleFS: a sync, so the record survives a power cut
+        self.programmed += len(data)
+
+    def erase(self, i):
+        if i == self._wi:
+            self.close()
+        try:
+            os.remove(self._path(i))
+        except OSError:
+            pass  # already gone
+
+    def truncate(self, i, end, buf):
+        # Copy the good prefix to a new file and rename it over the slot:
+        # atomic on LittleFS, and on a host file system.
+        if i == self._wi:
+            self.close()
+        path = self._path(i)
+        tmp = path + ".tmp"
+        with open(path, "rb") as src, open(tmp, "wb") as dst:
+            left = end
+            while left:
+                n = src.readinto(memoryview(buf)[: min(left, len(buf))])
+                if not n:
+                    break
+                dst.write(memoryview(buf)[:n])
+                left -= n
+        os.rename(tmp, path)
+        return True
+
+
+class _BlockReader:
+    def __init__(self, io, i):
+        self.io = io
+        self.base = io.base(i)
+        self.end = io.capacity
+        self.pos = 0
+
+    def seek(self, pos):
+        self.pos = pos
+
+    def readinto(self, buf):
+        n = min(len(buf), self.end - self.pos)
+        if n <= 0:
+            return 0
+        self.io.read_at(self.base + self.pos, memoryview(buf)[:n])
+        self.pos += n
+        return n
+
+    def read(self, n):
+        b = bytearray(n)
+        got = self.readinto(b)
+        return bytes(b[:got])
+
+    def close(self):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class BlockSlots:
+    # Slot i occupies blocks [first + i * per_slot, first + (i + 1) * per_slot).
+    def __init__(self, bdev, first_block=0, blocks_per_slot=None):
+        self.dev = bdev
+        self.bs = bdev.ioctl(5, 0)
+        total = bdev.ioctl(4, 0) - first_block
+        if blocks_per_slot is None:
+            blocks_per_slot = total // 2
+        if blocks_per_slot < 1 or 2 * blocks_per_slot > total:
+            raise ValueError("the device has no room for two slots")
+        self.first = first_block
+        self.per_slot = blocks_per_slot
+        self.capacity = blocks_per_slot * self.bs
+        self.programmed = 0
+        self.erased_blocks = 0
+        self._ends = [self._find_end(0), self._find_end(1)]
+
+    def base(self, i):
+        return (self.first + i * self.per_slot) * self.bs
+
+    def read_at(self, addr, mv):
+        # Reads may cross block boundaries; split them anyway, as some ports
+        # want reads within one block.
+        bs = self.bs
+        done = 0
+        while done < len(mv):
+            a = addr + done
+            n = min(len(mv) - done, bs - a % bs)
+            self.dev.readblocks(a // bs, mv[done : done + n], a % bs)
+            done += n
+
+    def _find_end(self, i):
+        # One past the last programmed (non-0xFF) byte of the slot: appends
+        # go there. Scans backwards a block at a time.
+        buf = bytearray(min(self.bs, 512))
+        mv = memoryview(buf)
+        base = self.base(i)
+        pos = self.capacity
+        while pos > 0:
+            n = min(len(buf), pos)
+            pos -= n
+            self.read_at(base + pos, mv[:n])
+            for j in range(n - 1, -1, -1):
+                if buf[j] != 0xFF:
+                    return pos + j + 1
+        return 0
+
+    def exists(self, i):
+        return self._ends[i] > 0
+
+    def size(self, i):
+        return self._ends[i] if self._ends[i] > 0 else -1
+
+    def reader(self, i):
+        return _BlockReader(self, i)
+
+    def close(self):
+        pass
+
+    def erase(self, i):
+        first = self.first + i * self.per_slot
+        for b in range(first, first + self.per_slot):
+            self.dev.ioctl(6, b)
+            self.erased_blocks += 1
+        self._ends[i] = 0
+
+    def create(self, i, header):
+        if self._ends[i]:  # erased blocks read all 0xFF: nothing to erase
+            self.erase(i)
+        self._program(i, 0, header)
+
+    def append(self, i, data):
+        end = self._ends[i]
+        if end + len(data) > self.capacity:
+            raise OSError(28)  # ENOSPC: the store checks room before appending
+        self._program(i, end, data)
+
+    def _program(self, i, off, data):
+        bs = self.bs
+        mv = memoryview(data)
+        addr = self.base(i) + off
+        done = 0
+        while done < len(mv):
+            a = addr + done
+            n = min(len(mv) - done, bs - a % bs)
+            self.dev.writeblocks(a // bs, mv[done : done + n], a % bs)
+            done += n
+        self.programmed += len(mv)
+        self._ends[i] = off + len(mv)
+        sync = getattr(self.dev, "ioctl", None)
+        if sync is not None:
+            sync(3, 0)  # flush any write cache of the port
+
+    def truncate(self, i, end, buf):
+        return False  # flash cannot be un-programmed; appends go after the tail
