@@ -81,6 +81,7 @@ class Node:
             cleanup_ratio=cfg["cleanup_ratio"],
             policy=cfg["overflow"],
             record_bytes=cfg["record_bytes"],
+            io=board.slot_io() if board is not None else None,
         )
         self.clock = Clock()
         self.sample_ms = cfg["sample_ms"]

@@ -74,6 +74,29 @@ class Board:
     def sensor(self):
         return MeterSensor(self.cfg)
 
+    def slot_io(self):
+        # The A/B slots on a raw flash partition (appends program in place,
+        # no file-system copy on every sync), if the config names one:
+        #   ESP32:  "slots_partition": "slots"   (a data partition label)
+        #   Pico W: "slots_flash": [start, length] (bytes, past the file system)
+        # Otherwise None: slot files on the file system.
+        from edge.slotio import BlockSlots
+
+        label = self.cfg.get("slots_partition")
+        if label:
+            import esp32
+
+            found = esp32.Partition.find(esp32.Partition.TYPE_DATA, label=label)
+            if not found:
+                raise OSError("no data partition labelled %r" % label)
+            return BlockSlots(found[0])
+        region = self.cfg.get("slots_flash")
+        if region:
+            import rp2
+
+            return BlockSlots(rp2.Flash(start=region[0], len=region[1]))
+        return None
+
     def relay(self, on):
         if self._relay is not None:
             self._relay.value(1 if on else 0)
