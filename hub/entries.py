@@ -1,0 +1,666 @@
+"""Replicated log entries: the bytes the hub proposes to Raft.
+
+pysyncobj's replicated methods take bytes and primitives only, so every change
+to the replicated state is one of these entries, encoded here and applied by
+``hub.store.Store.apply``. Proposers (ingest, the CLI, the decision engine,
+command delivery) build entries with ``encode``; nothing but the store decodes
+them. This module does not import LMDB.
+
+Layout (all integers big-endian; see hub/DESIGN.md for every payload)::
+
+    byte 0    format version (ENTRY_VERSION, 1)
+    byte 1    entry type (EntryType)
+    2..       payload
+
+    str8   = u8 length, UTF-8 bytes        blob8 = u8 length, bytes
+    str16  = u16 length, UTF-8 bytes
+
+Decoding checks structure and values (lengths, UTF-8, enums, device ids,
+sequence ranges, no trailing bytes) and raises ``EntryError`` with a
+machine-readable ``reason`` (one of ``REASONS``); encoding raises the same
+error for what cannot be represented. State-dependent checks (is the device
+registered?) belong to ``Store.apply``.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import struct
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Final
+
+from protocol import messages as m
+from protocol.topics import valid_device_id
+
+ENTRY_VERSION: Final = 1
+
+# A batch spans at most 65.535 s (u16 offsets): base_ts_ms + offset fits in u64.
+_U64_MAX: Final = 2**64 - 1
+_MAX_BASE_TS: Final = _U64_MAX - 0xFFFF
+
+REASONS: Final = (
+    "truncated",  # the bytes end inside a field
+    "trailing_bytes",  # bytes left after the payload
+    "bad_version",  # format version byte other than ENTRY_VERSION
+    "unknown_type",  # entry type byte outside EntryType
+    "bad_utf8",  # a string is not valid UTF-8
+    "bad_device_id",  # not a device id of protocol/topics.py
+    "bad_value",  # a number, enum or length outside its range
+    "nested_group",  # a group inside a group
+)
+
+
+class EntryError(ValueError):
+    """Bytes that are not a valid entry, or an entry that cannot be encoded."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        if reason not in REASONS:
+            raise AssertionError(f"unknown entry error reason {reason!r}")
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+class EntryType(enum.IntEnum):
+    BATCH = 1
+    REGISTER_DEVICE = 2
+    REMOVE_DEVICE = 3
+    PRESENCE = 4
+    COMMAND = 5
+    COMMAND_RESULT = 6
+    COMMAND_STATE = 7
+    MODEL_PUT = 8
+    # 9 is reserved for GAP (a device-declared sequence gap; hub/DESIGN.md).
+    GROUP = 16
+
+
+class LedgerState(enum.IntEnum):
+    """A command's state in the replicated ledger (hub side)."""
+
+    PENDING = 0
+    SENT = 1
+    DONE = 2
+    FAILED = 3
+    REJECTED = 4
+    EXPIRED = 5
+
+    @property
+    def final(self) -> bool:
+        return self not in (LedgerState.PENDING, LedgerState.SENT)
+
+
+# -- primitives -------------------------------------------------------------------
+
+_U8 = struct.Struct(">B")
+_U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
+_U64 = struct.Struct(">Q")
+_I64 = struct.Struct(">q")
+_F64 = struct.Struct(">d")
+READING = struct.Struct(">HHf")  # sensor, offset_ms, value: 8 bytes, as on the wire
+
+
+class Packer:
+    """Appends big-endian fields; ``bytes()`` joins them."""
+
+    __slots__ = ("_parts",)
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+
+    def _pack(self, s: struct.Struct, value: int | float, what: str) -> Packer:
+        try:
+            self._parts.append(s.pack(value))
+        except (struct.error, OverflowError, TypeError) as exc:
+            raise EntryError("bad_value", f"{what}={value!r}: {exc}") from None
+        return self
+
+    def u8(self, v: int, what: str = "u8") -> Packer:
+        return self._pack(_U8, v, what)
+
+    def u16(self, v: int, what: str = "u16") -> Packer:
+        return self._pack(_U16, v, what)
+
+    def u32(self, v: int, what: str = "u32") -> Packer:
+        return self._pack(_U32, v, what)
+
+    def u64(self, v: int, what: str = "u64") -> Packer:
+        return self._pack(_U64, v, what)
+
+    def i64(self, v: int, what: str = "i64") -> Packer:
+        return self._pack(_I64, v, what)
+
+    def f64(self, v: float, what: str = "f64") -> Packer:
+        return self._pack(_F64, v, what)
+
+    def raw(self, b: bytes) -> Packer:
+        self._parts.append(b)
+        return self
+
+    def blob8(self, b: bytes, what: str = "blob") -> Packer:
+        self.u8(len(b), what + " length")
+        self._parts.append(bytes(b))
+        return self
+
+    def str8(self, s: str, what: str = "str") -> Packer:
+        return self.blob8(s.encode(), what)
+
+    def str16(self, s: str, what: str = "str") -> Packer:
+        b = s.encode()
+        self.u16(len(b), what + " length")
+        self._parts.append(b)
+        return self
+
+    def __bytes__(self) -> bytes:
+        return b"".join(self._parts)
+
+
+class Unpacker:
+    """Reads big-endian fields; raises EntryError('truncated') past the end."""
+
+    __slots__ = ("_buf", "_pos")
+
+    def __init__(self, buf: bytes, pos: int = 0) -> None:
+        self._buf = buf
+        self._pos = pos
+
+    def _take(self, n: int) -> bytes:
+        end = self._pos + n
+        if end > len(self._buf):
+            raise EntryError("truncated", f"need {n} bytes at {self._pos}, have {len(self._buf)}")
+        b = self._buf[self._pos : end]
+        self._pos = end
+        return b
+
+    def _unpack(self, s: struct.Struct) -> int:
+        value: int = s.unpack(self._take(s.size))[0]
+        return value
+
+    def u8(self) -> int:
+        return self._unpack(_U8)
+
+    def u16(self) -> int:
+        return self._unpack(_U16)
+
+    def u32(self) -> int:
+        return self._unpack(_U32)
+
+    def u64(self) -> int:
+        return self._unpack(_U64)
+
+    def i64(self) -> int:
+        return self._unpack(_I64)
+
+    def f64(self) -> float:
+        value: float = _F64.unpack(self._take(8))[0]
+        return value
+
+    def raw(self, n: int) -> bytes:
+        return self._take(n)
+
+    def blob8(self) -> bytes:
+        return self._take(self.u8())
+
+    def _text(self, b: bytes) -> str:
+        try:
+            return b.decode()
+        except UnicodeDecodeError:
+            raise EntryError("bad_utf8", repr(b[:40])) from None
+
+    def str8(self) -> str:
+        return self._text(self.blob8())
+
+    def str16(self) -> str:
+        return self._text(self._take(self.u16()))
+
+    def rest(self) -> bytes:
+        b = self._buf[self._pos :]
+        self._pos = len(self._buf)
+        return b
+
+    def end(self) -> None:
+        if self._pos != len(self._buf):
+            raise EntryError("trailing_bytes", f"{len(self._buf) - self._pos} bytes after payload")
+
+
+def _enum(cls: type[enum.IntEnum], value: int, what: str) -> int:
+    try:
+        return cls(value)
+    except ValueError:
+        raise EntryError("bad_value", f"{what}={value}") from None
+
+
+def _device_id(device_id: str) -> str:
+    if not valid_device_id(device_id):
+        raise EntryError("bad_device_id", repr(device_id[:80]))
+    return device_id
+
+
+def _nonempty(s: str, what: str) -> str:
+    if not s:
+        raise EntryError("bad_value", f"{what} is empty")
+    return s
+
+
+# -- entries ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """A TelemetryBatch that ingest authenticated, and the node that received it.
+
+    ``packed`` holds the readings as on the wire, 8 bytes each (sensor u16,
+    offset_ms u16, value f32, big-endian), so apply copies value bytes without
+    a float round trip. ``lost_before`` is the batch's declaration that the
+    device holds no unacknowledged reading below that seq (0: none; aiot.fbs).
+    """
+
+    device_id: str
+    node_id: str
+    boot_epoch: int
+    first_seq: int
+    base_ts_ms: int
+    packed: bytes
+    lost_before: int = 0
+
+    @classmethod
+    def from_message(cls, batch: m.TelemetryBatch, node_id: str) -> Batch:
+        try:
+            packed = b"".join(READING.pack(r.sensor, r.offset_ms, r.value) for r in batch.readings)
+        except (struct.error, OverflowError, TypeError) as exc:
+            raise EntryError("bad_value", f"reading: {exc}") from None
+        return cls(
+            batch.device_id,
+            node_id,
+            batch.boot_epoch,
+            batch.first_seq,
+            batch.base_ts_ms,
+            packed,
+            batch.lost_before,
+        )
+
+    @property
+    def count(self) -> int:
+        return len(self.packed) // READING.size
+
+    @property
+    def last_seq(self) -> int:
+        """Sequence number of the last reading (first_seq - 1 when empty)."""
+        return self.first_seq + self.count - 1
+
+    def readings(self) -> Iterator[m.Reading]:
+        for sensor, offset_ms, value in READING.iter_unpack(self.packed):
+            yield m.Reading(sensor, offset_ms, value)
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    """A device registry record: what the hub knows about a device."""
+
+    device_id: str
+    key: bytes
+    capabilities: tuple[m.Capability, ...] = ()
+    limit_w: float | None = None
+    owner: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterDevice:
+    device: Device
+    at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveDevice:
+    device_id: str
+    at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Presence:
+    """``node_id`` holds (ONLINE) or lost (OFFLINE) the device's broker session."""
+
+    device_id: str
+    node_id: str
+    state: m.LinkState
+    at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class PutCommand:
+    """A new command for the ledger. Apply assigns the per-device sequence
+    number, so concurrent proposers never pick the same one."""
+
+    command_id: str
+    device_id: str
+    term: int
+    action: str
+    params: tuple[m.Param, ...] = ()
+    issued_at_ms: int = 0
+    deadline_ms: int = 0  # 0: no deadline
+
+    def with_seq(self, seq: int) -> m.Command:
+        return m.Command(
+            self.command_id,
+            self.device_id,
+            seq,
+            self.term,
+            self.action,
+            self.params,
+            self.issued_at_ms,
+            self.deadline_ms,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RecordResult:
+    """A device's CommandResult, received by ``node_id`` at ``at_ms``."""
+
+    result: m.CommandResult
+    node_id: str
+    at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class MarkCommand:
+    """A hub-side state change: SENT (published) or EXPIRED (deadline passed
+    without a result)."""
+
+    command_id: str
+    state: LedgerState
+    node_id: str
+    at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class PutModel:
+    """The model registry's record for ``name`` (latest wins)."""
+
+    name: str
+    version: str
+    sha256: bytes
+    size: int
+    source: str
+    at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    """Several entries proposed as one Raft entry (the ingest batcher's unit).
+    Parts stay bytes: apply decodes and applies each on its own, so one bad
+    part is rejected alone."""
+
+    parts: tuple[bytes, ...]
+
+
+Entry = (
+    Batch
+    | RegisterDevice
+    | RemoveDevice
+    | Presence
+    | PutCommand
+    | RecordResult
+    | MarkCommand
+    | PutModel
+    | Group
+)
+
+ENTRY_TYPES: Final[dict[type[object], EntryType]] = {
+    Batch: EntryType.BATCH,
+    RegisterDevice: EntryType.REGISTER_DEVICE,
+    RemoveDevice: EntryType.REMOVE_DEVICE,
+    Presence: EntryType.PRESENCE,
+    PutCommand: EntryType.COMMAND,
+    RecordResult: EntryType.COMMAND_RESULT,
+    MarkCommand: EntryType.COMMAND_STATE,
+    PutModel: EntryType.MODEL_PUT,
+    Group: EntryType.GROUP,
+}
+
+
+# -- shared field groups (also used by the store's records) ---------------------------
+
+
+def pack_device(p: Packer, d: Device) -> None:
+    _device_id(d.device_id)
+    if not 1 <= len(d.key) <= 64:
+        raise EntryError("bad_value", f"key of {len(d.key)} bytes, want 1..64")
+    p.str8(d.device_id, "device_id").blob8(d.key, "key")
+    if d.limit_w is None:
+        p.u8(0).f64(0.0)
+    else:
+        if not math.isfinite(d.limit_w) or d.limit_w < 0:
+            raise EntryError("bad_value", f"limit_w={d.limit_w}")
+        p.u8(1).f64(d.limit_w)
+    p.str16(d.owner, "owner")
+    p.u8(len(d.capabilities), "capability count")
+    for cap in d.capabilities:
+        p.str8(_nonempty(cap.action, "action"), "action").u8(len(cap.params), "spec count")
+        for spec in cap.params:
+            if not (math.isfinite(spec.min) and math.isfinite(spec.max)):
+                raise EntryError("bad_value", f"bounds of {cap.action}.{spec.name}")
+            p.str8(spec.name, "spec name").u8(int(spec.kind), "kind")
+            p.f64(spec.min, "min").f64(spec.max, "max")
+
+
+def unpack_device(u: Unpacker) -> Device:
+    device_id = _device_id(u.str8())
+    key = u.blob8()
+    if not 1 <= len(key) <= 64:
+        raise EntryError("bad_value", f"key of {len(key)} bytes, want 1..64")
+    has_limit, raw_limit = u.u8(), u.raw(8)
+    limit: float = _F64.unpack(raw_limit)[0]
+    if has_limit not in (0, 1) or (
+        (not math.isfinite(limit) or limit < 0) if has_limit else raw_limit != bytes(8)
+    ):
+        raise EntryError("bad_value", f"limit_w flag {has_limit} value {limit}")
+    owner = u.str16()
+    caps = []
+    for _ in range(u.u8()):
+        action = _nonempty(u.str8(), "action")
+        specs = []
+        for _ in range(u.u8()):
+            name = u.str8()
+            kind = m.ParamKind(_enum(m.ParamKind, u.u8(), "kind"))
+            lo, hi = u.f64(), u.f64()
+            if not (math.isfinite(lo) and math.isfinite(hi)):
+                raise EntryError("bad_value", f"bounds of {action}.{name}")
+            specs.append(m.ParamSpec(name, kind, lo, hi))
+        caps.append(m.Capability(action, tuple(specs)))
+    return Device(device_id, key, tuple(caps), limit if has_limit else None, owner)
+
+
+def pack_params(p: Packer, params: tuple[m.Param, ...]) -> None:
+    p.u8(len(params), "param count")
+    for prm in params:
+        kind = prm.kind
+        p.str8(prm.name, "param name").u8(int(kind))
+        if kind is m.ParamKind.Int:
+            p.i64(int(prm.value), prm.name)
+        elif kind is m.ParamKind.Float:
+            p.f64(float(prm.value), prm.name)
+        elif kind is m.ParamKind.Bool:
+            p.u8(int(prm.value))
+        else:
+            p.str16(str(prm.value), prm.name)
+
+
+def unpack_params(u: Unpacker) -> tuple[m.Param, ...]:
+    params = []
+    for _ in range(u.u8()):
+        name = u.str8()
+        kind = _enum(m.ParamKind, u.u8(), "param kind")
+        value: m.ParamValue
+        if kind == m.ParamKind.Int:
+            value = u.i64()
+        elif kind == m.ParamKind.Float:
+            value = u.f64()
+        elif kind == m.ParamKind.Bool:
+            b = u.u8()
+            if b > 1:
+                raise EntryError("bad_value", f"bool param {name}={b}")
+            value = bool(b)
+        else:
+            value = u.str16()
+        params.append(m.Param(name, value))
+    return tuple(params)
+
+
+def pack_put_command(p: Packer, c: PutCommand) -> None:
+    p.str8(_nonempty(c.command_id, "command_id"), "command_id")
+    p.str8(_device_id(c.device_id), "device_id")
+    p.u64(c.term, "term").str8(_nonempty(c.action, "action"), "action")
+    p.u64(c.issued_at_ms, "issued_at_ms").u64(c.deadline_ms, "deadline_ms")
+    pack_params(p, c.params)
+
+
+def unpack_put_command(u: Unpacker) -> PutCommand:
+    command_id = _nonempty(u.str8(), "command_id")
+    device_id = _device_id(u.str8())
+    term = u.u64()
+    action = _nonempty(u.str8(), "action")
+    issued, deadline = u.u64(), u.u64()
+    return PutCommand(command_id, device_id, term, action, unpack_params(u), issued, deadline)
+
+
+# -- encode / decode ------------------------------------------------------------------
+
+
+def _check_batch(b: Batch) -> None:
+    _device_id(b.device_id)
+    _nonempty(b.node_id, "node_id")
+    if len(b.packed) % READING.size:
+        raise EntryError("bad_value", f"packed readings of {len(b.packed)} bytes")
+    if b.count and not 1 <= b.first_seq <= _U64_MAX - b.count + 1:
+        raise EntryError("bad_value", f"seq range {b.first_seq}+{b.count}")
+    if not 0 <= b.base_ts_ms <= _MAX_BASE_TS:
+        raise EntryError("bad_value", f"base_ts_ms={b.base_ts_ms}")
+
+
+def _payload(entry: Entry, p: Packer) -> None:
+    if isinstance(entry, Batch):
+        _check_batch(entry)
+        p.str8(entry.device_id).str8(entry.node_id, "node_id")
+        p.u32(entry.boot_epoch, "boot_epoch").u64(entry.first_seq, "first_seq")
+        p.u64(entry.base_ts_ms, "base_ts_ms").u64(entry.lost_before, "lost_before")
+        p.u16(entry.count, "reading count").raw(entry.packed)
+    elif isinstance(entry, RegisterDevice):
+        pack_device(p, entry.device)
+        p.u64(entry.at_ms, "at_ms")
+    elif isinstance(entry, RemoveDevice):
+        p.str8(_device_id(entry.device_id)).u64(entry.at_ms, "at_ms")
+    elif isinstance(entry, Presence):
+        p.str8(_device_id(entry.device_id)).str8(_nonempty(entry.node_id, "node_id"), "node_id")
+        p.u8(int(entry.state), "state").u64(entry.at_ms, "at_ms")
+    elif isinstance(entry, PutCommand):
+        pack_put_command(p, entry)
+    elif isinstance(entry, RecordResult):
+        r = entry.result
+        p.str8(_nonempty(r.command_id, "command_id"), "command_id")
+        p.str8(_device_id(r.device_id)).u64(r.seq, "seq")
+        p.u8(int(r.status), "status").u8(int(r.reason), "reason").str16(r.detail, "detail")
+        p.u64(r.executed_at_ms, "executed_at_ms")
+        p.str8(_nonempty(entry.node_id, "node_id"), "node_id").u64(entry.at_ms, "at_ms")
+    elif isinstance(entry, MarkCommand):
+        if entry.state not in (LedgerState.SENT, LedgerState.EXPIRED):
+            raise EntryError("bad_value", f"mark state {entry.state!r}, want SENT or EXPIRED")
+        p.str8(_nonempty(entry.command_id, "command_id"), "command_id").u8(int(entry.state))
+        p.str8(_nonempty(entry.node_id, "node_id"), "node_id").u64(entry.at_ms, "at_ms")
+    elif isinstance(entry, PutModel):
+        if len(entry.sha256) != 32:
+            raise EntryError("bad_value", f"sha256 of {len(entry.sha256)} bytes")
+        p.str8(_nonempty(entry.name, "name"), "name").str8(entry.version, "version")
+        p.blob8(entry.sha256).u64(entry.size, "size").str16(entry.source, "source")
+        p.u64(entry.at_ms, "at_ms")
+    else:
+        p.u16(len(entry.parts), "part count")
+        for part in entry.parts:
+            if len(part) >= 2 and part[1] == EntryType.GROUP:
+                raise EntryError("nested_group")
+            p.u32(len(part), "part length").raw(part)
+
+
+def encode(entry: Entry) -> bytes:
+    """The entry's bytes: version, type, payload."""
+    p = Packer().u8(ENTRY_VERSION).u8(ENTRY_TYPES[type(entry)])
+    _payload(entry, p)
+    return bytes(p)
+
+
+def group(parts: Iterable[bytes]) -> bytes:
+    """One GROUP entry holding already encoded entries."""
+    return encode(Group(tuple(parts)))
+
+
+def peek_type(data: bytes) -> EntryType | None:
+    """The entry type byte, if the header is readable and known."""
+    if len(data) < 2 or data[0] != ENTRY_VERSION:
+        return None
+    try:
+        return EntryType(data[1])
+    except ValueError:
+        return None
+
+
+def _decode_payload(kind: EntryType, u: Unpacker) -> Entry:
+    if kind is EntryType.BATCH:
+        device_id, node_id = u.str8(), u.str8()
+        boot_epoch, first_seq, base_ts, lost_before = u.u32(), u.u64(), u.u64(), u.u64()
+        packed = u.raw(u.u16() * READING.size)
+        batch = Batch(device_id, node_id, boot_epoch, first_seq, base_ts, packed, lost_before)
+        _check_batch(batch)
+        return batch
+    if kind is EntryType.REGISTER_DEVICE:
+        return RegisterDevice(unpack_device(u), u.u64())
+    if kind is EntryType.REMOVE_DEVICE:
+        return RemoveDevice(_device_id(u.str8()), u.u64())
+    if kind is EntryType.PRESENCE:
+        device_id, node_id = _device_id(u.str8()), _nonempty(u.str8(), "node_id")
+        state = m.LinkState(_enum(m.LinkState, u.u8(), "state"))
+        return Presence(device_id, node_id, state, u.u64())
+    if kind is EntryType.COMMAND:
+        return unpack_put_command(u)
+    if kind is EntryType.COMMAND_RESULT:
+        command_id = _nonempty(u.str8(), "command_id")
+        device_id, seq = _device_id(u.str8()), u.u64()
+        status = m.CommandStatus(_enum(m.CommandStatus, u.u8(), "status"))
+        reason = m.Reason(_enum(m.Reason, u.u8(), "reason"))
+        detail, executed = u.str16(), u.u64()
+        result = m.CommandResult(command_id, device_id, seq, status, reason, detail, executed)
+        return RecordResult(result, _nonempty(u.str8(), "node_id"), u.u64())
+    if kind is EntryType.COMMAND_STATE:
+        command_id = _nonempty(u.str8(), "command_id")
+        mark = LedgerState(_enum(LedgerState, u.u8(), "state"))
+        if mark not in (LedgerState.SENT, LedgerState.EXPIRED):
+            raise EntryError("bad_value", f"mark state {mark.name}")
+        return MarkCommand(command_id, mark, _nonempty(u.str8(), "node_id"), u.u64())
+    if kind is EntryType.MODEL_PUT:
+        name, version, sha = _nonempty(u.str8(), "name"), u.str8(), u.blob8()
+        if len(sha) != 32:
+            raise EntryError("bad_value", f"sha256 of {len(sha)} bytes")
+        return PutModel(name, version, sha, u.u64(), u.str16(), u.u64())
+    parts = []
+    for _ in range(u.u16()):
+        part = u.raw(u.u32())
+        if len(part) >= 2 and part[1] == EntryType.GROUP:
+            raise EntryError("nested_group")
+        parts.append(part)
+    return Group(tuple(parts))
+
+
+def decode(data: bytes) -> Entry:
+    """Parse and check an entry; EntryError says what is wrong."""
+    if len(data) < 2:
+        raise EntryError("truncated", f"{len(data)} bytes, no header")
+    if data[0] != ENTRY_VERSION:
+        raise EntryError("bad_version", f"version {data[0]}, want {ENTRY_VERSION}")
+    try:
+        kind = EntryType(data[1])
+    except ValueError:
+        raise EntryError("unknown_type", f"type {data[1]}") from None
+    u = Unpacker(bytes(data), 2)
+    entry = _decode_payload(kind, u)
+    u.end()
+    return entry
