@@ -48,8 +48,9 @@ protocol: $(STAMP)
 	$(PY) -m protocol.gen
 	$(PY) -m protocol.golden
 
-bench: $(STAMP)
+bench: $(STAMP) mosquitto
 	$(VENV)/bin/aiot bench codec --json
+	$(VENV)/bin/aiot bench edge --json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info

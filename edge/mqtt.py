@@ -111,6 +111,22 @@ def _b(s):
     return s.encode() if isinstance(s, str) else s
 
 
+def _nodelay(w):
+    # Small packets must not wait for the broker's delayed ACK (Nagle): set
+    # TCP_NODELAY where the port allows it (IPPROTO_TCP 6, TCP_NODELAY 1 on
+    # Linux and lwIP; MicroPython's socket module lacks the names).
+    s = getattr(w, "s", None)  # MicroPython stream
+    if s is None:
+        try:
+            s = w.get_extra_info("socket")  # CPython
+        except AttributeError:
+            return
+    try:
+        s.setsockopt(6, 1, 1)
+    except (AttributeError, OSError, TypeError):
+        pass  # Nagle stays on: slower, still correct
+
+
 def _errstr(e):
     s = str(e)
     return s if s else type(e).__name__
@@ -301,6 +317,7 @@ class MQTTBase:
         self._gen += 1
         t = self._t_ms
         r, w = await _within(asyncio.open_connection(host, port), t, "connect")
+        _nodelay(w)
         self._r = r
         self._w = w
         self._into = getattr(r, "readinto", None)

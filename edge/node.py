@@ -226,6 +226,7 @@ class Node:
                     self.stopping = True
                 await asyncio.sleep(0.05)
                 continue
+            writes = self.store.flash_writes
             if self.store.stopped:
                 self.refused += 1
             else:
@@ -242,6 +243,7 @@ class Node:
             if self.store.pending and ticks_diff(ticks_ms(), last_flush) >= limit:
                 self.store.flush()
                 last_flush = ticks_ms()
+            if self.store.flash_writes != writes:  # a record reached flash
                 self.uplink.kick()
             if self.board is not None:
                 self.board.feed()

@@ -16,6 +16,8 @@ that device. It keeps no state beyond memory: no Raft, no LMDB, no quorum.
 from __future__ import annotations
 
 import asyncio
+import logging
+import secrets
 import threading
 import time
 from collections.abc import Iterable
@@ -28,6 +30,18 @@ from protocol import messages as m
 from protocol import topics, wire
 from protocol.errors import CodecError
 
+# paho logs a lost broker connection at error level; the acker reconnects, so
+# those lines stay out of stderr unless the application configures logging.
+_LOG = logging.getLogger("aiot.acker")
+_LOG.addHandler(logging.NullHandler())
+
+
+def _quiet_broker_loss(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    # aiomqtt leaves a failed future behind when a broker dies under it.
+    if isinstance(context.get("exception"), aiomqtt.MqttError):
+        return
+    loop.default_exception_handler(context)
+
 
 @dataclass
 class DeviceLog:
@@ -35,8 +49,10 @@ class DeviceLog:
     watermark: int = 0
     batches: int = 0
     duplicates: int = 0  # readings received more than once
+    lost_before: int = 0  # the highest lost_before the device declared
     values: dict[int, tuple[int, int, float]] = field(default_factory=dict)
     by_port: dict[int, int] = field(default_factory=dict)  # batches per broker
+    watermark_at: float = 0.0  # time.monotonic() when the watermark last moved
     # time.monotonic() when the first CommitAck went out through each broker
     first_ack_at: dict[int, float] = field(default_factory=dict)
 
@@ -55,6 +71,9 @@ class Acker:
         self._thread: threading.Thread | None = None
         self._stop: asyncio.Event | None = None
         self._ready = threading.Event()
+        # A client id of its own: two ackers on one broker (a test's and a
+        # bench's, or one still stopping) must not take turns kicking each other.
+        self._client_id = "acker-" + secrets.token_hex(4)
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -71,11 +90,17 @@ class Acker:
         if self._thread is not None:
             self._thread.join(10)
 
+    @property
+    def alive(self) -> bool:
+        """The acker's thread is still running (after __exit__: it failed to stop)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def _run(self) -> None:
         asyncio.run(self._main())
 
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self._loop.set_exception_handler(_quiet_broker_loss)
         self._stop = asyncio.Event()
         subscribed = [asyncio.Event() for _ in self.ports]
         tasks = [
@@ -99,7 +124,7 @@ class Acker:
         while True:
             try:
                 async with aiomqtt.Client(
-                    "127.0.0.1", port, identifier=f"acker-{port}", clean_session=True
+                    "127.0.0.1", port, identifier=self._client_id, clean_session=True, logger=_LOG
                 ) as client:
                     await client.subscribe(topics.subscription("up"), qos=1)
                     await client.subscribe(topics.subscription("status"), qos=1)
@@ -141,8 +166,16 @@ class Acker:
                     log.duplicates += 1
                 log.received.add(seq)
                 log.values[seq] = (r.sensor, msg.base_ts_ms + r.offset_ms, r.value)
-            while log.watermark + 1 in log.received:
-                log.watermark += 1
+            # A device that lost readings says so (protocol/README.md): the
+            # watermark may move past the gap, as the hub's store does.
+            declared = min(msg.lost_before, msg.first_seq) - 1 if msg.lost_before else 0
+            if declared > log.watermark:
+                log.watermark = declared
+                log.lost_before = max(log.lost_before, msg.lost_before)
+            if log.watermark + 1 in log.received:
+                while log.watermark + 1 in log.received:
+                    log.watermark += 1
+                log.watermark_at = time.monotonic()
             watermark = log.watermark
         if self.ack:
             ack = m.CommitAck(device_id, watermark, int(time.time() * 1000))
@@ -161,6 +194,16 @@ class Acker:
     def received(self, device_id: str) -> set[int]:
         with self._lock:
             return set(self.logs[device_id].received)
+
+    def watermark_at(self, device_id: str) -> float:
+        """time.monotonic() when the device's watermark last moved (0.0: never)."""
+        with self._lock:
+            return self.logs[device_id].watermark_at
+
+    def first_ack_at(self, device_id: str, port: int) -> float | None:
+        """time.monotonic() of the first CommitAck sent to the device through ``port``."""
+        with self._lock:
+            return self.logs[device_id].first_ack_at.get(port)
 
     def wait_for(self, device_id: str, watermark: int, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout

