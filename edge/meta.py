@@ -31,7 +31,7 @@ _HEAD_SIZE = const(11)
 # watermark, next_seq, floor, boot_epoch, dropped, last_cmd_seq, highest_term,
 # cmd_state, cmd_status, cmd_reason, cmd_executed_at_ms
 _FIXED = "<QQQIIQQBBHQ"
-_FIXED_SIZE = const(62)
+_FIXED_SIZE = const(60)  # struct.calcsize(_FIXED)
 MAX_STR = 200  # bytes of cmd_id and cmd_detail kept
 
 # Command states kept for the executor (edge/executor.py).

@@ -38,6 +38,7 @@ DEFAULTS = {
     "flush_ms": 2000,
     "offline_flush_ms": 30000,
     "status_ms": 30000,
+    "checkpoint_ms": 60000,
     "keepalive_s": 30,
     "return_after_s": 60,
     "slot_capacity": 512 * 1024,
@@ -134,6 +135,8 @@ class Node:
         self.refused = 0  # readings refused while sampling was stopped
         self.down_rejected = 0  # down frames that were not for us / invalid
         self.min_free = None  # lowest gc.mem_free() seen (MicroPython)
+        self.faults = 0  # errors the sampler and janitor survived
+        self.last_fault = None
         self.stopping = False
 
     # -- command handlers ------------------------------------------------------------
@@ -213,40 +216,58 @@ class Node:
 
     # -- tasks --------------------------------------------------------------------------------
 
-    async def _sampler(self):
-        last_flush = ticks_ms()
+    def _fault(self, e):
+        # A task hit an error (flash full, a write error): count it, keep
+        # going. The device must never stop sampling because of one.
+        self.faults += 1
+        self.last_fault = repr(e)
+
+    def _sample_tick(self, last_flush):
+        # One sampling step; True while done sampling (stop_after reached).
         stop_after = self.cfg["stop_after"]
+        if stop_after and self.sampled >= stop_after:
+            if self.store.pending:
+                self.store.flush()
+                self.uplink.kick()
+            elif self.cfg["exit_when_done"] and not self.store.unacked():
+                self.stopping = True
+            return True
+        writes = self.store.flash_writes
+        if self.store.stopped:
+            self.refused += 1
+        else:
+            now = self.clock.now_ms()
+            for sensor, value in self.sensor.sample(now):
+                if stop_after and self.sampled >= stop_after:
+                    break
+                if self.store.add(sensor, now, value):
+                    self.sampled += 1
+                else:
+                    self.refused += 1
+        online = self.client.up.is_set()
+        limit = self.cfg["flush_ms" if online else "offline_flush_ms"]
+        if self.store.pending and ticks_diff(ticks_ms(), last_flush[0]) >= limit:
+            self.store.flush()
+            last_flush[0] = ticks_ms()
+        if self.store.flash_writes != writes:  # a record reached flash
+            self.uplink.kick()
+        return False
+
+    async def _sampler(self):
+        last_flush = [ticks_ms()]
         while not self.stopping:
             t0 = ticks_ms()
-            if stop_after and self.sampled >= stop_after:
-                if self.store.pending:
-                    self.store.flush()
-                    self.uplink.kick()
-                elif self.cfg["exit_when_done"] and not self.store.unacked():
-                    self.stopping = True
-                await asyncio.sleep(0.05)
-                continue
-            writes = self.store.flash_writes
-            if self.store.stopped:
-                self.refused += 1
-            else:
-                now = self.clock.now_ms()
-                for sensor, value in self.sensor.sample(now):
-                    if stop_after and self.sampled >= stop_after:
-                        break
-                    if self.store.add(sensor, now, value):
-                        self.sampled += 1
-                    else:
-                        self.refused += 1
-            online = self.client.up.is_set()
-            limit = self.cfg["flush_ms" if online else "offline_flush_ms"]
-            if self.store.pending and ticks_diff(ticks_ms(), last_flush) >= limit:
-                self.store.flush()
-                last_flush = ticks_ms()
-            if self.store.flash_writes != writes:  # a record reached flash
-                self.uplink.kick()
+            try:
+                done = self._sample_tick(last_flush)
+            except Exception as e:  # see _fault
+                self._fault(e)
+                done = False
+                t0 = ticks_ms() - self.sample_ms + 1000  # retry in about a second
             if self.board is not None:
                 self.board.feed()
+            if done:
+                await asyncio.sleep(0.05)
+                continue
             wait = self.sample_ms - ticks_diff(ticks_ms(), t0)
             await asyncio.sleep(max(0, wait) / 1000)
 
@@ -286,9 +307,17 @@ class Node:
                 self.stopping = True
 
     async def _janitor(self):
+        last_checkpoint = ticks_ms()
         while not self.stopping:
             await asyncio.sleep(1)
-            self.store.cleanup()
+            try:
+                self.store.cleanup()
+                if ticks_diff(ticks_ms(), last_checkpoint) >= self.cfg["checkpoint_ms"]:
+                    # Keeps the watermark on flash, so a reboot resends little.
+                    self.store.checkpoint()
+                    last_checkpoint = ticks_ms()
+            except Exception as e:  # see _fault
+                self._fault(e)
             self._note_memory()
 
     async def run(self):
@@ -326,6 +355,8 @@ class Node:
             "min_free": self.min_free,
             "bytes_written": st.bytes_written,
             "down_rejected": self.down_rejected,
+            "faults": self.faults,
+            "uplink_errors": self.uplink.errors,
             "relay_on": self.sensor.relay_on,
             "commands": self.executor.stats(),
         }

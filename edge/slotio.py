@@ -4,6 +4,8 @@
 #
 #   exists(i)          slot i holds anything at all
 #   size(i)            bytes in use (physical end), -1 if the slot is absent
+#   scan_limit(i)      how far recovery may look for records
+#   set_end(i, end)    where the next append goes (the store's logical end)
 #   reader(i)          an object with seek(pos), readinto(buf), read(n), close()
 #   create(i, header)  erase slot i and write its header
 #   append(i, data)    add data at the end, durably, before returning
@@ -43,6 +45,12 @@ class FileSlots:
             return os.stat(self._path(i))[6]
         except OSError:
             return -1
+
+    def scan_limit(self, i):
+        return self.size(i)
+
+    def set_end(self, i, end):
+        pass  # the file's size is its end
 
     def reader(self, i):
         return open(self._path(i), "rb")
@@ -183,7 +191,16 @@ class BlockSlots:
         return self._ends[i] > 0
 
     def size(self, i):
+        # A lower bound after boot: the last non-0xFF byte may be followed by
+        # programmed 0xFF bytes (a CRC or a value can end in 0xFF), so the
+        # store scans to scan_limit() and then calls set_end().
         return self._ends[i] if self._ends[i] > 0 else -1
+
+    def scan_limit(self, i):
+        return self.capacity if self._ends[i] > 0 else -1
+
+    def set_end(self, i, end):
+        self._ends[i] = end
 
     def reader(self, i):
         return _BlockReader(self, i)

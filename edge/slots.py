@@ -41,6 +41,10 @@ _REC_MAGIC = const(0xA7)
 _REC_HEAD = "<BHBHQ"  # magic, gen16, count, length, first seq; + CRC32
 _REC_HEAD_SIZE = const(18)
 _MAX_COUNT = const(255)
+# Sequence numbers are reserved on flash this many at a time, before any is
+# handed out: after a power cut, numbering resumes past everything that may
+# have been used, whatever recovery finds (one metadata save per 4096).
+_RESERVE = const(4096)
 _NAMES = ("a", "b")
 
 DROP_OLDEST = "drop_oldest"
@@ -149,26 +153,44 @@ class SlotStore:
         return seq, count, length
 
     def _next_candidate(self, f, pos, end):
-        # Position of the next record magic byte after pos, or end.
+        # Position of the next record magic byte after pos, or end. A chunk
+        # of nothing but 0xFF is erased flash: nothing follows.
         buf = self._pay
         pos += 1
         while pos < end:
             f.seek(pos)
-            n = f.readinto(buf)
+            n = f.readinto(memoryview(buf)[: min(len(buf), end - pos)])
             if not n:
                 return end
+            erased = True
             for j in range(n):
-                if buf[j] == _REC_MAGIC:
+                b = buf[j]
+                if b == _REC_MAGIC:
                     return pos + j
+                if b != 0xFF:
+                    erased = False
+            if erased:
+                return end
             pos += n
         return end
 
-    def _records(self, i, start=None, visit=None):
-        # Walk the valid records of slot i, calling visit(pos, seq, count,
-        # length) for each (the payload is in self._pay). Returns (end of the
-        # last valid record, invalid records skipped, file size).
+    def _erased(self, f, pos, end):
+        # Does an erased (all 0xFF) record header start at pos?
+        n = min(_REC_HEAD_SIZE, end - pos)
+        f.seek(pos)
+        got = f.readinto(memoryview(self._hdr)[:n])
+        for j in range(got):
+            if self._hdr[j] != 0xFF:
+                return False
+        return got > 0
+
+    def _records(self, i, start=None, visit=None, limit=None):
+        # Walk the valid records of slot i up to `limit` (default: the slot's
+        # size), calling visit(pos, seq, count, length) for each (the payload
+        # is in self._pay). Returns (end of the last valid record, invalid
+        # records skipped, limit).
         s = self.slots[i]
-        size = self.io.size(i)
+        size = s.size if limit is None else limit
         if size < _SLOT_HEAD_SIZE or not s.gen:
             return _SLOT_HEAD_SIZE, 0, size
         gen16 = s.gen & 0xFFFF
@@ -179,6 +201,8 @@ class SlotStore:
             while pos < size:
                 rec = self._record_at(f, pos, size, gen16)
                 if rec is None:
+                    if self._erased(f, pos, size):
+                        break  # erased flash: the slot ends here
                     skipped += 1
                     pos = self._next_candidate(f, pos, size)
                     continue
@@ -216,9 +240,11 @@ class SlotStore:
                 s.readings += count
                 s.records += 1
 
-            good_end, skipped, size = self._records(i, visit=visit)
+            s.size = _SLOT_HEAD_SIZE
+            good_end, skipped, _ = self._records(i, visit=visit, limit=self.io.scan_limit(i))
             if skipped:
                 self.corrupt_records += skipped
+            size = max(self.io.size(i), good_end)
             s.size = good_end
             if good_end < size:
                 # Nothing valid after good_end: a torn tail. Cut it so that
@@ -229,9 +255,13 @@ class SlotStore:
                 else:
                     s.size = size
                     self.torn_tails += 1
+            self.io.set_end(i, s.size)
             if s.last_seq > top:
                 top = s.last_seq
-        self.next_seq = max(self.meta.next_seq, top + 1)
+        # Never below what was reserved, stored, acknowledged or dropped: a
+        # record cut at boot must not give its numbers to new readings.
+        m = self.meta
+        self.next_seq = max(m.next_seq, top + 1, m.watermark + 1, m.floor + 1)
         a, b = self.slots
         if a.gen or b.gen:
             self.active = 0 if a.gen > b.gen else 1
@@ -332,6 +362,9 @@ class SlotStore:
             return 0
         s = self.slots[self.active]
         seq = self.next_seq
+        if seq + count > self.meta.next_seq:
+            self.meta.next_seq = seq + count + _RESERVE
+            self.meta.save()
         h = self._hdr
         struct.pack_into(_REC_HEAD, h, 0, _REC_MAGIC, s.gen & 0xFFFF, count, length, seq)
         payload = memoryview(p.buf)[:length]
@@ -443,11 +476,18 @@ class SlotStore:
                 if st[1] and seq != st[1]:
                     return False  # a gap: the readings returned end before it
                 st[2] = seq
+                before = st[0]
                 try:
                     unpack(self._pay, 0, length, count, one)
                 except PackError:
+                    # A CRC-valid record that does not decode. If some of it
+                    # went out, stop there; if none did, skip the record (the
+                    # uplink then declares its numbers lost).
                     self.corrupt_records += 1
-                    return False
+                    if st[0] > before or st[1]:
+                        st[3] = 1
+                        return False
+                    return True
                 st[1] = seq + count
                 self._cursor = (i, gen, pos, seq)
                 return not st[3] and st[0] < max_n

@@ -73,6 +73,8 @@ class Uplink:
         self.failovers = 0
         self.acks = 0
         self.stale_acks = 0
+        self.errors = 0
+        self.last_error = None
 
     # -- batches --------------------------------------------------------------
 
@@ -138,13 +140,21 @@ class Uplink:
     # -- the loop ---------------------------------------------------------------------
 
     async def run(self):
+        pause = 0.1
         while True:
             await self.client.up.wait()
             self._restart()
             try:
                 await self._pump()
-            except OSError:
-                pass  # link lost: wait for `up`, then resume from the watermark
+                pause = 0.1
+            except Exception as e:  # the device must keep going
+                # A link error, or a flash read error: count it, back off,
+                # resume from the watermark. Never spin: an already-set `up`
+                # does not yield.
+                self.errors += 1
+                self.last_error = repr(e)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 30)
 
     def _restart(self):
         self._flight = []

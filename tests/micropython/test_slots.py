@@ -71,6 +71,22 @@ def test_metadata_clips_on_characters_and_falls_back_when_undecodable() -> None:
     assert r["fallback"] == [5, "a", 1]
 
 
+def test_raw_flash_record_ending_in_ff_survives_a_reboot() -> None:
+    r = case("raw_record_ending_in_ff")
+    assert r["same"] and r["count"] == 7 and r["corrupt"] == 0
+    assert r["next_seq_fresh"] and r["new_reads_back"]
+
+
+def test_raw_flash_header_crc_ending_in_ff_survives_a_reboot() -> None:
+    r = case("raw_header_crc_ending_in_ff")
+    assert r["reread"] == 10 and r["first"] == r["want_first"]
+
+
+def test_recovery_never_numbers_below_the_watermark() -> None:
+    r = case("recovery_never_below_watermark")
+    assert r["watermark"] == 30 and r["next_seq"] > 30
+
+
 def test_overflow_drop_oldest_counts_and_keeps_the_newest() -> None:
     r = case("drop_oldest")
     assert r["accepted"] == 1500
