@@ -419,8 +419,8 @@ def _write_frames(path: Path, device_id: str, readings: int) -> None:
 
 
 def edge(
-    readings: int = 10_000,
-    rounds: int = 2,
+    readings: int = 100_000,
+    rounds: int = 3,
     heap: str = "160k",
     flash_hours: float | None = None,
     failover_readings: int = 1_500,

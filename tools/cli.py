@@ -62,10 +62,10 @@ def bench_edge(
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     readings: Annotated[
         int, typer.Option(min=100, help="Readings per throughput run (firmware and baseline).")
-    ] = 10_000,
+    ] = 100_000,
     rounds: Annotated[
         int, typer.Option(min=1, help="Rounds alternating the baseline and the firmware.")
-    ] = 2,
+    ] = 3,
     heap: Annotated[
         str, typer.Option(help="MicroPython -X heapsize for every device run, e.g. 96k.")
     ] = "160k",
