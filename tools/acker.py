@@ -191,6 +191,13 @@ class Acker:
         with self._lock:
             return self.logs[device_id].watermark
 
+    def latest(self, device_id: str, sensor: int) -> float | None:
+        """The value of the newest reading of ``sensor`` received from the device."""
+        with self._lock:
+            values = self.logs[device_id].values
+            found = [(seq, v[2]) for seq, v in values.items() if v[0] == sensor]
+        return max(found)[1] if found else None
+
     def received(self, device_id: str) -> set[int]:
         with self._lock:
             return set(self.logs[device_id].received)

@@ -146,14 +146,18 @@ def _read(path: Path) -> bytes:
 
 
 @protocol_app.command("walkthrough")
-def protocol_walkthrough() -> None:
-    """One signed batch from a MicroPython device through Mosquitto, and its ack back."""
+def protocol_walkthrough(
+    device_seconds: Annotated[
+        float, typer.Option(min=0, help="Seconds of part 2, the device firmware (0: skip it).")
+    ] = 12.0,
+) -> None:
+    """A signed batch from MicroPython through Mosquitto and back; then the device firmware."""
     from tools.bench import BenchError
     from tools.mosquitto import BrokerError
     from tools.walkthrough import run
 
     try:
-        summary = run(lambda line: typer.echo(line))
+        summary = run(lambda line: typer.echo(line), device_seconds)
     except (BenchError, BrokerError) as exc:
         raise _fail(str(exc)) from None
     typer.echo(json.dumps(summary))

@@ -1,10 +1,17 @@
-"""`aiot protocol walkthrough`: one signed batch from a MicroPython device to a
-hub-side consumer through a real Mosquitto broker, and its commit-ack back.
+"""`aiot protocol walkthrough`: the end-to-end path that exists today.
 
-This is the end-to-end path that exists today. It is not the hub: there is no
-Raft, no LMDB and no decision engine here yet. The consumer authenticates and
-decodes the batch exactly as the hub's ingest will (protocol/wire.py), then
-answers with the CommitAck the device will act on.
+Part 1: one signed batch from MicroPython (edge/codec.py) through a real
+Mosquitto broker to a hub-side consumer that authenticates and decodes it with
+the official runtime, and its commit-ack back, verified on MicroPython.
+
+Part 2: the real device firmware (firmware/main.py, a simulated smart plug)
+runs under MicroPython against the broker for a few seconds; the acker
+(tools/acker.py) plays the hub, acknowledging every batch; halfway through, a
+signed command switches the plug's relay off, and the power readings drop to
+0 W.
+
+It is not the hub: there is no Raft cluster, no LMDB and no decision engine
+here yet.
 """
 
 from __future__ import annotations
@@ -102,11 +109,11 @@ async def _exchange(port: int, key: bytes, frame: bytes, say: Callable[[str], No
     return got_ack.result()
 
 
-def run(say: Callable[[str], None]) -> dict[str, Any]:
-    """Walk one batch through; return a summary."""
+def run(say: Callable[[str], None], device_seconds: float = 12.0) -> dict[str, Any]:
+    """Both parts; return a summary (device_seconds 0: part 1 only)."""
     key = secrets.token_bytes(32)
     say("The full demo (hub cluster, devices, dashboard) is not built yet.")
-    say("This walks one signed batch through the wire protocol and a real broker.\n")
+    say("Part 1: one signed batch through the wire protocol and a real broker.\n")
     frame_hex = _device("batch", key.hex())
     frame = bytes.fromhex(frame_hex)
     say(
@@ -124,13 +131,94 @@ def run(say: Callable[[str], None]) -> dict[str, Any]:
         f"device (MicroPython): verified the CommitAck, watermark {result['watermark']}: "
         "readings up to there may be freed from flash"
     )
-    return {
+    summary: dict[str, Any] = {
         "broker": "mosquitto",
         "edge_runtime": "micropython",
         "frame_bytes": len(frame),
         "readings": 32,
         "acked_watermark": result["watermark"],
         "ok": result["watermark"] == 32,
+    }
+    if device_seconds > 0:
+        device = run_device(say, device_seconds)
+        summary["device"] = device
+        summary["ok"] = summary["ok"] and device["ok"]
+    return summary
+
+
+def _relay_off(port: int, key: bytes) -> None:
+    async def send() -> None:
+        now = int(time.time() * 1000)
+        cmd = m.Command(
+            "walkthrough-1", DEVICE, 1, 1, "relay.set", (m.Param("on", False),), now, now + 30_000
+        )
+        async with aiomqtt.Client("127.0.0.1", port, identifier="walkthrough-hub-cmd") as c:
+            await c.publish(topics.topic(DEVICE, "down"), wire.seal(wire.encode(cmd), key), qos=1)
+
+    asyncio.run(send())
+
+
+def run_device(say: Callable[[str], None], seconds: float = 12.0) -> dict[str, Any]:
+    """Part 2: the real firmware against the broker, the acker as its hub."""
+    from tools.acker import Acker
+    from tools.device import Device
+
+    key = secrets.token_bytes(32)
+    say("\nPart 2: the device firmware on MicroPython, a simulated smart plug,")
+    say("with a stand-in hub that acknowledges every batch (the hub cluster comes later).")
+    with (
+        tempfile.TemporaryDirectory(prefix="aiot-walkthrough-") as tmp,
+        running_mosquitto(Path(tmp) / "broker") as port,
+        Acker({DEVICE: key}, [port]) as acker,
+    ):
+        cfg = {
+            "device_id": DEVICE,
+            "key": key.hex(),
+            "hubs": [["127.0.0.1", port]],
+            "sample_ms": 250,
+            "flush_ms": 1000,
+            "status_ms": 3000,
+            "keepalive_s": 5,
+            "event_every_s": 4,
+        }
+        dev = Device(Path(tmp) / "device", cfg)
+        dev.start()
+        started = time.monotonic()
+        sent = False
+        reported = False
+        try:
+            while time.monotonic() - started < seconds:
+                time.sleep(1.0)  # a paced demo, not a synchronisation
+                power = acker.latest(DEVICE, 0)
+                shown = "      -" if power is None else f"{power:7.1f}"
+                say(
+                    f"  {time.monotonic() - started:4.1f} s: {acker.watermark(DEVICE):4d} readings "
+                    f"acknowledged, power {shown} W"
+                )
+                if acker.results and not reported:
+                    r = acker.results[0]
+                    say(f"  device executed {r.command_id}: {r.status.name}")
+                    reported = True
+                if not sent and time.monotonic() - started > seconds / 2:
+                    say("  hub: sending a signed command: relay.set on=false")
+                    _relay_off(port, key)
+                    sent = True
+        finally:
+            dev.stop()
+        results = list(acker.results)
+        watermark = acker.watermark(DEVICE)
+        received = len(acker.received(DEVICE))
+        statuses = len(acker.statuses)
+    done = bool(results) and results[0].status is m.CommandStatus.DONE
+    say(
+        f"device: {received} readings sent, {watermark} acknowledged, "
+        f"{statuses} status messages, command {'DONE' if done else 'not executed'}"
+    )
+    return {
+        "readings_acked": watermark,
+        "status_messages": statuses,
+        "command_done": done,
+        "ok": watermark > 0 and done,
     }
 
 
