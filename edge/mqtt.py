@@ -44,17 +44,7 @@ except ImportError:  # CPython
         return x
 
 
-try:
-    from time import ticks_diff, ticks_ms
-except ImportError:  # CPython
-    from time import monotonic_ns
-
-    def ticks_ms():
-        return monotonic_ns() // 1000000
-
-    def ticks_diff(a, b):
-        return a - b
-
+from edge.clock import ticks_diff, ticks_ms
 
 try:
     _sleep_ms = asyncio.sleep_ms

@@ -6,7 +6,6 @@ import binascii
 import json
 import os
 import shutil
-import socket
 import struct
 import subprocess
 import sys
@@ -17,6 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tools.mosquitto import free_port
+
+__all__ = ["free_port"]  # re-exported for the tests
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNNER = ROOT / "tests" / "micropython" / "codec_runner.py"
@@ -91,13 +94,6 @@ def micropython_codec(jobs: list[dict[str, Any]], heap: str = "256k") -> list[di
     results = [from_wire(json.loads(line)) for line in out.split("\n") if line.strip()]
     assert len(results) == len(jobs), out
     return results
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def wait_until(check: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:

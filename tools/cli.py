@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -34,6 +34,15 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
+def _emit(result: dict[str, Any], json_out: bool) -> None:
+    """A benchmark's result: one JSON line, or one aligned line per key."""
+    if json_out:
+        typer.echo(json.dumps(result))
+        return
+    for key, value in result.items():
+        typer.echo(f"{key:>32}  {json.dumps(value) if isinstance(value, dict) else value}")
+
+
 @bench_app.command("codec")
 def bench_codec(
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
@@ -50,11 +59,7 @@ def bench_codec(
         result = codec(seconds)
     except BenchError as exc:
         raise _fail(str(exc)) from None
-    if json_out:
-        typer.echo(json.dumps(result))
-        return
-    for key, value in result.items():
-        typer.echo(f"{key:>32}  {value}")
+    _emit(result, json_out)
 
 
 @bench_app.command("edge")
@@ -101,11 +106,7 @@ def bench_edge(
         )
     except (BenchError, BrokerError) as exc:
         raise _fail(str(exc)) from None
-    if json_out:
-        typer.echo(json.dumps(result))
-        return
-    for key, value in result.items():
-        typer.echo(f"{key:>32}  {json.dumps(value) if isinstance(value, dict) else value}")
+    _emit(result, json_out)
 
 
 @protocol_app.command("decode")

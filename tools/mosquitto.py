@@ -11,19 +11,15 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from hub.broker import find_mosquitto
+
+__all__ = ["INSTALL_HINT", "BrokerError", "find_mosquitto", "free_port", "running_mosquitto"]
+
 INSTALL_HINT = "apt-get update && apt-get install -y mosquitto mosquitto-clients"
 
 
 class BrokerError(RuntimeError):
     """Mosquitto is missing or would not start."""
-
-
-def find_mosquitto() -> str | None:
-    # Debian installs the broker in /usr/sbin, which a non-root PATH lacks.
-    return shutil.which("mosquitto") or next(
-        (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if Path(p).exists()),
-        None,
-    )
 
 
 def free_port() -> int:
