@@ -20,14 +20,18 @@ The format, with defaults:
     secret_file = "cluster.secret"    # exactly one of secret_file, secret_env
     secret_env = "AIOT_CLUSTER_SECRET"
     snapshot_min_entries = 10000      # log compaction threshold
+    election_min_ms = 400             # election timeout, drawn in min..max
+    election_max_ms = 1400
 
     [broker]
     mode = "mosquitto"                # mosquitto | embedded | external
     bind = "127.0.0.1:1883"           # mosquitto and embedded
     url = "mqtt://10.0.0.5:1883"      # external only
+    advertise = "192.168.1.10:1883"   # what devices connect to; default: bind (or url)
 
     [http]
     bind = "127.0.0.1:8080"
+    advertise = "192.168.1.10:8080"   # what other nodes and tools use; default: bind
 
     [log]
     level = "info"                    # debug | info | warning | error
@@ -38,6 +42,10 @@ The format, with defaults:
     batch_max_entries = 64            # ... or until this many batches
     batch_max_bytes = 262144          # ... or this many bytes
     max_frame_bytes = 16384           # larger MQTT payloads are rejected
+
+    [commands]
+    retry_ms = 2000                   # resend an unanswered command this often
+    deadline_s = 60                   # default deadline of a command
 """
 
 from __future__ import annotations
@@ -90,6 +98,8 @@ class RaftConfig:
     peers: tuple[Address, ...]
     secret: str = field(repr=False)  # never logged
     snapshot_min_entries: int
+    election_min_ms: int = 400
+    election_max_ms: int = 1400
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,11 +107,27 @@ class BrokerConfig:
     mode: BrokerMode
     bind: Address | None
     url: str | None
+    advertise: Address | None = None  # None: bind, or the url's address
+
+    @property
+    def address(self) -> Address:
+        """Where devices and the hub reach this node's broker."""
+        if self.advertise is not None:
+            return self.advertise
+        if self.bind is not None:
+            return self.bind
+        assert self.url is not None
+        return address(self.url.split("://", 1)[1])
 
 
 @dataclass(frozen=True, slots=True)
 class HttpConfig:
     bind: Address
+    advertise: Address | None = None
+
+    @property
+    def address(self) -> Address:
+        return self.advertise or self.bind
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +145,12 @@ class IngestConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class CommandsConfig:
+    retry_ms: int = 2000
+    deadline_s: int = 60
+
+
+@dataclass(frozen=True, slots=True)
 class HubConfig:
     node_id: str
     data_dir: Path
@@ -128,6 +160,7 @@ class HubConfig:
     log: LogConfig
     ingest: IngestConfig
     source: Path
+    commands: CommandsConfig = CommandsConfig()
 
 
 # -- reusable validators -------------------------------------------------------------
@@ -232,11 +265,20 @@ class _Section:
 
 _KNOWN: Final = {
     "node": ("id", "data_dir"),
-    "raft": ("bind", "peers", "secret_file", "secret_env", "snapshot_min_entries"),
-    "broker": ("mode", "bind", "url"),
-    "http": ("bind",),
+    "raft": (
+        "bind",
+        "peers",
+        "secret_file",
+        "secret_env",
+        "snapshot_min_entries",
+        "election_min_ms",
+        "election_max_ms",
+    ),
+    "broker": ("mode", "bind", "url", "advertise"),
+    "http": ("bind", "advertise"),
     "log": ("level", "format"),
     "ingest": ("batch_window_ms", "batch_max_entries", "batch_max_bytes", "max_frame_bytes"),
+    "commands": ("retry_ms", "deadline_s"),
 }
 
 
@@ -287,6 +329,7 @@ def parse(doc: Mapping[str, Any], source: Path, env: Mapping[str, str] | None = 
     http = _Section(source, "http", doc.get("http"), _KNOWN["http"])
     log = _Section(source, "log", doc.get("log"), _KNOWN["log"])
     ingest = _Section(source, "ingest", doc.get("ingest"), _KNOWN["ingest"])
+    commands = _Section(source, "commands", doc.get("commands"), _KNOWN["commands"])
 
     node_id = node.get("id", matching(NODE_ID, "1-64 characters of A-Z a-z 0-9 . _ -"))
     data_dir = base / node.get("data_dir", text)
@@ -308,20 +351,31 @@ def parse(doc: Mapping[str, Any], source: Path, env: Mapping[str, str] | None = 
         tuple(peers),
         _secret(raft, base, env),
         raft.get("snapshot_min_entries", int_range(100, 10_000_000), 10_000),
+        raft.get("election_min_ms", int_range(50, 60_000), 400),
+        raft.get("election_max_ms", int_range(50, 60_000), 1400),
     )
+    if raft_cfg.election_max_ms <= raft_cfg.election_min_ms:
+        raise ConfigError(source, "raft.election_max_ms", "must be above raft.election_min_ms")
 
     mode = broker.get("mode", one_of("mosquitto", "embedded", "external"), "mosquitto")
     if mode == "external":
         if "bind" in broker.raw:
             raise ConfigError(source, "broker.bind", "not used with mode = external; set url")
-        broker_cfg = BrokerConfig("external", None, broker.get("url", mqtt_url))
+        broker_cfg = BrokerConfig(
+            "external", None, broker.get("url", mqtt_url), broker.optional("advertise", address)
+        )
     else:
         if "url" in broker.raw:
             raise ConfigError(source, "broker.url", f"only used with mode = external, not {mode}")
         broker_cfg = BrokerConfig(
-            cast(BrokerMode, mode), broker.get("bind", address, Address("127.0.0.1", 1883)), None
+            cast(BrokerMode, mode),
+            broker.get("bind", address, Address("127.0.0.1", 1883)),
+            None,
+            broker.optional("advertise", address),
         )
-    http_cfg = HttpConfig(http.get("bind", address, Address("127.0.0.1", 8080)))
+    http_cfg = HttpConfig(
+        http.get("bind", address, Address("127.0.0.1", 8080)), http.optional("advertise", address)
+    )
 
     taken: dict[Address, str] = {bind: "raft.bind"}
     for key, addr in (("broker.bind", broker_cfg.bind), ("http.bind", http_cfg.bind)):
@@ -339,7 +393,13 @@ def parse(doc: Mapping[str, Any], source: Path, env: Mapping[str, str] | None = 
         ingest.get("batch_max_bytes", int_range(1024, 64 * 1024 * 1024), 256 * 1024),
         ingest.get("max_frame_bytes", int_range(64, 1024 * 1024), 16 * 1024),
     )
-    return HubConfig(node_id, data_dir, raft_cfg, broker_cfg, http_cfg, log_cfg, ingest_cfg, source)
+    commands_cfg = CommandsConfig(
+        commands.get("retry_ms", int_range(100, 600_000), 2000),
+        commands.get("deadline_s", int_range(1, 7 * 86_400), 60),
+    )
+    return HubConfig(
+        node_id, data_dir, raft_cfg, broker_cfg, http_cfg, log_cfg, ingest_cfg, source, commands_cfg
+    )
 
 
 def _list(value: Any) -> list[Any]:

@@ -286,6 +286,10 @@ class RaftNode:
         self._snap_cancelled = False
         self.snapshots_taken = 0
         self.snapshots_installed = 0
+        # Called on pysyncobj's thread after each apply, and with an empty
+        # list after a snapshot install (everything may have changed). It must
+        # not block or raise: hand the results to the event loop.
+        self.on_applied: Callable[[list[ApplyResult]], None] | None = None
         conf = SyncObjConf(
             password=secret,
             journalFile=str(self.data_dir / JOURNAL_FILE),
@@ -319,7 +323,7 @@ class RaftNode:
         if self._halted is not None:
             raise self._halted
         try:
-            return self.store.apply([(index, entry)])
+            results = self.store.apply([(index, entry)])
         except BaseException as exc:
             # Skipping this entry would diverge from the replicas that applied
             # it: stop applying, leave the node (hub/DESIGN.md).
@@ -327,6 +331,16 @@ class RaftNode:
             log.critical("apply of raft index %d failed, node stops: %r", index, exc)
             machine.destroy()
             raise
+        self._notify(results)
+        return results
+
+    def _notify(self, results: list[ApplyResult]) -> None:
+        hook = self.on_applied
+        if hook is not None:
+            try:
+                hook(results)
+            except Exception:  # a listener's bug must not stop the replica
+                log.exception("on_applied hook failed")
 
     # -- snapshots (pysyncobj's thread, except the writer) --
 
@@ -408,6 +422,7 @@ class RaftNode:
                     self.store.restore(f)
                 self.snapshots_installed += 1
                 log.info("installed snapshot at store index %d (raft %d)", snap_index, last[1])
+                self._notify([])
         return last, prev, [TCPNode(a) for a in cluster]
 
     # -- reads (any thread) --

@@ -12,6 +12,7 @@ import typer
 from protocol import messages as m
 from protocol import wire
 from protocol.errors import CodecError
+from tools import cli_hub
 
 app = typer.Typer(
     name="aiot",
@@ -27,6 +28,7 @@ bench_app = typer.Typer(
 protocol_app = typer.Typer(help="Wire protocol tools.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 app.add_typer(protocol_app, name="protocol")
+cli_hub.register(app)
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:

@@ -1,0 +1,515 @@
+"""The hub's HTTP API (FastAPI under uvicorn, inside the daemon's event loop).
+
+Every node serves it. Writes become Raft proposals, which pysyncobj forwards
+to the leader, so a write sent to a follower reaches the leader. Reads come
+from this node's LMDB; ``?linearizable=true`` first commits an empty entry
+through the leader (a barrier), so the read sees everything committed before
+the request.
+
+Authentication: ``Authorization: Bearer <admin token>`` (hub/auth.py derives
+the token from the cluster secret; `aiot` commands given the hub config find
+it themselves). ``/v1/health`` is open.
+
+    GET    /v1/health                         liveness and readiness
+    GET    /v1/status                         this node: raft, broker, ingest
+    GET    /v1/cluster                        the replicated node table
+    POST   /v1/cluster/nodes {raft}           add a node (dynamic membership)
+    DELETE /v1/cluster/nodes/{raft}           remove a node
+    POST   /v1/devices {...}                  register; answers the device's secrets
+    GET    /v1/devices                        the registry
+    GET    /v1/devices/{id}                   one device: progress, presence
+    GET    /v1/devices/{id}/config            the device's secrets config again
+    DELETE /v1/devices/{id}                   remove it and its data
+    GET    /v1/devices/{id}/readings          from_ms, to_ms, limit, linearizable
+    GET    /v1/devices/{id}/energy            day=YYYY-MM-DD: hourly Wh
+    POST   /v1/commands {device, action, params, deadline_s}
+    GET    /v1/commands?device=ID             the device's ledger
+    GET    /v1/commands/{id}                  one command with its history
+
+Errors are JSON ``{"detail": ...}`` with a 4xx status; a cluster that cannot
+commit right now answers 503 with the Raft reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import socket
+import uuid
+from collections.abc import Generator
+from datetime import date
+from typing import TYPE_CHECKING, Annotated, Any
+
+import uvicorn
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from hub import auth, rendezvous
+from hub import entries as e
+from hub.config import address
+from hub.ingest import wall_ms
+from hub.raft import RaftError, RaftNode
+from hub.store import ApplyResult, LedgerRecord, Store
+from protocol import messages as m
+from protocol.topics import valid_device_id
+
+if TYPE_CHECKING:
+    from hub.app import Hub
+
+log = logging.getLogger("aiot.api")
+
+
+# -- request bodies ---------------------------------------------------------------------
+
+
+class ParamSpecIn(BaseModel):
+    name: str = Field(min_length=1, max_length=64)
+    kind: str | int
+    min: float = 0.0
+    max: float = 0.0
+
+
+class CapabilityIn(BaseModel):
+    action: str = Field(min_length=1, max_length=64)
+    params: list[ParamSpecIn] = []
+
+
+class DeviceIn(BaseModel):
+    device_id: str
+    capabilities: list[CapabilityIn] | None = None  # None: a smart plug's
+    limit_w: float | None = Field(default=None, ge=0)
+    owner: str = Field(default="", max_length=64)
+
+
+class CommandIn(BaseModel):
+    device: str
+    action: str = Field(min_length=1, max_length=64)
+    params: dict[str, bool | int | float | str] = {}
+    deadline_s: float | None = Field(default=None, gt=0, le=7 * 86_400)
+
+
+class NodeIn(BaseModel):
+    raft: str
+
+
+# -- conversions --------------------------------------------------------------------------
+
+PLUG_CAPABILITIES: tuple[m.Capability, ...] = (
+    m.Capability("relay.set", (m.ParamSpec("on", m.ParamKind.Bool, 0.0, 1.0),)),
+    m.Capability("limit.set", (m.ParamSpec("watts", m.ParamKind.Float, 0.0, 3680.0),)),
+    m.Capability("sample.set", (m.ParamSpec("interval_ms", m.ParamKind.Int, 100.0, 3600000.0),)),
+    m.Capability("reboot", ()),
+)
+
+
+def _kind(value: str | int) -> m.ParamKind:
+    try:
+        if isinstance(value, int):
+            return m.ParamKind(value)
+        return {k.name.lower(): k for k in m.ParamKind}[value.lower()]
+    except (ValueError, KeyError):
+        names = ", ".join(k.name.lower() for k in m.ParamKind)
+        raise HTTPException(422, f"param kind {value!r}: expected one of {names}") from None
+
+
+def capabilities_of(caps: list[CapabilityIn] | None) -> tuple[m.Capability, ...]:
+    if caps is None:
+        return PLUG_CAPABILITIES
+    return tuple(
+        m.Capability(
+            c.action, tuple(m.ParamSpec(p.name, _kind(p.kind), p.min, p.max) for p in c.params)
+        )
+        for c in caps
+    )
+
+
+def capability_json(c: m.Capability) -> dict[str, Any]:
+    return {
+        "action": c.action,
+        "params": [
+            {"name": p.name, "kind": p.kind.name.lower(), "min": p.min, "max": p.max}
+            for p in c.params
+        ],
+    }
+
+
+def device_json(d: e.Device) -> dict[str, Any]:
+    return {
+        "device_id": d.device_id,
+        "capabilities": [capability_json(c) for c in d.capabilities],
+        "limit_w": d.limit_w,
+        "owner": d.owner,
+    }
+
+
+def ledger_json(rec: LedgerRecord) -> dict[str, Any]:
+    c = rec.command
+    return {
+        "command_id": c.command_id,
+        "device_id": c.device_id,
+        "seq": c.seq,
+        "term": c.term,
+        "action": c.action,
+        "params": {p.name: p.value for p in c.params},
+        "issued_at_ms": c.issued_at_ms,
+        "deadline_ms": c.deadline_ms,
+        "state": rec.state.name,
+        "history": [
+            {"state": h.state.name, "at_ms": h.at_ms, "node": h.node_id} for h in rec.history
+        ],
+        "result": None if rec.result is None else m.to_dict(rec.result),
+    }
+
+
+def device_config(hub: Hub, d: e.Device) -> dict[str, Any]:
+    """What the device needs: id, key, its broker list in its own order."""
+    assert hub.raft is not None
+    nodes = {n.node_id: n for n in hub.raft.read(Store.nodes)}
+    hubs = []
+    for node_id in rendezvous.order(d.device_id, nodes):
+        a = address(nodes[node_id].broker)
+        hubs.append([a.host, a.port])
+    return {
+        "device_id": d.device_id,
+        "key": d.key.hex(),
+        "hubs": hubs,
+        "user": d.device_id,
+        "password": auth.device_password(d.key),
+    }
+
+
+# -- the app -------------------------------------------------------------------------------
+
+
+def _results_error(res: ApplyResult) -> None:
+    if res.error is not None:
+        code = 404 if res.reason in ("unknown_device", "unknown_command") else 409
+        raise HTTPException(code, f"{res.reason}: {res.detail}" if res.detail else res.reason)
+
+
+async def _commit(raft: RaftNode, entry: bytes) -> ApplyResult:
+    try:
+        (res,) = await raft.propose(entry, timeout=10.0)
+    except RaftError as exc:
+        raise HTTPException(503, f"the cluster did not commit: {exc.reason} {exc}") from None
+    return res
+
+
+def _raft(request: Request) -> RaftNode:
+    raft: RaftNode | None = request.app.state.hub.raft
+    if raft is None:
+        raise HTTPException(503, "starting")
+    return raft
+
+
+def _admin(request: Request) -> None:
+    given = request.headers.get("authorization", "")
+    scheme, _, value = given.partition(" ")
+    if scheme.lower() != "bearer" or not auth.token_matches(value.strip(), request.app.state.token):
+        raise HTTPException(401, "a valid admin token is required (Authorization: Bearer)")
+
+
+Admin = Annotated[None, Depends(_admin)]
+Raft = Annotated[RaftNode, Depends(_raft)]
+
+
+def make_app(hub: Hub) -> FastAPI:
+    app = FastAPI(
+        title="aiot hub",
+        version="1",
+        description="One node of an aiot hub cluster: devices, commands, readings, cluster.",
+    )
+    app.state.hub = hub
+    app.state.token = auth.admin_token(hub.cfg.raft.secret)
+
+    async def barrier(r: RaftNode) -> None:
+        try:
+            await r.propose(e.group([]), timeout=10.0)
+        except RaftError as exc:
+            raise HTTPException(503, f"no linearizable read now: {exc.reason}") from None
+
+    def known(r: RaftNode, device_id: str) -> e.Device:
+        d = r.read(lambda s: s.device(device_id))
+        if d is None:
+            raise HTTPException(404, f"no device {device_id!r}")
+        return d
+
+    @app.get("/v1/health")
+    async def health() -> dict[str, Any]:
+        r = hub.raft
+        ready = r is not None and r.is_ready
+        return {"node_id": hub.node_id, "ready": ready, "leader": None if r is None else r.leader}
+
+    @app.get("/v1/status")
+    async def status(_: Admin, hash: bool = False) -> dict[str, Any]:
+        out = hub.status()
+        if hash and hub.raft is not None:
+            out["content_hash"] = await asyncio.to_thread(hub.raft.read, Store.content_hash)
+        return out
+
+    @app.get("/v1/cluster")
+    async def cluster(_: Admin, r: Raft) -> dict[str, Any]:
+        st = r.status()
+        return {
+            "node_id": hub.node_id,
+            "leader": st.leader,
+            "term": st.term,
+            "nodes": [
+                {"node_id": n.node_id, "raft": n.raft, "broker": n.broker, "http": n.http}
+                for n in r.read(Store.nodes)
+            ],
+        }
+
+    @app.post("/v1/cluster/nodes")
+    async def add_node(body: NodeIn, _: Admin, r: Raft) -> dict[str, Any]:
+        _valid_address(body.raft)
+        try:
+            await r.add_node(body.raft)
+        except RaftError as exc:
+            raise HTTPException(503, f"membership change failed: {exc.reason} {exc}") from None
+        return {"added": body.raft}
+
+    @app.delete("/v1/cluster/nodes/{raft_address}")
+    async def remove_node(raft_address: str, _: Admin, r: Raft) -> dict[str, Any]:
+        _valid_address(raft_address)
+        try:
+            await r.remove_node(raft_address)
+        except RaftError as exc:
+            raise HTTPException(503, f"membership change failed: {exc.reason} {exc}") from None
+        for n in r.read(Store.nodes):
+            if n.raft == raft_address:
+                await _commit(r, e.encode(e.RemoveNode(n.node_id, wall_ms())))
+        return {"removed": raft_address}
+
+    @app.post("/v1/devices", status_code=201)
+    async def add_device(body: DeviceIn, _: Admin, r: Raft) -> dict[str, Any]:
+        if not valid_device_id(body.device_id):
+            raise HTTPException(422, f"bad device id {body.device_id!r}: 1-64 of A-Z a-z 0-9 . _ -")
+        if auth.reserved_name(body.device_id):
+            raise HTTPException(422, f"device id {body.device_id!r} is reserved for the hub")
+        if r.read(lambda s: s.device(body.device_id)) is not None:
+            raise HTTPException(409, f"device {body.device_id!r} is already registered")
+        device = e.Device(
+            body.device_id,
+            secrets.token_bytes(32),
+            capabilities_of(body.capabilities),
+            body.limit_w,
+            body.owner,
+        )
+        res = await _commit(r, e.encode(e.RegisterDevice(device, wall_ms())))
+        _results_error(res)
+        return device_config(hub, device)
+
+    @app.get("/v1/devices")
+    async def list_devices(_: Admin, r: Raft) -> list[dict[str, Any]]:
+        def rows(s: Store) -> list[dict[str, Any]]:
+            out = []
+            for d in s.devices():
+                p = s.presence(d.device_id)
+                wm, lost = s.progress(d.device_id)
+                out.append(
+                    {
+                        **device_json(d),
+                        "watermark": wm,
+                        "lost_before": lost,
+                        "node": None if p is None else p.node_id,
+                        "online": p is not None and p.state is m.LinkState.ONLINE,
+                    }
+                )
+            return out
+
+        return r.read(rows)
+
+    @app.get("/v1/devices/{device_id}")
+    async def show_device(device_id: str, _: Admin, r: Raft) -> dict[str, Any]:
+        d = known(r, device_id)
+        p = r.read(lambda s: s.presence(device_id))
+        wm, lost = r.read(lambda s: s.progress(device_id))
+        last = hub.statuses.get(device_id)
+        return {
+            **device_json(d),
+            "watermark": wm,
+            "lost_before": lost,
+            "presence": None
+            if p is None
+            else {"node": p.node_id, "state": p.state.name, "at_ms": p.at_ms},
+            "last_status": None
+            if last is None
+            else {**m.to_dict(last[0]), "received_at": round(last[1], 3)},
+        }
+
+    @app.get("/v1/devices/{device_id}/config")
+    async def config_of(device_id: str, _: Admin, r: Raft) -> dict[str, Any]:
+        return device_config(hub, known(r, device_id))
+
+    @app.delete("/v1/devices/{device_id}")
+    async def remove_device(device_id: str, _: Admin, r: Raft) -> dict[str, Any]:
+        known(r, device_id)
+        res = await _commit(r, e.encode(e.RemoveDevice(device_id, wall_ms())))
+        _results_error(res)
+        return {"removed": device_id}
+
+    @app.get("/v1/devices/{device_id}/readings")
+    async def readings(
+        device_id: str,
+        _: Admin,
+        r: Raft,
+        from_ms: Annotated[int, Query(ge=0)] = 0,
+        to_ms: Annotated[int, Query(ge=0)] = 2**63 - 1,
+        sensor: Annotated[int | None, Query(ge=0, le=65535)] = None,
+        limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
+        linearizable: bool = False,
+    ) -> dict[str, Any]:
+        if linearizable:
+            await barrier(r)
+        known(r, device_id)
+        if to_ms <= from_ms:
+            raise HTTPException(422, "to_ms must be above from_ms")
+        rows = r.read(lambda s: s.readings_between(device_id, from_ms, to_ms, sensor))
+        truncated = len(rows) > limit
+        rows = rows[:limit]
+        return {
+            "device_id": device_id,
+            "truncated": truncated,
+            "readings": [
+                {"seq": x.seq, "ts_ms": x.ts_ms, "sensor": x.sensor, "value": x.value} for x in rows
+            ],
+        }
+
+    @app.get("/v1/devices/{device_id}/energy")
+    async def energy(
+        device_id: str, _: Admin, r: Raft, day: date, linearizable: bool = False
+    ) -> dict[str, Any]:
+        if linearizable:
+            await barrier(r)
+        known(r, device_id)
+        hours = r.read(lambda s: s.hourly_energy(device_id, day))
+        return {
+            "device_id": device_id,
+            "day": day.isoformat(),
+            "hours": [{"start_ms": h.start_ms, "wh": round(h.wh, 6)} for h in hours],
+        }
+
+    @app.post("/v1/commands", status_code=201)
+    async def send_command(body: CommandIn, _: Admin, r: Raft) -> dict[str, Any]:
+        d = known(r, body.device)
+        cap = next((c for c in d.capabilities if c.action == body.action), None)
+        if cap is None:
+            actions = ", ".join(c.action for c in d.capabilities) or "none"
+            raise HTTPException(422, f"{body.device} has no action {body.action!r} ({actions})")
+        params = _params(cap, body.params)
+        now = wall_ms()
+        deadline_s = body.deadline_s or hub.cfg.commands.deadline_s
+        cmd = e.PutCommand(
+            uuid.uuid4().hex[:16],
+            body.device,
+            r.status().term,
+            body.action,
+            params,
+            now,
+            now + int(deadline_s * 1000),
+        )
+        res = await _commit(r, e.encode(cmd))
+        _results_error(res)
+        rec = r.read(lambda s: s.command(cmd.command_id))
+        assert rec is not None
+        return ledger_json(rec)
+
+    @app.get("/v1/commands")
+    async def list_commands(device: str, _: Admin, r: Raft) -> list[dict[str, Any]]:
+        return [ledger_json(x) for x in r.read(lambda s: s.commands(device))]
+
+    @app.get("/v1/commands/{command_id}")
+    async def show_command(command_id: str, _: Admin, r: Raft) -> dict[str, Any]:
+        rec = r.read(lambda s: s.command(command_id))
+        if rec is None:
+            raise HTTPException(404, f"no command {command_id!r}")
+        return ledger_json(rec)
+
+    @app.exception_handler(ValueError)
+    async def bad_value(_: Request, exc: ValueError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=422)
+
+    return app
+
+
+def _valid_address(value: str) -> None:
+    try:
+        address(value)
+    except ValueError as exc:
+        raise HTTPException(422, str(exc)) from None
+
+
+def _params(cap: m.Capability, given: dict[str, bool | int | float | str]) -> tuple[m.Param, ...]:
+    specs = {p.name: p for p in cap.params}
+    unknown = set(given) - set(specs)
+    if unknown:
+        raise HTTPException(422, f"{cap.action}: unknown parameter(s) {', '.join(sorted(unknown))}")
+    out = []
+    for name, spec in specs.items():
+        if name not in given:
+            raise HTTPException(422, f"{cap.action}: parameter {name!r} is required")
+        v = given[name]
+        kind = spec.kind
+        ok = (
+            (kind is m.ParamKind.Bool and isinstance(v, bool))
+            or (kind is m.ParamKind.Int and isinstance(v, int) and not isinstance(v, bool))
+            or (
+                kind is m.ParamKind.Float and isinstance(v, int | float) and not isinstance(v, bool)
+            )
+            or (kind is m.ParamKind.Text and isinstance(v, str))
+        )
+        if not ok:
+            raise HTTPException(422, f"{cap.action}: {name} must be {kind.name.lower()}, got {v!r}")
+        if kind is m.ParamKind.Float:
+            v = float(v)
+        if kind in (m.ParamKind.Int, m.ParamKind.Float) and spec.max > spec.min:
+            assert isinstance(v, int | float)
+            if not spec.min <= v <= spec.max:
+                raise HTTPException(
+                    422, f"{cap.action}: {name}={v} outside {spec.min:g}..{spec.max:g}"
+                )
+        out.append(m.Param(name, v))
+    return tuple(out)
+
+
+# -- serving ----------------------------------------------------------------------------
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handlers: the daemon owns SIGTERM."""
+
+    task: asyncio.Task[None]
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+async def start_http(hub: Hub) -> _Server:
+    """Listening when it returns; OSError when the address is taken."""
+    bind = hub.cfg.http.bind
+    family = socket.AF_INET6 if ":" in bind.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((bind.host, bind.port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(f"HTTP API cannot listen on {bind}: {exc.strerror}") from None
+    config = uvicorn.Config(
+        make_app(hub),
+        host=bind.host,
+        port=bind.port,
+        log_config=None,
+        access_log=False,
+        lifespan="off",
+    )
+    server = _Server(config)
+    server.task = asyncio.create_task(server.serve(sockets=[sock]), name="http")
+    while not server.started and not server.task.done():
+        await asyncio.sleep(0.02)
+    return server
