@@ -15,6 +15,12 @@ Layout (all integers big-endian; see hub/DESIGN.md for every payload)::
     str8   = u8 length, UTF-8 bytes        blob8 = u8 length, bytes
     str16  = u16 length, UTF-8 bytes
 
+Entry types (EntryType): BATCH 1, REGISTER_DEVICE 2, REMOVE_DEVICE 3,
+PRESENCE 4, COMMAND 5, COMMAND_RESULT 6, COMMAND_STATE 7, MODEL_PUT 8,
+(9 reserved for GAP), NODE_PUT 10 (a hub node's addresses, ``NodeInfo``),
+NODE_REMOVE 11 (``RemoveNode``), GROUP 16 (several of the others in one Raft
+entry; groups do not nest).
+
 Decoding checks structure and values (lengths, UTF-8, enums, device ids,
 sequence ranges, no trailing bytes) and raises ``EntryError`` with a
 machine-readable ``reason`` (one of ``REASONS``); encoding raises the same
@@ -26,6 +32,7 @@ from __future__ import annotations
 
 import enum
 import math
+import re
 import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -35,6 +42,13 @@ from protocol import messages as m
 from protocol.topics import valid_device_id
 
 ENTRY_VERSION: Final = 1
+
+# A hub node id, as hub/config.py NODE_ID. Kept here, not imported: what
+# decodes as a valid entry is part of the replicated format and must not move
+# with the config file's rules (a unit test checks that the two agree).
+NODE_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_PORT: Final = re.compile(r"[0-9]{1,5}")
+MAX_ADDRESS_BYTES: Final = 255
 
 # A batch spans at most 65.535 s (u16 offsets): base_ts_ms + offset fits in u64.
 _U64_MAX: Final = 2**64 - 1
@@ -73,6 +87,8 @@ class EntryType(enum.IntEnum):
     COMMAND_STATE = 7
     MODEL_PUT = 8
     # 9 is reserved for GAP (a device-declared sequence gap; hub/DESIGN.md).
+    NODE_PUT = 10
+    NODE_REMOVE = 11
     GROUP = 16
 
 
@@ -244,6 +260,40 @@ def _nonempty(s: str, what: str) -> str:
     return s
 
 
+def _node_id(node_id: str) -> str:
+    if not NODE_ID.fullmatch(node_id):
+        raise EntryError("bad_value", f"node_id {node_id[:80]!r}")
+    return node_id
+
+
+def valid_address(address: str) -> bool:
+    """``host:port``: at most 255 UTF-8 bytes, no spaces or control
+    characters, a non-empty host, a port in 1..65535 (ASCII digits) after the
+    last colon; a host with a colon (IPv6) must be in brackets, as in
+    ``[::1]:1883``."""
+    # isprintable() first: it also refuses lone surrogates, which encode() cannot take.
+    if not address or not address.isprintable() or " " in address:
+        return False
+    if len(address.encode()) > MAX_ADDRESS_BYTES:
+        return False
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not _PORT.fullmatch(port) or not 1 <= int(port) <= 65535:
+        return False
+    if any(c in host for c in ":[]"):
+        # IPv6: the whole host in brackets, and no bracket inside.
+        inner = host[1:-1]
+        return (
+            host[0] == "[" and host[-1] == "]" and bool(inner) and not any(c in inner for c in "[]")
+        )
+    return True
+
+
+def _address(address: str, what: str) -> str:
+    if not valid_address(address):
+        raise EntryError("bad_value", f"{what} {address[:80]!r}: want host:port")
+    return address
+
+
 # -- entries ------------------------------------------------------------------------
 
 
@@ -387,6 +437,28 @@ class PutModel:
 
 
 @dataclass(frozen=True, slots=True)
+class NodeInfo:
+    """A hub node's record in the replicated node table (NODE_PUT): where its
+    Raft peer port, its MQTT broker (what devices connect to) and its HTTP API
+    are. Each node proposes its own at startup; ``at_ms`` is the proposer's
+    clock."""
+
+    node_id: str
+    raft: str
+    broker: str
+    http: str
+    at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveNode:
+    """Forget a hub node's record (NODE_REMOVE)."""
+
+    node_id: str
+    at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
 class Group:
     """Several entries proposed as one Raft entry (the ingest batcher's unit).
     Parts stay bytes: apply decodes and applies each on its own, so one bad
@@ -404,6 +476,8 @@ Entry = (
     | RecordResult
     | MarkCommand
     | PutModel
+    | NodeInfo
+    | RemoveNode
     | Group
 )
 
@@ -416,6 +490,8 @@ ENTRY_TYPES: Final[dict[type[object], EntryType]] = {
     RecordResult: EntryType.COMMAND_RESULT,
     MarkCommand: EntryType.COMMAND_STATE,
     PutModel: EntryType.MODEL_PUT,
+    NodeInfo: EntryType.NODE_PUT,
+    RemoveNode: EntryType.NODE_REMOVE,
     Group: EntryType.GROUP,
 }
 
@@ -470,6 +546,16 @@ def unpack_device(u: Unpacker) -> Device:
             specs.append(m.ParamSpec(name, kind, lo, hi))
         caps.append(m.Capability(action, tuple(specs)))
     return Device(device_id, key, tuple(caps), limit if has_limit else None, owner)
+
+
+def pack_node_addresses(p: Packer, n: NodeInfo) -> None:
+    """raft, broker, http as str8 (the node record without id and time)."""
+    p.str8(_address(n.raft, "raft"), "raft").str8(_address(n.broker, "broker"), "broker")
+    p.str8(_address(n.http, "http"), "http")
+
+
+def unpack_node_addresses(u: Unpacker) -> tuple[str, str, str]:
+    return _address(u.str8(), "raft"), _address(u.str8(), "broker"), _address(u.str8(), "http")
 
 
 def pack_params(p: Packer, params: tuple[m.Param, ...]) -> None:
@@ -574,6 +660,12 @@ def _payload(entry: Entry, p: Packer) -> None:
         p.str8(_nonempty(entry.name, "name"), "name").str8(entry.version, "version")
         p.blob8(entry.sha256).u64(entry.size, "size").str16(entry.source, "source")
         p.u64(entry.at_ms, "at_ms")
+    elif isinstance(entry, NodeInfo):
+        p.str8(_node_id(entry.node_id), "node_id")
+        pack_node_addresses(p, entry)
+        p.u64(entry.at_ms, "at_ms")
+    elif isinstance(entry, RemoveNode):
+        p.str8(_node_id(entry.node_id), "node_id").u64(entry.at_ms, "at_ms")
     else:
         p.u16(len(entry.parts), "part count")
         for part in entry.parts:
@@ -641,6 +733,12 @@ def _decode_payload(kind: EntryType, u: Unpacker) -> Entry:
         if len(sha) != 32:
             raise EntryError("bad_value", f"sha256 of {len(sha)} bytes")
         return PutModel(name, version, sha, u.u64(), u.str16(), u.u64())
+    if kind is EntryType.NODE_PUT:
+        node_id = _node_id(u.str8())
+        raft, broker, http = unpack_node_addresses(u)
+        return NodeInfo(node_id, raft, broker, http, u.u64())
+    if kind is EntryType.NODE_REMOVE:
+        return RemoveNode(_node_id(u.str8()), u.u64())
     parts = []
     for _ in range(u.u16()):
         part = u.raw(u.u32())

@@ -65,6 +65,7 @@ TABLES: Final = (
     "ledger_ids",
     "meta",
     "models",
+    "nodes",
     "presence",
     "readings",
     "watermarks",
@@ -146,7 +147,9 @@ class ApplyResult:
     type: e.EntryType | None  # None when the header is unreadable
     outcome: Outcome
     device_id: str = ""
-    node_id: str = ""  # the node that received the batch (it sends the commit-ack)
+    # batches: the node that received it (it sends the commit-ack); presence,
+    # command results and marks: the entry's node; NODE_PUT/REMOVE: the record's
+    node_id: str = ""
     stored: int = 0  # new readings stored
     duplicates: int = 0  # readings of the batch already stored
     watermark: int = 0  # the device's watermark after the entry (batches)
@@ -198,6 +201,7 @@ class LedgerRecord:
 
 
 ModelRecord = e.PutModel
+NodeRecord = e.NodeInfo
 
 
 # -- keys and values ----------------------------------------------------------------
@@ -314,6 +318,24 @@ def _unpack_model(name: str, value: bytes) -> e.PutModel:
     return e.PutModel(name, u.str8(), u.blob8(), u.u64(), u.str16(), u.u64())
 
 
+def _node_fields(n: e.NodeInfo) -> bytes:
+    p = e.Packer()
+    e.pack_node_addresses(p, n)
+    return bytes(p)
+
+
+def _pack_node(n: e.NodeInfo) -> bytes:
+    p = e.Packer().u8(_RECORD_VERSION)
+    e.pack_node_addresses(p, n)
+    return bytes(p.u64(n.at_ms))
+
+
+def _unpack_node(node_id: str, value: bytes) -> e.NodeInfo:
+    u = e.Unpacker(bytes(value), 1)
+    raft, broker, http = e.unpack_node_addresses(u)
+    return e.NodeInfo(node_id, raft, broker, http, u.u64())
+
+
 # -- apply ----------------------------------------------------------------------------
 
 _FINAL_FROM_STATUS: Final = {
@@ -364,6 +386,10 @@ class _Apply:
             return self.mark(index, part, entry)
         if isinstance(entry, e.PutModel):
             return self.model(index, part, entry)
+        if isinstance(entry, e.NodeInfo):
+            return self.node_put(index, part, entry)
+        if isinstance(entry, e.RemoveNode):
+            return self.node_remove(index, part, entry)
         raise Rejected("nested_group")
 
     # telemetry
@@ -633,6 +659,29 @@ class _Apply:
             return self._result(index, part, kind, Outcome.UNCHANGED)
         self.txn.put(key, value, db=db)
         return self._result(index, part, kind, Outcome.APPLIED)
+
+    # hub nodes
+
+    def node_put(self, index: int, part: int, n: e.NodeInfo) -> ApplyResult:
+        # Log order decides, not at_ms: a node's clock at boot (a Raspberry Pi
+        # has no RTC) can be behind what it said last time. The same addresses
+        # again (a restart, a retried proposal) change nothing, not even at_ms,
+        # so restarts do not churn the content hash.
+        key, db = n.node_id.encode(), self.dbs["nodes"]
+        kind = e.EntryType.NODE_PUT
+        old = self.txn.get(key, db=db)
+        fields = _node_fields(n)
+        if old is not None and old[1:-8] == fields:
+            return self._result(index, part, kind, Outcome.UNCHANGED, node_id=n.node_id)
+        self.txn.put(key, _pack_node(n), db=db)
+        return self._result(index, part, kind, Outcome.APPLIED, node_id=n.node_id)
+
+    def node_remove(self, index: int, part: int, r: e.RemoveNode) -> ApplyResult:
+        # Idempotent: removing a node that is not there is not an error.
+        kind = e.EntryType.NODE_REMOVE
+        if self.txn.delete(r.node_id.encode(), db=self.dbs["nodes"]):
+            return self._result(index, part, kind, Outcome.APPLIED, node_id=r.node_id)
+        return self._result(index, part, kind, Outcome.UNCHANGED, node_id=r.node_id)
 
 
 # -- hashing and snapshots -------------------------------------------------------------
@@ -955,6 +1004,16 @@ class Store:
         with self._read() as txn:
             raw = txn.get(name.encode(), db=self._dbs["models"])
             return None if raw is None else _unpack_model(name, raw)
+
+    def nodes(self) -> list[NodeRecord]:
+        """Every hub node's record, by node_id (ASCII, so key order)."""
+        with self._read() as txn:
+            return [_unpack_node(k.decode(), v) for k, v in txn.cursor(db=self._dbs["nodes"])]
+
+    def node(self, node_id: str) -> NodeRecord | None:
+        with self._read() as txn:
+            raw = txn.get(node_id.encode(), db=self._dbs["nodes"])
+            return None if raw is None else _unpack_node(node_id, raw)
 
     def readings(
         self, device_id: str, from_seq: int = 1, to_seq: int | None = None, limit: int | None = None

@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from hub import config
 from hub import entries as e
 from protocol import messages as m
 from protocol.golden import CASES
@@ -48,6 +49,9 @@ EXAMPLES: list[e.Entry] = [
     e.MarkCommand("c-1", e.LedgerState.SENT, "hub-1", 400),
     e.MarkCommand("c-1", e.LedgerState.EXPIRED, "hub-1", 500),
     e.PutModel("anomaly", "3", bytes(32), 1234, "models/anomaly.onnx", 600),
+    e.NodeInfo("hub-1", "10.0.0.5:4321", "hub-1.local:1883", "[fe80::1%eth0]:8080", 700),
+    e.NodeInfo("H" * 64, "[::1]:1", "a:65535", "x" * 250 + ":8080", 2**64 - 1),
+    e.RemoveNode("hub.2_b", 800),
 ]
 
 
@@ -72,6 +76,22 @@ def test_batch_bytes_are_exact() -> None:
     assert isinstance(decoded, e.Batch)
     assert decoded.count == 2 and decoded.last_seq == 1026 and decoded.lost_before == 1000
     assert tuple(decoded.readings()) == batch.readings
+
+
+def test_node_entry_bytes_are_exact() -> None:
+    expected = bytes.fromhex(
+        "01 0a"  # version, type NODE_PUT
+        "05 6875622d31"  # node id "hub-1"
+        "06 683a34333231"  # raft "h:4321"
+        "06 683a31383833"  # broker "h:1883"
+        "06 683a38303830"  # http "h:8080"
+        "0000019aa4b64500"  # at_ms
+    )
+    node = e.NodeInfo("hub-1", "h:4321", "h:1883", "h:8080", 1_763_700_000_000)
+    assert e.encode(node) == expected and e.decode(expected) == node
+    remove = bytes.fromhex("01 0b 05 6875622d31 0000000000000007")
+    assert e.encode(e.RemoveNode("hub-1", 7)) == remove
+    assert e.decode(remove) == e.RemoveNode("hub-1", 7)
 
 
 def test_golden_batch_readings_survive_exactly() -> None:
@@ -104,6 +124,19 @@ def test_every_truncation_is_refused(entry: e.Entry) -> None:
         assert err.value.reason in ("truncated", "trailing_bytes", "bad_value")
 
 
+def _str8(b: bytes) -> bytes:
+    return bytes([len(b)]) + b
+
+
+def _node_put(
+    node_id: bytes = b"hub-1",
+    raft: bytes = b"h:4321",
+    broker: bytes = b"h:1883",
+    http: bytes = b"h:8080",
+) -> bytes:
+    return b"\x01\x0a" + b"".join(map(_str8, (node_id, raft, broker, http))) + bytes(8)
+
+
 @pytest.mark.parametrize(
     ("data", "reason"),
     [
@@ -118,6 +151,29 @@ def test_every_truncation_is_refused(entry: e.Entry) -> None:
         (b"\x01\x04\x01p\x01h\x07" + bytes(8), "bad_value"),  # LinkState 7
         (b"\x01\x07\x01c\x00\x01h" + bytes(8), "bad_value"),  # mark PENDING
         (b"\x01\x10\x00\x01\x00\x00\x00\x02\x01\x10", "nested_group"),
+        (b"\x01\x0c", "unknown_type"),
+        # NODE_PUT and NODE_REMOVE
+        (_node_put() + b"\x00", "trailing_bytes"),
+        (_node_put()[:-1], "truncated"),
+        (_node_put(node_id=b"\xff\xfe"), "bad_utf8"),
+        (_node_put(http=b"h:\xff"), "bad_utf8"),
+        (_node_put(node_id=b""), "bad_value"),
+        (_node_put(node_id=b"-hub"), "bad_value"),  # must start with a letter or digit
+        (_node_put(node_id=b"hub/1"), "bad_value"),
+        (_node_put(node_id=b"h" * 65), "bad_value"),
+        (_node_put(raft=b""), "bad_value"),
+        (_node_put(raft=b"h"), "bad_value"),  # no port
+        (_node_put(broker=b"h:0"), "bad_value"),
+        (_node_put(broker=b"h:65536"), "bad_value"),
+        (_node_put(broker=b":1883"), "bad_value"),  # no host
+        (_node_put(http=b"::1:8080"), "bad_value"),  # IPv6 without brackets
+        (_node_put(http=b"h:80a"), "bad_value"),
+        (_node_put(http=b"h :80"), "bad_value"),
+        (b"\x01\x0b\x05hub-1" + bytes(8) + b"\x00", "trailing_bytes"),
+        (b"\x01\x0b\x05hub-1" + bytes(7), "truncated"),
+        (b"\x01\x0b\x03a b" + bytes(8), "bad_value"),
+        (b"\x01\x0b\x00" + bytes(8), "bad_value"),
+        (b"\x01\x0b\x02\xc3\x28" + bytes(8), "bad_utf8"),
     ],
 )
 def test_malformed_entries_name_their_fault(data: bytes, reason: str) -> None:
@@ -163,6 +219,19 @@ def test_batch_sequence_and_time_ranges_are_checked() -> None:
         (e.PutModel("m", "1", b"short", 1, "", 1), "bad_value"),
         (e.Batch("plug-1", "hub-1", 1, 1, 0, b"\x00" * 7), "bad_value"),
         (e.Group((e.group([]),)), "nested_group"),
+        (e.NodeInfo("", "h:1", "h:2", "h:3", 1), "bad_value"),
+        (e.NodeInfo("hub 1", "h:1", "h:2", "h:3", 1), "bad_value"),
+        (e.NodeInfo("hub-1", "h:1", "h:2", "h:3", -1), "bad_value"),
+        (e.NodeInfo("hub-1", "h:1", "h:2", "h:3", 2**64), "bad_value"),
+        (e.NodeInfo("hub-1", "x" * 251 + ":8080", "h:2", "h:3", 1), "bad_value"),  # 256 bytes
+        (
+            e.NodeInfo("hub-1", "h:1", "é" * 127 + ":80", "h:3", 1),
+            "bad_value",
+        ),  # 130 chars, 257 bytes
+        (e.NodeInfo("hub-1", "h:1", "h:2", "h:\udc80", 1), "bad_value"),
+        (e.NodeInfo("hub-1", "h:1", "h:2", "[::1:8080", 1), "bad_value"),
+        (e.RemoveNode("hub/1", 1), "bad_value"),
+        (e.RemoveNode("hub-1", -1), "bad_value"),
     ],
 )
 def test_unencodable_entries_are_refused(entry: e.Entry, reason: str) -> None:
@@ -176,6 +245,43 @@ def test_a_reading_value_beyond_f32_is_refused() -> None:
     with pytest.raises(e.EntryError) as err:
         e.Batch.from_message(batch, "hub-1")
     assert err.value.reason == "bad_value"
+
+
+def test_node_ids_are_the_configs() -> None:
+    # The replicated format keeps its own copy; the two must agree.
+    assert e.NODE_ID.pattern == config.NODE_ID.pattern
+
+
+@pytest.mark.parametrize(
+    ("address", "ok"),
+    [
+        ("127.0.0.1:4321", True),
+        ("hub-1.local:1", True),
+        ("h:65535", True),
+        ("[::1]:1883", True),
+        ("[fe80::1%eth0]:8080", True),
+        ("x" * 250 + ":8080", True),  # 255 bytes
+        ("", False),
+        ("h", False),
+        ("h:", False),
+        (":80", False),
+        ("h:0", False),
+        ("h:65536", False),
+        ("h:123456", False),
+        ("h:+80", False),
+        ("h:٨٠", False),  # non-ASCII digits
+        ("::1:80", False),
+        ("[::1]80", False),
+        ("[]:80", False),
+        ("[[::1]]:80", False),
+        ("h]:80", False),
+        ("h :80", False),
+        ("h\n:80", False),
+        ("x" * 251 + ":8080", False),  # 256 bytes
+    ],
+)
+def test_node_addresses(address: str, ok: bool) -> None:
+    assert e.valid_address(address) is ok
 
 
 ids = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,20}", fullmatch=True)
@@ -210,10 +316,34 @@ def test_batches_round_trip(batch: m.TelemetryBatch, node: str) -> None:
     assert tuple(entry.readings()) == batch.readings
 
 
+hosts = st.one_of(
+    st.from_regex(r"[A-Za-z0-9.-]{1,40}", fullmatch=True),
+    st.from_regex(r"\[[0-9a-f:]{2,39}\]", fullmatch=True),
+)
+addresses = st.builds("{}:{}".format, hosts, st.integers(1, 65535))
+nodes = st.builds(
+    e.NodeInfo,
+    st.from_regex(e.NODE_ID, fullmatch=True),
+    addresses,
+    addresses,
+    addresses,
+    st.integers(0, 2**64 - 1),
+)
+
+
+@settings(max_examples=300)
+@given(nodes)
+def test_nodes_round_trip(node: e.NodeInfo) -> None:
+    assert e.decode(e.encode(node)) == node
+    remove = e.RemoveNode(node.node_id, node.at_ms)
+    assert e.decode(e.encode(remove)) == remove
+
+
 @settings(max_examples=500)
 @given(st.binary(max_size=80))
 def test_random_bytes_raise_only_entry_error(data: bytes) -> None:
-    for candidate in (data, b"\x01" + data, b"\x01\x01" + data, b"\x01\x10" + data):
+    headers = (b"", b"\x01", b"\x01\x01", b"\x01\x0a", b"\x01\x0b", b"\x01\x10")
+    for candidate in (h + data for h in headers):
         try:
             entry = e.decode(candidate)
         except e.EntryError as err:

@@ -3,6 +3,7 @@ rejections, convergence hashes, snapshots, reads."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import struct
 import tempfile
@@ -22,6 +23,8 @@ from hub import entries as e
 from hub.store import (
     ENERGY_WH_SENSOR,
     HOUR_MS,
+    SNAPSHOT_MAGIC,
+    TABLES,
     HourlyEnergy,
     IncompatibleStore,
     Outcome,
@@ -73,6 +76,17 @@ def register(
     owner: str = "",
 ) -> bytes:
     return e.encode(e.RegisterDevice(e.Device(device_id, key, (RELAY,), limit_w, owner), 1))
+
+
+def node(
+    node_id: str = "hub-1",
+    at_ms: int = 1,
+    *,
+    raft: str = "10.0.0.1:4321",
+    broker: str = "10.0.0.1:1883",
+    http: str = "10.0.0.1:8080",
+) -> e.NodeInfo:
+    return e.NodeInfo(node_id, raft, broker, http, at_ms)
 
 
 def numbered(entries: Iterable[bytes], start: int = 1) -> list[tuple[int, bytes]]:
@@ -279,6 +293,9 @@ def test_hash_differs_for_different_content(tmp_path: Path) -> None:
         [*base, e.encode(e.Presence("plug-1", "hub-2", m.LinkState.ONLINE, 5))],
         [register(owner="bob"), batch("plug-1", 1, 10)],
         [*base, e.encode(e.PutCommand("c-1", "plug-1", 1, "relay.set"))],
+        [*base, e.encode(node())],
+        [*base, e.encode(node(http="[::1]:8080"))],
+        [*base, e.encode(node("hub-2"))],
     ]
     digests = set()
     for i, v in enumerate(variants):
@@ -642,6 +659,163 @@ def test_model_registry_latest_wins(store: Store) -> None:
     results = store.apply(numbered([e.encode(v1), e.encode(v1), e.encode(v2)]))
     assert [r.outcome for r in results] == [Outcome.APPLIED, Outcome.UNCHANGED, Outcome.APPLIED]
     assert store.model("anomaly") == v2 and store.model("llm") is None
+
+
+# -- hub nodes ------------------------------------------------------------------------------
+
+
+def test_node_table_put_replace_remove(store: Store) -> None:
+    empty = store.content_hash()
+    hub1 = node("hub-1", 100)
+    (r,) = store.apply([(1, e.encode(hub1))])
+    assert (r.outcome, r.type, r.node_id) == (Outcome.APPLIED, e.EntryType.NODE_PUT, "hub-1")
+    assert store.node("hub-1") == hub1 and store.nodes() == [hub1]
+    digest = store.content_hash()
+    assert digest != empty
+
+    # A restart proposes the same addresses at a new time: nothing is written.
+    (r,) = store.apply([(2, e.encode(node("hub-1", 200)))])
+    assert r.outcome is Outcome.UNCHANGED
+    assert store.node("hub-1") == hub1 and store.content_hash() == digest
+    assert store.applied_index() == 2
+
+    # New addresses replace the record, whatever its time (log order decides).
+    moved = node("hub-1", 50, broker="192.168.1.10:1883")
+    (r,) = store.apply([(3, e.encode(moved))])
+    assert r.outcome is Outcome.APPLIED and store.node("hub-1") == moved
+    assert store.content_hash() not in (digest, empty)
+
+    hub0, hub2 = node("hub-0", 5), node("hub-2", 7, raft="[::1]:4321")
+    store.apply(numbered([e.encode(hub2), e.encode(hub0)], 4))
+    assert store.nodes() == [hub0, moved, hub2]  # by node_id
+    assert store.node("hub-9") is None
+
+    results = store.apply(
+        numbered(
+            [
+                e.encode(e.RemoveNode("hub-1", 9)),
+                e.encode(e.RemoveNode("hub-1", 10)),  # again
+                e.encode(e.RemoveNode("hub-9", 11)),  # never known
+            ],
+            6,
+        )
+    )
+    assert [(r.outcome, r.type, r.node_id) for r in results] == [
+        (Outcome.APPLIED, e.EntryType.NODE_REMOVE, "hub-1"),
+        (Outcome.UNCHANGED, e.EntryType.NODE_REMOVE, "hub-1"),
+        (Outcome.UNCHANGED, e.EntryType.NODE_REMOVE, "hub-9"),
+    ]
+    assert store.nodes() == [hub0, hub2] and store.node("hub-1") is None
+    store.apply(
+        numbered([e.encode(e.RemoveNode("hub-0", 1)), e.encode(e.RemoveNode("hub-2", 1))], 9)
+    )
+    assert store.nodes() == [] and store.content_hash() == empty
+
+
+def test_node_entries_inside_a_group(store: Store) -> None:
+    bad = e.encode(node("hub-3"))[:2] + b"\x05hub/3" + e.encode(node("hub-3"))[8:]
+    grp = e.group(
+        [
+            e.encode(node("hub-1", 1)),
+            e.encode(node("hub-1", 2)),
+            e.encode(e.RemoveNode("hub-2", 3)),
+            bad,
+            e.encode(node("hub-2", 4)),
+            register(),
+        ]
+    )
+    results = store.apply([(1, grp)])
+    assert [(r.part, r.outcome) for r in results] == [
+        (1, Outcome.APPLIED),
+        (2, Outcome.UNCHANGED),
+        (3, Outcome.UNCHANGED),
+        (4, Outcome.REJECTED),
+        (5, Outcome.APPLIED),
+        (6, Outcome.APPLIED),
+    ]
+    assert (results[3].reason, results[3].type) == ("bad_value", e.EntryType.NODE_PUT)
+    assert [n.node_id for n in store.nodes()] == ["hub-1", "hub-2"]
+    assert store.node("hub-1") == node("hub-1", 1)
+
+
+def test_node_records_converge_whatever_the_grouping(tmp_path: Path) -> None:
+    log = [
+        e.encode(node("hub-1", 1)),
+        e.encode(node("hub-2", 2)),
+        e.encode(node("hub-1", 3)),
+        e.encode(node("hub-1", 4, http="h:1")),
+        e.encode(e.RemoveNode("hub-2", 5)),
+        e.encode(node("hub-3", 6)),
+    ]
+    with open_store(tmp_path / "a") as a, open_store(tmp_path / "b") as b:
+        a.apply(numbered(log))
+        b.apply([(1, e.group(log[:3])), (2, e.group(log[3:]))])
+        assert a.content_hash() == b.content_hash() and a.nodes() == b.nodes()
+        assert a.nodes() == [node("hub-1", 4, http="h:1"), node("hub-3", 6)]
+
+
+def test_snapshot_carries_the_node_table(tmp_path: Path) -> None:
+    with open_store(tmp_path / "a") as a:
+        a.apply(numbered([e.encode(node("hub-1")), e.encode(node("hub-2")), *LOG]))
+        buf = io.BytesIO()
+        a.snapshot_to(buf)
+        digest, nodes = a.content_hash(), a.nodes()
+    assert b"T\x05nodes" in buf.getvalue()
+    buf.seek(0)
+    Store.install(tmp_path / "b", buf, map_size=MAP)
+    with open_store(tmp_path / "b") as b:
+        assert b.nodes() == nodes and len(nodes) == 2
+        assert b.content_hash() == digest
+
+
+def _drop_table(path: Path, name: str) -> None:
+    env = lmdb.open(str(path / "store.mdb"), subdir=False, max_dbs=16)
+    with env.begin(write=True) as txn:
+        txn.drop(env.open_db(name.encode(), txn=txn), delete=True)
+    with env.begin(write=True) as txn, pytest.raises(lmdb.NotFoundError):
+        env.open_db(name.encode(), txn=txn, create=False)
+    env.close()
+
+
+def test_a_store_from_before_the_node_table_opens(tmp_path: Path) -> None:
+    # Such a store has every table but "nodes": opening it creates the table,
+    # empty, and the content hash is what it was.
+    path = tmp_path / "s"
+    with open_store(path) as s:
+        s.apply(numbered(LOG))
+        digest = s.content_hash()
+    _drop_table(path, "nodes")
+    with open_store(path) as s:
+        assert s.applied_index() == 4 and s.nodes() == [] and s.content_hash() == digest
+        assert seqs(s, "plug-1") == list(range(1, 15)) + list(range(20, 25))
+        (r,) = s.apply([(5, e.encode(node()))])
+        assert r.outcome is Outcome.APPLIED and s.nodes() == [node()]
+    with open_store(path) as s:
+        assert s.nodes() == [node()]
+
+
+def test_a_snapshot_from_before_the_node_table_installs(tmp_path: Path) -> None:
+    with open_store(tmp_path / "a") as a:
+        a.apply(numbered(LOG))
+        buf = io.BytesIO()
+        a.snapshot_to(buf)
+        digest = a.content_hash()
+    # The stream as a store without the table wrote it: no "nodes" section.
+    body = buf.getvalue()[:-32]
+    section = b"T\x05nodes"
+    assert body.count(section) == 1 and body.startswith(SNAPSHOT_MAGIC)
+    old = body.replace(section, b"")
+    stream = io.BytesIO(old + hashlib.sha256(old).digest())
+    assert Store.install(tmp_path / "b", stream, map_size=MAP) == 4
+    with open_store(tmp_path / "b") as b:
+        assert b.nodes() == [] and b.content_hash() == digest
+        assert b.apply([(5, e.encode(node()))])[0].outcome is Outcome.APPLIED
+
+
+def test_tables_are_sorted() -> None:
+    # The content hash and the snapshot stream walk TABLES in this order, and
+    # an install checks that table names increase.
+    assert list(TABLES) == sorted(TABLES) and "nodes" in TABLES
 
 
 # -- failure modes ------------------------------------------------------------------------------
