@@ -106,17 +106,23 @@ class LocalCluster:
         broker: str = "mosquitto",
         extra: str = "",
         election_ms: tuple[int, int] = (300, 900),
+        raft: dict[str, int] | None = None,
     ) -> None:
+        """``extra``: TOML tables appended to every config; ``raft``: more
+        keys for the [raft] table (snapshot_min_entries, ...)."""
         self.root = root
         self.n = nodes
         self.ports = [NodePorts(free_port(), free_port(), free_port()) for _ in range(nodes)]
-        timing = f"[raft]\nelection_min_ms = {election_ms[0]}\nelection_max_ms = {election_ms[1]}"
+        keys = {
+            "election_min_ms": election_ms[0],
+            "election_max_ms": election_ms[1],
+            **(raft or {}),
+        }
+        timing = "".join(f"{k} = {v}\n" for k, v in keys.items())
         self.configs = write_cluster(root, nodes, ports=self.ports, broker=broker)
-        # The [raft] timing goes into the existing table, the rest appended.
         for path in self.configs:
             text = path.read_text().replace(
-                'secret_file = "cluster.secret"\n',
-                'secret_file = "cluster.secret"\n' + timing.split("\n", 1)[1] + "\n",
+                'secret_file = "cluster.secret"\n', 'secret_file = "cluster.secret"\n' + timing
             )
             path.write_text(text + (f"\n{extra.strip()}\n" if extra.strip() else ""))
         self.procs: list[subprocess.Popen[bytes] | None] = [None] * nodes

@@ -73,6 +73,18 @@ class Device:
         stats: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
         return stats
 
+    def interrupt(self, timeout: float = 30.0) -> dict[str, Any]:
+        """Ctrl-C: the firmware closes its store and prints its counters."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGINT)
+        out, _ = self.proc.communicate(timeout=timeout)
+        self._close_log()
+        lines = [ln for ln in out.strip().splitlines() if ln.startswith("{")]
+        if not lines:
+            raise AssertionError(f"device printed no counters: {self.log.read_text()[-2000:]}")
+        stats: dict[str, Any] = json.loads(lines[-1])
+        return stats
+
     def _close_log(self) -> None:
         if self._log_file is not None:
             self._log_file.close()

@@ -34,7 +34,24 @@ def listed_commands(help_text: str) -> set[str]:
 def test_help_lists_exactly_the_working_groups() -> None:
     out = aiot("--help")
     assert out.returncode == 0
-    assert listed_commands(out.stdout) == {"bench", "protocol"}
+    assert listed_commands(out.stdout) == {
+        "bench",
+        "protocol",
+        "hub",
+        "device",
+        "command",
+        "cluster",
+        "query",
+    }
+    assert listed_commands(aiot("hub", "--help").stdout) == {"run"}
+    assert listed_commands(aiot("device", "--help").stdout) == {"add", "list", "show", "remove"}
+    assert listed_commands(aiot("command", "--help").stdout) == {"send", "list", "show"}
+    assert listed_commands(aiot("cluster", "--help").stdout) == {
+        "init",
+        "status",
+        "add-node",
+        "remove-node",
+    }
     assert listed_commands(aiot("bench", "--help").stdout) == {"codec", "edge"}
     assert listed_commands(aiot("protocol", "--help").stdout) == {"decode", "walkthrough"}
 
