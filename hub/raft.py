@@ -168,6 +168,7 @@ class RaftStatus:
     snapshots_taken: int
     snapshots_installed: int
     halted: str  # "" or the error that stopped apply
+    journal_behind_store: int = 0  # > 0: the journal lost entries LMDB applied
 
 
 # -- the dump file (pysyncobj's fullDumpFile) --------------------------------------------
@@ -316,6 +317,26 @@ class RaftNode:
         except BaseException:
             self.store.close()
             raise
+        self.journal_behind_store = self._check_journal()
+
+    def _check_journal(self) -> int:
+        """The power-loss window (hub/DESIGN.md): LMDB applied entries that
+        the journal no longer holds. Detected and reported, not repaired."""
+        try:
+            last = int(self._machine._SyncObj__raftLog[-1][1])
+        except (AttributeError, IndexError, TypeError):  # pysyncobj internals moved
+            return 0
+        applied = self.store.applied_index()
+        if applied <= last:
+            return 0
+        log.critical(
+            "raft journal ends at index %d but the store applied up to %d: the journal lost "
+            "writes (a power cut?). This node may diverge; restore it from a healthy replica "
+            "(hub/DESIGN.md, the power-loss window)",
+            last,
+            applied,
+        )
+        return applied - last
 
     # -- apply (pysyncobj's thread) --
 
@@ -447,6 +468,7 @@ class RaftNode:
             snapshots_taken=self.snapshots_taken,
             snapshots_installed=self.snapshots_installed,
             halted="" if self._halted is None else repr(self._halted),
+            journal_behind_store=self.journal_behind_store,
         )
 
     @property

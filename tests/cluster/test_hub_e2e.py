@@ -341,6 +341,8 @@ def test_commands_execute_once_across_leader_kill_and_hub_move(tmp_path: Path) -
             cluster.pause(h)  # a live broker in front of a dead hub: no acks
             others = [i for i in range(cluster.n) if i != h]
             try:
+                # Pending while its holder is frozen; the device's next hub delivers it.
+                pending = send(cluster, others[0], "plug-c", on=True)
                 wait_until(
                     lambda: (
                         cluster.client(others[0]).get("/v1/devices/plug-c")["presence"]["node"]
@@ -349,9 +351,9 @@ def test_commands_execute_once_across_leader_kill_and_hub_move(tmp_path: Path) -
                     90,
                     "the device to fail over to another hub",
                 )
-                cid = send(cluster, others[0], "plug-c", on=False)
-                rec = wait_done(cluster, cid, 90)
+                rec = wait_done(cluster, pending, 90)
                 assert rec["state"] == "DONE"
+                assert rec["history"][-1]["node"] != cluster.node_id(h)  # type: ignore[index]
             finally:
                 cluster.resume(h)
         finally:

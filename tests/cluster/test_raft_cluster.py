@@ -299,3 +299,39 @@ def test_a_follower_behind_the_compacted_log_catches_up_by_snapshot(cluster: Clu
         "watermark": 610,
         "readings": 610,
     }
+
+
+def test_a_journal_that_lost_writes_is_detected_at_startup(tmp_path: Path) -> None:
+    """The power-loss window: LMDB holds entries the journal lost (simulated
+    by deleting the journal, as a cut before writeback would)."""
+    import asyncio
+    import time
+
+    from hub.raft import JOURNAL_FILE
+
+    address = f"127.0.0.1:{free_port()}"
+
+    async def fill(node: RaftNode) -> None:
+        deadline = time.monotonic() + 20
+        while not node.is_ready and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await node.propose(bytes.fromhex(register()))
+        for first in (1, 6, 11):
+            await node.propose(bytes.fromhex(batch(first, 5)))
+
+    node = RaftNode(address, [], tmp_path / "n", SECRET)
+    try:
+        asyncio.run(fill(node))
+        assert node.status().journal_behind_store == 0
+        applied = node.status().store_applied_index
+    finally:
+        node.close()
+    for f in (tmp_path / "n").glob(JOURNAL_FILE + "*"):
+        f.unlink()
+    node = RaftNode(address, [], tmp_path / "n", SECRET)
+    try:
+        status = node.status()
+        assert status.journal_behind_store > 0
+        assert status.store_applied_index == applied
+    finally:
+        node.close()
