@@ -18,8 +18,9 @@ Layout (all integers big-endian; see hub/DESIGN.md for every payload)::
 Entry types (EntryType): BATCH 1, REGISTER_DEVICE 2, REMOVE_DEVICE 3,
 PRESENCE 4, COMMAND 5, COMMAND_RESULT 6, COMMAND_STATE 7, MODEL_PUT 8,
 (9 reserved for GAP), NODE_PUT 10 (a hub node's addresses, ``NodeInfo``),
-NODE_REMOVE 11 (``RemoveNode``), GROUP 16 (several of the others in one Raft
-entry; groups do not nest).
+NODE_REMOVE 11 (``RemoveNode``), DECISION 12 (a decision's provenance,
+``Decision``), GROUP 16 (several of the others in one Raft entry; groups do
+not nest).
 
 Decoding checks structure and values (lengths, UTF-8, enums, device ids,
 sequence ranges, no trailing bytes) and raises ``EntryError`` with a
@@ -31,6 +32,7 @@ registered?) belong to ``Store.apply``.
 from __future__ import annotations
 
 import enum
+import json
 import math
 import re
 import struct
@@ -89,6 +91,7 @@ class EntryType(enum.IntEnum):
     # 9 is reserved for GAP (a device-declared sequence gap; hub/DESIGN.md).
     NODE_PUT = 10
     NODE_REMOVE = 11
+    DECISION = 12
     GROUP = 16
 
 
@@ -458,6 +461,37 @@ class RemoveNode:
     at_ms: int
 
 
+class Tier(enum.IntEnum):
+    """Where a decision came from."""
+
+    RULES = 1
+    ONNX = 2
+    LLM = 3
+    OPERATOR = 4
+
+
+DECISION_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
+MAX_DECISION_RECORD: Final = 32 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """A decision and its provenance (DECISION): which tier decided what for
+    which device, from which inputs, with which model, and what the guard
+    said. ``record`` is a JSON object (UTF-8, at most MAX_DECISION_RECORD
+    bytes) with the tier-specific fields (facts, model name and sha256,
+    prompt sha256, raw output, latency, verdict); it is stored as proposed,
+    so every replica holds the same bytes. ``command_id`` names the command
+    it put into the ledger ("" if none: advisory, blocked, or no action)."""
+
+    decision_id: str
+    device_id: str
+    tier: Tier
+    at_ms: int
+    command_id: str
+    record: bytes
+
+
 @dataclass(frozen=True, slots=True)
 class Group:
     """Several entries proposed as one Raft entry (the ingest batcher's unit).
@@ -478,6 +512,7 @@ Entry = (
     | PutModel
     | NodeInfo
     | RemoveNode
+    | Decision
     | Group
 )
 
@@ -492,6 +527,7 @@ ENTRY_TYPES: Final[dict[type[object], EntryType]] = {
     PutModel: EntryType.MODEL_PUT,
     NodeInfo: EntryType.NODE_PUT,
     RemoveNode: EntryType.NODE_REMOVE,
+    Decision: EntryType.DECISION,
     Group: EntryType.GROUP,
 }
 
@@ -666,12 +702,36 @@ def _payload(entry: Entry, p: Packer) -> None:
         p.u64(entry.at_ms, "at_ms")
     elif isinstance(entry, RemoveNode):
         p.str8(_node_id(entry.node_id), "node_id").u64(entry.at_ms, "at_ms")
+    elif isinstance(entry, Decision):
+        _check_decision(entry)
+        p.str8(entry.decision_id, "decision_id").str8(entry.device_id)
+        p.u8(int(entry.tier), "tier").u64(entry.at_ms, "at_ms")
+        p.str8(entry.command_id, "command_id").u32(len(entry.record), "record length")
+        p.raw(entry.record)
     else:
         p.u16(len(entry.parts), "part count")
         for part in entry.parts:
             if len(part) >= 2 and part[1] == EntryType.GROUP:
                 raise EntryError("nested_group")
             p.u32(len(part), "part length").raw(part)
+
+
+def _check_decision(d: Decision) -> None:
+    if not DECISION_ID.fullmatch(d.decision_id):
+        raise EntryError("bad_value", f"decision id {d.decision_id!r}")
+    _device_id(d.device_id)
+    if d.command_id and not DECISION_ID.fullmatch(d.command_id):
+        raise EntryError("bad_value", f"command id {d.command_id!r}")
+    if len(d.record) > MAX_DECISION_RECORD:
+        raise EntryError("bad_value", f"decision record of {len(d.record)} bytes")
+    try:
+        doc = json.loads(d.record.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise EntryError("bad_utf8", "decision record") from None
+    except ValueError:
+        raise EntryError("bad_value", "decision record is not JSON") from None
+    if not isinstance(doc, dict):
+        raise EntryError("bad_value", "decision record is not a JSON object")
 
 
 def encode(entry: Entry) -> bytes:
@@ -739,6 +799,16 @@ def _decode_payload(kind: EntryType, u: Unpacker) -> Entry:
         return NodeInfo(node_id, raft, broker, http, u.u64())
     if kind is EntryType.NODE_REMOVE:
         return RemoveNode(_node_id(u.str8()), u.u64())
+    if kind is EntryType.DECISION:
+        decision_id, device_id = u.str8(), u.str8()
+        tier = Tier(_enum(Tier, u.u8(), "tier"))
+        at_ms, command_id = u.u64(), u.str8()
+        size = u.u32()
+        if size > MAX_DECISION_RECORD:
+            raise EntryError("bad_value", f"decision record of {size} bytes")
+        decision = Decision(decision_id, device_id, tier, at_ms, command_id, u.raw(size))
+        _check_decision(decision)
+        return decision
     parts = []
     for _ in range(u.u16()):
         part = u.raw(u.u32())

@@ -59,6 +59,8 @@ ENERGY_WH_SENSOR: Final = 1
 HOUR_MS: Final = 3_600_000
 
 TABLES: Final = (
+    "decisions",
+    "decisions_by_device",
     "devices",
     "hours",
     "ledger",
@@ -84,6 +86,7 @@ APPLY_REASONS: Final = (
     "wrong_device",  # result whose device differs from the command's
     "wrong_seq",  # result whose seq differs from the command's
     "deadline_not_passed",  # EXPIRED mark before the command's deadline
+    "decision_exists",  # decision id already recorded with other content
 )
 REASONS: Final = APPLY_REASONS + e.REASONS
 
@@ -390,6 +393,8 @@ class _Apply:
             return self.node_put(index, part, entry)
         if isinstance(entry, e.RemoveNode):
             return self.node_remove(index, part, entry)
+        if isinstance(entry, e.Decision):
+            return self.decision(index, part, entry)
         raise Rejected("nested_group")
 
     # telemetry
@@ -683,8 +688,46 @@ class _Apply:
             return self._result(index, part, kind, Outcome.APPLIED, node_id=r.node_id)
         return self._result(index, part, kind, Outcome.UNCHANGED, node_id=r.node_id)
 
+    # decisions (provenance)
+
+    def decision(self, index: int, part: int, d: e.Decision) -> ApplyResult:
+        # Kept when the device is removed, like the ledger: the history of
+        # what was decided. A re-proposal with the same bytes changes nothing.
+        self._device(d.device_id)
+        kind = e.EntryType.DECISION
+        key, value = d.decision_id.encode(), _pack_decision(d)
+        old = self.txn.get(key, db=self.dbs["decisions"])
+        fields: dict[str, Any] = {"device_id": d.device_id, "command_id": d.command_id}
+        if old is not None:
+            if old == value:
+                return self._result(index, part, kind, Outcome.UNCHANGED, **fields)
+            raise Rejected("decision_exists", d.decision_id)
+        self.txn.put(key, value, db=self.dbs["decisions"])
+        by_device = _dev_prefix(d.device_id) + _U64.pack(d.at_ms) + key
+        self.txn.put(by_device, b"", db=self.dbs["decisions_by_device"])
+        return self._result(index, part, kind, Outcome.APPLIED, **fields)
+
 
 # -- hashing and snapshots -------------------------------------------------------------
+
+
+_DECISION_HEAD: Final = struct.Struct(">BBQ")  # record version, tier, at_ms
+
+
+def _pack_decision(d: e.Decision) -> bytes:
+    dev, cmd = d.device_id.encode(), d.command_id.encode()
+    head = _DECISION_HEAD.pack(_RECORD_VERSION, int(d.tier), d.at_ms)
+    return head + bytes([len(dev)]) + dev + bytes([len(cmd)]) + cmd + d.record
+
+
+def _unpack_decision(decision_id: str, value: bytes) -> e.Decision:
+    _, tier, at_ms = _DECISION_HEAD.unpack_from(value)
+    i = _DECISION_HEAD.size
+    dev = value[i + 1 : i + 1 + value[i]].decode()
+    i += 1 + value[i]
+    cmd = value[i + 1 : i + 1 + value[i]].decode()
+    i += 1 + value[i]
+    return e.Decision(decision_id, dev, e.Tier(tier), at_ms, cmd, bytes(value[i:]))
 
 
 def _content_hash(txn: Any, dbs: dict[str, Any]) -> str:
@@ -1014,6 +1057,36 @@ class Store:
         with self._read() as txn:
             raw = txn.get(node_id.encode(), db=self._dbs["nodes"])
             return None if raw is None else _unpack_node(node_id, raw)
+
+    def decision(self, decision_id: str) -> e.Decision | None:
+        with self._read() as txn:
+            raw = txn.get(decision_id.encode(), db=self._dbs["decisions"])
+            return None if raw is None else _unpack_decision(decision_id, raw)
+
+    def decisions(self, device_id: str | None = None, limit: int = 100) -> list[e.Decision]:
+        """Newest first: one device's decisions, or everyone's."""
+        out: list[e.Decision] = []
+        with self._read() as txn:
+            if device_id is None:
+                rows = [
+                    _unpack_decision(k.decode(), v)
+                    for k, v in txn.cursor(db=self._dbs["decisions"])
+                ]
+                rows.sort(key=lambda d: (d.at_ms, d.decision_id), reverse=True)
+                return rows[:limit]
+            prefix = _dev_prefix(device_id)
+            cur = txn.cursor(db=self._dbs["decisions_by_device"])
+            # Walk back from the end of this device's keys.
+            found = cur.set_range(prefix[:-1] + b"\x01")
+            found = cur.prev() if found else cur.last()
+            db = self._dbs["decisions"]
+            while found and cur.key().startswith(prefix) and len(out) < limit:
+                did = cur.key()[len(prefix) + 8 :]
+                raw = txn.get(did, db=db)
+                if raw is not None:
+                    out.append(_unpack_decision(did.decode(), raw))
+                found = cur.prev()
+        return out
 
     def readings(
         self, device_id: str, from_seq: int = 1, to_seq: int | None = None, limit: int | None = None
