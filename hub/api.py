@@ -38,7 +38,8 @@ import logging
 import secrets
 import socket
 import uuid
-from collections.abc import Generator
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
 from datetime import date
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -47,7 +48,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from hub import auth, rendezvous
+from hub import auth, rendezvous, users
 from hub import entries as e
 from hub.config import address
 from hub.ingest import wall_ms
@@ -93,6 +94,25 @@ class CommandIn(BaseModel):
 
 class NodeIn(BaseModel):
     raft: str
+
+
+class LoginIn(BaseModel):
+    username: str = Field(min_length=1, max_length=64)
+    password: str = Field(min_length=1, max_length=1024)
+
+
+class UserIn(BaseModel):
+    role: str = Field(pattern="^(admin|operator|viewer)$")
+    password: str | None = Field(default=None, max_length=1024)
+    devices: list[str] = Field(default=[], max_length=10_000)
+
+
+def _role(name: str) -> e.Role:
+    return e.Role[name.upper()]
+
+
+def user_json(u: e.User) -> dict[str, Any]:
+    return {"name": u.name, "role": u.role.name.lower(), "devices": list(u.devices)}
 
 
 # -- conversions --------------------------------------------------------------------------
@@ -205,14 +225,51 @@ def _raft(request: Request) -> RaftNode:
     return raft
 
 
-def _admin(request: Request) -> None:
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is asking: the cluster admin (the derived token) or an API user."""
+
+    name: str
+    role: e.Role
+    devices: frozenset[str] | None  # a viewer's devices; None: every device
+
+    def sees(self, device: e.Device) -> bool:
+        return self.devices is None or device.device_id in self.devices or device.owner == self.name
+
+
+def _principal(request: Request) -> Principal:
     given = request.headers.get("authorization", "")
     scheme, _, value = given.partition(" ")
-    if scheme.lower() != "bearer" or not auth.token_matches(value.strip(), request.app.state.token):
-        raise HTTPException(401, "a valid admin token is required (Authorization: Bearer)")
+    value = value.strip()
+    if scheme.lower() != "bearer" or not value:
+        raise HTTPException(401, "log in first: Authorization: Bearer <token>")
+    if auth.token_matches(value, request.app.state.token):
+        return Principal("admin", e.Role.ADMIN, None)
+    hub = request.app.state.hub
+    try:
+        claim = users.parse(value)
+        user = users.verify(hub.cfg.raft.secret, claim, hub.raft.read(lambda s: s.user(claim.name)))
+    except users.AuthError as exc:
+        raise HTTPException(401, f"invalid token: {exc}") from None
+    devices = frozenset(user.devices) if user.role is e.Role.VIEWER else None
+    return Principal(user.name, user.role, devices)
 
 
-Admin = Annotated[None, Depends(_admin)]
+def _require(role: e.Role) -> Callable[[Request], Principal]:
+    def check(request: Request) -> Principal:
+        who = _principal(request)
+        if who.role > role:
+            raise HTTPException(
+                403, f"{who.name} is {who.role.name.lower()}; this needs {role.name.lower()}"
+            )
+        return who
+
+    return check
+
+
+Admin = Annotated[Principal, Depends(_require(e.Role.ADMIN))]
+Operator = Annotated[Principal, Depends(_require(e.Role.OPERATOR))]
+Viewer = Annotated[Principal, Depends(_require(e.Role.VIEWER))]
 Raft = Annotated[RaftNode, Depends(_raft)]
 
 
@@ -231,10 +288,12 @@ def make_app(hub: Hub) -> FastAPI:
         except RaftError as exc:
             raise HTTPException(503, f"no linearizable read now: {exc.reason}") from None
 
-    def known(r: RaftNode, device_id: str) -> e.Device:
+    def known(r: RaftNode, device_id: str, who: Principal | None = None) -> e.Device:
         d = r.read(lambda s: s.device(device_id))
         if d is None:
             raise HTTPException(404, f"no device {device_id!r}")
+        if who is not None and not who.sees(d):
+            raise HTTPException(403, f"device {device_id!r} is not assigned to {who.name}")
         return d
 
     @app.get("/v1/health")
@@ -244,14 +303,14 @@ def make_app(hub: Hub) -> FastAPI:
         return {"node_id": hub.node_id, "ready": ready, "leader": None if r is None else r.leader}
 
     @app.get("/v1/status")
-    async def status(_: Admin, hash: bool = False) -> dict[str, Any]:
+    async def status(_: Viewer, hash: bool = False) -> dict[str, Any]:
         out = hub.status()
         if hash and hub.raft is not None:
             out["content_hash"] = await asyncio.to_thread(hub.raft.read, Store.content_hash)
         return out
 
     @app.get("/v1/cluster")
-    async def cluster(_: Admin, r: Raft) -> dict[str, Any]:
+    async def cluster(_: Viewer, r: Raft) -> dict[str, Any]:
         st = r.status()
         return {
             "node_id": hub.node_id,
@@ -263,22 +322,33 @@ def make_app(hub: Hub) -> FastAPI:
             ],
         }
 
+    def members(r: RaftNode) -> set[str]:
+        st = r.raft_status()
+        prefix = "partner_node_status_server_"
+        return {k[len(prefix) :] for k in st if k.startswith(prefix)} | {r.address}
+
     @app.post("/v1/cluster/nodes")
     async def add_node(body: NodeIn, _: Admin, r: Raft) -> dict[str, Any]:
         _valid_address(body.raft)
+        if body.raft in members(r):
+            raise HTTPException(409, f"{body.raft} is already a member")
         try:
             await r.add_node(body.raft)
         except RaftError as exc:
-            raise HTTPException(503, f"membership change failed: {exc.reason} {exc}") from None
+            code = 409 if exc.reason == "request_denied" else 503
+            raise HTTPException(code, f"membership change refused: {exc.reason}") from None
         return {"added": body.raft}
 
     @app.delete("/v1/cluster/nodes/{raft_address}")
     async def remove_node(raft_address: str, _: Admin, r: Raft) -> dict[str, Any]:
         _valid_address(raft_address)
+        if raft_address not in members(r):
+            raise HTTPException(404, f"{raft_address} is not a member")
         try:
             await r.remove_node(raft_address)
         except RaftError as exc:
-            raise HTTPException(503, f"membership change failed: {exc.reason} {exc}") from None
+            code = 409 if exc.reason == "request_denied" else 503
+            raise HTTPException(code, f"membership change refused: {exc.reason}") from None
         for n in r.read(Store.nodes):
             if n.raft == raft_address:
                 await _commit(r, e.encode(e.RemoveNode(n.node_id, wall_ms())))
@@ -304,10 +374,12 @@ def make_app(hub: Hub) -> FastAPI:
         return device_config(hub, device)
 
     @app.get("/v1/devices")
-    async def list_devices(_: Admin, r: Raft) -> list[dict[str, Any]]:
+    async def list_devices(who: Viewer, r: Raft) -> list[dict[str, Any]]:
         def rows(s: Store) -> list[dict[str, Any]]:
             out = []
             for d in s.devices():
+                if not who.sees(d):
+                    continue
                 p = s.presence(d.device_id)
                 wm, lost = s.progress(d.device_id)
                 out.append(
@@ -324,8 +396,8 @@ def make_app(hub: Hub) -> FastAPI:
         return r.read(rows)
 
     @app.get("/v1/devices/{device_id}")
-    async def show_device(device_id: str, _: Admin, r: Raft) -> dict[str, Any]:
-        d = known(r, device_id)
+    async def show_device(device_id: str, who: Viewer, r: Raft) -> dict[str, Any]:
+        d = known(r, device_id, who)
         p = r.read(lambda s: s.presence(device_id))
         wm, lost = r.read(lambda s: s.progress(device_id))
         last = hub.statuses.get(device_id)
@@ -355,7 +427,7 @@ def make_app(hub: Hub) -> FastAPI:
     @app.get("/v1/devices/{device_id}/readings")
     async def readings(
         device_id: str,
-        _: Admin,
+        who: Viewer,
         r: Raft,
         from_ms: Annotated[int, Query(ge=0)] = 0,
         to_ms: Annotated[int, Query(ge=0)] = 2**63 - 1,
@@ -365,7 +437,7 @@ def make_app(hub: Hub) -> FastAPI:
     ) -> dict[str, Any]:
         if linearizable:
             await barrier(r)
-        known(r, device_id)
+        known(r, device_id, who)
         if to_ms <= from_ms:
             raise HTTPException(422, "to_ms must be above from_ms")
         rows = r.read(lambda s: s.readings_between(device_id, from_ms, to_ms, sensor))
@@ -381,11 +453,11 @@ def make_app(hub: Hub) -> FastAPI:
 
     @app.get("/v1/devices/{device_id}/energy")
     async def energy(
-        device_id: str, _: Admin, r: Raft, day: date, linearizable: bool = False
+        device_id: str, who: Viewer, r: Raft, day: date, linearizable: bool = False
     ) -> dict[str, Any]:
         if linearizable:
             await barrier(r)
-        known(r, device_id)
+        known(r, device_id, who)
         hours = r.read(lambda s: s.hourly_energy(device_id, day))
         return {
             "device_id": device_id,
@@ -394,7 +466,7 @@ def make_app(hub: Hub) -> FastAPI:
         }
 
     @app.post("/v1/commands", status_code=201)
-    async def send_command(body: CommandIn, _: Admin, r: Raft) -> dict[str, Any]:
+    async def send_command(body: CommandIn, _: Operator, r: Raft) -> dict[str, Any]:
         d = known(r, body.device)
         cap = next((c for c in d.capabilities if c.action == body.action), None)
         if cap is None:
@@ -419,15 +491,73 @@ def make_app(hub: Hub) -> FastAPI:
         return ledger_json(rec)
 
     @app.get("/v1/commands")
-    async def list_commands(device: str, _: Admin, r: Raft) -> list[dict[str, Any]]:
+    async def list_commands(device: str, who: Viewer, r: Raft) -> list[dict[str, Any]]:
+        known(r, device, who)
         return [ledger_json(x) for x in r.read(lambda s: s.commands(device))]
 
     @app.get("/v1/commands/{command_id}")
-    async def show_command(command_id: str, _: Admin, r: Raft) -> dict[str, Any]:
+    async def show_command(command_id: str, who: Viewer, r: Raft) -> dict[str, Any]:
         rec = r.read(lambda s: s.command(command_id))
         if rec is None:
             raise HTTPException(404, f"no command {command_id!r}")
+        device = r.read(lambda s: s.device(rec.command.device_id))
+        if who.devices is not None and (device is None or not who.sees(device)):
+            raise HTTPException(
+                403, f"command {command_id!r} is for a device not assigned to {who.name}"
+            )
         return ledger_json(rec)
+
+    # -- users and sessions --
+
+    @app.post("/v1/login")
+    async def login(body: LoginIn, r: Raft) -> dict[str, Any]:
+        user = r.read(lambda s: s.user(body.username))
+        ok = user is not None and await asyncio.to_thread(users.check_password, user, body.password)
+        if not ok or user is None:
+            raise HTTPException(401, "wrong user name or password")
+        token, expires = users.issue(hub.cfg.raft.secret, user)
+        return {"token": token, "expires_ms": expires, **user_json(user)}
+
+    @app.get("/v1/me")
+    async def me(who: Viewer) -> dict[str, Any]:
+        return {
+            "name": who.name,
+            "role": who.role.name.lower(),
+            "devices": None if who.devices is None else sorted(who.devices),
+        }
+
+    @app.get("/v1/users")
+    async def list_users(_: Admin, r: Raft) -> list[dict[str, Any]]:
+        return [user_json(u) for u in r.read(Store.users)]
+
+    @app.put("/v1/users/{name}")
+    async def put_user(name: str, body: UserIn, _: Admin, r: Raft) -> dict[str, Any]:
+        if not e.USER_NAME.fullmatch(name):
+            raise HTTPException(422, f"bad user name {name!r}: 1-64 of A-Z a-z 0-9 . _ @ -")
+        old = r.read(lambda s: s.user(name))
+        if body.password is None and old is None:
+            raise HTTPException(422, "a new user needs a password")
+        for d in body.devices:
+            if not valid_device_id(d):
+                raise HTTPException(422, f"bad device id {d!r}")
+        try:
+            pw = (
+                await asyncio.to_thread(users.hash_password, body.password)
+                if body.password is not None
+                else old.password_hash  # type: ignore[union-attr]
+            )
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from None
+        user = e.User(name, _role(body.role), pw, tuple(sorted(set(body.devices))), wall_ms())
+        _results_error(await _commit(r, e.encode(user)))
+        return user_json(user)
+
+    @app.delete("/v1/users/{name}")
+    async def remove_user(name: str, _: Admin, r: Raft) -> dict[str, Any]:
+        if r.read(lambda s: s.user(name)) is None:
+            raise HTTPException(404, f"no user {name!r}")
+        _results_error(await _commit(r, e.encode(e.RemoveUser(name, wall_ms()))))
+        return {"removed": name}
 
     @app.exception_handler(ValueError)
     async def bad_value(_: Request, exc: ValueError) -> JSONResponse:

@@ -19,8 +19,8 @@ Entry types (EntryType): BATCH 1, REGISTER_DEVICE 2, REMOVE_DEVICE 3,
 PRESENCE 4, COMMAND 5, COMMAND_RESULT 6, COMMAND_STATE 7, MODEL_PUT 8,
 (9 reserved for GAP), NODE_PUT 10 (a hub node's addresses, ``NodeInfo``),
 NODE_REMOVE 11 (``RemoveNode``), DECISION 12 (a decision's provenance,
-``Decision``), GROUP 16 (several of the others in one Raft entry; groups do
-not nest).
+``Decision``), USER_PUT 13 (``User``), USER_REMOVE 14 (``RemoveUser``),
+GROUP 16 (several of the others in one Raft entry; groups do not nest).
 
 Decoding checks structure and values (lengths, UTF-8, enums, device ids,
 sequence ranges, no trailing bytes) and raises ``EntryError`` with a
@@ -92,6 +92,8 @@ class EntryType(enum.IntEnum):
     NODE_PUT = 10
     NODE_REMOVE = 11
     DECISION = 12
+    USER_PUT = 13
+    USER_REMOVE = 14
     GROUP = 16
 
 
@@ -461,6 +463,36 @@ class RemoveNode:
     at_ms: int
 
 
+class Role(enum.IntEnum):
+    """An API user's role (hub/api.py): what they may do."""
+
+    ADMIN = 1  # users and devices, and everything below
+    OPERATOR = 2  # commands and models, and reading everything
+    VIEWER = 3  # reading the devices assigned to them
+
+
+USER_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    """An API user (USER_PUT, latest wins). ``password_hash`` is computed by
+    the proposer (hub/users.py), so every replica stores the same bytes;
+    ``devices`` are the devices a viewer may see."""
+
+    name: str
+    role: Role
+    password_hash: bytes
+    devices: tuple[str, ...] = ()
+    at_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveUser:
+    name: str
+    at_ms: int
+
+
 class Tier(enum.IntEnum):
     """Where a decision came from."""
 
@@ -513,6 +545,8 @@ Entry = (
     | NodeInfo
     | RemoveNode
     | Decision
+    | User
+    | RemoveUser
     | Group
 )
 
@@ -528,6 +562,8 @@ ENTRY_TYPES: Final[dict[type[object], EntryType]] = {
     NodeInfo: EntryType.NODE_PUT,
     RemoveNode: EntryType.NODE_REMOVE,
     Decision: EntryType.DECISION,
+    User: EntryType.USER_PUT,
+    RemoveUser: EntryType.USER_REMOVE,
     Group: EntryType.GROUP,
 }
 
@@ -702,6 +738,10 @@ def _payload(entry: Entry, p: Packer) -> None:
         p.u64(entry.at_ms, "at_ms")
     elif isinstance(entry, RemoveNode):
         p.str8(_node_id(entry.node_id), "node_id").u64(entry.at_ms, "at_ms")
+    elif isinstance(entry, User):
+        pack_user(p, entry)
+    elif isinstance(entry, RemoveUser):
+        p.str8(_user_name(entry.name), "name").u64(entry.at_ms, "at_ms")
     elif isinstance(entry, Decision):
         _check_decision(entry)
         p.str8(entry.decision_id, "decision_id").str8(entry.device_id)
@@ -714,6 +754,32 @@ def _payload(entry: Entry, p: Packer) -> None:
             if len(part) >= 2 and part[1] == EntryType.GROUP:
                 raise EntryError("nested_group")
             p.u32(len(part), "part length").raw(part)
+
+
+def _user_name(name: str) -> str:
+    if not USER_NAME.fullmatch(name):
+        raise EntryError("bad_value", f"user name {name!r}")
+    return name
+
+
+def pack_user(p: Packer, user: User) -> None:
+    if not 1 <= len(user.password_hash) <= 255:
+        raise EntryError("bad_value", "password hash length")
+    p.str8(_user_name(user.name), "name").u8(int(user.role), "role")
+    p.blob8(user.password_hash, "password_hash").u16(len(user.devices), "device count")
+    for d in user.devices:
+        p.str8(_device_id(d))
+    p.u64(user.at_ms, "at_ms")
+
+
+def unpack_user(u: Unpacker) -> User:
+    name = _user_name(u.str8())
+    role = Role(_enum(Role, u.u8(), "role"))
+    pw = u.blob8()
+    if not pw:
+        raise EntryError("bad_value", "empty password hash")
+    devices = tuple(_device_id(u.str8()) for _ in range(u.u16()))
+    return User(name, role, pw, devices, u.u64())
 
 
 def _check_decision(d: Decision) -> None:
@@ -799,6 +865,10 @@ def _decode_payload(kind: EntryType, u: Unpacker) -> Entry:
         return NodeInfo(node_id, raft, broker, http, u.u64())
     if kind is EntryType.NODE_REMOVE:
         return RemoveNode(_node_id(u.str8()), u.u64())
+    if kind is EntryType.USER_PUT:
+        return unpack_user(u)
+    if kind is EntryType.USER_REMOVE:
+        return RemoveUser(_user_name(u.str8()), u.u64())
     if kind is EntryType.DECISION:
         decision_id, device_id = u.str8(), u.str8()
         tier = Tier(_enum(Tier, u.u8(), "tier"))

@@ -70,6 +70,7 @@ TABLES: Final = (
     "nodes",
     "presence",
     "readings",
+    "users",
     "watermarks",
 )
 _META_FORMAT: Final = b"format"
@@ -395,6 +396,10 @@ class _Apply:
             return self.node_remove(index, part, entry)
         if isinstance(entry, e.Decision):
             return self.decision(index, part, entry)
+        if isinstance(entry, e.User):
+            return self.user_put(index, part, entry)
+        if isinstance(entry, e.RemoveUser):
+            return self.user_remove(index, part, entry)
         raise Rejected("nested_group")
 
     # telemetry
@@ -688,6 +693,23 @@ class _Apply:
             return self._result(index, part, kind, Outcome.APPLIED, node_id=r.node_id)
         return self._result(index, part, kind, Outcome.UNCHANGED, node_id=r.node_id)
 
+    # API users
+
+    def user_put(self, index: int, part: int, user: e.User) -> ApplyResult:
+        kind = e.EntryType.USER_PUT
+        key, value = user.name.encode(), _pack_user(user)
+        old = self.txn.get(key, db=self.dbs["users"])
+        if old is not None and old[:-8] == value[:-8]:  # the same but for at_ms
+            return self._result(index, part, kind, Outcome.UNCHANGED)
+        self.txn.put(key, value, db=self.dbs["users"])
+        return self._result(index, part, kind, Outcome.APPLIED)
+
+    def user_remove(self, index: int, part: int, r: e.RemoveUser) -> ApplyResult:
+        kind = e.EntryType.USER_REMOVE
+        if self.txn.delete(r.name.encode(), db=self.dbs["users"]):
+            return self._result(index, part, kind, Outcome.APPLIED)
+        return self._result(index, part, kind, Outcome.UNCHANGED)
+
     # decisions (provenance)
 
     def decision(self, index: int, part: int, d: e.Decision) -> ApplyResult:
@@ -709,6 +731,17 @@ class _Apply:
 
 
 # -- hashing and snapshots -------------------------------------------------------------
+
+
+def _pack_user(user: e.User) -> bytes:
+    p = e.Packer()
+    p.u8(_RECORD_VERSION)
+    e.pack_user(p, user)
+    return bytes(p)
+
+
+def _unpack_user(value: bytes) -> e.User:
+    return e.unpack_user(e.Unpacker(value[1:]))
 
 
 _DECISION_HEAD: Final = struct.Struct(">BBQ")  # record version, tier, at_ms
@@ -1057,6 +1090,15 @@ class Store:
         with self._read() as txn:
             raw = txn.get(node_id.encode(), db=self._dbs["nodes"])
             return None if raw is None else _unpack_node(node_id, raw)
+
+    def user(self, name: str) -> e.User | None:
+        with self._read() as txn:
+            raw = txn.get(name.encode(), db=self._dbs["users"])
+            return None if raw is None else _unpack_user(raw)
+
+    def users(self) -> list[e.User]:
+        with self._read() as txn:
+            return [_unpack_user(v) for _, v in txn.cursor(db=self._dbs["users"])]
 
     def decision(self, decision_id: str) -> e.Decision | None:
         with self._read() as txn:

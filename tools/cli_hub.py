@@ -403,7 +403,65 @@ def cluster_remove_node(
     typer.echo(f"removed {raft_address}")
 
 
+# -- users ------------------------------------------------------------------------------
+
+user_app = typer.Typer(help="API users and their roles (replicated).", no_args_is_help=True)
+
+
+@user_app.command("add")
+def user_add(
+    name: str,
+    role: Annotated[str, typer.Option(help="admin, operator or viewer.")] = "viewer",
+    device: Annotated[
+        list[str] | None, typer.Option("--device", help="A device a viewer may see (repeat).")
+    ] = None,
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from stdin.")
+    ] = False,
+    config: ConfigOpt = None,
+    hub: HubOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Create or update a user (a new user needs a password)."""
+    import getpass
+    import sys
+
+    body: dict[str, Any] = {"role": role, "devices": device or []}
+    if password_stdin:
+        body["password"] = sys.stdin.readline().rstrip("\n")
+    elif sys.stdin.isatty():
+        body["password"] = getpass.getpass(f"password for {name}: ")
+    with _client(config, hub, token) as c:
+        try:
+            out = c.request("PUT", f"/v1/users/{name}", json=body)
+        except HubError as exc:
+            raise _fail(str(exc), 1) from None
+    typer.echo(
+        f"{out['name']}: {out['role']}"
+        + (f" ({', '.join(out['devices'])})" if out["devices"] else "")
+    )
+
+
+@user_app.command("list")
+def user_list(config: ConfigOpt = None, hub: HubOpt = None, token: TokenOpt = None) -> None:
+    """Every user with role and assigned devices."""
+    with _client(config, hub, token) as c:
+        for u in _call(c, "GET", "/v1/users"):
+            typer.echo(f"{u['name']:<24} {u['role']:<9} {', '.join(u['devices']) or '-'}")
+
+
+@user_app.command("remove")
+def user_remove(
+    name: str, config: ConfigOpt = None, hub: HubOpt = None, token: TokenOpt = None
+) -> None:
+    """Remove a user; their tokens stop working."""
+    with _client(config, hub, token) as c:
+        _call(c, "DELETE", f"/v1/users/{name}")
+    typer.echo(f"removed {name}")
+
+
 def register(app: typer.Typer) -> None:
+    app.add_typer(user_app, name="user")
     app.add_typer(hub_app, name="hub")
     app.add_typer(device_app, name="device")
     app.add_typer(command_app, name="command")

@@ -42,6 +42,7 @@ def test_help_lists_exactly_the_working_groups() -> None:
         "command",
         "cluster",
         "query",
+        "user",
     }
     assert listed_commands(aiot("hub", "--help").stdout) == {"run"}
     assert listed_commands(aiot("device", "--help").stdout) == {"add", "list", "show", "remove"}
@@ -52,7 +53,12 @@ def test_help_lists_exactly_the_working_groups() -> None:
         "add-node",
         "remove-node",
     }
-    assert listed_commands(aiot("bench", "--help").stdout) == {"codec", "edge"}
+    assert listed_commands(aiot("bench", "--help").stdout) == {
+        "codec",
+        "edge",
+        "ingest",
+        "failover",
+    }
     assert listed_commands(aiot("protocol", "--help").stdout) == {"decode", "walkthrough"}
 
 
