@@ -31,7 +31,7 @@ mosquitto:
 	fi
 
 demo: $(STAMP) mosquitto
-	$(VENV)/bin/aiot protocol walkthrough
+	$(VENV)/bin/aiot demo
 
 test: $(STAMP) mosquitto
 	$(PY) -m pytest

@@ -460,7 +460,41 @@ def user_remove(
     typer.echo(f"removed {name}")
 
 
+# -- the demo -----------------------------------------------------------------------------
+
+
+def demo(
+    hubs: Annotated[int, typer.Option(min=1, max=7, help="Hub nodes.")] = 3,
+    devices: Annotated[int, typer.Option(min=1, max=50, help="Simulated smart plugs.")] = 6,
+    duration: Annotated[
+        float | None, typer.Option(min=1, help="Stop after this many seconds (default: Ctrl-C).")
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="End with a JSON summary line.")] = False,
+    fresh: Annotated[bool, typer.Option(help="Start with empty data.")] = False,
+    directory: Annotated[
+        Path, typer.Option("--dir", help="Where the demo keeps its state.")
+    ] = Path(".aiot-demo"),
+) -> None:
+    """A hub cluster, simulated smart plugs and the energy scenario, all real processes."""
+    from tools.demo import DemoError, run_demo
+
+    try:
+        summary = run_demo(
+            directory, hubs, devices, duration, fresh, lambda line: typer.echo(line, err=json_out)
+        )
+    except (DemoError, HubError) as exc:
+        raise _fail(str(exc), 1) from None
+    if json_out:
+        typer.echo(json.dumps(summary))
+    else:
+        for k, v in summary.items():
+            typer.echo(f"{k:>26}  {json.dumps(v)}")
+    if summary["errors"]:
+        raise typer.Exit(1)
+
+
 def register(app: typer.Typer) -> None:
+    app.command("demo")(demo)
     app.add_typer(user_app, name="user")
     app.add_typer(hub_app, name="hub")
     app.add_typer(device_app, name="device")

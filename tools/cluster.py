@@ -129,6 +129,31 @@ class LocalCluster:
         self._logs: list[Any] = [None] * nodes
         self._clients: list[HubClient | None] = [None] * nodes
 
+    @classmethod
+    def reopen(cls, root: Path) -> LocalCluster:
+        """The cluster whose configs ``root`` already holds (same ports and
+        data, so its Raft membership and store carry on)."""
+        from hub import config as hub_config
+
+        paths = sorted(root.glob("hub-*.toml"), key=lambda p: int(p.stem.split("-")[1]))
+        if not paths:
+            raise ClusterError(f"no hub-N.toml in {root}")
+        self = cls.__new__(cls)
+        self.root = root
+        self.n = len(paths)
+        self.configs = paths
+        self.ports = []
+        for p in paths:
+            cfg = hub_config.load(p)
+            assert cfg.broker.bind is not None
+            self.ports.append(
+                NodePorts(cfg.raft.bind.port, cfg.broker.bind.port, cfg.http.bind.port)
+            )
+        self.procs = [None] * self.n
+        self._logs = [None] * self.n
+        self._clients = [None] * self.n
+        return self
+
     # -- processes --------------------------------------------------------------------
 
     def node_id(self, i: int) -> str:

@@ -29,6 +29,7 @@ class Device:
         config: dict[str, Any],
         heap: str = "256k",
         romfs: Path | None = None,
+        runtime: str = "micropython",
     ) -> None:
         """``romfs``: run the firmware from this ROMFS image (tools/romfs.py), as
         boards do, instead of from source."""
@@ -37,6 +38,7 @@ class Device:
         self.config = {"data_dir": str(workdir / "data"), **config}
         self.heap = heap
         self.romfs = romfs
+        self.runtime = runtime  # "cpython": the same firmware on this Python
         self.proc: subprocess.Popen[str] | None = None
         self.log = workdir / "device.log"
         self._log_file: Any = None
@@ -45,7 +47,9 @@ class Device:
         path = self.workdir / "config.json"
         path.write_text(json.dumps(self.config))
         env = dict(os.environ, MICROPYPATH=f"{ROOT}:.frozen", PYTHONPATH=str(ROOT))
-        if self.romfs is None:
+        if self.runtime == "cpython":
+            argv = [sys.executable, str(MAIN)]
+        elif self.romfs is None:
             argv = [micropython_binary(), "-X", f"heapsize={self.heap}", str(MAIN)]
         else:
             micropython_binary()  # fail early if the interpreter is missing

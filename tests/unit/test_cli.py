@@ -43,6 +43,7 @@ def test_help_lists_exactly_the_working_groups() -> None:
         "cluster",
         "query",
         "user",
+        "demo",
     }
     assert listed_commands(aiot("hub", "--help").stdout) == {"run"}
     assert listed_commands(aiot("device", "--help").stdout) == {"add", "list", "show", "remove"}
