@@ -34,18 +34,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import secrets
 import socket
 import uuid
-from collections.abc import Callable, Generator
+from collections.abc import AsyncIterator, Callable, Generator
 from dataclasses import dataclass
 from datetime import date
+from functools import partial
 from typing import TYPE_CHECKING, Annotated, Any
 
 import uvicorn
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
 from hub import auth, rendezvous, users
@@ -181,6 +183,24 @@ def ledger_json(rec: LedgerRecord) -> dict[str, Any]:
             {"state": h.state.name, "at_ms": h.at_ms, "node": h.node_id} for h in rec.history
         ],
         "result": None if rec.result is None else m.to_dict(rec.result),
+    }
+
+
+def decision_json(d: e.Decision, ack: tuple[str, int] | None) -> dict[str, Any]:
+    """A decision with its provenance record merged in."""
+    try:
+        record = json.loads(d.record)
+    except ValueError:
+        record = {}
+    return {
+        **record,
+        "decision_id": d.decision_id,
+        "device_id": d.device_id,
+        "tier": d.tier.name.lower(),
+        "at_ms": d.at_ms,
+        "command_id": d.command_id or None,
+        "alert": bool(record.get("alert")),
+        "acknowledged": None if ack is None else {"by": ack[0], "at_ms": ack[1]},
     }
 
 
@@ -506,6 +526,101 @@ def make_app(hub: Hub) -> FastAPI:
                 403, f"command {command_id!r} is for a device not assigned to {who.name}"
             )
         return ledger_json(rec)
+
+    # -- decisions, alerts and the live stream --
+
+    def visible_decisions(
+        r: RaftNode, who: Principal, device: str | None, limit: int
+    ) -> list[dict[str, Any]]:
+        if device is not None:
+            known(r, device, who)
+
+        def rows(s: Store) -> list[dict[str, Any]]:
+            out = []
+            for d in s.decisions(device, limit if who.devices is None else 100_000):
+                if who.devices is not None:
+                    dev = s.device(d.device_id)
+                    if dev is None or not who.sees(dev):
+                        continue
+                out.append(decision_json(d, s.alert_ack(d.decision_id)))
+                if len(out) >= limit:
+                    break
+            return out
+
+        return r.read(rows)
+
+    @app.get("/v1/decisions")
+    async def list_decisions(
+        who: Viewer,
+        r: Raft,
+        device: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
+    ) -> list[dict[str, Any]]:
+        return visible_decisions(r, who, device, limit)
+
+    @app.get("/v1/decisions/{decision_id}")
+    async def show_decision(decision_id: str, who: Viewer, r: Raft) -> dict[str, Any]:
+        d = r.read(lambda s: s.decision(decision_id))
+        if d is None:
+            raise HTTPException(404, f"no decision {decision_id!r}")
+        device = r.read(lambda s: s.device(d.device_id))
+        if who.devices is not None and (device is None or not who.sees(device)):
+            raise HTTPException(403, f"decision {decision_id!r} is not about your devices")
+        return decision_json(d, r.read(lambda s: s.alert_ack(decision_id)))
+
+    @app.get("/v1/alerts")
+    async def list_alerts(
+        who: Viewer,
+        r: Raft,
+        device: str | None = None,
+        unacknowledged: bool = False,
+        limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
+    ) -> list[dict[str, Any]]:
+        rows = [d for d in visible_decisions(r, who, device, 10_000) if d["alert"]]
+        if unacknowledged:
+            rows = [d for d in rows if d["acknowledged"] is None]
+        return rows[:limit]
+
+    @app.post("/v1/alerts/{decision_id}/ack")
+    async def ack_alert(decision_id: str, who: Operator, r: Raft) -> dict[str, Any]:
+        d = r.read(lambda s: s.decision(decision_id))
+        if d is None or not decision_json(d, None)["alert"]:
+            raise HTTPException(404, f"no alert {decision_id!r}")
+        _results_error(await _commit(r, e.encode(e.AckAlert(decision_id, who.name, wall_ms()))))
+        return decision_json(d, r.read(lambda s: s.alert_ack(decision_id)))
+
+    @app.get("/v1/stream")
+    async def stream(request: Request, who: Viewer) -> StreamingResponse:
+        """Server-Sent Events: readings, status, presence, commands, decisions, alerts."""
+
+        raft = hub.raft
+        assert raft is not None
+
+        async def events() -> AsyncIterator[bytes]:
+            async with hub.events.subscribe() as sub:
+                yield b": connected\n\n"
+                while True:
+                    try:
+                        event = await asyncio.wait_for(sub.get(), 15)
+                    except TimeoutError:
+                        if await request.is_disconnected():
+                            return
+                        yield b": keep-alive\n\n"
+                        continue
+                    dev_id = event.get("device_id")
+                    if who.devices is not None and dev_id is not None:
+                        dev = raft.read(partial(Store.device, device_id=str(dev_id)))
+                        if dev is None or not who.sees(dev):
+                            continue
+                    kind = event.get("type", "message")
+                    data = json.dumps(event, separators=(",", ":"))
+                    yield f"event: {kind}\ndata: {data}\n\n".encode()
+
+        return StreamingResponse(
+            events(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
 
     # -- users and sessions --
 

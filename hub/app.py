@@ -42,6 +42,7 @@ from hub import entries as e
 from hub.broker import BrokerError, BrokerUser, MosquittoSupervisor
 from hub.config import ConfigError, HubConfig
 from hub.delivery import Delivery
+from hub.events import EventBus
 from hub.ingest import Ingest, Status, wall_ms
 from hub.raft import RaftError, RaftNode, RaftTiming, SecretError
 from hub.store import ApplyResult, Outcome, Store
@@ -106,6 +107,7 @@ class Hub:
         self._registry_dirty = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self._http: Any = None
+        self.events = EventBus()
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -258,6 +260,57 @@ class Hub:
                 self._here.pop(r.device_id, None)
             elif r.type is e.EntryType.PRESENCE and r.outcome is Outcome.APPLIED:
                 self._here.pop(r.device_id, None)
+        if self.events.listening:
+            for r in results:
+                if r.outcome is Outcome.APPLIED:
+                    event = self._event_of(r)
+                    if event is not None:
+                        self.events.publish(event)
+                        if event.get("alert"):
+                            self.events.publish({**event, "type": "alert"})
+
+    def _event_of(self, r: ApplyResult) -> dict[str, Any] | None:
+        """The stream event for an applied entry (only while someone listens)."""
+        assert self.raft is not None
+        raft = self.raft
+        if r.type is e.EntryType.BATCH and r.stored:
+            first = r.watermark - r.stored + 1 if r.watermark >= r.stored else 1
+            rows = raft.read(lambda s: s.readings(r.device_id, first, r.watermark))
+            return {
+                "type": "reading",
+                "device_id": r.device_id,
+                "watermark": r.watermark,
+                "readings": [[x.ts_ms, x.sensor, x.value] for x in rows],
+            }
+        if r.type is e.EntryType.PRESENCE:
+            p = raft.read(lambda s: s.presence(r.device_id))
+            if p is None:
+                return None
+            return {
+                "type": "presence",
+                "device_id": r.device_id,
+                "node": p.node_id,
+                "online": p.state is m.LinkState.ONLINE,
+            }
+        if r.type in (
+            e.EntryType.COMMAND,
+            e.EntryType.COMMAND_RESULT,
+            e.EntryType.COMMAND_STATE,
+        ):
+            rec = raft.read(lambda s: s.command(r.command_id))
+            if rec is None:
+                return None
+            from hub.api import ledger_json
+
+            return {"type": "command", **ledger_json(rec)}
+        if r.type is e.EntryType.DECISION:
+            d = raft.read(lambda s: s.decision(r.decision_id))
+            if d is None:
+                return None
+            from hub.api import decision_json
+
+            return {"type": "decision", **decision_json(d, None)}
+        return None
 
     async def _announce(self) -> None:
         """Propose this node's addresses until the cluster has them."""
@@ -373,6 +426,8 @@ class Hub:
             log.warning("status rejected device=%s reason=%s", device_id, exc.reason)
             return
         self.statuses[device_id] = (msg, time.time())
+        if self.events.listening:
+            self.events.publish({"type": "status", "device_id": device_id, **m.to_dict(msg)})
         if retained:
             return  # a copy kept by the broker, not news of a session
         if msg.state is m.LinkState.ONLINE:

@@ -20,7 +20,7 @@ PRESENCE 4, COMMAND 5, COMMAND_RESULT 6, COMMAND_STATE 7, MODEL_PUT 8,
 (9 reserved for GAP), NODE_PUT 10 (a hub node's addresses, ``NodeInfo``),
 NODE_REMOVE 11 (``RemoveNode``), DECISION 12 (a decision's provenance,
 ``Decision``), USER_PUT 13 (``User``), USER_REMOVE 14 (``RemoveUser``),
-GROUP 16 (several of the others in one Raft entry; groups do not nest).
+ALERT_ACK 15 (``AckAlert``), GROUP 16 (several of the others in one Raft entry; groups do not nest).
 
 Decoding checks structure and values (lengths, UTF-8, enums, device ids,
 sequence ranges, no trailing bytes) and raises ``EntryError`` with a
@@ -94,6 +94,7 @@ class EntryType(enum.IntEnum):
     DECISION = 12
     USER_PUT = 13
     USER_REMOVE = 14
+    ALERT_ACK = 15
     GROUP = 16
 
 
@@ -525,6 +526,15 @@ class Decision:
 
 
 @dataclass(frozen=True, slots=True)
+class AckAlert:
+    """An operator acknowledged the alert of decision ``decision_id`` (ALERT_ACK)."""
+
+    decision_id: str
+    user: str
+    at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
 class Group:
     """Several entries proposed as one Raft entry (the ingest batcher's unit).
     Parts stay bytes: apply decodes and applies each on its own, so one bad
@@ -547,6 +557,7 @@ Entry = (
     | Decision
     | User
     | RemoveUser
+    | AckAlert
     | Group
 )
 
@@ -564,6 +575,7 @@ ENTRY_TYPES: Final[dict[type[object], EntryType]] = {
     Decision: EntryType.DECISION,
     User: EntryType.USER_PUT,
     RemoveUser: EntryType.USER_REMOVE,
+    AckAlert: EntryType.ALERT_ACK,
     Group: EntryType.GROUP,
 }
 
@@ -742,6 +754,11 @@ def _payload(entry: Entry, p: Packer) -> None:
         pack_user(p, entry)
     elif isinstance(entry, RemoveUser):
         p.str8(_user_name(entry.name), "name").u64(entry.at_ms, "at_ms")
+    elif isinstance(entry, AckAlert):
+        if not DECISION_ID.fullmatch(entry.decision_id):
+            raise EntryError("bad_value", f"decision id {entry.decision_id!r}")
+        p.str8(entry.decision_id, "decision_id").str8(_nonempty(entry.user, "user"), "user")
+        p.u64(entry.at_ms, "at_ms")
     elif isinstance(entry, Decision):
         _check_decision(entry)
         p.str8(entry.decision_id, "decision_id").str8(entry.device_id)
@@ -869,6 +886,11 @@ def _decode_payload(kind: EntryType, u: Unpacker) -> Entry:
         return unpack_user(u)
     if kind is EntryType.USER_REMOVE:
         return RemoveUser(_user_name(u.str8()), u.u64())
+    if kind is EntryType.ALERT_ACK:
+        did = u.str8()
+        if not DECISION_ID.fullmatch(did):
+            raise EntryError("bad_value", f"decision id {did!r}")
+        return AckAlert(did, _nonempty(u.str8(), "user"), u.u64())
     if kind is EntryType.DECISION:
         decision_id, device_id = u.str8(), u.str8()
         tier = Tier(_enum(Tier, u.u8(), "tier"))

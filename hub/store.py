@@ -59,6 +59,7 @@ ENERGY_WH_SENSOR: Final = 1
 HOUR_MS: Final = 3_600_000
 
 TABLES: Final = (
+    "alert_acks",
     "decisions",
     "decisions_by_device",
     "devices",
@@ -88,6 +89,7 @@ APPLY_REASONS: Final = (
     "wrong_seq",  # result whose seq differs from the command's
     "deadline_not_passed",  # EXPIRED mark before the command's deadline
     "decision_exists",  # decision id already recorded with other content
+    "unknown_decision",  # an alert acknowledgement for a decision not recorded
 )
 REASONS: Final = APPLY_REASONS + e.REASONS
 
@@ -161,6 +163,7 @@ class ApplyResult:
     command_seq: int = 0  # the ledger's per-device sequence number (commands)
     reason: str = ""  # machine-readable, one of REASONS, when REJECTED
     detail: str = ""
+    decision_id: str = ""  # decisions and alert acknowledgements
 
     @property
     def error(self) -> Rejected | None:
@@ -396,6 +399,8 @@ class _Apply:
             return self.node_remove(index, part, entry)
         if isinstance(entry, e.Decision):
             return self.decision(index, part, entry)
+        if isinstance(entry, e.AckAlert):
+            return self.ack_alert(index, part, entry)
         if isinstance(entry, e.User):
             return self.user_put(index, part, entry)
         if isinstance(entry, e.RemoveUser):
@@ -712,6 +717,18 @@ class _Apply:
 
     # decisions (provenance)
 
+    def ack_alert(self, index: int, part: int, a: e.AckAlert) -> ApplyResult:
+        # The first acknowledgement stands; later ones change nothing.
+        kind = e.EntryType.ALERT_ACK
+        key = a.decision_id.encode()
+        if self.txn.get(key, db=self.dbs["decisions"]) is None:
+            raise Rejected("unknown_decision", a.decision_id)
+        if self.txn.get(key, db=self.dbs["alert_acks"]) is not None:
+            return self._result(index, part, kind, Outcome.UNCHANGED, decision_id=a.decision_id)
+        user = a.user.encode()
+        self.txn.put(key, bytes([len(user)]) + user + _U64.pack(a.at_ms), db=self.dbs["alert_acks"])
+        return self._result(index, part, kind, Outcome.APPLIED, decision_id=a.decision_id)
+
     def decision(self, index: int, part: int, d: e.Decision) -> ApplyResult:
         # Kept when the device is removed, like the ledger: the history of
         # what was decided. A re-proposal with the same bytes changes nothing.
@@ -719,7 +736,11 @@ class _Apply:
         kind = e.EntryType.DECISION
         key, value = d.decision_id.encode(), _pack_decision(d)
         old = self.txn.get(key, db=self.dbs["decisions"])
-        fields: dict[str, Any] = {"device_id": d.device_id, "command_id": d.command_id}
+        fields: dict[str, Any] = {
+            "device_id": d.device_id,
+            "command_id": d.command_id,
+            "decision_id": d.decision_id,
+        }
         if old is not None:
             if old == value:
                 return self._result(index, part, kind, Outcome.UNCHANGED, **fields)
@@ -1104,6 +1125,15 @@ class Store:
         with self._read() as txn:
             raw = txn.get(decision_id.encode(), db=self._dbs["decisions"])
             return None if raw is None else _unpack_decision(decision_id, raw)
+
+    def alert_ack(self, decision_id: str) -> tuple[str, int] | None:
+        """Who acknowledged the decision's alert, and when (ms)."""
+        with self._read() as txn:
+            raw = txn.get(decision_id.encode(), db=self._dbs["alert_acks"])
+        if raw is None:
+            return None
+        n = raw[0]
+        return raw[1 : 1 + n].decode(), _U64.unpack_from(raw, 1 + n)[0]
 
     def decisions(self, device_id: str | None = None, limit: int = 100) -> list[e.Decision]:
         """Newest first: one device's decisions, or everyone's."""

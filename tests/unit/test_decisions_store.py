@@ -90,3 +90,29 @@ def test_decisions_outlive_the_device(store: Store) -> None:
     store.apply([(3, e.encode(decision("d-1")))])
     store.apply([(4, e.encode(e.RemoveDevice("plug-1", 5)))])
     assert store.decision("d-1") is not None
+
+
+def test_an_alert_is_acknowledged_once(store: Store) -> None:
+    store.apply([(3, e.encode(decision("d-1")))])
+    (first,) = store.apply([(4, e.encode(e.AckAlert("d-1", "ann", 50)))])
+    (second,) = store.apply([(5, e.encode(e.AckAlert("d-1", "bob", 60)))])
+    assert (first.outcome, second.outcome) == (Outcome.APPLIED, Outcome.UNCHANGED)
+    assert store.alert_ack("d-1") == ("ann", 50)
+    (ghost,) = store.apply([(6, e.encode(e.AckAlert("d-9", "ann", 70)))])
+    assert ghost.reason == "unknown_decision"
+    assert e.decode(e.encode(e.AckAlert("d-1", "ann", 50))) == e.AckAlert("d-1", "ann", 50)
+
+
+def test_users_round_trip_and_replace(store: Store) -> None:
+    u = e.User("ann", e.Role.VIEWER, b"h" * 48, ("plug-1",), 10)
+    assert e.decode(e.encode(u)) == u
+    (r1,) = store.apply([(3, e.encode(u))])
+    (r2,) = store.apply([(4, e.encode(e.User("ann", e.Role.VIEWER, b"h" * 48, ("plug-1",), 99)))])
+    assert (r1.outcome, r2.outcome) == (Outcome.APPLIED, Outcome.UNCHANGED)
+    store.apply([(5, e.encode(e.User("ann", e.Role.OPERATOR, b"h" * 48, (), 100)))])
+    got = store.user("ann")
+    assert got is not None and got.role is e.Role.OPERATOR
+    store.apply([(6, e.encode(e.RemoveUser("ann", 101)))])
+    assert store.user("ann") is None and store.users() == []
+    with pytest.raises(e.EntryError):
+        e.encode(e.User("bad name", e.Role.ADMIN, b"h"))
