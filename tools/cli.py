@@ -111,6 +111,106 @@ def bench_edge(
     _emit(result, json_out)
 
 
+def _progress(line: str) -> None:
+    typer.echo(line, err=True)
+
+
+@bench_app.command("ingest")
+def bench_ingest(
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    seconds: Annotated[
+        float, typer.Option(min=1, help="Measured seconds of the maximum-rate phase.")
+    ] = 60.0,
+    latency_seconds: Annotated[
+        float, typer.Option(min=1, help="Measured seconds of the latency phase (half rate).")
+    ] = 30.0,
+    warmup: Annotated[
+        float, typer.Option(min=0, help="Seconds of load before the maximum-rate clock starts.")
+    ] = 5.0,
+    devices: Annotated[int, typer.Option(min=1, help="Simulated devices.")] = 48,
+    window: Annotated[
+        int, typer.Option(min=1, help="Unacknowledged batches per device (the edge's window).")
+    ] = 4,
+    batch_readings: Annotated[int, typer.Option(min=1, help="Readings per batch.")] = 32,
+    generators: Annotated[
+        int, typer.Option(min=1, help="Load generator processes sharing the devices.")
+    ] = 1,
+    baseline: Annotated[bool, typer.Option(help="Also measure the bare-broker baseline.")] = True,
+) -> None:
+    """Hub cluster: committed readings/s, ack latency, against a bare-broker baseline."""
+    from tools.bench import BenchError
+    from tools.bench_hub import ingest
+    from tools.cluster import ClusterError
+    from tools.mosquitto import BrokerError
+
+    try:
+        result = ingest(
+            duration_s=seconds,
+            latency_s=latency_seconds,
+            warmup_s=warmup,
+            devices=devices,
+            window=window,
+            batch_readings=batch_readings,
+            generators=generators,
+            baseline=baseline,
+            say=_progress,
+        )
+    except (BenchError, BrokerError, ClusterError) as exc:
+        raise _fail(str(exc)) from None
+    _emit(result, json_out)
+
+
+@bench_app.command("failover")
+def bench_failover(
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    kills: Annotated[int, typer.Option(min=1, help="Leader kills (the median is reported).")] = 5,
+    rate: Annotated[
+        float, typer.Option(min=100, help="Offered load, readings/s over all devices.")
+    ] = 10_000.0,
+    devices: Annotated[int, typer.Option(min=1, help="Simulated devices.")] = 48,
+    window: Annotated[
+        int, typer.Option(min=1, help="Unacknowledged batches per device (the edge's window).")
+    ] = 4,
+    ack_timeout_ms: Annotated[
+        int, typer.Option(min=100, help="Devices resend from their watermark after this.")
+    ] = 5000,
+    settle: Annotated[
+        float, typer.Option(min=1, help="Seconds of steady load before each kill.")
+    ] = 10.0,
+    pre: Annotated[
+        float, typer.Option(min=0.5, help="Seconds before a kill that set the rate to regain.")
+    ] = 5.0,
+    observe: Annotated[
+        float, typer.Option(min=1, help="At most this long after a kill before the restart.")
+    ] = 30.0,
+    generators: Annotated[
+        int, typer.Option(min=1, help="Load generator processes sharing the devices.")
+    ] = 1,
+) -> None:
+    """Hub cluster: kill -9 the leader under load; time to the first commit and to 90% rate."""
+    from tools.bench import BenchError
+    from tools.bench_hub import failover
+    from tools.cluster import ClusterError
+    from tools.mosquitto import BrokerError
+
+    try:
+        result = failover(
+            kills=kills,
+            rate=rate,
+            devices=devices,
+            window=window,
+            ack_timeout_ms=ack_timeout_ms,
+            settle_s=settle,
+            pre_s=pre,
+            observe_s=observe,
+            generators=generators,
+            say=_progress,
+        )
+    except (BenchError, BrokerError, ClusterError) as exc:
+        raise _fail(str(exc)) from None
+    _emit(result, json_out)
+
+
 @protocol_app.command("decode")
 def protocol_decode(
     path: Annotated[Path, typer.Argument(help="File with a frame or envelope; - for stdin.")],
