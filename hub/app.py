@@ -42,6 +42,7 @@ from hub import entries as e
 from hub.broker import BrokerError, BrokerUser, MosquittoSupervisor
 from hub.config import ConfigError, HubConfig
 from hub.delivery import Delivery
+from hub.engine import DecisionEngine
 from hub.events import EventBus
 from hub.ingest import Ingest, Status, wall_ms
 from hub.raft import RaftError, RaftNode, RaftTiming, SecretError
@@ -96,6 +97,7 @@ class Hub:
         self.broker: Broker | None = None
         self.ingest: Ingest | None = None
         self.delivery: Delivery | None = None
+        self.engine: DecisionEngine | None = None
         self.client: aiomqtt.Client | None = None
         self.consumer_connected = False
         self.statuses: dict[str, tuple[m.DeviceStatus, float]] = {}  # last status, time
@@ -150,6 +152,13 @@ class Hub:
 
     async def _start(self, raft: RaftNode) -> None:
         cfg = self.cfg
+        from hub import engine as engine_mod
+
+        try:
+            ruleset, guard = engine_mod.load(cfg.source, cfg.decisions)
+        except ConfigError as exc:
+            raise StartupError(str(exc)) from None
+        self.engine = engine_mod.DecisionEngine(raft, ruleset, guard, cfg.decisions)
         self.ingest = Ingest(self.node_id, _RegistryView(raft), raft, cfg.ingest)
         self.delivery = Delivery(
             self.node_id, raft, self._publish, retry_s=cfg.commands.retry_ms / 1000
@@ -164,6 +173,7 @@ class Hub:
         spawn = self._tasks.append
         spawn(asyncio.create_task(self._consume(), name="consumer"))
         spawn(asyncio.create_task(self.delivery.run(), name="delivery"))
+        spawn(asyncio.create_task(self.engine.run(), name="engine"))
         spawn(asyncio.create_task(self._watch_registry(), name="registry"))
         spawn(asyncio.create_task(self._announce(), name="announce"))
         if self.broker is not None:
@@ -250,6 +260,8 @@ class Hub:
         """Apply results from pysyncobj's thread, now on the loop."""
         if self.delivery is not None:
             self.delivery.notice(results)
+        if self.engine is not None:
+            self.engine.notice(results)
         if not results:
             self._here.clear()
             self._registry_dirty.set()
@@ -499,6 +511,7 @@ class Hub:
                 "rejected": {} if self.delivery is None else dict(self.delivery.rejected),
             },
             "status_rejected": dict(self.status_rejects),
+            "decisions": {} if self.engine is None else self.engine.status(),
         }
 
 

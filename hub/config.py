@@ -46,6 +46,13 @@ The format, with defaults:
     [commands]
     retry_ms = 2000                   # resend an unanswered command this often
     deadline_s = 60                   # default deadline of a command
+
+    [decisions]
+    enabled = true                    # the leader's decision engine (hub/engine.py)
+    command_deadline_s = 30           # deadline of the commands it issues
+
+    [rules] and [guard] are validated by hub/rules.py and hub/guard.py
+    (docs/decisions.md documents them).
 """
 
 from __future__ import annotations
@@ -151,6 +158,12 @@ class CommandsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class DecisionsConfig:
+    enabled: bool = True
+    command_deadline_s: int = 30
+
+
+@dataclass(frozen=True, slots=True)
 class HubConfig:
     node_id: str
     data_dir: Path
@@ -161,6 +174,7 @@ class HubConfig:
     ingest: IngestConfig
     source: Path
     commands: CommandsConfig = CommandsConfig()
+    decisions: DecisionsConfig = DecisionsConfig()
 
 
 # -- reusable validators -------------------------------------------------------------
@@ -215,6 +229,12 @@ def mqtt_url(value: Any) -> str:
     if not isinstance(value, str) or not re.fullmatch(r"mqtts?://[A-Za-z0-9.-]+:\d{1,5}", value):
         raise ValueError(f"expected mqtt://host:port or mqtts://host:port, got {value!r}")
     address(value.split("://", 1)[1])
+    return value
+
+
+def boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {value!r}")
     return value
 
 
@@ -279,7 +299,10 @@ _KNOWN: Final = {
     "log": ("level", "format"),
     "ingest": ("batch_window_ms", "batch_max_entries", "batch_max_bytes", "max_frame_bytes"),
     "commands": ("retry_ms", "deadline_s"),
+    "decisions": ("enabled", "command_deadline_s"),
 }
+# Tables whose own modules validate them (hub/rules.py, hub/guard.py).
+_DELEGATED: Final = ("rules", "guard")
 
 
 def _secret(raft: _Section, base: Path, env: Mapping[str, str]) -> str:
@@ -319,7 +342,7 @@ def parse(doc: Mapping[str, Any], source: Path, env: Mapping[str, str] | None = 
     env = os.environ if env is None else env
     base = source.parent
     for name in doc:
-        if name not in _KNOWN:
+        if name not in _KNOWN and name not in _DELEGATED:
             hint = difflib.get_close_matches(name, list(_KNOWN), 1)
             extra = f" (did you mean [{hint[0]}]?)" if hint else ""
             raise ConfigError(source, name, f"unknown table{extra}")
@@ -330,6 +353,7 @@ def parse(doc: Mapping[str, Any], source: Path, env: Mapping[str, str] | None = 
     log = _Section(source, "log", doc.get("log"), _KNOWN["log"])
     ingest = _Section(source, "ingest", doc.get("ingest"), _KNOWN["ingest"])
     commands = _Section(source, "commands", doc.get("commands"), _KNOWN["commands"])
+    decisions = _Section(source, "decisions", doc.get("decisions"), _KNOWN["decisions"])
 
     node_id = node.get("id", matching(NODE_ID, "1-64 characters of A-Z a-z 0-9 . _ -"))
     data_dir = base / node.get("data_dir", text)
@@ -397,8 +421,21 @@ def parse(doc: Mapping[str, Any], source: Path, env: Mapping[str, str] | None = 
         commands.get("retry_ms", int_range(100, 600_000), 2000),
         commands.get("deadline_s", int_range(1, 7 * 86_400), 60),
     )
+    decisions_cfg = DecisionsConfig(
+        decisions.get("enabled", boolean, True),
+        decisions.get("command_deadline_s", int_range(1, 86_400), 30),
+    )
     return HubConfig(
-        node_id, data_dir, raft_cfg, broker_cfg, http_cfg, log_cfg, ingest_cfg, source, commands_cfg
+        node_id,
+        data_dir,
+        raft_cfg,
+        broker_cfg,
+        http_cfg,
+        log_cfg,
+        ingest_cfg,
+        source,
+        commands_cfg,
+        decisions_cfg,
     )
 
 

@@ -1,0 +1,235 @@
+"""The decision engine: the Raft leader decides from applied readings.
+
+    engine = DecisionEngine(hub, ruleset, guard, cfg.decisions)
+    hub's on_applied -> engine.notice(results)     # batch results, on the loop
+    task = asyncio.create_task(engine.run())
+
+Every node follows the applied batches (it knows, per device, the last
+sequence number it has looked at), but only the leader decides: a node that
+becomes leader starts from the current watermarks, so history is never
+decided twice, and rule state (how long a condition has held) starts afresh.
+
+For each new reading the rules tier (hub/rules.py) may fire. A firing with
+an action is checked by the guard (hub/guard.py); what the guard allows is
+proposed together with its provenance as one GROUP entry (the COMMAND and
+the DECISION commit together or not at all), so a command never enters the
+ledger without the record of why. A blocked or alert-only firing is recorded
+as a DECISION without a command. Delivery then takes the command to the
+device like any other (hub/delivery.py).
+
+Optional tiers plug in through ``scorers``: the ONNX anomaly tier feeds
+scores back into the rules (rules on ``sensor = "anomaly"``), and the LLM
+tier is consulted off the ingest path with a deadline (hub/llm.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from functools import partial
+from typing import TYPE_CHECKING, Any, Final
+
+from hub import entries as e
+from hub import rules as r
+from hub.config import DecisionsConfig
+from hub.guard import Guard, Proposal, Verdict
+from hub.ingest import wall_ms
+from hub.raft import RaftError
+from hub.store import ApplyResult, Outcome, Store
+
+if TYPE_CHECKING:
+    from hub.raft import RaftNode
+
+log = logging.getLogger("aiot.engine")
+
+_MAX_READINGS_PER_STEP: Final = 5000
+
+
+class DecisionEngine:
+    def __init__(
+        self,
+        raft: RaftNode,
+        ruleset: r.RuleSet,
+        guard: Guard,
+        cfg: DecisionsConfig,
+        clock: Callable[[], int] = wall_ms,
+    ) -> None:
+        self._raft = raft
+        self.rules = r.Engine(ruleset)
+        self.guard = guard
+        self.cfg = cfg
+        self._clock = clock
+        self._seen: dict[str, int] = {}  # device -> last seq looked at
+        self._dirty: set[str] = set()
+        self._wake = asyncio.Event()
+        self._was_leader = False
+        self._bound: set[str] = set()
+        self.decided: dict[str, int] = {}  # by tier
+        self.commands = 0
+        self.blocked = 0
+        self.failed = 0
+        self.latency_s: list[float] = []  # reading committed -> decision proposed (last 1000)
+        self.on_decision: Callable[[str, float], None] | None = None  # (tier, seconds)
+
+    # -- inputs -------------------------------------------------------------------------
+
+    def notice(self, results: Iterable[ApplyResult]) -> None:
+        any_batch = False
+        for res in results:
+            if res.type is e.EntryType.BATCH and res.outcome is Outcome.APPLIED and res.stored:
+                self._dirty.add(res.device_id)
+                any_batch = True
+            elif res.type in (e.EntryType.REGISTER_DEVICE, e.EntryType.REMOVE_DEVICE):
+                self._bound.discard(res.device_id)
+                if res.type is e.EntryType.REMOVE_DEVICE:
+                    self.rules.unbind(res.device_id)
+                    self.guard.forget(res.device_id)
+                    self._seen.pop(res.device_id, None)
+        if any_batch:
+            self._wake.set()
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self.step()
+            except RaftError as exc:
+                log.info("decisions paused: %s", exc)
+                await asyncio.sleep(0.5)
+
+    async def step(self) -> None:
+        leader = self._raft.status().is_leader
+        dirty, self._dirty = self._dirty, set()
+        if leader and not self._was_leader:
+            # A new leader: decide from now on, never over history.
+            for device_id in dirty | set(self._seen):
+                self._seen[device_id] = self._raft.read(
+                    partial(Store.watermark, device_id=device_id)
+                )
+            self._was_leader = True
+            log.info("decision engine active (this node leads)")
+            return
+        self._was_leader = leader
+        for device_id in dirty:
+            if not leader or not self.cfg.enabled:
+                self._seen[device_id] = self._raft.read(
+                    partial(Store.watermark, device_id=device_id)
+                )
+                continue
+            await self._device(device_id)
+
+    async def _device(self, device_id: str) -> None:
+        t0 = time.monotonic()
+        device = self._raft.read(lambda s: s.device(device_id))
+        if device is None:
+            return
+        if device_id not in self._bound:
+            for problem in self.rules.bind(device):
+                log.warning("rule cannot run: %s", problem)
+            self._bound.add(device_id)
+        first = self._seen.get(device_id)
+        if first is None:  # first sight since start: from the watermark on
+            self._seen[device_id] = self._raft.read(lambda s: s.watermark(device_id))
+            return
+        rows = self._raft.read(
+            lambda s: s.readings(device_id, first + 1, None, _MAX_READINGS_PER_STEP)
+        )
+        if not rows:
+            return
+        self._seen[device_id] = rows[-1].seq
+        if len(rows) == _MAX_READINGS_PER_STEP:
+            self._dirty.add(device_id)
+            self._wake.set()
+        fired: list[r.Decision] = []
+        for x in rows:
+            fired.extend(self.rules.reading(device_id, x.sensor, x.ts_ms, x.value))
+        for d in fired:
+            await self._act(device, d, t0)
+
+    async def _act(self, device: e.Device, d: r.Decision, t0: float) -> None:
+        now = self._clock()
+        tier = e.Tier.ONNX if d.sensor == r.ANOMALY else e.Tier.RULES
+        record: dict[str, Any] = {
+            "rule": d.rule_id,
+            "description": d.description,
+            "facts": list(d.facts),
+            "trigger": {
+                "sensor": d.sensor,
+                "value": d.value,
+                "threshold": d.threshold,
+                "ts_ms": d.ts_ms,
+                "since_ms": d.since_ms,
+            },
+            "alert": d.alert,
+        }
+        parts: list[bytes] = []
+        command_id = ""
+        if d.action is not None:
+            proposal = Proposal(device.device_id, d.action, d.params, tier.name.lower())
+            verdict: Verdict = self.guard.check(proposal, device, now)
+            record["action"] = {"name": d.action, "params": {p.name: p.value for p in d.params}}
+            record["guard"] = verdict.to_dict()
+            if verdict.allowed:
+                command_id = uuid.uuid4().hex[:16]
+                term = self._raft.status().term
+                deadline = now + self.cfg.command_deadline_s * 1000
+                parts.append(e.encode(verdict.command(command_id, term, now, deadline)))
+                self.commands += 1
+            else:
+                self.blocked += 1
+        latency = time.monotonic() - t0
+        record["latency_ms"] = round(latency * 1000, 3)
+        decision_id = "d-" + uuid.uuid4().hex[:16]
+        body = json.dumps(record, sort_keys=True, separators=(",", ":"), default=str).encode()
+        parts.append(
+            e.encode(e.Decision(decision_id, device.device_id, tier, now, command_id, body))
+        )
+        try:
+            results = await self._raft.propose(e.group(parts))
+        except RaftError as exc:
+            self.failed += 1
+            log.warning("decision %s not recorded: %s", decision_id, exc.reason)
+            return
+        bad = [x for x in results if x.error is not None]
+        if bad:
+            self.failed += 1
+            log.warning("decision %s refused: %s", decision_id, bad[0].reason)
+            return
+        key = tier.name.lower()
+        self.decided[key] = self.decided.get(key, 0) + 1
+        self.latency_s = [*self.latency_s[-999:], latency]
+        if self.on_decision is not None:
+            self.on_decision(key, latency)
+        log.info(
+            "decision device=%s tier=%s rule=%s action=%s command=%s",
+            device.device_id,
+            key,
+            d.rule_id,
+            d.action or "alert",
+            command_id or "-",
+        )
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "active": self._was_leader and self.cfg.enabled,
+            "decided": dict(self.decided),
+            "commands": self.commands,
+            "blocked": self.blocked,
+            "failed": self.failed,
+            "guard": self.guard.stats(),
+            "rule_problems": [str(p) for p in self.rules.problems()],
+        }
+
+
+def load(config_source: Any, cfg: DecisionsConfig) -> tuple[r.RuleSet, Guard]:
+    """The rules and guard of the hub config file (ConfigError on anything wrong)."""
+    from hub.guard import load_guard
+
+    return r.load_rules(config_source), Guard(load_guard(config_source))
