@@ -269,6 +269,12 @@ class Manifest:
     smoke_features: tuple[tuple[float, ...], ...]
     smoke_scores: tuple[float, ...]
     raw: Mapping[str, Any] = field(repr=False, compare=False)
+    # The range of each feature over normal training windows (model.envelope
+    # in the manifest), and how many range widths outside it is unusual.
+    envelope_low: tuple[float, ...] = ()
+    envelope_high: tuple[float, ...] = ()
+    envelope_floor: float = 0.0
+    envelope_margin: float = 0.0
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Manifest:
@@ -306,6 +312,20 @@ class Manifest:
         file = need("file", str)
         if Path(file).name != file or file in ("", ".", ".."):
             raise ModelError("bad_manifest", f"'file' must be a bare file name, not {file!r}")
+        envelope = d.get("model", {}).get("envelope") if isinstance(d.get("model"), dict) else None
+        env: dict[str, Any] = {}
+        if envelope is not None:
+            try:
+                env = {
+                    "envelope_low": tuple(float(v) for v in envelope["low"]),
+                    "envelope_high": tuple(float(v) for v in envelope["high"]),
+                    "envelope_floor": float(envelope["floor"]),
+                    "envelope_margin": float(envelope["margin"]),
+                }
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ModelError("bad_manifest", f"'model.envelope' is malformed: {exc}") from None
+            if not len(env["envelope_low"]) == len(env["envelope_high"]) == len(features):
+                raise ModelError("bad_manifest", "'model.envelope' needs one bound per feature")
         return cls(
             name=need("name", str),
             kind=kind,
@@ -318,6 +338,7 @@ class Manifest:
             smoke_features=smoke_x,
             smoke_scores=smoke_y,
             raw=dict(d),
+            **env,
         )
 
     @classmethod
@@ -499,6 +520,23 @@ class AnomalyModel:
     def flags(self, score: float) -> bool:
         """Whether a score counts as an anomaly (at or above the manifest's threshold)."""
         return score >= self.threshold
+
+    def unusual_features(self, features: npt.ArrayLike) -> list[str]:
+        """Names of the features that lie outside the range of normal training windows.
+
+        Outside by more than the manifest's margin (in range widths), most
+        extreme first: facts for an explanation ("flat_run_frac is unusual").
+        Empty when the manifest carries no envelope.
+        """
+        m = self.manifest
+        if not m.envelope_low:
+            return []
+        x = as_feature_matrix(features)[0].astype(np.float64)
+        low, high = np.array(m.envelope_low), np.array(m.envelope_high)
+        width = np.maximum(high - low, m.envelope_floor)
+        excess = np.maximum((x - high) / width, (low - x) / width)
+        order = np.argsort(-excess, kind="stable")
+        return [FEATURES[i] for i in order if excess[i] > m.envelope_margin]
 
 
 def default_manifest_path() -> Path:
