@@ -53,6 +53,7 @@ from pydantic import BaseModel, Field
 from hub import auth, rendezvous, users
 from hub import entries as e
 from hub.config import address
+from hub.guard import Proposal
 from hub.ingest import wall_ms
 from hub.raft import RaftError, RaftNode
 from hub.store import ApplyResult, LedgerRecord, Store
@@ -92,6 +93,7 @@ class CommandIn(BaseModel):
     action: str = Field(min_length=1, max_length=64)
     params: dict[str, bool | int | float | str] = {}
     deadline_s: float | None = Field(default=None, gt=0, le=7 * 86_400)
+    approved: bool = False  # an operator's explicit approval (critical devices)
 
 
 class NodeIn(BaseModel):
@@ -228,6 +230,18 @@ def _results_error(res: ApplyResult) -> None:
     if res.error is not None:
         code = 404 if res.reason in ("unknown_device", "unknown_command") else 409
         raise HTTPException(code, f"{res.reason}: {res.detail}" if res.detail else res.reason)
+
+
+async def _commit_group(raft: RaftNode, parts: list[bytes]) -> None:
+    """Commit entries together (one GROUP); 4xx for the first refused part."""
+    if not parts:
+        return
+    try:
+        results = await raft.propose(e.group(parts), timeout=10.0)
+    except RaftError as exc:
+        raise HTTPException(503, f"the cluster did not commit: {exc.reason} {exc}") from None
+    for res in results:
+        _results_error(res)
 
 
 async def _commit(raft: RaftNode, entry: bytes) -> ApplyResult:
@@ -486,7 +500,7 @@ def make_app(hub: Hub) -> FastAPI:
         }
 
     @app.post("/v1/commands", status_code=201)
-    async def send_command(body: CommandIn, _: Operator, r: Raft) -> dict[str, Any]:
+    async def send_command(body: CommandIn, who: Operator, r: Raft) -> dict[str, Any]:
         d = known(r, body.device)
         cap = next((c for c in d.capabilities if c.action == body.action), None)
         if cap is None:
@@ -495,8 +509,39 @@ def make_app(hub: Hub) -> FastAPI:
         params = _params(cap, body.params)
         now = wall_ms()
         deadline_s = body.deadline_s or hub.cfg.commands.deadline_s
+        command_id = uuid.uuid4().hex[:16]
+        parts: list[bytes] = []
+        guard = hub.engine.guard if hub.engine is not None else None
+        if guard is not None:
+            # The guard sees operator commands too (hub/guard.py); what it
+            # blocks or changes is recorded as an operator decision.
+            proposal = Proposal(body.device, body.action, params, "operator", body.approved)
+            verdict = guard.check(proposal, d, now)
+            if verdict.recorded:
+                record = {
+                    "requested_by": who.name,
+                    "action": {"name": body.action, "params": {p.name: p.value for p in params}},
+                    "guard": verdict.to_dict(),
+                    "facts": [f"{who.name} asked for {body.action} on {body.device}"],
+                }
+                rec_bytes = json.dumps(record, sort_keys=True, default=str).encode()
+                decision = e.Decision(
+                    "d-" + uuid.uuid4().hex[:16],
+                    body.device,
+                    e.Tier.OPERATOR,
+                    now,
+                    command_id if verdict.allowed else "",
+                    rec_bytes,
+                )
+                parts.append(e.encode(decision))
+            if not verdict.allowed:
+                await _commit_group(r, parts)
+                raise HTTPException(
+                    409, f"the guard blocked it: {verdict.reason}: {verdict.detail}"
+                )
+            params = verdict.params
         cmd = e.PutCommand(
-            uuid.uuid4().hex[:16],
+            command_id,
             body.device,
             r.status().term,
             body.action,
@@ -504,8 +549,7 @@ def make_app(hub: Hub) -> FastAPI:
             now,
             now + int(deadline_s * 1000),
         )
-        res = await _commit(r, e.encode(cmd))
-        _results_error(res)
+        await _commit_group(r, [e.encode(cmd), *parts])
         rec = r.read(lambda s: s.command(cmd.command_id))
         assert rec is not None
         return ledger_json(rec)

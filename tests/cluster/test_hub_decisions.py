@@ -71,3 +71,23 @@ def test_over_limit_switches_the_plug_off_once(tmp_path: Path) -> None:
             stats = dev.interrupt()
         assert stats["commands"]["executed"] == 1, stats["commands"]
         assert stats["relay_on"] is False
+
+
+def test_the_guard_checks_operator_commands_and_records_what_it_blocks(tmp_path: Path) -> None:
+    from tools.hubclient import HubError
+
+    extra = '[guard]\ncritical = ["fridge-*"]\n'
+    with running_cluster(tmp_path, nodes=1, extra=extra) as cluster:
+        c = cluster.client(0)
+        c.post("/v1/devices", {"device_id": "fridge-1"})
+        off = {"device": "fridge-1", "action": "relay.set", "params": {"on": False}}
+        with pytest.raises(HubError) as err:
+            c.post("/v1/commands", off)
+        assert err.value.status == 409 and "critical_interlock" in str(err.value)
+        assert c.get("/v1/commands", device="fridge-1") == []  # nothing entered the ledger
+        (blocked,) = c.get("/v1/decisions", device="fridge-1")
+        assert blocked["tier"] == "operator" and blocked["guard"]["outcome"] == "blocked"
+        assert blocked["command_id"] is None
+        ok = c.post("/v1/commands", {**off, "approved": True})
+        assert ok["state"] == "PENDING"
+        assert c.post("/v1/commands", {**off, "params": {"on": True}})["state"] == "PENDING"
