@@ -1,0 +1,269 @@
+"""What an LLM decision may say about one device, built from its capabilities.
+
+A decision is one JSON object with three keys, always in this order:
+
+    {"action": "relay.set", "params": {"on": false}, "reason": "power over the limit"}
+
+``action`` is one of the device's capability actions or ``"none"``;
+``params`` holds exactly the parameters that action declares (``{}`` for
+``none`` and for actions without parameters); ``reason`` is a short plain
+string.
+
+Three views of the same rules, built from ``tuple[m.Capability, ...]``:
+
+- ``json_schema(caps)``: the JSON Schema (draft 2020-12) of a decision, for
+  documentation, the HTTP API and other tools.
+- ``gbnf(caps)``: a llama.cpp grammar that only lets the model write such an
+  object. It fixes the key order, forbids leading zeros, escapes and control
+  characters, and limits digits and string lengths; it cannot express
+  numeric bounds, so those are checked afterwards.
+- ``parse(raw, caps)``: the validator every output goes through, grammar or
+  not. It checks the shape, the kinds and the bounds exactly as the device's
+  executor does (``edge/executor.py``: Int and Float values within
+  ``min..max``, Text length within ``min..max``, Bool ignores them) and raises
+  ``InvalidOutput`` with a reason otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any, Final
+
+from protocol import messages as m
+
+NONE_ACTION: Final = "none"
+KEYS: Final = ("action", "params", "reason")
+REASON_MAX: Final = 100  # characters
+TEXT_MAX: Final = 200  # characters, cap for Text params whose max is larger
+_FRACTION_DIGITS: Final = 3
+
+
+class InvalidOutput(ValueError):
+    """The output is not a decision this device allows; ``reason`` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """A validated decision. ``params`` follow the capability's declared order."""
+
+    action: str
+    params: tuple[m.Param, ...]
+    reason: str
+
+    @property
+    def is_none(self) -> bool:
+        return self.action == NONE_ACTION
+
+    def params_dict(self) -> dict[str, m.ParamValue]:
+        return {p.name: p.value for p in self.params}
+
+    def to_json(self) -> dict[str, Any]:
+        return {"action": self.action, "params": self.params_dict(), "reason": self.reason}
+
+
+def actions(caps: tuple[m.Capability, ...]) -> tuple[str, ...]:
+    """The action names a decision may use: the capabilities' own, then ``none``."""
+    return (*(c.action for c in caps), NONE_ACTION)
+
+
+def check_capabilities(caps: tuple[m.Capability, ...]) -> None:
+    """Raise ValueError for capabilities no decision can be built from."""
+    seen: set[str] = set()
+    for c in caps:
+        if not c.action or c.action == NONE_ACTION or c.action in seen:
+            raise ValueError(f"capability action {c.action!r} is empty, reserved or repeated")
+        if any(ch in c.action for ch in '"\\') or not c.action.isprintable():
+            raise ValueError(f"capability action {c.action!r} has characters a grammar can't hold")
+        seen.add(c.action)
+        names: set[str] = set()
+        for p in c.params:
+            if not p.name or p.name in names or any(ch in p.name for ch in '"\\'):
+                raise ValueError(f"{c.action}: parameter name {p.name!r} is empty or repeated")
+            if not (math.isfinite(p.min) and math.isfinite(p.max)):
+                raise ValueError(f"{c.action}: {p.name} bounds must be finite")
+            names.add(p.name)
+
+
+# -- JSON Schema ------------------------------------------------------------------------
+
+
+def _param_schema(p: m.ParamSpec) -> dict[str, Any]:
+    if p.kind is m.ParamKind.Bool:
+        return {"type": "boolean"}
+    if p.kind is m.ParamKind.Int:
+        return {"type": "integer", "minimum": math.ceil(p.min), "maximum": math.floor(p.max)}
+    if p.kind is m.ParamKind.Float:
+        return {"type": "number", "minimum": p.min, "maximum": p.max}
+    return {"type": "string", "minLength": max(0, math.ceil(p.min)), "maxLength": int(p.max)}
+
+
+def json_schema(caps: tuple[m.Capability, ...]) -> dict[str, Any]:
+    """The JSON Schema of a decision for a device with ``caps``."""
+    check_capabilities(caps)
+    branches: list[dict[str, Any]] = []
+    for c in (*caps, m.Capability(NONE_ACTION)):
+        branches.append(
+            {
+                "type": "object",
+                "properties": {
+                    "action": {"const": c.action},
+                    "params": {
+                        "type": "object",
+                        "properties": {p.name: _param_schema(p) for p in c.params},
+                        "required": [p.name for p in c.params],
+                        "additionalProperties": False,
+                    },
+                    "reason": {"type": "string", "maxLength": REASON_MAX},
+                },
+                "required": list(KEYS),
+                "additionalProperties": False,
+            }
+        )
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "decision",
+        "oneOf": branches,
+    }
+
+
+# -- GBNF -------------------------------------------------------------------------------
+
+
+def _gbnf_literal(text: str) -> str:
+    # A GBNF string literal that matches the JSON string literal of ``text``.
+    return '"\\"' + text.replace("\\", "\\\\").replace('"', '\\"') + '\\""'
+
+
+_CHAR = r'[^"\\\x00-\x1F\x7F]'
+
+
+def _digits(bound: float) -> int:
+    return max(1, len(str(int(min(abs(bound), 1e15)))))
+
+
+def _number_rule(p: m.ParamSpec) -> str:
+    sign = '"-"? ' if p.min < 0 else ""
+    n = _digits(max(abs(p.min), abs(p.max)))
+    integer = f'("0" | [1-9] [0-9]{{0,{n - 1}}})'
+    if p.kind is m.ParamKind.Int:
+        return sign + integer
+    return sign + integer + f' ("." [0-9]{{1,{_FRACTION_DIGITS}}})?'
+
+
+def _param_rule(p: m.ParamSpec) -> str:
+    if p.kind is m.ParamKind.Bool:
+        return '("true" | "false")'
+    if p.kind in (m.ParamKind.Int, m.ParamKind.Float):
+        return "(" + _number_rule(p) + ")"
+    lo = max(0, math.ceil(p.min))
+    hi = max(lo, min(TEXT_MAX, int(p.max)))
+    return f'"\\"" {_CHAR}{{{lo},{hi}}} "\\""'
+
+
+def gbnf(caps: tuple[m.Capability, ...]) -> str:
+    """A llama.cpp grammar that generates only decisions of the shape above."""
+    check_capabilities(caps)
+    lines = [
+        'root ::= "{" "\\"action\\": " action ", \\"reason\\": " reason "}"',
+        "action ::= " + " | ".join(f"act{i}" for i in range(len(caps) + 1)),
+        f'reason ::= "\\"" {_CHAR}{{0,{REASON_MAX}}} "\\""',
+    ]
+    for i, c in enumerate((*caps, m.Capability(NONE_ACTION))):
+        if c.params:
+            fields = ' ", " '.join(
+                _gbnf_literal(p.name) + ' ": " ' + _param_rule(p) for p in c.params
+            )
+            params = '"{" ' + fields + ' "}"'
+        else:
+            params = '"{}"'
+        lines.append(f'act{i} ::= {_gbnf_literal(c.action)} ", \\"params\\": " {params}')
+    return "\n".join(lines) + "\n"
+
+
+# -- validation -------------------------------------------------------------------------
+
+
+def _reject_constant(name: str) -> float:
+    raise InvalidOutput(f"non-standard JSON number {name}")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise InvalidOutput(f"key {key!r} given twice")
+        out[key] = value
+    return out
+
+
+def _value(action: str, p: m.ParamSpec, v: Any) -> m.ParamValue:
+    where = f"{action}: {p.name}"
+    if p.kind is m.ParamKind.Bool:
+        if not isinstance(v, bool):
+            raise InvalidOutput(f"{where} must be a boolean")
+        return v
+    if p.kind is m.ParamKind.Text:
+        if not isinstance(v, str):
+            raise InvalidOutput(f"{where} must be a string")
+        if not p.min <= len(v) <= p.max:
+            raise InvalidOutput(f"{where} length {len(v)} outside {p.min:g}..{p.max:g}")
+        return v
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise InvalidOutput(f"{where} must be a number")
+    if p.kind is m.ParamKind.Int and not isinstance(v, int):
+        raise InvalidOutput(f"{where} must be an integer")
+    # Written so that NaN fails too.
+    if not p.min <= v <= p.max:
+        raise InvalidOutput(f"{where}={v} outside {p.min:g}..{p.max:g}")
+    return float(v) if p.kind is m.ParamKind.Float else v
+
+
+def validate(obj: Any, caps: tuple[m.Capability, ...]) -> Decision:
+    """A decision from an already parsed JSON value, or InvalidOutput."""
+    if not isinstance(obj, dict):
+        raise InvalidOutput("output is not a JSON object")
+    if set(obj) != set(KEYS):
+        raise InvalidOutput(f"keys must be exactly {', '.join(KEYS)}; got {sorted(map(str, obj))}")
+    action, params, reason = obj["action"], obj["params"], obj["reason"]
+    if not isinstance(action, str):
+        raise InvalidOutput("action must be a string")
+    if not isinstance(reason, str):
+        raise InvalidOutput("reason must be a string")
+    if len(reason) > REASON_MAX:
+        raise InvalidOutput(f"reason longer than {REASON_MAX} characters")
+    if not isinstance(params, dict):
+        raise InvalidOutput("params must be an object")
+    if action == NONE_ACTION:
+        cap = m.Capability(NONE_ACTION)
+    else:
+        found = [c for c in caps if c.action == action]
+        if not found:
+            raise InvalidOutput(f"action {action!r} is not one of {', '.join(actions(caps))}")
+        cap = found[0]
+    declared = [p.name for p in cap.params]
+    if set(params) != set(declared):
+        raise InvalidOutput(
+            f"{action}: params must be exactly {{{', '.join(declared)}}}; got {sorted(params)}"
+        )
+    return Decision(
+        action,
+        tuple(m.Param(p.name, _value(action, p, params[p.name])) for p in cap.params),
+        reason,
+    )
+
+
+def parse(raw: str, caps: tuple[m.Capability, ...]) -> Decision:
+    """Validate a model's raw output text: strict JSON, one decision, nothing else."""
+    try:
+        obj = json.loads(raw, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
+    except InvalidOutput:
+        raise
+    except (ValueError, RecursionError) as exc:
+        raise InvalidOutput(f"not valid JSON: {exc}") from None
+    return validate(obj, caps)
