@@ -50,6 +50,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import struct
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -64,6 +65,8 @@ from hub.store import Outcome as Applied
 from protocol import messages as m
 from protocol import topics, wire
 from protocol.errors import CodecError
+from protocol.generated import aiot_generated as g
+from protocol.verify import verify
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +192,7 @@ def authenticate(
     if device is None:
         raise Rejected("unknown_device", device_id)
     try:
-        msg = wire.decode_frame(payload, device.key, m.TelemetryBatch, max_frame_bytes)
+        msg = decode_batch(payload, device.key, max_frame_bytes)
     except CodecError as exc:
         if exc.reason == "bad_hmac":
             _check_foreign(device_id, payload, registry, max_frame_bytes)
@@ -199,6 +202,48 @@ def authenticate(
     if msg.device_id != device_id:
         raise Rejected("topic_mismatch", device_id, f"payload names {msg.device_id[:80]!r}")
     return device, msg
+
+
+_READINGS_SLOT: Final = 12  # TelemetryBatch.readings' vtable offset (slot 4)
+_READING_LE: Final = struct.Struct("<HHf")  # a Reading struct as FlatBuffers lays it out
+
+
+def decode_batch(
+    frame: bytes | bytearray | memoryview, key: bytes, max_size: int = wire.MAX_FRAME
+) -> m.TelemetryBatch:
+    """``wire.decode_frame(frame, key, m.TelemetryBatch, max_size)``, read in place.
+
+    The same checks in the same order (size and trailer, then the verifier
+    over the whole envelope), the same CodecErrors, and an equal message; but
+    the fields are read with the generated accessors and the readings vector
+    with one struct pass, instead of the object API, which builds two objects
+    per reading and dominated the ingest path's CPU time."""
+    envelope = wire.open_frame(frame, key, max_size)
+    tag = verify(envelope)
+    if tag != m.PayloadType.TelemetryBatch:
+        raise CodecError("unexpected_type", f"got {m.PayloadType(tag).name}")
+    payload = g.Envelope.GetRootAs(envelope, 0).Payload()
+    assert payload is not None  # verify() insists on it
+    b = g.TelemetryBatch()
+    b.Init(payload.Bytes, payload.Pos)
+    at = payload.Offset(_READINGS_SLOT)  # payload: the same table, untyped
+    start, count = payload.Vector(at), payload.VectorLen(at)
+    reading = m.Reading
+    readings = tuple(
+        [
+            reading(*r)
+            for r in _READING_LE.iter_unpack(envelope[start : start + _READING_LE.size * count])
+        ]
+    )
+    device_id = b.DeviceId()
+    return m.TelemetryBatch(
+        device_id.decode() if isinstance(device_id, bytes) else str(device_id),
+        b.BootEpoch(),
+        b.FirstSeq(),
+        b.BaseTsMs(),
+        readings,
+        b.LostBefore(),
+    )
 
 
 def _check_foreign(
@@ -518,6 +563,7 @@ class Ingest:
             rej.device_id or "-",
             rej.reason,
             rej.detail or "-",
+            extra={"device": rej.device_id, "reason": rej.reason},
         )
         publish = None
         key = self._key_of(rej.device_id) if rej.watermark is not None else None
@@ -541,5 +587,11 @@ class Ingest:
     ) -> Outcome:
         reason = exc.reason
         self._failures[reason] += 1
-        log.warning("ingest proposal failed device=%s reason=%s detail=%s", device_id, reason, exc)
+        log.warning(
+            "ingest proposal failed device=%s reason=%s detail=%s",
+            device_id,
+            reason,
+            exc,
+            extra={"device": device_id, "reason": reason},
+        )
         return Outcome(Status.FAILED, device_id, reason, str(exc), None, None, result)

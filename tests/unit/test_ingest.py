@@ -29,12 +29,14 @@ from hub.ingest import (
     ResultMismatch,
     Status,
     commit_ack,
+    decode_batch,
 )
 from hub.raft import DeadlineExceeded, NotLeader, NotReady, RaftError
 from hub.store import ApplyResult, Store
 from protocol import messages as m
 from protocol import wire
 from protocol.errors import CodecError
+from tests import strategies as wire_st
 
 pytestmark = pytest.mark.unit
 
@@ -562,3 +564,38 @@ def test_re_signed_mutations_change_state_only_when_acked(data: st.DataObject) -
             assert store.content_hash() == h
         else:
             assert acked_watermark(out) == store.watermark("plug-1")
+
+
+# -- the in-place batch decoder ----------------------------------------------------------
+
+
+def _outcome(decode: object, frame: bytes, key: bytes) -> object:
+    try:
+        return decode(frame, key)  # type: ignore[operator]
+    except CodecError as exc:
+        return ("error", exc.reason, str(exc))
+
+
+def _reference(frame: bytes, key: bytes) -> m.Message:
+    return wire.decode_frame(frame, key, m.TelemetryBatch, MAX_FRAME)
+
+
+def _fast(frame: bytes, key: bytes) -> m.Message:
+    return decode_batch(frame, key, MAX_FRAME)
+
+
+@_HYPO
+@given(msg=wire_st.messages)
+def test_decode_batch_agrees_with_the_object_api(msg: m.Message) -> None:
+    frame = wire.seal(wire.encode(msg), KEY1)
+    assert _outcome(_fast, frame, KEY1) == _outcome(_reference, frame, KEY1)
+    assert _outcome(_fast, frame, KEY2) == _outcome(_reference, frame, KEY2)
+
+
+@_HYPO
+@given(data=st.data())
+def test_decode_batch_agrees_on_mutated_frames(data: st.DataObject) -> None:
+    msg = data.draw(wire_st.batches, label="batch")
+    envelope = _mutate(data, wire.encode(msg))
+    for frame in (wire.seal(envelope, KEY1), envelope + b"\0" * 32):
+        assert _outcome(_fast, frame, KEY1) == _outcome(_reference, frame, KEY1)
