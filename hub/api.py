@@ -50,7 +50,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
-from hub import auth, rendezvous, users
+from hub import auth, explain, rendezvous, users
 from hub import entries as e
 from hub.config import address
 from hub.guard import Proposal
@@ -98,6 +98,42 @@ class CommandIn(BaseModel):
 
 class NodeIn(BaseModel):
     raft: str
+
+
+class AskIn(BaseModel):
+    question: str = Field(min_length=1, max_length=500)
+
+
+class _StoreView:
+    """What a principal may see, for hub/explain.py."""
+
+    def __init__(self, raft: RaftNode, who: Principal) -> None:
+        self._raft = raft
+        self._who = who
+
+    def device_ids(self) -> list[str]:
+        return [d.device_id for d in self._raft.read(Store.devices) if self._who.sees(d)]
+
+    def decisions(self, device_id: str, limit: int) -> list[e.Decision]:
+        return self._raft.read(lambda s: s.decisions(device_id, limit))
+
+    def commands(self, device_id: str) -> list[LedgerRecord]:
+        return self._raft.read(lambda s: s.commands(device_id))
+
+    def progress(self, device_id: str) -> dict[str, Any]:
+        def read(s: Store) -> dict[str, Any]:
+            p = s.presence(device_id)
+            return {
+                "watermark": s.progress(device_id)[0],
+                "node": None if p is None else p.node_id,
+                "online": p is not None and p.state is m.LinkState.ONLINE,
+            }
+
+        return self._raft.read(read)
+
+    def energy(self, device_id: str, day: date) -> list[tuple[int, float]]:
+        hours = self._raft.read(lambda s: s.hourly_energy(device_id, day))
+        return [(h.start_ms, h.wh) for h in hours]
 
 
 class LoginIn(BaseModel):
@@ -666,6 +702,20 @@ def make_app(hub: Hub) -> FastAPI:
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
+    # -- explanations --
+
+    @app.post("/v1/ask")
+    async def ask(body: AskIn, who: Viewer, r: Raft) -> dict[str, Any]:
+        view = _StoreView(r, who)
+        fallback = hub.ask_fallback() if hasattr(hub, "ask_fallback") else None
+        answer = await asyncio.to_thread(explain.explain, body.question, view, fallback)
+        return {
+            "answer": answer.text,
+            "method": answer.method,
+            "sources": answer.sources,
+            "refused": answer.refused or None,
+        }
+
     # -- users and sessions --
 
     @app.post("/v1/login")
@@ -722,6 +772,10 @@ def make_app(hub: Hub) -> FastAPI:
     async def bad_value(_: Request, exc: ValueError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=422)
 
+    from hub import backup, metrics
+
+    metrics.mount(app, hub)
+    backup.mount(app, hub)
     return app
 
 

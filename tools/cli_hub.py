@@ -493,7 +493,108 @@ def demo(
         raise typer.Exit(1)
 
 
+# -- decisions and alerts --------------------------------------------------------------
+
+decisions_app = typer.Typer(help="Decisions and their provenance.", no_args_is_help=True)
+alerts_app = typer.Typer(help="Alerts: decisions that notify.", no_args_is_help=True)
+
+
+def _decision_line(d: dict[str, Any]) -> str:
+    action = d.get("action") or {}
+    what = action.get("name", "alert") if isinstance(action, dict) else "alert"
+    verdict = (d.get("guard") or {}).get("outcome", "-")
+    return (
+        f"{_ms(d['at_ms'])}  {d['decision_id']}  {d['device_id']:<16} {d['tier']:<8} "
+        f"{what:<12} guard={verdict:<8} command={d['command_id'] or '-'}"
+    )
+
+
+@decisions_app.command("list")
+def decisions_list(
+    device: Annotated[str | None, typer.Option(help="Only this device.")] = None,
+    limit: Annotated[int, typer.Option(min=1)] = 50,
+    config: ConfigOpt = None,
+    hub: HubOpt = None,
+    token: TokenOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Newest first: tier, action, the guard's verdict and the command it issued."""
+    with _client(config, hub, token) as c:
+        rows = _call(c, "GET", "/v1/decisions", device=device, limit=limit)
+    if json_out:
+        _print(rows)
+        return
+    for d in rows:
+        typer.echo(_decision_line(d))
+
+
+@decisions_app.command("show")
+def decisions_show(
+    decision_id: str, config: ConfigOpt = None, hub: HubOpt = None, token: TokenOpt = None
+) -> None:
+    """One decision with its full provenance."""
+    with _client(config, hub, token) as c:
+        _print(_call(c, "GET", f"/v1/decisions/{decision_id}"))
+
+
+@alerts_app.command("list")
+def alerts_list(
+    device: Annotated[str | None, typer.Option(help="Only this device.")] = None,
+    unacknowledged: Annotated[bool, typer.Option(help="Only those not acknowledged.")] = False,
+    config: ConfigOpt = None,
+    hub: HubOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Alerts, newest first."""
+    with _client(config, hub, token) as c:
+        rows = _call(
+            c,
+            "GET",
+            "/v1/alerts",
+            device=device,
+            unacknowledged="true" if unacknowledged else None,
+        )
+    for d in rows:
+        ack = d["acknowledged"]
+        facts = "; ".join(d.get("facts", [])[:1])
+        typer.echo(
+            f"{_ms(d['at_ms'])}  {d['decision_id']}  {d['device_id']:<16} "
+            f"{'acked by ' + ack['by'] if ack else 'OPEN':<16} {facts}"
+        )
+
+
+@alerts_app.command("ack")
+def alerts_ack(
+    decision_id: str, config: ConfigOpt = None, hub: HubOpt = None, token: TokenOpt = None
+) -> None:
+    """Acknowledge an alert."""
+    with _client(config, hub, token) as c:
+        _call(c, "POST", f"/v1/alerts/{decision_id}/ack", body={})
+    typer.echo(f"acknowledged {decision_id}")
+
+
+def ask(
+    question: Annotated[str, typer.Argument(help='For example: "why did plug-7 switch off?"')],
+    config: ConfigOpt = None,
+    hub: HubOpt = None,
+    token: TokenOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Ask the hub about a device; answers come from the ledger and readings."""
+    with _client(config, hub, token) as c:
+        out = _call(c, "POST", "/v1/ask", body={"question": question})
+    if json_out:
+        _print(out)
+        return
+    typer.echo(out["answer"])
+    if out["sources"]:
+        typer.echo(f"(from {', '.join(out['sources'])}; {out['method']})", err=True)
+
+
 def register(app: typer.Typer) -> None:
+    app.command("ask")(ask)
+    app.add_typer(decisions_app, name="decisions")
+    app.add_typer(alerts_app, name="alerts")
     app.command("demo")(demo)
     app.add_typer(user_app, name="user")
     app.add_typer(hub_app, name="hub")

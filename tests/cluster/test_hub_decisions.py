@@ -4,6 +4,7 @@ command once; the decision and its provenance are in the replicated ledger."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -67,6 +68,17 @@ def test_over_limit_switches_the_plug_off_once(tmp_path: Path) -> None:
             assert cmd["action"] == "relay.set" and cmd["params"] == {"on": False}
             alerts = cluster.any_client().get("/v1/alerts", device="plug-d")
             assert any(a["decision_id"] == found["decision_id"] for a in alerts)
+            # `aiot ask` explains it from the ledger.
+            from tests.cluster.test_hub_daemon import aiot
+
+            out = aiot(
+                "ask", "why did plug-d switch off?", "--json", "--config", str(cluster.configs[0])
+            )
+            assert out.returncode == 0, out.stderr
+            answer = json.loads(out.stdout)
+            assert answer["method"] == "rules"
+            assert answer["sources"][:2] == [found["decision_id"], cid]
+            assert "over-limit" in answer["answer"] and "DONE" in answer["answer"]
         finally:
             stats = dev.interrupt()
         assert stats["commands"]["executed"] == 1, stats["commands"]

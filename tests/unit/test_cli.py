@@ -44,6 +44,9 @@ def test_help_lists_exactly_the_working_groups() -> None:
         "query",
         "user",
         "demo",
+        "decisions",
+        "alerts",
+        "ask",
     }
     assert listed_commands(aiot("hub", "--help").stdout) == {"run"}
     assert listed_commands(aiot("device", "--help").stdout) == {"add", "list", "show", "remove"}

@@ -1,0 +1,108 @@
+"""Explanations from a real store: rule-based answers, and validation of
+what a fallback (the LLM tier) says."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from hub import entries as e
+from hub.api import Principal, _StoreView
+from hub.explain import explain, mentioned, validate
+from hub.store import Store
+from protocol import messages as m
+
+pytestmark = pytest.mark.unit
+T = TypeVar("T")
+RELAY = m.Capability("relay.set", (m.ParamSpec("on", m.ParamKind.Bool, 0.0, 1.0),))
+T0 = 1_763_700_000_000
+
+
+class Reader:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def read(self, fn: Callable[[Store], T]) -> T:
+        return fn(self.store)
+
+
+@pytest.fixture
+def view(tmp_path: Path) -> Iterator[_StoreView]:
+    with Store(tmp_path / "s") as s:
+        entries: list[Any] = [
+            e.RegisterDevice(e.Device("plug-7", b"k" * 32, (RELAY,), 2000.0), 1),
+            e.RegisterDevice(e.Device("plug-8", b"k" * 32, (RELAY,), 2000.0), 1),
+            e.PutCommand("c-1", "plug-7", 1, "relay.set", (m.Param("on", False),), T0, T0 + 60_000),
+            e.Decision(
+                "d-1",
+                "plug-7",
+                e.Tier.RULES,
+                T0,
+                "c-1",
+                json.dumps(
+                    {
+                        "rule": "plug-over-limit",
+                        "description": "A plug over its limit for 10 s is switched off.",
+                        "facts": ["power 2450 W is over the limit 2000 W for 10.2 s"],
+                        "action": {"name": "relay.set", "params": {"on": False}},
+                        "guard": {"outcome": "allowed"},
+                        "alert": True,
+                    }
+                ).encode(),
+            ),
+            e.RecordResult(
+                m.CommandResult("c-1", "plug-7", 1, m.CommandStatus.DONE, detail="relay off"),
+                "hub-1",
+                T0 + 900,
+            ),
+        ]
+        s.apply([(i + 1, e.encode(x)) for i, x in enumerate(entries)])
+        yield _StoreView(Reader(s), Principal("admin", e.Role.ADMIN, None))  # type: ignore[arg-type]
+
+
+def test_why_a_plug_switched_off_is_answered_from_the_ledger(view: _StoreView) -> None:
+    a = explain("why did plug-7 switch off?", view)
+    assert a.method == "rules" and a.sources == ["d-1", "c-1"]
+    assert "plug-over-limit" in a.text and "2450 W is over the limit 2000 W" in a.text
+    assert "c-1 is DONE" in a.text and "relay off" in a.text
+    assert explain("Why did plug 7 turn off", view).sources == ["d-1", "c-1"]
+    none = explain("why did plug-8 switch off?", view)
+    assert none.text == "No switch-off decision is recorded for plug-8."
+
+
+def test_alerts_and_summaries(view: _StoreView) -> None:
+    assert explain("why did plug-7 raise an alert?", view).sources == ["d-1", "c-1"]
+    summary = explain("what happened to plug-7?", view)
+    assert "plug-7: 0 readings stored" in summary.text and "d-1" in summary.sources
+    energy = explain("how much energy did plug-8 use on 2025-11-21?", view)
+    assert energy.text.startswith("plug-8 used 0.0 Wh on 2025-11-21")
+
+
+def test_a_fallback_is_used_only_when_grounded(view: _StoreView) -> None:
+    good = explain("is plug-7 ok?", view, lambda q, ctx: "plug-7 was switched off by a rule.")
+    assert good.method == "llm" and good.text == "plug-7 was switched off by a rule."
+    ghost = explain("is plug-7 ok?", view, lambda q, ctx: "plug-99 is fine.")
+    assert ghost.method == "rules" and "plug-99" in ghost.refused
+    number = explain("is plug-7 ok?", view, lambda q, ctx: "plug-7 drew 3100 W.")
+    assert number.method == "rules" and "3100" in number.refused
+
+    def broken(q: str, ctx: str) -> str:
+        raise TimeoutError("deadline")
+
+    failed = explain("is plug-7 ok?", view, broken)
+    assert failed.method == "rules" and "deadline" in failed.refused
+
+
+def test_validate_and_mentioned() -> None:
+    assert validate("plug-7 drew 2450 W", "power 2450 W on plug-7", ["plug-7"]) == ""
+    assert "plug-9" in validate("plug-9 is off", "plug-7", ["plug-7"])
+    assert validate("", "x", []) == "empty answer"
+    assert mentioned("Why did PLUG-7 and plug 8 stop?", ["plug-7", "plug-8"]) == [
+        "plug-7",
+        "plug-8",
+    ]
+    assert mentioned("nothing here", ["plug-7"]) == []
