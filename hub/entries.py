@@ -20,7 +20,9 @@ PRESENCE 4, COMMAND 5, COMMAND_RESULT 6, COMMAND_STATE 7, MODEL_PUT 8,
 (9 reserved for GAP), NODE_PUT 10 (a hub node's addresses, ``NodeInfo``),
 NODE_REMOVE 11 (``RemoveNode``), DECISION 12 (a decision's provenance,
 ``Decision``), USER_PUT 13 (``User``), USER_REMOVE 14 (``RemoveUser``),
-ALERT_ACK 15 (``AckAlert``), GROUP 16 (several of the others in one Raft entry; groups do not nest).
+ALERT_ACK 15 (``AckAlert``), MODEL_VERSION 17 (``ModelVersion``), GROUP 16
+(several of the others in one Raft entry; groups do not nest). MODEL_PUT
+activates a registered version (``PutModel``).
 
 Decoding checks structure and values (lengths, UTF-8, enums, device ids,
 sequence ranges, no trailing bytes) and raises ``EntryError`` with a
@@ -95,6 +97,7 @@ class EntryType(enum.IntEnum):
     USER_PUT = 13
     USER_REMOVE = 14
     ALERT_ACK = 15
+    MODEL_VERSION = 17
     GROUP = 16
 
 
@@ -525,6 +528,31 @@ class Decision:
     record: bytes
 
 
+MODEL_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+MODEL_KINDS: Final = ("onnx", "gguf")
+MAX_MODEL_MANIFEST: Final = 16 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ModelVersion:
+    """A model version in the registry (MODEL_VERSION): its signed manifest.
+    The bytes travel out of band (hub/models.py); every node fetches them by
+    sha256 and checks them against this record. ``manifest`` is the JSON the
+    signature covers (name, version, kind, sha256, size, created and the
+    model's own manifest), ``signature`` an Ed25519 signature of it by
+    ``key_id`` (the sha256 of the public key, hex, first 16 characters)."""
+
+    name: str
+    version: str
+    kind: str
+    sha256: bytes
+    size: int
+    manifest: bytes
+    signature: bytes
+    key_id: str
+    at_ms: int
+
+
 @dataclass(frozen=True, slots=True)
 class AckAlert:
     """An operator acknowledged the alert of decision ``decision_id`` (ALERT_ACK)."""
@@ -558,6 +586,7 @@ Entry = (
     | User
     | RemoveUser
     | AckAlert
+    | ModelVersion
     | Group
 )
 
@@ -576,6 +605,7 @@ ENTRY_TYPES: Final[dict[type[object], EntryType]] = {
     User: EntryType.USER_PUT,
     RemoveUser: EntryType.USER_REMOVE,
     AckAlert: EntryType.ALERT_ACK,
+    ModelVersion: EntryType.MODEL_VERSION,
     Group: EntryType.GROUP,
 }
 
@@ -754,6 +784,12 @@ def _payload(entry: Entry, p: Packer) -> None:
         pack_user(p, entry)
     elif isinstance(entry, RemoveUser):
         p.str8(_user_name(entry.name), "name").u64(entry.at_ms, "at_ms")
+    elif isinstance(entry, ModelVersion):
+        _check_model_version(entry)
+        p.str8(entry.name, "name").str8(entry.version, "version").str8(entry.kind, "kind")
+        p.blob8(entry.sha256).u64(entry.size, "size").u32(len(entry.manifest), "manifest")
+        p.raw(entry.manifest).blob8(entry.signature).str8(entry.key_id, "key_id")
+        p.u64(entry.at_ms, "at_ms")
     elif isinstance(entry, AckAlert):
         if not DECISION_ID.fullmatch(entry.decision_id):
             raise EntryError("bad_value", f"decision id {entry.decision_id!r}")
@@ -797,6 +833,23 @@ def unpack_user(u: Unpacker) -> User:
         raise EntryError("bad_value", "empty password hash")
     devices = tuple(_device_id(u.str8()) for _ in range(u.u16()))
     return User(name, role, pw, devices, u.u64())
+
+
+def _check_model_version(mv: ModelVersion) -> None:
+    if not MODEL_NAME.fullmatch(mv.name) or not MODEL_NAME.fullmatch(mv.version):
+        raise EntryError("bad_value", f"model {mv.name!r} version {mv.version!r}")
+    if mv.kind not in MODEL_KINDS:
+        raise EntryError("bad_value", f"model kind {mv.kind!r}, want one of {MODEL_KINDS}")
+    if len(mv.sha256) != 32 or len(mv.signature) != 64 or not mv.key_id:
+        raise EntryError("bad_value", "sha256 32 bytes, signature 64 bytes and a key id")
+    if len(mv.manifest) > MAX_MODEL_MANIFEST:
+        raise EntryError("bad_value", f"model manifest of {len(mv.manifest)} bytes")
+    try:
+        doc = json.loads(mv.manifest.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise EntryError("bad_value", "model manifest is not JSON") from None
+    if not isinstance(doc, dict):
+        raise EntryError("bad_value", "model manifest is not a JSON object")
 
 
 def _check_decision(d: Decision) -> None:
@@ -886,6 +939,15 @@ def _decode_payload(kind: EntryType, u: Unpacker) -> Entry:
         return unpack_user(u)
     if kind is EntryType.USER_REMOVE:
         return RemoveUser(_user_name(u.str8()), u.u64())
+    if kind is EntryType.MODEL_VERSION:
+        name, version, mkind, sha, size = u.str8(), u.str8(), u.str8(), u.blob8(), u.u64()
+        n = u.u32()
+        if n > MAX_MODEL_MANIFEST:
+            raise EntryError("bad_value", f"model manifest of {n} bytes")
+        manifest = u.raw(n)
+        mv = ModelVersion(name, version, mkind, sha, size, manifest, u.blob8(), u.str8(), u.u64())
+        _check_model_version(mv)
+        return mv
     if kind is EntryType.ALERT_ACK:
         did = u.str8()
         if not DECISION_ID.fullmatch(did):

@@ -67,6 +67,7 @@ TABLES: Final = (
     "ledger",
     "ledger_ids",
     "meta",
+    "model_versions",
     "models",
     "nodes",
     "presence",
@@ -90,6 +91,8 @@ APPLY_REASONS: Final = (
     "deadline_not_passed",  # EXPIRED mark before the command's deadline
     "decision_exists",  # decision id already recorded with other content
     "unknown_decision",  # an alert acknowledgement for a decision not recorded
+    "unknown_model_version",  # activation of a model version not registered (or other bytes)
+    "model_version_exists",  # a version registered again with other content
 )
 REASONS: Final = APPLY_REASONS + e.REASONS
 
@@ -325,6 +328,20 @@ def _unpack_model(name: str, value: bytes) -> e.PutModel:
     return e.PutModel(name, u.str8(), u.blob8(), u.u64(), u.str16(), u.u64())
 
 
+def _pack_model_version(mv: e.ModelVersion) -> bytes:
+    p = e.Packer().u8(_RECORD_VERSION)
+    p.str8(mv.name).str8(mv.version).str8(mv.kind).blob8(mv.sha256).u64(mv.size)
+    p.u32(len(mv.manifest)).raw(mv.manifest).blob8(mv.signature).str8(mv.key_id)
+    return bytes(p.u64(mv.at_ms))
+
+
+def _unpack_model_version(value: bytes) -> e.ModelVersion:
+    u = e.Unpacker(bytes(value), 1)
+    name, version, kind, sha, size = u.str8(), u.str8(), u.str8(), u.blob8(), u.u64()
+    manifest = u.raw(u.u32())
+    return e.ModelVersion(name, version, kind, sha, size, manifest, u.blob8(), u.str8(), u.u64())
+
+
 def _node_fields(n: e.NodeInfo) -> bytes:
     p = e.Packer()
     e.pack_node_addresses(p, n)
@@ -399,6 +416,8 @@ class _Apply:
             return self.node_remove(index, part, entry)
         if isinstance(entry, e.Decision):
             return self.decision(index, part, entry)
+        if isinstance(entry, e.ModelVersion):
+            return self.model_version(index, part, entry)
         if isinstance(entry, e.AckAlert):
             return self.ack_alert(index, part, entry)
         if isinstance(entry, e.User):
@@ -666,7 +685,26 @@ class _Apply:
 
     # model registry
 
+    def model_version(self, index: int, part: int, mv: e.ModelVersion) -> ApplyResult:
+        kind = e.EntryType.MODEL_VERSION
+        key = mv.name.encode() + b"\0" + mv.version.encode()
+        value = _pack_model_version(mv)
+        old = self.txn.get(key, db=self.dbs["model_versions"])
+        if old is not None:
+            if old[:-8] == value[:-8]:  # the same but for at_ms
+                return self._result(index, part, kind, Outcome.UNCHANGED)
+            raise Rejected("model_version_exists", f"{mv.name}@{mv.version}")
+        self.txn.put(key, value, db=self.dbs["model_versions"])
+        return self._result(index, part, kind, Outcome.APPLIED)
+
     def model(self, index: int, part: int, pm: e.PutModel) -> ApplyResult:
+        # The activation of a registered version (MODEL_PUT): the version and
+        # its sha256 must match a MODEL_VERSION record.
+        raw = self.txn.get(
+            pm.name.encode() + b"\0" + pm.version.encode(), db=self.dbs["model_versions"]
+        )
+        if raw is None or _unpack_model_version(raw).sha256 != pm.sha256:
+            raise Rejected("unknown_model_version", f"{pm.name}@{pm.version}")
         key, db = pm.name.encode(), self.dbs["models"]
         value = _pack_model(pm)
         kind = e.EntryType.MODEL_PUT
@@ -1096,6 +1134,19 @@ class Store:
         prefix = _dev_prefix(device_id)
         with self._read() as txn:
             return [_unpack_ledger(v) for _, v in _scan(txn, self._dbs["ledger"], prefix)]
+
+    def model_versions(self, name: str | None = None) -> list[e.ModelVersion]:
+        """Registered versions (of one model, or all), in key order."""
+        prefix = b"" if name is None else name.encode() + b"\0"
+        with self._read() as txn:
+            cur = txn.cursor(db=self._dbs["model_versions"])
+            rows = _scan(txn, self._dbs["model_versions"], prefix) if prefix else iter(cur)
+            return [_unpack_model_version(v) for _, v in rows]
+
+    def models(self) -> list[ModelRecord]:
+        """The activated version of each model."""
+        with self._read() as txn:
+            return [_unpack_model(k.decode(), v) for k, v in txn.cursor(db=self._dbs["models"])]
 
     def model(self, name: str) -> ModelRecord | None:
         with self._read() as txn:

@@ -653,12 +653,38 @@ def test_a_command_needs_a_known_device_and_action(store: Store) -> None:
     assert store.command("c-1") is None and store.command("c-2") is None
 
 
-def test_model_registry_latest_wins(store: Store) -> None:
+def model_version(version: str, sha: bytes) -> e.ModelVersion:
+    return e.ModelVersion("anomaly", version, "onnx", sha, 10, b"{}", b"s" * 64, "k1", 1)
+
+
+def test_model_registry_versions_and_activation(store: Store) -> None:
+    mv1, mv2 = model_version("1", b"\x01" * 32), model_version("2", b"\x02" * 32)
     v1 = e.PutModel("anomaly", "1", b"\x01" * 32, 10, "a.onnx", 1)
     v2 = e.PutModel("anomaly", "2", b"\x02" * 32, 20, "b.onnx", 2)
-    results = store.apply(numbered([e.encode(v1), e.encode(v1), e.encode(v2)]))
-    assert [r.outcome for r in results] == [Outcome.APPLIED, Outcome.UNCHANGED, Outcome.APPLIED]
+    (early,) = store.apply([(1, e.encode(v1))])  # not registered yet
+    assert early.reason == "unknown_model_version"
+    results = store.apply(
+        numbered([e.encode(mv1), e.encode(mv2), e.encode(v1), e.encode(v1), e.encode(v2)], 2)
+    )
+    assert [r.outcome for r in results] == [
+        Outcome.APPLIED,
+        Outcome.APPLIED,
+        Outcome.APPLIED,
+        Outcome.UNCHANGED,
+        Outcome.APPLIED,
+    ]
     assert store.model("anomaly") == v2 and store.model("llm") is None
+    assert [v.version for v in store.model_versions("anomaly")] == ["1", "2"]
+    assert store.models() == [v2]
+    (clash,) = store.apply([(9, e.encode(model_version("1", b"\x09" * 32)))])
+    assert clash.reason == "model_version_exists"
+    (wrong,) = store.apply([(10, e.encode(e.PutModel("anomaly", "1", b"\x07" * 32, 1, "", 3)))])
+    assert wrong.reason == "unknown_model_version"
+    assert e.decode(e.encode(mv1)) == mv1
+    with pytest.raises(e.EntryError):
+        e.encode(
+            e.ModelVersion("anomaly", "1", "pickle", b"\x01" * 32, 1, b"{}", b"s" * 64, "k", 1)
+        )
 
 
 # -- hub nodes ------------------------------------------------------------------------------
