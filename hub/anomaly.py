@@ -61,7 +61,7 @@ DEFAULT_LIMIT_W: Final = 2000.0
 # an unchanging 0 W is a plug switched off, not a stuck sensor.
 LIVE_W: Final = 1.0
 
-FEATURE_VERSION: Final = 1
+FEATURE_VERSION: Final = 2
 FEATURES: Final[tuple[str, ...]] = (
     "power_mean_kw",  # mean of the power readings
     "power_std_kw",  # their standard deviation
@@ -69,9 +69,10 @@ FEATURES: Final[tuple[str, ...]] = (
     "power_max_kw",
     "slope_kw_per_min",  # least-squares slope of power over time
     "linear_r2",  # how well a straight line fits (0 when power is constant)
+    "step_r2",  # how well the best single step fits (0 when power is constant)
     "over_limit_frac",  # fraction of power readings above the device's limit
     "flat_run_frac",  # longest run of identical live (> LIVE_W) readings / n
-    "spike_kw",  # largest distance of a reading from its 5-point median
+    "spike_kw",  # largest rise of a reading above its 5-point median
     "log2_gap_ratio",  # log2(longest interval / median interval)
     "energy_gap_kw",  # mean power from the energy counter minus from the power readings
 )
@@ -186,15 +187,22 @@ def window_features(readings: Iterable[Reading], limit_w: float | None = None) -
     ss_tot = float(dp @ dp)
     dt = t_min - t_min.mean()
     slope = float(dt @ dp) / float(dt @ dt)  # W per minute
+    r2 = step_r2 = 0.0
     if ss_tot > 0.0:
         resid = dp - slope * dt
         r2 = max(0.0, 1.0 - float(resid @ resid) / ss_tot)
-    else:
-        r2 = 0.0
+        # Best split into two levels: the variance its two means explain.
+        k = np.arange(1, n, dtype=np.float64)
+        left = np.cumsum(dp)[:-1]  # sum of deviations left of each split
+        between = left * left * n / (k * (n - k))
+        step_r2 = min(1.0, float(between.max()) / ss_tot)
 
-    padded = np.pad(p, 2, mode="reflect")
+    # Upward only: a reading or two at the baseline between two appliances
+    # that follow each other is an ordinary dip. Edge padding: a step at the
+    # window's first or last reading is not a spike.
+    padded = np.pad(p, 2, mode="edge")
     med5 = np.median(np.lib.stride_tricks.sliding_window_view(padded, 5), axis=1)
-    spike = float(np.max(np.abs(p - med5)))
+    spike = max(0.0, float(np.max(p - med5)))
 
     steps = np.diff(t_ms)
     positive = steps[steps > 0]
@@ -222,6 +230,7 @@ def window_features(readings: Iterable[Reading], limit_w: float | None = None) -
             float(p.max()) / 1000.0,
             slope / 1000.0,
             r2,
+            step_r2,
             float(np.count_nonzero(p > limit)) / n,
             _longest_flat_run(p) / n,
             spike / 1000.0,
@@ -266,6 +275,7 @@ class Manifest:
     size: int
     threshold: float
     features: tuple[str, ...]
+    feature_version: int
     smoke_features: tuple[tuple[float, ...], ...]
     smoke_scores: tuple[float, ...]
     raw: Mapping[str, Any] = field(repr=False, compare=False)
@@ -301,6 +311,7 @@ class Manifest:
         if not 0.0 <= threshold <= 1.0:
             raise ModelError("bad_manifest", f"threshold {threshold} outside 0..1")
         features = tuple(need("features", list))
+        feature_version = need("feature_version", int)
         smoke = need("smoke", dict)
         try:
             smoke_x = tuple(tuple(float(v) for v in row) for row in smoke["features"])
@@ -335,6 +346,7 @@ class Manifest:
             size=size,
             threshold=threshold,
             features=tuple(str(f) for f in features),
+            feature_version=feature_version,
             smoke_features=smoke_x,
             smoke_scores=smoke_y,
             raw=dict(d),
@@ -439,10 +451,11 @@ class AnomalyModel:
             raise ModelError(
                 "sha256_mismatch", f"file sha256 {digest}, the manifest says {manifest.sha256}"
             )
-        if manifest.features != FEATURES:
+        if manifest.features != FEATURES or manifest.feature_version != FEATURE_VERSION:
             raise ModelError(
                 "feature_mismatch",
-                f"model features {list(manifest.features)}, this hub computes {list(FEATURES)}",
+                f"model features {list(manifest.features)} version {manifest.feature_version}, "
+                f"this hub computes {list(FEATURES)} version {FEATURE_VERSION}",
             )
         try:
             session = _session(data, threads)

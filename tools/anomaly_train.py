@@ -72,7 +72,7 @@ START_MS: Final = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 
 TRAIN_ANOMALY_SHARE: Final = 0.4
 
-# The network: 11 inputs, one hidden layer of 16, one output; a few KB of
+# The network: 12 inputs, one hidden layer of 16, one output; a few KB of
 # ONNX that scores in microseconds on one thread.
 HIDDEN: Final = (16,)
 MAX_ITER: Final = 2000
@@ -151,9 +151,14 @@ def simulate(spec: PlugSpec, hours: float) -> F64Array:
     n = int(hours * 3_600_000 // spec.sample_ms)
     rows = np.empty((n, 4), dtype=np.float64)
     off_until = -1
+    min_on = 60_000 // spec.sample_ms  # a relay closed stays closed a minute at least
     for i in range(n):
         now = START_MS + spec.seed % 97 * 60_000 + i * spec.sample_ms
-        if spec.relay_off_share > 0 and i > off_until and rng.random() < spec.relay_off_share / 120:
+        if (
+            spec.relay_off_share > 0
+            and i > off_until + min_on
+            and rng.random() < spec.relay_off_share / 120
+        ):
             off_until = i + int(rng.integers(60, 600) * 1000 // spec.sample_ms)
         plug.relay_on = i > off_until
         (_, w), (_, wh), (_, v) = plug.sample(now)

@@ -112,9 +112,17 @@ def test_spike_is_measured_against_the_local_median() -> None:
     values[30] = 4100.0
     x = an.window_features(power_window(values))
     assert x[F["spike_kw"]] == pytest.approx(4.0)
-    # A step (an appliance switching on) is not a spike.
+    # A step (an appliance switching on) is not a spike, not even at the
+    # window's edge, and neither is a dip between two appliances.
     step = [100.0] * 30 + [2100.0] * 30
     assert an.window_features(power_window(step))[F["spike_kw"]] == 0.0
+    edge = [100.0] + [2100.0] * 59
+    assert an.window_features(power_window(edge))[F["spike_kw"]] == 0.0
+    dip = [2000.0] * 30 + [40.0] + [1800.0] * 29
+    assert an.window_features(power_window(dip))[F["spike_kw"]] == 0.0
+    two = [100.0] * 60
+    two[10:12] = [3100.0, 3100.0]
+    assert an.window_features(power_window(two))[F["spike_kw"]] == pytest.approx(3.0)
 
 
 def test_gap_ratio_sees_missing_readings() -> None:

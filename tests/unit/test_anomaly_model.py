@@ -182,7 +182,7 @@ def test_changed_weights_with_an_updated_sha256_fail_the_smoke_inference(
     proto = onnx.load_from_string(onnx_path.read_bytes())
     for i, init in enumerate(proto.graph.initializer):
         if init.name == "b1":
-            bumped = numpy_helper.to_array(init) + np.float32(3.0)
+            bumped = numpy_helper.to_array(init) + np.float32(30.0)
             proto.graph.initializer[i].CopyFrom(numpy_helper.from_array(bumped, "b1"))
     data = proto.SerializeToString()
     onnx_path.write_bytes(data)
@@ -224,6 +224,8 @@ def test_missing_files_are_refused(tmp_path: Path) -> None:
         ({"smoke": {"features": [[0.0] * an.N_FEATURES], "scores": []}}, "bad_manifest"),
         ({"model": {"envelope": {"low": [0.0]}}}, "bad_manifest"),
         ({"features": list(reversed(an.FEATURES))}, "feature_mismatch"),
+        ({"feature_version": an.FEATURE_VERSION - 1}, "feature_mismatch"),
+        ({"feature_version": "2"}, "bad_manifest"),
     ],
 )
 def test_invalid_manifests_are_refused(
@@ -300,6 +302,7 @@ def test_onnx_scores_agree_with_scikit_learn() -> None:
             "size": 0,
             "threshold": 0.5,
             "features": list(an.FEATURES),
+            "feature_version": an.FEATURE_VERSION,
             "smoke": {"features": [[0.0] * an.N_FEATURES], "scores": [0.0]},
         }
     )
