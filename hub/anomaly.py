@@ -407,7 +407,6 @@ class AnomalyModel:
     def __init__(self, session: Any, manifest: Manifest) -> None:
         self._session = session
         self.manifest = manifest
-        self._run_options: Any = None
 
     # -- construction
 
