@@ -33,6 +33,7 @@ commit right now answers 503 with the Raft reason.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
@@ -47,14 +48,16 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import uvicorn
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
 from hub import auth, explain, rendezvous, users
 from hub import entries as e
+from hub import models as models_mod
 from hub.config import address
 from hub.guard import Proposal
 from hub.ingest import wall_ms
+from hub.models import ModelRefused, ModelRegistry
 from hub.raft import RaftError, RaftNode
 from hub.store import ApplyResult, LedgerRecord, Store
 from protocol import messages as m
@@ -98,6 +101,16 @@ class CommandIn(BaseModel):
 
 class NodeIn(BaseModel):
     raft: str
+
+
+class ModelIn(BaseModel):
+    manifest: str = Field(min_length=2, max_length=e.MAX_MODEL_MANIFEST)
+    signature: str = Field(min_length=1, max_length=200)
+    key_id: str = Field(min_length=1, max_length=64)
+
+
+class ActivateIn(BaseModel):
+    version: str = Field(min_length=1, max_length=64)
 
 
 class AskIn(BaseModel):
@@ -701,6 +714,98 @@ def make_app(hub: Hub) -> FastAPI:
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
+
+    # -- the model registry (hub/models.py) --
+
+    def registry() -> ModelRegistry:
+        if hub.models is None:
+            raise HTTPException(503, "the model registry is not running")
+        return hub.models
+
+    @app.put("/v1/models/blobs/{sha256}")
+    async def put_blob(sha256: str, request: Request, _: Operator) -> dict[str, Any]:
+        reg = registry()
+        chunks = [c async for c in request.stream()]
+        try:
+            size = await asyncio.to_thread(reg.store_blob, sha256, chunks)
+        except ModelRefused as exc:
+            raise HTTPException(422, str(exc)) from None
+        return {"sha256": sha256, "size": size}
+
+    @app.get("/v1/models/blobs/{sha256}")
+    async def get_blob(sha256: str, _: Admin) -> FileResponse:
+        try:
+            path = registry().blob_path(sha256)
+        except ModelRefused as exc:
+            raise HTTPException(422, str(exc)) from None
+        if not path.exists():
+            raise HTTPException(404, f"no model bytes {sha256} on this node")
+        return FileResponse(path, media_type="application/octet-stream")
+
+    @app.post("/v1/models", status_code=201)
+    async def register_model(body: ModelIn, _: Operator, r: Raft) -> dict[str, Any]:
+        reg = registry()
+        try:
+            signature = base64.b64decode(body.signature, validate=True)
+            mv = models_mod.version_record(body.manifest.encode(), signature, body.key_id)
+            models_mod.verify_signature(mv, reg.trusted)
+        except (ValueError, ModelRefused) as exc:
+            raise HTTPException(422, f"model refused: {exc}") from None
+        if not reg.has_blob(mv.sha256.hex()):
+            raise HTTPException(
+                409, f"upload the bytes first: PUT /v1/models/blobs/{mv.sha256.hex()}"
+            )
+        _results_error(await _commit(r, e.encode(mv)))
+        return {"name": mv.name, "version": mv.version, "sha256": mv.sha256.hex()}
+
+    @app.get("/v1/models")
+    async def list_models(_: Viewer, r: Raft) -> list[dict[str, Any]]:
+        versions = r.read(lambda s: s.model_versions())
+        wanted = {m.name: m.version for m in r.read(Store.models)}
+        here = {} if hub.models is None else hub.models.status()
+        out = []
+        for mv in versions:
+            doc = json.loads(mv.manifest)
+            active = here.get(mv.name, {})
+            out.append(
+                {
+                    "name": mv.name,
+                    "version": mv.version,
+                    "kind": mv.kind,
+                    "sha256": mv.sha256.hex(),
+                    "size": mv.size,
+                    "created": doc.get("created"),
+                    "key_id": mv.key_id,
+                    "activated": wanted.get(mv.name) == mv.version,
+                    "active_on": {hub.node_id: active.get("version")},
+                    "error_on": {hub.node_id: active.get("error")},
+                }
+            )
+        for name, st in here.items():
+            if not any(mv.name == name for mv in versions):
+                out.append(
+                    {
+                        "name": name,
+                        "version": st["version"],
+                        "kind": "onnx",
+                        "sha256": st["sha256"],
+                        "activated": True,
+                        "active_on": {hub.node_id: st["version"]},
+                        "error_on": {hub.node_id: st["error"]},
+                    }
+                )
+        return out
+
+    @app.post("/v1/models/{name}/activate")
+    async def activate_model(name: str, body: ActivateIn, _: Operator, r: Raft) -> dict[str, Any]:
+        try:
+            res = await models_mod.propose_activation(r, name, body.version)
+        except ModelRefused as exc:
+            raise HTTPException(404, str(exc)) from None
+        except RaftError as exc:
+            raise HTTPException(503, f"the cluster did not commit: {exc.reason}") from None
+        _results_error(res)
+        return {"name": name, "version": body.version, "activated": True}
 
     # -- explanations --
 

@@ -37,14 +37,16 @@ from typing import Any, Final, Protocol
 
 import aiomqtt
 
-from hub import auth
+from hub import auth, metrics
 from hub import entries as e
+from hub import models as models_mod
 from hub.broker import BrokerError, BrokerUser, MosquittoSupervisor
 from hub.config import ConfigError, HubConfig
 from hub.delivery import Delivery
 from hub.engine import DecisionEngine
 from hub.events import EventBus
 from hub.ingest import Ingest, Status, wall_ms
+from hub.models import ModelRegistry
 from hub.raft import RaftError, RaftNode, RaftTiming, SecretError
 from hub.store import ApplyResult, Outcome, Store
 from protocol import messages as m
@@ -98,6 +100,7 @@ class Hub:
         self.ingest: Ingest | None = None
         self.delivery: Delivery | None = None
         self.engine: DecisionEngine | None = None
+        self.models: ModelRegistry | None = None
         self.client: aiomqtt.Client | None = None
         self.consumer_connected = False
         self.statuses: dict[str, tuple[m.DeviceStatus, float]] = {}  # last status, time
@@ -158,7 +161,23 @@ class Hub:
             ruleset, guard = engine_mod.load(cfg.source, cfg.decisions)
         except ConfigError as exc:
             raise StartupError(str(exc)) from None
-        self.engine = engine_mod.DecisionEngine(raft, ruleset, guard, cfg.decisions)
+        try:
+            trusted = {
+                models_mod.key_id(k): k
+                for k in (models_mod.public_key(t) for t in cfg.models.trusted_keys)
+            }
+        except ValueError as exc:
+            raise StartupError(f"{cfg.source}: models.trusted_keys: {exc}") from None
+        self.models = ModelRegistry(
+            self.node_id,
+            raft,
+            cfg.models.dir or cfg.data_dir / "models",
+            trusted,
+            auth.admin_token(cfg.raft.secret),
+        )
+        self.engine = engine_mod.DecisionEngine(
+            raft, ruleset, guard, cfg.decisions, models=self.models
+        )
         self.ingest = Ingest(self.node_id, _RegistryView(raft), raft, cfg.ingest)
         self.delivery = Delivery(
             self.node_id, raft, self._publish, retry_s=cfg.commands.retry_ms / 1000
@@ -174,6 +193,7 @@ class Hub:
         spawn(asyncio.create_task(self._consume(), name="consumer"))
         spawn(asyncio.create_task(self.delivery.run(), name="delivery"))
         spawn(asyncio.create_task(self.engine.run(), name="engine"))
+        spawn(asyncio.create_task(self.models.run(), name="models"))
         spawn(asyncio.create_task(self._watch_registry(), name="registry"))
         spawn(asyncio.create_task(self._announce(), name="announce"))
         if self.broker is not None:
@@ -258,10 +278,13 @@ class Hub:
 
     def _applied(self, results: list[ApplyResult]) -> None:
         """Apply results from pysyncobj's thread, now on the loop."""
+        metrics.applied(self, results)
         if self.delivery is not None:
             self.delivery.notice(results)
         if self.engine is not None:
             self.engine.notice(results)
+        if self.models is not None:
+            self.models.notice(results)
         if not results:
             self._here.clear()
             self._registry_dirty.set()
@@ -512,6 +535,7 @@ class Hub:
             },
             "status_rejected": dict(self.status_rejects),
             "decisions": {} if self.engine is None else self.engine.status(),
+            "models": {} if self.models is None else self.models.status(),
         }
 
 

@@ -51,6 +51,10 @@ The format, with defaults:
     enabled = true                    # the leader's decision engine (hub/engine.py)
     command_deadline_s = 30           # deadline of the commands it issues
 
+    [models]
+    trusted_keys = ["base64 Ed25519 public key", ...]   # who may sign models
+    dir = "models"                    # model blobs; default <data_dir>/models
+
     [rules] and [guard] are validated by hub/rules.py and hub/guard.py
     (docs/decisions.md documents them).
 """
@@ -164,6 +168,12 @@ class DecisionsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ModelsConfig:
+    trusted_keys: tuple[str, ...] = ()
+    dir: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class HubConfig:
     node_id: str
     data_dir: Path
@@ -175,6 +185,7 @@ class HubConfig:
     source: Path
     commands: CommandsConfig = CommandsConfig()
     decisions: DecisionsConfig = DecisionsConfig()
+    models: ModelsConfig = ModelsConfig()
 
 
 # -- reusable validators -------------------------------------------------------------
@@ -300,6 +311,7 @@ _KNOWN: Final = {
     "ingest": ("batch_window_ms", "batch_max_entries", "batch_max_bytes", "max_frame_bytes"),
     "commands": ("retry_ms", "deadline_s"),
     "decisions": ("enabled", "command_deadline_s"),
+    "models": ("trusted_keys", "dir"),
 }
 # Tables whose own modules validate them (hub/rules.py, hub/guard.py).
 _DELEGATED: Final = ("rules", "guard")
@@ -354,6 +366,7 @@ def parse(doc: Mapping[str, Any], source: Path, env: Mapping[str, str] | None = 
     ingest = _Section(source, "ingest", doc.get("ingest"), _KNOWN["ingest"])
     commands = _Section(source, "commands", doc.get("commands"), _KNOWN["commands"])
     decisions = _Section(source, "decisions", doc.get("decisions"), _KNOWN["decisions"])
+    models = _Section(source, "models", doc.get("models"), _KNOWN["models"])
 
     node_id = node.get("id", matching(NODE_ID, "1-64 characters of A-Z a-z 0-9 . _ -"))
     data_dir = base / node.get("data_dir", text)
@@ -425,6 +438,16 @@ def parse(doc: Mapping[str, Any], source: Path, env: Mapping[str, str] | None = 
         decisions.get("enabled", boolean, True),
         decisions.get("command_deadline_s", int_range(1, 86_400), 30),
     )
+    keys: tuple[str, ...] = tuple(models.get("trusted_keys", _list, []))
+    for i, k in enumerate(keys):
+        try:
+            from hub.models import public_key
+
+            public_key(k)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(source, f"models.trusted_keys[{i}]", str(exc)) from None
+    models_dir = models.optional("dir", text)
+    models_cfg = ModelsConfig(keys, None if models_dir is None else base / models_dir)
     return HubConfig(
         node_id,
         data_dir,
@@ -436,6 +459,7 @@ def parse(doc: Mapping[str, Any], source: Path, env: Mapping[str, str] | None = 
         source,
         commands_cfg,
         decisions_cfg,
+        models_cfg,
     )
 
 

@@ -38,6 +38,7 @@ from hub import rules as r
 from hub.config import DecisionsConfig
 from hub.guard import Guard, Proposal, Verdict
 from hub.ingest import wall_ms
+from hub.models import ModelRegistry
 from hub.raft import RaftError
 from hub.store import ApplyResult, Outcome, Store
 
@@ -57,6 +58,7 @@ class DecisionEngine:
         guard: Guard,
         cfg: DecisionsConfig,
         clock: Callable[[], int] = wall_ms,
+        models: ModelRegistry | None = None,
     ) -> None:
         self._raft = raft
         self.rules = r.Engine(ruleset)
@@ -74,6 +76,11 @@ class DecisionEngine:
         self.failed = 0
         self.latency_s: list[float] = []  # reading committed -> decision proposed (last 1000)
         self.on_decision: Callable[[str, float], None] | None = None  # (tier, seconds)
+        self._models = models
+        self._windows: Any = None  # hub.anomaly.DeviceWindows, once a model is active
+        self.scored = 0
+        self.score_errors = 0
+        self._last_score: dict[str, Any] = {}  # device -> last WindowScore
 
     # -- inputs -------------------------------------------------------------------------
 
@@ -148,10 +155,43 @@ class DecisionEngine:
             self._dirty.add(device_id)
             self._wake.set()
         fired: list[r.Decision] = []
+        windows = self._anomaly_windows()
         for x in rows:
             fired.extend(self.rules.reading(device_id, x.sensor, x.ts_ms, x.value))
+            if windows is not None:
+                fired.extend(self._score(windows, device, x.ts_ms, x.sensor, x.value))
         for d in fired:
             await self._act(device, d, t0)
+
+    def _anomaly_windows(self) -> Any:
+        """The ONNX tier's windows, with the registry's current model (the
+        swap happens here, between two readings: no window is lost)."""
+        model = None if self._models is None else self._models.current("anomaly")
+        if model is None:
+            return None
+        if self._windows is None:
+            from hub.anomaly import DeviceWindows
+
+            self._windows = DeviceWindows(model)
+        elif self._windows.model is not model:
+            self._windows.model = model
+        return self._windows
+
+    def _score(
+        self, windows: Any, device: e.Device, ts_ms: int, sensor: int, value: float
+    ) -> list[r.Decision]:
+        from hub.anomaly import AnomalyError
+
+        try:
+            ws = windows.add(device.device_id, ts_ms, sensor, value, device.limit_w)
+        except AnomalyError:
+            self.score_errors += 1
+            return []
+        if ws is None:
+            return []
+        self.scored += 1
+        self._last_score[device.device_id] = ws
+        return list(self.rules.anomaly(device.device_id, ws.end_ms, ws.score))
 
     async def _act(self, device: e.Device, d: r.Decision, t0: float) -> None:
         now = self._clock()
@@ -169,6 +209,15 @@ class DecisionEngine:
             },
             "alert": d.alert,
         }
+        if tier is e.Tier.ONNX:
+            ws = self._last_score.get(device.device_id)
+            if ws is not None:
+                record["model"] = {"name": ws.model, "sha256": ws.model_sha256}
+                record["score"] = round(ws.score, 6)
+                model = self._models.current("anomaly") if self._models else None
+                if model is not None:
+                    unusual = model.unusual_features(ws.features)
+                    record["facts"] = [*record["facts"], *(f"{u} is unusual" for u in unusual)]
         parts: list[bytes] = []
         command_id = ""
         if d.action is not None:
@@ -225,6 +274,8 @@ class DecisionEngine:
             "failed": self.failed,
             "guard": self.guard.stats(),
             "rule_problems": [str(p) for p in self.rules.problems()],
+            "windows_scored": self.scored,
+            "score_errors": self.score_errors,
         }
 
 

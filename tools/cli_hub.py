@@ -591,7 +591,150 @@ def ask(
         typer.echo(f"(from {', '.join(out['sources'])}; {out['method']})", err=True)
 
 
+# -- models -------------------------------------------------------------------------------
+
+models_app = typer.Typer(
+    help="The model registry: signed versions, hot activation.", no_args_is_help=True
+)
+eval_app = typer.Typer(help="Measure models before they are trusted.", no_args_is_help=True)
+
+
+@models_app.command("keygen")
+def models_keygen(
+    out: Annotated[Path, typer.Option(help="Write the private key here (mode 600).")],
+) -> None:
+    """An Ed25519 signing key; prints the public key for [models] trusted_keys."""
+    import os
+
+    from hub.models import keygen
+
+    if out.exists():
+        raise _fail(f"{out} exists; refusing to overwrite a key")
+    priv, pub = keygen()
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(priv + "\n")
+    typer.echo(pub)
+    typer.echo(f"private key in {out}; add the public key above to [models] trusted_keys", err=True)
+
+
+@models_app.command("push")
+def models_push(
+    file: Annotated[Path, typer.Argument(help="The model file (.onnx or .gguf).", exists=True)],
+    name: Annotated[str, typer.Option(help="The model's name, e.g. anomaly.")],
+    sign_key: Annotated[Path, typer.Option(help="Ed25519 private key (aiot models keygen).")],
+    version: Annotated[
+        str | None, typer.Option(help="Default: from the manifest, or a timestamp.")
+    ] = None,
+    manifest: Annotated[
+        Path | None, typer.Option(help="The model's own manifest (default: FILE with .json).")
+    ] = None,
+    config: ConfigOpt = None,
+    hub: HubOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Sign a model version and upload it to one hub; the others fetch it by sha256."""
+    import base64
+    import hashlib
+    import time
+
+    from hub import models as reg
+
+    kind = "gguf" if file.suffix == ".gguf" else "onnx"
+    inner: dict[str, Any] = {}
+    man_path = manifest or file.with_suffix(".json")
+    if man_path.exists():
+        try:
+            inner = json.loads(man_path.read_text())
+        except ValueError as exc:
+            raise _fail(f"{man_path}: not JSON: {exc}") from None
+    elif manifest is not None:
+        raise _fail(f"{manifest} does not exist")
+    data = file.read_bytes()
+    version = version or str(inner.get("version") or time.strftime("%Y%m%d%H%M%S"))
+    try:
+        key = reg.private_key(sign_key)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    signed = reg.signed_manifest(name, version, kind, data, inner)
+    signature, kid = reg.sign(signed, key)
+    sha = hashlib.sha256(data).hexdigest()
+    with _client(config, hub, token) as c:
+        typer.echo(f"uploading {file.name} ({len(data)} bytes, sha256 {sha[:12]}...)", err=True)
+        try:
+            c.request("PUT", f"/v1/models/blobs/{sha}", content=data)
+            out = c.post(
+                "/v1/models",
+                {
+                    "manifest": signed.decode(),
+                    "signature": base64.b64encode(signature).decode(),
+                    "key_id": kid,
+                },
+            )
+        except HubError as exc:
+            raise _fail(str(exc), 1) from None
+    typer.echo(f"registered {out['name']}@{out['version']} ({out['sha256'][:12]}...)")
+
+
+@models_app.command("activate")
+def models_activate(
+    target: Annotated[str, typer.Argument(help="NAME@VERSION")],
+    config: ConfigOpt = None,
+    hub: HubOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Hot-swap every hub to this version (rollback: activate the previous one)."""
+    name, sep, version = target.partition("@")
+    if not sep or not name or not version:
+        raise _fail("expected NAME@VERSION")
+    with _client(config, hub, token) as c:
+        _call(c, "POST", f"/v1/models/{name}/activate", body={"version": version})
+    typer.echo(f"activating {name}@{version} on every hub; see aiot models list")
+
+
+@models_app.command("list")
+def models_list(
+    config: ConfigOpt = None, hub: HubOpt = None, token: TokenOpt = None, json_out: JsonOpt = False
+) -> None:
+    """Versions, and which version each node runs."""
+    with _client(config, hub, token) as c:
+        nodes = _call(c, "GET", "/v1/cluster")["nodes"]
+        bearer = c._http.headers["Authorization"].split(" ", 1)[1]
+        rows: dict[tuple[str, str], dict[str, Any]] = {}
+        for n in nodes:
+            try:
+                with HubClient(f"http://{n['http']}", bearer, timeout=5.0) as nc:
+                    listed = nc.get("/v1/models")
+            except HubError as exc:
+                typer.echo(f"aiot: {n['node_id']}: {exc}", err=True)
+                continue
+            for m in listed:
+                row = rows.setdefault(
+                    (m["name"], str(m["version"])), {**m, "active_on": {}, "error_on": {}}
+                )
+                row["active_on"].update(m.get("active_on", {}))
+                row["error_on"].update({k: v for k, v in m.get("error_on", {}).items() if v})
+    if json_out:
+        _print(list(rows.values()))
+        return
+    for (name, version), m in sorted(rows.items()):
+        running = sorted(k for k, v in m["active_on"].items() if v == version)
+        errors = "; ".join(f"{k}: {v}" for k, v in m["error_on"].items())
+        mark = "*" if m.get("activated") else " "
+        sha = str(m.get("sha256") or "")[:12]
+        typer.echo(
+            f"{mark} {name}@{version:<16} {m.get('kind', '?'):<5} {sha}  "
+            f"running on: {', '.join(running) or '-'}" + (f"  errors: {errors}" if errors else "")
+        )
+
+
 def register(app: typer.Typer) -> None:
+    from tools import cli_anomaly
+
+    cli_anomaly.register_models(models_app)
+    cli_anomaly.register_eval(eval_app)
+    app.add_typer(models_app, name="models")
+    app.add_typer(eval_app, name="eval")
     app.command("ask")(ask)
     app.add_typer(decisions_app, name="decisions")
     app.add_typer(alerts_app, name="alerts")

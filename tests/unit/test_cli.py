@@ -47,6 +47,8 @@ def test_help_lists_exactly_the_working_groups() -> None:
         "decisions",
         "alerts",
         "ask",
+        "models",
+        "eval",
     }
     assert listed_commands(aiot("hub", "--help").stdout) == {"run"}
     assert listed_commands(aiot("device", "--help").stdout) == {"add", "list", "show", "remove"}
