@@ -114,13 +114,23 @@ class Delivery:
             self._reject("topic_mismatch", device_id, type(msg).__name__)
             return
         if msg.status is m.CommandStatus.REJECTED and msg.reason is m.Reason.BUSY:
-            log.info("command %s busy on %s: resending later", msg.command_id, device_id)
+            log.info(
+                "command %s busy on %s: resending later",
+                msg.command_id,
+                device_id,
+                extra={"device": device_id, "command_id": msg.command_id, "reason": "busy"},
+            )
             return
         entry = e.encode(e.RecordResult(msg, self.node_id, self._clock()))
         try:
             (res,) = await self._raft.propose(entry)
         except RaftError as exc:
-            log.warning("command result not recorded device=%s reason=%s", device_id, exc.reason)
+            log.warning(
+                "command result not recorded device=%s reason=%s",
+                device_id,
+                exc.reason,
+                extra={"device": device_id, "command_id": msg.command_id, "reason": exc.reason},
+            )
             return  # the device answers the next redelivery again
         self.results += 1
         if res.error is not None:
@@ -128,7 +138,13 @@ class Delivery:
 
     def _reject(self, reason: str, device_id: str, detail: str = "") -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
-        log.warning("command result rejected device=%s reason=%s %s", device_id, reason, detail)
+        log.warning(
+            "command result rejected device=%s reason=%s %s",
+            device_id,
+            reason,
+            detail,
+            extra={"device": device_id, "reason": reason},
+        )
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -141,7 +157,7 @@ class Delivery:
             try:
                 await self.tick()
             except RaftError as exc:
-                log.info("command delivery paused: %s", exc)
+                log.info("command delivery paused: %s", exc, extra={"reason": exc.reason})
                 await asyncio.sleep(0.5)
 
     def _load_open(self) -> set[str]:
@@ -189,7 +205,12 @@ class Delivery:
         mark = e.MarkCommand(c.command_id, e.LedgerState.EXPIRED, self.node_id, now_ms)
         (res,) = await self._raft.propose(e.encode(mark))
         if res.error is None:
-            log.info("command %s for %s expired", c.command_id, c.device_id)
+            log.info(
+                "command %s for %s expired",
+                c.command_id,
+                c.device_id,
+                extra={"device": c.device_id, "command_id": c.command_id, "reason": "expired"},
+            )
 
     async def _deliver(self, device_id: str, rec: LedgerRecord) -> None:
         def where(s: Store) -> tuple[e.Device | None, bool]:

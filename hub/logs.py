@@ -5,6 +5,16 @@
 A JSON line holds ``ts`` (ISO 8601, UTC), ``level``, ``logger``, ``node``,
 ``msg`` and, for an exception, ``exc``. Third-party loggers (pysyncobj,
 aiomqtt's paho, uvicorn) are kept at warning unless the level is debug.
+
+Structured fields: a log call may pass any of ``FIELDS`` (``device``,
+``command_id``, ``reason``) as ``extra``; each one present and not empty
+becomes a key of the JSON line, so Loki or jq can filter on it without
+parsing ``msg``::
+
+    log.warning("ingest rejected device=%s reason=%s", dev, reason,
+                extra={"device": dev, "reason": reason})
+
+``msg`` keeps the same words for people reading plain text.
 """
 
 from __future__ import annotations
@@ -16,6 +26,9 @@ from datetime import UTC, datetime
 from typing import Final
 
 from hub.config import LogConfig
+
+# The structured fields a log call may carry (``extra=``), in output order.
+FIELDS: Final = ("device", "command_id", "reason")
 
 _NOISY: Final = (
     "pysyncobj",
@@ -41,6 +54,10 @@ class JsonFormatter(logging.Formatter):
             "node": self.node_id,
             "msg": record.getMessage(),
         }
+        for name in FIELDS:
+            value = record.__dict__.get(name)
+            if value not in (None, ""):
+                out[name] = str(value)
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         return json.dumps(out, ensure_ascii=False)
