@@ -55,7 +55,7 @@ from hub import auth, explain, rendezvous, users
 from hub import entries as e
 from hub import models as models_mod
 from hub.config import address
-from hub.guard import Proposal
+from hub.guard import ParamError, Proposal, normalize_params
 from hub.ingest import wall_ms
 from hub.models import ModelRefused, ModelRegistry
 from hub.raft import RaftError, RaftNode
@@ -555,7 +555,10 @@ def make_app(hub: Hub) -> FastAPI:
         if cap is None:
             actions = ", ".join(c.action for c in d.capabilities) or "none"
             raise HTTPException(422, f"{body.device} has no action {body.action!r} ({actions})")
-        params = _params(cap, body.params)
+        try:  # the device's own rules (edge/executor.py), as the guard applies them
+            params, _ = normalize_params(cap, body.params)
+        except ParamError as exc:
+            raise HTTPException(422, str(exc)) from None
         now = wall_ms()
         deadline_s = body.deadline_s or hub.cfg.commands.deadline_s
         command_id = uuid.uuid4().hex[:16]
@@ -889,39 +892,6 @@ def _valid_address(value: str) -> None:
         address(value)
     except ValueError as exc:
         raise HTTPException(422, str(exc)) from None
-
-
-def _params(cap: m.Capability, given: dict[str, bool | int | float | str]) -> tuple[m.Param, ...]:
-    specs = {p.name: p for p in cap.params}
-    unknown = set(given) - set(specs)
-    if unknown:
-        raise HTTPException(422, f"{cap.action}: unknown parameter(s) {', '.join(sorted(unknown))}")
-    out = []
-    for name, spec in specs.items():
-        if name not in given:
-            raise HTTPException(422, f"{cap.action}: parameter {name!r} is required")
-        v = given[name]
-        kind = spec.kind
-        ok = (
-            (kind is m.ParamKind.Bool and isinstance(v, bool))
-            or (kind is m.ParamKind.Int and isinstance(v, int) and not isinstance(v, bool))
-            or (
-                kind is m.ParamKind.Float and isinstance(v, int | float) and not isinstance(v, bool)
-            )
-            or (kind is m.ParamKind.Text and isinstance(v, str))
-        )
-        if not ok:
-            raise HTTPException(422, f"{cap.action}: {name} must be {kind.name.lower()}, got {v!r}")
-        if kind is m.ParamKind.Float:
-            v = float(v)
-        if kind in (m.ParamKind.Int, m.ParamKind.Float) and spec.max > spec.min:
-            assert isinstance(v, int | float)
-            if not spec.min <= v <= spec.max:
-                raise HTTPException(
-                    422, f"{cap.action}: {name}={v} outside {spec.min:g}..{spec.max:g}"
-                )
-        out.append(m.Param(name, v))
-    return tuple(out)
 
 
 # -- serving ----------------------------------------------------------------------------

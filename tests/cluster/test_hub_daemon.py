@@ -185,7 +185,7 @@ def test_api_refuses_bad_requests_with_4xx(tmp_path: Path) -> None:
         cmd = {"device": "plug-1", "action": "relay.set", "params": {"on": True}}
         assert "no action" in expect(422, c.post, "/v1/commands", {**cmd, "action": "explode"})
         assert "required" in expect(422, c.post, "/v1/commands", {**cmd, "params": {}})
-        assert "unknown parameter" in expect(
+        assert "unknown_param" in expect(
             422, c.post, "/v1/commands", {**cmd, "params": {"on": True, "x": 1}}
         )
         assert "must be bool" in expect(422, c.post, "/v1/commands", {**cmd, "params": {"on": 1}})
