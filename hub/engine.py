@@ -25,6 +25,7 @@ tier is consulted off the ingest path with a deadline (hub/llm.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -103,7 +104,11 @@ class DecisionEngine:
 
     async def run(self) -> None:
         while True:
-            await self._wake.wait()
+            # Woken by applied batches, and twice a second to notice a
+            # leadership change before the next batch arrives.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.5):
+                    await self._wake.wait()
             self._wake.clear()
             try:
                 await self.step()
@@ -115,11 +120,12 @@ class DecisionEngine:
         leader = self._raft.status().is_leader
         dirty, self._dirty = self._dirty, set()
         if leader and not self._was_leader:
-            # A new leader: decide from now on, never over history.
-            for device_id in dirty | set(self._seen):
-                self._seen[device_id] = self._raft.read(
-                    partial(Store.watermark, device_id=device_id)
-                )
+            # A new leader: decide from now on, never over history. Devices
+            # registered later start from their first reading.
+            def positions(s: Store) -> dict[str, int]:
+                return {d.device_id: s.watermark(d.device_id) for d in s.devices()}
+
+            self._seen = self._raft.read(positions)
             self._was_leader = True
             log.info("decision engine active (this node leads)")
             return
@@ -141,10 +147,7 @@ class DecisionEngine:
             for problem in self.rules.bind(device):
                 log.warning("rule cannot run: %s", problem)
             self._bound.add(device_id)
-        first = self._seen.get(device_id)
-        if first is None:  # first sight since start: from the watermark on
-            self._seen[device_id] = self._raft.read(lambda s: s.watermark(device_id))
-            return
+        first = self._seen.get(device_id, 0)  # unknown: registered since this node leads
         rows = self._raft.read(
             lambda s: s.readings(device_id, first + 1, None, _MAX_READINGS_PER_STEP)
         )
