@@ -73,6 +73,16 @@ def test_devices_readings_are_stored_once_on_every_node(tmp_path: Path) -> None:
         assert {r["device_id"] for r in rows if r["node"]} == set(acked)
 
 
+def test_the_embedded_broker_carries_the_same_exactly_once_ingest(tmp_path: Path) -> None:
+    """broker mode "embedded": amqtt inside each daemon instead of Mosquitto."""
+    with running_cluster(tmp_path, broker="embedded") as cluster:
+        assert cluster.status(0)["broker"]["mode"] == "embedded"
+        devices = [provision(cluster, tmp_path, f"plug-{k}") for k in range(2)]
+        acked = run_devices(devices, SECONDS)
+        assert all(w > 0 for w in acked.values()), acked
+        assert_exactly_once(cluster, acked)
+
+
 def test_leader_kills_under_load_lose_and_duplicate_nothing(tmp_path: Path) -> None:
     with running_cluster(tmp_path) as cluster:
         devices = [provision(cluster, tmp_path, f"plug-{k}") for k in range(3)]
