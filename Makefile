@@ -8,7 +8,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: demo test check lint protocol bench mosquitto clean
+.PHONY: demo test check lint protocol bench mosquitto socat clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -30,10 +30,21 @@ mosquitto:
 		echo "mosquitto is missing: run 'sudo apt-get update && sudo apt-get install -y mosquitto mosquitto-clients'"; \
 	fi
 
-demo: $(STAMP) mosquitto
+# socat turns the MicroPython unix port into a virtual board that
+# `aiot firmware flash` reaches over socket:// (tools/firmware/virtual.py).
+socat:
+	@if command -v socat >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing socat with apt-get"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq socat >/dev/null; \
+	else \
+		echo "socat is missing: run 'sudo apt-get update && sudo apt-get install -y socat'"; \
+	fi
+
+demo: $(STAMP) mosquitto socat
 	$(VENV)/bin/aiot demo
 
-test: $(STAMP) mosquitto
+test: $(STAMP) mosquitto socat
 	$(PY) -m pytest
 
 lint: $(STAMP)

@@ -20,7 +20,10 @@
 #
 # A handler takes the parameters as a dict name -> value (int, float, bool or
 # str), acts, and returns an optional detail string; it raises to report a
-# failure. A handler for "reboot" is optional and must not reset the machine:
+# failure. A handler whose work ends later returns a tuple (detail,): the
+# answer is ACCEPTED (the hub's ledger shows SENT) until finish(id, status,
+# reason, detail) replaces it with the outcome, which survives restarts like
+# any stored answer. A handler for "reboot" is optional and must not reset the machine:
 # the executor sets reboot_requested once the result is persisted.
 #
 # Checks, in order; "consumed" means the answer is persisted as the last
@@ -121,6 +124,15 @@ PLUG_CAPABILITIES = [
         "params": [{"name": "interval_ms", "kind": _INT, "min": 100.0, "max": 3600000.0}],
     },
     {"action": "reboot", "params": []},
+    # Over-the-air update (edge/node.py): url is the bundle's base URL on a
+    # hub, sha256 the hex sha256 of its manifest.json.
+    {
+        "action": "ota.update",
+        "params": [
+            {"name": "url", "kind": _TEXT, "min": 12.0, "max": 200.0},
+            {"name": "sha256", "kind": _TEXT, "min": 64.0, "max": 64.0},
+        ],
+    },
 ]
 
 
@@ -242,6 +254,21 @@ class Executor:
         return self._answer(
             fields["command_id"], fields["seq"], _REJECTED, reason, error.reason, self._at()
         )
+
+    def finish(self, cid, status, reason, detail):
+        # The outcome of an Accepted command; None if cid is not that command
+        # (already finished, or a later command was consumed since).
+        m = self.meta
+        if m.cmd_state != CMD_DONE or m.cmd_status != _ACCEPTED or m.cmd_id != cid:
+            return None
+        if status == _FAILED:
+            self.failed += 1
+        m.cmd_status = status
+        m.cmd_reason = reason
+        m.cmd_detail = _clip(detail)
+        m.cmd_executed_at_ms = self._at()
+        self._save()
+        return self._stored()
 
     def seal(self, result, encoder):
         # The signed CommandResult frame (a memoryview into encoder's buffer).
@@ -439,7 +466,10 @@ class Executor:
         try:
             if handler is not None:
                 got = handler(params)
-                if got:
+                if type(got) is tuple:  # work that ends later: see finish()
+                    status = _ACCEPTED
+                    detail = got[0]
+                elif got:
                     detail = str(got)
         except Exception as e:
             status = _FAILED

@@ -15,6 +15,8 @@
 #   status     the retained DeviceStatus every status_ms and on each connect;
 #              the broker publishes the signed OFFLINE copy as the last will
 #   janitor    erases acknowledged slots, checkpoints the metadata
+#   ota        over-the-air updates (edge/ota.py), only when the A/B app
+#              loader started the firmware (firmware/loader.py)
 # Commands and commit-acks arrive on aiot/v1/<id>/down through on_message;
 # command results leave on aiot/v1/<id>/ack.
 import asyncio
@@ -64,7 +66,10 @@ def _mem_free():
 
 
 class Node:
-    def __init__(self, config, directory, sensor, board=None):
+    def __init__(self, config, directory, sensor, board=None, ota=None):
+        # ota: an edge.ota.Updater when the A/B app loader started the
+        # firmware; None from a source tree, which then does not declare the
+        # ota.update capability. (Few new names here: each one costs heap.)
         cfg = dict(DEFAULTS)
         cfg.update(config)
         self.cfg = cfg
@@ -84,6 +89,18 @@ class Node:
             record_bytes=cfg["record_bytes"],
             io=board.slot_io() if board is not None else None,
         )
+        self.ota = ota
+        handlers = {
+            "relay.set": self._relay,
+            "limit.set": self._limit,
+            "sample.set": self._sample_interval,
+            "reboot": None,
+        }
+        caps = PLUG_CAPABILITIES
+        if ota is None:
+            caps = caps[:-1]  # the last one is ota.update
+        else:
+            handlers["ota.update"] = ota.start
         self.clock = Clock()
         self.sample_ms = cfg["sample_ms"]
         self.limit_w = 0.0
@@ -91,12 +108,8 @@ class Node:
             self.device_id,
             self.hm,
             self.meta,
-            {
-                "relay.set": self._relay,
-                "limit.set": self._limit,
-                "sample.set": self._sample_interval,
-                "reboot": None,
-            },
+            handlers,
+            caps,
             now_ms=self._synced_ms,
         )
         prefix = "aiot/v1/%s/" % self.device_id
@@ -174,6 +187,8 @@ class Node:
         if kind == "CommitAck":
             if fields["device_id"] == self.device_id:
                 self.uplink.on_ack(fields)
+                if self.ota is not None:
+                    self.ota.on_ack()
             else:
                 self.down_rejected += 1
         elif kind == "Command":
@@ -193,7 +208,7 @@ class Node:
         fields = {
             "device_id": self.device_id,
             "state": 1 if online else 0,
-            "firmware": FIRMWARE,
+            "firmware": FIRMWARE if self.ota is None else self.ota.firmware,
             "boot_epoch": self.meta.boot_epoch,
             "uptime_s": ticks_diff(ticks_ms(), self.started) // 1000 if online else 0,
             "free_heap": _mem_free(),
@@ -202,7 +217,7 @@ class Node:
             "dropped": self.meta.dropped,
             "reconnects": getattr(self.client, "reconnects", 0) if online else 0,
             "hub_index": getattr(self.client, "server", 0) if online else 0,
-            "capabilities": PLUG_CAPABILITIES if online else None,
+            "capabilities": self.executor.capabilities if online else None,
         }
         self.enc.message("DeviceStatus", fields)
         return bytes(self.enc.seal(self.hm))
@@ -288,9 +303,18 @@ class Node:
             ):
                 await asyncio.sleep(0.1)
 
+    def reset(self):
+        self.store.close()
+        if self.board is not None:
+            self.board.reset()
+        self.stopping = True
+
     async def _results_out(self):
         while not self.stopping:
             if not self._results:
+                if self.executor.reboot_requested:
+                    self.reset()
+                    return
                 self._wake_results.clear()
                 await self._wake_results.wait()
                 continue
@@ -300,11 +324,6 @@ class Node:
             except OSError:
                 continue
             self._results.pop(0)
-            if self.executor.reboot_requested and not self._results:
-                self.store.close()
-                if self.board is not None:
-                    self.board.reset()
-                self.stopping = True
 
     async def _janitor(self):
         last_checkpoint = ticks_ms()
@@ -319,9 +338,13 @@ class Node:
             except Exception as e:  # see _fault
                 self._fault(e)
             self._note_memory()
+            if self.ota is not None:
+                self.ota.cleanup()  # resets a trial boot that never got an ack
 
     async def run(self):
         self._queue(self.executor.recover())
+        if self.ota is not None:
+            self.ota.recover(self)
         self.client.start()
         tasks = [
             # Waits for the first connection; re-sent on every reconnect.
@@ -332,6 +355,8 @@ class Node:
             asyncio.create_task(self._results_out()),
             asyncio.create_task(self._janitor()),
         ]
+        if self.ota is not None:
+            tasks.append(asyncio.create_task(self.ota.run()))
         while not self.stopping:
             await asyncio.sleep(0.2)
         for t in tasks:
@@ -340,7 +365,7 @@ class Node:
 
     def stats(self):
         st = self.store
-        return {
+        out = {
             "sampled": self.sampled,
             "refused": self.refused,
             "next_seq": st.next_seq,
@@ -360,3 +385,6 @@ class Node:
             "relay_on": self.sensor.relay_on,
             "commands": self.executor.stats(),
         }
+        if self.ota is not None:
+            out["ota"] = self.ota.stats()
+        return out

@@ -17,6 +17,11 @@ from edge.sensors import ENERGY_WH, POWER_W, VOLTAGE_V
 
 _RMS_SAMPLES = 200  # about ten mains cycles at the ADC rates of these boards
 
+# The running watchdog, if any: `aiot firmware flash` interrupts the app and
+# keeps feeding it from a timer while it copies files (a started watchdog
+# cannot be stopped, and a soft reset does not stop it either).
+wdt = None
+
 
 def _rms(adc, n):
     # RMS of the AC part of an ADC signal: subtract the mean (mid-rail bias).
@@ -68,7 +73,8 @@ class Board:
         self.node = None
         pin = cfg.get("relay_pin")
         self._relay = machine.Pin(pin, machine.Pin.OUT, value=1) if pin is not None else None
-        self._wdt = machine.WDT(timeout=cfg.get("wdt_ms", 8000))
+        global wdt
+        self._wdt = wdt = machine.WDT(timeout=cfg.get("wdt_ms", 8000))
         self._wifi_checked = time.ticks_ms()
 
     def sensor(self):

@@ -2,6 +2,10 @@
 #
 #   MICROPYPATH=.:.frozen micropython firmware/main.py --config dev.json
 #
+# A flashed bundle starts it through the A/B app loader (firmware/loader.py),
+# which calls main(updater) from the app slot it chose; the node gets the
+# updater for over-the-air updates.
+#
 # The config is JSON (firmware/config_template.json lists every key). On
 # boards it is /config.json, written by `aiot firmware build`; site settings
 # never live in code.
@@ -34,7 +38,8 @@ def _arg(name, default):
     return default
 
 
-def main():
+def main(ota=None):
+    # ota: edge.ota.Updater from the A/B app loader (firmware/loader.py).
     if sys.platform in ("esp32", "rp2"):
         from firmware.board import Board
 
@@ -56,7 +61,7 @@ def main():
         os.mkdir(directory)
     except OSError:
         pass  # exists
-    node = Node(cfg, directory, sensor, board)
+    node = Node(cfg, directory, sensor, board, ota)
     if board is not None:
         board.node = node
     try:
@@ -68,4 +73,5 @@ def main():
             print(json.dumps(stats))
 
 
-main()
+if __name__ == "__main__":
+    main()

@@ -49,7 +49,8 @@ class Plug:
         self.calls: list[tuple[str, dict[str, Any]]] = []
         self.now: int | None = 1_000
         self.meta = kw.pop("meta", None) or Meta(str(directory))
-        handlers = {a: self._handler(a) for a in ("relay.set", "limit.set", "sample.set")}
+        actions = ("relay.set", "limit.set", "sample.set", "ota.update")
+        handlers = {a: self._handler(a) for a in actions}
         handlers.update(kw.pop("handlers", {}))
         self.ex = executor.Executor(
             DEV, edge_codec.Hmac(KEY), self.meta, handlers, now_ms=lambda: self.now, **kw
@@ -95,6 +96,10 @@ def test_plug_capabilities_reach_the_hub_as_declared() -> None:
         m.Capability("limit.set", (m.ParamSpec("watts", K.Float, 0.0, 3680.0),)),
         m.Capability("sample.set", (m.ParamSpec("interval_ms", K.Int, 100.0, 3_600_000.0),)),
         m.Capability("reboot", ()),
+        m.Capability(
+            "ota.update",
+            (m.ParamSpec("url", K.Text, 12.0, 200.0), m.ParamSpec("sha256", K.Text, 64.0, 64.0)),
+        ),
     )
 
 

