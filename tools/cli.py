@@ -12,7 +12,7 @@ import typer
 from protocol import messages as m
 from protocol import wire
 from protocol.errors import CodecError
-from tools import cli_hub
+from tools import cli_hub, cli_ops
 
 app = typer.Typer(
     name="aiot",
@@ -29,6 +29,7 @@ protocol_app = typer.Typer(help="Wire protocol tools.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 app.add_typer(protocol_app, name="protocol")
 cli_hub.register(app)
+cli_ops.register(app)
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
@@ -156,6 +157,28 @@ def bench_ingest(
             say=_progress,
         )
     except (BenchError, BrokerError, ClusterError) as exc:
+        raise _fail(str(exc)) from None
+    _emit(result, json_out)
+
+
+@bench_app.command("decide")
+def bench_decide(
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    loops: Annotated[int, typer.Option(min=10, help="Control loops on the cluster.")] = 300,
+    background: Annotated[int, typer.Option(min=0, help="Background devices.")] = 5,
+    llm_cases: Annotated[int, typer.Option(min=1, help="Evaluation cases for the LLM.")] = 60,
+) -> None:
+    """Decision tiers: rules rate, ONNX latency, hot swap, control loop, LLM figures."""
+    from tools.bench import BenchError
+    from tools.bench_decide import decide
+
+    def say(line: str) -> None:
+        if not json_out:
+            typer.echo(line, err=True)
+
+    try:
+        result = decide(loops, background, llm_cases, say)
+    except BenchError as exc:
         raise _fail(str(exc)) from None
     _emit(result, json_out)
 

@@ -34,6 +34,7 @@ ENDPOINTS: list[tuple[str, str, dict[str, Any] | None, str]] = [
     ("GET", "/v1/users", None, "admin"),
     ("PUT", "/v1/users/someone", {"role": "viewer", "password": PASSWORD}, "admin"),
     ("DELETE", "/v1/users/gone", None, "admin"),
+    ("GET", "/v1/backup", None, "admin"),
     ("POST", "/v1/cluster/nodes", {"raft": "no-port"}, "admin"),
     ("DELETE", "/v1/cluster/nodes/127.0.0.1:1", None, "admin"),
 ]

@@ -66,6 +66,7 @@ def test_help_lists_exactly_the_working_groups() -> None:
         "edge",
         "ingest",
         "failover",
+        "decide",
     }
     assert listed_commands(aiot("protocol", "--help").stdout) == {"decode", "walkthrough"}
 
