@@ -117,7 +117,7 @@ def log_in(page: Any, url: str, user: tuple[str, str]) -> None:
 
 
 def test_admin_sees_live_data_an_alert_toast_and_switches_the_relay(
-    site: Site, chromium: Any, artifacts: Path
+    chromium: Any, site: Site, artifacts: Path
 ) -> None:
     print(f"screenshots: {artifacts}")
     context, page, errors = open_page(chromium)
@@ -264,7 +264,7 @@ ACTION_VIEWS = ("devices", f"device/{PLUG}", "alerts", f"commands/{PLUG}", "deci
 
 
 def test_a_viewer_sees_no_action_buttons_and_the_api_refuses_them(
-    site: Site, chromium: Any, artifacts: Path
+    chromium: Any, site: Site, artifacts: Path
 ) -> None:
     print(f"screenshots: {artifacts}")
     context, page, errors = open_page(chromium)
@@ -295,3 +295,39 @@ def test_a_viewer_sees_no_action_buttons_and_the_api_refuses_them(
         raise
     finally:
         context.close()
+
+
+def test_the_live_stream_reconnects_after_its_node_restarts(
+    chromium: Any, tmp_path: Path, artifacts: Path
+) -> None:
+    """The node under the page is killed and started again: the page says it
+    is reconnecting, then live, and events flow again without a reload."""
+    print(f"screenshots: {artifacts}")
+    with running_cluster(tmp_path, nodes=1) as cluster:
+        admin = cluster.client(0)
+        admin.post("/v1/devices", {"device_id": "plug-r"})
+        admin.request("PUT", f"/v1/users/{ADMIN[0]}", json={"role": "admin", "password": ADMIN[1]})
+        url = f"http://127.0.0.1:{cluster.ports[0].http}"
+        context, page, errors = open_page(chromium)
+        try:
+            log_in(page, url, ADMIN)
+            page.goto(f"{url}/#/commands/plug-r")
+            page.locator(".view-commands[data-ready]").wait_for()
+            cluster.kill(0)
+            page.locator("#live[data-state='reconnecting']").wait_for()
+            page.screenshot(path=artifacts / "01-reconnecting.png")
+            cluster.start_node(0)
+            cluster.wait_node(0)
+            page.locator("#live[data-state='live']").wait_for(timeout=30_000)
+            # A command sent by someone else shows up through the new stream.
+            body = {"device": "plug-r", "action": "relay.set", "params": {"on": False}}
+            cid = cluster.client(0).post("/v1/commands", body)["command_id"]
+            page.locator(f"#commands-table tr[data-command-id='{cid}']").wait_for()
+            page.screenshot(path=artifacts / "02-live-again.png")
+            assert page.locator("#login").is_hidden()  # the session outlived the restart
+            assert errors == [], errors
+        except BaseException:
+            page.screenshot(path=artifacts / "failure.png")
+            raise
+        finally:
+            context.close()
