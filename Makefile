@@ -47,10 +47,13 @@ demo: $(STAMP) mosquitto socat
 test: $(STAMP) mosquitto socat
 	$(PY) -m pytest
 
+# mypy strict on hub/, tools/, protocol/; then edge/ and firmware/ against the
+# MicroPython stubs (ESP32, then Pico W), which it installs once into the venv.
 lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+	$(PY) -m tools.firmware.typecheck
 
 check: lint test
 

@@ -9,15 +9,16 @@ import time
 try:
     from time import ticks_add, ticks_diff, ticks_ms  # MicroPython
 except ImportError:  # CPython
+    # (The type: ignores are for the MicroPython stubs' check, which sees
+    # MicroPython's time module with these functions and no monotonic.)
+    def ticks_ms():  # type: ignore[misc]
+        return int(time.monotonic() * 1000) & 0x3FFFFFFF  # type: ignore[attr-defined]
 
-    def ticks_ms():
-        return int(time.monotonic() * 1000) & 0x3FFFFFFF
-
-    def ticks_diff(a, b):
+    def ticks_diff(a, b):  # type: ignore[no-redef]
         d = (a - b) & 0x3FFFFFFF
         return d - 0x40000000 if d & 0x20000000 else d
 
-    def ticks_add(a, b):
+    def ticks_add(a, b):  # type: ignore[misc]
         return (a + b) & 0x3FFFFFFF
 
 

@@ -40,7 +40,7 @@ try:
     from micropython import const
 except ImportError:  # CPython
 
-    def const(x):
+    def const(x):  # type: ignore[misc]  # stubs: MicroPython's const
         return x
 
 
@@ -169,7 +169,15 @@ class _Msg:
 
 class MQTTBase:
     # The wire protocol over one connection at a time. MQTTClient sets the
-    # connection settings (_fields, _flags, _ka, will, _max_payload, _t_ms).
+    # connection settings (_fields, _flags, _ka, will, _max_payload, _t_ms);
+    # declared here for the type check (annotations only: no storage).
+    _fields: tuple
+    _flags: int
+    _ka: int
+    will: tuple | None
+    _max_payload: int
+    _t_ms: int
+    on_message: object
 
     def __init__(self, n):
         self._r = None

@@ -76,7 +76,7 @@ class Node:
         self.device_id = cfg["device_id"]
         self.sensor = sensor
         self.board = board  # optional: relay pin, reset, watchdog feed
-        self.hm = codec.Hmac(binascii.unhexlify(cfg["key"]))
+        self.hm = codec.Hmac(binascii.unhexlify(cfg["key"]))  # type: ignore[arg-type]
         self.meta = Meta(directory)
         self.meta.boot_epoch += 1
         self.meta.save()

@@ -193,6 +193,6 @@ def run():
 if __name__ == "__main__":
     # micropython -m loader: run the module under its own name, so that the
     # app's "import loader" finds this one state, not a second copy.
-    import loader
+    import loader  # type: ignore[import-not-found]  # this module
 
     loader.run()
