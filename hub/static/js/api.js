@@ -115,7 +115,6 @@ export class Stream {
     this.onState = onState || (() => {});
     this.running = false;
     this.ctrl = null;
-    this.connects = 0;
   }
 
   start() {
@@ -154,8 +153,7 @@ export class Stream {
           break;
         }
         if (!resp.ok || !resp.body) throw new Error(`stream answered ${resp.status}`);
-        this.connects += 1;
-        this.onState("live", this.connects > 1);
+        this.onState("live");
         backoff = 1000;
         const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
         let buf = "";

@@ -25,6 +25,7 @@ const $ = (id) => document.getElementById(id);
 let current = null; // {name, handle}
 let stream = null;
 let expiryTimer = null;
+let alertTimer = null;
 const toasted = new Set(); // decision ids already shown as a toast
 
 // -- login and logout --------------------------------------------------------
@@ -69,6 +70,7 @@ function logout(message) {
   if (stream) stream.stop();
   stream = null;
   clearTimeout(expiryTimer);
+  clearInterval(alertTimer);
   unmount();
   clearSession();
   clear($("toasts"));
@@ -100,6 +102,8 @@ async function enter() {
   stream = new Stream({ onEvent, onState: liveState });
   stream.start();
   refreshAlertCount();
+  clearInterval(alertTimer);
+  alertTimer = setInterval(refreshAlertCount, 30000); // others acknowledge too
   if (!location.hash || location.hash === "#" || location.hash === "#/") location.hash = DEFAULT_ROUTE;
   else route();
 }
@@ -110,12 +114,15 @@ function replaceWho() {
   who.append(h("strong", {}, session.name), " ", h("span", { class: "badge muted", id: "role" }, session.role));
 }
 
-function liveState(state, reconnected) {
+function liveState(state) {
   const el = $("live");
   el.dataset.state = state;
   el.textContent = { live: "live", connecting: "connecting", reconnecting: "reconnecting", stopped: "off" }[state];
-  if (state === "live" && reconnected && current && current.handle.refresh) {
-    current.handle.refresh(); // events were missed while the stream was down
+  // Whatever happened before the stream was (re)connected came as no event:
+  // a view that has loaded reads it again.
+  if (state === "live" && current && current.ready && current.handle.refresh) {
+    current.handle.refresh().catch(() => {});
+    refreshAlertCount();
   }
 }
 
@@ -125,7 +132,7 @@ function onEvent(type, data) {
   if (type === "alert") alertToast(data);
   if (type === "lagged") {
     toast("info", "Catching up", `${data.dropped} live events were dropped; reloading the view.`);
-    if (current && current.handle.refresh) current.handle.refresh();
+    if (current && current.handle.refresh) current.handle.refresh().catch(() => {});
     return;
   }
   if (current && current.handle.event) current.handle.event(type, data);
@@ -194,6 +201,7 @@ async function route() {
   current = { name, handle };
   try {
     Object.assign(handle, (await view.mount(root, parts.slice(1), { refreshAlertCount })) || {});
+    if (current && current.handle === handle) current.ready = true;
     root.dataset.ready = "1"; // loaded: what the browser test waits for
   } catch (err) {
     root.append(h("p", { class: "error" }, `This view could not load: ${err.message}`));
