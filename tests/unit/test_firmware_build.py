@@ -129,14 +129,15 @@ def test_the_unix_bundle_imports_from_mpy_files_only(tmp_path: Path) -> None:
     assert proc.stdout.split() == ["loader.mpy", "app_a/edge/node.mpy", "app_a/firmware/main.mpy"]
 
 
-def test_cli_unknown_board_and_missing_hub_are_one_line_errors(tmp_path: Path) -> None:
+def test_cli_unknown_board_and_missing_hub_are_one_line_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     app = typer.Typer()
     cli_firmware.register(app)
-    env = {"AIOT_CONFIG": "", "AIOT_HUB": "", "AIOT_TOKEN": ""}
+    for k in ("AIOT_CONFIG", "AIOT_HUB", "AIOT_TOKEN"):
+        monkeypatch.delenv(k, raising=False)
     res = CliRunner().invoke(app, ["firmware", "build", "--board", "esp8266", "--device", "p"])
     assert res.exit_code == 2 and "unknown board 'esp8266'" in res.output
-    for k in env:
-        os.environ.pop(k, None)
     res = CliRunner().invoke(
         app, ["firmware", "build", "--board", "esp32", "--device", "p", "-o", str(tmp_path)]
     )
