@@ -97,6 +97,8 @@ class CommandIn(BaseModel):
     params: dict[str, bool | int | float | str] = {}
     deadline_s: float | None = Field(default=None, gt=0, le=7 * 86_400)
     approved: bool = False  # an operator's explicit approval (critical devices)
+    # A client's own id makes retries safe: the same id is one command.
+    command_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 
 
 class NodeIn(BaseModel):
@@ -561,7 +563,13 @@ def make_app(hub: Hub) -> FastAPI:
             raise HTTPException(422, str(exc)) from None
         now = wall_ms()
         deadline_s = body.deadline_s or hub.cfg.commands.deadline_s
-        command_id = uuid.uuid4().hex[:16]
+        command_id = body.command_id or uuid.uuid4().hex[:16]
+        if body.command_id is not None:
+            existing = r.read(lambda s: s.command(command_id))
+            if existing is not None:  # a retry of a command that did commit
+                if existing.command.device_id != body.device:
+                    raise HTTPException(409, f"command {command_id!r} is for another device")
+                return ledger_json(existing)
         parts: list[bytes] = []
         guard = hub.engine.guard if hub.engine is not None else None
         if guard is not None:
@@ -601,7 +609,13 @@ def make_app(hub: Hub) -> FastAPI:
             now,
             now + int(deadline_s * 1000),
         )
-        await _commit_group(r, [e.encode(cmd), *parts])
+        try:
+            await _commit_group(r, [e.encode(cmd), *parts])
+        except HTTPException as exc:
+            # A retry racing its own first attempt: that one committed.
+            again = r.read(lambda s: s.command(cmd.command_id))
+            if exc.status_code != 409 or body.command_id is None or again is None:
+                raise
         rec = r.read(lambda s: s.command(cmd.command_id))
         assert rec is not None
         return ledger_json(rec)
@@ -880,10 +894,11 @@ def make_app(hub: Hub) -> FastAPI:
     async def bad_value(_: Request, exc: ValueError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=422)
 
-    from hub import backup, metrics
+    from hub import backup, dashboard, metrics
 
     metrics.mount(app, hub)
     backup.mount(app, hub)
+    dashboard.mount(app)
     return app
 
 

@@ -295,11 +295,30 @@ def holder(cluster: LocalCluster, device_id: str) -> int | None:
 
 
 def send(cluster: LocalCluster, via: int, device_id: str, on: bool) -> str:
-    rec = cluster.client(via).post(
-        "/v1/commands", {"device": device_id, "action": "relay.set", "params": {"on": on}}
-    )
-    assert rec["state"] == "PENDING" and rec["seq"] >= 1
-    return str(rec["command_id"])
+    """Send with the client's own command id, retrying while the cluster has
+    no leader (a 503): the same id is one command however often it is sent."""
+    import uuid
+
+    body = {
+        "device": device_id,
+        "action": "relay.set",
+        "params": {"on": on},
+        "command_id": "t-" + uuid.uuid4().hex[:12],
+    }
+    out: dict[str, object] = {}
+
+    def sent() -> bool:
+        try:
+            out.update(cluster.client(via).post("/v1/commands", body))
+        except HubError as exc:
+            if exc.status == 503:
+                return False
+            raise
+        return True
+
+    wait_until(sent, 30, "the command accepted")
+    assert out["seq"] >= 1  # type: ignore[operator]
+    return str(out["command_id"])
 
 
 def wait_done(cluster: LocalCluster, command_id: str, timeout: float = 60.0) -> dict[str, object]:
