@@ -32,6 +32,7 @@ method uses its own short read transaction.
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import itertools
 import math
@@ -262,7 +263,11 @@ def _command_fields(c: e.PutCommand) -> bytes:
     return bytes(p)
 
 
+@functools.lru_cache(maxsize=4096)
 def _unpack_device_record(value: bytes) -> e.Device:
+    # Memoized on the record's bytes (a Device is immutable): ingest reads the
+    # device of every uplink message and the decision engine every device it
+    # looks at, and decoding the record was most of each read.
     u = e.Unpacker(bytes(value), 1)
     return e.unpack_device(u)
 
