@@ -169,7 +169,7 @@ class Connection:
                 f"(is another program holding the port? unplug and plug the board back) [{exc}]"
             ) from None
 
-    def run(self, script: str, timeout: float | None = None) -> str:
+    def run(self, script: str) -> str:
         from mpremote.transport import TransportError
 
         try:

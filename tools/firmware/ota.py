@@ -71,6 +71,7 @@ def upload(client: HubClient, bundle: Path) -> tuple[str, str, list[str]]:
     sha, body = bundle_payload(bundle)
     stored: list[str] = []
     errors: list[str] = []
+    # The same admin token serves every node (it derives from the cluster secret).
     auth = client._http.headers.get("authorization", "")
     for url in _node_urls(client):
         try:
