@@ -1,0 +1,251 @@
+"""The fault-injection campaign (tools/chaos.py, docs/chaos.md).
+
+CI runs a 60 s campaign on a fixed seed and asserts it finds nothing; a short
+campaign with a planted loss must find it; the checks themselves are tested
+on recorded histories, one failure at a time."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import lmdb
+import pytest
+
+from hub.store import DATA_FILE, TABLES
+from tests.cluster.hubs import need_mosquitto
+from tests.support import micropython
+from tools import chaos
+from tools.chaos import (
+    KINDS,
+    DeviceHistory,
+    acknowledged,
+    check_commands,
+    check_convergence,
+    check_recovery,
+    check_storage,
+    make_schedule,
+    parse_history,
+)
+
+# Its first six faults are every kind, four of them on the leader, and a power
+# cut 105 ms after a command to the device.
+CI_SEED = 31
+CI_SECONDS = 60.0
+
+
+def _campaign_prereqs() -> None:
+    need_mosquitto()
+    micropython()
+
+
+def _show(summary: dict[str, object]) -> None:
+    for key, value in summary.items():
+        if key not in ("schedule",):
+            print(f"{key}: {value}")
+
+
+@pytest.mark.cluster
+@pytest.mark.micropython
+def test_ci_campaign_on_a_fixed_seed_finds_no_violation(tmp_path: Path) -> None:
+    _campaign_prereqs()
+    summary = chaos.run(CI_SEED, CI_SECONDS, 3, 10, workdir=tmp_path, log=print)
+    _show(summary)
+    assert summary["violations"] == []
+    injected = summary["faults_injected"]
+    assert isinstance(injected, dict)
+    assert all(injected[k] >= 1 for k in KINDS), injected
+    assert summary["readings_acked"] > 10 * 1000  # ten devices, about 30 readings/s each
+    assert summary["readings_lost"] == 0 and summary["duplicates_stored"] == 0
+    assert summary["commands_issued"] > 5 and summary["commands_executed_twice"] == 0
+    assert summary["converged"] is True
+    expected = "netns" if chaos.netns_available() else "sigstop"
+    assert summary["partition_method"] == expected
+    assert (tmp_path / "history.json").exists()
+
+
+def _drop_acknowledged_readings(campaign: chaos.Campaign) -> None:
+    """A node that lost acknowledged readings: hub-2, stopped, loses plug-01's
+    first ten readings from its LMDB, and comes back."""
+    cluster = campaign.cluster
+    assert cluster is not None
+    cluster.stop_node(1)
+    env = lmdb.open(
+        str(cluster.data_dir(1) / "store" / DATA_FILE), subdir=False, max_dbs=len(TABLES)
+    )
+    try:
+        db = env.open_db(b"readings")
+        with env.begin(write=True) as txn:
+            for seq in range(1, 11):
+                assert txn.delete(b"plug-01\x00" + struct.pack(">Q", seq), db=db)
+    finally:
+        env.close()
+    cluster.start_node(1)
+    cluster.wait_node(1, 90)
+
+
+@pytest.mark.cluster
+@pytest.mark.micropython
+def test_a_campaign_reports_a_planted_loss(tmp_path: Path) -> None:
+    # The same campaign machinery, with acknowledged readings removed from one
+    # replica: L must name the node and device, and C must see the replicas differ.
+    _campaign_prereqs()
+    summary = chaos.run(
+        5,
+        12.0,
+        3,
+        3,
+        workdir=tmp_path,
+        log=print,
+        before_checks=_drop_acknowledged_readings,
+        converge_limit_s=10.0,  # the replicas will not converge: no need to wait long
+    )
+    _show(summary)
+    violations = summary["violations"]
+    assert isinstance(violations, list)
+    lost = [v for v in violations if v["check"] == "L"]
+    assert [(v["node"], v["device"]) for v in lost] == [("hub-2", "plug-01")], violations
+    assert "10 of" in lost[0]["detail"] and "seq 1-10" in lost[0]["detail"]
+    assert any(v["check"] == "C" for v in violations)
+    assert summary["readings_lost"] == 10
+    assert summary["converged"] is False
+
+
+# -- the schedule ------------------------------------------------------------------------
+
+
+@pytest.mark.unit
+def test_a_seed_always_gives_the_same_schedule() -> None:
+    a, b = make_schedule(42, 600), make_schedule(42, 600)
+    assert a == b and a.to_json() == b.to_json()
+    assert make_schedule(43, 600).to_json() != a.to_json()
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("seed", range(20))
+def test_a_schedule_starts_with_every_kind_and_keeps_to_the_campaign(seed: int) -> None:
+    s = make_schedule(seed, 600, hubs=3, devices=10)
+    assert sorted(f.kind for f in s.faults[: len(KINDS)]) == sorted(KINDS)
+    assert all(chaos.WARMUP_S <= f.at_s <= 600 - chaos.TAIL_S for f in s.faults)
+    assert [f.at_s for f in s.faults] == sorted(f.at_s for f in s.faults)
+    for f in s.faults:
+        assert (f.role is not None) == (f.kind in chaos.HUB_KINDS) == (f.device == -1)
+        assert f.device < 10
+        if f.kind == "hub_pause":  # longer than the election timeout
+            assert f.hold_s > chaos.ELECTION_MS[1] / 1000
+        if f.kind == "clock_jump":
+            assert 5_000 <= abs(f.jump_ms) < 7_200_000
+    assert all(0 <= c.device < 10 and 0 <= c.via < 3 for c in s.commands)
+    assert all(3.0 <= c.deadline_s <= 30.0 for c in s.commands)
+
+
+# -- the checks, each made to fail ---------------------------------------------------------
+
+
+def _device(wm: int = 10, flushed: tuple[tuple[int, int], ...] = ((1, 5), (6, 5))) -> DeviceHistory:
+    return DeviceHistory("plug-01", flushed=list(flushed), watermark=wm)
+
+
+@pytest.mark.unit
+def test_history_lines_parse_across_boots_and_a_torn_tail() -> None:
+    text = "B 1 0\nF 1 5\nW 3\nX c1\nF 6 4\nW 9\nJ -5000\nB 2 3\nF 4102 3\nW 4104\nX c2\nF 41"
+    h = parse_history("plug-01", text)
+    assert h.boots == 2 and h.watermark == 4104
+    assert h.flushed == [(1, 5), (6, 4), (4102, 3)]
+    assert h.executed == ["c1", "c2"] and h.jumps == [-5000] and h.bad_lines == 1
+
+
+@pytest.mark.unit
+def test_acknowledged_readings_skip_reserved_gaps_and_dropped_ones() -> None:
+    h = DeviceHistory("d", flushed=[(1, 5), (4102, 3)], watermark=4103)
+    assert acknowledged(h) == {1, 2, 3, 4, 5, 4102, 4103}
+    h.floor = 3  # readings 1..3 were dropped by overflow, never acknowledged
+    assert acknowledged(h) == {4, 5, 4102, 4103}
+
+
+@pytest.mark.unit
+def test_storage_check_passes_when_every_node_holds_each_reading_once() -> None:
+    res = check_storage([_device()], {"hub-1": {"plug-01": list(range(1, 13))}})
+    assert res.violations == [] and res.readings_acked == 10
+
+
+@pytest.mark.unit
+def test_storage_check_reports_a_missing_acknowledged_reading() -> None:
+    seqs = [s for s in range(1, 11) if s not in (4, 5, 9)]
+    res = check_storage(
+        [_device()], {"hub-1": {"plug-01": list(range(1, 11))}, "hub-2": {"plug-01": seqs}}
+    )
+    assert [(v["check"], v["node"]) for v in res.violations] == [("L", "hub-2")]
+    assert "seq 4-5, 9" in res.violations[0]["detail"]
+    assert res.readings_lost == 3
+
+
+@pytest.mark.unit
+def test_storage_check_reports_a_reading_stored_twice() -> None:
+    res = check_storage([_device()], {"hub-1": {"plug-01": [*range(1, 11), 7]}})
+    assert [v["check"] for v in res.violations] == ["E"]
+    assert res.duplicates_stored == 1
+
+
+@pytest.mark.unit
+def test_command_check_reports_a_double_execution() -> None:
+    h = _device()
+    h.executed = ["c1", "c2", "c1"]
+    ledger = {
+        "c1": {"device_id": "plug-01", "state": "DONE"},
+        "c2": {"device_id": "plug-01", "state": "FAILED"},
+    }
+    res = check_commands([h], ledger)
+    assert res.executed_twice == 1 and res.executed == 3
+    assert [v["check"] for v in res.violations] == ["D"]
+    assert "c1 executed 2 times" in res.violations[0]["detail"]
+
+
+@pytest.mark.unit
+def test_command_check_reports_a_ledger_that_disagrees_with_the_device() -> None:
+    h = _device()
+    h.executed = ["ghost"]
+    ledger = {"c1": {"device_id": "plug-01", "state": "DONE"}}
+    res = check_commands([h], ledger)
+    details = sorted(v["detail"] for v in res.violations)
+    assert len(details) == 2
+    assert "ghost executed but the ledger has no such command" in details[0]
+    assert "c1 is DONE, but the device never ran it" in details[1]
+    ok = check_commands([_device()], {"c9": {"device_id": "plug-01", "state": "EXPIRED"}})
+    assert ok.violations == [] and ok.by_state == {"EXPIRED": 1}
+
+
+@pytest.mark.unit
+def test_convergence_check() -> None:
+    assert check_convergence({"hub-1": "ab", "hub-2": "ab"}) == (True, [])
+    ok, v = check_convergence({"hub-1": "ab", "hub-2": "cd"})
+    assert not ok and v[0]["check"] == "C"
+    ok, v = check_convergence({"hub-1": "ab", "hub-2": None})
+    assert not ok and "no answer" in v[0]["detail"]
+
+
+@pytest.mark.unit
+def test_recovery_check_keeps_the_worst_per_kind_and_reports_stalls() -> None:
+    ev = [
+        {"n": 1, "kind": "hub_kill", "target": "hub-1", "at_s": 4, "recovery_s": 2.5},
+        {"n": 2, "kind": "hub_kill", "target": "hub-2", "at_s": 9, "recovery_s": 3.5},
+        {"n": 3, "kind": "clock_jump", "target": "plug-01", "at_s": 12, "recovery_s": 0.5},
+    ]
+    worst, v = check_recovery(ev, 30.0)
+    assert worst == {"clock_jump": 0.5, "hub_kill": 3.5} and v == []
+    ev.append(
+        {
+            "n": 4,
+            "kind": "partition",
+            "target": "hub-3",
+            "at_s": 20,
+            "recovery_s": None,
+            "stalled": ["plug-02"],
+            "needs_ready": True,
+            "ready_s": None,
+        }
+    )
+    worst, v = check_recovery(ev, 30.0)
+    assert worst["partition"] is None
+    assert [x["check"] for x in v] == ["R", "R"]
+    assert "plug-02" in v[0]["detail"] and "not ready" in v[1]["detail"]
