@@ -177,6 +177,14 @@ PLUG_CAPABILITIES: tuple[m.Capability, ...] = (
     m.Capability("limit.set", (m.ParamSpec("watts", m.ParamKind.Float, 0.0, 3680.0),)),
     m.Capability("sample.set", (m.ParamSpec("interval_ms", m.ParamKind.Int, 100.0, 3600000.0),)),
     m.Capability("reboot", ()),
+    # Firmware over the air (docs/flashing.md): operators only, never a model.
+    m.Capability(
+        "ota.update",
+        (
+            m.ParamSpec("url", m.ParamKind.Text, 12.0, 200.0),
+            m.ParamSpec("sha256", m.ParamKind.Text, 64.0, 64.0),
+        ),
+    ),
 )
 
 
@@ -894,10 +902,11 @@ def make_app(hub: Hub) -> FastAPI:
     async def bad_value(_: Request, exc: ValueError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=422)
 
-    from hub import backup, dashboard, metrics
+    from hub import backup, dashboard, firmware, metrics
 
     metrics.mount(app, hub)
     backup.mount(app, hub)
+    firmware.mount(app, hub)
     dashboard.mount(app)
     return app
 

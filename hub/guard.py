@@ -17,6 +17,8 @@ Checks, in this order; the first that fails decides the verdict:
     origin is one of ORIGINS                      blocked bad_origin
     device is registered                          blocked unknown_device
     action is in the device's capabilities        blocked unknown_action
+    an operator-only action (ota.update) comes
+      from an operator                            blocked operator_only
     params: every given name is in the spec       blocked unknown_param
             no name given twice                   blocked duplicate_param
             each value of the spec's kind         blocked bad_kind
@@ -80,11 +82,14 @@ from protocol import messages as m
 T = TypeVar("T")
 
 ORIGINS: Final = ("rules", "onnx", "llm", "operator")
+# Actions no rule or model may take, whatever a rules file or an output says.
+OPERATOR_ONLY: Final = frozenset({"ota.update"})
 
 BLOCK_REASONS: Final = (
     "bad_origin",  # origin not one of ORIGINS
     "unknown_device",  # no registered device with that id
     "unknown_action",  # action not in the device's capabilities
+    "operator_only",  # an action only an operator may send (firmware updates)
     "unknown_param",  # a parameter the action does not take
     "duplicate_param",  # the same parameter twice
     "bad_kind",  # a value not of the parameter's kind
@@ -606,6 +611,10 @@ class Guard:
                 now_ms,
                 "unknown_action",
                 f"{p.device_id} has no action {show(p.action)} ({actions})",
+            )
+        if p.action in OPERATOR_ONLY and p.origin != "operator":
+            return self._block(
+                p, now_ms, "operator_only", f"{p.action} is for operators, not {p.origin}"
             )
         try:
             params, changes = normalize_params(cap, p.params, self._clamp)

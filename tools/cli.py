@@ -12,7 +12,7 @@ import typer
 from protocol import messages as m
 from protocol import wire
 from protocol.errors import CodecError
-from tools import cli_hub, cli_ops
+from tools import cli_firmware, cli_hub, cli_ops
 
 app = typer.Typer(
     name="aiot",
@@ -30,6 +30,7 @@ app.add_typer(bench_app, name="bench")
 app.add_typer(protocol_app, name="protocol")
 cli_hub.register(app)
 cli_ops.register(app)
+cli_firmware.register(app)
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:

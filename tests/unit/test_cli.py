@@ -51,6 +51,7 @@ def test_help_lists_exactly_the_working_groups() -> None:
         "eval",
         "backup",
         "restore",
+        "firmware",
     }
     assert listed_commands(aiot("hub", "--help").stdout) == {"run", "install-service"}
     assert listed_commands(aiot("device", "--help").stdout) == {"add", "list", "show", "remove"}

@@ -535,3 +535,17 @@ def test_time_stepping_back_adds_no_tokens() -> None:
     assert not gd.check(p, plug(), T0).allowed
     assert not gd.check(p, plug(), T0 + 5999).allowed
     assert gd.check(p, plug(), T0 + 6000).allowed
+
+
+def test_firmware_updates_are_for_operators_only() -> None:
+    from hub import entries as ent
+    from hub.api import PLUG_CAPABILITIES
+    from hub.guard import Guard, Proposal
+
+    device = ent.Device("plug-1", b"k" * 32, PLUG_CAPABILITIES)
+    params = {"url": "http://10.0.0.1:8080/v1/firmware/x/manifest.json", "sha256": "a" * 64}
+    g = Guard()
+    for origin in ("rules", "onnx", "llm"):
+        v = g.check(Proposal("plug-1", "ota.update", params, origin), device, 1000)
+        assert not v.allowed and v.reason == "operator_only"
+    assert g.check(Proposal("plug-1", "ota.update", params, "operator"), device, 1000).allowed
