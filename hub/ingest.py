@@ -37,9 +37,11 @@ Errors (the hierarchy; every one carries a machine-readable ``reason``)::
                         the caller re-acks it so the device moves on or rewinds
     ResultMismatch      the proposer's results do not match the group's parts
                         (a bug in the proposer); every waiter of the group gets it
-    hub.raft.RaftError  NotLeader, NotReady, DeadlineExceeded from the proposer;
-                        every waiter of the group gets the same error and nothing
-                        is acked (the device resends after its ack timeout)
+    hub.raft.RaftError  NotLeader, NotReady, DeadlineExceeded from the proposer,
+                        once the batcher has stopped proposing again (an election
+                        under way is retried for RETRY_S); every waiter of the
+                        group gets the same error and nothing is acked (the
+                        device resends after its ack timeout)
 
 ``handle`` turns Rejected and RaftError into an Outcome, counts it and logs
 one line; anything else is a bug and propagates.
@@ -82,6 +84,18 @@ REASONS: Final = (
     "gap",  # first_seq beyond watermark + 1 without lost_before covering it; re-ack
     "apply_rejected",  # the store refused the committed entry (detail: its reason)
 )
+
+# Proposal failures that mean the entry met no leader (or a leader that went
+# away before it answered): an election is under way. Every entry is
+# idempotent (ARCHITECTURE.md invariant 2), so the batcher proposes the group
+# again until RETRY_S after its first try, instead of leaving the hole to the
+# devices' ack timeouts. DeadlineExceeded (no answer for the proposer's whole
+# deadline) and the rest are not retried.
+RETRY_REASONS: Final = frozenset(
+    {"not_leader", "discarded", "leader_changed", "unknown_outcome", "no_leader"}
+)
+RETRY_S: Final = 3.0
+_RETRY_PAUSE_S: Final = (0.05, 0.5)  # first pause between tries, and the longest
 
 _U64_MAX: Final = 2**64 - 1
 _GROUP_HEADER: Final = 4  # version, type, u16 part count
@@ -305,16 +319,25 @@ class Batcher:
     after its first entry arrived, whichever comes first. An entry larger
     than ``max_bytes`` on its own goes alone. Several groups may be in flight
     at once. Each submitter gets its own part's ApplyResult, or the
-    proposer's error (every submitter of the group gets the same one).
+    proposer's error (every submitter of the group gets the same one). A
+    proposal that failed for a reason in RETRY_REASONS is made again, with
+    pauses, until ``retry_s`` after the first try (0: never).
     """
 
     def __init__(
-        self, proposer: Proposer, *, window_s: float, max_entries: int, max_bytes: int
+        self,
+        proposer: Proposer,
+        *,
+        window_s: float,
+        max_entries: int,
+        max_bytes: int,
+        retry_s: float = 0.0,
     ) -> None:
         if not 1 <= max_entries <= 0xFFFF:
             raise ValueError(f"max_entries={max_entries}, want 1..65535")
-        if window_s < 0 or max_bytes < 1:
-            raise ValueError(f"window_s={window_s}, max_bytes={max_bytes}")
+        if window_s < 0 or max_bytes < 1 or retry_s < 0:
+            raise ValueError(f"window_s={window_s}, max_bytes={max_bytes}, retry_s={retry_s}")
+        self._retry_s = retry_s
         self._proposer = proposer
         self._window_s = window_s
         self._max_entries = max_entries
@@ -325,6 +348,7 @@ class Batcher:
         self._closed = False
         self._seq = 0
         self.proposals = 0  # groups proposed (for metrics)
+        self.retries = 0  # proposals made again after a failure in RETRY_REASONS
 
     @property
     def waiting(self) -> int:
@@ -372,15 +396,35 @@ class Batcher:
     async def _propose(
         self, parts: list[bytes], futures: list[asyncio.Future[ApplyResult]]
     ) -> None:
-        try:
-            results = await self._proposer.propose(e.group(parts))
-        except asyncio.CancelledError:
-            for f in futures:
-                f.cancel()
-            raise
-        except Exception as exc:  # RaftError, or whatever the proposer raised
-            _fail(futures, exc)
-            return
+        entry = e.group(parts)
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self._retry_s
+        pause, longest = _RETRY_PAUSE_S
+        while True:
+            try:
+                results = await self._proposer.propose(entry)
+            except asyncio.CancelledError:
+                for f in futures:
+                    f.cancel()
+                raise
+            except RaftError as exc:
+                if (
+                    exc.reason in RETRY_REASONS
+                    and not self._closed
+                    and loop.time() + pause < give_up
+                    and not all(f.done() for f in futures)
+                ):
+                    self.retries += 1
+                    log.info("ingest proposal retried after %s", exc.reason)
+                    await asyncio.sleep(pause)
+                    pause = min(pause * 2, longest)
+                    continue
+                _fail(futures, exc)
+                return
+            except Exception as exc:  # whatever else the proposer raised
+                _fail(futures, exc)
+                return
+            break
         if len(results) == len(parts) and all(r.part == i for i, r in enumerate(results, 1)):
             per_part = results
         elif len(results) == 1 and results[0].part == 0:
@@ -445,6 +489,7 @@ class Ingest:
         proposer: Proposer,
         config: IngestConfig,
         clock: Callable[[], int] = wall_ms,
+        retry_s: float = RETRY_S,
     ) -> None:
         self.node_id = node_id
         self._registry = registry
@@ -455,6 +500,7 @@ class Ingest:
             window_s=config.batch_window_ms / 1000,
             max_entries=config.batch_max_entries,
             max_bytes=config.batch_max_bytes,
+            retry_s=retry_s,
         )
         self._inflight: dict[str, dict[int, _InFlight]] = {}
         self._token = 0

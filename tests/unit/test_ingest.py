@@ -56,18 +56,22 @@ def clock() -> int:
 
 
 class StoreProposer:
-    """A real fake of RaftNode.propose: commit is immediate, apply is Store.apply."""
+    """A real fake of RaftNode.propose: commit is immediate, apply is Store.apply.
+    With ``fail``, the first ``fail_times`` proposals (all: None) raise it."""
 
-    def __init__(self, store: Store, fail: RaftError | None = None) -> None:
+    def __init__(
+        self, store: Store, fail: RaftError | None = None, fail_times: int | None = None
+    ) -> None:
         self.store = store
         self.fail = fail
+        self.fail_times = fail_times
         self.proposals: list[bytes] = []
 
     async def propose(self, entry: bytes) -> tuple[ApplyResult, ...]:
         self.proposals.append(entry)
         fail = self.fail
         await asyncio.sleep(0)  # a proposal always yields, as a real one does
-        if fail is not None:
+        if fail is not None and (self.fail_times is None or len(self.proposals) <= self.fail_times):
             raise fail
         index = self.store.applied_index() + 1
         return tuple(self.store.apply([(index, entry)]))
@@ -141,10 +145,13 @@ def store(tmp_path: Path) -> Iterator[Store]:
 
 
 def make(
-    store: Store, config: IngestConfig = CONFIG, fail: RaftError | None = None
+    store: Store,
+    config: IngestConfig = CONFIG,
+    fail: RaftError | None = None,
+    retry_s: float = 0.0,
 ) -> tuple[Ingest, StoreProposer]:
     proposer = StoreProposer(store, fail)
-    return Ingest("hub-1", store, proposer, config, clock), proposer
+    return Ingest("hub-1", store, proposer, config, clock, retry_s), proposer
 
 
 def acked_watermark(out: Outcome, key: bytes = KEY1) -> int:
@@ -322,7 +329,9 @@ def test_a_batch_behind_a_failed_one_is_stored_but_not_acked_past_the_hole(
             return await super().propose(entry)
 
     proposer = FailFirst(store)
-    ingest = Ingest("hub-1", store, proposer, IngestConfig(1000, 1, 256 * 1024, MAX_FRAME), clock)
+    config = IngestConfig(1000, 1, 256 * 1024, MAX_FRAME)
+    # Without retries (as once they ran out): the failure stands.
+    ingest = Ingest("hub-1", store, proposer, config, clock, retry_s=0)
 
     async def go() -> list[Outcome]:
         return list(
@@ -470,6 +479,40 @@ def test_proposal_errors_reach_every_waiter_and_nothing_is_acked(
     assert ingest.failures[error.reason] == 3
     assert ingest.acked == 0
     assert store.content_hash() == h
+
+
+def test_an_election_is_ridden_out_by_proposing_again(store: Store) -> None:
+    # The leader died with the proposal (leader_changed), then no leader yet:
+    # the same group is proposed again and every waiter is acked once it commits.
+    proposer = StoreProposer(store, NotLeader("leader_changed", None, True), fail_times=2)
+    ingest = Ingest("hub-1", store, proposer, IngestConfig(1000, 2, 1 << 20, MAX_FRAME), clock)
+
+    async def go() -> list[Outcome]:
+        msgs = [(UP1, frame(first=11, n=5)), (UP1, frame(first=16, n=5))]
+        return await asyncio.gather(*(ingest.handle(t, p) for t, p in msgs))
+
+    outs = run(go())
+    assert [o.status for o in outs] == [Status.ACKED, Status.ACKED]
+    assert [acked_watermark(o) for o in outs] == [15, 20]
+    assert len(proposer.proposals) == 3 and len(set(proposer.proposals)) == 1
+    assert ingest.batcher.retries == 2 and dict(ingest.failures) == {}
+    assert store.watermark("plug-1") == 20
+
+
+@pytest.mark.parametrize(
+    ("error", "tries"),
+    [(NotReady("no_leader"), 3), (DeadlineExceeded(5.0), 1), (NotReady("halted"), 1)],
+    ids=["no_leader", "deadline", "halted"],
+)
+def test_retries_stop_at_their_deadline_and_only_for_elections(
+    store: Store, error: RaftError, tries: int
+) -> None:
+    # Pauses of 0.05 s then 0.1 s fit in 0.2 s; the next (0.2 s) does not.
+    ingest, proposer = make(store, IngestConfig(1, 64, 1 << 20, MAX_FRAME), error, retry_s=0.2)
+    out = run(ingest.handle(UP1, frame(first=11, n=5)))
+    assert (out.status, out.reason, out.publish) == (Status.FAILED, error.reason, None)
+    assert len(proposer.proposals) == tries
+    assert ingest.batcher.retries == tries - 1
 
 
 def test_results_that_do_not_match_the_group_fail_every_waiter(store: Store) -> None:
