@@ -1168,6 +1168,7 @@ def _hub_counters(cluster: Any) -> dict[str, Any]:
     failed: dict[str, int] = {}
     acked = 0
     commit = 0
+    term = 0
     for i in range(cluster.n):
         if not cluster.alive(i):
             continue
@@ -1178,7 +1179,14 @@ def _hub_counters(cluster: Any) -> dict[str, Any]:
         for k, v in st["ingest"]["failed"].items():
             failed[k] = failed.get(k, 0) + v
         commit = max(commit, st["raft"]["commit_index"])
-    return {"acked": acked, "rejected": rejected, "failed": failed, "commit_index": commit}
+        term = max(term, st["raft"]["term"])
+    return {
+        "acked": acked,
+        "rejected": rejected,
+        "failed": failed,
+        "commit_index": commit,
+        "term": term,
+    }
 
 
 def _diff(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
@@ -1426,6 +1434,7 @@ def ingest(
             "cpu_cores": cpu2_use,
         },
         "acked_batches_by_hubs": acked_batches,
+        "raft_term_increase": after["term"] - before["term"],
         "election": timing,
         "frame_build_s": round(build_s, 2),
         "machine": machine(),
@@ -1504,7 +1513,7 @@ def failover(
                 t_begin = time.monotonic()
                 time.sleep(settle_s)
                 for k in range(kills):
-                    victim = cluster.leader()
+                    victim = _leader_now(cluster)
                     victims.append(cluster.node_id(victim))
                     say(f"kill {k + 1}/{kills}: SIGKILL to the leader {cluster.node_id(victim)}")
                     t_kill = time.monotonic()
@@ -1576,6 +1585,7 @@ def failover(
         },
         "rejects": _diff(after["rejected"], before["rejected"]),
         "failures": _diff(after["failed"], before["failed"]),
+        "raft_term_increase": after["term"] - before["term"],
         "machine": machine(),
         "note": (
             "first commit: kill to the first CommitAck covering a batch published after the "
@@ -1585,6 +1595,20 @@ def failover(
             "after ack_timeout_ms without progress, as the edge does"
         ),
     }
+
+
+def _leader_now(cluster: Any) -> int:
+    """The node that says it leads (not only what another node last heard)."""
+    from tools.cluster import ClusterError
+
+    for _ in range(100):
+        with contextlib.suppress(ClusterError):
+            i = int(cluster.leader())
+            h = cluster.health(i)
+            if h is not None and str(h.get("leader") or "").endswith(f":{cluster.ports[i].raft}"):
+                return i
+        time.sleep(0.05)
+    raise BenchError("no node says it leads")
 
 
 def _observe(
