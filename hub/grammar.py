@@ -1,8 +1,11 @@
 """What an LLM decision may say about one device, built from its capabilities.
 
-A decision is one JSON object with three keys, always in this order:
+A decision is one JSON object with three keys, generated in this order (the
+reason first: a small model that has just written which policy sentence
+applies names the matching action more often):
 
-    {"action": "relay.set", "params": {"on": false}, "reason": "power over the limit"}
+    {"reason": "power is over the limit: switch the relay off", "action": "relay.set",
+     "params": {"on": false}}
 
 ``action`` is one of the device's capability actions or ``"none"``;
 ``params`` holds exactly the parameters that action declares (``{}`` for
@@ -34,7 +37,7 @@ from typing import Any, Final
 from protocol import messages as m
 
 NONE_ACTION: Final = "none"
-KEYS: Final = ("action", "params", "reason")
+KEYS: Final = ("reason", "action", "params")
 REASON_MAX: Final = 100  # characters
 TEXT_MAX: Final = 200  # characters, cap for Text params whose max is larger
 _FRACTION_DIGITS: Final = 3
@@ -143,24 +146,82 @@ def _gbnf_literal(text: str) -> str:
 _CHAR = r'[^"\\\x00-\x1F\x7F]'
 
 
-def _digits(bound: float) -> int:
-    return max(1, len(str(int(min(abs(bound), 1e15)))))
+def _same_length(lo: str, hi: str) -> list[str]:
+    # GBNF sequences matching exactly the decimal strings lo..hi of one length.
+    n = len(lo)
+    if lo == hi:
+        return [" ".join(f'"{d}"' for d in lo)]
+    if lo == "0" * n and hi == "9" * n:
+        return [" ".join(["[0-9]"] * n)]
+    if n == 1:
+        return [f"[{lo}-{hi}]"]
+    if lo[0] == hi[0]:
+        return [f'"{lo[0]}" {rest}' for rest in _same_length(lo[1:], hi[1:])]
+    nines, zeros = "9" * (n - 1), "0" * (n - 1)
+    lo_whole, hi_whole = lo[1:] == zeros, hi[1:] == nines
+    first = int(lo[0]) if lo_whole else int(lo[0]) + 1
+    last = int(hi[0]) if hi_whole else int(hi[0]) - 1
+    out = [] if lo_whole else [f'"{lo[0]}" {rest}' for rest in _same_length(lo[1:], nines)]
+    if first <= last:
+        head = f'"{first}"' if first == last else f"[{first}-{last}]"
+        out.append(" ".join([head] + ["[0-9]"] * (n - 1)))
+    if not hi_whole:
+        out += [f'"{hi[0]}" {rest}' for rest in _same_length(zeros, hi[1:])]
+    return out
+
+
+def _int_range(lo: int, hi: int) -> str:
+    """GBNF for the decimal integers lo..hi (0 <= lo <= hi), no leading zeros."""
+    alts: list[str] = []
+    for n in range(len(str(lo)), len(str(hi)) + 1):
+        a = max(lo, 10 ** (n - 1) if n > 1 else 0)
+        b = min(hi, 10**n - 1)
+        if a <= b:
+            alts += _same_length(str(a), str(b))
+    return "(" + " | ".join(alts) + ")"
+
+
+def _magnitude(lo: float, hi: float, fraction: bool) -> str | None:
+    # |value| in lo..hi (0 <= lo <= hi), or None when no whole number fits.
+    a, b = math.ceil(lo), math.floor(min(hi, 1e15))
+    if a > b:
+        return None
+    if not fraction:
+        return _int_range(a, b)
+    frac = f'("." [0-9]{{1,{_FRACTION_DIGITS}}})?'
+    top = _int_range(b, b) + f' ("." "0"{{1,{_FRACTION_DIGITS}}})?'
+    if a == b:
+        return "(" + top + ")"
+    return f"({_int_range(a, b - 1)} {frac} | {top})"
 
 
 def _number_rule(p: m.ParamSpec) -> str:
-    sign = '"-"? ' if p.min < 0 else ""
-    n = _digits(max(abs(p.min), abs(p.max)))
-    integer = f'("0" | [1-9] [0-9]{{0,{n - 1}}})'
-    if p.kind is m.ParamKind.Int:
-        return sign + integer
-    return sign + integer + f' ("." [0-9]{{1,{_FRACTION_DIGITS}}})?'
+    """Numbers within the bounds: the grammar keeps the model inside them.
+
+    Every string it allows is within min..max. Floats are written as whole
+    numbers with up to three decimals, so a bound that is not a whole number
+    is approached only to the nearest whole number inside it. Where no whole
+    number fits, the rule falls back to any number and the validator decides.
+    """
+    fraction = p.kind is m.ParamKind.Float
+    parts: list[str | None] = []
+    if p.max >= 0:  # the non-negative side
+        parts.append(_magnitude(max(p.min, 0.0), p.max, fraction))
+    if p.min < 0:  # the negative side, as "-" and a magnitude
+        m_ = _magnitude(max(-p.max, 0.0), -p.min, fraction)
+        parts.append(None if m_ is None else '"-" ' + m_)
+    found = [x for x in parts if x is not None]
+    if found:
+        return "(" + " | ".join(found) + ")"
+    loose = '"-"? ("0" | [1-9] [0-9]{0,15})'
+    return loose + (f' ("." [0-9]{{1,{_FRACTION_DIGITS}}})?' if fraction else "")
 
 
 def _param_rule(p: m.ParamSpec) -> str:
     if p.kind is m.ParamKind.Bool:
         return '("true" | "false")'
     if p.kind in (m.ParamKind.Int, m.ParamKind.Float):
-        return "(" + _number_rule(p) + ")"
+        return _number_rule(p)
     lo = max(0, math.ceil(p.min))
     hi = max(lo, min(TEXT_MAX, int(p.max)))
     return f'"\\"" {_CHAR}{{{lo},{hi}}} "\\""'
@@ -170,7 +231,7 @@ def gbnf(caps: tuple[m.Capability, ...]) -> str:
     """A llama.cpp grammar that generates only decisions of the shape above."""
     check_capabilities(caps)
     lines = [
-        'root ::= "{" "\\"action\\": " action ", \\"reason\\": " reason "}"',
+        'root ::= "{" "\\"reason\\": " reason ", \\"action\\": " action "}"',
         "action ::= " + " | ".join(f"act{i}" for i in range(len(caps) + 1)),
         f'reason ::= "\\"" {_CHAR}{{0,{REASON_MAX}}} "\\""',
     ]
@@ -184,6 +245,28 @@ def gbnf(caps: tuple[m.Capability, ...]) -> str:
             params = '"{}"'
         lines.append(f'act{i} ::= {_gbnf_literal(c.action)} ", \\"params\\": " {params}')
     return "\n".join(lines) + "\n"
+
+
+def max_chars(caps: tuple[m.Capability, ...]) -> int:
+    """An upper bound on the length of any output ``gbnf(caps)`` allows.
+
+    A generated token adds at least one character, so a generation limit of
+    this many tokens can never cut a decision short.
+    """
+    check_capabilities(caps)
+
+    def value(p: m.ParamSpec) -> int:
+        if p.kind is m.ParamKind.Bool:
+            return 5
+        if p.kind is m.ParamKind.Text:
+            return 2 + max(0, min(TEXT_MAX, int(p.max)))
+        return 20 + 1 + _FRACTION_DIGITS  # sign, up to 16 digits, a point, the decimals
+
+    longest = max(
+        len(json.dumps(c.action)) + sum(len(json.dumps(p.name)) + 4 + value(p) for p in c.params)
+        for c in (*caps, m.Capability(NONE_ACTION))
+    )
+    return len('{"reason": "", "action": , "params": {}}') + longest + REASON_MAX
 
 
 # -- validation -------------------------------------------------------------------------

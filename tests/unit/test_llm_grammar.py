@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import math
+import random
+import re
 from typing import Any
 
 import jsonschema
@@ -214,15 +216,71 @@ def test_float_params_come_back_as_floats_and_bounds_are_inclusive() -> None:
     assert d.params == (m.Param("interval_ms", 100),)
 
 
-def test_the_grammar_names_every_action_and_none_once() -> None:
+def test_the_grammar_names_every_action_and_none_once_reason_first() -> None:
     g = grammar.gbnf(PLUG_CAPABILITIES)
     for action in grammar.actions(PLUG_CAPABILITIES):
         assert g.count(f'"\\"{action}\\""') == 1
-    assert g.startswith("root ::= ")
-    # Numeric params: no sign where min >= 0, digits bounded by the max.
-    assert '"\\"watts\\"" ": " (("0" | [1-9] [0-9]{0,3}) ("." [0-9]{1,3})?)' in g
-    assert '"\\"interval_ms\\"" ": " (("0" | [1-9] [0-9]{0,6}))' in g
-    assert '"-"?' in grammar.gbnf(EXOTIC)
+    assert g.startswith('root ::= "{" "\\"reason\\": " reason ", \\"action\\": " action "}"')
+    assert grammar.max_chars(PLUG_CAPABILITIES) >= len(
+        json.dumps(
+            {
+                "reason": "r" * grammar.REASON_MAX,
+                "action": "sample.set",
+                "params": {"interval_ms": 3600000},
+            }
+        )
+    )
+
+
+def test_without_a_whole_number_inside_the_rule_is_loose_and_the_validator_decides() -> None:
+    spec = m.ParamSpec("ratio", K.Float, 0.25, 0.75)
+    assert number_regex(spec).fullmatch("0.5") and number_regex(spec).fullmatch("9")
+    caps = (m.Capability("mix", (spec,)),)
+    with pytest.raises(grammar.InvalidOutput, match="outside"):
+        grammar.parse('{"reason": "", "action": "mix", "params": {"ratio": 9}}', caps)
+
+
+def number_regex(spec: m.ParamSpec) -> re.Pattern[str]:
+    """The grammar's rule for one numeric param, as a Python regex (same syntax, no quotes)."""
+    rule = grammar._number_rule(spec).replace(" ", "")
+    rule = rule.replace('"."', r"\.").replace('"-"', "-").replace('"', "")
+    return re.compile(rule)
+
+
+NUMERIC = [
+    m.ParamSpec("watts", K.Float, 0.0, 3680.0),
+    m.ParamSpec("interval_ms", K.Int, 100.0, 3600000.0),
+    m.ParamSpec("offset", K.Float, -5.5, 5.5),
+    m.ParamSpec("steps", K.Int, -3, 7),
+    m.ParamSpec("cold", K.Int, -40, -10),
+    m.ParamSpec("big", K.Int, 0, 10**12),
+]
+
+
+@pytest.mark.parametrize("spec", NUMERIC, ids=[s.name for s in NUMERIC])
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_every_number_the_grammar_allows_is_within_bounds(
+    spec: m.ParamSpec, data: st.DataObject
+) -> None:
+    rx = number_regex(spec)
+    text = data.draw(st.from_regex(rx, fullmatch=True))
+    value = json.loads(text)  # valid JSON: no leading zeros, no bare points
+    assert spec.min <= value <= spec.max, text
+    assert isinstance(value, int) or spec.kind is K.Float
+
+
+@pytest.mark.parametrize("spec", NUMERIC, ids=[s.name for s in NUMERIC])
+def test_every_whole_number_within_bounds_is_allowed(spec: m.ParamSpec) -> None:
+    rx = number_regex(spec)
+    lo, hi = math.ceil(spec.min), math.floor(spec.max)
+    sample = list(range(lo, min(hi, lo + 3000) + 1)) + list(range(max(lo, hi - 3000), hi + 1))
+    sample += [random.Random(v).randint(lo, hi) for v in range(2000)]
+    for v in sample:
+        assert rx.fullmatch(str(v)), v
+    for v in (lo - 1, hi + 1, hi + 10, hi * 10 + 1):
+        if not lo <= v <= hi:
+            assert not rx.fullmatch(str(v)), v
 
 
 @pytest.mark.parametrize(

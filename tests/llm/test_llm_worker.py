@@ -1,0 +1,296 @@
+"""The LLM tier against the real model: llama.cpp, the default SmolLM2-135M GGUF, no stand-ins.
+
+These tests assert behaviour, never timings: validity of every output, the
+fallback on a missed deadline, recovery after the model process dies, and
+the eval command's report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import re
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from hub import grammar
+from hub.api import PLUG_CAPABILITIES as REGISTERED
+from hub.llm import (
+    DEFAULT_MODEL,
+    LlmResult,
+    LlmWorker,
+    ModelError,
+    Outcome,
+    model_capabilities,
+    resolve_model,
+)
+from protocol import messages as m
+from tools.eval_decisions import DEFAULT_SCENARIOS, Scenario, load_scenarios
+
+pytestmark = pytest.mark.llm
+
+INSTALL = "python -m tools.install_llm (make test runs it)"
+PLUG_CAPABILITIES = model_capabilities(REGISTERED)
+GENEROUS_MS = 120_000.0  # never reached: these tests are about validity, not speed
+
+
+@pytest.fixture(scope="module")
+def model() -> Path:
+    from hub.llm import llama_cpp_available
+
+    if not llama_cpp_available():
+        pytest.skip(f"llama-cpp-python is not installed: {INSTALL}")
+    try:
+        return resolve_model(DEFAULT_MODEL)
+    except ModelError:
+        pytest.skip(f"the default GGUF is not in models/: {INSTALL}")
+
+
+# -- 200 cases: valid JSON naming an allowed action, every time -------------------------
+
+_DISTRACTORS = (
+    "voltage is normal",
+    "it is a weekday",
+    "the device firmware is up to date",
+    "the last command succeeded",
+    "outdoor temperature is mild",
+)
+
+
+def varied(scenarios: list[Scenario], n: int, seed: int = 7) -> Iterator[Scenario]:
+    """n cases from the eval set with other durations, fact orders, extra facts and devices."""
+    rng = random.Random(seed)
+    subsets = [
+        PLUG_CAPABILITIES,
+        PLUG_CAPABILITIES[:1],
+        PLUG_CAPABILITIES[1:],
+        (PLUG_CAPABILITIES[0], PLUG_CAPABILITIES[3]),
+    ]
+    for i in range(n):
+        s = scenarios[i % len(scenarios)]
+        facts = [re.sub(r"for \d+ s", f"for {rng.randint(1, 600)} s", fact) for fact in s.facts]
+        if rng.random() < 0.5:
+            facts.append(rng.choice(_DISTRACTORS))
+        rng.shuffle(facts)
+        caps = s.capabilities if i < len(scenarios) else rng.choice(subsets)
+        yield Scenario(f"{s.id}/{i}", caps, tuple(facts), s.policy, "none")
+
+
+@pytest.mark.timeout(3600)
+def test_200_decisions_are_valid_json_naming_an_allowed_action(model: Path) -> None:
+    cases = list(varied(load_scenarios(DEFAULT_SCENARIOS), 200))
+    assert len(cases) == 200
+
+    async def main() -> list[tuple[Scenario, LlmResult]]:
+        async with LlmWorker(model) as w:
+            return [
+                (s, await w.decide(s.capabilities, s.facts, s.policy, deadline_ms=GENEROUS_MS))
+                for s in cases
+            ]
+
+    results = asyncio.run(main())
+    bad = []
+    for s, r in results:
+        raw = r.provenance.raw_output
+        try:
+            obj = json.loads(raw)
+            ok = (
+                isinstance(obj, dict)
+                and obj.get("action") in grammar.actions(s.capabilities)
+                and r.outcome is Outcome.OK
+                and r.decision is not None
+                and r.decision == grammar.parse(raw, s.capabilities)
+            )
+        except ValueError:
+            ok = False
+        if not ok:
+            bad.append((s.id, r.outcome, r.provenance.detail, raw))
+    assert bad == [], f"{len(bad)} of 200 outputs were not valid decisions: {bad[:5]}"
+
+
+# -- provenance -------------------------------------------------------------------------
+
+
+def test_a_decision_carries_its_provenance(model: Path) -> None:
+    async def main() -> tuple[LlmResult, LlmWorker]:
+        async with LlmWorker(model) as w:
+            r = await w.decide(
+                REGISTERED,  # with ota.update, which the model is never offered
+                ["power is over the limit for 30 s", "relay is on"],
+                "When power is over the limit, switch the relay off.",
+                deadline_ms=GENEROUS_MS,
+            )
+            return r, w
+
+    r, w = asyncio.run(main())
+    p = r.provenance
+    assert p.outcome is Outcome.OK and not r.fallback
+    assert p.model_name == DEFAULT_MODEL
+    assert (
+        p.model_sha256 == json.loads((model.parent / f"{DEFAULT_MODEL}.json").read_text())["sha256"]
+    )
+    assert re.fullmatch(r"[0-9a-f]{64}", p.prompt_sha256)
+    assert p.prompt_tokens > 0 and p.completion_tokens > 0
+    assert p.latency_ms > 0
+    assert json.loads(p.raw_output)["action"] == r.decision.action  # type: ignore[union-attr]
+    assert r.decision.action in grammar.actions(PLUG_CAPABILITIES)  # type: ignore[union-attr]
+    assert set(p.to_json()) >= {
+        "model_name",
+        "model_sha256",
+        "prompt_sha256",
+        "raw_output",
+        "latency_ms",
+        "prompt_tokens",
+        "completion_tokens",
+        "outcome",
+    }
+    assert w.pid is None  # closed on leaving the block
+
+
+def test_the_grammar_holds_for_text_and_signed_params(model: Path) -> None:
+    caps = (
+        m.Capability("display.show", (m.ParamSpec("text", m.ParamKind.Text, 1, 16),)),
+        m.Capability(
+            "trim",
+            (
+                m.ParamSpec("offset", m.ParamKind.Float, -5.0, 5.0),
+                m.ParamSpec("steps", m.ParamKind.Int, -3, 3),
+            ),
+        ),
+    )
+    policies = [
+        "Show the word ALERT on the display.",
+        "Trim by offset -2.5 and steps -1.",
+        "Do nothing.",
+    ]
+
+    async def main() -> list[LlmResult]:
+        async with LlmWorker(model) as w:
+            return [
+                await w.decide(caps, ["the device is idle"], p, deadline_ms=GENEROUS_MS)
+                for p in policies
+            ]
+
+    for r in asyncio.run(main()):
+        assert r.outcome in (Outcome.OK, Outcome.INVALID), r.provenance
+        # The grammar limits shape and digits; bounds are the validator's.
+        obj = json.loads(r.provenance.raw_output)
+        assert obj["action"] in grammar.actions(caps)
+        if r.outcome is Outcome.OK:
+            assert r.decision == grammar.parse(r.provenance.raw_output, caps)
+
+
+# -- deadlines and failures -------------------------------------------------------------
+
+
+def test_a_tiny_deadline_falls_back_and_the_worker_stays_usable(model: Path) -> None:
+    facts = ["power is over the limit for 30 s", "relay is on"]
+    policy = "When power is over the limit, switch the relay off."
+
+    async def main() -> tuple[list[LlmResult], LlmResult, int]:
+        async with LlmWorker(model) as w:
+            tiny = [
+                await w.decide(PLUG_CAPABILITIES, facts, policy, deadline_ms=ms) for ms in (0, 1, 5)
+            ]
+            after = await w.decide(PLUG_CAPABILITIES, facts, policy, deadline_ms=GENEROUS_MS)
+            return tiny, after, w.restarts
+
+    tiny, after, restarts = asyncio.run(main())
+    for r in tiny:
+        assert r.outcome is Outcome.DEADLINE
+        assert r.fallback and r.decision is None
+        assert r.provenance.model_sha256 and r.provenance.prompt_sha256
+    assert after.outcome is Outcome.OK and after.decision is not None
+    assert restarts == 0  # the child stopped at the deadline by itself, none was killed
+
+
+def test_concurrent_calls_each_get_an_answer_or_a_fallback(model: Path) -> None:
+    async def main() -> list[LlmResult]:
+        async with LlmWorker(model) as w:
+            calls = [
+                w.decide(
+                    PLUG_CAPABILITIES,
+                    ["relay is off", "power is under the limit"],
+                    "When the relay is off and power is under the limit, switch the relay on.",
+                    deadline_ms=GENEROUS_MS if i % 2 == 0 else 1,
+                )
+                for i in range(4)
+            ]
+            return list(await asyncio.gather(*calls))
+
+    results = asyncio.run(main())
+    assert [r.outcome for r in results[1::2]] == [Outcome.DEADLINE, Outcome.DEADLINE]
+    assert [r.outcome for r in results[0::2]] == [Outcome.OK, Outcome.OK]
+
+
+def test_a_killed_model_process_is_replaced(model: Path) -> None:
+    args = (PLUG_CAPABILITIES, ["power is under the limit"], "Do nothing.")
+
+    async def main() -> tuple[LlmResult, int | None, int | None, int]:
+        async with LlmWorker(model) as w:
+            first = w.pid
+            assert first is not None
+            os.kill(first, signal.SIGKILL)
+            end = time.monotonic() + 30
+            while w._child is not None and w._child.alive() and time.monotonic() < end:
+                await asyncio.sleep(0.05)
+            r = await w.decide(*args, deadline_ms=GENEROUS_MS)
+            return r, first, w.pid, w.restarts
+
+    r, first, second, restarts = asyncio.run(main())
+    assert r.outcome is Outcome.OK
+    assert restarts == 1 and second is not None and second != first
+
+
+def test_a_model_with_the_wrong_sha256_is_refused(model: Path) -> None:
+    async def main() -> None:
+        async with LlmWorker(model, expected_sha256="0" * 64):
+            pass
+
+    with pytest.raises(ModelError, match="differs from the expected"):
+        asyncio.run(main())
+
+
+def test_a_file_that_is_not_a_gguf_is_refused(tmp_path: Path) -> None:
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"not a model" * 100)
+
+    async def main() -> None:
+        async with LlmWorker(bad):
+            pass
+
+    from hub.llm import llama_cpp_available
+
+    if not llama_cpp_available():
+        pytest.skip(f"llama-cpp-python is not installed: {INSTALL}")
+    with pytest.raises(ModelError):
+        asyncio.run(main())
+
+
+# -- the eval command -------------------------------------------------------------------
+
+
+def test_eval_decisions_json_has_the_trust_gate_keys(model: Path, tmp_path: Path) -> None:
+    import typer
+
+    from tools import cli_models
+
+    app = typer.Typer()
+    cli_models.register(app)
+    res = CliRunner().invoke(app, ["eval", "decisions", "--limit", "3", "--json"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout.strip().splitlines()[-1])
+    for key in ("accuracy", "invalid_rate", "latency_ms_p50", "latency_ms_p95", "n"):
+        assert key in report
+    assert report["n"] == 3
+    assert 0.0 <= report["accuracy"] <= 1.0 and 0.0 <= report["invalid_rate"] <= 1.0
+    assert report["latency_ms_p50"] <= report["latency_ms_p95"]
+    assert report["model"] == DEFAULT_MODEL and len(report["model_sha256"]) == 64
+    assert "[3/3]" in res.stderr
