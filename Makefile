@@ -8,7 +8,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: demo test check lint protocol bench mosquitto socat clean
+.PHONY: demo test check lint protocol bench mosquitto socat chromium clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -41,10 +41,21 @@ socat:
 		echo "socat is missing: run 'sudo apt-get update && sudo apt-get install -y socat'"; \
 	fi
 
+# Debian's chromium for the browser tests (tests/browser: playwright drives it
+# with executable_path; it never downloads a browser of its own).
+chromium:
+	@if command -v chromium >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing chromium with apt-get"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else \
+		echo "chromium is missing: run 'sudo apt-get update && sudo apt-get install -y chromium'"; \
+	fi
+
 demo: $(STAMP) mosquitto socat
 	$(VENV)/bin/aiot demo
 
-test: $(STAMP) mosquitto socat
+test: $(STAMP) mosquitto socat chromium
 	$(PY) -m pytest
 
 # mypy strict on hub/, tools/, protocol/; then edge/ and firmware/ against the

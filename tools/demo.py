@@ -34,6 +34,7 @@ from tools.device import Device
 from tools.hubclient import HubClient, HubError
 
 Say = Callable[[str], None]
+ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD_USER = "admin"
 
 # Demo devices: fast enough to see things move, slow enough for 2 cores.
@@ -99,7 +100,9 @@ class Demo:
             if cluster.n != self.n_hubs:
                 raise DemoError(f"{croot} holds {cluster.n} hubs; use --fresh to start over")
         else:
-            cluster = LocalCluster(croot, self.n_hubs, broker=self.broker)
+            rules = ROOT / "models" / "rules" / "energy.toml"
+            extra = f'[rules]\nfiles = ["{rules}"]\n'
+            cluster = LocalCluster(croot, self.n_hubs, broker=self.broker, extra=extra)
         self.cluster = cluster
         try:
             cluster.start(120)
