@@ -107,6 +107,7 @@ _AFTER_HOLD_S: Final = {
     "clock_jump": 3.0,
 }
 _POLL_S: Final = 0.25
+_ALERT_LEVELS: Final = ("critical", "error")
 
 
 def _round(x: float) -> float:
@@ -423,6 +424,8 @@ def check_recovery(
     worst: dict[str, float | None] = {}
     violations = []
     for ev in events:
+        if "skipped" in ev:
+            continue
         kind, rec = ev["kind"], ev.get("recovery_s")
         if kind not in worst:
             worst[kind] = rec
@@ -876,6 +879,7 @@ class Campaign:
         else:
             dev = f.device
             ev["target"] = self.ids[dev]
+        wm0 = self._baseline()
         ev["at_s"] = _round(self.now())
         t_inject = time.monotonic()
         since_ms = int(time.time() * 1000)
@@ -895,9 +899,13 @@ class Campaign:
             heal = self._cut_off(hub)
         elif f.kind == "broker_kill":
             assert hub is not None
-            pid = self.api[hub].get("/v1/status")["broker"]["pid"]
+            pid = self._broker_pid(hub)
+            if pid is None:
+                ev["skipped"] = f"{ev['target']} did not say its broker's pid"
+                self.say(f"fault {f.n}: {f.kind} skipped: {ev['skipped']}")
+                return ev
             ev["broker_pid"] = pid
-            os.kill(int(pid), signal.SIGKILL)
+            os.kill(pid, signal.SIGKILL)
         elif f.kind == "device_power_cut":
             assert dev is not None
             if f.command_kill_ms >= 0:
@@ -939,11 +947,13 @@ class Campaign:
                 healed_at = time.monotonic()
                 ev["healed_at_s"] = _round(self.now())
                 if measure_from_heal:
+                    wm0 = self._baseline()
                     t_measure = healed_at
                     since_ms = int(time.time() * 1000)
             if recovered is None and (not measure_from_heal or healed_at is not None):
                 running = [d for k, d in enumerate(self.ids) if k not in self.off_devices]
-                got = self._sampled_since([d for d in running if d not in resumed], since_ms)
+                todo = [d for d in running if d not in resumed]
+                got = self._sampled_since(todo, since_ms, wm0)
                 if got is not None:
                     resumed |= got
                     stalled = [d for d in running if d not in resumed]
@@ -970,19 +980,45 @@ class Campaign:
         )
         return ev
 
-    def _sampled_since(self, device_ids: list[str], since_ms: int) -> set[str] | None:
-        """The devices of which one healthy node holds a reading sampled at or
-        after ``since_ms`` (None: no node answers)."""
+    def _baseline(self) -> dict[str, int]:
+        """Each device's committed watermark now, as a healthy node sees it."""
+        for _ in range(40):
+            got = self._progress(set())
+            if got is not None:
+                return got
+            time.sleep(_POLL_S)
+        raise ChaosError("no hub answers for the devices' progress")
+
+    def _sampled_since(
+        self, device_ids: list[str], since_ms: int, wm0: dict[str, int]
+    ) -> set[str] | None:
+        """The devices of which one healthy node holds a new reading (above
+        the watermark ``wm0`` had) sampled since ``since_ms``, and not later
+        than now (a clock that jumped ahead earlier stamped readings in the
+        future). None: no node answers."""
         for i in self._healthy():
             out: set[str] = set()
             try:
                 for d in device_ids:
-                    got = self.api[i].get(f"/v1/devices/{d}/readings", from_ms=since_ms, limit=1)
-                    if got["readings"]:
+                    got = self.api[i].get(
+                        f"/v1/devices/{d}/readings",
+                        from_ms=since_ms,
+                        to_ms=int(time.time() * 1000) + 2000,
+                        limit=5000,
+                    )
+                    if any(int(r["seq"]) > wm0.get(d, 0) for r in got["readings"]):
                         out.add(d)
             except HubError:
                 continue
             return out
+        return None
+
+    def _broker_pid(self, i: int) -> int | None:
+        for _ in range(5):
+            with contextlib.suppress(HubError, KeyError, TypeError, ValueError):
+                pid = self.api[i].get("/v1/status")["broker"]["pid"]
+                return int(pid) if pid else None
+            time.sleep(0.5)
         return None
 
     def _restart_hub(self, i: int) -> Callable[[], None]:
@@ -1014,16 +1050,16 @@ class Campaign:
 
             return heal_net
         # Without namespaces: the hub and its broker stop answering anyone.
-        broker = self.api[i].get("/v1/status")["broker"]["pid"]
+        broker = self._broker_pid(i)
         cluster.pause(i)
         if broker:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(int(broker), signal.SIGSTOP)
+                os.kill(broker, signal.SIGSTOP)
 
         def heal_stop() -> None:
             if broker:
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(int(broker), signal.SIGCONT)
+                    os.kill(broker, signal.SIGCONT)
             cluster.resume(i)
             self.frozen_hubs.discard(i)
 
@@ -1100,19 +1136,25 @@ class Campaign:
 
     def _converge(self) -> dict[str, str | None]:
         assert self.cluster is not None
+        # Hashing a large store takes a while on a busy machine.
+        clients = [HubClient.from_config(c, timeout=60.0) for c in self.cluster.configs]
         deadline = time.monotonic() + self.converge_limit
         hashes: dict[str, str | None] = {}
-        while time.monotonic() < deadline:
-            hashes = {}
-            for i in range(self.cluster.n):
-                try:
-                    st = self.api[i].get("/v1/status", hash="true")
-                    hashes[self.cluster.node_id(i)] = str(st["content_hash"])
-                except (HubError, KeyError):
-                    hashes[self.cluster.node_id(i)] = None
-            if len(set(hashes.values())) == 1 and None not in hashes.values():
-                return hashes
-            time.sleep(1.0)
+        try:
+            while time.monotonic() < deadline:
+                hashes = {}
+                for i, client in enumerate(clients):
+                    try:
+                        st = client.get("/v1/status", hash="true")
+                        hashes[self.cluster.node_id(i)] = str(st["content_hash"])
+                    except (HubError, KeyError):
+                        hashes[self.cluster.node_id(i)] = None
+                if len(set(hashes.values())) == 1 and None not in hashes.values():
+                    return hashes
+                time.sleep(1.0)
+        finally:
+            for client in clients:
+                client.close()
         return hashes
 
     def _stored(self, i: int, device_id: str) -> list[int]:
@@ -1156,6 +1198,22 @@ class Campaign:
             h.dropped = max(h.dropped, meta.dropped)
         return h
 
+    def _log_alerts(self) -> dict[str, dict[str, list[str]]]:
+        """Critical and error lines of each hub's log (observations for the
+        record, not violations: the checks judge the outcome)."""
+        assert self.cluster is not None
+        out: dict[str, dict[str, list[str]]] = {}
+        for i in range(self.cluster.n):
+            found: dict[str, list[str]] = {level: [] for level in _ALERT_LEVELS}
+            with contextlib.suppress(OSError):
+                for line in self.cluster.log_path(i).read_text(errors="replace").splitlines():
+                    with contextlib.suppress(ValueError, AttributeError):
+                        rec = json.loads(line)
+                        if rec.get("level") in found:
+                            found[rec["level"]].append(f"{rec.get('ts')} {rec.get('msg')}"[:300])
+            out[self.cluster.node_id(i)] = found
+        return out
+
     def _finish(self) -> dict[str, Any]:
         assert self.cluster is not None
         cluster = self.cluster
@@ -1191,12 +1249,16 @@ class Campaign:
         worst, r_viol = check_recovery(self.events, self.limit)
         violations = storage.violations + commands.violations + c_viol + r_viol + self.violations
         issued = [c for c in self.commands if "command_id" in c]
+        alerts = self._log_alerts()
         summary: dict[str, Any] = {
             "seed": self.s.seed,
             "duration_s": self.s.duration_s,
             "hubs": self.s.hubs,
             "devices": self.s.devices,
-            "faults_injected": {k: sum(1 for e in self.events if e["kind"] == k) for k in KINDS},
+            "faults_injected": {
+                k: sum(1 for e in self.events if e["kind"] == k and "skipped" not in e)
+                for k in KINDS
+            },
             "readings_acked": storage.readings_acked,
             "readings_lost": storage.readings_lost,
             "duplicates_stored": storage.duplicates_stored,
@@ -1214,6 +1276,9 @@ class Campaign:
             "partition_method": self.partition_method,
             "device_boots": sum(h.boots for h in histories),
             "clock_jumps_applied": sum(len(h.jumps) for h in histories),
+            "hub_log_alerts": {
+                level: sum(len(a[level]) for a in alerts.values()) for level in _ALERT_LEVELS
+            },
             "schedule": self.s.to_json(),
             "events": [_event_line(e) for e in self.events],
         }
@@ -1221,6 +1286,7 @@ class Campaign:
             "summary": summary,
             "commands": self.commands,
             "hashes": hashes,
+            "hub_log_alerts": alerts,
             "devices": {
                 h.device_id: {
                     "watermark": h.watermark,
@@ -1246,6 +1312,8 @@ class Campaign:
 
 def _event_line(ev: dict[str, Any]) -> str:
     """'3 hub_pause hub-3 (leader) at 15.6 s: resumed in 3.17 s, ready 0.0 s'"""
+    if "skipped" in ev:
+        return f"{ev['n']} {ev['kind']} {ev['target']}: skipped, {ev['skipped']}"
     rec = ev.get("recovery_s")
     out = (
         f"{ev['n']} {ev['kind']} {ev['target']}"
