@@ -83,6 +83,7 @@ class Demo:
         self.devices: list[Device] = []
         self.errors: list[str] = []
         self.acked: dict[str, int] = {}
+        self.devices_stopped = False
 
     # -- setup ------------------------------------------------------------------------
 
@@ -236,6 +237,12 @@ class Demo:
             signal.signal(signal.SIGINT, old)
 
     def stop(self) -> None:
+        if not self.devices_stopped:
+            self.stop_devices()
+        if self.cluster is not None:
+            self.cluster.stop()
+
+    def stop_devices(self) -> None:
         for d in self.devices:
             try:
                 stats = d.interrupt(30)
@@ -243,8 +250,7 @@ class Demo:
             except Exception as exc:
                 self.errors.append(f"{d.config['device_id']}: {exc}")
                 d.kill()
-        if self.cluster is not None:
-            self.cluster.stop()
+        self.devices_stopped = True
 
     def summary(self, final: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -274,11 +280,13 @@ def run_demo(
     try:
         demo.start()
         demo.run(duration)
+        say("stopping the devices")
+        demo.stop_devices()  # their last acks are in before the final count
         try:
             final = demo.progress()
         except (HubError, ClusterError) as exc:
             demo.errors.append(f"final status: {exc}")
     finally:
-        say("stopping devices and hubs")
+        say("stopping the hubs")
         demo.stop()
     return demo.summary(final)
