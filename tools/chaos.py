@@ -634,6 +634,7 @@ class Campaign:
         self.down_hubs: set[int] = set()  # killed by the campaign
         self.frozen_hubs: set[int] = set()  # paused or cut off
         self.off_devices: set[int] = set()
+        self.stopped_brokers: set[int] = set()  # pids (partitions by SIGSTOP)
         self.events: list[dict[str, Any]] = []
         self.commands: list[dict[str, Any]] = []
         self.violations: list[dict[str, Any]] = []
@@ -667,6 +668,9 @@ class Campaign:
             self._stop.set()
             for d in self.devices:
                 d.stop()
+            for pid in self.stopped_brokers:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
             if self.cluster is not None:
                 for i in range(self.cluster.n):
                     self.cluster.resume(i)
@@ -953,7 +957,7 @@ class Campaign:
             if recovered is None and (not measure_from_heal or healed_at is not None):
                 running = [d for k, d in enumerate(self.ids) if k not in self.off_devices]
                 todo = [d for d in running if d not in resumed]
-                got = self._sampled_since(todo, since_ms, wm0)
+                got = self._sampled_since(todo, since_ms, wm0, hub)
                 if got is not None:
                     resumed |= got
                     stalled = [d for d in running if d not in resumed]
@@ -990,13 +994,14 @@ class Campaign:
         raise ChaosError("no hub answers for the devices' progress")
 
     def _sampled_since(
-        self, device_ids: list[str], since_ms: int, wm0: dict[str, int]
+        self, device_ids: list[str], since_ms: int, wm0: dict[str, int], avoid: int | None
     ) -> set[str] | None:
         """The devices of which one healthy node holds a new reading (above
         the watermark ``wm0`` had) sampled since ``since_ms``, and not later
         than now (a clock that jumped ahead earlier stamped readings in the
-        future). None: no node answers."""
-        for i in self._healthy():
+        future). Asks ``avoid`` (the fault's hub, which may still be catching
+        up) last. None: no node answers."""
+        for i in sorted(self._healthy(), key=lambda i: i == avoid):
             out: set[str] = set()
             try:
                 for d in device_ids:
@@ -1055,9 +1060,11 @@ class Campaign:
         if broker:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(broker, signal.SIGSTOP)
+                self.stopped_brokers.add(broker)
 
         def heal_stop() -> None:
             if broker:
+                self.stopped_brokers.discard(broker)
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(broker, signal.SIGCONT)
             cluster.resume(i)

@@ -11,6 +11,7 @@ start).
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -62,6 +63,13 @@ def chaos(
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
+    def stop(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    # Ctrl-C and SIGTERM stop the campaign cleanly (processes, namespaces),
+    # also when it was started in the background, which ignores SIGINT.
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
     try:
         summary = chaos_mod.run(
             seed,
@@ -74,6 +82,9 @@ def chaos(
             recovery_limit_s=recovery_limit,
             log=log,
         )
+    except KeyboardInterrupt:
+        typer.echo("aiot: chaos: interrupted; everything it started is stopped", err=True)
+        raise typer.Exit(130) from None
     except Exception as exc:  # set-up failures: say what, not a traceback
         typer.echo(f"aiot: chaos: the campaign could not run: {exc}", err=True)
         raise typer.Exit(2) from None
