@@ -382,6 +382,8 @@ def make_app(hub: Hub) -> FastAPI:
             raise HTTPException(503, f"no linearizable read now: {exc.reason}") from None
 
     def known(r: RaftNode, device_id: str, who: Principal | None = None) -> e.Device:
+        if not valid_device_id(device_id):
+            raise HTTPException(404, f"no device {device_id[:80]!r}")
         d = r.read(lambda s: s.device(device_id))
         if d is None:
             raise HTTPException(404, f"no device {device_id!r}")
@@ -635,9 +637,9 @@ def make_app(hub: Hub) -> FastAPI:
 
     @app.get("/v1/commands/{command_id}")
     async def show_command(command_id: str, who: Viewer, r: Raft) -> dict[str, Any]:
-        rec = r.read(lambda s: s.command(command_id))
+        rec = r.read(lambda s: s.command(command_id)) if _key_ok(command_id) else None
         if rec is None:
-            raise HTTPException(404, f"no command {command_id!r}")
+            raise HTTPException(404, f"no command {command_id[:80]!r}")
         device = r.read(lambda s: s.device(rec.command.device_id))
         if who.devices is not None and (device is None or not who.sees(device)):
             raise HTTPException(
@@ -678,9 +680,9 @@ def make_app(hub: Hub) -> FastAPI:
 
     @app.get("/v1/decisions/{decision_id}")
     async def show_decision(decision_id: str, who: Viewer, r: Raft) -> dict[str, Any]:
-        d = r.read(lambda s: s.decision(decision_id))
+        d = r.read(lambda s: s.decision(decision_id)) if _key_ok(decision_id) else None
         if d is None:
-            raise HTTPException(404, f"no decision {decision_id!r}")
+            raise HTTPException(404, f"no decision {decision_id[:80]!r}")
         device = r.read(lambda s: s.device(d.device_id))
         if who.devices is not None and (device is None or not who.sees(device)):
             raise HTTPException(403, f"decision {decision_id!r} is not about your devices")
@@ -701,7 +703,7 @@ def make_app(hub: Hub) -> FastAPI:
 
     @app.post("/v1/alerts/{decision_id}/ack")
     async def ack_alert(decision_id: str, who: Operator, r: Raft) -> dict[str, Any]:
-        d = r.read(lambda s: s.decision(decision_id))
+        d = r.read(lambda s: s.decision(decision_id)) if _key_ok(decision_id) else None
         if d is None or not decision_json(d, None)["alert"]:
             raise HTTPException(404, f"no alert {decision_id!r}")
         _results_error(await _commit(r, e.encode(e.AckAlert(decision_id, who.name, wall_ms()))))
@@ -823,6 +825,8 @@ def make_app(hub: Hub) -> FastAPI:
 
     @app.post("/v1/models/{name}/activate")
     async def activate_model(name: str, body: ActivateIn, _: Operator, r: Raft) -> dict[str, Any]:
+        if not e.MODEL_NAME.fullmatch(name) or not e.MODEL_NAME.fullmatch(body.version):
+            raise HTTPException(404, f"no model {name[:80]!r} version {body.version[:80]!r}")
         try:
             res = await models_mod.propose_activation(r, name, body.version)
         except ModelRefused as exc:
@@ -893,8 +897,8 @@ def make_app(hub: Hub) -> FastAPI:
 
     @app.delete("/v1/users/{name}")
     async def remove_user(name: str, _: Admin, r: Raft) -> dict[str, Any]:
-        if r.read(lambda s: s.user(name)) is None:
-            raise HTTPException(404, f"no user {name!r}")
+        if not _key_ok(name) or r.read(lambda s: s.user(name)) is None:
+            raise HTTPException(404, f"no user {name[:80]!r}")
         _results_error(await _commit(r, e.encode(e.RemoveUser(name, wall_ms()))))
         return {"removed": name}
 
@@ -907,8 +911,38 @@ def make_app(hub: Hub) -> FastAPI:
     metrics.mount(app, hub)
     backup.mount(app, hub)
     firmware.mount(app, hub)
+    _openapi_errors(app)
     dashboard.mount(app)
     return app
+
+
+def _key_ok(key: str) -> bool:
+    """A lookup key LMDB can take (1..511 bytes; ids are far shorter)."""
+    return 0 < len(key.encode()) <= 255
+
+
+def _openapi_errors(app: FastAPI) -> None:
+    """Our 4xx answers carry ``detail`` as a message (a string), FastAPI's
+    own validation errors as a list: say so in the published schema."""
+    original = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = original()
+        comp = schema.get("components", {}).get("schemas", {})
+        if "HTTPValidationError" in comp:
+            comp["HTTPValidationError"]["properties"]["detail"] = {
+                "title": "Detail",
+                "anyOf": [
+                    {"type": "array", "items": {"$ref": "#/components/schemas/ValidationError"}},
+                    {"type": "string"},
+                ],
+            }
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _valid_address(value: str) -> None:
