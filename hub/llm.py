@@ -440,7 +440,11 @@ class LlmWorker:
     # -- lifecycle
 
     async def start(self) -> None:
-        """Load the model in a new child process; ModelError if it can't."""
+        """Load the model in a new child process; ModelError if it can't.
+
+        Call it before the first ``decide``: a worker that is not started
+        loads the model on the first call, inside that call's deadline.
+        """
         if self._closed:
             raise ModelError("worker is closed")
         if self._child is None:
@@ -641,7 +645,8 @@ class LlmWorker:
             await asyncio.to_thread(old.kill)
         if self._closed:
             return
-        self.restarts += 1
+        if old is not None:
+            self.restarts += 1
         self._child = await asyncio.to_thread(self._spawn)
 
 
