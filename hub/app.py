@@ -178,6 +178,7 @@ class Hub:
         self.engine = engine_mod.DecisionEngine(
             raft, ruleset, guard, cfg.decisions, models=self.models
         )
+        self.engine.llm = engine_mod.llm_tier(cfg.decisions)
         self.ingest = Ingest(self.node_id, _RegistryView(raft), raft, cfg.ingest)
         self.delivery = Delivery(
             self.node_id, raft, self._publish, retry_s=cfg.commands.retry_ms / 1000
@@ -238,6 +239,9 @@ class Hub:
                 t.cancel()
         if self.ingest is not None:
             await self.ingest.aclose()
+        if self.engine is not None and self.engine.llm is not None:
+            with contextlib.suppress(Exception):
+                await self.engine.llm.aclose()
         if self._http is not None:
             self._http.should_exit = True
             with contextlib.suppress(Exception):

@@ -50,6 +50,12 @@ The format, with defaults:
     [decisions]
     enabled = true                    # the leader's decision engine (hub/engine.py)
     command_deadline_s = 30           # deadline of the commands it issues
+    llm = "smollm2-135m-instruct-q4_1"  # a GGUF in models/ or a path; "" turns the tier off
+    llm_deadline_ms = 5000            # a later answer falls back to the tiers below
+    llm_trust_threshold = 0.9         # eval accuracy needed before the LLM may actuate
+    llm_report = ""                   # its `aiot eval decisions --json` report; default
+                                      # models/eval/results/<model>.json
+    policy = "When power is over the limit, switch the relay off. ..."
 
     [models]
     trusted_keys = ["base64 Ed25519 public key", ...]   # who may sign models
@@ -165,6 +171,15 @@ class CommandsConfig:
 class DecisionsConfig:
     enabled: bool = True
     command_deadline_s: int = 30
+    llm: str = "smollm2-135m-instruct-q4_1"
+    llm_deadline_ms: int = 5000
+    llm_trust_threshold: float = 0.9
+    llm_report: Path | None = None
+    policy: str = (
+        "When power is over the limit, switch the relay off. Never switch off a device "
+        "marked critical: for a critical device do nothing, the operator decides. When "
+        "power is under the limit, do nothing."
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,7 +325,15 @@ _KNOWN: Final = {
     "log": ("level", "format"),
     "ingest": ("batch_window_ms", "batch_max_entries", "batch_max_bytes", "max_frame_bytes"),
     "commands": ("retry_ms", "deadline_s"),
-    "decisions": ("enabled", "command_deadline_s"),
+    "decisions": (
+        "enabled",
+        "command_deadline_s",
+        "llm",
+        "llm_deadline_ms",
+        "llm_trust_threshold",
+        "llm_report",
+        "policy",
+    ),
     "models": ("trusted_keys", "dir"),
 }
 # Tables whose own modules validate them (hub/rules.py, hub/guard.py).
@@ -434,9 +457,27 @@ def parse(doc: Mapping[str, Any], source: Path, env: Mapping[str, str] | None = 
         commands.get("retry_ms", int_range(100, 600_000), 2000),
         commands.get("deadline_s", int_range(1, 7 * 86_400), 60),
     )
+    report = decisions.optional("llm_report", text)
+    defaults = DecisionsConfig()
+    threshold = defaults.llm_trust_threshold
+    if "llm_trust_threshold" in decisions.raw:
+        raw_t = decisions.raw["llm_trust_threshold"]
+        if isinstance(raw_t, bool) or not isinstance(raw_t, int | float) or not 0 <= raw_t <= 1:
+            raise ConfigError(
+                source, "decisions.llm_trust_threshold", f"expected a number in 0..1, got {raw_t!r}"
+            )
+        threshold = float(raw_t)
+    llm = defaults.llm
+    if "llm" in decisions.raw:
+        llm = _str_or_empty(decisions.raw["llm"], source, "decisions.llm")
     decisions_cfg = DecisionsConfig(
         decisions.get("enabled", boolean, True),
         decisions.get("command_deadline_s", int_range(1, 86_400), 30),
+        llm,
+        decisions.get("llm_deadline_ms", int_range(10, 600_000), defaults.llm_deadline_ms),
+        threshold,
+        None if report is None else base / report,
+        decisions.get("policy", text, defaults.policy),
     )
     keys: tuple[str, ...] = tuple(models.get("trusted_keys", _list, []))
     for i, k in enumerate(keys):
@@ -461,6 +502,12 @@ def parse(doc: Mapping[str, Any], source: Path, env: Mapping[str, str] | None = 
         decisions_cfg,
         models_cfg,
     )
+
+
+def _str_or_empty(value: Any, source: Path, key: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(source, key, f'expected a model name, a path or "", got {value!r}')
+    return value
 
 
 def _list(value: Any) -> list[Any]:

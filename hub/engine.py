@@ -82,6 +82,7 @@ class DecisionEngine:
         self.scored = 0
         self.score_errors = 0
         self._last_score: dict[str, Any] = {}  # device -> last WindowScore
+        self.llm: LlmTier | None = None
 
     # -- inputs -------------------------------------------------------------------------
 
@@ -254,6 +255,8 @@ class DecisionEngine:
             self.failed += 1
             log.warning("decision %s refused: %s", decision_id, bad[0].reason)
             return
+        if self.llm is not None and tier is not e.Tier.LLM:
+            self.llm.consult(self, device, d, tier)
         key = tier.name.lower()
         self.decided[key] = self.decided.get(key, 0) + 1
         self.latency_s = [*self.latency_s[-999:], latency]
@@ -279,6 +282,7 @@ class DecisionEngine:
             "rule_problems": [str(p) for p in self.rules.problems()],
             "windows_scored": self.scored,
             "score_errors": self.score_errors,
+            "llm": None if self.llm is None else self.llm.status(),
         }
 
 
@@ -287,3 +291,203 @@ def load(config_source: Any, cfg: DecisionsConfig) -> tuple[r.RuleSet, Guard]:
     from hub.guard import load_guard
 
     return r.load_rules(config_source), Guard(load_guard(config_source))
+
+
+class LlmTier:
+    """The LLM tier: consulted after a lower tier fires, off the ingest path.
+
+    One consultation at a time (the worker answers one request at a time; a
+    firing while one is running is counted as skipped). The model gets
+    symbolic facts (hub/facts.py: "power is over the limit for 12 s"), the
+    policy and the device's actions; its answer is grammar-constrained and
+    validated (hub/llm.py). It is recorded as an LLM decision with its
+    provenance. It actuates only when the trust gate says its measured
+    accuracy reaches the threshold; otherwise it is advisory: the
+    recommendation is recorded and the tiers below keep acting. A missed
+    deadline or an invalid answer is recorded as a fallback and changes
+    nothing.
+    """
+
+    def __init__(self, model_path: Any, cfg: DecisionsConfig, report_path: Any) -> None:
+        from hub import llm
+
+        self._llm = llm
+        self.cfg = cfg
+        self.model_path = model_path
+        self.model_sha256 = llm.sha256_file(model_path)
+        self.trust = llm.trust(
+            llm.load_report(report_path),
+            model_sha256=self.model_sha256,
+            threshold=cfg.llm_trust_threshold,
+        )
+        self.worker: Any = None
+        self._starting: asyncio.Task[None] | None = None
+        self._busy = False
+        self.consulted = 0
+        self.skipped = 0
+        self.outcomes: dict[str, int] = {}
+        self.error = ""
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def _start(self) -> None:
+        worker = self._llm.LlmWorker(self.model_path, expected_sha256=self.model_sha256)
+        try:
+            await worker.start()
+        except Exception as exc:  # a model that does not load: the tier stays off
+            self.error = str(exc)
+            log.error("the LLM tier is off: %s", exc)
+            return
+        self.worker = worker
+        log.info("LLM tier ready: %s (%s)", self.model_path.name, self.trust.reason)
+
+    def consult(
+        self, engine: DecisionEngine, device: e.Device, d: r.Decision, tier: e.Tier
+    ) -> None:
+        if self.error:
+            return
+        if self.worker is None:
+            if self._starting is None:  # loaded on first use, by the leader only
+                self._starting = asyncio.create_task(self._start())
+            self.skipped += 1
+            return
+        if self._busy:
+            self.skipped += 1
+            return
+        self._busy = True
+        task = asyncio.create_task(self._consult(engine, device, d, tier))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def facts(self, engine: DecisionEngine, device: e.Device, d: r.Decision) -> list[str]:
+        from hub import facts as f
+
+        out = []
+        if d.sensor == r.POWER_W and device.limit_w is not None and d.value > device.limit_w:
+            out.append(f.power_fact(over_for_s=(d.ts_ms - d.since_ms) / 1000))
+        elif d.sensor == r.POWER_W:
+            out.append(f.power_fact(near=True))
+        if d.sensor == r.ANOMALY:
+            out.append(f.anomaly_fact(d.value))
+        out.append(f.relay_fact(True))  # it draws power, so its relay is on
+        if engine.guard.is_critical(device.device_id):
+            out.append(f.critical_fact())
+        return out
+
+    async def _consult(
+        self, engine: DecisionEngine, device: e.Device, d: r.Decision, tier: e.Tier
+    ) -> None:
+        try:
+            facts = self.facts(engine, device, d)
+            result = await self.worker.decide(
+                device.capabilities, facts, self.cfg.policy, deadline_ms=self.cfg.llm_deadline_ms
+            )
+            self.consulted += 1
+            outcome = str(result.outcome)
+            self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+            await self._record(engine, device, d, tier, facts, result)
+        except RaftError as exc:
+            log.info("LLM decision not recorded: %s", exc.reason)
+        finally:
+            self._busy = False
+
+    async def _record(
+        self,
+        engine: DecisionEngine,
+        device: e.Device,
+        d: r.Decision,
+        tier: e.Tier,
+        facts: list[str],
+        result: Any,
+    ) -> None:
+        now = engine._clock()
+        record: dict[str, Any] = {
+            "facts": facts,
+            "after": {"tier": tier.name.lower(), "rule": d.rule_id},
+            "policy": self.cfg.policy,
+            "mode": str(self.trust.mode),
+            "trust": self.trust.reason,
+            "llm": result.provenance.to_json(),
+            "model": {
+                "name": result.provenance.model_name,
+                "sha256": result.provenance.model_sha256,
+            },
+            "latency_ms": result.provenance.latency_ms,
+            "alert": False,
+        }
+        parts: list[bytes] = []
+        command_id = ""
+        if result.fallback:
+            record["fallback"] = f"{result.outcome}: the tier below stands"
+        else:
+            dec = result.decision
+            record["recommendation"] = {
+                "action": dec.action,
+                "params": {p.name: p.value for p in dec.params},
+                "reason": dec.reason,
+            }
+            if not dec.is_none and self.trust.may_actuate:
+                proposal = Proposal(device.device_id, dec.action, dec.params, "llm")
+                verdict = engine.guard.check(proposal, device, now)
+                record["action"] = {
+                    "name": dec.action,
+                    "params": record["recommendation"]["params"],
+                }
+                record["guard"] = verdict.to_dict()
+                if verdict.allowed:
+                    command_id = uuid.uuid4().hex[:16]
+                    deadline = now + engine.cfg.command_deadline_s * 1000
+                    term = engine._raft.status().term
+                    parts.append(e.encode(verdict.command(command_id, term, now, deadline)))
+        body = json.dumps(record, sort_keys=True, separators=(",", ":"), default=str).encode()
+        decision = e.Decision(
+            "d-" + uuid.uuid4().hex[:16],
+            device.device_id,
+            e.Tier.LLM,
+            now,
+            command_id,
+            body[:30000],
+        )
+        parts.append(e.encode(decision))
+        results = await engine._raft.propose(e.group(parts))
+        if all(x.error is None for x in results):
+            engine.decided["llm"] = engine.decided.get("llm", 0) + 1
+            if engine.on_decision is not None:
+                engine.on_decision("llm", result.provenance.latency_ms / 1000)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "model": self.model_path.name,
+            "ready": self.worker is not None,
+            "mode": str(self.trust.mode),
+            "trust": self.trust.reason,
+            "consulted": self.consulted,
+            "skipped": self.skipped,
+            "outcomes": dict(self.outcomes),
+            "error": self.error or None,
+        }
+
+    async def aclose(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+        if self.worker is not None:
+            await self.worker.aclose()
+
+
+def llm_tier(cfg: DecisionsConfig) -> LlmTier | None:
+    """The LLM tier the config asks for, or None (off, or not installed: logged)."""
+    if not cfg.llm:
+        return None
+    from hub import llm
+
+    if not llm.llama_cpp_available():
+        log.warning(
+            "decisions.llm is %s but llama-cpp-python is missing: %s", cfg.llm, llm.INSTALL_HINT
+        )
+        return None
+    try:
+        path = llm.resolve_model(cfg.llm)
+    except llm.ModelError as exc:
+        log.warning("the LLM tier is off: %s", exc)
+        return None
+    report = cfg.llm_report or llm.MODELS_DIR / "eval" / "results" / f"{llm.model_name(path)}.json"
+    return LlmTier(path, cfg, report)

@@ -107,9 +107,11 @@ class LocalCluster:
         extra: str = "",
         election_ms: tuple[int, int] = (300, 900),
         raft: dict[str, int] | None = None,
+        llm: bool = False,
     ) -> None:
         """``extra``: TOML tables appended to every config; ``raft``: more
-        keys for the [raft] table (snapshot_min_entries, ...)."""
+        keys for the [raft] table (snapshot_min_entries, ...); ``llm``: keep
+        the LLM tier on (off by default: each leader would load a model)."""
         self.root = root
         self.n = nodes
         self.ports = [NodePorts(free_port(), free_port(), free_port()) for _ in range(nodes)]
@@ -124,6 +126,8 @@ class LocalCluster:
             text = path.read_text().replace(
                 'secret_file = "cluster.secret"\n', 'secret_file = "cluster.secret"\n' + timing
             )
+            if not llm:  # the LLM tier loads a model per leader: only where asked for
+                text += '\n[decisions]\nllm = ""\n'
             path.write_text(text + (f"\n{extra.strip()}\n" if extra.strip() else ""))
         self.procs: list[subprocess.Popen[bytes] | None] = [None] * nodes
         self._logs: list[Any] = [None] * nodes

@@ -103,7 +103,7 @@ class Demo:
         else:
             rules = ROOT / "models" / "rules" / "energy.toml"
             extra = f'[rules]\nfiles = ["{rules}"]\n'
-            cluster = LocalCluster(croot, self.n_hubs, broker=self.broker, extra=extra)
+            cluster = LocalCluster(croot, self.n_hubs, broker=self.broker, extra=extra, llm=True)
         self.cluster = cluster
         try:
             cluster.start(120)
