@@ -66,10 +66,12 @@ has not moved for ``ack_timeout_ms`` it sends again from the watermark. After
 Per kill:
 
 - ``leader_kill_to_first_commit_s``: from the kill to the first CommitAck
-  that covers a batch published after the kill;
-- ``leader_kill_to_90pct_rate_s``: from the kill to the start of the first
-  1-second window (50 ms steps) in which the cluster committed at least 90%
-  of what it committed per second over the ``pre_s`` seconds before the kill.
+  that covers a batch first published after the kill (a resent batch may
+  have been committed before the kill: its ack died with the node);
+- ``leader_kill_to_90pct_rate_s``: from the kill to the end of the first
+  1-second window after the kill (windows start in 50 ms steps) in which the
+  cluster committed at least 90% of what it committed per second over the
+  ``pre_s`` seconds before the kill (so never under 1 s).
 
 Then the node is restarted, the cluster waited for (every node ready, one
 leader), and the next round starts after ``settle_s``.
@@ -293,6 +295,7 @@ class _Dev:
         self.maker = FrameMaker(self.id, self.key, readings)
         self.packets: list[bytes] = []
         self.pub_t = array.array("d")  # last publish time of each batch
+        self.first_t = array.array("d")  # first publish time of each batch (resends keep it)
         self.rel_t = array.array("d")  # when the schedule released it (paced mode)
         self.next = 0  # index of the next batch to send
         self.acked = 0  # batches covered by the watermark
@@ -321,8 +324,8 @@ class _Dev:
             return
         for k in range(have, total):
             self.packets.append(self.maker.packet(k))
-        self.pub_t.extend(bytes(8 * (total - have)))
-        self.rel_t.extend(bytes(8 * (total - have)))
+        for arr in (self.pub_t, self.first_t, self.rel_t):
+            arr.extend(bytes(8 * (total - have)))
         for k in {have, (have + total) // 2, total - 1}:
             self.maker.check(k)
 
@@ -429,7 +432,7 @@ class Generator:
     def _reset_log(self) -> None:
         self.ev_t = array.array("d")  # when the watermark moved
         self.ev_n = array.array("q")  # readings newly covered
-        self.ev_pub = array.array("d")  # latest publish time among the batches covered
+        self.ev_pub = array.array("d")  # latest first-publish time of the batches covered
         self.lat_pub = array.array("d")  # per batch covered: its publish time
         self.lat = array.array("d")  # ... ack time - publish time
         self.lat_rel = array.array("d")  # ... ack time - release time (paced), else -1
@@ -453,9 +456,11 @@ class Generator:
             return
         if dev.next == dev.acked:  # sending after idle or a rewind
             dev.progress = dev.round = now
-        pub = dev.pub_t
+        pub, first = dev.pub_t, dev.first_t
         for k in range(dev.next, limit):
             pub[k] = now
+            if not first[k]:
+                first[k] = now
         link.write(b"".join(dev.packets[dev.next : limit]))
         dev.stats["published"] += limit - dev.next
         dev.next = limit
@@ -473,12 +478,12 @@ class Generator:
             return
         now = time.monotonic()
         k = min(k, len(dev.packets))
-        pub, rel = dev.pub_t, dev.rel_t
+        pub, rel, first = dev.pub_t, dev.rel_t, dev.first_t
         latest = 0.0
         for j in range(dev.acked, k):
+            if first[j] > latest:
+                latest = first[j]
             t = pub[j]
-            if t > latest:
-                latest = t
             if t > 0:
                 self.lat_pub.append(t)
                 self.lat.append(now - t)
@@ -630,7 +635,7 @@ class Generator:
         for dev in self.devs:
             if reset:
                 dev.next = dev.acked = 0
-                for arr in (dev.pub_t, dev.rel_t):
+                for arr in (dev.pub_t, dev.first_t, dev.rel_t):
                     arr[:] = array.array("d", bytes(8 * len(arr)))
             for s in ("published", "rewinds", "disconnects", "reconnects"):
                 dev.stats[s] = 0
@@ -803,7 +808,9 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 
 def first_commit_after(events: dict[str, list[float]], t_kill: float) -> float | None:
-    """Seconds from t_kill to the first CommitAck covering a batch published after it."""
+    """Seconds from t_kill to the first CommitAck covering a batch first
+    published after it (a batch sent before and resent after does not count:
+    it may have been committed before the kill, its ack lost with the node)."""
     for t, pub in zip(events["t"], events["pub"], strict=True):
         if pub > t_kill and t >= t_kill:
             return t - t_kill
@@ -819,9 +826,11 @@ def recovery_after(
     window: float = RECOVERY_WINDOW_S,
     step: float = RECOVERY_STEP_S,
 ) -> float | None:
-    """Seconds from t_kill to the start of the first ``window`` (in ``step``
-    steps) that committed at least ``share`` x ``rate`` readings per second;
-    None if no window that ends by ``until`` does."""
+    """Seconds from t_kill to the end of the first ``window`` that lies wholly
+    after t_kill (starts in ``step`` steps) and committed at least ``share``
+    x ``rate`` readings per second: when the commit rate over the last
+    ``window`` was back. At least ``window``; None if no window that ends by
+    ``until`` does."""
     times = events["t"]
     prefix = [0]
     for n in events["n"]:
@@ -835,7 +844,7 @@ def recovery_after(
         lo = bisect.bisect_left(times, start)
         hi = bisect.bisect_left(times, start + window)
         if prefix[hi] - prefix[lo] >= need:
-            return start - t_kill
+            return start + window - t_kill
         k += 1
 
 
@@ -847,6 +856,17 @@ def per_second(events: dict[str, list[float]], t0: float, t1: float) -> list[int
         if t >= t0 and i < len(bins):
             bins[i] += int(n)
     return bins
+
+
+def _slices(
+    samples: Sequence[tuple[float, float]], t0: float, t1: float, step: float
+) -> list[list[float]]:
+    """The values of (time, value) samples in consecutive ``step``-second slices of [t0, t1)."""
+    out: list[list[float]] = [[] for _ in range(max(1, math.ceil((t1 - t0) / step)))]
+    for t, v in samples:
+        if t0 <= t < t1:
+            out[min(int((t - t0) / step), len(out) - 1)].append(v)
+    return out
 
 
 def _merge_events(parts: Sequence[dict[str, list[float]]]) -> dict[str, list[float]]:
@@ -1169,6 +1189,7 @@ def _hub_counters(cluster: Any) -> dict[str, Any]:
     acked = 0
     commit = 0
     term = 0
+    snapshots = 0
     for i in range(cluster.n):
         if not cluster.alive(i):
             continue
@@ -1180,12 +1201,14 @@ def _hub_counters(cluster: Any) -> dict[str, Any]:
             failed[k] = failed.get(k, 0) + v
         commit = max(commit, st["raft"]["commit_index"])
         term = max(term, st["raft"]["term"])
+        snapshots += st["raft"]["snapshots_taken"]
     return {
         "acked": acked,
         "rejected": rejected,
         "failed": failed,
         "commit_index": commit,
         "term": term,
+        "snapshots": snapshots,
     }
 
 
@@ -1334,6 +1357,7 @@ def ingest(
                 lat_rel = [x for s in stops for x in s["latency"]["rel"]]
                 sel = [i for i, t in enumerate(lat_pub) if w0 <= t < w1]
                 lat_ms = [lat[i] * 1000 for i in sel]
+                lat_sel = [(lat_pub[i], lat[i] * 1000) for i in sel]
                 rel_ms = [lat_rel[i] * 1000 for i in sel if lat_rel[i] >= 0]
                 if not lat_ms:
                     raise BenchError("no batch was acknowledged in phase 2")
@@ -1428,6 +1452,10 @@ def ingest(
             "samples": len(lat_ms),
             "ack_latency_ms_p90": round(percentile(lat_ms, 90), 1),
             "ack_latency_ms_max": round(max(lat_ms), 1),
+            "ack_latency_ms_p99_by_5s": [
+                round(percentile(part, 99), 1) if part else None
+                for part in _slices(lat_sel, w0, w1, 5.0)
+            ],
             "from_schedule_ms_p50": round(percentile(rel_ms, 50), 1) if rel_ms else None,
             "from_schedule_ms_p99": round(percentile(rel_ms, 99), 1) if rel_ms else None,
             "unacked_batches_at_end": unacked2,
@@ -1435,6 +1463,7 @@ def ingest(
         },
         "acked_batches_by_hubs": acked_batches,
         "raft_term_increase": after["term"] - before["term"],
+        "raft_snapshots_taken": after["snapshots"] - before["snapshots"],
         "election": timing,
         "frame_build_s": round(build_s, 2),
         "machine": machine(),
@@ -1588,11 +1617,11 @@ def failover(
         "raft_term_increase": after["term"] - before["term"],
         "machine": machine(),
         "note": (
-            "first commit: kill to the first CommitAck covering a batch published after the "
-            "kill; 90% rate: kill to the start of the first 1 s window (50 ms steps) that "
-            "committed at least 90% of the rate over the pre-kill window; devices fail over "
-            "to the next hub of their list and resend from their watermark on reconnect or "
-            "after ack_timeout_ms without progress, as the edge does"
+            "first commit: kill to the first CommitAck covering a batch first published after "
+            "the kill; 90% rate: kill to the end of the first 1 s window after the kill (50 ms "
+            "steps) that committed at least 90% of the rate over the pre-kill window; devices "
+            "fail over to the next hub of their list and resend from their watermark on "
+            "reconnect or after ack_timeout_ms without progress, as the edge does"
         ),
     }
 
