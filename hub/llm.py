@@ -707,6 +707,11 @@ def trust(
     return Trust(Mode.ACTUATE, f"accuracy {accuracy:.3f} reaches {threshold:g}", accuracy)
 
 
+def eval_report_path(model: str, models_dir: Path = MODELS_DIR) -> Path:
+    """Where ``aiot eval decisions`` reports for a model are kept (``models/eval/results/``)."""
+    return models_dir / "eval" / "results" / f"{model}.json"
+
+
 def load_report(path: Path) -> dict[str, Any] | None:
     """An eval report saved with ``aiot eval decisions --json > PATH``, or None."""
     try:
@@ -726,6 +731,7 @@ __all__ = [
     "Outcome",
     "Provenance",
     "Trust",
+    "eval_report_path",
     "load_report",
     "model_capabilities",
     "resolve_model",

@@ -16,7 +16,17 @@ from hub import facts as f
 from hub import grammar
 from hub.api import PLUG_CAPABILITIES
 from hub.guard import OPERATOR_ONLY
-from hub.llm import MODELS_DIR, Mode, ModelError, model_capabilities, resolve_model, trust
+from hub.llm import (
+    DEFAULT_MODEL,
+    MODELS_DIR,
+    Mode,
+    ModelError,
+    eval_report_path,
+    load_report,
+    model_capabilities,
+    resolve_model,
+    trust,
+)
 from tools import cli_models, install_llm
 from tools.eval_decisions import (
     CAPABILITY_SETS,
@@ -68,6 +78,18 @@ def test_anything_else_keeps_the_model_advisory(rep: dict[str, Any] | None, why:
     t = trust(rep, model_sha256=SHA)
     assert t.mode is Mode.ADVISORY and not t.may_actuate
     assert why in t.reason
+
+
+def test_the_shipped_report_matches_the_model_and_prompt_and_keeps_it_advisory() -> None:
+    # Fails when the prompt or the model changes without a new measurement.
+    rep = load_report(eval_report_path(DEFAULT_MODEL))
+    assert rep is not None
+    man = json.loads((MODELS_DIR / f"{DEFAULT_MODEL}.json").read_text())
+    assert rep["model_sha256"] == man["sha256"]
+    assert rep["prompt_version"] == f.PROMPT_VERSION
+    assert rep["n"] == len(load_scenarios(DEFAULT_SCENARIOS))
+    t = trust(rep, model_sha256=man["sha256"])
+    assert t.mode is Mode.ADVISORY and "below the threshold" in t.reason
 
 
 def test_the_threshold_is_configurable() -> None:
