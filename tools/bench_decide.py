@@ -215,16 +215,36 @@ def control_loop(loops: int, background: int, say: Say) -> dict[str, Any]:
 
 
 def llm_figures(cases: int, say: Say) -> dict[str, Any]:
-    """The LLM tier's figures, or why they are missing."""
+    """The LLM tier on the evaluation set (the first ``cases`` scenarios), 1 thread."""
+    from hub import llm
+
+    if not llm.llama_cpp_available():
+        return {"llm_missing": f"llama-cpp-python is not installed: {llm.INSTALL_HINT}"}
     try:
-        from tools import eval_decisions
-    except ImportError as exc:
-        return {"llm_missing": f"the LLM tier is not installed: {exc}"}
-    runner = getattr(eval_decisions, "bench_figures", None)
-    if runner is None:
-        return {"llm_missing": "tools/eval_decisions.py has no bench_figures()"}
-    out: dict[str, Any] = runner(cases, say)
-    return out
+        path = llm.resolve_model(llm.DEFAULT_MODEL)
+    except llm.ModelError as exc:
+        return {"llm_missing": str(exc)}
+    from tools import eval_decisions as ev
+
+    scenarios = ev.load_scenarios(ev.DEFAULT_SCENARIOS)[:cases]
+    say(f"  {len(scenarios)} scenarios through {path.name}, 1 thread...")
+    t0 = time.perf_counter()
+    report = ev.evaluate(path, scenarios, threads=1, progress=None)
+    elapsed = time.perf_counter() - t0
+    tokens = report["completion_tokens_mean"] * report["n"]
+    prompt_tokens = report["prompt_tokens_mean"] * report["n"]
+    return {
+        "llm_decision_latency_ms_p50": report["latency_ms_p50"],
+        "llm_decision_latency_ms_p95": report["latency_ms_p95"],
+        # Generated tokens per second of wall time spent in decisions (prompt
+        # evaluation included in the time, not in the count).
+        "llm_tokens_per_s": round(tokens / elapsed, 2) if elapsed else 0.0,
+        "llm_prompt_tokens_mean": round(prompt_tokens / report["n"], 1) if report["n"] else 0,
+        "llm_accuracy": report["accuracy"],
+        "llm_invalid_rate": report["invalid_rate"],
+        "llm_cases": report["n"],
+        "llm_model": report["model"],
+    }
 
 
 def decide(

@@ -1,0 +1,63 @@
+"""`aiot bench decide --json` runs every tier briefly: keys and consistency, never timings."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.cluster.hubs import need_mosquitto
+from tests.support import ROOT
+
+pytestmark = [pytest.mark.bench, pytest.mark.cluster]
+
+KEYS = {
+    "rules_decisions_per_s",
+    "onnx_latency_ms_p50",
+    "onnx_latency_ms_p99",
+    "llm_decision_latency_ms_p50",
+    "llm_decision_latency_ms_p95",
+    "llm_tokens_per_s",
+    "control_loop_ms_p50",
+    "control_loop_ms_p99",
+    "hot_swap_ms",
+    "llm_accuracy",
+    "llm_invalid_rate",
+}
+
+
+def test_bench_decide_prints_every_figure() -> None:
+    need_mosquitto()
+    from hub import llm
+
+    if not llm.llama_cpp_available():
+        pytest.skip(f"llama-cpp-python missing: {llm.INSTALL_HINT}")
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tools.cli",
+            "bench",
+            "decide",
+            "--json",
+            "--loops",
+            "10",
+            "--background",
+            "1",
+            "--llm-cases",
+            "2",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert set(result) >= KEYS, KEYS - set(result)
+    assert result["control_loops"] == 10 and result["llm_cases"] == 2
+    assert result["control_loop_ms_p50"] <= result["control_loop_ms_p99"]
+    assert 0.0 <= result["llm_accuracy"] <= 1.0 and 0.0 <= result["llm_invalid_rate"] <= 1.0
+    assert result["rules_fired"] > 0
