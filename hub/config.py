@@ -86,14 +86,22 @@ ENV_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 MIN_SECRET_BYTES: Final = 16
 
 
+def shown(text: str) -> str:
+    """``text`` as a message shows it: control characters (a newline in a key
+    or a file name) escaped, so that the message stays one line."""
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+
+
 class ConfigError(ValueError):
-    """A config file that cannot be used: names the file, the key and the problem."""
+    """A config file that cannot be used: names the file, the key and the problem.
+    ``source`` and ``key`` are kept as given; the message shows them with
+    ``shown``."""
 
     def __init__(self, source: Path | str, key: str, problem: str) -> None:
         self.source = str(source)
         self.key = key
         self.problem = problem
-        where = f"{self.source}: {key}: " if key else f"{self.source}: "
+        where = f"{shown(self.source)}: {shown(key)}: " if key else f"{shown(self.source)}: "
         super().__init__(where + problem)
 
 
@@ -356,7 +364,15 @@ def _secret(raft: _Section, base: Path, env: Mapping[str, str]) -> str:
             secret = path.read_text().strip()
         except OSError as exc:
             raise ConfigError(
-                raft.source, "raft.secret_file", f"cannot read {path}: {exc.strerror}"
+                raft.source, "raft.secret_file", f"cannot read {shown(str(path))}: {exc.strerror}"
+            ) from None
+        except UnicodeDecodeError:
+            raise ConfigError(
+                raft.source, "raft.secret_file", f"{shown(str(path))} is not UTF-8 text"
+            ) from None
+        except ValueError as exc:  # a NUL byte in the name
+            raise ConfigError(
+                raft.source, "raft.secret_file", f"cannot read {shown(str(path))}: {exc}"
             ) from None
         key = "raft.secret_file"
     else:

@@ -432,6 +432,8 @@ def read_toml(path: Path) -> dict[str, Any]:
         raw = path.read_bytes()
     except OSError as exc:
         raise ConfigError(path, "", f"cannot read the file: {exc.strerror}") from None
+    except ValueError as exc:  # a NUL byte in the name
+        raise ConfigError(path, "", f"cannot read the file: {exc}") from None
     try:
         return tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
