@@ -1233,6 +1233,57 @@ def _raft_timing(cluster: Any) -> dict[str, Any]:
     }
 
 
+class RaftWatch:
+    """Polls every running node's status once a second from a thread, and
+    keeps when a node took a snapshot or saw its Raft term rise (the moments
+    latency tails are made of)."""
+
+    def __init__(self, cluster: Any) -> None:
+        self.cluster = cluster
+        self.seen: dict[int, tuple[int, int]] = {}
+        self.marks: list[tuple[float, str, str]] = []  # (time.monotonic(), node, what)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="raft-watch", daemon=True)
+
+    def __enter__(self) -> RaftWatch:
+        self._poll()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(1.0):
+            self._poll()
+
+    def _poll(self) -> None:
+        from tools.hubclient import HubError
+
+        for i in range(self.cluster.n):
+            if not self.cluster.alive(i):
+                continue
+            try:
+                raft = self.cluster.status(i)["raft"]
+            except (HubError, KeyError):
+                continue
+            now = (int(raft["snapshots_taken"]), int(raft["term"]))
+            before = self.seen.get(i)
+            self.seen[i] = now
+            if before is None:
+                continue
+            name = self.cluster.node_id(i)
+            if now[0] > before[0]:
+                self.marks.append((time.monotonic(), name, "snapshot"))
+            if now[1] > before[1]:
+                self.marks.append((time.monotonic(), name, f"term {now[1]}"))
+
+    def between(self, t0: float, t1: float) -> list[str]:
+        """'<seconds after t0> <node> <what>' for the marks in [t0, t1) (1 s polling)."""
+        return [f"{t - t0:.0f} s {n} {w}" for t, n, w in self.marks if t0 <= t < t1]
+
+
 def _batches_for(rate: float, seconds: float, devices: int, batch_readings: int) -> int:
     return math.ceil(rate * seconds / batch_readings / devices) + 2 * WINDOW
 
@@ -1267,6 +1318,7 @@ def _closed_loop(
         if w0 <= t < w1
     ]
     return {
+        "w0": w0,
         "readings": n,
         "seconds": w1 - w0,
         "rate": n / (w1 - w0),
@@ -1321,6 +1373,7 @@ def ingest(
                 say("connecting every device to the first hub of its list")
                 gens.call({"cmd": "connect", "hubs": {d["device_id"]: d["hubs"] for d in creds}})
                 before = _hub_counters(cluster)
+                watch = RaftWatch(cluster).__enter__()
                 pids = {
                     **_node_pids(cluster),
                     **{f"generator-{i}": p for i, p in enumerate(gens.pids)},
@@ -1350,6 +1403,7 @@ def ingest(
                 w1 = time.monotonic()
                 cpu2_use = cpu2.read()
                 stops = gens.call({"cmd": "stop"}, timeout=60)
+                watch.__exit__(None, None, None)
                 after = _hub_counters(cluster)
                 events2 = _merge_events([s["events"] for s in stops])
                 lat_pub = [x for s in stops for x in s["latency"]["pub"]]
@@ -1440,6 +1494,7 @@ def ingest(
             "rejects": rejects_1,
             "failures": failures_1,
             "raft_entries": entries,
+            "raft_events": watch.between(p1["w0"], p1["w0"] + p1["seconds"]),
             "batches_per_raft_entry": round((mid["acked"] - before["acked"]) / entries, 2)
             if entries
             else None,
@@ -1452,6 +1507,7 @@ def ingest(
             "samples": len(lat_ms),
             "ack_latency_ms_p90": round(percentile(lat_ms, 90), 1),
             "ack_latency_ms_max": round(max(lat_ms), 1),
+            "raft_events": watch.between(w0, w1),
             "ack_latency_ms_p99_by_5s": [
                 round(percentile(part, 99), 1) if part else None
                 for part in _slices(lat_sel, w0, w1, 5.0)
