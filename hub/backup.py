@@ -70,6 +70,7 @@ from hub.store import (
     NODE_LOCAL_META,
     SNAPSHOT_MAGIC,
     SNAPSHOT_VERSION,
+    UNHASHED_TABLES,
     Snapshot,
     SnapshotError,
     Store,
@@ -308,15 +309,18 @@ def read_snapshot(f: IO[bytes]) -> SnapshotSummary:
             applied = _U64.unpack(v)[0]
             continue
         head = b"T" + bytes([len(table)]) + table.encode()
+        hashed = table not in UNHASHED_TABLES  # as Store.content_hash
         if not k:
-            total.update(head)
+            if hashed:
+                total.update(head)
             tables[table] = hashlib.sha256(head)
             rows[table] = 0
             continue
         if table == "meta" and k in NODE_LOCAL_META:
             continue
         rec = _U32.pack(len(k)) + k + _U32.pack(len(v)) + v
-        total.update(rec)
+        if hashed:
+            total.update(rec)
         tables[table].update(rec)
         rows[table] += 1
         people.add(table, k, v)

@@ -827,9 +827,17 @@ def _unpack_decision(decision_id: str, value: bytes) -> e.Decision:
     return e.Decision(decision_id, dev, e.Tier(tier), at_ms, cmd, bytes(value[i:]))
 
 
+# Tables outside the content hash: the node table is the cluster's topology
+# (where each hub listens), not content, so a cluster restored on other
+# machines (aiot restore) holds the same content hash as its source.
+UNHASHED_TABLES: Final = frozenset({"nodes"})
+
+
 def _content_hash(txn: Any, dbs: dict[str, Any]) -> str:
     h = hashlib.sha256()
     for name in TABLES:  # sorted
+        if name in UNHASHED_TABLES:
+            continue
         h.update(b"T" + bytes([len(name)]) + name.encode())
         for k, v in txn.cursor(db=dbs[name]):
             if name == "meta" and k in NODE_LOCAL_META:

@@ -55,7 +55,8 @@ def fill(cluster: LocalCluster) -> dict[str, Any]:
     )
     cluster.add_device("plug-idle")
     cmd = c.post(
-        "/v1/commands", {"device": "plug-idle", "action": "relay.set", "params": {"on": False}}
+        "/v1/commands",
+        {"device": "plug-idle", "action": "relay.set", "params": {"on": False}, "deadline_s": 3600},
     )
     readings = c.get("/v1/devices/plug-1/readings", limit=100_000)["readings"]
     return {
@@ -102,7 +103,9 @@ def test_backup_then_restore_into_a_fresh_cluster(tmp_path: Path) -> None:
         assert again.returncode == 2 and "not empty" in again.stderr
 
         new.start(90)
-        converged(new)
+        # The restored cluster holds the source's content (its node table,
+        # the new addresses, is topology and outside the hash).
+        assert converged(new) == held["hash"]
         c = new.client(2)
         assert c.get("/v1/devices/plug-1/readings", limit=100_000)["readings"] == held["readings"]
         assert c.get(f"/v1/commands/{held['command']['command_id']}")["state"] == "PENDING"
@@ -133,7 +136,7 @@ def test_backup_then_restore_into_a_fresh_cluster(tmp_path: Path) -> None:
         assert now.applied_index > manifest["source"]["applied_index"]
 
         # New commands are fenced above every term the source used.
-        cmd = c.post("/v1/commands", {"device": "plug-2", "action": "reboot"})
+        cmd = c.post("/v1/commands", {"device": "plug-2", "action": "reboot", "deadline_s": 3600})
         assert cmd["term"] > manifest["source"]["term"] + 1000
 
         # A node that loses its data catches up from the restored snapshot
