@@ -173,5 +173,8 @@ def test_readings_dropped_offline_are_declared_and_the_watermark_moves_on(
     assert acker.watermark("plug-1") == total
     # It may drop again while the first batches go out (it samples fast into
     # tiny slots), so the declarations can be several; each moved the hub on.
-    assert 0 < acker.logs["plug-1"].lost_before <= dropped + 1
+    # A later declaration may also name readings the hub already acknowledged
+    # (erased, not dropped), so lost_before is not bounded by the drops; what
+    # is: only the oldest `dropped` readings can be missing.
+    assert 0 < acker.logs["plug-1"].lost_before <= total + 1
     assert acker.received("plug-1") >= set(range(dropped + 1, total + 1))
