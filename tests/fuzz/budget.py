@@ -55,6 +55,7 @@ class Tally:
     examples: int = 0
     inputs: int = 0
     kinds: dict[str, int] = field(default_factory=dict)
+    outcomes: dict[str, int] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
     seconds: float = 0.0
 
@@ -65,16 +66,23 @@ class Tally:
         self.inputs += n
         self.kinds[kind] = self.kinds.get(kind, 0) + n
 
+    def note(self, outcome: str) -> None:
+        """Count an outcome (not an input): how many inputs reached a path."""
+        self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+
     def done(self) -> str:
         self.seconds = time.monotonic() - self.started
         RESULTS[self.name] = self
-        kinds = ", ".join(f"{k} {v}" for k, v in sorted(self.kinds.items()))
-        line = (
-            f"fuzz {self.name}: {self.inputs} inputs in {self.examples} examples, "
-            f"{self.seconds:.1f} s ({kinds})"
-        )
+        line = f"fuzz {self.name}: {self.summary()}"
         print(line)
         return line
+
+    def summary(self) -> str:
+        kinds = ", ".join(f"{k} {v}" for k, v in sorted(self.kinds.items()))
+        out = f"{self.inputs} inputs, {self.examples} examples, {self.seconds:.1f} s ({kinds})"
+        if self.outcomes:
+            out += "; outcomes: " + ", ".join(f"{k} {v}" for k, v in sorted(self.outcomes.items()))
+        return out
 
 
 RESULTS: dict[str, Tally] = {}

@@ -12,7 +12,4 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         return
     terminalreporter.section(f"fuzz inputs ({ENV}: 100 examples -> {examples(100)})")
     for t in RESULTS.values():
-        kinds = ", ".join(f"{k} {v}" for k, v in sorted(t.kinds.items()))
-        terminalreporter.line(
-            f"{t.name}: {t.inputs} inputs, {t.examples} examples, {t.seconds:.1f} s ({kinds})"
-        )
+        terminalreporter.line(f"{t.name}: {t.summary()}")
