@@ -89,8 +89,9 @@ def test_200_decisions_are_valid_json_naming_an_allowed_action(model: Path) -> N
     assert len(cases) == 200
 
     async def main() -> list[tuple[Scenario, LlmResult]]:
-        # Two threads only to halve the run: validity does not depend on them.
-        async with LlmWorker(model, threads=2) as w:
+        # One thread, the default: more threads than free cores make llama.cpp
+        # wait at its barriers, far slower on a busy machine.
+        async with LlmWorker(model) as w:
             return [
                 (s, await w.decide(s.capabilities, s.facts, s.policy, deadline_ms=GENEROUS_MS))
                 for s in cases
