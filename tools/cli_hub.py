@@ -733,6 +733,9 @@ def register(app: typer.Typer) -> None:
 
     cli_anomaly.register_models(models_app)
     cli_anomaly.register_eval(eval_app)
+    from tools import cli_models
+
+    eval_app.command("decisions")(cli_models.decisions)
     app.add_typer(models_app, name="models")
     app.add_typer(eval_app, name="eval")
     app.command("ask")(ask)

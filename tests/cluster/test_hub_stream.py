@@ -4,6 +4,7 @@ command events arrive; a viewer sees only their devices' events."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 from pathlib import Path
@@ -30,10 +31,8 @@ class Listener:
         self.connected = threading.Event()
 
     def _run(self, url: str, token: str) -> None:
-        try:
+        with contextlib.suppress(httpx.HTTPError):  # the node stopped under the stream
             self._read(url, token)
-        except httpx.HTTPError:  # the node stopped under the stream
-            pass
 
     def _read(self, url: str, token: str) -> None:
         headers = {"Authorization": f"Bearer {token}"}
