@@ -360,6 +360,9 @@ class CommandsResult:
     executed_twice: int = 0  # command ids that ran more than once
     by_state: dict[str, int] = field(default_factory=dict)  # the ledger's final states
     executed_not_done: int = 0  # ran, but the ledger says otherwise (documented limits)
+    # accepted by the API, then refused by the device: the command carried a
+    # term below one the device had already seen (the proposer's stale view)
+    stale_term: list[str] = field(default_factory=list)
     violations: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -369,6 +372,10 @@ def check_commands(
     """D. ``ledger``: command id -> its record from the API (state, device_id)."""
     res = CommandsResult()
     res.by_state = dict(sorted(Counter(str(r["state"]) for r in ledger.values()).items()))
+    for cid, entry in sorted(ledger.items()):
+        result = entry.get("result") or {}
+        if (result.get("payload") or {}).get("reason") == "STALE_TERM":
+            res.stale_term.append(cid)
     for h in devices:
         counts = Counter(h.executed)
         res.executed += len(h.executed)
@@ -1276,6 +1283,7 @@ class Campaign:
             "commands_by_state": commands.by_state,
             "commands_open_at_end": still_open,
             "commands_executed_not_done": commands.executed_not_done,
+            "commands_stale_term": len(commands.stale_term),
             "converged": converged,
             "max_recovery_s": worst,
             "recovery_limit_s": self.limit,

@@ -216,6 +216,20 @@ def test_command_check_reports_a_ledger_that_disagrees_with_the_device() -> None
 
 
 @pytest.mark.unit
+def test_command_check_counts_commands_the_device_refused_for_a_stale_term() -> None:
+    # Not a violation (nothing ran twice), but an accepted command that never ran.
+    stale = {"payload": {"status": "REJECTED", "reason": "STALE_TERM"}}
+    ledger = {
+        "c1": {"device_id": "plug-01", "state": "REJECTED", "result": stale},
+        "c2": {"device_id": "plug-01", "state": "DONE", "result": {"payload": {"reason": "NONE"}}},
+    }
+    h = _device()
+    h.executed = ["c2"]
+    res = check_commands([h], ledger)
+    assert res.stale_term == ["c1"] and res.violations == []
+
+
+@pytest.mark.unit
 def test_convergence_check() -> None:
     assert check_convergence({"hub-1": "ab", "hub-2": "ab"}) == (True, [])
     ok, v = check_convergence({"hub-1": "ab", "hub-2": "cd"})
