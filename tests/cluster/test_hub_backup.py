@@ -136,7 +136,10 @@ def test_backup_then_restore_into_a_fresh_cluster(tmp_path: Path) -> None:
         assert now.applied_index > manifest["source"]["applied_index"]
 
         # New commands are fenced above every term the source used.
-        cmd = c.post("/v1/commands", {"device": "plug-2", "action": "reboot", "deadline_s": 3600})
+        # To a device no hub holds: no delivery marks it SENT between the hash reads below.
+        cmd = c.post(
+            "/v1/commands", {"device": "plug-idle", "action": "reboot", "deadline_s": 3600}
+        )
         assert cmd["term"] > manifest["source"]["term"] + 1000
 
         # A node that loses its data catches up from the restored snapshot
