@@ -12,7 +12,7 @@ import typer
 from protocol import messages as m
 from protocol import wire
 from protocol.errors import CodecError
-from tools import cli_firmware, cli_hub, cli_ops
+from tools import cli_chaos, cli_firmware, cli_hub, cli_ops
 
 app = typer.Typer(
     name="aiot",
@@ -31,6 +31,7 @@ app.add_typer(protocol_app, name="protocol")
 cli_hub.register(app)
 cli_ops.register(app)
 cli_firmware.register(app)
+cli_chaos.register(app)
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
@@ -233,6 +234,78 @@ def bench_failover(
     except (BenchError, BrokerError, ClusterError) as exc:
         raise _fail(str(exc)) from None
     _emit(result, json_out)
+
+
+@bench_app.command("soak")
+def bench_soak(
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    minutes: Annotated[float, typer.Option(min=0.1, help="Minutes of paced load.")] = 30.0,
+    rate: Annotated[
+        float | None,
+        typer.Option(min=1, help="Readings/s offered (default: half the measured maximum)."),
+    ] = None,
+    devices: Annotated[int, typer.Option(min=1, help="Simulated devices (CPython).")] = 48,
+    micropython_devices: Annotated[
+        int, typer.Option(min=0, help="Plugs running the firmware on MicroPython.")
+    ] = 3,
+    sample_s: Annotated[
+        float, typer.Option(min=1, help="Seconds between memory and descriptor samples.")
+    ] = 10.0,
+    warmup_s: Annotated[
+        float | None,
+        typer.Option(min=0, help="Growth is measured from here (default: a fifth, at most 120)."),
+    ] = None,
+) -> None:
+    """Hub cluster at half the maximum rate for a long while: RSS, descriptors, convergence."""
+    from tools.bench import BenchError
+    from tools.bench_soak import soak
+    from tools.cluster import ClusterError
+    from tools.mosquitto import BrokerError
+
+    try:
+        result = soak(
+            minutes=minutes,
+            rate=rate,
+            devices=devices,
+            micropython_devices=micropython_devices,
+            sample_s=sample_s,
+            warmup_s=warmup_s,
+            say=_progress,
+        )
+    except (BenchError, BrokerError, ClusterError) as exc:
+        raise _fail(str(exc)) from None
+    _emit(result, json_out)
+
+
+@bench_app.command("all")
+def bench_all(
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    quick: Annotated[bool, typer.Option(help="Tiny sizes for every benchmark (tests).")] = False,
+    write: Annotated[bool, typer.Option(help="Rewrite the report with this run.")] = True,
+    out: Annotated[Path, typer.Option(help="The report to rewrite.")] = Path("docs/BENCHMARKS.md"),
+    soak_minutes: Annotated[float, typer.Option(min=0.1, help="Minutes of the soak.")] = 3.0,
+    only: Annotated[
+        str | None, typer.Option(help="Comma-separated subset, e.g. codec,soak.")
+    ] = None,
+) -> None:
+    """Every benchmark in one go: one JSON object, one report with a history."""
+    from tools.bench import BenchError
+    from tools.bench_all import BENCHES, attach_previous, run_all, write_report
+
+    chosen = BENCHES if only is None else tuple(b.strip() for b in only.split(",") if b.strip())
+    try:
+        summary = run_all(quick, soak_minutes, chosen, _progress)
+    except BenchError as exc:
+        raise _fail(str(exc)) from None
+    attach_previous(summary, out)
+    if write and not summary["errors"]:
+        write_report(summary, out)
+        summary["report"] = str(out)
+    else:
+        summary["report"] = None
+    _emit(summary, json_out)
+    if summary["errors"]:
+        raise typer.Exit(1)
 
 
 @protocol_app.command("decode")

@@ -52,6 +52,7 @@ def test_help_lists_exactly_the_working_groups() -> None:
         "backup",
         "restore",
         "firmware",
+        "chaos",
     }
     assert listed_commands(aiot("hub", "--help").stdout) == {"run", "install-service"}
     assert listed_commands(aiot("device", "--help").stdout) == {"add", "list", "show", "remove"}
@@ -68,6 +69,8 @@ def test_help_lists_exactly_the_working_groups() -> None:
         "ingest",
         "failover",
         "decide",
+        "soak",
+        "all",
     }
     assert listed_commands(aiot("protocol", "--help").stdout) == {"decode", "walkthrough"}
 
