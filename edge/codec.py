@@ -465,9 +465,15 @@ class _Reader:
         if ln > self.n or end >= self.n or self.b[end] != 0:
             raise CodecError("bad_string", "%s of length %d" % (name, ln))
         try:
-            return str(bytes(self.b[pos + 4 : end]), "utf-8")
+            s = str(bytes(self.b[pos + 4 : end]), "utf-8")
         except UnicodeError:
             raise CodecError("bad_utf8", name)
+        if len(s) != ln:  # not plain ASCII: see edge/utf8.py
+            from edge.utf8 import well_formed
+
+            if not well_formed(self.b, pos + 4, end):
+                raise CodecError("bad_utf8", name)
+        return s
 
     def vector(self, pos, size, name):
         count = self.u("<I", pos, 4)

@@ -150,3 +150,30 @@ def test_fuzz_edge_codec_under_micropython() -> None:
     one()
     tally.done()
     assert tally.inputs >= tally.examples * 10 > 0
+
+
+# -- what the fuzzing found, kept as plain cases ----------------------------------------------
+
+ILL_FORMED = {
+    "overlong 2-byte": b"\xc0\xaf",
+    "overlong 3-byte": b"\xe0\x80\xaf",
+    "surrogate": b"\xed\xa0\x80",
+    "past U+10FFFF": b"\xf4\x90\x80\x80",
+}
+
+
+@pytest.mark.parametrize("sequence", list(ILL_FORMED.values()), ids=list(ILL_FORMED))
+def test_fuzz_finding_ill_formed_utf8_is_refused_as_by_the_official_runtime(
+    sequence: bytes,
+) -> None:
+    # MicroPython's str(bytes, "utf-8") takes these; CPython and the hub do not.
+    micropython()
+    env = wire.encode(m.CommitAck("plug-07", 1, 2))
+    at = env.index(b"plug-07")
+    bad = env[:at] + sequence + env[at + len(sequence) :]
+    with pytest.raises(CodecError) as official:
+        wire.decode(bad)
+    assert official.value.reason == "bad_utf8"
+    [res] = micropython_codec([{"op": "decode", "hex": bad.hex()}], heap="96k")
+    assert (res["ok"], res.get("reason")) == (False, "bad_utf8"), res
+    assert cpython_outcome(bad, signed=False) == {"error": "CodecError", "reason": "bad_utf8"}
