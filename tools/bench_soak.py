@@ -128,6 +128,20 @@ def slope_per_hour(times: Sequence[float], values: Sequence[float]) -> float | N
     return sum((t - mt) * (v - mv) for t, v in zip(times, values, strict=True)) / den * 3600
 
 
+FD_WINDOW: Final = 6  # samples at each end whose fewest descriptors are compared
+
+
+def fd_growth(fds: Sequence[int]) -> int | None:
+    """The fewest descriptors over the last FD_WINDOW samples minus the fewest
+    over the first ones: a leak raises both ends' floor, while a descriptor
+    open at the moment of one sample (a snapshot file being written, a peer
+    reconnecting) does not."""
+    if len(fds) < 2:
+        return None
+    w = max(1, min(FD_WINDOW, len(fds) // 2))
+    return min(fds[-w:]) - min(fds[:w])
+
+
 def summarize(series: list[dict[str, Any]], warmup_s: float) -> dict[str, Any]:
     """Growth figures of one process from its samples (t, rss, anon, file in
     KiB, fds), over the samples taken at or after ``warmup_s``."""
@@ -136,7 +150,10 @@ def summarize(series: list[dict[str, Any]], warmup_s: float) -> dict[str, Any]:
         return {"samples_after_warmup": len(after)}
     first, last = after[0], after[-1]
     fds = [s["fds"] for s in after if s["fds"] is not None]
-    slope = slope_per_hour([s["t"] for s in after], [s["rss_kib"] / 1024 for s in after])
+    times = [s["t"] for s in after]
+    slope = slope_per_hour(times, [s["rss_kib"] / 1024 for s in after])
+    half = after[len(after) // 2 :]
+    anon_slope = slope_per_hour([s["t"] for s in half], [s["anon_kib"] / 1024 for s in half])
     return {
         "samples_after_warmup": len(after),
         "rss_mib_first": round(first["rss_kib"] / 1024, 1),
@@ -149,16 +166,39 @@ def summarize(series: list[dict[str, Any]], warmup_s: float) -> dict[str, Any]:
         "rss_file_mib_first": round(first["file_kib"] / 1024, 1),
         "rss_file_mib_last": round(last["file_kib"] / 1024, 1),
         "rss_slope_mib_per_h": None if slope is None else round(slope, 2),
+        "rss_anon_slope_mib_per_h_second_half": None
+        if anon_slope is None
+        else round(anon_slope, 2),
         "fds_first": first["fds"],
         "fds_last": last["fds"],
+        "fds_min": min(fds) if fds else None,
         "fds_max": max(fds) if fds else None,
-        "fd_growth": None
+        "fd_last_minus_first": None
         if first["fds"] is None or last["fds"] is None
         else last["fds"] - first["fds"],
+        "fd_growth": fd_growth(fds),
     }
 
 
 # -- the generator, with frames freed once acknowledged -----------------------------------
+
+
+class _SoakDev(bh._Dev):
+    """A generator device whose per-batch time arrays grow by one entry per
+    batch built (bench_hub's ``_Dev.build`` extends them from a bytes object,
+    which adds eight entries per batch: harmless in a one-minute benchmark,
+    hundreds of MiB over a long soak)."""
+
+    def build(self, total: int) -> None:
+        have = len(self.packets)
+        if total <= have:
+            return
+        self.packets.extend(self.maker.packet(k) for k in range(have, total))
+        zeros = array.array("d", bytes(8 * (total - have)))
+        self.pub_t.extend(zeros)
+        self.rel_t.extend(zeros)
+        for k in {have, (have + total) // 2, total - 1}:
+            self.maker.check(k)
 
 
 class SoakGenerator(bh.Generator):
@@ -168,6 +208,8 @@ class SoakGenerator(bh.Generator):
 
     def __init__(self, spec: dict[str, Any]) -> None:
         super().__init__(spec)
+        for dev in self.devs:
+            dev.__class__ = _SoakDev
         self.trimmed = [0] * len(self.devs)
 
     async def command(self, cmd: dict[str, Any]) -> dict[str, Any]:
