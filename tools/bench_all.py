@@ -289,7 +289,12 @@ def machine() -> dict[str, Any]:
         from tools.bench import micropython_binary
 
         proc = subprocess.run(
-            [micropython_binary(), "-c", "import sys; print(sys.version)"],
+            [
+                micropython_binary(),
+                "-c",
+                "import sys; v = sys.implementation.version; "
+                "print('.'.join(str(x) for x in v[:3]), *v[3:])",
+            ],
             capture_output=True,
             text=True,
             timeout=10,
@@ -508,7 +513,7 @@ def render_table(summary: dict[str, Any], previous: dict[str, str]) -> str:
         f"Measured {date} by {kind} in {minutes:.0f} minutes, on {m.get('cpu')} "
         f"({m.get('cores')} cores, {m.get('memory_mib', 0) / 1024:.0f} GiB), Linux "
         f"{m.get('kernel')}, CPython {m.get('python')}, MicroPython "
-        f"{(m.get('micropython') or 'missing').split(';')[0]}, {m.get('mosquitto')}. {shared}",
+        f"{m.get('micropython') or 'missing'} (unix port), {m.get('mosquitto')}. {shared}",
         "",
         "| figure | value | baseline (same run) | ratio | bar | met | previous | command |",
         "| --- | ---: | ---: | ---: | --- | --- | ---: | --- |",
