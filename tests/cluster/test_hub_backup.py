@@ -20,7 +20,7 @@ from protocol import topics, wire
 from tests.cluster.hubs import converged, running_cluster
 from tests.cluster.test_hub_e2e import batch
 from tests.cluster.test_hub_ops import publish
-from tests.support import ROOT
+from tests.support import ROOT, wait_until
 from tools.cluster import LocalCluster
 
 pytestmark = pytest.mark.cluster
@@ -119,7 +119,15 @@ def test_backup_then_restore_into_a_fresh_cluster(tmp_path: Path) -> None:
         assert httpx.get(f"{c.url}/v1/backup").status_code == 401
 
         # Every table equals the source's but the node table, which now holds
-        # the new cluster's addresses (each node announced itself at start).
+        # the new cluster's addresses: each node announces itself once it sees
+        # a leader, so wait until node 2 has applied all three announcements.
+        want = {(new.node_id(i), f"127.0.0.1:{new.ports[i].raft}") for i in range(3)}
+
+        def announced() -> bool:
+            nodes = c.get("/v1/cluster")["nodes"]
+            return {(n["node_id"], n["raft"]) for n in nodes} == want
+
+        wait_until(announced, 60, "every restored node's new address in the node table")
         fresh = tmp_path / "fresh.snap"
         with httpx.stream(
             "GET", f"{c.url}/v1/backup", headers={"Authorization": f"Bearer {new_token(new)}"}
@@ -130,9 +138,7 @@ def test_backup_then_restore_into_a_fresh_cluster(tmp_path: Path) -> None:
             now = read_snapshot(f)
         differ = {t for t, h in now.table_hashes.items() if manifest["table_hashes"].get(t) != h}
         assert differ == {"nodes"}, differ
-        assert {(n["node_id"], n["raft"]) for n in now.registry["nodes"]} == {
-            (new.node_id(i), f"127.0.0.1:{new.ports[i].raft}") for i in range(3)
-        }
+        assert {(n["node_id"], n["raft"]) for n in now.registry["nodes"]} == want
         assert now.applied_index > manifest["source"]["applied_index"]
 
         # New commands are fenced above every term the source used.
