@@ -597,7 +597,13 @@ def main(config_path: Path) -> int:
     """`aiot hub run`: 0 after a clean shutdown, 2 when it cannot start."""
     from hub import config as config_mod
     from hub import logs
+    from hub.ingest import mutation_from_env
 
+    try:
+        mutation_from_env()
+    except ValueError as exc:
+        print(f"aiot hub: {exc}", file=sys.stderr, flush=True)
+        return 2
     try:
         cfg = config_mod.load(config_path)
     except ConfigError as exc:

@@ -45,6 +45,14 @@ Errors (the hierarchy; every one carries a machine-readable ``reason``)::
 
 ``handle`` turns Rejected and RaftError into an Outcome, counts it and logs
 one line; anything else is a bug and propagates.
+
+Deliberate bugs, for the fault-injection campaign's self-test only
+(docs/chaos.md "Mutation check"): ``AIOT_HUB_MUTATION=ack_before_commit`` in
+the daemon's environment makes ``handle`` ack a valid batch as soon as it is
+enqueued, before its proposal commits, and propose it once (no retry during
+an election). A proposal that then fails (an election, a killed or
+partitioned leader) loses readings the device was told are stored, which the
+campaign's check L must report. Any other value refuses to start.
 """
 
 from __future__ import annotations
@@ -52,6 +60,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import os
 import struct
 import time
 from collections import Counter
@@ -71,6 +80,20 @@ from protocol.generated import aiot_generated as g
 from protocol.verify import verify
 
 log = logging.getLogger(__name__)
+
+MUTATION_ENV: Final = "AIOT_HUB_MUTATION"
+MUTATIONS: Final = frozenset({"ack_before_commit"})
+
+
+def mutation_from_env() -> str:
+    """The deliberate bug named by ``AIOT_HUB_MUTATION`` ("" when unset).
+    Raises ValueError for a name that is not one of MUTATIONS."""
+    name = os.environ.get(MUTATION_ENV, "").strip()
+    if name and name not in MUTATIONS:
+        known = ", ".join(sorted(MUTATIONS))
+        raise ValueError(f"{MUTATION_ENV}={name!r} is not a known mutation (known: {known})")
+    return name
+
 
 REASONS: Final = (
     "bad_topic",  # not aiot/v1/<valid id>/up
@@ -490,8 +513,17 @@ class Ingest:
         config: IngestConfig,
         clock: Callable[[], int] = wall_ms,
         retry_s: float = RETRY_S,
+        mutation: str | None = None,
     ) -> None:
         self.node_id = node_id
+        self.mutation = mutation_from_env() if mutation is None else mutation
+        if self.mutation:
+            log.critical(
+                "%s=%s: a deliberate bug for the fault-injection self-test is on; "
+                "acknowledged readings can be lost",
+                MUTATION_ENV,
+                self.mutation,
+            )
         self._registry = registry
         self._config = config
         self._clock = clock
@@ -500,7 +532,7 @@ class Ingest:
             window_s=config.batch_window_ms / 1000,
             max_entries=config.batch_max_entries,
             max_bytes=config.batch_max_bytes,
-            retry_s=retry_s,
+            retry_s=0.0 if self.mutation == "ack_before_commit" else retry_s,
         )
         self._inflight: dict[str, dict[int, _InFlight]] = {}
         self._token = 0
@@ -551,6 +583,8 @@ class Ingest:
             fut = self._batcher.submit(valid.entry)
         except NotReady as exc:
             return self._failed(valid.device_id, exc)
+        if self.mutation == "ack_before_commit":
+            return self._acked_early(valid, fut)
         token = self._track(valid.batch)
         try:
             result = await fut
@@ -583,6 +617,27 @@ class Ingest:
             mine.pop(token, None)
             if not mine:
                 del self._inflight[device_id]
+
+    def _acked_early(self, valid: Valid, fut: asyncio.Future[ApplyResult]) -> Outcome:
+        """The ack_before_commit mutation: the batch's last sequence number is
+        acked now; the proposal's outcome is only logged when it comes."""
+
+        token = self._track(valid.batch)
+
+        def done(f: asyncio.Future[ApplyResult]) -> None:
+            self._untrack(valid.device_id, token)
+            if not f.cancelled() and f.exception() is not None:
+                log.warning(
+                    "ack_before_commit: a batch acked early was not committed: %s",
+                    f.exception(),
+                    extra={"device": valid.device_id},
+                )
+
+        fut.add_done_callback(done)
+        self.acked += 1
+        last = valid.batch.last_seq
+        ack = commit_ack(valid.device_id, last, valid.key, self._clock)
+        return Outcome(Status.ACKED, valid.device_id, "", "", last, ack)
 
     def _applied(self, valid: Valid, result: ApplyResult) -> Outcome:
         dev = valid.device_id

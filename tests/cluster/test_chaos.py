@@ -6,7 +6,10 @@ on recorded histories, one failure at a time."""
 
 from __future__ import annotations
 
+import os
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import lmdb
@@ -14,7 +17,7 @@ import pytest
 
 from hub.store import DATA_FILE, TABLES
 from tests.cluster.hubs import need_mosquitto
-from tests.support import micropython
+from tests.support import ROOT, micropython
 from tools import chaos
 from tools.chaos import (
     KINDS,
@@ -109,6 +112,44 @@ def test_a_campaign_reports_a_planted_loss(tmp_path: Path) -> None:
     assert any(v["check"] == "C" for v in violations)
     assert summary["readings_lost"] == 10
     assert summary["converged"] is False
+
+
+@pytest.mark.cluster
+@pytest.mark.micropython
+def test_a_campaign_catches_a_hub_that_acks_before_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The deliberate bug (hub/ingest.py, AIOT_HUB_MUTATION): every hub acks a
+    # batch once it is enqueued and proposes it once. Seed 31's second fault
+    # partitions the leader for 4.6 s; the batches the other hubs acked during
+    # the election never commit, and L must say so.
+    _campaign_prereqs()
+    monkeypatch.setenv("AIOT_HUB_MUTATION", "ack_before_commit")
+    summary = chaos.run(CI_SEED, 20.0, 3, 4, workdir=tmp_path, log=print, converge_limit_s=30.0)
+    _show(summary)
+    violations = summary["violations"]
+    assert isinstance(violations, list)
+    assert any(v["check"] == "L" for v in violations), violations
+    assert summary["readings_lost"] > 0
+    # Each hub said the bug was on.
+    logs = [p.read_text(errors="replace") for p in tmp_path.rglob("*.log")]
+    assert sum("AIOT_HUB_MUTATION=ack_before_commit" in text for text in logs) >= 3
+
+
+@pytest.mark.integration
+def test_an_unknown_mutation_stops_the_hub_at_start(tmp_path: Path) -> None:
+    env = dict(os.environ, AIOT_HUB_MUTATION="ack_twice", PYTHONPATH=str(ROOT))
+    out = subprocess.run(
+        [sys.executable, "-m", "tools.cli", "hub", "run", "--config", str(tmp_path / "x.toml")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2
+    assert "AIOT_HUB_MUTATION='ack_twice' is not a known mutation" in out.stderr
+    assert "ack_before_commit" in out.stderr
 
 
 # -- the schedule ------------------------------------------------------------------------
