@@ -25,6 +25,11 @@ KEYS = {
     "hot_swap_ms",
     "llm_accuracy",
     "llm_invalid_rate",
+    "swap_decisions_per_s",
+    "swap_baseline_decisions_per_s",
+    "swap_count",
+    "swap_failed",
+    "swap_dropped",
 }
 
 
@@ -61,3 +66,9 @@ def test_bench_decide_prints_every_figure() -> None:
     assert result["control_loop_ms_p50"] <= result["control_loop_ms_p99"]
     assert 0.0 <= result["llm_accuracy"] <= 1.0 and 0.0 <= result["llm_invalid_rate"] <= 1.0
     assert result["rules_fired"] > 0
+    # Ten hot swaps under load: every window judged, none failed, the engine saw each model.
+    assert result["swap_count"] == 10 and result["swap_seen_by_engine"] == 10
+    assert result["swap_failed"] == 0 and result["swap_dropped"] == 0
+    assert result["swap_decisions"] > 0 and result["swap_decisions_per_s"] > 0
+    assert result["swap_baseline_decisions_per_s"] > 0
+    assert result["bars"]["swap_failed==0"] and result["bars"]["swap_dropped==0"]
