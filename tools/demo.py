@@ -13,6 +13,11 @@ The demo keeps its state in ``--dir`` (default ``.aiot-demo``) between runs;
 ``--fresh`` starts empty. ``demo.json`` there holds what a client needs:
 each hub's HTTP URL and broker port, the monitoring MQTT login (reads
 ``aiot/v1/#``), the admin token and the dashboard login.
+
+Every hub's ``/metrics`` is scraped once the hubs are up and again at the
+end (after the plugs stop), and parsed with prometheus-client's parser; the
+summary's ``metrics`` holds each counter's increase over the demo, summed over
+the hubs and the labels.
 """
 
 from __future__ import annotations
@@ -26,6 +31,9 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from hub import auth
 from hub.broker import find_mosquitto
@@ -53,6 +61,61 @@ class DemoError(RuntimeError):
     pass
 
 
+# (sample name, sorted labels) -> value, for one hub's counters.
+CounterSamples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+class MetricsError(RuntimeError):
+    pass
+
+
+def scrape_counters(url: str, timeout: float = 10.0) -> tuple[set[str], CounterSamples]:
+    """One hub's counters from its /metrics (no token), parsed with
+    prometheus-client's parser: the ``_total`` names of every counter family
+    it declares (samples or not yet), and each ``_total`` sample's value."""
+    try:
+        r = httpx.get(f"{url}/metrics", timeout=timeout)
+    except httpx.HTTPError as exc:
+        raise MetricsError(f"not reachable: {exc}") from None
+    if r.status_code != 200:
+        raise MetricsError(f"answered {r.status_code}")
+    names: set[str] = set()
+    samples: CounterSamples = {}
+    try:
+        for fam in text_string_to_metric_families(r.text):
+            if fam.type != "counter":
+                continue
+            total = fam.name + "_total"
+            names.add(total)
+            for s in fam.samples:
+                if s.name == total:  # not _created
+                    samples[(s.name, tuple(sorted(s.labels.items())))] = float(s.value)
+    except Exception as exc:  # the parser raises ValueError and others on bad text
+        raise MetricsError(f"did not parse as Prometheus text: {exc!r}") from None
+    if not names:
+        raise MetricsError("declares no counter")
+    return names, samples
+
+
+def counter_deltas(
+    start: dict[str, tuple[set[str], CounterSamples]],
+    end: dict[str, tuple[set[str], CounterSamples]],
+) -> dict[str, int | float]:
+    """Each counter's increase from ``start`` to ``end`` (node -> scrape),
+    summed over the nodes scraped both times and over the labels. A series
+    lower at the end restarted from zero, so its end value is its increase."""
+    names: set[str] = set()
+    for n, _ in (*start.values(), *end.values()):
+        names |= n
+    out = dict.fromkeys(sorted(names), 0.0)
+    for node in start.keys() & end.keys():
+        before = start[node][1]
+        for key, value in end[node][1].items():
+            was = before.get(key, 0.0)
+            out[key[0]] += value - was if value >= was else value
+    return {k: int(v) if v.is_integer() else round(v, 3) for k, v in out.items()}
+
+
 def _runtime() -> str:
     from tools.bench import BenchError, micropython_binary
 
@@ -72,7 +135,7 @@ class Demo:
         fresh: bool = False,
         say: Say = print,
     ) -> None:
-        self.root = root
+        self.root = root.resolve()  # the plugs run in their own directories
         self.n_hubs = hubs
         self.n_devices = devices
         self.fresh = fresh
@@ -84,6 +147,8 @@ class Demo:
         self.errors: list[str] = []
         self.acked: dict[str, int] = {}
         self.devices_stopped = False
+        self.metrics_start: dict[str, tuple[set[str], CounterSamples]] = {}
+        self.metrics: dict[str, int | float] = {}
 
     # -- setup ------------------------------------------------------------------------
 
@@ -110,6 +175,7 @@ class Demo:
         except ClusterError as exc:
             raise DemoError(f"the hubs did not come up: {exc} (try --fresh)") from None
         say(f"hub cluster up: leader {cluster.node_id(cluster.leader())}")
+        self.metrics_start = self.scrape_metrics("start")
         client = cluster.any_client()
         password = self._dashboard_user(client)
         runtime = "MicroPython" if self.runtime == "micropython" else "CPython"
@@ -204,6 +270,30 @@ class Demo:
             "alerts": alerts,
         }
 
+    def scrape_metrics(self, when: str) -> dict[str, tuple[set[str], CounterSamples]]:
+        """Every hub's counters (node id -> scrape); a failure goes to errors."""
+        assert self.cluster is not None
+        c = self.cluster
+        out: dict[str, tuple[set[str], CounterSamples]] = {}
+        for i, p in enumerate(c.ports):
+            node = c.node_id(i)
+            try:
+                out[node] = scrape_counters(f"http://127.0.0.1:{p.http}")
+            except MetricsError as exc:
+                self.errors.append(f"metrics at the {when}: {node} /metrics {exc}")
+        return out
+
+    def finish_metrics(self) -> None:
+        """Scrape the hubs again; the counters' increases go to the summary."""
+        end = self.scrape_metrics("end")
+        self.metrics = counter_deltas(self.metrics_start, end)
+        moved = [f"{k} +{v}" for k, v in self.metrics.items() if v > 0]
+        still = [k for k, v in self.metrics.items() if not v > 0]
+        self.say(
+            f"counters moved on the hubs' /metrics: {', '.join(moved) or 'none'}"
+            + (f"; unchanged: {', '.join(still)}" if still else "")
+        )
+
     def run(self, duration: float | None, every_s: float = 5.0) -> None:
         """Until ``duration`` passes (None: until Ctrl-C), a line every few seconds."""
         stop = {"now": False}
@@ -263,6 +353,7 @@ class Demo:
             "commands_executed": final.get("commands_executed", 0),
             "decisions_by_tier": final.get("decisions_by_tier", {}),
             "alerts": final.get("alerts", 0),
+            "metrics": self.metrics,
             "errors": self.errors,
         }
 
@@ -286,6 +377,7 @@ def run_demo(
             final = demo.progress()
         except (HubError, ClusterError) as exc:
             demo.errors.append(f"final status: {exc}")
+        demo.finish_metrics()
     finally:
         say("stopping the hubs")
         demo.stop()

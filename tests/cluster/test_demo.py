@@ -24,8 +24,19 @@ KEYS = {
     "commands_executed",
     "decisions_by_tier",
     "alerts",
+    "metrics",
     "errors",
 }
+# Counters that must move during the demo: committed readings and acked
+# batches (ingest, apply), decisions, commands published and their results.
+MOVING = (
+    "aiot_ingest_readings_total",
+    "aiot_readings_applied_total",
+    "aiot_ingest_acked_batches_total",
+    "aiot_decisions_total",
+    "aiot_command_publications_total",
+    "aiot_command_results_total",
+)
 
 
 def test_demo_runs_the_energy_scenario_and_summarizes_it(tmp_path: Path) -> None:
@@ -59,6 +70,14 @@ def test_demo_runs_the_energy_scenario_and_summarizes_it(tmp_path: Path) -> None
     assert summary["readings_committed"] >= summary["readings_acked_by_devices"]
     assert summary["alerts"] >= 1 and summary["commands_executed"] >= 1, summary
     assert summary["errors"] == []
+    # Every hub's /metrics, scraped at the start and the end and parsed with
+    # prometheus-client's parser (a failure would be in errors): each counter
+    # family's increase, summed over the hubs and the labels.
+    metrics = summary["metrics"]
+    assert metrics and all(k.endswith("_total") for k in metrics), metrics
+    assert all(isinstance(v, int | float) and v >= 0 for v in metrics.values()), metrics
+    not_moved = [k for k in MOVING if not metrics.get(k, 0) > 0]
+    assert not_moved == [], f"did not move during the demo: {not_moved}; {metrics}"
     doc = json.loads((tmp_path / "demo" / "demo.json").read_text())
     assert len(doc["hubs"]) == 3 and doc["monitor"]["user"] == "monitor" and doc["admin_token"]
     assert "dashboard:" in out.stderr and "login:" in out.stderr
