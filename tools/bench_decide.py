@@ -15,8 +15,8 @@
   (hub/engine.py: the rules tier on each of its 60 power and 60 energy
   readings, the window scored by the ONNX tier at the engine's swap point, the
   anomaly rules on the score), offered as fast as the event loop takes them,
-  round robin over 20 plugs. Counted from the start of the first swap to the
-  end of the last: ``swap_failed`` (exceptions or windows the ONNX tier could
+  round robin over 20 plugs. One activation every 0.5 s; counted from the
+  start of the first swap to the end of the last (about 5 s): ``swap_failed`` (exceptions or windows the ONNX tier could
   not score) and ``swap_dropped`` (windows the readings completed but no
   decision judged). Baseline: the same loop for 1 s without swaps
   (``swap_baseline_decisions_per_s``). The guard and the Raft proposal of a
@@ -124,6 +124,7 @@ def onnx_figures(calls: int = 2000) -> dict[str, Any]:
 
 SWAPS = 10
 SWAP_DEVICES = 20
+SWAP_EVERY_S = 0.5  # one activation every half second: the rate is over about 5 s
 
 
 async def _swap_under_load(
@@ -238,6 +239,8 @@ async def _swap_under_load(
         say(f"  no swap: {(b1[2] - b0[2]) / (b1[0] - b0[0]):.0f} decisions/s")
         s0 = snapshot()
         for n in range(swaps):
+            if n:
+                await asyncio.sleep(SWAP_EVERY_S)
             to = "a" if n % 2 == 0 else "b"
             swapped.clear()
             await reg.propose_activation(node, "anomaly", to)
