@@ -190,6 +190,9 @@ class Hub:
             raft, ruleset, guard, cfg.decisions, models=self.models
         )
         self.engine.llm = engine_mod.llm_tier(cfg.decisions)
+        # /metrics: aiot_decisions_total, the latency histogram, aiot_model_loads_total
+        self.engine.on_decision = metrics.observe_decision
+        self.models.on_load = metrics.count_model_load
         self.ingest = Ingest(self.node_id, _RegistryView(raft), raft, cfg.ingest)
         self.delivery = Delivery(
             self.node_id, raft, self._publish, retry_s=cfg.commands.retry_ms / 1000

@@ -316,11 +316,15 @@ class ModelRegistry:
         except AnomalyError as exc:
             log.error("the shipped anomaly model does not load: %s", exc)
             self.errors["anomaly"] = str(exc)
+            if self.on_load is not None:
+                self.on_load("anomaly", False)
             return
         ms = (time.monotonic() - t0) * 1000
         self.active["anomaly"] = Loaded(
             "anomaly", f"shipped-{model.version}", model.sha256, model, time.time(), ms
         )
+        if self.on_load is not None:
+            self.on_load("anomaly", True)
 
     async def sync(self) -> None:
         """Fetch missing bytes; load what is activated but not active here."""
