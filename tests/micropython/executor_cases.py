@@ -156,7 +156,9 @@ class Device:
     def actuations(self) -> list[dict[str, Any]]:
         if not self.log.exists():
             return []
-        lines = self.log.read_text().splitlines()
+        # "\n" only: str.splitlines also breaks at U+0085 and U+2028, which
+        # json.dumps on MicroPython leaves raw in a command's parameters.
+        lines = self.log.read_text().split("\n")[:-1]
         return [from_wire(json.loads(line)) for line in lines]
 
     def ran(self) -> list[str]:
