@@ -138,6 +138,7 @@ class Hub:
                 cfg.data_dir,
                 cfg.raft.secret,
                 snapshot_min_entries=staggered(cfg.raft.snapshot_min_entries, cfg.node_id),
+                snapshot_format=cfg.raft.snapshot_format,
                 timing=raft_timing(cfg),
             )
         except SecretError as exc:

@@ -20,6 +20,7 @@ The format, with defaults:
     secret_file = "cluster.secret"    # exactly one of secret_file, secret_env
     secret_env = "AIOT_CLUSTER_SECRET"
     snapshot_min_entries = 10000      # log compaction threshold
+    snapshot_format = "image"         # image (LMDB's own copy) | stream (portable)
     election_min_ms = 400             # election timeout, drawn in min..max
     election_max_ms = 1400
 
@@ -125,6 +126,7 @@ class RaftConfig:
     snapshot_min_entries: int
     election_min_ms: int = 400
     election_max_ms: int = 1400
+    snapshot_format: str = "image"  # image | stream (hub/DESIGN.md "Snapshots")
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,6 +327,7 @@ _KNOWN: Final = {
         "secret_file",
         "secret_env",
         "snapshot_min_entries",
+        "snapshot_format",
         "election_min_ms",
         "election_max_ms",
     ),
@@ -429,6 +432,7 @@ def parse(doc: Mapping[str, Any], source: Path, env: Mapping[str, str] | None = 
         raft.get("snapshot_min_entries", int_range(100, 10_000_000), 10_000),
         raft.get("election_min_ms", int_range(50, 60_000), 400),
         raft.get("election_max_ms", int_range(50, 60_000), 1400),
+        raft.get("snapshot_format", one_of("image", "stream"), "image"),
     )
     if raft_cfg.election_max_ms <= raft_cfg.election_min_ms:
         raise ConfigError(source, "raft.election_max_ms", "must be above raft.election_min_ms")

@@ -57,11 +57,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Final, TypeVar
 
+import lmdb
 from pysyncobj import FAIL_REASON, SERIALIZER_STATE, SyncObj, SyncObjConf, replicated
 from pysyncobj.node import TCPNode
 
 from hub.store import (
     DEFAULT_MAP_SIZE,
+    IMAGE_MAGIC,
     SNAPSHOT_MAGIC,
     ApplyResult,
     Snapshot,
@@ -79,7 +81,7 @@ DUMP_FILE: Final = "raft.dump"
 DUMP_MAGIC: Final = b"AIOTRAFT"
 DUMP_VERSION: Final = 1
 _DUMP_HEADER = struct.Struct(">8sHI")  # magic, version, length of the JSON meta
-_SNAP_HEADER = struct.Struct(">8sHQ")  # the store stream's own header (hub/store.py)
+_SNAP_HEADER = struct.Struct(">8sHQ")  # how a store stream or image starts (hub/store.py)
 
 
 # -- errors ----------------------------------------------------------------------------
@@ -220,7 +222,7 @@ def _read_dump_header(f: BinaryIO) -> tuple[RaftEntry, RaftEntry, list[str], int
         raise SnapshotError("bad_raft_meta", str(exc)) from None
     start = f.tell()
     snap = f.read(_SNAP_HEADER.size)
-    if len(snap) != _SNAP_HEADER.size or snap[:8] != SNAPSHOT_MAGIC:
+    if len(snap) != _SNAP_HEADER.size or snap[:8] not in (IMAGE_MAGIC, SNAPSHOT_MAGIC):
         raise SnapshotError("bad_magic", "no store snapshot after the raft data")
     f.seek(start)
     return last, prev, cluster, _SNAP_HEADER.unpack(snap)[2]
@@ -259,6 +261,7 @@ class RaftNode:
         *,
         snapshot_min_entries: int = 10_000,
         snapshot_min_time_s: float = 3600.0,
+        snapshot_format: str = "image",
         timing: RaftTiming | None = None,
         map_size: int = DEFAULT_MAP_SIZE,
     ) -> None:
@@ -285,6 +288,9 @@ class RaftNode:
         self._snap_state = SERIALIZER_STATE.NOT_SERIALIZING
         self._snap_error: BaseException | None = None
         self._snap_cancelled = False
+        if snapshot_format not in ("image", "stream"):
+            raise ValueError(f"snapshot_format: expected image or stream, not {snapshot_format!r}")
+        self.snapshot_format = snapshot_format
         self.snapshots_taken = 0
         self.snapshots_installed = 0
         # Called on pysyncobj's thread after each apply, and with an empty
@@ -402,9 +408,16 @@ class RaftNode:
 
     def _write_dump(self, snap: Snapshot, raft_data: list[Any]) -> None:
         try:
-            with snap, open(self._partial, "wb") as out:
+            with snap, open(self._partial, "w+b") as out:
                 _write_dump_header(out, raft_data)
-                snap.write_to(out)
+                if self.snapshot_format == "stream":
+                    snap.write_to(out)
+                else:
+                    try:
+                        snap.write_image(out)  # LMDB's compacting copy, off the GIL
+                    except lmdb.Error as exc:
+                        log.warning("raft snapshot: LMDB could not copy (%s); a stream", exc)
+                        snap.write_to(out)
                 out.flush()
                 os.fsync(out.fileno())
         except BaseException as exc:

@@ -99,6 +99,12 @@ REASONS: Final = APPLY_REASONS + e.REASONS
 
 SNAPSHOT_MAGIC: Final = b"AIOTSNAP"
 SNAPSHOT_VERSION: Final = 1
+# The same view as a compacted LMDB file (Snapshot.write_image): what a Raft
+# dump holds. Its header starts as the stream's does (magic, version, index).
+IMAGE_MAGIC: Final = b"AIOTLMDB"
+IMAGE_VERSION: Final = 1
+_IMAGE_HEADER: Final = struct.Struct(">8sHQQ")  # magic, version, applied index, image bytes
+_CHUNK: Final = 1 << 20
 _INSTALL_COMMIT_EVERY: Final = 65536
 _RECORD_VERSION: Final = 1
 
@@ -861,6 +867,7 @@ class Snapshot:
     """
 
     def __init__(self, env: Any, dbs: dict[str, Any]) -> None:
+        self._env = env
         self._txn = env.begin(write=False)
         self._dbs = dbs
         self.applied_index = _applied_index(self._txn, dbs)
@@ -897,6 +904,45 @@ class Snapshot:
         out.write(digest)
         return total + len(digest)
 
+    def write_image(self, out: BinaryIO) -> int:
+        """Write the view as a compacted LMDB file: a header (IMAGE_MAGIC,
+        version, applied index, image length), the image, its SHA-256.
+
+        LMDB copies it (mdb_env_copyfd2 with MDB_CP_COMPACT, on this read
+        transaction) in C with the GIL released, about fifty times faster
+        than ``write_to`` walks the records in Python; the digest is read
+        back from the file in 1 MiB chunks. ``out`` must be a regular file
+        opened for reading and writing ("w+b"). Returns the bytes written.
+        Raises lmdb.Error when LMDB cannot copy (the file is then cut back to
+        where it started; ``write_to`` still works)."""
+        out.flush()
+        fd = out.fileno()
+        start = out.tell()
+        out.write(_IMAGE_HEADER.pack(IMAGE_MAGIC, IMAGE_VERSION, self.applied_index, 0))
+        out.flush()
+        body = out.tell()
+        try:
+            self._env.copyfd(fd, compact=True, txn=self._txn)
+        except lmdb.Error:
+            out.seek(start)
+            out.truncate()
+            raise
+        end = os.lseek(fd, 0, os.SEEK_END)
+        h = hashlib.sha256()
+        pos = body
+        while pos < end:
+            chunk = os.pread(fd, min(_CHUNK, end - pos), pos)
+            if not chunk:
+                raise OSError(f"snapshot image: short read at {pos} of {end}")
+            h.update(chunk)
+            pos += len(chunk)
+        out.seek(start)
+        out.write(_IMAGE_HEADER.pack(IMAGE_MAGIC, IMAGE_VERSION, self.applied_index, end - body))
+        out.seek(end)
+        out.write(h.digest())
+        out.flush()
+        return end + len(h.digest()) - start
+
     def close(self) -> None:
         self._txn.abort()
 
@@ -921,10 +967,61 @@ class _HashingReader:
         return b
 
 
-def _restore_stream(env: Any, f: BinaryIO) -> int:
+def _restore_image(f: BinaryIO, tmp: Path) -> int:
+    """An image (Snapshot.write_image) from ``f``, after its magic, into the
+    new file ``tmp``: copied, digest checked, synced; then its meta is
+    checked. Returns its applied index."""
+    head = f.read(_IMAGE_HEADER.size - len(IMAGE_MAGIC))
+    if len(head) != _IMAGE_HEADER.size - len(IMAGE_MAGIC):
+        raise SnapshotError("truncated", "snapshot image header")
+    _, version, applied, length = _IMAGE_HEADER.unpack(IMAGE_MAGIC + head)
+    if version != IMAGE_VERSION:
+        raise SnapshotError("bad_version", f"snapshot image version {version}")
+    h = hashlib.sha256()
+    with open(tmp, "wb") as out:
+        left = length
+        while left:
+            chunk = f.read(min(_CHUNK, left))
+            if not chunk:
+                raise SnapshotError("truncated", f"image: {length - left} of {length} bytes")
+            h.update(chunk)
+            out.write(chunk)
+            left -= len(chunk)
+        out.flush()
+        os.fsync(out.fileno())
+    if f.read(32) != h.digest():
+        raise SnapshotError("bad_digest", "snapshot image digest does not match")
+    try:
+        env = lmdb.open(str(tmp), subdir=False, readonly=True, lock=False, max_dbs=len(TABLES))
+    except lmdb.Error as exc:
+        raise SnapshotError(
+            "bad_image",
+            f"LMDB cannot open the snapshot image ({exc}); an image made on a machine "
+            "with another word size or byte order needs raft.snapshot_format = "
+            '"stream" on every node',
+        ) from None
+    try:
+        with env.begin() as txn:
+            meta_db = env.open_db(b"meta", txn=txn, create=False)
+            fmt = txn.get(_META_FORMAT, db=meta_db)
+            got = txn.get(_META_APPLIED, db=meta_db)
+    except lmdb.Error as exc:
+        raise SnapshotError("bad_image", str(exc)) from None
+    finally:
+        env.close()
+    if fmt != _U32.pack(STORE_FORMAT):
+        raise SnapshotError("bad_format", f"store format {fmt!r}")
+    if (got or _U64.pack(0)) != _U64.pack(applied):
+        raise SnapshotError("bad_index", "header and meta disagree on the applied index")
+    return int(applied)
+
+
+def _restore_stream(env: Any, f: BinaryIO, magic: bytes) -> int:
+    """A snapshot stream (Snapshot.write_to) from ``f``, after its magic."""
     r = _HashingReader(f)
-    if r.read(8) != SNAPSHOT_MAGIC:
+    if magic != SNAPSHOT_MAGIC:
         raise SnapshotError("bad_magic", "not a store snapshot")
+    r.h.update(magic)
     version, applied = struct.unpack(">HQ", r.read(10))
     if version != SNAPSHOT_VERSION:
         raise SnapshotError("bad_version", f"snapshot version {version}")
@@ -1326,11 +1423,14 @@ class Store:
     def install(
         cls, path: str | os.PathLike[str], snapshot: BinaryIO, map_size: int = DEFAULT_MAP_SIZE
     ) -> int:
-        """Replace the store at ``path`` with a snapshot stream, atomically.
+        """Replace the store at ``path`` with a snapshot, atomically: a stream
+        (``Snapshot.write_to``) or an image (``Snapshot.write_image``), told
+        apart by their magic.
 
-        The stream is verified (digest, order, format) while it is written to
-        a new LMDB next to the old one; only then is the new file synced and
-        renamed over the old. The store must not be open (in any process).
+        A stream is verified (digest, order, format) while it is written to
+        a new LMDB next to the old one; an image is copied there, its digest
+        checked, and its meta (format, applied index) read back. Only then is
+        the new file synced and renamed over the old. The store must not be open (in any process).
         Returns the snapshot's applied index. On SnapshotError the old store
         is untouched.
         """
@@ -1338,15 +1438,23 @@ class Store:
         root.mkdir(parents=True, exist_ok=True)
         tmp, data = root / INSTALL_FILE, root / DATA_FILE
         _unlink(tmp, _lock_of(tmp))
-        env = _open_env(tmp, map_size, durable=False)
-        try:
-            applied = _restore_stream(env, snapshot)
-            env.sync(True)
-        except BaseException:
+        magic = snapshot.read(len(SNAPSHOT_MAGIC))
+        if magic == IMAGE_MAGIC:
+            try:
+                applied = _restore_image(snapshot, tmp)
+            except BaseException:
+                _unlink(tmp, _lock_of(tmp))
+                raise
+        else:
+            env = _open_env(tmp, map_size, durable=False)
+            try:
+                applied = _restore_stream(env, snapshot, magic)
+                env.sync(True)
+            except BaseException:
+                env.close()
+                _unlink(tmp, _lock_of(tmp))
+                raise
             env.close()
-            _unlink(tmp, _lock_of(tmp))
-            raise
-        env.close()
         _fsync_path(tmp)
         # A lock file outlives its data file; the new file starts with a new one.
         _unlink(_lock_of(data))

@@ -92,6 +92,7 @@ def main() -> None:
     ap.add_argument("--peers", default="")
     ap.add_argument("--data", required=True)
     ap.add_argument("--snapshot-min-entries", type=int, default=10_000)
+    ap.add_argument("--snapshot-format", default="image")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
     node = RaftNode(
@@ -100,6 +101,7 @@ def main() -> None:
         args.data,
         os.environ.get("AIOT_TEST_SECRET"),
         snapshot_min_entries=args.snapshot_min_entries,
+        snapshot_format=args.snapshot_format,
         timing=TEST_TIMING,
         map_size=64 << 20,
     )

@@ -15,6 +15,8 @@ import aiomqtt
 import pytest
 
 from hub import auth
+from hub.raft import DUMP_FILE, _read_dump_header
+from hub.store import IMAGE_MAGIC
 from protocol import messages as m
 from protocol import topics, wire
 from tests.cluster.hubs import (
@@ -148,6 +150,11 @@ def test_follower_catches_up_through_a_snapshot(tmp_path: Path) -> None:
         converged(cluster)
         assert cluster.status(follower)["raft"]["snapshots_installed"] >= 1
         assert_exactly_once(cluster, {"plug-s": stats["watermark"]})
+        # What the follower installed is a Raft dump holding LMDB's compacted
+        # copy of the leader's store (hub/store.py Snapshot.write_image).
+        with open(cluster.data_dir(follower) / DUMP_FILE, "rb") as f:
+            _read_dump_header(f)
+            assert f.read(len(IMAGE_MAGIC)) == IMAGE_MAGIC
 
 
 def test_full_restart_keeps_every_acknowledged_reading(tmp_path: Path) -> None:

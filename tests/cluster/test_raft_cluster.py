@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 from hub import entries as e
-from hub.raft import RaftNode, SecretError
+from hub.raft import DUMP_FILE, RaftNode, SecretError, _read_dump_header
+from hub.store import IMAGE_MAGIC, SNAPSHOT_MAGIC
 from protocol import messages as m
 from tests.support import ROOT, free_port, wait_until
 
@@ -271,8 +272,13 @@ def test_a_node_with_the_wrong_secret_receives_nothing(cluster: Cluster) -> None
     assert result == {"error": "DeadlineExceeded", "reason": "deadline_exceeded"}
 
 
-def test_a_follower_behind_the_compacted_log_catches_up_by_snapshot(cluster: Cluster) -> None:
-    nodes = cluster.start(3, "--snapshot-min-entries", "20")
+@pytest.mark.parametrize("fmt", ["image", "stream"])
+def test_a_follower_behind_the_compacted_log_catches_up_by_snapshot(
+    cluster: Cluster, fmt: str
+) -> None:
+    # image: LMDB's compacting copy (the default); stream: the portable format
+    # that mixed-architecture clusters configure (raft.snapshot_format).
+    nodes = cluster.start(3, "--snapshot-min-entries", "20", "--snapshot-format", fmt)
     leader = cluster.wait_for_leader()
     _ok(leader.propose(register(), batch(1, 10)))
     cluster.wait_converged(nodes, _last_index(leader))
@@ -289,6 +295,9 @@ def test_a_follower_behind_the_compacted_log_catches_up_by_snapshot(cluster: Clu
     digest = cluster.wait_converged(others, _last_index(leader))
     assert cluster.wait_converged(nodes, _last_index(leader)) == digest
     assert lagging.status()["snapshots_installed"] >= 1
+    with open(lagging.data / DUMP_FILE, "rb") as f:
+        _read_dump_header(f)
+        assert f.read(8) == (IMAGE_MAGIC if fmt == "image" else SNAPSHOT_MAGIC)
     # Restarted again, it loads its own dump: its LMDB is already at (or past)
     # the dump's index, so nothing is installed and nothing changes.
     lagging.stop()

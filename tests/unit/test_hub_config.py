@@ -99,6 +99,15 @@ def test_good_file_with_defaults(tmp_path: Path) -> None:
     assert cfg.broker.mode == "mosquitto" and cfg.http.bind.port == 8080
     assert (cfg.log.level, cfg.log.format) == ("info", "json")
     assert cfg.ingest == c.IngestConfig(5, 64, 262144, 16384)
+    assert cfg.raft.snapshot_format == "image"
+
+
+def test_snapshot_format_stream(tmp_path: Path) -> None:
+    body = GOOD.replace(
+        'secret_env = "AIOT_TEST_SECRET"',
+        'secret_env = "AIOT_TEST_SECRET"\nsnapshot_format = "stream"',
+    )
+    assert load(tmp_path, body).raft.snapshot_format == "stream"
 
 
 def test_secret_from_file(tmp_path: Path) -> None:
@@ -147,6 +156,14 @@ def test_secret_from_file(tmp_path: Path) -> None:
         ),
         (lambda s: s.replace('"127.0.0.1:4323"', '"127.0.0.1:4322"'), "raft.peers", "twice"),
         (lambda s: s.replace('"127.0.0.1:4323"', '"nope"'), "raft.peers[1]", "host:port"),
+        (
+            lambda s: s.replace(
+                'secret_env = "AIOT_TEST_SECRET"',
+                'secret_env = "AIOT_TEST_SECRET"\nsnapshot_format = "copy"',
+            ),
+            "raft.snapshot_format",
+            "one of",
+        ),
         (lambda s: s.replace('id = "hub-1"', 'id = "hub/1"'), "node.id", "A-Z a-z"),
         (lambda s: s.replace('data_dir = "data/hub-1"\n', ""), "node.data_dir", "required"),
         (lambda s: s.replace('mode = "mosquitto"', 'mode = "rabbit"'), "broker.mode", "one of"),

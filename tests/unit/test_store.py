@@ -23,11 +23,13 @@ from hub import entries as e
 from hub.store import (
     ENERGY_WH_SENSOR,
     HOUR_MS,
+    IMAGE_MAGIC,
     SNAPSHOT_MAGIC,
     TABLES,
     HourlyEnergy,
     IncompatibleStore,
     Outcome,
+    Snapshot,
     SnapshotError,
     Store,
     StoreFull,
@@ -401,6 +403,78 @@ def test_a_damaged_snapshot_leaves_the_old_store(tmp_path: Path, damage: str) ->
         assert err.value.reason in ("bad_digest", "truncated", "bad_magic", "bad_order", "bad_tag")
         assert b.content_hash() == digest and b.device("other-1") is not None
     assert not (tmp_path / "b" / "store.mdb.install").exists()
+
+
+def _image(snap: Snapshot, path: Path, prefix: bytes = b"") -> bytes:
+    with open(path, "w+b") as out:
+        out.write(prefix)
+        n = snap.write_image(out)
+    data = path.read_bytes()
+    assert len(data) == len(prefix) + n and data[len(prefix) :].startswith(IMAGE_MAGIC)
+    return data[len(prefix) :]
+
+
+def test_an_image_is_the_view_when_it_was_taken_and_installs(tmp_path: Path) -> None:
+    # What a Raft dump holds: LMDB's compacting copy of the pinned view, written
+    # from another thread while apply goes on, after the dump's own header.
+    with open_store(tmp_path / "a") as a:
+        a.apply(numbered(LOG))
+        digest = a.content_hash()
+        snap = a.snapshot()
+        a.apply([(5, batch("plug-1", 100, 30))])
+        out: list[bytes] = []
+        writer = threading.Thread(
+            target=lambda: out.append(_image(snap, tmp_path / "dump", b"raft header"))
+        )
+        writer.start()
+        a.apply([(6, batch("plug-1", 200, 30))])
+        writer.join()
+        snap.close()
+        assert a.content_hash() != digest
+    (image,) = out
+    assert Store.install(tmp_path / "b", io.BytesIO(image), map_size=MAP) == 4
+    with open_store(tmp_path / "b") as b:
+        assert b.content_hash() == digest and b.applied_index() == 4
+        assert [r.outcome for r in b.apply([(5, batch("plug-1", 100, 30))])] == [Outcome.APPLIED]
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["store.mdb", "store.mdb-lock"]
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "length", "version"])
+def test_a_damaged_image_leaves_the_old_store(tmp_path: Path, damage: str) -> None:
+    with open_store(tmp_path / "a") as a:
+        a.apply(numbered(LOG))
+        with a.snapshot() as snap:
+            data = bytearray(_image(snap, tmp_path / "img"))
+    if damage == "flip":
+        data[len(data) // 2] ^= 0x01
+    elif damage == "truncate":
+        del data[-100:]
+    elif damage == "length":
+        data[18:26] = (len(data) * 2).to_bytes(8, "big")
+    else:
+        data[8:10] = b"\x00\x09"
+    with open_store(tmp_path / "b") as b:
+        b.apply(numbered([register("other-1")]))
+        digest = b.content_hash()
+        with pytest.raises(SnapshotError) as err:
+            b.restore(io.BytesIO(bytes(data)))
+        assert err.value.reason in ("bad_digest", "truncated", "bad_version"), err.value
+        assert b.content_hash() == digest and b.device("other-1") is not None
+    assert not (tmp_path / "b" / "store.mdb.install").exists()
+
+
+def test_an_image_and_a_stream_of_one_view_install_the_same_store(tmp_path: Path) -> None:
+    with open_store(tmp_path / "a") as a:
+        a.apply(numbered([*LOG, batch("plug-1", 20, 40)]))
+        with a.snapshot() as snap:
+            image = _image(snap, tmp_path / "img")
+            stream = io.BytesIO()
+            snap.write_to(stream)
+    Store.install(tmp_path / "i", io.BytesIO(image), map_size=MAP)
+    Store.install(tmp_path / "s", io.BytesIO(stream.getvalue()), map_size=MAP)
+    with open_store(tmp_path / "i") as i, open_store(tmp_path / "s") as st:
+        assert i.content_hash() == st.content_hash()
+        assert i.applied_index() == st.applied_index() == 5
 
 
 def test_a_leftover_partial_install_is_cleaned_on_open(tmp_path: Path) -> None:
