@@ -18,7 +18,8 @@
   round robin over 20 plugs. One activation every 0.5 s; counted from the
   start of the first swap to the end of the last (about 5 s):
   ``swap_failed`` (exceptions or windows the ONNX tier could not score) and
-  ``swap_dropped`` (windows the readings completed but no decision judged). Baseline: the same loop for 1 s without swaps
+  ``swap_dropped`` (windows the readings completed but no decision judged).
+  Baseline: the same loop for 1 s without swaps
   (``swap_baseline_decisions_per_s``). The guard and the Raft proposal of a
   decision that fires are the control loop's path, measured below.
 - ``control_loop_ms_p50/p99``: a 3-node cluster with a rule that switches a
