@@ -239,6 +239,7 @@ async def _swap_under_load(
         b1 = snapshot()
         say(f"  no swap: {(b1[2] - b0[2]) / (b1[0] - b0[0]):.0f} decisions/s")
         s0 = snapshot()
+        loads_before = len(loaded)  # the shipped model's load at start is not a swap
         for n in range(swaps):
             if n:
                 await asyncio.sleep(SWAP_EVERY_S)
@@ -271,7 +272,7 @@ async def _swap_under_load(
     return {
         "swap_decisions_per_s": round(decided / span, 1),
         "swap_baseline_decisions_per_s": round((b1[2] - b0[2]) / (b1[0] - b0[0]), 1),
-        "swap_count": sum(1 for name, ok in loaded if ok and name == "anomaly"),
+        "swap_count": sum(1 for name, ok in loaded[loads_before:] if ok and name == "anomaly"),
         "swap_failed": s1[3] - s0[3],
         "swap_dropped": (s1[1] - s0[1]) - decided,
         "swap_decisions": decided,
