@@ -44,6 +44,9 @@ def acked_total(cluster: LocalCluster) -> int:
 DEVICES = int(os.environ.get("AIOT_E2E_DEVICES", "4"))
 SECONDS = float(os.environ.get("AIOT_E2E_SECONDS", "12"))
 KILL_EVERY_S = float(os.environ.get("AIOT_E2E_KILL_EVERY_S", "5"))
+# A scaled-up run outlasts the suite's 300 s per-test timeout: give the two
+# scalable tests their run time on top of it.
+SCALED = pytest.mark.timeout(300 + 2 * SECONDS)
 
 
 def run_devices(devices: list[Device], seconds: float, during: object = None) -> dict[str, int]:
@@ -64,6 +67,7 @@ def run_devices(devices: list[Device], seconds: float, during: object = None) ->
     return stats
 
 
+@SCALED
 def test_devices_readings_are_stored_once_on_every_node(tmp_path: Path) -> None:
     with running_cluster(tmp_path) as cluster:
         devices = [provision(cluster, tmp_path, f"plug-{k}") for k in range(DEVICES)]
@@ -85,6 +89,7 @@ def test_the_embedded_broker_carries_the_same_exactly_once_ingest(tmp_path: Path
         assert_exactly_once(cluster, acked)
 
 
+@SCALED
 def test_leader_kills_under_load_lose_and_duplicate_nothing(tmp_path: Path) -> None:
     with running_cluster(tmp_path) as cluster:
         devices = [provision(cluster, tmp_path, f"plug-{k}") for k in range(3)]
