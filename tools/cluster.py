@@ -108,11 +108,16 @@ class LocalCluster:
         election_ms: tuple[int, int] = (300, 900),
         raft: dict[str, int] | None = None,
         llm: bool = False,
+        new_session: bool = False,
     ) -> None:
         """``extra``: TOML tables appended to every config; ``raft``: more
         keys for the [raft] table (snapshot_min_entries, ...); ``llm``: keep
-        the LLM tier on (off by default: each leader would load a model)."""
+        the LLM tier on (off by default: each leader would load a model);
+        ``new_session``: start each hub in its own session, out of reach of a
+        terminal's Ctrl-C (for a caller that stops them itself, as `aiot demo`
+        does)."""
         self.root = root
+        self.new_session = new_session
         self.n = nodes
         self.ports = [NodePorts(free_port(), free_port(), free_port()) for _ in range(nodes)]
         keys = {
@@ -183,6 +188,7 @@ class LocalCluster:
             env=env,
             stdout=self._logs[i],
             stderr=self._logs[i],
+            start_new_session=self.new_session,
         )
 
     def start(self, timeout: float = 60.0) -> LocalCluster:

@@ -168,7 +168,11 @@ class Demo:
         else:
             rules = ROOT / "models" / "rules" / "energy.toml"
             extra = f'[rules]\nfiles = ["{rules}"]\n'
-            cluster = LocalCluster(croot, self.n_hubs, broker=self.broker, extra=extra, llm=True)
+            # Hubs and plugs in their own sessions: a terminal's Ctrl-C reaches
+            # the demo alone, which then stops the plugs and the hubs in order.
+            cluster = LocalCluster(
+                croot, self.n_hubs, broker=self.broker, extra=extra, llm=True, new_session=True
+            )
         self.cluster = cluster
         try:
             cluster.start(120)
@@ -194,6 +198,7 @@ class Demo:
                 self.root / "devices" / device_id,
                 {**secrets_cfg, **DEVICE_TUNING},
                 runtime=self.runtime,
+                new_session=True,
             )
             self.devices.append(dev.start())
         self._write_demo_json(password)

@@ -30,9 +30,13 @@ class Device:
         heap: str = "256k",
         romfs: Path | None = None,
         runtime: str = "micropython",
+        new_session: bool = False,
     ) -> None:
         """``romfs``: run the firmware from this ROMFS image (tools/romfs.py), as
-        boards do, instead of from source."""
+        boards do, instead of from source. ``new_session``: start it in its own
+        session, out of reach of a terminal's Ctrl-C (`aiot demo` stops its
+        plugs itself)."""
+        self.new_session = new_session
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config = {"data_dir": str(workdir / "data"), **config}
@@ -64,6 +68,7 @@ class Device:
             stdout=subprocess.PIPE,
             stderr=self._log_file,
             text=True,
+            start_new_session=self.new_session,
         )
         return self
 

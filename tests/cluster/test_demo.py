@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from tests.cluster.hubs import need_mosquitto
-from tests.support import ROOT, micropython
+from tests.support import ROOT, micropython, wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.micropython]
 
@@ -81,3 +84,33 @@ def test_demo_runs_the_energy_scenario_and_summarizes_it(tmp_path: Path) -> None
     doc = json.loads((tmp_path / "demo" / "demo.json").read_text())
     assert len(doc["hubs"]) == 3 and doc["monitor"]["user"] == "monitor" and doc["admin_token"]
     assert "dashboard:" in out.stderr and "login:" in out.stderr
+
+
+def test_ctrl_c_on_the_terminal_stops_the_demo_cleanly(tmp_path: Path) -> None:
+    # A terminal's Ctrl-C sends SIGINT to the whole foreground process group.
+    # The demo's hubs and plugs run in their own sessions, so only the demo
+    # gets it: it stops the plugs and the hubs in order and summarizes.
+    need_mosquitto()
+    micropython()
+    demo = tmp_path / "demo"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tools.cli", "demo", "--json", "--fresh", "--dir", str(demo)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a shell gives a job
+    )
+    try:
+        wait_until(lambda: (demo / "demo.json").exists(), 180, "the demo's plugs started")
+        time.sleep(12)  # readings flow
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0, err[-3000:]
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["readings_committed"] > 0 and summary["readings_acked_by_devices"] > 0
+    assert summary["errors"] == [], summary["errors"]
