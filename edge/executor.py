@@ -23,8 +23,11 @@
 # failure. A handler whose work ends later returns a tuple (detail,): the
 # answer is ACCEPTED (the hub's ledger shows SENT) until finish(id, status,
 # reason, detail) replaces it with the outcome, which survives restarts like
-# any stored answer. A handler for "reboot" is optional and must not reset the machine:
-# the executor sets reboot_requested once the result is persisted.
+# any stored answer. Meanwhile finish(id, ACCEPTED, NONE, detail) makes
+# further ACCEPTED answers with news, sent but not stored (the hub's ledger
+# adds each new detail to the command's history).
+# A handler for "reboot" is optional and must not reset the machine: the
+# executor sets reboot_requested once the result is persisted.
 #
 # Checks, in order; "consumed" means the answer is persisted as the last
 # command (last_cmd_seq = seq, highest_term raised, cmd_* = the answer), so a
@@ -257,10 +260,15 @@ class Executor:
 
     def finish(self, cid, status, reason, detail):
         # The outcome of an Accepted command; None if cid is not that command
-        # (already finished, or a later command was consumed since).
+        # (already finished, or a later command was consumed since). Status
+        # ACCEPTED is news of work that goes on, not an outcome: that answer
+        # is returned to be sent and nothing is stored, so a redelivery still
+        # gets the first one.
         m = self.meta
         if m.cmd_state != CMD_DONE or m.cmd_status != _ACCEPTED or m.cmd_id != cid:
             return None
+        if status == _ACCEPTED:
+            return self._answer(cid, m.last_cmd_seq, _ACCEPTED, _NONE, _clip(detail), self._at())
         if status == _FAILED:
             self.failed += 1
         m.cmd_status = status

@@ -170,9 +170,10 @@ def check_manifest(raw, sha):
     return m
 
 
-async def fetch_bundle(url, sha, dest):
+async def fetch_bundle(url, sha, dest, progress=None):
     # Download and verify the bundle at url (ending in "/") into dest.
-    # Returns the number of files.
+    # Returns (files, bytes). progress(files, bytes), if given, is called
+    # once the manifest is verified, before the first file.
     host, port, base = parse_url(url)
     if not base.endswith("/"):
         base += "/"
@@ -186,6 +187,11 @@ async def fetch_bundle(url, sha, dest):
     await _get(host, port, base + "manifest.json", keep)
     m = check_manifest(bytes(raw), sha)
     files = m["files"]
+    total = 0
+    for name in files:
+        total += files[name][0]
+    if progress is not None:
+        progress(len(files), total)
     remove_tree(dest)
     _makedirs(dest)
     for name in sorted(files):
@@ -215,7 +221,7 @@ async def fetch_bundle(url, sha, dest):
     with open(tmp, "wb") as f:
         f.write(raw)
     os.rename(tmp, dest + "/manifest.json")
-    return len(files)
+    return len(files), total
 
 
 # CommandStatus / Reason wire values of update outcomes.
@@ -243,6 +249,8 @@ class Updater:
     #                  means a restart cut the download (FAILED)
     #   cleanup()      from the janitor: a trial boot without an ack within
     #                  ota_confirm_s resets, which uses up one trial boot
+    # On the way, further ACCEPTED answers tell the hub's ledger how it goes:
+    # the download's size, the bundle verified and the reboot, each trial boot.
     # Settings (config.json): ota_max_boots (3), ota_confirm_s (300).
     def __init__(self, apps):
         self.apps = apps
@@ -274,6 +282,10 @@ class Updater:
     def _finish(self, cid, status, reason, detail):
         self.node._queue(self.node.executor.finish(cid, status, reason, detail))
 
+    def _progress(self, cid, detail):
+        # News for the command's history in the hub's ledger (not stored here).
+        self.node._queue(self.node.executor.finish(cid, _ACCEPTED, _NONE, detail))
+
     def on_ack(self):
         if self.apps.trial:
             self.apps.confirm()  # connected and acknowledged: the update works
@@ -304,6 +316,16 @@ class Updater:
                 self._finish(rep["cmd"], _FAILED, _EXECUTION_ERROR, detail)
             apps.clear_report()
             return
+        if apps.trial:
+            st = apps.load()
+            detail = "trial boot %d of %d: app %s (%s)" % (
+                st["boots"],
+                st["max_boots"],
+                apps.running,
+                self.firmware,
+            )
+            self._progress(st["cmd"], detail)
+            return
         m = self.node.meta
         idle = not apps.trial and self.job is None and m.cmd_state == _CMD_DONE
         if idle and m.cmd_status == _ACCEPTED and m.cmd_id:
@@ -328,9 +350,15 @@ class Updater:
             cid, url, sha = self.job
             apps = self.apps
             slot = apps.other(apps.running)
+            boots = node.cfg.get("ota_max_boots", 3)
+
+            def fetching(files, size, cid=cid, slot=slot):
+                detail = "downloading %d files (%d bytes) into app %s" % (files, size, slot)
+                self._progress(cid, detail)
+
             try:
-                n = await fetch_bundle(url, sha, apps.slot_dir(slot))
-                apps.stage(slot, sha, cid, node.cfg.get("ota_max_boots", 3))
+                n, size = await fetch_bundle(url, sha, apps.slot_dir(slot), fetching)
+                apps.stage(slot, sha, cid, boots)
             except Exception as e:  # network, flash, a bad bundle: the command fails
                 self.job = None
                 self._finish(
@@ -338,6 +366,13 @@ class Updater:
                 )
                 continue
             self.staged = n
+            detail = "%d files (%d bytes) verified in app %s; rebooting to try it (%d boots)" % (
+                n,
+                size,
+                slot,
+                boots,
+            )
+            self._progress(cid, detail)
             # The answer stays ACCEPTED until the new app confirms itself.
             node.executor.reboot_requested = True
             node._wake_results.set()

@@ -241,7 +241,8 @@ def ledger_json(rec: LedgerRecord) -> dict[str, Any]:
         "deadline_ms": c.deadline_ms,
         "state": rec.state.name,
         "history": [
-            {"state": h.state.name, "at_ms": h.at_ms, "node": h.node_id} for h in rec.history
+            {"state": h.state.name, "at_ms": h.at_ms, "node": h.node_id, "detail": h.detail}
+            for h in rec.history
         ],
         "result": None if rec.result is None else m.to_dict(rec.result),
     }

@@ -107,6 +107,12 @@ _IMAGE_HEADER: Final = struct.Struct(">8sHQQ")  # magic, version, applied index,
 _CHUNK: Final = 1 << 20
 _INSTALL_COMMIT_EVERY: Final = 65536
 _RECORD_VERSION: Final = 1
+# Ledger records carry a detail with each state change since version 2;
+# version 1 records (no details) still read.
+_LEDGER_VERSION: Final = 2
+# A command's history keeps at most this many progress entries (SENT with a
+# detail): a device cannot grow a ledger record without bound.
+MAX_PROGRESS: Final = 16
 
 
 # -- errors -------------------------------------------------------------------------
@@ -207,6 +213,7 @@ class StateChange:
     state: e.LedgerState
     at_ms: int
     node_id: str
+    detail: str = ""  # the device's news of work that goes on (an ACCEPTED answer)
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,7 +296,7 @@ def _unpack_presence(device_id: str, value: bytes) -> PresenceRecord:
 
 def _pack_ledger(rec: LedgerRecord) -> bytes:
     c = rec.command
-    p = e.Packer().u8(_RECORD_VERSION)
+    p = e.Packer().u8(_LEDGER_VERSION)
     e.pack_put_command(
         p,
         e.PutCommand(
@@ -304,7 +311,7 @@ def _pack_ledger(rec: LedgerRecord) -> bytes:
     )
     p.u64(c.seq).u8(int(rec.state)).u8(len(rec.history))
     for h in rec.history:
-        p.u8(int(h.state)).u64(h.at_ms).str8(h.node_id)
+        p.u8(int(h.state)).u64(h.at_ms).str8(h.node_id).str16(h.detail)
     r = rec.result
     if r is None:
         p.u8(0)
@@ -314,11 +321,19 @@ def _pack_ledger(rec: LedgerRecord) -> bytes:
 
 
 def _unpack_ledger(value: bytes) -> LedgerRecord:
-    u = e.Unpacker(bytes(value), 1)
+    value = bytes(value)
+    u = e.Unpacker(value, 1)
     put = e.unpack_put_command(u)
     command = put.with_seq(u.u64())
     state = e.LedgerState(u.u8())
-    history = tuple(StateChange(e.LedgerState(u.u8()), u.u64(), u.str8()) for _ in range(u.u8()))
+    if value[0] == 1:
+        history = tuple(
+            StateChange(e.LedgerState(u.u8()), u.u64(), u.str8()) for _ in range(u.u8())
+        )
+    else:
+        history = tuple(
+            StateChange(e.LedgerState(u.u8()), u.u64(), u.str8(), u.str16()) for _ in range(u.u8())
+        )
     result = None
     if u.u8():
         status, reason = m.CommandStatus(u.u8()), m.Reason(u.u8())
@@ -379,6 +394,18 @@ _FINAL_FROM_STATUS: Final = {
     m.CommandStatus.REJECTED: e.LedgerState.REJECTED,
     m.CommandStatus.EXPIRED: e.LedgerState.EXPIRED,
 }
+
+
+def _is_progress(rec: LedgerRecord, detail: str) -> bool:
+    """Whether an ACCEPTED answer with ``detail`` adds to the command's history:
+    the first one does (PENDING becomes SENT), then each detail not seen yet,
+    up to MAX_PROGRESS of them."""
+    if rec.state is e.LedgerState.PENDING:
+        return True
+    if not detail:
+        return False
+    seen = [h.detail for h in rec.history if h.detail]
+    return detail not in seen and len(seen) < MAX_PROGRESS
 
 
 class _Apply:
@@ -656,10 +683,15 @@ class _Apply:
         }
         kind = e.EntryType.COMMAND_RESULT
         if res.status is m.CommandStatus.ACCEPTED:
-            if rec.state is not e.LedgerState.PENDING:
+            # The device took the command and its work goes on; each new
+            # detail is progress in the history (a redelivered one is not).
+            if rec.state.final or not _is_progress(rec, res.detail):
                 return self._result(index, part, kind, Outcome.UNCHANGED, **fields)
             new_state = e.LedgerState.SENT
             result = None
+            change = StateChange(new_state, r.at_ms, r.node_id, res.detail)
+            self._ledger_put(lkey, LedgerRecord(c, new_state, (*rec.history, change), result))
+            return self._result(index, part, kind, Outcome.APPLIED, **fields)
         else:
             if rec.result is not None:
                 return self._result(index, part, kind, Outcome.UNCHANGED, **fields)

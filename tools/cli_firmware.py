@@ -12,6 +12,7 @@ docs/flashing.md walks through it from an unboxed board.
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -228,6 +229,13 @@ def verify_cmd(
         raise typer.Exit(1)
 
 
+def _show_step(step: dict[str, Any]) -> None:
+    """One line per step of an update's history, as it reaches the ledger."""
+    at = datetime.fromtimestamp(step["at_ms"] / 1000, UTC).strftime("%H:%M:%S")
+    detail = step.get("detail") or ""
+    typer.echo(f"  {at} {step['state']:<8} {detail}".rstrip())
+
+
 @firmware_app.command("ota")
 def ota_cmd(
     device: Annotated[str, typer.Argument(help="The device to update.")],
@@ -253,7 +261,7 @@ def ota_cmd(
             rec = send(client, device, url or here, sha)
             typer.echo(f"bundle {sha} on {len(stored)} node(s); command {rec['command_id']}")
             if wait_s > 0:
-                rec = wait(client, rec["command_id"], wait_s)
+                rec = wait(client, rec["command_id"], wait_s, _show_step)
         except (OtaError, BuildError) as exc:
             raise _fail(str(exc), 1) from None
         except HubError as exc:

@@ -1,11 +1,14 @@
 """Over-the-air updates end to end: a device flashed into a virtual board runs
-against a 3-node hub cluster; `ota.update` commands go through the
-replicated ledger; the bundles come from hub/firmware.py's endpoints.
+against a 3-node hub cluster; `aiot firmware ota --wait` uploads each bundle
+to every node (hub/firmware.py's endpoints) and sends the `ota.update`
+command through the replicated ledger, printing the steps as they land.
 
 A good update switches the device to the other app slot once it is connected
 and acknowledged (the ledger says DONE). A broken update (its app raises at
 boot) uses up its trial boots, the loader rolls back, and the ledger says
-FAILED with the rollback; no reading is lost on the way."""
+FAILED with the rollback; no reading is lost on the way. The device's
+progress (the download, the verified bundle and the reboot, each trial boot
+that got as far as running) is in the command's history."""
 
 from __future__ import annotations
 
@@ -15,17 +18,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import typer
+from typer.testing import CliRunner
 
 from tests.cluster.hubs import DEVICE_TUNING, assert_exactly_once, running_cluster, watermark
-from tests.cluster.test_hub_e2e import wait_done
-from tests.firmware_support import TOKEN, RebootingBoard, bundle_server, updatable_capabilities
+from tests.firmware_support import RebootingBoard, updatable_capabilities
 from tests.support import micropython, need_tool, wait_until
+from tools import cli_firmware
 from tools.cluster import LocalCluster
 from tools.firmware.build import BOARDS, build
 from tools.firmware.flash import flash
-from tools.firmware.ota import send, upload
 from tools.firmware.virtual import SOCAT_HINT, VirtualBoard
-from tools.hubclient import HubClient
 from tools.mpybuild import ROOT
 
 pytestmark = [pytest.mark.cluster, pytest.mark.micropython]
@@ -62,20 +65,34 @@ def status_firmware(cluster: LocalCluster, device: str) -> str:
     return max(seen)[1] if seen else ""
 
 
-def update(
-    cluster: LocalCluster, files: HubClient, device: str, bundle: Path
-) -> tuple[str, dict[str, Any]]:
-    sha, url, stored = upload(files, bundle)
-    assert stored == [files.url]
-    rec = send(cluster.any_client(), device, url, sha)
-    assert rec["state"] == "PENDING" and rec["params"] == {"url": url, "sha256": sha}
-    return sha, wait_done(cluster, rec["command_id"], 180)
+def update(cluster: LocalCluster, device: str, bundle: Path) -> tuple[int, str, dict[str, Any]]:
+    """`aiot firmware ota DEVICE --wait`: (exit code, its output, the final record)."""
+    app = typer.Typer()
+    cli_firmware.register(app)
+    args = ["firmware", "ota", device, "-o", str(bundle), "-c", str(cluster.configs[0])]
+    res = CliRunner().invoke(app, [*args, "--wait", "240"])
+    out = res.output
+    sha = json.loads((bundle / "bundle.json").read_text())["bundle_sha256"]
+    assert f"bundle {sha} on 3 node(s); command " in out, out
+    rec = json.loads(out[out.index("\n{") :])
+    assert rec["params"] == {"url": f"{cluster.client(0).url}/v1/firmware/{sha}/", "sha256": sha}
+    return res.exit_code, out, rec
+
+
+def size_of(bundle: Path) -> tuple[int, int]:
+    """(files, bytes) of a bundle's app, as its OTA manifest lists them."""
+    files = json.loads((bundle / "ota" / "manifest.json").read_text())["files"]
+    return len(files), sum(size for size, _ in files.values())
+
+
+def progress(rec: dict[str, Any]) -> list[str]:
+    return [h["detail"] for h in rec["history"] if h["detail"]]
 
 
 def test_a_good_update_switches_and_a_broken_one_rolls_back(tmp_path: Path) -> None:
     micropython()
     need_tool("socat", SOCAT_HINT)
-    with running_cluster(tmp_path) as cluster, bundle_server(tmp_path / "bundles") as url:
+    with running_cluster(tmp_path) as cluster:
         registry = cluster.add_device("plug-o", capabilities=updatable_capabilities())
         first = tmp_path / "v1"
         build(BOARDS["unix"], registry, first, overrides=TUNING)
@@ -92,17 +109,30 @@ def test_a_good_update_switches_and_a_broken_one_rolls_back(tmp_path: Path) -> N
         build(BOARDS["unix"], registry, broken, root=src)
 
         board = RebootingBoard(vb).start()
-        files = HubClient(url, TOKEN)
         try:
             wait_until(lambda: watermark(cluster, 0, "plug-o") > 100, 90, "acknowledged readings")
             assert status_firmware(cluster, "plug-o") == "0.1.0+a"
 
             # 1. A good update: downloaded into app b, a trial boot, confirmed.
-            sha2, rec = update(cluster, files, "plug-o", good)
-            assert rec["state"] == "DONE", rec
+            code, out, rec = update(cluster, "plug-o", good)
+            sha2 = rec["params"]["sha256"]
+            assert code == 0 and rec["state"] == "DONE", out
             states = [h["state"] for h in rec["history"]]
             assert states[0] == "PENDING" and "SENT" in states and states[-1] == "DONE"
             assert rec["result"]["payload"]["detail"] == f"running app b (0.2.0+b:{sha2[:8]})"
+            n, size = size_of(good)
+            steps = [
+                "downloading into app b",
+                f"downloading {n} files ({size} bytes) into app b",
+                f"{n} files ({size} bytes) verified in app b; rebooting to try it (3 boots)",
+                f"trial boot 1 of 3: app b (0.2.0+b~:{sha2[:8]})",
+            ]
+            # The first two leave the device moments apart (the answer, then the
+            # manifest's size) and may be applied in either order.
+            assert sorted(progress(rec)[:2]) == sorted(steps[:2]) and progress(rec)[2:] == steps[2:]
+            for step in steps:  # printed as they reached the ledger
+                assert f" SENT     {step}\n" in out, out
+            assert out.index(steps[-1]) < out.index(" DONE\n") < out.index("\n{")
             wait_until(
                 lambda: status_firmware(cluster, "plug-o") == f"0.2.0+b:{sha2[:8]}",
                 60,
@@ -115,8 +145,9 @@ def test_a_good_update_switches_and_a_broken_one_rolls_back(tmp_path: Path) -> N
             # 2. A broken update: its app raises at every boot; 3 trial boots,
             # then the loader goes back to app b and the ledger says so.
             boots_before = board.boots
-            sha3, rec = update(cluster, files, "plug-o", broken)
-            assert rec["state"] == "FAILED", rec
+            code, out, rec = update(cluster, "plug-o", broken)
+            sha3 = rec["params"]["sha256"]
+            assert code == 1 and rec["state"] == "FAILED", out
             assert rec["result"]["payload"]["reason"] == "EXECUTION_ERROR"
             assert rec["result"]["payload"]["detail"] == (
                 "rolled back to app b: app a was not connected and acknowledged within 3 boots"
@@ -129,13 +160,21 @@ def test_a_good_update_switches_and_a_broken_one_rolls_back(tmp_path: Path) -> N
             state = json.loads((tmp_path / "board" / "ota.json").read_text())
             assert state["active"] == "b" and state["pending"] is None and state["report"] is None
             assert state["sha"]["a"] == sha3
+            # Its app never ran far enough to report a trial boot.
+            n, size = size_of(broken)
+            assert sorted(progress(rec)) == sorted(
+                [
+                    "downloading into app a",
+                    f"downloading {n} files ({size} bytes) into app a",
+                    f"{n} files ({size} bytes) verified in app a; rebooting to try it (3 boots)",
+                ]
+            )
             wait_until(
                 lambda: status_firmware(cluster, "plug-o") == f"0.2.0+b:{sha2[:8]}",
                 60,
                 "the device back on app b",
             )
         finally:
-            files.close()
             out = board.stop()
         stats = json.loads([ln for ln in out.splitlines() if ln.startswith("{")][-1])
 

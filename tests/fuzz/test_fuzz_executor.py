@@ -501,6 +501,29 @@ class Run:
             assert res is not None and _outcome(res) == (status, R.NONE)
             assert plug.state()["cmd_status"] == status
 
+    def step_progress(self, data: st.DataObject) -> None:
+        """News of the open command: an ACCEPTED answer for it, nothing stored."""
+        plug = self.plug
+        before, counter = plug.state(), plug.meta.counter
+        genuine = data.draw(st.booleans(), label="genuine id")
+        cid = before["cmd_id"] if genuine else data.draw(st.text(max_size=8), label="id")
+        detail = data.draw(st.text(max_size=200), label="detail")
+        self.tally.hit("progress")
+        res = plug.ex.finish(cid, int(S.ACCEPTED), int(R.NONE), detail)
+        open_ = (
+            before["cmd_state"] == CMD_DONE
+            and before["cmd_status"] == S.ACCEPTED
+            and before["cmd_id"] == cid
+        )
+        assert plug.state() == before and plug.meta.counter == counter
+        if not open_:
+            assert res is None
+        else:
+            self.tally.note("progress open")
+            assert res is not None and _outcome(res) == (S.ACCEPTED, R.NONE)
+            assert (res["command_id"], res["seq"]) == (cid, before["last_cmd_seq"])
+            assert detail.startswith(res["detail"]) and len(res["detail"].encode()) <= 120
+
     def step_reboot(self, data: st.DataObject) -> None:
         recover = data.draw(st.booleans(), label="recover")
         self.tally.hit("reboot")
@@ -532,7 +555,9 @@ def test_fuzz_executor_on_cpython_at_most_once_and_only_consumed_commands_change
             for _ in range(data.draw(st.integers(1, 25), label="steps")):
                 step = data.draw(
                     st.sampled_from(
-                        ["fields"] * 4 + ["frame"] * 3 + ["bad", "clock", "reboot", "finish"]
+                        ["fields"] * 4
+                        + ["frame"] * 3
+                        + ["bad", "clock", "reboot", "finish", "progress"]
                     ),
                     label="step",
                 )
@@ -546,6 +571,8 @@ def test_fuzz_executor_on_cpython_at_most_once_and_only_consumed_commands_change
                     )
                 elif step == "reboot":
                     run.step_reboot(data)
+                elif step == "progress":
+                    run.step_progress(data)
                 else:
                     run.step_finish(data)
 

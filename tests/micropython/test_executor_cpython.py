@@ -187,6 +187,31 @@ def test_exception_without_text_reports_its_type(tmp_path: Path) -> None:
     assert plug.ex.failed == 1 and plug.ex.executed == 1
 
 
+def test_progress_of_an_accepted_command_is_sent_not_stored(tmp_path: Path) -> None:
+    ota = (m.Param("url", "http://10.0.0.5:8080/v1/firmware/x/"), m.Param("sha256", "a" * 64))
+    plug = Plug(tmp_path, handlers={"ota.update": lambda p: ("downloading into app b",)})
+
+    def news(cid: str, detail: str) -> dict[str, Any] | None:
+        return plug.ex.finish(cid, int(S.ACCEPTED), int(R.NONE), detail)
+
+    assert news("c-1", "nothing is open") is None
+    res = plug.send(cmd("c-1", 1, "ota.update", ota))
+    assert outcome(res) == (S.ACCEPTED, R.NONE)
+    assert res is not None and res["detail"] == "downloading into app b"
+    saves = plug.meta.counter
+    plug.now = 2_000
+    res = news("c-1", "é" * 100)
+    assert outcome(res) == (S.ACCEPTED, R.NONE)
+    assert res is not None and (res["command_id"], res["seq"]) == ("c-1", 1)
+    assert res["detail"] == "é" * 60 and res["executed_at_ms"] == 2_000
+    assert plug.meta.counter == saves  # nothing written: the stored answer is the first
+    assert news("c-2", "another id") is None
+    stored = plug.send(cmd("c-1", 1, "ota.update", ota))  # redelivered
+    assert stored is not None and stored["detail"] == "downloading into app b"
+    assert plug.ex.finish("c-1", int(S.DONE), int(R.NONE), "running app b") is not None
+    assert news("c-1", "after the outcome") is None
+
+
 def test_recover_on_a_fresh_device_is_none(tmp_path: Path) -> None:
     plug = Plug(tmp_path)
     assert plug.ex.recover() is None

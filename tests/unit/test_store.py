@@ -24,15 +24,20 @@ from hub.store import (
     ENERGY_WH_SENSOR,
     HOUR_MS,
     IMAGE_MAGIC,
+    MAX_PROGRESS,
     SNAPSHOT_MAGIC,
     TABLES,
     HourlyEnergy,
     IncompatibleStore,
+    LedgerRecord,
     Outcome,
     Snapshot,
     SnapshotError,
+    StateChange,
     Store,
     StoreFull,
+    _pack_ledger,
+    _unpack_ledger,
 )
 from protocol import messages as m
 
@@ -713,6 +718,76 @@ def test_command_ledger(store: Store) -> None:
     assert c2 is not None and [h.state for h in c2.history] == [L.PENDING, L.EXPIRED, L.DONE]
     assert [c.command.command_id for c in store.commands("plug-1")] == ["c-1", "c-2"]
     assert store.command("c-9") is None
+
+
+def test_accepted_answers_with_news_are_progress_in_the_history(store: Store) -> None:
+    L = e.LedgerState
+    accepted = m.CommandStatus.ACCEPTED
+
+    def answer(status: m.CommandStatus, detail: str, at: int) -> bytes:
+        res = m.CommandResult("c-1", "plug-1", 1, status, detail=detail)
+        return e.encode(e.RecordResult(res, "hub-2", at))
+
+    put = e.PutCommand("c-1", "plug-1", 3, "relay.set", (m.Param("on", True),), 100, 0)
+    news = [f"step {i}" for i in range(MAX_PROGRESS + 2)]
+    results = store.apply(
+        numbered(
+            [
+                register(),
+                e.encode(put),
+                answer(accepted, "downloading", 200),  # PENDING -> SENT
+                answer(accepted, "downloading", 210),  # redelivered: nothing new
+                answer(accepted, "", 220),  # no news
+                answer(accepted, "verified; rebooting", 300),
+                *(answer(accepted, d, 400 + i) for i, d in enumerate(news)),
+                answer(m.CommandStatus.DONE, "running app b", 900),
+                answer(accepted, "late news", 950),  # after the outcome: ignored
+            ]
+        )
+    )
+    outcomes = [r.outcome for r in results[2:]]
+    kept = MAX_PROGRESS - 2  # two details came before the list
+    assert outcomes == [
+        Outcome.APPLIED,
+        Outcome.UNCHANGED,
+        Outcome.UNCHANGED,
+        Outcome.APPLIED,
+        *[Outcome.APPLIED] * kept,
+        *[Outcome.UNCHANGED] * (len(news) - kept),
+        Outcome.APPLIED,
+        Outcome.UNCHANGED,
+    ]
+    rec = store.command("c-1")
+    assert rec is not None and rec.state is L.DONE
+    assert [(h.state, h.detail) for h in rec.history] == [
+        (L.PENDING, ""),
+        (L.SENT, "downloading"),
+        (L.SENT, "verified; rebooting"),
+        *[(L.SENT, d) for d in news[:kept]],
+        (L.DONE, ""),
+    ]
+    assert rec.result is not None and rec.result.detail == "running app b"
+    assert sum(1 for h in rec.history if h.detail) == MAX_PROGRESS
+
+
+def test_a_version_1_ledger_record_still_reads(store: Store) -> None:
+    L = e.LedgerState
+    put = e.PutCommand("c-1", "plug-1", 3, "relay.set", (m.Param("on", True),), 100, 0)
+    store.apply(numbered([register(), e.encode(put)]))
+    rec = store.command("c-1")
+    assert rec is not None
+    sent = StateChange(L.SENT, 200, "hub-1")
+    v2 = _pack_ledger(LedgerRecord(rec.command, L.SENT, (*rec.history, sent), None))
+    # Version 1 had no detail after each state change's node id.
+    p = e.Packer().u8(1)
+    e.pack_put_command(p, put)
+    p.u64(1).u8(int(L.SENT)).u8(2)
+    for h in (*rec.history, sent):
+        p.u8(int(h.state)).u64(h.at_ms).str8(h.node_id)
+    p.u8(0)
+    old = _unpack_ledger(bytes(p))
+    assert old == _unpack_ledger(v2)
+    assert [(h.state, h.detail) for h in old.history] == [(L.PENDING, ""), (L.SENT, "")]
 
 
 def test_a_command_needs_a_known_device_and_action(store: Store) -> None:

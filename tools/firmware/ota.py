@@ -10,13 +10,20 @@ The device downloads ``url`` + each file, verifies every sha256 against the
 manifest whose sha256 the command carries, stages the other app slot and
 reboots into it; the command's ledger entry stays SENT until the new app is
 connected and acknowledged (DONE, "running app b ...") or the loader rolled
-back after its trial boots (FAILED, "rolled back to app a ...").
+back after its trial boots (FAILED, "rolled back to app a ..."). Meanwhile
+the device's progress lands in the entry's history, one SENT step each:
+
+    downloading into app b
+    downloading 24 files (81234 bytes) into app b
+    24 files (81234 bytes) verified in app b; rebooting to try it (3 boots)
+    trial boot 1 of 3: app b (0.2.0+b~:1f2e3d4c)
 """
 
 from __future__ import annotations
 
 import base64
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -115,16 +122,31 @@ def send(
     return rec
 
 
-def wait(client: HubClient, command_id: str, timeout: float) -> dict[str, Any]:
-    """Poll the ledger until the command is final (or the time is up)."""
+def wait(
+    client: HubClient,
+    command_id: str,
+    timeout: float,
+    on_step: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Poll the ledger until the command is final (or the time is up).
+
+    ``on_step`` gets each entry of the command's history once, as it
+    appears: the states and the device's progress (the download, the
+    reboot, each trial boot)."""
     deadline = time.monotonic() + timeout
     rec: dict[str, Any] = {}
+    shown = 0
     while True:
         try:
             rec = client.get(f"/v1/commands/{command_id}")
         except HubError as exc:
             if exc.status != 404:
                 raise
+        history = rec.get("history") or []
+        if on_step is not None:
+            for step in history[shown:]:
+                on_step(step)
+        shown = max(shown, len(history))
         if rec.get("state") not in (None, "PENDING", "SENT") or time.monotonic() > deadline:
             return rec
         time.sleep(1.0)

@@ -34,6 +34,7 @@ function stateHistory(c) {
   return c.history.map((x, i) => [
     i ? " → " : "",
     h("span", { class: "hist", title: `${fmtTime(x.at_ms)}${x.node ? ` on ${x.node}` : ""}` }, x.state),
+    x.detail ? h("span", { class: "hist-detail" }, ` (${x.detail})`) : null,
   ]);
 }
 
