@@ -164,6 +164,7 @@ def flash_cmd(
     timeout: TimeoutOpt = 10.0,
 ) -> None:
     """Copy the bundle's changed files (by sha256), then the config, then reset."""
+    from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 
     from tools.firmware.build import BuildError, load_bundle
@@ -175,17 +176,23 @@ def flash_cmd(
             if micropython is None:
                 raise _fail("--erase needs --micropython IMAGE")
             write_image(info["board"], port, micropython, uf2_drive, say=_say)
-        with Progress(
+        # The bar appears with the first file copied: an error before that
+        # (no port, no answer, the wrong board) is its one line alone.
+        bars = Progress(
             TextColumn("{task.description:<28}"),
             BarColumn(),
             DownloadColumn(),
-            transient=False,
-        ) as bars:
-            task = bars.add_task("checking the board", total=None)
+            console=Console(stderr=True),
+            transient=True,  # gone once done: the summary stays
+        )
+        task = bars.add_task("copying", total=None)
 
-            def progress(path: str, done: int, total: int) -> None:
-                bars.update(task, description=path[-28:], completed=done, total=total)
+        def progress(path: str, done: int, total: int) -> None:
+            if not bars.live.is_started:
+                bars.start()
+            bars.update(task, description=path[-28:], completed=done, total=total)
 
+        try:
             report = flash(
                 port,
                 out,
@@ -194,7 +201,9 @@ def flash_cmd(
                 timeout=timeout,
                 progress=progress,
             )
-            bars.update(task, description="done")
+        finally:
+            if bars.live.is_started:
+                bars.stop()
     except (FlashError, BuildError) as exc:
         raise _fail(str(exc), 1) from None
     typer.echo(

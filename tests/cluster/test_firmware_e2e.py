@@ -41,7 +41,7 @@ def test_build_flash_run_and_reflash_one_changed_file(tmp_path: Path) -> None:
         cfg = str(cluster.configs[1])
         # An id the registry does not know: one line, non-zero.
         code, out = run("build", "--board", "unix", "--device", "plug-x", "-c", cfg)
-        assert code == 1
+        assert code == 1 and len(out.strip().splitlines()) == 1, out
         assert "device 'plug-x' is not registered on the hub at http://127.0.0.1:" in out
         assert "aiot device add plug-x" in out
 

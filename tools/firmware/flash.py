@@ -19,6 +19,7 @@ import contextlib
 import errno
 import grp
 import importlib.util
+import io
 import os
 import shutil
 import stat
@@ -160,10 +161,17 @@ class Connection:
             self.t = SerialTransport(port, baudrate=115200)
         except TransportError as exc:
             raise FlashError(f"cannot open {port}: {exc}") from None
+        # mpremote prints whatever the port said when it cannot get a raw REPL
+        # (b'' from a silent port): the error below says it once, clearly.
+        said = io.StringIO()
         try:
-            self.t.enter_raw_repl(soft_reset=soft_reset, timeout_overall=timeout)
+            with contextlib.redirect_stdout(said):
+                self.t.enter_raw_repl(soft_reset=soft_reset, timeout_overall=timeout)
         except (TransportError, OSError) as exc:
             self.t.close()
+            heard = said.getvalue().strip()
+            if heard and heard not in ("b''", 'b""'):
+                exc = TransportError(f"{exc}; the port said {heard[:120]}")
             raise FlashError(
                 f"no answer from {port} within {timeout:g}s: is it a MicroPython board? "
                 f"(is another program holding the port? unplug and plug the board back) [{exc}]"
