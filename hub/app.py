@@ -551,6 +551,7 @@ class Hub:
                 "published": 0 if self.delivery is None else self.delivery.published,
                 "results": 0 if self.delivery is None else self.delivery.results,
                 "rejected": {} if self.delivery is None else dict(self.delivery.rejected),
+                "resends": {} if self.delivery is None else dict(self.delivery.resends),
             },
             "status_rejected": dict(self.status_rejects),
             "decisions": {} if self.engine is None else self.engine.status(),

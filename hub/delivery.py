@@ -26,6 +26,14 @@ RecordResult, whichever node receives it; the store keeps the first final
 answer. REJECTED BUSY (the device has no clock yet) is not final on the
 device, so it is not recorded either: the command is resent.
 
+The command's term is a fencing token: the device refuses a term below the
+highest it has seen (STALE_TERM). The API stamps the proposing node's view
+of the term, which can be old on a node that has just rejoined after a
+partition, although the command then commits in the new term. A committed
+command is therefore sent with at least the delivering node's current term,
+and REJECTED STALE_TERM, which the device does not consume either, is not
+recorded: the command is resent once this node knows the newer term.
+
 State lives in the ledger only; a restarted node or a new leader rebuilds
 the open set from the store and goes on.
 """
@@ -34,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -57,6 +66,8 @@ _COMMAND_KINDS: Final = (
     e.EntryType.COMMAND_STATE,
 )
 _TICK_S: Final = 0.2
+# Refusals the device does not consume: not recorded, the command is resent.
+_RESEND: Final = (m.Reason.BUSY, m.Reason.STALE_TERM)
 
 
 class Delivery:
@@ -81,6 +92,7 @@ class Delivery:
         self.published = 0
         self.results = 0
         self.rejected: dict[str, int] = {}
+        self.resends: dict[str, int] = {}  # refusals answered by resending, by reason
 
     # -- inputs ------------------------------------------------------------------------
 
@@ -113,13 +125,16 @@ class Delivery:
         if not isinstance(msg, m.CommandResult) or msg.device_id != device_id:
             self._reject("topic_mismatch", device_id, type(msg).__name__)
             return
-        if msg.status is m.CommandStatus.REJECTED and msg.reason is m.Reason.BUSY:
+        if msg.status is m.CommandStatus.REJECTED and msg.reason in _RESEND:
+            reason = msg.reason.name.lower()
             log.info(
-                "command %s busy on %s: resending later",
+                "command %s refused by %s (%s): resending later",
                 msg.command_id,
                 device_id,
-                extra={"device": device_id, "command_id": msg.command_id, "reason": "busy"},
+                msg.detail or reason,
+                extra={"device": device_id, "command_id": msg.command_id, "reason": reason},
             )
+            self.resends[reason] = self.resends.get(reason, 0) + 1
             return
         entry = e.encode(e.RecordResult(msg, self.node_id, self._clock()))
         try:
@@ -225,6 +240,9 @@ class Delivery:
         last = self._sent_at.get(c.command_id)
         if last is not None and time.monotonic() - last < self._retry_s:
             return
+        term = self._raft.status().term
+        if term > c.term:  # committed: fenced by the term it is delivered in
+            c = dataclasses.replace(c, term=term)
         frame = wire.seal(wire.encode(c), device.key)
         await self._publish(topics.topic(device_id, "down"), frame)
         self._sent_at[c.command_id] = time.monotonic()

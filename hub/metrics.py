@@ -464,6 +464,11 @@ class _HubCollector(Collector):
             "Device command results refused, by reason.",
             {} if d is None else dict(d.rejected),
         )
+        yield _by_reason(
+            "aiot_command_resends",
+            "Device refusals answered by resending the command (busy, stale_term), by reason.",
+            {} if d is None else dict(d.resends),
+        )
 
     def _broker(self, hub: Hub) -> Iterator[Metric]:
         b = hub.broker
