@@ -974,6 +974,8 @@ def _env() -> dict[str, str]:
 class Generators:
     """The generator processes, driven line by line."""
 
+    MODULE = "tools.bench_hub"  # whose `generate` entry point the processes run
+
     def __init__(
         self,
         work: Path,
@@ -991,7 +993,7 @@ class Generators:
             log = work / f"generator-{i}.log"
             with log.open("w") as err:
                 proc = subprocess.Popen(
-                    [sys.executable, "-m", "tools.bench_hub", "generate"],
+                    [sys.executable, "-m", self.MODULE, "generate"],
                     stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE,
                     stderr=err,

@@ -49,7 +49,6 @@ import contextlib
 import math
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -237,45 +236,7 @@ class SoakGenerator(bh.Generator):
 class SoakGenerators(bh.Generators):
     """bench_hub.Generators, with the processes running SoakGenerator."""
 
-    def __init__(
-        self,
-        work: Path,
-        devices: list[dict[str, Any]],
-        procs: int,
-        batch_readings: int,
-        window: int,
-    ) -> None:
-        self.procs = []
-        self.logs = []
-        self.shares = []
-        groups = [devices[i::procs] for i in range(procs)]
-        for i, group in enumerate(grp for grp in groups if grp):
-            log = work / f"generator-{i}.log"
-            with log.open("w") as err:
-                proc = subprocess.Popen(
-                    [sys.executable, "-m", "tools.bench_soak", "generate"],
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                    stderr=err,
-                    text=True,
-                    cwd=ROOT,
-                    env=dict(os.environ, PYTHONPATH=str(ROOT)),
-                )
-            self.procs.append(proc)
-            self.logs.append(log)
-            self.shares.append(len(group) / len(devices))
-            self._send(
-                proc,
-                {
-                    "cmd": "init",
-                    "devices": group,
-                    "batch_readings": batch_readings,
-                    "window": window,
-                    "ack_timeout_s": None,
-                },
-            )
-        for i in range(len(self.procs)):
-            self._answer(i, 60)
+    MODULE = "tools.bench_soak"
 
     def __enter__(self) -> SoakGenerators:
         return self
