@@ -16,6 +16,7 @@ Every node's output goes to ``DIR/<node>/hub.log``.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import secrets
 import signal
@@ -31,6 +32,18 @@ from tools.hubclient import HubClient, HubError
 from tools.mosquitto import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """``preexec_fn`` for a child in its own session (``start_new_session``):
+    SIGTERM when the process that started it dies, however it dies (a kill
+    -9 included), so that nothing outlives `aiot demo`. Linux only; the
+    child is spawned from the main thread, whose exit would count too."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
 @dataclass(frozen=True)
@@ -115,7 +128,8 @@ class LocalCluster:
         the LLM tier on (off by default: each leader would load a model);
         ``new_session``: start each hub in its own session, out of reach of a
         terminal's Ctrl-C (for a caller that stops them itself, as `aiot demo`
-        does)."""
+        does), and stopped with SIGTERM if the caller dies without stopping
+        them (die_with_parent)."""
         self.root = root
         self.new_session = new_session
         self.n = nodes
@@ -189,6 +203,7 @@ class LocalCluster:
             stdout=self._logs[i],
             stderr=self._logs[i],
             start_new_session=self.new_session,
+            preexec_fn=die_with_parent if self.new_session else None,
         )
 
     def start(self, timeout: float = 60.0) -> LocalCluster:

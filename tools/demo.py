@@ -170,6 +170,8 @@ class Demo:
             extra = f'[rules]\nfiles = ["{rules}"]\n'
             # Hubs and plugs in their own sessions: a terminal's Ctrl-C reaches
             # the demo alone, which then stops the plugs and the hubs in order.
+            # Should the demo die without stopping them (kill -9), each gets
+            # SIGTERM (tools.cluster.die_with_parent).
             cluster = LocalCluster(
                 croot, self.n_hubs, broker=self.broker, extra=extra, llm=True, new_session=True
             )

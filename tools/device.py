@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tools.bench import ROOT, micropython_binary
+from tools.cluster import die_with_parent
 
 MAIN = ROOT / "firmware" / "main.py"
 
@@ -35,7 +36,7 @@ class Device:
         """``romfs``: run the firmware from this ROMFS image (tools/romfs.py), as
         boards do, instead of from source. ``new_session``: start it in its own
         session, out of reach of a terminal's Ctrl-C (`aiot demo` stops its
-        plugs itself)."""
+        plugs itself), and stopped if its starter dies without stopping it."""
         self.new_session = new_session
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -69,6 +70,7 @@ class Device:
             stderr=self._log_file,
             text=True,
             start_new_session=self.new_session,
+            preexec_fn=die_with_parent if self.new_session else None,
         )
         return self
 

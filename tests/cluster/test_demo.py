@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -114,3 +115,56 @@ def test_ctrl_c_on_the_terminal_stops_the_demo_cleanly(tmp_path: Path) -> None:
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["readings_committed"] > 0 and summary["readings_acked_by_devices"] > 0
     assert summary["errors"] == [], summary["errors"]
+
+
+def _processes_mentioning(text: str) -> dict[int, str]:
+    """pid -> command line of every process whose command line holds ``text``."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmd:
+            found[int(entry.name)] = cmd
+    return found
+
+
+def test_hubs_and_plugs_do_not_outlive_a_killed_demo(tmp_path: Path) -> None:
+    # They run in their own sessions (a terminal's Ctrl-C is for the demo
+    # alone), so a demo killed with SIGKILL cannot stop them: each is started
+    # to get SIGTERM when the demo dies.
+    need_mosquitto()
+    micropython()
+    demo = tmp_path / "demo"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tools.cli", "demo", "--json", "--fresh", "--dir", str(demo)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        wait_until(lambda: (demo / "demo.json").exists(), 180, "the demo's plugs started")
+        children = {
+            pid: cmd for pid, cmd in _processes_mentioning(str(demo)).items() if pid != proc.pid
+        }
+        hubs = [c for c in children.values() if " hub run " in c]
+        assert len(hubs) == 3, children
+        assert len(children) >= 3 + 6, children  # and the plugs (and the brokers)
+        proc.kill()
+        proc.wait()
+        wait_until(
+            lambda: not set(_processes_mentioning(str(demo))) & set(children),
+            60,
+            "the demo's hubs and plugs to exit",
+        )
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid in _processes_mentioning(str(demo)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
