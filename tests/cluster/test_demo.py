@@ -87,21 +87,27 @@ def test_demo_runs_the_energy_scenario_and_summarizes_it(tmp_path: Path) -> None
     assert "dashboard:" in out.stderr and "login:" in out.stderr
 
 
+def _launch(demo: Path, capture: bool) -> subprocess.Popen[str]:
+    """`aiot demo --json --fresh` in its own process group, as a shell runs a job."""
+    need_mosquitto()
+    micropython()
+    out = subprocess.PIPE if capture else subprocess.DEVNULL
+    return subprocess.Popen(
+        [sys.executable, "-m", "tools.cli", "demo", "--json", "--fresh", "--dir", str(demo)],
+        cwd=ROOT,
+        stdout=out,
+        stderr=out,
+        text=True,
+        start_new_session=True,
+    )
+
+
 def test_ctrl_c_on_the_terminal_stops_the_demo_cleanly(tmp_path: Path) -> None:
     # A terminal's Ctrl-C sends SIGINT to the whole foreground process group.
     # The demo's hubs and plugs run in their own sessions, so only the demo
     # gets it: it stops the plugs and the hubs in order and summarizes.
-    need_mosquitto()
-    micropython()
     demo = tmp_path / "demo"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tools.cli", "demo", "--json", "--fresh", "--dir", str(demo)],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,  # its own process group, as a shell gives a job
-    )
+    proc = _launch(demo, capture=True)
     try:
         wait_until(lambda: (demo / "demo.json").exists(), 180, "the demo's plugs started")
         time.sleep(12)  # readings flow
@@ -136,16 +142,8 @@ def test_hubs_and_plugs_do_not_outlive_a_killed_demo(tmp_path: Path) -> None:
     # They run in their own sessions (a terminal's Ctrl-C is for the demo
     # alone), so a demo killed with SIGKILL cannot stop them: each is started
     # to get SIGTERM when the demo dies.
-    need_mosquitto()
-    micropython()
     demo = tmp_path / "demo"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tools.cli", "demo", "--json", "--fresh", "--dir", str(demo)],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    proc = _launch(demo, capture=False)
     try:
         wait_until(lambda: (demo / "demo.json").exists(), 180, "the demo's plugs started")
         children = {
