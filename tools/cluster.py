@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from tools.hubclient import HubClient, HubError
-from tools.mosquitto import free_port
+from tools.mosquitto import free_ports
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -51,6 +51,12 @@ class NodePorts:
     raft: int
     broker: int
     http: int
+
+
+def _node_ports(nodes: int) -> list[NodePorts]:
+    """Raft, broker and HTTP ports for every node, all distinct."""
+    p = free_ports(3 * nodes)
+    return [NodePorts(*p[3 * i : 3 * i + 3]) for i in range(nodes)]
 
 
 def render_config(
@@ -95,7 +101,7 @@ def write_cluster(
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_hex(32) + "\n")
     if ports is None:
-        ports = [NodePorts(free_port(), free_port(), free_port()) for _ in range(nodes)]
+        ports = _node_ports(nodes)
     paths = []
     for i, p in enumerate(ports):
         peers = [f"{host}:{q.raft}" for j, q in enumerate(ports) if j != i]
@@ -133,7 +139,7 @@ class LocalCluster:
         self.root = root
         self.new_session = new_session
         self.n = nodes
-        self.ports = [NodePorts(free_port(), free_port(), free_port()) for _ in range(nodes)]
+        self.ports = _node_ports(nodes)
         keys = {
             "election_min_ms": election_ms[0],
             "election_max_ms": election_ms[1],
