@@ -17,7 +17,7 @@ $(PY):
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
-	$(PY) -m tools.install_llm
+	$(PY) -m tools.ml.install_llm
 	@touch $@
 
 # Mosquitto is a Debian package: install it when running as root, otherwise

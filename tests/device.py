@@ -1,10 +1,10 @@
-"""The firmware as a test device: tools/device.py, skipping (outside CI) when
+"""The firmware as a test device: tools/lab/device.py, skipping (outside CI) when
 the MicroPython interpreter is missing."""
 
 from __future__ import annotations
 
 from tests.support import micropython
-from tools.device import Device as _Device
+from tools.lab.device import Device as _Device
 
 
 class Device(_Device):

@@ -15,10 +15,10 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 
-from hub.api import PLUG_CAPABILITIES, capability_json
-from hub.firmware import make_router
+from hub.http.api import PLUG_CAPABILITIES, capability_json
+from hub.http.firmware import make_router
 from tools.firmware.virtual import VirtualBoard
-from tools.mosquitto import free_port
+from tools.lab.mosquitto import free_port
 
 TOKEN = "firmware-test-token-0123456789abcdefghijklm"
 
@@ -60,7 +60,7 @@ def serve(app: FastAPI) -> Iterator[str]:
 
 @contextmanager
 def bundle_server(root: Path) -> Iterator[str]:
-    """hub/firmware.py's endpoints over ``root``, as a hub node serves them."""
+    """hub/http/firmware.py's endpoints over ``root``, as a hub node serves them."""
     app = FastAPI()
     app.state.token = TOKEN
     app.include_router(make_router(root))

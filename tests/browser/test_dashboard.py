@@ -20,7 +20,7 @@ from edge.sensors import SimulatedPlug
 from tests.cluster.hubs import DEVICE_TUNING, running_cluster
 from tests.device import Device
 from tests.support import wait_until
-from tools.cluster import LocalCluster
+from tools.lab.cluster import LocalCluster
 
 pytestmark = [pytest.mark.browser, pytest.mark.cluster, pytest.mark.micropython]
 

@@ -1,7 +1,7 @@
 """The dashboard's files as the hub serves them (no browser needed): the page
 and every script it imports answer 200 without a token, under a
 Content-Security-Policy that the page can live with (no inline script or
-style), and nothing outside hub/static/ is reachable."""
+style), and nothing outside hub/http/static/ is reachable."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from hub import dashboard
+from hub.http import dashboard
 
 pytestmark = pytest.mark.unit
 

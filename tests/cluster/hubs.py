@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from hub.broker import INSTALL_HINT, find_mosquitto
+from hub.link.broker import INSTALL_HINT, find_mosquitto
 from tests.device import Device
 from tests.support import wait_until
-from tools.cluster import LocalCluster
+from tools.lab.cluster import LocalCluster
 
 # Fast enough for tests: acks time out after 1.5 s, a silent hub is left after 4 s.
 DEVICE_TUNING: dict[str, Any] = {

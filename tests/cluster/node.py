@@ -1,4 +1,4 @@
-"""One hub replica (hub/raft.py) as a process, for the cluster tests.
+"""One hub replica (hub/state/raft.py) as a process, for the cluster tests.
 
     python -m tests.cluster.node --address 127.0.0.1:P --peers 127.0.0.1:Q,... --data DIR
 
@@ -27,8 +27,8 @@ import os
 import sys
 from typing import Any
 
-from hub.raft import RaftError, RaftNode, RaftTiming
-from hub.store import Store
+from hub.state.raft import RaftError, RaftNode, RaftTiming
+from hub.state.store import Store
 
 TEST_TIMING = RaftTiming(
     append_entries_period=0.05,

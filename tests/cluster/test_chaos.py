@@ -1,4 +1,4 @@
-"""The fault-injection campaign (tools/chaos.py, docs/chaos.md).
+"""The fault-injection campaign (tools/chaos/campaign.py, docs/chaos.md).
 
 CI runs a 60 s campaign on a fixed seed and asserts it finds nothing; a short
 campaign with a planted loss must find it; the checks themselves are tested
@@ -15,11 +15,11 @@ from pathlib import Path
 import lmdb
 import pytest
 
-from hub.store import DATA_FILE, TABLES
+from hub.state.store import DATA_FILE, TABLES
 from tests.cluster.hubs import need_mosquitto
 from tests.support import ROOT, micropython
-from tools import chaos
-from tools.chaos import (
+from tools.chaos import campaign as chaos
+from tools.chaos.campaign import (
     KINDS,
     DeviceHistory,
     acknowledged,
@@ -119,7 +119,7 @@ def test_a_campaign_reports_a_planted_loss(tmp_path: Path) -> None:
 def test_a_campaign_catches_a_hub_that_acks_before_commit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The deliberate bug (hub/ingest.py, AIOT_HUB_MUTATION): every hub acks a
+    # The deliberate bug (hub/link/ingest.py, AIOT_HUB_MUTATION): every hub acks a
     # batch once it is enqueued and proposes it once. Seed 31's second fault
     # partitions the leader for 4.6 s; the batches the other hubs acked during
     # the election never commit, and L must say so.

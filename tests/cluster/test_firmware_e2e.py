@@ -16,10 +16,10 @@ from typer.testing import CliRunner
 
 from tests.cluster.hubs import DEVICE_TUNING, assert_exactly_once, running_cluster, watermark
 from tests.support import micropython, need_tool, wait_until
-from tools import cli_firmware
+from tools.base.paths import ROOT
+from tools.cli import firmware as cli_firmware
 from tools.firmware.build import BOARDS, build
 from tools.firmware.virtual import SOCAT_HINT, VirtualBoard
-from tools.mpybuild import ROOT
 
 pytestmark = [pytest.mark.cluster, pytest.mark.micropython]
 

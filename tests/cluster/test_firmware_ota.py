@@ -1,6 +1,6 @@
 """Over-the-air updates end to end: a device flashed into a virtual board runs
 against a 3-node hub cluster; `aiot firmware ota --wait` uploads each bundle
-to every node (hub/firmware.py's endpoints) and sends the `ota.update`
+to every node (hub/http/firmware.py's endpoints) and sends the `ota.update`
 command through the replicated ledger, printing the steps as they land.
 
 A good update switches the device to the other app slot once it is connected
@@ -24,12 +24,12 @@ from typer.testing import CliRunner
 from tests.cluster.hubs import DEVICE_TUNING, assert_exactly_once, running_cluster, watermark
 from tests.firmware_support import RebootingBoard, updatable_capabilities
 from tests.support import micropython, need_tool, wait_until
-from tools import cli_firmware
-from tools.cluster import LocalCluster
+from tools.base.paths import ROOT
+from tools.cli import firmware as cli_firmware
 from tools.firmware.build import BOARDS, build
 from tools.firmware.flash import flash
 from tools.firmware.virtual import SOCAT_HINT, VirtualBoard
-from tools.mpybuild import ROOT
+from tools.lab.cluster import LocalCluster
 
 pytestmark = [pytest.mark.cluster, pytest.mark.micropython]
 

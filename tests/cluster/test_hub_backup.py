@@ -14,14 +14,14 @@ from typing import Any
 import httpx
 import pytest
 
-from hub.backup import SNAPSHOT_FILE, read_snapshot
+from hub.ops.backup import SNAPSHOT_FILE, read_snapshot
 from protocol import messages as m
 from protocol import topics, wire
 from tests.cluster.hubs import converged, running_cluster
 from tests.cluster.test_hub_e2e import batch
 from tests.cluster.test_hub_ops import publish
 from tests.support import ROOT, wait_until
-from tools.cluster import LocalCluster
+from tools.lab.cluster import LocalCluster
 
 pytestmark = pytest.mark.cluster
 
@@ -166,7 +166,7 @@ def test_backup_then_restore_into_a_fresh_cluster(tmp_path: Path) -> None:
 
 
 def new_token(cluster: LocalCluster) -> str:
-    from hub import auth
+    from hub.core import auth
 
     secret = (cluster.root / "cluster.secret").read_text().strip()
     return auth.admin_token(secret)

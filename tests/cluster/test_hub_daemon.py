@@ -15,8 +15,8 @@ import pytest
 
 from tests.cluster.hubs import need_mosquitto, running_cluster
 from tests.support import ROOT, wait_until
-from tools.cluster import LocalCluster
-from tools.hubclient import HubClient, HubError
+from tools.base.hubclient import HubClient, HubError
+from tools.lab.cluster import LocalCluster
 
 pytestmark = pytest.mark.cluster
 
@@ -60,7 +60,7 @@ bind = "127.0.0.1:{http}"
 
 
 def write(tmp: Path, secret: str, http: int = 0) -> Path:
-    from tools.mosquitto import free_port
+    from tools.lab.mosquitto import free_port
 
     path = tmp / "hub.toml"
     path.write_text(

@@ -86,7 +86,7 @@ def test_over_limit_switches_the_plug_off_once(tmp_path: Path) -> None:
 
 
 def test_the_guard_checks_operator_commands_and_records_what_it_blocks(tmp_path: Path) -> None:
-    from tools.hubclient import HubError
+    from tools.base.hubclient import HubError
 
     extra = '[guard]\ncritical = ["fridge-*"]\n'
     with running_cluster(tmp_path, nodes=1, extra=extra) as cluster:

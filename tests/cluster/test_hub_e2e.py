@@ -14,9 +14,9 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from hub import auth
-from hub.raft import DUMP_FILE, _read_dump_header
-from hub.store import IMAGE_MAGIC
+from hub.core import auth
+from hub.state.raft import DUMP_FILE, _read_dump_header
+from hub.state.store import IMAGE_MAGIC
 from protocol import messages as m
 from protocol import topics, wire
 from tests.cluster.hubs import (
@@ -28,8 +28,8 @@ from tests.cluster.hubs import (
 )
 from tests.device import Device
 from tests.support import wait_until
-from tools.cluster import ClusterError, LocalCluster
-from tools.hubclient import HubError
+from tools.base.hubclient import HubError
+from tools.lab.cluster import ClusterError, LocalCluster
 
 pytestmark = [pytest.mark.cluster, pytest.mark.micropython]
 
@@ -156,7 +156,7 @@ def test_follower_catches_up_through_a_snapshot(tmp_path: Path) -> None:
         assert cluster.status(follower)["raft"]["snapshots_installed"] >= 1
         assert_exactly_once(cluster, {"plug-s": stats["watermark"]})
         # What the follower installed is a Raft dump holding LMDB's compacted
-        # copy of the leader's store (hub/store.py Snapshot.write_image).
+        # copy of the leader's store (hub/state/store.py Snapshot.write_image).
         with open(cluster.data_dir(follower) / DUMP_FILE, "rb") as f:
             _read_dump_header(f)
             assert f.read(len(IMAGE_MAGIC)) == IMAGE_MAGIC

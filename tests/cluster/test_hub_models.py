@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
-from hub.models import SHIPPED
+from hub.decide.registry import SHIPPED
 from tests.cluster.hubs import running_cluster
 from tests.cluster.test_hub_daemon import aiot
 from tests.support import wait_until
-from tools.cluster import LocalCluster
-from tools.hubclient import HubError
+from tools.base.hubclient import HubError
+from tools.lab.cluster import LocalCluster
 
 pytestmark = pytest.mark.cluster
 

@@ -21,7 +21,7 @@ from protocol import topics, wire
 from tests.cluster.hubs import running_cluster
 from tests.cluster.test_hub_e2e import batch, publish_as
 from tests.support import ROOT, wait_until
-from tools.cluster import LocalCluster
+from tools.lab.cluster import LocalCluster
 
 pytestmark = pytest.mark.cluster
 

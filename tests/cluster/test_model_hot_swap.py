@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from hub import entries as e
-from hub import models as reg
-from hub.anomaly import POWER_W, WINDOW_READINGS, DeviceWindows
-from hub.models import SHIPPED, ModelRegistry
-from hub.raft import RaftNode
+from hub.decide import registry as reg
+from hub.decide.anomaly import POWER_W, WINDOW_READINGS, DeviceWindows
+from hub.decide.registry import SHIPPED, ModelRegistry
+from hub.state import entries as e
+from hub.state.raft import RaftNode
 from tests.cluster.test_raft_cluster import SECRET
 from tests.support import free_port
 

@@ -1,4 +1,4 @@
-"""hub/raft.py with real processes: three replicas on 127.0.0.1, each a
+"""hub/state/raft.py with real processes: three replicas on 127.0.0.1, each a
 tests/cluster/node.py process with its own data dir, driven over stdin/stdout."""
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from hub import entries as e
-from hub.raft import DUMP_FILE, RaftNode, SecretError, _read_dump_header
-from hub.store import IMAGE_MAGIC, SNAPSHOT_MAGIC
+from hub.state import entries as e
+from hub.state.raft import DUMP_FILE, RaftNode, SecretError, _read_dump_header
+from hub.state.store import IMAGE_MAGIC, SNAPSHOT_MAGIC
 from protocol import messages as m
 from tests.support import ROOT, free_port, wait_until
 
@@ -316,7 +316,7 @@ def test_a_journal_that_lost_writes_is_detected_at_startup(tmp_path: Path) -> No
     import asyncio
     import time
 
-    from hub.raft import JOURNAL_FILE
+    from hub.state.raft import JOURNAL_FILE
 
     address = f"127.0.0.1:{free_port()}"
 

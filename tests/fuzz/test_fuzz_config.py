@@ -1,6 +1,6 @@
 """Fuzzing the hub's config loader: ``hub.config.load`` and ``parse``, and the
-tables it delegates (``[rules]`` to hub/rules.py, ``[guard]`` to
-hub/guard.py, both loaded by ``hub.engine.load`` at start).
+tables it delegates (``[rules]`` to hub/decide/rules.py, ``[guard]`` to
+hub/decide/guard.py, both loaded by ``hub.engine.load`` at start).
 
 Inputs:
 
@@ -16,7 +16,7 @@ Inputs:
 
 Whatever the input, the outcome is a config or ``ConfigError`` (nothing else
 escapes), and the error's message is one line that starts with the file's
-path and names the key when there is one (hub/config.py's contract: one
+path and names the key when there is one (hub/core/config.py's contract: one
 clear message, never a traceback).
 """
 
@@ -36,8 +36,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hub import config as c
-from hub import engine
+from hub.core import config as c
+from hub.decide import engine
 from tests.fuzz.budget import Tally, fuzz_settings
 
 pytestmark = pytest.mark.unit

@@ -34,8 +34,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hub.ingest import REASONS, Ingest, Outcome, Rejected, Status
-from hub.store import Store
+from hub.link.ingest import REASONS, Ingest, Outcome, Rejected, Status
+from hub.state.store import Store
 from protocol import messages as m
 from protocol import topics, wire
 from tests import strategies as wire_st

@@ -23,7 +23,7 @@ import pytest
 
 from tests.cluster.hubs import need_mosquitto
 from tests.support import ROOT, micropython
-from tools import bench_all as ba
+from tools.bench import suite as ba
 
 DOC = ROOT / "docs" / "BENCHMARKS.md"
 

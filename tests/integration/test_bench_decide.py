@@ -35,7 +35,7 @@ KEYS = {
 
 def test_bench_decide_prints_every_figure() -> None:
     need_mosquitto()
-    from hub import llm
+    from hub.decide import llm
 
     if not llm.llama_cpp_available():
         pytest.skip(f"llama-cpp-python missing: {llm.INSTALL_HINT}")

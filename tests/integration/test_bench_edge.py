@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from tests.support import ROOT, micropython, need_tool
-from tools.mosquitto import INSTALL_HINT, find_mosquitto
+from tools.lab.mosquitto import INSTALL_HINT, find_mosquitto
 
 pytestmark = [pytest.mark.integration, pytest.mark.micropython, pytest.mark.bench]
 

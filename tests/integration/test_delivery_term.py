@@ -1,5 +1,5 @@
 """Command delivery and the term fence, with real parts in one process: a
-one-node pysyncobj replica over LMDB, hub/delivery.py, and the device's own
+one-node pysyncobj replica over LMDB, hub/link/delivery.py, and the device's own
 executor (edge/executor.py, on CPython) answering what delivery publishes.
 
 A node that has just rejoined after a partition can stamp a command with its
@@ -22,14 +22,14 @@ import pytest
 from edge import codec as edge_codec
 from edge import executor as edge_executor
 from edge.meta import Meta
-from hub import entries as e
-from hub.api import PLUG_CAPABILITIES
-from hub.delivery import Delivery
-from hub.raft import RaftNode
-from hub.store import ApplyResult
+from hub.http.api import PLUG_CAPABILITIES
+from hub.link.delivery import Delivery
+from hub.state import entries as e
+from hub.state.raft import RaftNode
+from hub.state.store import ApplyResult
 from protocol import messages as m
 from protocol import topics
-from tools.mosquitto import free_port
+from tools.lab.mosquitto import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -16,7 +16,7 @@ from protocol import topics, wire
 from tests.device import Device
 from tests.integration.test_edge_device import KEY, device_config
 from tests.support import wait_until
-from tools.mosquitto import free_port, running_mosquitto
+from tools.lab.mosquitto import free_port, running_mosquitto
 
 pytestmark = [pytest.mark.integration, pytest.mark.micropython]
 
@@ -37,7 +37,7 @@ def command(seq: int, term: int, cid: str, on: bool, key: bytes = KEY) -> bytes:
 
 
 def test_relay_command_runs_once_and_refusals_carry_reasons(tmp_path: Path) -> None:
-    from tools.acker import Acker
+    from tools.lab.acker import Acker
 
     port = free_port()
     acker = Acker({"plug-1": KEY}, [port])

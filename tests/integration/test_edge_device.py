@@ -11,8 +11,8 @@ import pytest
 from edge.meta import Meta
 from tests.device import Device
 from tests.support import wait_until
-from tools.acker import Acker
-from tools.mosquitto import INSTALL_HINT, find_mosquitto, free_port, running_mosquitto
+from tools.lab.acker import Acker
+from tools.lab.mosquitto import INSTALL_HINT, find_mosquitto, free_port, running_mosquitto
 
 pytestmark = [pytest.mark.integration, pytest.mark.micropython]
 

@@ -14,10 +14,16 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from hub.broker import BrokerUser, MosquittoSupervisor, find_mosquitto, password_line, port_open
-from hub.config import Address
+from hub.core.config import Address
+from hub.link.broker import (
+    BrokerUser,
+    MosquittoSupervisor,
+    find_mosquitto,
+    password_line,
+    port_open,
+)
 from tests.support import ROOT, need_tool, wait_until
-from tools.mosquitto import INSTALL_HINT, free_port
+from tools.lab.mosquitto import INSTALL_HINT, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -160,8 +166,8 @@ def test_broker_dies_with_the_hub_process(tmp_path: Path) -> None:
         f"""
         import asyncio, sys
         from pathlib import Path
-        from hub.broker import BrokerUser, MosquittoSupervisor
-        from hub.config import Address
+        from hub.link.broker import BrokerUser, MosquittoSupervisor
+        from hub.core.config import Address
 
         async def main():
             sup = MosquittoSupervisor(Path({str(tmp_path / "b")!r}), Address("127.0.0.1", {port}),

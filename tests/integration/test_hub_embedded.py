@@ -23,12 +23,12 @@ from typing import Any
 import aiomqtt
 import pytest
 
-from hub.broker import BrokerError, BrokerUser
-from hub.config import Address
-from hub.embedded import EmbeddedBroker, intersects
+from hub.core.config import Address
+from hub.link.broker import BrokerError, BrokerUser
+from hub.link.embedded import EmbeddedBroker, intersects
 from tests.micropython.mqtt_harness import Lab, MicroPythonDevice, run_lab
 from tests.support import micropython
-from tools.mosquitto import free_port
+from tools.lab.mosquitto import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -20,7 +20,7 @@ import pytest
 
 from tests.micropython.mqtt_harness import WAIT, Lab, MicroPythonDevice, run_lab
 from tests.support import micropython, need_tool
-from tools.mosquitto import INSTALL_HINT, find_mosquitto, free_port, running_mosquitto
+from tools.lab.mosquitto import INSTALL_HINT, find_mosquitto, free_port, running_mosquitto
 
 pytestmark = pytest.mark.integration
 

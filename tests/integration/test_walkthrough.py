@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from tests.support import micropython, need_tool
-from tools.mosquitto import INSTALL_HINT, find_mosquitto
+from tools.lab.mosquitto import INSTALL_HINT, find_mosquitto
 
 pytestmark = [pytest.mark.integration, pytest.mark.micropython]
 

@@ -20,9 +20,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from hub import grammar
-from hub.api import PLUG_CAPABILITIES as REGISTERED
-from hub.llm import (
+from hub.decide import grammar
+from hub.decide.llm import (
     DEFAULT_MODEL,
     LlmResult,
     LlmWorker,
@@ -31,19 +30,20 @@ from hub.llm import (
     model_capabilities,
     resolve_model,
 )
+from hub.http.api import PLUG_CAPABILITIES as REGISTERED
 from protocol import messages as m
-from tools.eval_decisions import DEFAULT_SCENARIOS, Scenario, load_scenarios
+from tools.ml.eval_decisions import DEFAULT_SCENARIOS, Scenario, load_scenarios
 
 pytestmark = pytest.mark.llm
 
-INSTALL = "python -m tools.install_llm (make test runs it)"
+INSTALL = "python -m tools.ml.install_llm (make test runs it)"
 PLUG_CAPABILITIES = model_capabilities(REGISTERED)
 GENEROUS_MS = 120_000.0  # never reached: these tests are about validity, not speed
 
 
 @pytest.fixture(scope="module")
 def model() -> Path:
-    from hub.llm import llama_cpp_available
+    from hub.decide.llm import llama_cpp_available
 
     if not llama_cpp_available():
         pytest.skip(f"llama-cpp-python is not installed: {INSTALL}")
@@ -268,7 +268,7 @@ def test_a_file_that_is_not_a_gguf_is_refused(tmp_path: Path) -> None:
         async with LlmWorker(bad):
             pass
 
-    from hub.llm import llama_cpp_available
+    from hub.decide.llm import llama_cpp_available
 
     if not llama_cpp_available():
         pytest.skip(f"llama-cpp-python is not installed: {INSTALL}")
@@ -282,7 +282,7 @@ def test_a_file_that_is_not_a_gguf_is_refused(tmp_path: Path) -> None:
 def test_eval_decisions_json_has_the_trust_gate_keys(model: Path, tmp_path: Path) -> None:
     import typer
 
-    from tools import cli_models
+    from tools.cli import evaluate as cli_models
 
     app = typer.Typer()
     cli_models.register(app)

@@ -5,7 +5,7 @@
 - ``MicroPythonDevice``: ``tests/micropython/mqtt_device.py`` under the real
   MicroPython interpreter, commands on stdin, JSON events on stdout. With
   ``compiled=True`` it imports ``edge/`` compiled by ``mpy-cross``
-  (``tools/mpybuild.py``), as the firmware does, which is what fits a 96 KB heap.
+  (``tools/firmware/mpybuild.py``), as the firmware does, which is what fits a 96 KB heap.
 - ``CPythonDevice``: the same runner inside this process's asyncio loop.
 
 Every wait has a timeout and fails with what it was waiting for; nothing
@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.support import ROOT, find_tool, micropython, need_tool
-from tools.mpybuild import build
+from tools.firmware.mpybuild import build
 
 RUNNER = ROOT / "tests" / "micropython" / "mqtt_device.py"
 WAIT = 10.0  # generous: a loaded CI machine, never a measured duration

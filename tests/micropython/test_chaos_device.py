@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import ROOT, free_port, micropython, run_micropython
-from tools.chaos import ChaosDevice
+from tools.chaos.campaign import ChaosDevice
 
 pytestmark = pytest.mark.micropython
 

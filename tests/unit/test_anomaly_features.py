@@ -1,4 +1,4 @@
-"""Window features (hub/anomaly.py) and the per-device rolling windows."""
+"""Window features (hub/decide/anomaly.py) and the per-device rolling windows."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge import sensors
-from hub import anomaly as an
-from hub.store import StoredReading
-from tools import anomaly_train as at
+from hub.decide import anomaly as an
+from hub.state.store import StoredReading
+from tools.ml import anomaly_train as at
 
 pytestmark = pytest.mark.unit
 

@@ -12,9 +12,9 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from hub import anomaly as an
-from tools import anomaly_train as at
-from tools.cli_anomaly import register_eval, register_models
+from hub.decide import anomaly as an
+from tools.cli.anomaly import register_eval, register_models
+from tools.ml import anomaly_train as at
 
 pytestmark = pytest.mark.unit
 

@@ -8,10 +8,10 @@ from unittest import mock
 import pytest
 from typer.testing import CliRunner
 
-import tools.bench_edge as be
+import tools.bench.edge as be
 from protocol import messages as m
 from protocol import wire
-from tools.bench import BenchError
+from tools.bench.codec import BenchError
 from tools.cli import app
 
 pytestmark = pytest.mark.unit

@@ -1,4 +1,4 @@
-"""tools/cluster.py gives every node of a local cluster its own raft, broker
+"""tools/lab/cluster.py gives every node of a local cluster its own raft, broker
 and HTTP ports: one port handed out twice stops a hub at start ("http.bind
 ... is already used by broker.bind")."""
 
@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from tools.cluster import _node_ports
-from tools.mosquitto import free_ports
+from tools.lab.cluster import _node_ports
+from tools.lab.mosquitto import free_ports
 
 pytestmark = pytest.mark.unit
 

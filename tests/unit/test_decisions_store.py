@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from hub import entries as e
-from hub.store import Outcome, Store
+from hub.state import entries as e
+from hub.state.store import Outcome, Store
 
 pytestmark = pytest.mark.unit
 

@@ -1,4 +1,4 @@
-"""Replicated log entries (hub/entries.py): exact bytes, round trips, malformed input."""
+"""Replicated log entries (hub/state/entries.py): exact bytes, round trips, malformed input."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hub import config
-from hub import entries as e
+from hub.core import config
+from hub.state import entries as e
 from protocol import messages as m
 from protocol.golden import CASES
 

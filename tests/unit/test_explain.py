@@ -10,10 +10,10 @@ from typing import Any, TypeVar
 
 import pytest
 
-from hub import entries as e
-from hub.api import Principal, _StoreView
-from hub.explain import explain, mentioned, validate
-from hub.store import Store
+from hub.decide.explain import explain, mentioned, validate
+from hub.http.api import Principal, _StoreView
+from hub.state import entries as e
+from hub.state.store import Store
 from protocol import messages as m
 
 pytestmark = pytest.mark.unit

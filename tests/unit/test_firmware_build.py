@@ -14,7 +14,7 @@ import typer
 from typer.testing import CliRunner
 
 from tests.support import micropython
-from tools import cli_firmware
+from tools.cli import firmware as cli_firmware
 from tools.firmware.build import BOARDS, BuildError, build, load_wifi
 
 pytestmark = pytest.mark.unit

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tools.base.paths import ROOT
 from tools.firmware.typecheck import STUBS, check
-from tools.mpybuild import ROOT
 
 pytestmark = pytest.mark.unit
 

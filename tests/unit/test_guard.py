@@ -13,10 +13,10 @@ import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from hub import entries as e
-from hub import guard as g
-from hub.api import PLUG_CAPABILITIES
-from hub.config import ConfigError
+from hub.core.config import ConfigError
+from hub.decide import guard as g
+from hub.http.api import PLUG_CAPABILITIES
+from hub.state import entries as e
 from protocol import messages as m
 
 pytestmark = pytest.mark.unit
@@ -538,9 +538,9 @@ def test_time_stepping_back_adds_no_tokens() -> None:
 
 
 def test_firmware_updates_are_for_operators_only() -> None:
-    from hub import entries as ent
-    from hub.api import PLUG_CAPABILITIES
-    from hub.guard import Guard, Proposal
+    from hub.decide.guard import Guard, Proposal
+    from hub.http.api import PLUG_CAPABILITIES
+    from hub.state import entries as ent
 
     device = ent.Device("plug-1", b"k" * 32, PLUG_CAPABILITIES)
     params = {"url": "http://10.0.0.1:8080/v1/firmware/x/manifest.json", "sha256": "a" * 64}

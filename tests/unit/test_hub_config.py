@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from hub import config as c
+from hub.core import config as c
 
 pytestmark = pytest.mark.unit
 

@@ -1,4 +1,4 @@
-"""hub/firmware.py: bundles uploaded with the admin token, served to devices."""
+"""hub/http/firmware.py: bundles uploaded with the admin token, served to devices."""
 
 from __future__ import annotations
 

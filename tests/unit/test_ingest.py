@@ -1,4 +1,4 @@
-"""Hub ingest (hub/ingest.py): validation, rejects, the batcher, commit-acks.
+"""Hub ingest (hub/link/ingest.py): validation, rejects, the batcher, commit-acks.
 
 State is a real hub.store.Store in a temporary directory; proposals go
 through ``StoreProposer``, a small in-process Proposer that applies each
@@ -18,9 +18,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hub import entries as e
-from hub.config import IngestConfig
-from hub.ingest import (
+from hub.core.config import IngestConfig
+from hub.link.ingest import (
     REASONS,
     Batcher,
     Ingest,
@@ -31,8 +30,9 @@ from hub.ingest import (
     commit_ack,
     decode_batch,
 )
-from hub.raft import DeadlineExceeded, NotLeader, NotReady, RaftError
-from hub.store import ApplyResult, Store
+from hub.state import entries as e
+from hub.state.raft import DeadlineExceeded, NotLeader, NotReady, RaftError
+from hub.state.store import ApplyResult, Store
 from protocol import messages as m
 from protocol import wire
 from protocol.errors import CodecError

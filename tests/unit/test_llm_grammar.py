@@ -1,4 +1,5 @@
-"""The decision validator (hub/grammar.py): every output outside the schema or bounds is rejected.
+"""The decision validator (hub/decide/grammar.py): every output outside the schema or
+bounds is rejected.
 
 Two oracles: hypothesis mutates valid decisions into near misses (each must
 be rejected), and random JSON values are checked against the JSON Schema with
@@ -18,8 +19,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hub import grammar
-from hub.api import PLUG_CAPABILITIES
+from hub.decide import grammar
+from hub.http.api import PLUG_CAPABILITIES
 from protocol import messages as m
 
 pytestmark = pytest.mark.unit

@@ -12,11 +12,10 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from hub import facts as f
-from hub import grammar
-from hub.api import PLUG_CAPABILITIES
-from hub.guard import OPERATOR_ONLY
-from hub.llm import (
+from hub.decide import facts as f
+from hub.decide import grammar
+from hub.decide.guard import OPERATOR_ONLY
+from hub.decide.llm import (
     DEFAULT_MODEL,
     MODELS_DIR,
     Mode,
@@ -27,8 +26,10 @@ from hub.llm import (
     resolve_model,
     trust,
 )
-from tools import cli_models, install_llm
-from tools.eval_decisions import (
+from hub.http.api import PLUG_CAPABILITIES
+from tools.cli import evaluate as cli_models
+from tools.ml import install_llm
+from tools.ml.eval_decisions import (
     CAPABILITY_SETS,
     DEFAULT_SCENARIOS,
     ScenarioError,

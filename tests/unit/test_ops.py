@@ -19,13 +19,13 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from hub import backup as b
-from hub import config as hub_config
-from hub import entries as e
-from hub import metrics
-from hub.logs import JsonFormatter
-from hub.raft import DUMP_FILE, JOURNAL_FILE, RaftNode, RaftTiming
-from hub.store import SnapshotError, Store
+from hub.core import config as hub_config
+from hub.core.logs import JsonFormatter
+from hub.ops import backup as b
+from hub.ops import metrics
+from hub.state import entries as e
+from hub.state.raft import DUMP_FILE, JOURNAL_FILE, RaftNode, RaftTiming
+from hub.state.store import SnapshotError, Store
 from protocol import messages as m
 from tests.support import ROOT, free_port
 
@@ -63,8 +63,8 @@ def test_json_lines_carry_device_command_and_reason_when_given() -> None:
 
 
 def test_ingest_rejections_log_their_fields(caplog: pytest.LogCaptureFixture) -> None:
-    from hub.config import IngestConfig
-    from hub.ingest import Ingest
+    from hub.core.config import IngestConfig
+    from hub.link.ingest import Ingest
 
     class Nobody:
         def device(self, device_id: str) -> None:

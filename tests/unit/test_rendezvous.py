@@ -1,4 +1,4 @@
-"""Rendezvous ordering of hub nodes per device (hub/rendezvous.py)."""
+"""Rendezvous ordering of hub nodes per device (hub/link/rendezvous.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hub.rendezvous import order, weight
+from hub.link.rendezvous import order, weight
 
 pytestmark = pytest.mark.unit
 
@@ -41,7 +41,7 @@ def test_the_order_is_the_same_in_another_process() -> None:
     devices = [f"plug-{i}" for i in range(50)]
     here = [order(d, NODES) for d in devices]
     code = (
-        "from hub.rendezvous import order\n"
+        "from hub.link.rendezvous import order\n"
         f"print(repr([order(d, {NODES!r}) for d in {devices!r}]))\n"
     )
     root = Path(__file__).resolve().parents[2]
@@ -87,7 +87,7 @@ def test_adding_a_node_moves_only_the_devices_it_wins() -> None:
 
 
 def test_ties_are_broken_by_node_id(monkeypatch: pytest.MonkeyPatch) -> None:
-    import hub.rendezvous as rv
+    import hub.link.rendezvous as rv
 
     monkeypatch.setattr(rv, "weight", lambda device_id, node_id: 7)
     assert rv.order("plug-1", ["hub-3", "hub-1", "hub-2"]) == ["hub-1", "hub-2", "hub-3"]

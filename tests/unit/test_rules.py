@@ -16,11 +16,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge import sensors
-from hub import entries as e
-from hub import guard as g
-from hub import rules as r
-from hub.api import PLUG_CAPABILITIES
-from hub.config import ConfigError
+from hub.core.config import ConfigError
+from hub.decide import guard as g
+from hub.decide import rules as r
+from hub.http.api import PLUG_CAPABILITIES
+from hub.state import entries as e
 from protocol import messages as m
 
 pytestmark = pytest.mark.unit

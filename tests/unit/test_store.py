@@ -1,4 +1,4 @@
-"""The hub store (hub/store.py) over real LMDB: idempotent apply, watermarks,
+"""The hub store (hub/state/store.py) over real LMDB: idempotent apply, watermarks,
 rejections, convergence hashes, snapshots, reads."""
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge import sensors
-from hub import entries as e
-from hub.store import (
+from hub.state import entries as e
+from hub.state.store import (
     ENERGY_WH_SENSOR,
     HOUR_MS,
     IMAGE_MAGIC,

@@ -35,7 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tools.mpybuild import ROOT, MpyBuildError, mpy_cross_binary
+from tools.base.paths import ROOT
+from tools.firmware.mpybuild import MpyBuildError, mpy_cross_binary
 
 KIB = 1024
 MIB = 1024 * KIB

@@ -29,7 +29,7 @@ from typing import Any
 
 import httpx
 
-from tools.hubclient import HubClient, HubError
+from tools.base.hubclient import HubClient, HubError
 
 ACTION = "ota.update"
 

@@ -29,7 +29,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent.parent
+from tools.base.paths import ROOT
+
 STUBS = {
     "esp32": "micropython-esp32-stubs==1.29.0.post1",
     "rp2": "micropython-rp2-rpi-pico-w-stubs==1.29.0.post1",

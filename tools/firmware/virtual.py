@@ -26,8 +26,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from tools.bench import micropython_binary
-from tools.mosquitto import free_port
+from tools.base.paths import micropython_binary
+from tools.lab.mosquitto import free_port
 
 SOCAT_HINT = "socat is missing: sudo apt-get install -y socat"
 

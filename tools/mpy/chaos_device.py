@@ -1,5 +1,5 @@
 # The device firmware with its own history, for the fault-injection campaign
-# (tools/chaos.py) on the unix port:
+# (tools/chaos/campaign.py) on the unix port:
 #
 #   MICROPYPATH=.:.frozen micropython tools/mpy/chaos_device.py --config dev.json
 #

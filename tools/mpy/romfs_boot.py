@@ -1,4 +1,4 @@
-# Mount the ROMFS image that tools/romfs.py mapped outside the heap, then run
+# Mount the ROMFS image that tools/firmware/romfs.py mapped outside the heap, then run
 # the script named after this one (its arguments follow), as a board would
 # with its ROMFS partition: module bytecode executes in place.
 import os

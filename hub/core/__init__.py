@@ -1,0 +1,1 @@
+"""The bottom layer: configuration and its validators, the clock, keys, files, logs."""

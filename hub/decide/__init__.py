@@ -1,0 +1,1 @@
+"""Decisions: rules, the guard, the ONNX and LLM tiers, the model registry."""

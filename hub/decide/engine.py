@@ -1,0 +1,493 @@
+"""The decision engine: the Raft leader decides from applied readings.
+
+    engine = DecisionEngine(hub, ruleset, guard, cfg.decisions)
+    hub's on_applied -> engine.notice(results)     # batch results, on the loop
+    task = asyncio.create_task(engine.run())
+
+Every node follows the applied batches (it knows, per device, the last
+sequence number it has looked at), but only the leader decides: a node that
+becomes leader starts from the current watermarks, so history is never
+decided twice, and rule state (how long a condition has held) starts afresh.
+
+For each new reading the rules tier (hub/decide/rules.py) may fire. A firing with
+an action is checked by the guard (hub/decide/guard.py); what the guard allows is
+proposed together with its provenance as one GROUP entry (the COMMAND and
+the DECISION commit together or not at all), so a command never enters the
+ledger without the record of why. A blocked or alert-only firing is recorded
+as a DECISION without a command. Delivery then takes the command to the
+device like any other (hub/link/delivery.py).
+
+Optional tiers plug in through ``scorers``: the ONNX anomaly tier feeds
+scores back into the rules (rules on ``sensor = "anomaly"``), and the LLM
+tier is consulted off the ingest path with a deadline (hub/decide/llm.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from functools import partial
+from typing import TYPE_CHECKING, Any, Final
+
+from hub.core.config import DecisionsConfig
+from hub.decide import rules as r
+from hub.decide.guard import Guard, Proposal, Verdict
+from hub.decide.registry import ModelRegistry
+from hub.link.ingest import wall_ms
+from hub.state import entries as e
+from hub.state.raft import RaftError
+from hub.state.store import ApplyResult, Outcome, Store
+
+if TYPE_CHECKING:
+    from hub.state.raft import RaftNode
+
+log = logging.getLogger("aiot.engine")
+
+_MAX_READINGS_PER_STEP: Final = 5000
+
+
+class DecisionEngine:
+    def __init__(
+        self,
+        raft: RaftNode,
+        ruleset: r.RuleSet,
+        guard: Guard,
+        cfg: DecisionsConfig,
+        clock: Callable[[], int] = wall_ms,
+        models: ModelRegistry | None = None,
+    ) -> None:
+        self._raft = raft
+        self.rules = r.Engine(ruleset)
+        self.guard = guard
+        self.cfg = cfg
+        self._clock = clock
+        self._seen: dict[str, int] = {}  # device -> last seq looked at
+        self._dirty: set[str] = set()
+        self._wake = asyncio.Event()
+        self._was_leader = False
+        self._bound: set[str] = set()
+        self.decided: dict[str, int] = {}  # by tier
+        self.commands = 0
+        self.blocked = 0
+        self.failed = 0
+        self.latency_s: list[float] = []  # reading committed -> decision proposed (last 1000)
+        self.on_decision: Callable[[str, float], None] | None = None  # (tier, seconds)
+        self._models = models
+        self._windows: Any = None  # hub.anomaly.DeviceWindows, once a model is active
+        self.scored = 0
+        self.score_errors = 0
+        self._last_score: dict[str, Any] = {}  # device -> last WindowScore
+        self.llm: LlmTier | None = None
+
+    # -- inputs -------------------------------------------------------------------------
+
+    def notice(self, results: Iterable[ApplyResult]) -> None:
+        any_batch = False
+        for res in results:
+            if res.type is e.EntryType.BATCH and res.outcome is Outcome.APPLIED and res.stored:
+                self._dirty.add(res.device_id)
+                any_batch = True
+            elif res.type in (e.EntryType.REGISTER_DEVICE, e.EntryType.REMOVE_DEVICE):
+                self._bound.discard(res.device_id)
+                if res.type is e.EntryType.REMOVE_DEVICE:
+                    self.rules.unbind(res.device_id)
+                    self.guard.forget(res.device_id)
+                    self._seen.pop(res.device_id, None)
+        if any_batch:
+            self._wake.set()
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        while True:
+            # Woken by applied batches, and twice a second to notice a
+            # leadership change before the next batch arrives.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.5):
+                    await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self.step()
+            except RaftError as exc:
+                log.info("decisions paused: %s", exc)
+                await asyncio.sleep(0.5)
+
+    async def step(self) -> None:
+        leader = self._raft.status().is_leader
+        dirty, self._dirty = self._dirty, set()
+        if leader and not self._was_leader:
+            # A new leader: decide from now on, never over history. Devices
+            # registered later start from their first reading.
+            def positions(s: Store) -> dict[str, int]:
+                return {d.device_id: s.watermark(d.device_id) for d in s.devices()}
+
+            self._seen = self._raft.read(positions)
+            self._was_leader = True
+            log.info("decision engine active (this node leads)")
+            return
+        self._was_leader = leader
+        for device_id in dirty:
+            if not leader or not self.cfg.enabled:
+                self._seen[device_id] = self._raft.read(
+                    partial(Store.watermark, device_id=device_id)
+                )
+                continue
+            await self._device(device_id)
+
+    async def _device(self, device_id: str) -> None:
+        t0 = time.monotonic()
+        device = self._raft.read(lambda s: s.device(device_id))
+        if device is None:
+            return
+        if device_id not in self._bound:
+            for problem in self.rules.bind(device):
+                log.warning("rule cannot run: %s", problem)
+            self._bound.add(device_id)
+        first = self._seen.get(device_id, 0)  # unknown: registered since this node leads
+        rows = self._raft.read(
+            lambda s: s.readings(device_id, first + 1, None, _MAX_READINGS_PER_STEP)
+        )
+        if not rows:
+            return
+        self._seen[device_id] = rows[-1].seq
+        if len(rows) == _MAX_READINGS_PER_STEP:
+            self._dirty.add(device_id)
+            self._wake.set()
+        fired: list[r.Decision] = []
+        windows = self._anomaly_windows()
+        for x in rows:
+            fired.extend(self.rules.reading(device_id, x.sensor, x.ts_ms, x.value))
+            if windows is not None:
+                fired.extend(self._score(windows, device, x.ts_ms, x.sensor, x.value))
+        for d in fired:
+            await self._act(device, d, t0)
+
+    def _anomaly_windows(self) -> Any:
+        """The ONNX tier's windows, with the registry's current model (the
+        swap happens here, between two readings: no window is lost)."""
+        model = None if self._models is None else self._models.current("anomaly")
+        if model is None:
+            return None
+        if self._windows is None:
+            from hub.decide.anomaly import DeviceWindows
+
+            self._windows = DeviceWindows(model)
+        elif self._windows.model is not model:
+            self._windows.model = model
+        return self._windows
+
+    def _score(
+        self, windows: Any, device: e.Device, ts_ms: int, sensor: int, value: float
+    ) -> list[r.Decision]:
+        from hub.decide.anomaly import AnomalyError
+
+        try:
+            ws = windows.add(device.device_id, ts_ms, sensor, value, device.limit_w)
+        except AnomalyError:
+            self.score_errors += 1
+            return []
+        if ws is None:
+            return []
+        self.scored += 1
+        self._last_score[device.device_id] = ws
+        return list(self.rules.anomaly(device.device_id, ws.end_ms, ws.score))
+
+    async def _act(self, device: e.Device, d: r.Decision, t0: float) -> None:
+        now = self._clock()
+        tier = e.Tier.ONNX if d.sensor == r.ANOMALY else e.Tier.RULES
+        record: dict[str, Any] = {
+            "rule": d.rule_id,
+            "description": d.description,
+            "facts": list(d.facts),
+            "trigger": {
+                "sensor": d.sensor,
+                "value": d.value,
+                "threshold": d.threshold,
+                "ts_ms": d.ts_ms,
+                "since_ms": d.since_ms,
+            },
+            "alert": d.alert,
+        }
+        if tier is e.Tier.ONNX:
+            ws = self._last_score.get(device.device_id)
+            if ws is not None:
+                record["model"] = {"name": ws.model, "sha256": ws.model_sha256}
+                record["score"] = round(ws.score, 6)
+                model = self._models.current("anomaly") if self._models else None
+                if model is not None:
+                    unusual = model.unusual_features(ws.features)
+                    record["facts"] = [*record["facts"], *(f"{u} is unusual" for u in unusual)]
+        parts: list[bytes] = []
+        command_id = ""
+        if d.action is not None:
+            proposal = Proposal(device.device_id, d.action, d.params, tier.name.lower())
+            verdict: Verdict = self.guard.check(proposal, device, now)
+            record["action"] = {"name": d.action, "params": {p.name: p.value for p in d.params}}
+            record["guard"] = verdict.to_dict()
+            if verdict.allowed:
+                command_id = uuid.uuid4().hex[:16]
+                term = self._raft.status().term
+                deadline = now + self.cfg.command_deadline_s * 1000
+                parts.append(e.encode(verdict.command(command_id, term, now, deadline)))
+                self.commands += 1
+            else:
+                self.blocked += 1
+        latency = time.monotonic() - t0
+        record["latency_ms"] = round(latency * 1000, 3)
+        decision_id = "d-" + uuid.uuid4().hex[:16]
+        body = json.dumps(record, sort_keys=True, separators=(",", ":"), default=str).encode()
+        parts.append(
+            e.encode(e.Decision(decision_id, device.device_id, tier, now, command_id, body))
+        )
+        try:
+            results = await self._raft.propose(e.group(parts))
+        except RaftError as exc:
+            self.failed += 1
+            log.warning("decision %s not recorded: %s", decision_id, exc.reason)
+            return
+        bad = [x for x in results if x.error is not None]
+        if bad:
+            self.failed += 1
+            log.warning("decision %s refused: %s", decision_id, bad[0].reason)
+            return
+        if self.llm is not None and tier is not e.Tier.LLM:
+            self.llm.consult(self, device, d, tier)
+        key = tier.name.lower()
+        self.decided[key] = self.decided.get(key, 0) + 1
+        self.latency_s = [*self.latency_s[-999:], latency]
+        if self.on_decision is not None:
+            self.on_decision(key, latency)
+        log.info(
+            "decision device=%s tier=%s rule=%s action=%s command=%s",
+            device.device_id,
+            key,
+            d.rule_id,
+            d.action or "alert",
+            command_id or "-",
+        )
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "active": self._was_leader and self.cfg.enabled,
+            "decided": dict(self.decided),
+            "commands": self.commands,
+            "blocked": self.blocked,
+            "failed": self.failed,
+            "guard": self.guard.stats(),
+            "rule_problems": [str(p) for p in self.rules.problems()],
+            "windows_scored": self.scored,
+            "score_errors": self.score_errors,
+            "llm": None if self.llm is None else self.llm.status(),
+        }
+
+
+def load(config_source: Any, cfg: DecisionsConfig) -> tuple[r.RuleSet, Guard]:
+    """The rules and guard of the hub config file (ConfigError on anything wrong)."""
+    from hub.decide.guard import load_guard
+
+    return r.load_rules(config_source), Guard(load_guard(config_source))
+
+
+class LlmTier:
+    """The LLM tier: consulted after a lower tier fires, off the ingest path.
+
+    One consultation at a time (the worker answers one request at a time; a
+    firing while one is running is counted as skipped). The model gets
+    symbolic facts (hub/decide/facts.py: "power is over the limit for 12 s"), the
+    policy and the device's actions; its answer is grammar-constrained and
+    validated (hub/decide/llm.py). It is recorded as an LLM decision with its
+    provenance. It actuates only when the trust gate says its measured
+    accuracy reaches the threshold; otherwise it is advisory: the
+    recommendation is recorded and the tiers below keep acting. A missed
+    deadline or an invalid answer is recorded as a fallback and changes
+    nothing.
+    """
+
+    def __init__(self, model_path: Any, cfg: DecisionsConfig, report_path: Any) -> None:
+        from hub.decide import llm
+
+        self._llm = llm
+        self.cfg = cfg
+        self.model_path = model_path
+        self.model_sha256 = llm.sha256_file(model_path)
+        self.trust = llm.trust(
+            llm.load_report(report_path),
+            model_sha256=self.model_sha256,
+            threshold=cfg.llm_trust_threshold,
+        )
+        self.worker: Any = None
+        self._starting: asyncio.Task[None] | None = None
+        self._busy = False
+        self.consulted = 0
+        self.skipped = 0
+        self.outcomes: dict[str, int] = {}
+        self.error = ""
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def _start(self) -> None:
+        worker = self._llm.LlmWorker(self.model_path, expected_sha256=self.model_sha256)
+        try:
+            await worker.start()
+        except Exception as exc:  # a model that does not load: the tier stays off
+            self.error = str(exc)
+            log.error("the LLM tier is off: %s", exc)
+            return
+        self.worker = worker
+        log.info("LLM tier ready: %s (%s)", self.model_path.name, self.trust.reason)
+
+    def consult(
+        self, engine: DecisionEngine, device: e.Device, d: r.Decision, tier: e.Tier
+    ) -> None:
+        if self.error:
+            return
+        if self.worker is None:
+            if self._starting is None:  # loaded on first use, by the leader only
+                self._starting = asyncio.create_task(self._start())
+            self.skipped += 1
+            return
+        if self._busy:
+            self.skipped += 1
+            return
+        self._busy = True
+        task = asyncio.create_task(self._consult(engine, device, d, tier))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def facts(self, engine: DecisionEngine, device: e.Device, d: r.Decision) -> list[str]:
+        from hub.decide import facts as f
+
+        out = []
+        if d.sensor == r.POWER_W and device.limit_w is not None and d.value > device.limit_w:
+            out.append(f.power_fact(over_for_s=(d.ts_ms - d.since_ms) / 1000))
+        elif d.sensor == r.POWER_W:
+            out.append(f.power_fact(near=True))
+        if d.sensor == r.ANOMALY:
+            out.append(f.anomaly_fact(d.value))
+        out.append(f.relay_fact(True))  # it draws power, so its relay is on
+        if engine.guard.is_critical(device.device_id):
+            out.append(f.critical_fact())
+        return out
+
+    async def _consult(
+        self, engine: DecisionEngine, device: e.Device, d: r.Decision, tier: e.Tier
+    ) -> None:
+        try:
+            facts = self.facts(engine, device, d)
+            result = await self.worker.decide(
+                device.capabilities, facts, self.cfg.policy, deadline_ms=self.cfg.llm_deadline_ms
+            )
+            self.consulted += 1
+            outcome = str(result.outcome)
+            self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+            await self._record(engine, device, d, tier, facts, result)
+        except RaftError as exc:
+            log.info("LLM decision not recorded: %s", exc.reason)
+        finally:
+            self._busy = False
+
+    async def _record(
+        self,
+        engine: DecisionEngine,
+        device: e.Device,
+        d: r.Decision,
+        tier: e.Tier,
+        facts: list[str],
+        result: Any,
+    ) -> None:
+        now = engine._clock()
+        record: dict[str, Any] = {
+            "facts": facts,
+            "after": {"tier": tier.name.lower(), "rule": d.rule_id},
+            "policy": self.cfg.policy,
+            "mode": str(self.trust.mode),
+            "trust": self.trust.reason,
+            "llm": result.provenance.to_json(),
+            "model": {
+                "name": result.provenance.model_name,
+                "sha256": result.provenance.model_sha256,
+            },
+            "latency_ms": result.provenance.latency_ms,
+            "alert": False,
+        }
+        parts: list[bytes] = []
+        command_id = ""
+        if result.fallback:
+            record["fallback"] = f"{result.outcome}: the tier below stands"
+        else:
+            dec = result.decision
+            record["recommendation"] = {
+                "action": dec.action,
+                "params": {p.name: p.value for p in dec.params},
+                "reason": dec.reason,
+            }
+            if not dec.is_none and self.trust.may_actuate:
+                proposal = Proposal(device.device_id, dec.action, dec.params, "llm")
+                verdict = engine.guard.check(proposal, device, now)
+                record["action"] = {
+                    "name": dec.action,
+                    "params": record["recommendation"]["params"],
+                }
+                record["guard"] = verdict.to_dict()
+                if verdict.allowed:
+                    command_id = uuid.uuid4().hex[:16]
+                    deadline = now + engine.cfg.command_deadline_s * 1000
+                    term = engine._raft.status().term
+                    parts.append(e.encode(verdict.command(command_id, term, now, deadline)))
+        body = json.dumps(record, sort_keys=True, separators=(",", ":"), default=str).encode()
+        decision = e.Decision(
+            "d-" + uuid.uuid4().hex[:16],
+            device.device_id,
+            e.Tier.LLM,
+            now,
+            command_id,
+            body[:30000],
+        )
+        parts.append(e.encode(decision))
+        results = await engine._raft.propose(e.group(parts))
+        if all(x.error is None for x in results):
+            engine.decided["llm"] = engine.decided.get("llm", 0) + 1
+            if engine.on_decision is not None:
+                engine.on_decision("llm", result.provenance.latency_ms / 1000)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "model": self.model_path.name,
+            "ready": self.worker is not None,
+            "mode": str(self.trust.mode),
+            "trust": self.trust.reason,
+            "consulted": self.consulted,
+            "skipped": self.skipped,
+            "outcomes": dict(self.outcomes),
+            "error": self.error or None,
+        }
+
+    async def aclose(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+        if self.worker is not None:
+            await self.worker.aclose()
+
+
+def llm_tier(cfg: DecisionsConfig) -> LlmTier | None:
+    """The LLM tier the config asks for, or None (off, or not installed: logged)."""
+    if not cfg.llm:
+        return None
+    from hub.decide import llm
+
+    if not llm.llama_cpp_available():
+        log.warning(
+            "decisions.llm is %s but llama-cpp-python is missing: %s", cfg.llm, llm.INSTALL_HINT
+        )
+        return None
+    try:
+        path = llm.resolve_model(cfg.llm)
+    except llm.ModelError as exc:
+        log.warning("the LLM tier is off: %s", exc)
+        return None
+    report = cfg.llm_report or llm.MODELS_DIR / "eval" / "results" / f"{llm.model_name(path)}.json"
+    return LlmTier(path, cfg, report)

@@ -1,0 +1,157 @@
+"""Symbolic facts about a device and the prompt that carries them to the LLM.
+
+A tiny model cannot compare numbers reliably, so it never sees raw readings.
+The lower tiers (rules, the ONNX model) turn readings into short sentences,
+and the prompt holds only those sentences, the policy in plain words and the
+allowed actions:
+
+    facts = (power_fact(over_for_s=12), relay_fact(True), critical_fact())
+    messages = build_messages(PLUG_CAPABILITIES, facts, "Switch the relay off when ...")
+
+``build_messages`` returns chat messages (a system message with the
+device's actions and the answer format, two worked examples on an unrelated
+device, then the question); the reason comes first in the answer, so the
+model states which policy sentence applies before it names the action; the model's own chat template
+(read from the GGUF) turns them into text, so any instruction-tuned GGUF
+works. The static part (what the device can do, the answer format) comes
+first and the facts last, so llama.cpp reuses the cached prefix from one
+call to the next. ``PROMPT_VERSION`` changes whenever the wording changes:
+eval reports and provenance carry it, and the trust gate accepts only a
+report measured with the running version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Iterable, Sequence
+from typing import Final
+
+from hub.decide.grammar import NONE_ACTION
+from protocol import messages as m
+
+PROMPT_VERSION: Final = "decide-v1"
+
+# What the known actions do, in words the model can use. Unknown actions are
+# listed by name only.
+ACTION_HINTS: Final[dict[str, str]] = {
+    "relay.set": "switch the power relay: on=false cuts the power, on=true restores it",
+    "limit.set": "set the power limit of the device in watts",
+    "sample.set": "set how often the device samples, in milliseconds",
+    "reboot": "restart the device",
+}
+NONE_HINT: Final = "do nothing now (also when the operator must approve first)"
+
+
+# -- facts ------------------------------------------------------------------------------
+
+
+def power_fact(*, over_for_s: float | None = None, near: bool = False) -> str:
+    """Power against the device's limit: over it for a while, near it, or under it."""
+    if over_for_s is not None:
+        return f"power is over the limit for {max(0, round(over_for_s))} s"
+    return "power is near the limit" if near else "power is under the limit"
+
+
+def anomaly_fact(score: float, high: float = 0.8) -> str:
+    """The ONNX anomaly score as a word (scores in 0..1; NaN counts as unknown)."""
+    if math.isnan(score):
+        return "anomaly score is unknown"
+    return "anomaly score is high" if score >= high else "anomaly score is normal"
+
+
+def relay_fact(on: bool) -> str:
+    return "relay is on" if on else "relay is off"
+
+
+def critical_fact() -> str:
+    return "device is marked critical"
+
+
+# -- the prompt -------------------------------------------------------------------------
+
+
+def _num(x: float) -> str:
+    # 3600000, not 3.6e+06: plain digits are what the model is asked to write.
+    return str(int(x)) if x == int(x) else repr(x)
+
+
+def _kind_words(p: m.ParamSpec) -> str:
+    lo, hi = _num(p.min), _num(p.max)
+    if p.kind is m.ParamKind.Bool:
+        return f"{p.name}: true or false"
+    if p.kind is m.ParamKind.Int:
+        return f"{p.name}: a whole number from {lo} to {hi}"
+    if p.kind is m.ParamKind.Float:
+        return f"{p.name}: a number from {lo} to {hi}"
+    return f"{p.name}: text of {lo} to {hi} characters"
+
+
+def describe_actions(caps: Sequence[m.Capability]) -> str:
+    lines = []
+    for c in caps:
+        hint = ACTION_HINTS.get(c.action, "")
+        params = "; ".join(_kind_words(p) for p in c.params) or "no params"
+        lines.append(f"- {c.action}: {hint + '. ' if hint else ''}Params: {params}.")
+    lines.append(f"- {NONE_ACTION}: {NONE_HINT}. Params: no params.")
+    return "\n".join(lines)
+
+
+# Two worked examples on a device unlike any real one (a water pump), so the
+# model sees the answer format and the habit of stating which policy sentence
+# applies before naming the action. They teach the format, not the answers:
+# they share no policy, fact or action with the devices it decides for.
+_EXAMPLE_DEVICE: Final = "(example, a water pump with actions pump.stop and none)\n"
+_EXAMPLE_POLICY: Final = (
+    "When the tank is full, stop the pump. "
+    "When the tank is empty, do nothing, the operator refills it."
+)
+EXAMPLES: Final[tuple[tuple[tuple[str, ...], dict[str, object]], ...]] = (
+    (
+        ("tank is empty", "pump is off"),
+        {"reason": "the tank is empty: the policy says do nothing", "action": "none", "params": {}},
+    ),
+    (
+        ("pump is on", "tank is full"),
+        {
+            "reason": "the tank is full: the policy says stop the pump",
+            "action": "pump.stop",
+            "params": {},
+        },
+    ),
+)
+
+
+def _question(facts: Iterable[str], policy: str) -> str:
+    lines = "\n".join(f"- {x.strip()}" for x in facts if x.strip()) or "- nothing to report"
+    return f"Policy: {policy.strip()}\nFacts:\n{lines}\nWhat is the action now?"
+
+
+def build_messages(
+    caps: Sequence[m.Capability], facts: Iterable[str], policy: str
+) -> list[dict[str, str]]:
+    """Chat messages asking for one decision: system, two worked examples, the question."""
+    system = (
+        "You are the decision module of a home energy hub. You choose the one action to "
+        "take now for one device, following the operator's policy exactly and using only "
+        "the facts given.\n"
+        "The device accepts these actions:\n"
+        f"{describe_actions(caps)}\n"
+        'Answer with one JSON object: {"reason": ..., "action": ..., "params": {...}}. '
+        "In the reason, first quote the sentence of the policy that applies to the facts; "
+        "then give the action it asks for."
+    )
+    messages = [{"role": "system", "content": system}]
+    for example_facts, answer in EXAMPLES:
+        question = _question(example_facts, _EXAMPLE_POLICY)
+        messages.append({"role": "user", "content": _EXAMPLE_DEVICE + question})
+        messages.append({"role": "assistant", "content": json.dumps(answer)})
+    messages.append({"role": "user", "content": _question(facts, policy)})
+    return messages
+
+
+def prompt_sha256(messages: Sequence[dict[str, str]]) -> str:
+    """The hash recorded in provenance: canonical JSON of the messages, UTF-8."""
+    text = json.dumps(list(messages), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()

@@ -1,0 +1,741 @@
+"""The LLM tier: one decision per call from a small local model, or a fallback marker.
+
+    async with LlmWorker(resolve_model("smollm2-135m-instruct-q4_1")) as worker:
+        result = await worker.decide(caps, facts, policy, deadline_ms=1500)
+        if result.fallback:       # deadline missed, invalid output or worker error
+            ...                   # the engine uses the tier below (ONNX, rules)
+        else:
+            result.decision       # hub.grammar.Decision: action, params, reason
+        result.provenance         # model, sha256s, raw output, latency, tokens, outcome
+
+The model runs in a child interpreter (``python -c``, talking over a socket
+pair with ``multiprocessing.connection``) that loads the GGUF once and
+answers one request at a time; the hub's event loop only sends a request
+and waits on a future, so the ingest path never runs the model. Each call
+carries an absolute deadline:
+
+- the child stops at the deadline and answers at once: llama.cpp's abort
+  callback cuts a prompt evaluation short, a stopping criterion checked
+  after every token ends a generation, and a request that reaches the child
+  after its deadline is not started;
+- ``decide`` returns at the deadline whatever happens, with outcome
+  ``deadline``; a late answer is discarded;
+- a child that has not answered ``KILL_GRACE_S`` after a deadline (stuck)
+  is killed and a new one is started, so the next call finds a working
+  model;
+- a call waiting behind another one still counts its own deadline.
+
+Every output is generated under a grammar built from the device's
+capabilities (``hub.grammar.gbnf``) and then validated again
+(``hub.grammar.parse``: schema and bounds). Outcomes:
+
+| outcome | decision | meaning |
+| --- | --- | --- |
+| ``ok`` | a ``Decision`` | valid, within the device's capabilities and bounds |
+| ``invalid`` | ``None`` | output failed validation (``provenance.detail`` says why) |
+| ``deadline`` | ``None`` | no complete answer before the deadline |
+| ``error`` | ``None`` | the worker failed (crashed, prompt too long); it restarts |
+
+``decide`` never raises for any of these. The trust gate (``TrustGate``)
+decides separately whether an ``ok`` decision may actuate or only advises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import importlib
+import importlib.util
+import itertools
+import json
+import logging
+import math
+import multiprocessing.connection
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Final
+
+from hub.core.paths import SHIPPED_MODELS, SOURCE_ROOT
+from hub.decide import facts as f
+from hub.decide import grammar
+from hub.decide.guard import OPERATOR_ONLY
+from protocol import messages as m
+
+log = logging.getLogger("hub.llm")
+
+MODELS_DIR: Final = SHIPPED_MODELS
+DEFAULT_MODEL: Final = "smollm2-135m-instruct-q4_1"
+INSTALL_HINT: Final = "python -m tools.ml.install_llm (make test runs it)"
+KILL_GRACE_S: Final = 5.0
+DEFAULT_DEADLINE_MS: Final = 3000.0
+
+
+class Outcome(StrEnum):
+    OK = "ok"
+    INVALID = "invalid"
+    DEADLINE = "deadline"
+    ERROR = "error"
+
+
+class ModelError(RuntimeError):
+    """The model can't be found, read, verified or loaded; the message says which."""
+
+
+@dataclass(frozen=True, slots=True)
+class Provenance:
+    """What one LLM call saw and said, recorded with the decision."""
+
+    model_name: str
+    model_sha256: str
+    prompt_version: str
+    prompt_sha256: str
+    raw_output: str
+    latency_ms: float
+    prompt_tokens: int
+    completion_tokens: int
+    outcome: Outcome
+    detail: str = ""  # why invalid / error
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["outcome"] = str(self.outcome)
+        return d
+
+
+@dataclass(frozen=True, slots=True)
+class LlmResult:
+    decision: grammar.Decision | None
+    provenance: Provenance
+
+    @property
+    def fallback(self) -> bool:
+        """True when the engine must use the tier below: no valid decision in time."""
+        return self.decision is None
+
+    @property
+    def outcome(self) -> Outcome:
+        return self.provenance.outcome
+
+
+# -- the model file ---------------------------------------------------------------------
+
+
+def resolve_model(name_or_path: str | Path, models_dir: Path = MODELS_DIR) -> Path:
+    """A GGUF path from a path, a file name in ``models_dir``, or a model name there.
+
+    ``smollm2-135m-instruct-q4_1`` finds ``models/smollm2-135m-instruct-q4_1.gguf``
+    (or the file its manifest ``models/NAME.json`` names). Any GGUF dropped
+    into ``models_dir`` is found by its name with or without ``.gguf``.
+    """
+    raw = Path(name_or_path)
+    candidates = [raw]
+    if raw.parent == Path(".") and not raw.is_absolute():
+        candidates += [models_dir / raw.name, models_dir / f"{raw.name}.gguf"]
+        manifest = models_dir / f"{raw.name}.json"
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            candidates.append(models_dir / json.loads(manifest.read_text())["file"])
+    for c in candidates:
+        if c.is_file():
+            return c.resolve()
+    raise ModelError(
+        f"model {str(name_or_path)!r} not found (looked in {models_dir}); "
+        f"the default model is installed by {INSTALL_HINT}"
+    )
+
+
+def model_name(path: Path) -> str:
+    return path.name.removesuffix(".gguf")
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def llama_cpp_available() -> bool:
+    return importlib.util.find_spec("llama_cpp") is not None
+
+
+def model_capabilities(caps: Iterable[m.Capability]) -> tuple[m.Capability, ...]:
+    """The capabilities a model may choose from: all but the operator-only ones."""
+    return tuple(c for c in caps if c.action not in OPERATOR_ONLY)
+
+
+# -- the child process ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    req_id: int
+    messages: list[dict[str, str]]
+    grammar: str
+    max_tokens: int
+    deadline: float  # time.monotonic(), system-wide on Linux
+
+
+@dataclass(frozen=True, slots=True)
+class _Reply:
+    req_id: int
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    stopped_at_deadline: bool
+    error: str
+
+
+def _serve(
+    conn: multiprocessing.connection.Connection,
+    path: str,
+    threads: int,
+    n_ctx: int,
+    seed: int,
+    expected_sha256: str,
+) -> None:
+    """The child: load the model, then answer requests until "stop" or EOF."""
+    try:
+        digest = sha256_file(Path(path))
+        if expected_sha256 and digest != expected_sha256:
+            conn.send(("failed", f"sha256 {digest} differs from the expected {expected_sha256}"))
+            return
+        # Imported by name: llama_cpp is only partly typed, and the hub must
+        # import without it (the model tier is optional).
+        llama_cpp: Any = importlib.import_module("llama_cpp")
+        # llama.cpp's own log lines (an aborted decode, say) are not the hub's.
+        logging.getLogger("llama-cpp-python").setLevel(logging.CRITICAL)
+        llm = llama_cpp.Llama(
+            model_path=path,
+            n_ctx=n_ctx,
+            n_threads=threads,
+            n_threads_batch=threads,
+            seed=seed,
+            verbose=False,
+        )
+    except Exception as exc:  # reported to the parent, which raises ModelError
+        conn.send(("failed", f"{type(exc).__name__}: {exc}"))
+        return
+    conn.send(("ready", digest))
+    render = _renderer(llm)
+    grammars: dict[str, Any] = {}
+    # llama.cpp asks this between graph nodes: the deadline also cuts a long
+    # prompt evaluation short, not only the generation (llama_decode then
+    # returns 2 and llama-cpp-python raises; the context stays usable).
+    deadline = math.inf
+
+    @llama_cpp.ggml_abort_callback  # type: ignore[untyped-decorator]
+    def abort(_data: Any) -> bool:
+        return time.monotonic() >= deadline
+
+    llama_cpp.llama_set_abort_callback(llm._ctx.ctx, abort, None)
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            return
+        if not isinstance(msg, _Request):
+            return
+        deadline = msg.deadline
+        reply = _answer(llama_cpp, llm, render, grammars, msg, seed)
+        deadline = math.inf
+        try:
+            conn.send(reply)
+        except (OSError, ValueError):
+            return
+
+
+def _answer(
+    llama_cpp: Any, llm: Any, render: Any, grammars: dict[str, Any], msg: _Request, seed: int
+) -> _Reply:
+    def past_deadline(_ids: Any = None, _logits: Any = None) -> bool:
+        return time.monotonic() >= msg.deadline
+
+    if past_deadline():  # waited in the pipe for too long: don't start
+        return _Reply(msg.req_id, "", 0, 0, True, "")
+    try:
+        g = grammars.get(msg.grammar)
+        if g is None:
+            g = llama_cpp.LlamaGrammar.from_string(msg.grammar, verbose=False)
+            if len(grammars) > 64:
+                grammars.clear()
+            grammars[msg.grammar] = g
+        out = llm.create_completion(
+            prompt=render(msg.messages),
+            grammar=g,
+            max_tokens=msg.max_tokens,
+            temperature=0.0,
+            repeat_penalty=1.0,
+            seed=seed,
+            stopping_criteria=llama_cpp.StoppingCriteriaList([past_deadline]),
+        )
+        usage = out.get("usage") or {}
+        return _Reply(
+            msg.req_id,
+            out["choices"][0].get("text") or "",
+            int(usage.get("prompt_tokens", 0)),
+            int(usage.get("completion_tokens", 0)),
+            past_deadline(),
+            "",
+        )
+    except Exception as exc:  # one bad request never ends the worker
+        if past_deadline():  # aborted at the deadline
+            return _Reply(msg.req_id, "", 0, 0, True, "")
+        return _Reply(msg.req_id, "", 0, 0, False, f"{type(exc).__name__}: {exc}")
+
+
+_FALLBACK_TEMPLATE: Final = (
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+    "<|im_start|>assistant\n"
+)
+
+
+def _renderer(llm: Any) -> Any:
+    """messages -> prompt tokens, with the GGUF's own chat template.
+
+    llama-cpp-python's chat API takes no stopping criterion, which the
+    deadline needs, so the prompt is rendered here the way its chat handler
+    does, and generated with the plain completion API. No stop strings: the
+    grammar ends the output, and a stop string inside a reason would cut it.
+    """
+    llama_chat_format: Any = importlib.import_module("llama_cpp.llama_chat_format")
+    template = llm.metadata.get("tokenizer.chat_template") or _FALLBACK_TEMPLATE
+    eos_id, bos_id = llm.token_eos(), llm.token_bos()
+    model = llm._model  # the tokenizer's view of special tokens, as llama-cpp does it
+    formatter = llama_chat_format.Jinja2ChatFormatter(
+        template=template,
+        eos_token=model.token_get_text(eos_id) if eos_id != -1 else "",
+        bos_token=model.token_get_text(bos_id) if bos_id != -1 else "",
+    )
+
+    def render(messages: list[dict[str, str]]) -> list[int]:
+        r = formatter(messages=messages)
+        tokens: list[int] = llm.tokenize(
+            r.prompt.encode("utf-8"), add_bos=not r.added_special, special=True
+        )
+        return tokens
+
+    return render
+
+
+def _child_main(fd: int, args_json: str) -> None:
+    """Entry point of the child interpreter (see ``LlmWorker._spawn``)."""
+    a = json.loads(args_json)
+    conn = multiprocessing.connection.Connection(fd)
+    try:
+        _serve(conn, a["path"], a["threads"], a["n_ctx"], a["seed"], a["expected_sha256"])
+    finally:
+        conn.close()
+
+
+class _Child:
+    """One model process, its socket and the thread that reads its replies."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], conn: Any) -> None:
+        self.proc = proc
+        self.conn: multiprocessing.connection.Connection = conn
+        self.pending: dict[int, asyncio.Future[_Reply]] = {}
+        self.lock = threading.Lock()
+        self.dead = False
+        self.reader = threading.Thread(target=self._read, name="llm-reader", daemon=True)
+
+    def _read(self) -> None:
+        # The one place replies cross into asyncio: each future on its own loop.
+        while True:
+            try:
+                reply = self.conn.recv()
+            except (EOFError, OSError):
+                break
+            with self.lock:
+                fut = self.pending.pop(getattr(reply, "req_id", -1), None)
+            if fut is not None:
+                _hand_over(fut, reply)
+        with self.lock:
+            self.dead = True
+            waiting, self.pending = list(self.pending.values()), {}
+        for fut in waiting:
+            _hand_over(fut, None)
+
+    def alive(self) -> bool:
+        return not self.dead and self.proc.poll() is None
+
+    def kill(self) -> None:
+        with contextlib.suppress(OSError):
+            self.proc.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(5)
+        with contextlib.suppress(OSError):
+            self.conn.close()
+
+
+def _hand_over(fut: asyncio.Future[_Reply], reply: _Reply | None) -> None:
+    # From the reader thread to the future's loop; a closed loop has no one waiting.
+    with contextlib.suppress(RuntimeError):
+        fut.get_loop().call_soon_threadsafe(_resolve, fut, reply)
+
+
+def _resolve(fut: asyncio.Future[_Reply], reply: _Reply | None) -> None:
+    if fut.done():
+        return
+    if reply is None:
+        fut.set_exception(EOFError("model process exited"))
+    else:
+        fut.set_result(reply)
+
+
+# -- the worker -------------------------------------------------------------------------
+
+
+class LlmWorker:
+    """Decisions from one GGUF in a child process, with deadlines. See the module doc.
+
+    ``threads``: llama.cpp threads (1 by default, so a hub's other work keeps
+    a core). ``n_ctx``: context window in tokens. ``max_tokens``: generation
+    limit; None (the default) takes the longest output the grammar allows,
+    so a decision is never cut short. ``seed``: sampling is greedy, the seed
+    only matters for models that need one. ``expected_sha256``: refuse any
+    other file (the model registry passes its manifest's hash).
+    ``restarts`` counts model processes replaced after a crash or a missed
+    kill deadline.
+    """
+
+    def __init__(
+        self,
+        model_path: Path,
+        *,
+        threads: int = 1,
+        n_ctx: int = 2048,
+        max_tokens: int | None = None,
+        seed: int = 0,
+        expected_sha256: str = "",
+        load_timeout_s: float = 120.0,
+    ) -> None:
+        if threads < 1:
+            raise ValueError("threads must be at least 1")
+        self.model_path = Path(model_path)
+        self.model_name = model_name(self.model_path)
+        self.model_sha256 = expected_sha256
+        self.threads = threads
+        self.n_ctx = n_ctx
+        self.max_tokens = max_tokens
+        self.seed = seed
+        self.expected_sha256 = expected_sha256
+        self.load_timeout_s = load_timeout_s
+        self._child: _Child | None = None
+        self._lock: asyncio.Lock | None = None
+        self._ids = itertools.count(1)
+        self._background: set[asyncio.Task[Any]] = set()
+        self._closed = False
+        self.restarts = 0
+
+    # -- lifecycle
+
+    async def start(self) -> None:
+        """Load the model in a new child process; ModelError if it can't.
+
+        Call it before the first ``decide``: a worker that is not started
+        loads the model on the first call, inside that call's deadline.
+        """
+        if self._closed:
+            raise ModelError("worker is closed")
+        if self._child is None:
+            self._child = await asyncio.to_thread(self._spawn)
+
+    def _spawn(self) -> _Child:
+        # A fresh interpreter rather than multiprocessing's spawn: spawn
+        # re-imports the caller's __main__, which scripts and test runners
+        # don't always allow.
+        if not self.model_path.is_file():
+            raise ModelError(f"{self.model_path}: no such model file; {INSTALL_HINT}")
+        ours, theirs = socket.socketpair()
+        args = {
+            "path": str(self.model_path),
+            "threads": self.threads,
+            "n_ctx": self.n_ctx,
+            "seed": self.seed,
+            "expected_sha256": self.expected_sha256,
+        }
+        code = "import sys; from hub.decide.llm import _child_main as m; m(int(sys.argv[1]), sys.argv[2])"
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            x for x in (str(SOURCE_ROOT), env.get("PYTHONPATH", "")) if x
+        )
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-c", code, str(theirs.fileno()), json.dumps(args)],
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+                env=env,
+            )
+        finally:
+            theirs.close()
+        conn = multiprocessing.connection.Connection(ours.detach())
+        c = _Child(proc, conn)
+        try:
+            if not conn.poll(self.load_timeout_s):
+                raise ModelError(f"{self.model_path.name}: not loaded in {self.load_timeout_s} s")
+            status, detail = conn.recv()
+        except (EOFError, OSError):
+            c.kill()
+            raise ModelError(
+                f"{self.model_path.name}: the model process exited while loading "
+                f"(exit code {proc.poll()}); is llama-cpp-python installed? {INSTALL_HINT}"
+            ) from None
+        except ModelError:
+            c.kill()
+            raise
+        if status != "ready":
+            c.kill()
+            raise ModelError(f"{self.model_path.name}: {detail}")
+        self.model_sha256 = detail
+        c.reader.start()
+        return c
+
+    def close(self) -> None:
+        """Stop the child process. The worker can't be used afterwards."""
+        self._closed = True
+        child, self._child = self._child, None
+        if child is None:
+            return
+        with contextlib.suppress(OSError, ValueError):
+            child.conn.send("stop")
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.proc.wait(2)
+        child.kill()
+
+    async def aclose(self) -> None:
+        """``close`` off the event loop, then let calls still in flight finish."""
+        await asyncio.to_thread(self.close)
+        if self._background:
+            await asyncio.wait(set(self._background), timeout=KILL_GRACE_S)
+
+    async def __aenter__(self) -> LlmWorker:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    @property
+    def pid(self) -> int | None:
+        return self._child.proc.pid if self._child is not None else None
+
+    # -- decisions
+
+    async def decide(
+        self,
+        caps: tuple[m.Capability, ...],
+        facts: Iterable[str],
+        policy: str,
+        *,
+        deadline_ms: float = DEFAULT_DEADLINE_MS,
+    ) -> LlmResult:
+        """One decision for a device with ``caps``; never raises for model trouble.
+
+        Operator-only actions (``hub.guard.OPERATOR_ONLY``, firmware updates)
+        are removed first: the model is never offered them.
+        """
+        t0 = time.monotonic()
+        caps = model_capabilities(caps)
+        deadline = t0 + max(0.0, deadline_ms) / 1000.0
+        messages = f.build_messages(caps, facts, policy)
+        prompt_hash = f.prompt_sha256(messages)
+
+        def result(
+            outcome: Outcome,
+            detail: str = "",
+            reply: _Reply | None = None,
+            decision: grammar.Decision | None = None,
+        ) -> LlmResult:
+            if outcome is not Outcome.OK:
+                log.info("llm fallback: %s (%s)", outcome, detail)
+            return LlmResult(
+                decision,
+                Provenance(
+                    model_name=self.model_name,
+                    model_sha256=self.model_sha256,
+                    prompt_version=f.PROMPT_VERSION,
+                    prompt_sha256=prompt_hash,
+                    raw_output=reply.text if reply else "",
+                    latency_ms=round((time.monotonic() - t0) * 1000.0, 3),
+                    prompt_tokens=reply.prompt_tokens if reply else 0,
+                    completion_tokens=reply.completion_tokens if reply else 0,
+                    outcome=outcome,
+                    detail=detail,
+                ),
+            )
+
+        try:
+            gbnf = grammar.gbnf(caps)
+        except ValueError as exc:
+            return result(Outcome.ERROR, f"capabilities: {exc}")
+        max_tokens = self.max_tokens or grammar.max_chars(caps) + 1
+        req = _Request(next(self._ids), messages, gbnf, max_tokens, deadline)
+        task = asyncio.ensure_future(self._run(req))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        done, _ = await asyncio.wait({task}, timeout=max(0.0, deadline - time.monotonic()))
+        if task not in done:
+            # The task goes on in the background: it waits for the late reply
+            # or kills the child, so the next call finds a working model.
+            return result(Outcome.DEADLINE, "no answer before the deadline")
+        reply, outcome, detail = task.result()
+        if reply is None:
+            return result(outcome, detail)
+        if reply.error:
+            return result(Outcome.ERROR, reply.error, reply)
+        if reply.stopped_at_deadline:
+            return result(Outcome.DEADLINE, "generation stopped at the deadline", reply)
+        try:
+            decision = grammar.parse(reply.text, caps)
+        except grammar.InvalidOutput as exc:
+            return result(Outcome.INVALID, exc.reason, reply)
+        return result(Outcome.OK, "", reply, decision)
+
+    async def _run(self, req: _Request) -> tuple[_Reply | None, Outcome, str]:
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            if self._closed:
+                return None, Outcome.ERROR, "worker is closed"
+            if time.monotonic() >= req.deadline:
+                return None, Outcome.DEADLINE, "deadline passed while waiting for the model"
+            try:
+                if self._child is None or not self._child.alive():
+                    await self._restart()
+            except ModelError as exc:
+                return None, Outcome.ERROR, str(exc)
+            child = self._child
+            assert child is not None
+            fut: asyncio.Future[_Reply] = asyncio.get_running_loop().create_future()
+            with child.lock:
+                child.pending[req.req_id] = fut
+            try:
+                child.conn.send(req)
+            except (OSError, ValueError) as exc:
+                with child.lock:
+                    child.pending.pop(req.req_id, None)
+                await self._restart()
+                return None, Outcome.ERROR, f"model process unreachable: {exc}"
+            budget = max(0.0, req.deadline - time.monotonic()) + KILL_GRACE_S
+            try:
+                return await asyncio.wait_for(fut, budget), Outcome.OK, ""
+            except TimeoutError:
+                log.warning("llm: model process did not stop at the deadline; restarting it")
+                await self._restart()
+                return (
+                    None,
+                    Outcome.DEADLINE,
+                    "model process did not stop at the deadline; restarted",
+                )
+            except EOFError:
+                await self._restart()
+                return None, Outcome.ERROR, "model process exited; restarted"
+
+    async def _restart(self) -> None:
+        old, self._child = self._child, None
+        if old is not None:
+            await asyncio.to_thread(old.kill)
+        if self._closed:
+            return
+        if old is not None:
+            self.restarts += 1
+        self._child = await asyncio.to_thread(self._spawn)
+
+
+# -- the trust gate ---------------------------------------------------------------------
+
+DEFAULT_TRUST_THRESHOLD: Final = 0.9
+MIN_EVAL_SCENARIOS: Final = 60
+
+
+class Mode(StrEnum):
+    ACTUATE = "actuate"  # decisions go to the guard and may become commands
+    ADVISORY = "advisory"  # decisions are recorded as recommendations only
+
+
+@dataclass(frozen=True, slots=True)
+class Trust:
+    mode: Mode
+    reason: str
+    accuracy: float | None = None
+
+    @property
+    def may_actuate(self) -> bool:
+        return self.mode is Mode.ACTUATE
+
+
+def trust(
+    report: dict[str, Any] | None,
+    *,
+    model_sha256: str,
+    threshold: float = DEFAULT_TRUST_THRESHOLD,
+    min_scenarios: int = MIN_EVAL_SCENARIOS,
+) -> Trust:
+    """May this model actuate? Only with an eval report for this very model and prompt.
+
+    ``report`` is what ``aiot eval decisions --json`` printed. It counts only
+    when it was measured on the same GGUF (sha256) with the running prompt
+    version, over at least ``min_scenarios`` scenarios, and its accuracy
+    (with invalid outputs and missed deadlines counted as wrong) reaches
+    ``threshold``. Anything else keeps the model advisory.
+    """
+    if report is None:
+        return Trust(Mode.ADVISORY, "no evaluation report")
+    acc = report.get("accuracy")
+    if not isinstance(acc, int | float) or isinstance(acc, bool):
+        return Trust(Mode.ADVISORY, "evaluation report has no accuracy")
+    accuracy = float(acc)
+    if report.get("model_sha256") != model_sha256:
+        return Trust(Mode.ADVISORY, "evaluation report is for another model", accuracy)
+    if report.get("prompt_version") != f.PROMPT_VERSION:
+        return Trust(Mode.ADVISORY, "evaluation report is for another prompt version", accuracy)
+    n = report.get("n")
+    if not isinstance(n, int) or n < min_scenarios:
+        return Trust(Mode.ADVISORY, f"evaluation covers fewer than {min_scenarios} scenarios")
+    if not accuracy >= threshold:
+        return Trust(
+            Mode.ADVISORY, f"accuracy {accuracy:.3f} below the threshold {threshold:g}", accuracy
+        )
+    return Trust(Mode.ACTUATE, f"accuracy {accuracy:.3f} reaches {threshold:g}", accuracy)
+
+
+def eval_report_path(model: str, models_dir: Path = MODELS_DIR) -> Path:
+    """Where ``aiot eval decisions`` reports for a model are kept (``models/eval/results/``)."""
+    return models_dir / "eval" / "results" / f"{model}.json"
+
+
+def load_report(path: Path) -> dict[str, Any] | None:
+    """An eval report saved with ``aiot eval decisions --json > PATH``, or None."""
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "DEFAULT_TRUST_THRESHOLD",
+    "LlmResult",
+    "LlmWorker",
+    "Mode",
+    "ModelError",
+    "Outcome",
+    "Provenance",
+    "Trust",
+    "eval_report_path",
+    "load_report",
+    "model_capabilities",
+    "resolve_model",
+    "trust",
+]

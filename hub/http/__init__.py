@@ -1,0 +1,1 @@
+"""The HTTP API and the dashboard, over the small interface they need."""

@@ -1,0 +1,1 @@
+"""Devices and brokers: MQTT brokers, ingest, command delivery, presence, events."""

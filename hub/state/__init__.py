@@ -1,0 +1,1 @@
+"""The replicated state: log entries, the LMDB store, Raft, API users."""

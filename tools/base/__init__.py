@@ -1,0 +1,1 @@
+"""What every tool shares: paths, ports, processes, the hub API client."""

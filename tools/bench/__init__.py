@@ -1,0 +1,1 @@
+"""`aiot bench ...`: benchmarks that print JSON against a same-run baseline."""

@@ -1,0 +1,1 @@
+"""`aiot chaos`: the fault-injection campaign."""

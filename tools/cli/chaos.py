@@ -1,0 +1,130 @@
+"""`aiot chaos`: the fault-injection campaign (tools/chaos/campaign.py, docs/chaos.md).
+
+    aiot chaos --duration 60 --seed 7              # progress, then a summary
+    aiot chaos --duration 600 --seed 7 --json      # one JSON object on stdout
+
+Exit status: 0 when every check held, 1 when the campaign found a violation,
+2 when it could not run (no Mosquitto, no MicroPython, a cluster that did not
+start).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+
+def chaos(
+    duration: Annotated[
+        float, typer.Option("--duration", min=10.0, help="Seconds of fault injection.")
+    ] = 60.0,
+    seed: Annotated[int, typer.Option("--seed", help="Seeds the whole fault schedule.")] = 1,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object (progress goes to stderr).")
+    ] = False,
+    devices: Annotated[
+        int, typer.Option("--devices", min=1, max=64, help="MicroPython devices.")
+    ] = 10,
+    hubs: Annotated[int, typer.Option("--hubs", min=3, max=7, help="Hub nodes.")] = 3,
+    workdir: Annotated[
+        Path | None,
+        typer.Option(help="Keep everything here (default: a temporary directory)."),
+    ] = None,
+    keep: Annotated[bool, typer.Option(help="Keep the temporary directory.")] = False,
+    partition: Annotated[
+        str, typer.Option(help="How to cut a hub off: auto, netns or sigstop.")
+    ] = "auto",
+    recovery_limit: Annotated[
+        float, typer.Option(min=1.0, help="R: seconds within which ingest must resume.")
+    ] = 30.0,
+) -> None:
+    """Inject faults into a local hub cluster and MicroPython devices; check
+    that nothing acknowledged is lost or stored twice, no command runs twice,
+    the replicas converge and ingest recovers."""
+    from hub.link.broker import INSTALL_HINT, find_mosquitto
+    from tools.chaos import campaign as chaos_mod
+
+    if partition not in ("auto", "netns", "sigstop"):
+        typer.echo("aiot: --partition: expected auto, netns or sigstop", err=True)
+        raise typer.Exit(2)
+    if find_mosquitto() is None:
+        typer.echo(f"aiot: mosquitto not found: {INSTALL_HINT}", err=True)
+        raise typer.Exit(2)
+    use_netns = None if partition == "auto" else partition == "netns"
+    if use_netns and not chaos_mod.netns_available():
+        typer.echo("aiot: --partition netns: cannot create network namespaces here", err=True)
+        raise typer.Exit(2)
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    def stop(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    # Ctrl-C and SIGTERM stop the campaign cleanly (processes, namespaces),
+    # also when it was started in the background, which ignores SIGINT.
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        summary = chaos_mod.run(
+            seed,
+            duration,
+            hubs,
+            devices,
+            workdir=workdir,
+            keep=keep,
+            use_netns=use_netns,
+            recovery_limit_s=recovery_limit,
+            log=log,
+        )
+    except KeyboardInterrupt:
+        typer.echo("aiot: chaos: interrupted; everything it started is stopped", err=True)
+        raise typer.Exit(130) from None
+    except Exception as exc:  # set-up failures: say what, not a traceback
+        typer.echo(f"aiot: chaos: the campaign could not run: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if json_out:
+        typer.echo(json.dumps(summary))
+    else:
+        _print(summary)
+    raise typer.Exit(1 if summary["violations"] else 0)
+
+
+def _print(s: dict[str, Any]) -> None:
+    keys = (
+        "seed",
+        "duration_s",
+        "partition_method",
+        "faults_injected",
+        "readings_acked",
+        "readings_lost",
+        "duplicates_stored",
+        "commands_issued",
+        "commands_executed",
+        "commands_executed_twice",
+        "commands_by_state",
+        "converged",
+        "max_recovery_s",
+    )
+    for key in keys:
+        value = s[key]
+        typer.echo(f"{key:>24}  {json.dumps(value) if isinstance(value, dict) else value}")
+    if s.get("workdir"):
+        typer.echo(f"{'workdir':>24}  {s['workdir']}")
+    if s["violations"]:
+        typer.echo(f"{len(s['violations'])} violations:")
+        for v in s["violations"]:
+            where = " ".join(f"{k}={v[k]}" for k in ("node", "device", "fault") if k in v)
+            typer.echo(f"  {v['check']} {where}: {v['detail']}")
+    else:
+        typer.echo("no violations")
+
+
+def register(app: typer.Typer) -> None:
+    """Add `chaos` to the `aiot` app."""
+    app.command("chaos")(chaos)

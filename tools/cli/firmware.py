@@ -1,0 +1,304 @@
+"""`aiot firmware`: build, flash, verify, update over the air, a virtual board.
+
+    aiot firmware build --board esp32 --device plug-1 --config hub.toml --wifi-secrets wifi.json
+    aiot firmware flash --port /dev/ttyUSB0 [--out build/plug-1]
+    aiot firmware verify --port /dev/ttyUSB0
+    aiot firmware ota plug-1 --config hub.toml [--out build/plug-1]
+    aiot firmware virtual-board DIR --port 7000
+
+docs/flashing.md walks through it from an unboxed board.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from tools.base.hubclient import HubClient, HubError
+
+firmware_app = typer.Typer(
+    help="Device firmware: build to .mpy, flash, verify, update over the air.",
+    no_args_is_help=True,
+)
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="A hub node's config file (or AIOT_CONFIG)."),
+]
+HubOpt = Annotated[str | None, typer.Option("--hub", help="A hub's HTTP URL (or AIOT_HUB).")]
+TokenOpt = Annotated[str | None, typer.Option("--token", help="Admin token (or AIOT_TOKEN).")]
+PortOpt = Annotated[
+    str,
+    typer.Option("--port", "-p", help="Serial device (/dev/ttyUSB0) or socket://HOST:PORT."),
+]
+TimeoutOpt = Annotated[
+    float, typer.Option("--timeout", min=0.5, help="Seconds to wait for the board to answer.")
+]
+DEFAULT_OUT = Path("build/firmware")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(firmware_app, name="firmware")
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    typer.echo(f"aiot: {message}", err=True)
+    return typer.Exit(code)
+
+
+def _say(line: str) -> None:
+    typer.echo(line, err=True)
+
+
+def _client(config: Path | None, hub: str | None, token: str | None) -> HubClient:
+    try:
+        return HubClient.from_options(config, hub, token)
+    except HubError as exc:
+        raise _fail(str(exc)) from None
+
+
+def _kib(n: int | None) -> str:
+    return "-" if n is None else f"{n / 1024:,.1f} KiB"
+
+
+@firmware_app.command("build")
+def build_cmd(
+    board: Annotated[str, typer.Option("--board", "-b", help="esp32, esp32s3, pico_w or unix.")],
+    device: Annotated[str, typer.Option("--device", "-d", help="A registered device id.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Bundle directory.")] = DEFAULT_OUT,
+    config: ConfigOpt = None,
+    hub: HubOpt = None,
+    token: TokenOpt = None,
+    wifi_secrets: Annotated[
+        Path | None,
+        typer.Option(
+            "--wifi-secrets",
+            help='JSON {"wifi_ssid": ..., "wifi_password": ...}; default firmware/wifi.json '
+            "if it exists (git-ignored).",
+        ),
+    ] = None,
+    settings: Annotated[
+        Path | None,
+        typer.Option("--settings", help="JSON of extra device settings (pins, tuning)."),
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print bundle.json.")] = False,
+) -> None:
+    """Compile edge/ and firmware/ to .mpy for a board, with the device's config from the hub."""
+    from tools.base.paths import ROOT
+    from tools.firmware.build import BOARDS, BuildError, build, load_wifi
+
+    spec = BOARDS.get(board)
+    if spec is None:
+        raise _fail(f"unknown board {board!r}: one of {', '.join(BOARDS)}")
+    if wifi_secrets is None and (ROOT / "firmware" / "wifi.json").exists():
+        wifi_secrets = ROOT / "firmware" / "wifi.json"
+    overrides: dict[str, Any] = {}
+    try:
+        wifi = load_wifi(wifi_secrets)
+        if settings is not None:
+            overrides = json.loads(settings.read_text())
+    except BuildError as exc:
+        raise _fail(str(exc)) from None
+    except (OSError, ValueError) as exc:
+        raise _fail(f"--settings {settings}: {exc}") from None
+    with _client(config, hub, token) as client:
+        try:
+            registry = client.get(f"/v1/devices/{device}/config")
+        except HubError as exc:
+            if exc.status == 404:
+                raise _fail(
+                    f"device {device!r} is not registered on the hub at {client.url}: "
+                    f"register it first (aiot device add {device})",
+                    1,
+                ) from None
+            raise _fail(str(exc), 1) from None
+    try:
+        info = build(spec, registry, out, wifi=wifi, overrides=overrides, say=_say)
+    except BuildError as exc:
+        raise _fail(str(exc), 1) from None
+    if json_out:
+        typer.echo(json.dumps(info, indent=1))
+        return
+    b = info["budget"]
+    typer.echo(f"built {spec.name} bundle for {device} in {out}")
+    typer.echo(f"  bundle sha256   {info['bundle_sha256']}")
+    typer.echo(f"  files           {len(info['files'])} ({spec.march} .mpy v{info['mpy']})")
+    typer.echo(f"  app             {_kib(b['app_bytes'])} (x2 for the A/B app slots)")
+    typer.echo(f"  data slots      {_kib(b['data_slots_bytes'])} on the {b['data_slots_on']}")
+    if b["budget_bytes"] is None:
+        typer.echo(f"  flash           {_kib(b['total_bytes'])} (no budget: {spec.note})")
+    else:
+        typer.echo(
+            f"  flash           {_kib(b['total_bytes'])} of {_kib(b['budget_bytes'])}, "
+            f"{_kib(b['free_bytes'])} free ({spec.note})"
+        )
+
+
+@firmware_app.command("flash")
+def flash_cmd(
+    port: PortOpt,
+    out: Annotated[Path, typer.Option("--out", "-o", help="The built bundle.")] = DEFAULT_OUT,
+    board: Annotated[
+        str | None, typer.Option("--board", "-b", help="Check the bundle is for this board.")
+    ] = None,
+    erase: Annotated[
+        bool, typer.Option("--erase", help="First erase and write a MicroPython image.")
+    ] = False,
+    micropython: Annotated[
+        Path | None,
+        typer.Option("--micropython", help="The image for --erase: .bin (ESP32) or .uf2 (Pico W)."),
+    ] = None,
+    uf2_drive: Annotated[
+        Path | None, typer.Option("--uf2-drive", help="Pico W in BOOTSEL mode: its drive.")
+    ] = None,
+    no_reset: Annotated[
+        bool,
+        typer.Option(
+            "--no-reset", help="Leave the board at its REPL (the virtual board's resume)."
+        ),
+    ] = False,
+    timeout: TimeoutOpt = 10.0,
+) -> None:
+    """Copy the bundle's changed files (by sha256), then the config, then reset."""
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+
+    from tools.firmware.build import BuildError, load_bundle
+    from tools.firmware.flash import FlashError, flash, write_image
+
+    try:
+        info = load_bundle(out)
+        if erase:
+            if micropython is None:
+                raise _fail("--erase needs --micropython IMAGE")
+            write_image(info["board"], port, micropython, uf2_drive, say=_say)
+        # The bar appears with the first file copied: an error before that
+        # (no port, no answer, the wrong board) is its one line alone.
+        bars = Progress(
+            TextColumn("{task.description:<28}"),
+            BarColumn(),
+            DownloadColumn(),
+            console=Console(stderr=True),
+            transient=True,  # gone once done: the summary stays
+        )
+        task = bars.add_task("copying", total=None)
+
+        def progress(path: str, done: int, total: int) -> None:
+            if not bars.live.is_started:
+                bars.start()
+            bars.update(task, description=path[-28:], completed=done, total=total)
+
+        try:
+            report = flash(
+                port,
+                out,
+                board_name=board,
+                reset=False if no_reset else None,
+                timeout=timeout,
+                progress=progress,
+            )
+        finally:
+            if bars.live.is_started:
+                bars.stop()
+    except (FlashError, BuildError) as exc:
+        raise _fail(str(exc), 1) from None
+    typer.echo(
+        f"flashed {port}: {len(report.copied)} file(s) copied ({report.bytes_copied:,} bytes), "
+        f"{len(report.unchanged)} unchanged, {len(report.removed)} removed"
+        + ("; reset" if report.reset else "; not reset")
+    )
+    for p in report.copied:
+        typer.echo(f"  copied {p}")
+    for p in report.removed:
+        typer.echo(f"  removed {p}")
+
+
+@firmware_app.command("verify")
+def verify_cmd(
+    port: PortOpt,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Compare with this built bundle.")
+    ] = None,
+    timeout: TimeoutOpt = 10.0,
+) -> None:
+    """Read the board's file hashes back (and compare them with a bundle)."""
+    from tools.firmware.build import BuildError
+    from tools.firmware.flash import FlashError, verify
+
+    try:
+        result = verify(port, out, timeout)
+    except (FlashError, BuildError) as exc:
+        raise _fail(str(exc), 1) from None
+    typer.echo(json.dumps(result, indent=1))
+    if out is not None and not result["matches"]:
+        raise typer.Exit(1)
+
+
+def _show_step(step: dict[str, Any]) -> None:
+    """One line per step of an update's history, as it reaches the ledger."""
+    at = datetime.fromtimestamp(step["at_ms"] / 1000, UTC).strftime("%H:%M:%S")
+    detail = step.get("detail") or ""
+    typer.echo(f"  {at} {step['state']:<8} {detail}".rstrip())
+
+
+@firmware_app.command("ota")
+def ota_cmd(
+    device: Annotated[str, typer.Argument(help="The device to update.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The built bundle.")] = DEFAULT_OUT,
+    config: ConfigOpt = None,
+    hub: HubOpt = None,
+    token: TokenOpt = None,
+    url: Annotated[
+        str | None,
+        typer.Option("--url", help="The bundle's base URL as the device reaches it."),
+    ] = None,
+    wait_s: Annotated[
+        float, typer.Option("--wait", min=0, help="Seconds to wait for the outcome (0: don't).")
+    ] = 0.0,
+) -> None:
+    """Upload the bundle to the hubs and send the device a signed ota.update command."""
+    from tools.firmware.build import BuildError
+    from tools.firmware.ota import OtaError, send, upload, wait
+
+    with _client(config, hub, token) as client:
+        try:
+            sha, here, stored = upload(client, out)
+            rec = send(client, device, url or here, sha)
+            typer.echo(f"bundle {sha} on {len(stored)} node(s); command {rec['command_id']}")
+            if wait_s > 0:
+                rec = wait(client, rec["command_id"], wait_s, _show_step)
+        except (OtaError, BuildError) as exc:
+            raise _fail(str(exc), 1) from None
+        except HubError as exc:
+            raise _fail(str(exc), 1) from None
+    typer.echo(json.dumps(rec, indent=1))
+    if wait_s > 0 and rec.get("state") != "DONE":
+        raise typer.Exit(1)
+
+
+@firmware_app.command("virtual-board")
+def virtual_cmd(
+    directory: Annotated[Path, typer.Argument(help="The board's file system (a directory).")],
+    port: Annotated[int, typer.Option("--port", help="TCP port on 127.0.0.1.")] = 7000,
+) -> None:
+    """Serve a virtual board (MicroPython unix port behind socat) until Ctrl-C."""
+    from tools.firmware.virtual import VirtualBoard, VirtualBoardError
+
+    try:
+        vb = VirtualBoard(directory, port).start()
+    except VirtualBoardError as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(f"virtual board at {vb.url}, file system {directory}")
+    typer.echo(f"flash:    aiot firmware flash --port {vb.url} --out BUNDLE")
+    typer.echo(f"power on: cd {directory} && MICROPYPATH=.:.frozen micropython -m loader")
+    try:
+        assert vb.proc is not None
+        vb.proc.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        vb.stop()

@@ -1,0 +1,1 @@
+"""`aiot demo` and `aiot protocol walkthrough`."""

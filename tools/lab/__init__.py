@@ -1,0 +1,1 @@
+"""Local processes for tests, benchmarks and chaos: clusters, devices, brokers."""

@@ -1,0 +1,1 @@
+"""Training and evaluating models, and installing the local LLM."""

@@ -1,0 +1,288 @@
+"""Measure an LLM's decisions on a scenario set: the numbers the trust gate reads.
+
+The scenario format is documented in ``models/eval/README.md``. Each scenario
+runs through the same ``hub.llm.LlmWorker`` the hub uses (child process,
+grammar, validation, deadline), one at a time. A scenario counts as correct
+when the outcome is ``ok``, the action is the expected one and, where the
+scenario names parameters, every one of them has the expected value (floats
+within 1e-6). Invalid outputs, missed deadlines and worker errors count as
+wrong, and are also reported as rates of their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import platform
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from hub.decide import facts as f
+from hub.decide import grammar
+from hub.decide.llm import LlmResult, LlmWorker, Outcome
+from protocol import messages as m
+from tools.base.paths import ROOT
+
+DEFAULT_SCENARIOS: Final = ROOT / "models" / "eval" / "decisions.jsonl"
+DEFAULT_EVAL_DEADLINE_MS: Final = 30_000.0
+
+_RELAY = m.Capability("relay.set", (m.ParamSpec("on", m.ParamKind.Bool, 0.0, 1.0),))
+_LIMIT = m.Capability("limit.set", (m.ParamSpec("watts", m.ParamKind.Float, 0.0, 3680.0),))
+_SAMPLE = m.Capability(
+    "sample.set", (m.ParamSpec("interval_ms", m.ParamKind.Int, 100.0, 3600000.0),)
+)
+_REBOOT = m.Capability("reboot")
+
+# Named capability sets a scenario may use instead of a list. "plug" is the
+# smart plug's set (hub.api.PLUG_CAPABILITIES; a unit test keeps them equal).
+CAPABILITY_SETS: Final[dict[str, tuple[m.Capability, ...]]] = {
+    "plug": (_RELAY, _LIMIT, _SAMPLE, _REBOOT),
+    "meter": (_SAMPLE, _REBOOT),
+    "relay": (_RELAY,),
+}
+
+
+class ScenarioError(ValueError):
+    """A scenario file that does not follow the format; names the file and line."""
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    id: str
+    capabilities: tuple[m.Capability, ...]
+    facts: tuple[str, ...]
+    policy: str
+    expect_action: str
+    expect_params: dict[str, m.ParamValue] | None = None
+    category: str = ""
+
+
+def _caps(value: Any) -> tuple[m.Capability, ...]:
+    if isinstance(value, str):
+        if value not in CAPABILITY_SETS:
+            raise ValueError(f"unknown capability set {value!r}: one of {sorted(CAPABILITY_SETS)}")
+        return CAPABILITY_SETS[value]
+    if not isinstance(value, list):
+        raise ValueError("capabilities must be a set name or a list")
+    kinds = {k.name.lower(): k for k in m.ParamKind}
+    out = []
+    for c in value:
+        params = []
+        for p in c.get("params", []):
+            kind = kinds.get(str(p["kind"]).lower())
+            if kind is None:
+                raise ValueError(f"param kind {p['kind']!r}: one of {sorted(kinds)}")
+            params.append(
+                m.ParamSpec(str(p["name"]), kind, float(p.get("min", 0)), float(p.get("max", 0)))
+            )
+        out.append(m.Capability(str(c["action"]), tuple(params)))
+    caps = tuple(out)
+    grammar.check_capabilities(caps)
+    return caps
+
+
+def _scenario(d: Any) -> Scenario:
+    if not isinstance(d, dict):
+        raise ValueError("a scenario is a JSON object")
+    unknown = set(d) - {
+        "id",
+        "category",
+        "capabilities",
+        "facts",
+        "policy",
+        "expect_action",
+        "expect_params",
+    }
+    if unknown:
+        raise ValueError(f"unknown keys {sorted(unknown)}")
+    caps = _caps(d.get("capabilities", "plug"))
+    facts = d["facts"]
+    if not isinstance(facts, list) or not all(isinstance(x, str) for x in facts):
+        raise ValueError("facts must be a list of strings")
+    action = d["expect_action"]
+    if action not in grammar.actions(caps):
+        raise ValueError(f"expect_action {action!r} is not one of {grammar.actions(caps)}")
+    params = d.get("expect_params")
+    if params is not None:
+        # The expectation itself must be a decision the device accepts.
+        grammar.validate({"action": action, "params": params, "reason": ""}, caps)
+    policy = d["policy"]
+    if not isinstance(policy, str) or not policy.strip():
+        raise ValueError("policy must be a non-empty string")
+    return Scenario(
+        str(d["id"]),
+        caps,
+        tuple(facts),
+        policy,
+        action,
+        params,
+        str(d.get("category", "")),
+    )
+
+
+def load_scenarios(path: Path) -> list[Scenario]:
+    """Read a JSON Lines file (blank lines and lines starting with # are skipped)."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ScenarioError(f"{path}: {exc.strerror or exc}") from None
+    out: list[Scenario] = []
+    ids: set[str] = set()
+    for no, line in enumerate(lines, 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        try:
+            s = _scenario(json.loads(line))
+        except (ValueError, KeyError, TypeError) as exc:
+            what = f"missing key {exc}" if isinstance(exc, KeyError) else str(exc)
+            raise ScenarioError(f"{path}:{no}: {what}") from None
+        if s.id in ids:
+            raise ScenarioError(f"{path}:{no}: id {s.id!r} repeated")
+        ids.add(s.id)
+        out.append(s)
+    if not out:
+        raise ScenarioError(f"{path}: no scenarios")
+    return out
+
+
+def correct(result: LlmResult, s: Scenario) -> bool:
+    d = result.decision
+    if d is None or d.action != s.expect_action:
+        return False
+    if s.expect_params is None:
+        return True
+    got = d.params_dict()
+    for name, want in s.expect_params.items():
+        have = got.get(name)
+        if isinstance(want, bool) or isinstance(have, bool) or isinstance(want, str):
+            if have != want:
+                return False
+        elif not isinstance(have, int | float) or not math.isclose(
+            have, want, rel_tol=1e-9, abs_tol=1e-6
+        ):
+            return False
+    return True
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100); 0.0 for no values."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100.0 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+@dataclass
+class Progress:
+    """Calls ``out`` with one line per scenario; the CLI sends it to stderr."""
+
+    out: Callable[[str], None]
+    n: int
+    done: int = 0
+    right: int = 0
+    outcomes: Counter[str] = field(default_factory=Counter)
+
+    def step(self, s: Scenario, r: LlmResult, ok: bool) -> None:
+        self.done += 1
+        self.right += ok
+        self.outcomes[str(r.outcome)] += 1
+        got = r.decision.to_json() if r.decision else {"outcome": str(r.outcome)}
+        got.pop("reason", None)
+        self.out(
+            f"[{self.done}/{self.n}] {s.id}: {'right' if ok else 'WRONG'} "
+            f"expected {s.expect_action}{json.dumps(s.expect_params) if s.expect_params else ''} "
+            f"got {json.dumps(got)} ({r.provenance.latency_ms:.0f} ms)"
+        )
+
+
+async def run(
+    model_path: Path,
+    scenarios: Sequence[Scenario],
+    *,
+    threads: int = 1,
+    deadline_ms: float = DEFAULT_EVAL_DEADLINE_MS,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run every scenario through a fresh worker and summarise (keys in the module doc)."""
+    prog = Progress(progress or (lambda _line: None), len(scenarios))
+    results: list[tuple[Scenario, LlmResult, bool]] = []
+    async with LlmWorker(model_path, threads=threads) as worker:
+        for s in scenarios:
+            r = await worker.decide(s.capabilities, s.facts, s.policy, deadline_ms=deadline_ms)
+            ok = correct(r, s)
+            results.append((s, r, ok))
+            prog.step(s, r, ok)
+        sha = worker.model_sha256
+        name = worker.model_name
+    return summarise(
+        results, model=name, model_sha256=sha, threads=threads, deadline_ms=deadline_ms
+    )
+
+
+def summarise(
+    results: Sequence[tuple[Scenario, LlmResult, bool]],
+    *,
+    model: str,
+    model_sha256: str,
+    threads: int,
+    deadline_ms: float,
+) -> dict[str, Any]:
+    n = len(results)
+    outcomes = Counter(r.outcome for _, r, _ok in results)
+    latencies = [r.provenance.latency_ms for _, r, _ok in results]
+    prompt_tokens = sum(r.provenance.prompt_tokens for _, r, _ok in results)
+    completion_tokens = sum(r.provenance.completion_tokens for _, r, _ok in results)
+    by_cat: dict[str, list[bool]] = {}
+    for s, _r, ok in results:
+        by_cat.setdefault(s.category or "-", []).append(ok)
+    expected = Counter(s.expect_action for s, _r, _ok in results)
+    chosen = Counter(r.decision.action if r.decision else f"<{r.outcome}>" for _, r, _ok in results)
+
+    def rate(x: int) -> float:
+        return round(x / n, 4) if n else 0.0
+
+    return {
+        "accuracy": rate(sum(ok for _s, _r, ok in results)),
+        "invalid_rate": rate(outcomes[Outcome.INVALID]),
+        "deadline_rate": rate(outcomes[Outcome.DEADLINE]),
+        "error_rate": rate(outcomes[Outcome.ERROR]),
+        "latency_ms_p50": round(percentile(latencies, 50), 1),
+        "latency_ms_p95": round(percentile(latencies, 95), 1),
+        "n": n,
+        "correct": sum(ok for _s, _r, ok in results),
+        # What always answering the most frequent expected action would score.
+        "majority_baseline": rate(max(expected.values(), default=0)),
+        "prompt_tokens_mean": round(prompt_tokens / n, 1) if n else 0.0,
+        "completion_tokens_mean": round(completion_tokens / n, 1) if n else 0.0,
+        "by_category": {k: rate_of(v) for k, v in sorted(by_cat.items())},
+        "actions_chosen": dict(sorted(chosen.items())),
+        "model": model,
+        "model_sha256": model_sha256,
+        "prompt_version": f.PROMPT_VERSION,
+        "threads": threads,
+        "deadline_ms": deadline_ms,
+        "machine": f"{platform.machine()}, {platform.system()}",
+    }
+
+
+def rate_of(oks: Sequence[bool]) -> float:
+    return round(sum(oks) / len(oks), 4) if oks else 0.0
+
+
+def evaluate(
+    model_path: Path,
+    scenarios: Sequence[Scenario],
+    *,
+    threads: int = 1,
+    deadline_ms: float = DEFAULT_EVAL_DEADLINE_MS,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """``run`` from synchronous code (the CLI)."""
+    return asyncio.run(
+        run(model_path, scenarios, threads=threads, deadline_ms=deadline_ms, progress=progress)
+    )
