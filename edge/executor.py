@@ -113,7 +113,8 @@ _PEEK_MAX = const(8192)
 
 _INTERRUPTED = "interrupted by restart; outcome unknown"
 
-# The energy plug's capabilities, in the form Encoder.message("DeviceStatus",
+# The energy plug's capabilities (protocol/profiles.py is the source; a unit
+# test checks this copy), in the form Encoder.message("DeviceStatus",
 # {"capabilities": ...}) takes. min/max bound Int and Float values and the
 # length of Text; Bool ignores them.
 PLUG_CAPABILITIES = [

@@ -30,7 +30,6 @@ import logging
 import signal
 import sys
 import time
-import zlib
 from collections.abc import Generator, Iterable
 from dataclasses import asdict
 from pathlib import Path
@@ -38,18 +37,18 @@ from typing import Any, Final, Protocol
 
 import aiomqtt
 
-from hub.core import auth
+from hub.core import auth, keys
+from hub.core.clock import wall_ms
 from hub.core.config import ConfigError, HubConfig
-from hub.decide import registry as models_mod
 from hub.decide.engine import DecisionEngine
 from hub.decide.registry import ModelRegistry
 from hub.link.broker import BrokerError, BrokerUser, MosquittoSupervisor
 from hub.link.delivery import Delivery
 from hub.link.events import EventBus
-from hub.link.ingest import Ingest, Status, wall_ms
+from hub.link.ingest import Ingest, Status
 from hub.ops import metrics
 from hub.state import entries as e
-from hub.state.raft import RaftError, RaftNode, RaftTiming, SecretError
+from hub.state.raft import RaftError, RaftNode, SecretError, raft_timing, staggered
 from hub.state.store import ApplyResult, Outcome, Store
 from protocol import messages as m
 from protocol import topics, wire
@@ -76,28 +75,6 @@ class Broker(Protocol):
     async def stop(self, timeout: float = 5.0) -> None: ...
     @property
     def pid(self) -> int | None: ...
-
-
-def raft_timing(cfg: HubConfig) -> RaftTiming:
-    lo, hi = cfg.raft.election_min_ms / 1000, cfg.raft.election_max_ms / 1000
-    return RaftTiming(
-        append_entries_period=min(0.05, lo / 4),
-        election_min=lo,
-        election_max=hi,
-        connection_timeout=max(1.0, hi * 2.5),
-        connection_retry=min(1.0, lo),
-        leader_fallback=max(2.0, hi * 3.5),
-    )
-
-
-def staggered(entries: int, node_id: str) -> int:
-    """This node's log compaction threshold: the configured one plus up to
-    half again, fixed per node id. Nodes that commit the same log would
-    otherwise all copy their store in the same second (bench ingest saw the
-    p99 commit latency jump there)."""
-    if entries < 1000:  # small logs (tests): compact exactly where configured
-        return entries
-    return entries + zlib.crc32(node_id.encode()) % (entries // 2 + 1)
 
 
 class Hub:
@@ -140,7 +117,7 @@ class Hub:
                 cfg.raft.secret,
                 snapshot_min_entries=staggered(cfg.raft.snapshot_min_entries, cfg.node_id),
                 snapshot_format=cfg.raft.snapshot_format,
-                timing=raft_timing(cfg),
+                timing=raft_timing(cfg.raft),
             )
         except SecretError as exc:
             raise StartupError(f"{cfg.source}: raft: {exc}") from None
@@ -175,10 +152,7 @@ class Hub:
         except ConfigError as exc:
             raise StartupError(str(exc)) from None
         try:
-            trusted = {
-                models_mod.key_id(k): k
-                for k in (models_mod.public_key(t) for t in cfg.models.trusted_keys)
-            }
+            trusted = keys.trusted(cfg.models.trusted_keys)
         except ValueError as exc:
             raise StartupError(f"{cfg.source}: models.trusted_keys: {exc}") from None
         self.models = ModelRegistry(

@@ -15,10 +15,11 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 
-from hub.http.api import PLUG_CAPABILITIES, capability_json
+from hub.http.api import capability_json
 from hub.http.firmware import make_router
+from protocol.profiles import PLUG_CAPABILITIES
+from tools.base.ports import free_port
 from tools.firmware.virtual import VirtualBoard
-from tools.lab.mosquitto import free_port
 
 TOKEN = "firmware-test-token-0123456789abcdefghijklm"
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tools.lab.mosquitto import free_port
+from tools.base.ports import free_port
 
 __all__ = ["free_port"]  # re-exported for the tests
 

@@ -77,6 +77,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal, TypeVar, cast
 
+from hub.core import keys
+
 T = TypeVar("T")
 BrokerMode = Literal["mosquitto", "embedded", "external"]
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -499,16 +501,14 @@ def parse(doc: Mapping[str, Any], source: Path, env: Mapping[str, str] | None = 
         None if report is None else base / report,
         decisions.get("policy", text, defaults.policy),
     )
-    keys: tuple[str, ...] = tuple(models.get("trusted_keys", _list, []))
-    for i, k in enumerate(keys):
+    trusted: tuple[str, ...] = tuple(models.get("trusted_keys", _list, []))
+    for i, k in enumerate(trusted):
         try:
-            from hub.decide.registry import public_key
-
-            public_key(k)
+            keys.public_key(k)
         except (ValueError, TypeError) as exc:
             raise ConfigError(source, f"models.trusted_keys[{i}]", str(exc)) from None
     models_dir = models.optional("dir", text)
-    models_cfg = ModelsConfig(keys, None if models_dir is None else base / models_dir)
+    models_cfg = ModelsConfig(trusted, None if models_dir is None else base / models_dir)
     return HubConfig(
         node_id,
         data_dir,

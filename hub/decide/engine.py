@@ -34,11 +34,11 @@ from collections.abc import Callable, Iterable
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final
 
+from hub.core.clock import wall_ms
 from hub.core.config import DecisionsConfig
 from hub.decide import rules as r
 from hub.decide.guard import Guard, Proposal, Verdict
 from hub.decide.registry import ModelRegistry
-from hub.link.ingest import wall_ms
 from hub.state import entries as e
 from hub.state.raft import RaftError
 from hub.state.store import ApplyResult, Outcome, Store

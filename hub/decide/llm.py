@@ -464,7 +464,10 @@ class LlmWorker:
             "seed": self.seed,
             "expected_sha256": self.expected_sha256,
         }
-        code = "import sys; from hub.decide.llm import _child_main as m; m(int(sys.argv[1]), sys.argv[2])"
+        code = (
+            "import sys; from hub.decide.llm import _child_main as m; "
+            "m(int(sys.argv[1]), sys.argv[2])"
+        )
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(
             x for x in (str(SOURCE_ROOT), env.get("PYTHONPATH", "")) if x

@@ -34,7 +34,6 @@ The signed manifest (canonical JSON: sorted keys, no spaces)::
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import json
 import logging
@@ -47,10 +46,11 @@ from typing import Any, Final
 
 import httpx
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from hub.core.clock import wall_ms
+from hub.core.keys import canonical
 from hub.core.paths import SHIPPED_MODELS
-from hub.link.ingest import wall_ms
 from hub.state import entries as e
 from hub.state.raft import RaftError, RaftNode
 from hub.state.store import ApplyResult, Outcome, Store
@@ -69,45 +69,7 @@ class ModelRefused(Exception):
         super().__init__(f"{reason}: {detail}" if detail else reason)
 
 
-# -- keys and signatures ----------------------------------------------------------------
-
-
-def key_id(public: Ed25519PublicKey) -> str:
-    raw = public.public_bytes_raw()
-    return hashlib.sha256(raw).hexdigest()[:16]
-
-
-def public_key(text: str) -> Ed25519PublicKey:
-    """A public key from base64 of its 32 raw bytes (what `aiot models keygen` prints)."""
-    if not isinstance(text, str):
-        raise ValueError(f"expected a base64 string, got {text!r}")
-    try:
-        raw = base64.b64decode(text.strip(), validate=True)
-        return Ed25519PublicKey.from_public_bytes(raw)
-    except ValueError as exc:
-        raise ValueError(f"not a base64 Ed25519 public key: {exc}") from None
-
-
-def private_key(path: Path) -> Ed25519PrivateKey:
-    try:
-        raw = base64.b64decode(path.read_text().strip(), validate=True)
-        return Ed25519PrivateKey.from_private_bytes(raw)
-    except OSError as exc:
-        raise ValueError(f"cannot read {path}: {exc.strerror}") from None
-    except ValueError as exc:
-        raise ValueError(f"{path}: not a base64 Ed25519 private key: {exc}") from None
-
-
-def keygen() -> tuple[str, str]:
-    """(private, public) as base64 of the raw keys."""
-    k = Ed25519PrivateKey.generate()
-    priv = base64.b64encode(k.private_bytes_raw()).decode()
-    pub = base64.b64encode(k.public_key().public_bytes_raw()).decode()
-    return priv, pub
-
-
-def canonical(doc: dict[str, Any]) -> bytes:
-    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+# -- signatures -------------------------------------------------------------------------
 
 
 def signed_manifest(
@@ -124,10 +86,6 @@ def signed_manifest(
             "manifest": inner,
         }
     )
-
-
-def sign(manifest: bytes, key: Ed25519PrivateKey) -> tuple[bytes, str]:
-    return key.sign(manifest), key_id(key.public_key())
 
 
 def version_record(manifest: bytes, signature: bytes, kid: str) -> e.ModelVersion:

@@ -52,18 +52,19 @@ from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
 from hub.core import auth
+from hub.core.clock import wall_ms
 from hub.core.config import address
 from hub.decide import explain
 from hub.decide import registry as models_mod
 from hub.decide.guard import ParamError, Proposal, normalize_params
 from hub.decide.registry import ModelRefused, ModelRegistry
 from hub.link import rendezvous
-from hub.link.ingest import wall_ms
 from hub.state import entries as e
 from hub.state import users
 from hub.state.raft import RaftError, RaftNode
 from hub.state.store import ApplyResult, LedgerRecord, Store
 from protocol import messages as m
+from protocol.profiles import PLUG_CAPABILITIES
 from protocol.topics import valid_device_id
 
 if TYPE_CHECKING:
@@ -174,21 +175,6 @@ def user_json(u: e.User) -> dict[str, Any]:
 
 
 # -- conversions --------------------------------------------------------------------------
-
-PLUG_CAPABILITIES: tuple[m.Capability, ...] = (
-    m.Capability("relay.set", (m.ParamSpec("on", m.ParamKind.Bool, 0.0, 1.0),)),
-    m.Capability("limit.set", (m.ParamSpec("watts", m.ParamKind.Float, 0.0, 3680.0),)),
-    m.Capability("sample.set", (m.ParamSpec("interval_ms", m.ParamKind.Int, 100.0, 3600000.0),)),
-    m.Capability("reboot", ()),
-    # Firmware over the air (docs/flashing.md): operators only, never a model.
-    m.Capability(
-        "ota.update",
-        (
-            m.ParamSpec("url", m.ParamKind.Text, 12.0, 200.0),
-            m.ParamSpec("sha256", m.ParamKind.Text, 64.0, 64.0),
-        ),
-    ),
-)
 
 
 def _kind(value: str | int) -> m.ParamKind:

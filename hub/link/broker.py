@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Final, Literal
 
 from hub.core.config import Address
+from hub.core.fsutil import write_atomic
 from protocol.topics import valid_device_id
 
 Role = Literal["device", "hub", "monitor"]
@@ -127,16 +128,6 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
     os.setpgrp()  # out of the daemon's process group: Ctrl-C reaches the hub only
 
 
-def _write_atomic(path: Path, data: str, mode: int = 0o600) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 class MosquittoSupervisor:
     """Runs one Mosquitto for this hub node and keeps it running."""
 
@@ -169,9 +160,9 @@ class MosquittoSupervisor:
 
     def write_files(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        _write_atomic(self.workdir / "passwords", render_passwords(self.users))
-        _write_atomic(self.workdir / "acl", render_acl(self.users))
-        _write_atomic(self.workdir / "mosquitto.conf", render_conf(self.bind, self.workdir))
+        write_atomic(self.workdir / "passwords", render_passwords(self.users))
+        write_atomic(self.workdir / "acl", render_acl(self.users))
+        write_atomic(self.workdir / "mosquitto.conf", render_conf(self.bind, self.workdir))
 
     # -- process ----------------------------------------------------------------------
 
@@ -238,8 +229,8 @@ class MosquittoSupervisor:
     def update_users(self, users: Iterable[BrokerUser]) -> None:
         """New credentials and ACL; Mosquitto rereads both on SIGHUP."""
         self.users = tuple(users)
-        _write_atomic(self.workdir / "passwords", render_passwords(self.users))
-        _write_atomic(self.workdir / "acl", render_acl(self.users))
+        write_atomic(self.workdir / "passwords", render_passwords(self.users))
+        write_atomic(self.workdir / "acl", render_acl(self.users))
         if self.proc is not None and self.proc.returncode is None:
             self.proc.send_signal(signal.SIGHUP)
             self.reloads += 1

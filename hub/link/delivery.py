@@ -49,7 +49,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from functools import partial
 from typing import Final
 
-from hub.link.ingest import wall_ms
+from hub.core.clock import wall_ms
 from hub.state import entries as e
 from hub.state.raft import RaftError, RaftNode
 from hub.state.store import ApplyResult, LedgerRecord, Store

@@ -62,12 +62,12 @@ import enum
 import logging
 import os
 import struct
-import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Final, Protocol
 
+from hub.core.clock import wall_ms
 from hub.core.config import IngestConfig
 from hub.state import entries as e
 from hub.state.raft import NotReady, RaftError
@@ -123,11 +123,6 @@ _RETRY_PAUSE_S: Final = (0.05, 0.5)  # first pause between tries, and the longes
 _U64_MAX: Final = 2**64 - 1
 _GROUP_HEADER: Final = 4  # version, type, u16 part count
 _PART_OVERHEAD: Final = 4  # u32 part length
-
-
-def wall_ms() -> int:
-    """Milliseconds since the Unix epoch: the hub time in a CommitAck."""
-    return time.time_ns() // 1_000_000
 
 
 # -- errors ---------------------------------------------------------------------------

@@ -63,6 +63,7 @@ from pysyncobj.journal import createJournal
 from pysyncobj.node import TCPNode
 
 from hub.core.config import HubConfig
+from hub.core.fsutil import fsync_dir
 from hub.state import entries as e
 from hub.state.raft import DUMP_FILE, JOURNAL_FILE, STORE_DIR, RaftNode, _write_dump_header
 from hub.state.store import (
@@ -539,7 +540,7 @@ def restore_node(cfg: HubConfig, root: Path, plan: RestorePlan, advance: Any = N
         models = root / MODELS_DIR
         if models.is_dir():
             shutil.copytree(models, data / MODELS_DIR)
-        _fsync_dir(data)
+        fsync_dir(data)
     except BaseException:
         shutil.rmtree(data, ignore_errors=True)  # it was empty: leave it so
         raise
@@ -586,11 +587,3 @@ def _write_dump(
         out.flush()
         os.fsync(out.fileno())
     os.replace(partial, path)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

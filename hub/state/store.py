@@ -47,6 +47,7 @@ from typing import Any, BinaryIO, Final
 
 import lmdb
 
+from hub.core.fsutil import fsync_path
 from hub.state import entries as e
 from protocol import messages as m
 
@@ -1102,14 +1103,6 @@ def _restore_stream(env: Any, f: BinaryIO, magic: bytes) -> int:
     return int(applied)
 
 
-def _fsync_path(path: Path, directory: bool = False) -> None:
-    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _unlink(*paths: Path) -> None:
     for p in paths:
         p.unlink(missing_ok=True)
@@ -1487,12 +1480,12 @@ class Store:
                 _unlink(tmp, _lock_of(tmp))
                 raise
             env.close()
-        _fsync_path(tmp)
+        fsync_path(tmp)
         # A lock file outlives its data file; the new file starts with a new one.
         _unlink(_lock_of(data))
         os.replace(tmp, data)
         _unlink(_lock_of(tmp))
-        _fsync_path(root, directory=True)
+        fsync_path(root, directory=True)
         return applied
 
     def restore(self, snapshot: BinaryIO) -> int:

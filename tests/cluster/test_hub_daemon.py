@@ -60,7 +60,7 @@ bind = "127.0.0.1:{http}"
 
 
 def write(tmp: Path, secret: str, http: int = 0) -> Path:
-    from tools.lab.mosquitto import free_port
+    from tools.base.ports import free_port
 
     path = tmp / "hub.toml"
     path.write_text(

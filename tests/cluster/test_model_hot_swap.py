@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from hub.core import keys
 from hub.decide import registry as reg
 from hub.decide.anomaly import POWER_W, WINDOW_READINGS, DeviceWindows
 from hub.decide.registry import SHIPPED, ModelRegistry
@@ -28,14 +29,14 @@ pytestmark = pytest.mark.cluster
 def version(name: str, ver: str, data: bytes, key: object) -> e.ModelVersion:
     inner = json.loads(SHIPPED.read_text())
     signed = reg.signed_manifest(name, ver, "onnx", data, inner)
-    sig, kid = reg.sign(signed, key)  # type: ignore[arg-type]
+    sig, kid = keys.sign(signed, key)  # type: ignore[arg-type]
     return reg.version_record(signed, sig, kid)
 
 
 def test_swapping_ten_times_under_load_drops_nothing(tmp_path: Path) -> None:
-    priv, pub = reg.keygen()
-    key = reg.private_key(_write(tmp_path / "k", priv))
-    public = reg.public_key(pub)
+    priv, pub = keys.keygen()
+    key = keys.private_key(_write(tmp_path / "k", priv))
+    public = keys.public_key(pub)
     data = (SHIPPED.parent / "anomaly.onnx").read_bytes()
     tampered = bytearray(data)
     tampered[100] ^= 0x01
@@ -45,7 +46,7 @@ def test_swapping_ten_times_under_load_drops_nothing(tmp_path: Path) -> None:
         while not node.is_ready and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         registry = ModelRegistry(
-            "hub-1", node, tmp_path / "blobs", {reg.key_id(public): public}, "t"
+            "hub-1", node, tmp_path / "blobs", {keys.key_id(public): public}, "t"
         )
         node.on_applied = registry.notice
         for ver, blob in (("a", data), ("b", data), ("bad", bytes(tampered))):
@@ -122,10 +123,10 @@ def _write(path: Path, text: str) -> Path:
 
 
 def test_signature_checks(tmp_path: Path) -> None:
-    priv, pub = reg.keygen()
-    key = reg.private_key(_write(tmp_path / "k", priv))
-    public = reg.public_key(pub)
-    trusted = {reg.key_id(public): public}
+    priv, pub = keys.keygen()
+    key = keys.private_key(_write(tmp_path / "k", priv))
+    public = keys.public_key(pub)
+    trusted = {keys.key_id(public): public}
     mv = version("anomaly", "1", b"bytes", key)
     assert reg.verify_signature(mv, trusted)["sha256"] == hashlib.sha256(b"bytes").hexdigest()
     forged = e.ModelVersion(
@@ -147,11 +148,11 @@ def test_signature_checks(tmp_path: Path) -> None:
     assert err.value.reason == "untrusted_key"
     other = json.loads(mv.manifest)
     other["version"] = "9"
-    relabelled = reg.canonical(other)
-    sig, kid = reg.sign(relabelled, key)
+    relabelled = keys.canonical(other)
+    sig, kid = keys.sign(relabelled, key)
     lying = e.ModelVersion(mv.name, "1", mv.kind, mv.sha256, mv.size, relabelled, sig, kid, 1)
     with pytest.raises(reg.ModelRefused) as err:
         reg.verify_signature(lying, trusted)
     assert err.value.reason == "manifest_mismatch"
     with pytest.raises(ValueError):
-        reg.public_key(base64.b64encode(b"short").decode())
+        keys.public_key(base64.b64encode(b"short").decode())

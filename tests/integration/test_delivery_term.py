@@ -22,14 +22,14 @@ import pytest
 from edge import codec as edge_codec
 from edge import executor as edge_executor
 from edge.meta import Meta
-from hub.http.api import PLUG_CAPABILITIES
 from hub.link.delivery import Delivery
 from hub.state import entries as e
 from hub.state.raft import RaftNode
 from hub.state.store import ApplyResult
 from protocol import messages as m
 from protocol import topics
-from tools.lab.mosquitto import free_port
+from protocol.profiles import PLUG_CAPABILITIES
+from tools.base.ports import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -16,7 +16,8 @@ from protocol import topics, wire
 from tests.device import Device
 from tests.integration.test_edge_device import KEY, device_config
 from tests.support import wait_until
-from tools.lab.mosquitto import free_port, running_mosquitto
+from tools.base.ports import free_port
+from tools.lab.mosquitto import running_mosquitto
 
 pytestmark = [pytest.mark.integration, pytest.mark.micropython]
 

@@ -11,8 +11,9 @@ import pytest
 from edge.meta import Meta
 from tests.device import Device
 from tests.support import wait_until
+from tools.base.ports import free_port
 from tools.lab.acker import Acker
-from tools.lab.mosquitto import INSTALL_HINT, find_mosquitto, free_port, running_mosquitto
+from tools.lab.mosquitto import INSTALL_HINT, find_mosquitto, running_mosquitto
 
 pytestmark = [pytest.mark.integration, pytest.mark.micropython]
 

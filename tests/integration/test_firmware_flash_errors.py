@@ -14,11 +14,11 @@ import typer
 from typer.testing import CliRunner
 
 from tests.support import micropython, need_tool
+from tools.base.ports import free_port
 from tools.cli import firmware as cli_firmware
 from tools.firmware.build import BOARDS, build
 from tools.firmware.flash import describe_open_error, esptool_argv
 from tools.firmware.virtual import SOCAT_HINT, VirtualBoard
-from tools.lab.mosquitto import free_port
 
 pytestmark = pytest.mark.micropython
 

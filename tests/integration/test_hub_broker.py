@@ -23,7 +23,8 @@ from hub.link.broker import (
     port_open,
 )
 from tests.support import ROOT, need_tool, wait_until
-from tools.lab.mosquitto import INSTALL_HINT, free_port
+from tools.base.ports import free_port
+from tools.lab.mosquitto import INSTALL_HINT
 
 pytestmark = pytest.mark.integration
 

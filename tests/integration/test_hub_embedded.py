@@ -28,7 +28,7 @@ from hub.link.broker import BrokerError, BrokerUser
 from hub.link.embedded import EmbeddedBroker, intersects
 from tests.micropython.mqtt_harness import Lab, MicroPythonDevice, run_lab
 from tests.support import micropython
-from tools.lab.mosquitto import free_port
+from tools.base.ports import free_port
 
 pytestmark = pytest.mark.integration
 

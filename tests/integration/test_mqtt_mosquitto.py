@@ -20,7 +20,8 @@ import pytest
 
 from tests.micropython.mqtt_harness import WAIT, Lab, MicroPythonDevice, run_lab
 from tests.support import micropython, need_tool
-from tools.lab.mosquitto import INSTALL_HINT, find_mosquitto, free_port, running_mosquitto
+from tools.base.ports import free_port
+from tools.lab.mosquitto import INSTALL_HINT, find_mosquitto, running_mosquitto
 
 pytestmark = pytest.mark.integration
 

@@ -30,8 +30,8 @@ from hub.decide.llm import (
     model_capabilities,
     resolve_model,
 )
-from hub.http.api import PLUG_CAPABILITIES as REGISTERED
 from protocol import messages as m
+from protocol.profiles import PLUG_CAPABILITIES as REGISTERED
 from tools.ml.eval_decisions import DEFAULT_SCENARIOS, Scenario, load_scenarios
 
 pytestmark = pytest.mark.llm

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
+from tools.base.ports import free_ports
 from tools.lab.cluster import _node_ports
-from tools.lab.mosquitto import free_ports
 
 pytestmark = pytest.mark.unit
 

@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 
 from hub.core.config import ConfigError
 from hub.decide import guard as g
-from hub.http.api import PLUG_CAPABILITIES
 from hub.state import entries as e
 from protocol import messages as m
+from protocol.profiles import PLUG_CAPABILITIES
 
 pytestmark = pytest.mark.unit
 
@@ -539,8 +539,8 @@ def test_time_stepping_back_adds_no_tokens() -> None:
 
 def test_firmware_updates_are_for_operators_only() -> None:
     from hub.decide.guard import Guard, Proposal
-    from hub.http.api import PLUG_CAPABILITIES
     from hub.state import entries as ent
+    from protocol.profiles import PLUG_CAPABILITIES
 
     device = ent.Device("plug-1", b"k" * 32, PLUG_CAPABILITIES)
     params = {"url": "http://10.0.0.1:8080/v1/firmware/x/manifest.json", "sha256": "a" * 64}

@@ -20,8 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hub.decide import grammar
-from hub.http.api import PLUG_CAPABILITIES
 from protocol import messages as m
+from protocol.profiles import PLUG_CAPABILITIES
 
 pytestmark = pytest.mark.unit
 

@@ -26,7 +26,7 @@ from hub.decide.llm import (
     resolve_model,
     trust,
 )
-from hub.http.api import PLUG_CAPABILITIES
+from protocol.profiles import PLUG_CAPABILITIES
 from tools.cli import evaluate as cli_models
 from tools.ml import install_llm
 from tools.ml.eval_decisions import (
@@ -256,7 +256,7 @@ def test_model_names_resolve_in_the_models_dir(tmp_path: Path) -> None:
     assert resolve_model("mine", tmp_path) == (tmp_path / "mine.gguf").resolve()
     assert resolve_model("mine.gguf", tmp_path) == (tmp_path / "mine.gguf").resolve()
     assert resolve_model(tmp_path / "mine.gguf") == (tmp_path / "mine.gguf").resolve()
-    with pytest.raises(ModelError, match=r"tools\.install_llm"):
+    with pytest.raises(ModelError, match=r"tools\.ml\.install_llm"):
         resolve_model("missing", tmp_path)
 
 

@@ -19,9 +19,9 @@ from edge import sensors
 from hub.core.config import ConfigError
 from hub.decide import guard as g
 from hub.decide import rules as r
-from hub.http.api import PLUG_CAPABILITIES
 from hub.state import entries as e
 from protocol import messages as m
+from protocol.profiles import PLUG_CAPABILITIES
 
 pytestmark = pytest.mark.unit
 

@@ -64,8 +64,8 @@ def _pct(values: list[float], q: float) -> float:
 
 def rules_rate(readings: int = 200_000) -> dict[str, Any]:
     from hub.decide import rules as r
-    from hub.http.api import PLUG_CAPABILITIES
     from hub.state import entries as e
+    from protocol.profiles import PLUG_CAPABILITIES
 
     ruleset = r.load_rules_file(ROOT / "models" / "rules" / "energy.toml")
     engine = r.Engine(ruleset)
@@ -131,14 +131,15 @@ SWAP_EVERY_S = 0.5  # one activation every half second: the rate is over about 5
 async def _swap_under_load(
     node: RaftNode, tmp: Path, swaps: int, n_devices: int, baseline_s: float, say: Say
 ) -> dict[str, Any]:
+    from hub.core import keys
     from hub.core.config import DecisionsConfig
     from hub.decide import registry as reg
     from hub.decide import rules as r
     from hub.decide.anomaly import ENERGY_WH, POWER_W, WINDOW_READINGS
     from hub.decide.engine import DecisionEngine
     from hub.decide.guard import Guard
-    from hub.http.api import PLUG_CAPABILITIES
     from hub.state import entries as e
+    from protocol.profiles import PLUG_CAPABILITIES
 
     loop = asyncio.get_running_loop()
     deadline = time.monotonic() + 30
@@ -148,12 +149,12 @@ async def _swap_under_load(
         await asyncio.sleep(0.05)
 
     # Two signed versions of the shipped model, stored and recorded through Raft.
-    priv, pub = reg.keygen()
+    priv, pub = keys.keygen()
     (tmp / "sign.key").write_text(priv + "\n")
-    key = reg.private_key(tmp / "sign.key")
-    public = reg.public_key(pub)
+    key = keys.private_key(tmp / "sign.key")
+    public = keys.public_key(pub)
     registry = reg.ModelRegistry(
-        "hub-1", node, tmp / "blobs", {reg.key_id(public): public}, "bench"
+        "hub-1", node, tmp / "blobs", {keys.key_id(public): public}, "bench"
     )
 
     def on_applied(results: list[Any]) -> None:  # pysyncobj's thread, as hub/daemon.py does
@@ -165,7 +166,7 @@ async def _swap_under_load(
     inner = json.loads(reg.SHIPPED.read_text())
     for ver in ("a", "b"):
         signed = reg.signed_manifest("anomaly", ver, "onnx", data, inner)
-        sig, kid = reg.sign(signed, key)
+        sig, kid = keys.sign(signed, key)
         mv = reg.version_record(signed, sig, kid)
         registry.store_blob(mv.sha256.hex(), [data])
         await node.propose(e.encode(mv))
@@ -289,7 +290,7 @@ def swap_under_load(
     import tempfile
 
     from hub.state.raft import RaftNode
-    from tools.lab.mosquitto import free_port
+    from tools.base.ports import free_port
 
     with tempfile.TemporaryDirectory(prefix="aiot-bench-swap-") as tmp:
         node = RaftNode(f"127.0.0.1:{free_port()}", [], Path(tmp) / "raft", secrets.token_hex(24))

@@ -44,6 +44,7 @@ from typing import Any
 from protocol import messages as m
 from protocol import wire
 from tools.base.paths import MPY_SCRIPTS, ROOT, micropython_binary
+from tools.base.ports import free_port
 from tools.bench.codec import BenchError
 from tools.firmware.mpybuild import MpyBuildError
 from tools.firmware.mpybuild import build as build_mpy
@@ -53,7 +54,6 @@ from tools.lab.mosquitto import (
     INSTALL_HINT,
     BrokerError,
     find_mosquitto,
-    free_port,
     running_mosquitto,
 )
 

@@ -731,9 +731,10 @@ async def _generator_main() -> None:
 async def _baseline_node_main(config_path: str) -> None:
     import aiomqtt
 
+    from hub.core.clock import wall_ms
     from hub.core.config import Address
     from hub.link.broker import BrokerUser, MosquittoSupervisor
-    from hub.link.ingest import commit_ack, wall_ms
+    from hub.link.ingest import commit_ack
 
     cfg = json.loads(Path(config_path).read_text())
     users = [BrokerUser(n, p, r) for n, p, r in cfg["users"]]
@@ -1075,7 +1076,7 @@ def _stand_ins(
 ) -> Iterator[tuple[list[int], list[int], list[int | None]]]:
     """The baseline's stand-in nodes: (broker ports, pids, broker pids)."""
     from hub.core import auth
-    from tools.lab.mosquitto import free_port
+    from tools.base.ports import free_port
 
     ports = [free_port() for _ in range(nodes)]
     procs: list[subprocess.Popen[str]] = []
@@ -1225,13 +1226,13 @@ def _diff(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
 
 def _raft_timing(cluster: Any) -> dict[str, Any]:
     from hub.core.config import load
-    from hub.daemon import raft_timing
+    from hub.state.raft import raft_timing
 
     cfg = load(cluster.configs[0])
     return {
         "election_min_ms": cfg.raft.election_min_ms,
         "election_max_ms": cfg.raft.election_max_ms,
-        **{f"pysyncobj_{k}_s": v for k, v in asdict(raft_timing(cfg)).items()},
+        **{f"pysyncobj_{k}_s": v for k, v in asdict(raft_timing(cfg.raft)).items()},
     }
 
 

@@ -266,10 +266,9 @@ def _start_cluster(work: Path, say: Say) -> Any:
 
 
 def _start_plugs(cluster: Any, work: Path, count: int, say: Say) -> tuple[list[Any], str]:
-    from tools.demo.energy import _runtime
-    from tools.lab.device import Device
+    from tools.lab.device import Device, edge_runtime
 
-    runtime = _runtime()
+    runtime = edge_runtime()
     plugs = []
     if count:
         say(f"starting {count} simulated plugs running the firmware on {runtime}")

@@ -606,7 +606,7 @@ def models_keygen(
     """An Ed25519 signing key; prints the public key for [models] trusted_keys."""
     import os
 
-    from hub.decide.registry import keygen
+    from hub.core.keys import keygen
 
     if out.exists():
         raise _fail(f"{out} exists; refusing to overwrite a key")
@@ -638,6 +638,7 @@ def models_push(
     import hashlib
     import time
 
+    from hub.core import keys
     from hub.decide import registry as reg
 
     kind = "gguf" if file.suffix == ".gguf" else "onnx"
@@ -653,11 +654,11 @@ def models_push(
     data = file.read_bytes()
     version = version or str(inner.get("version") or time.strftime("%Y%m%d%H%M%S"))
     try:
-        key = reg.private_key(sign_key)
+        key = keys.private_key(sign_key)
     except ValueError as exc:
         raise _fail(str(exc)) from None
     signed = reg.signed_manifest(name, version, kind, data, inner)
-    signature, kid = reg.sign(signed, key)
+    signature, kid = keys.sign(signed, key)
     sha = hashlib.sha256(data).hexdigest()
     with _client(config, hub, token) as c:
         typer.echo(f"uploading {file.name} ({len(data)} bytes, sha256 {sha[:12]}...)", err=True)

@@ -38,9 +38,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from hub.core import auth
 from hub.link.broker import find_mosquitto
 from tools.base.hubclient import HubClient, HubError
-from tools.base.paths import ROOT, NotInstalled, micropython_binary
+from tools.base.paths import ROOT
 from tools.lab.cluster import ClusterError, LocalCluster
-from tools.lab.device import Device
+from tools.lab.device import Device, edge_runtime
 
 Say = Callable[[str], None]
 DASHBOARD_USER = "admin"
@@ -116,15 +116,6 @@ def counter_deltas(
     return {k: int(v) if v.is_integer() else round(v, 3) for k, v in out.items()}
 
 
-def _runtime() -> str:
-
-    try:
-        micropython_binary()
-    except NotInstalled:
-        return "cpython"
-    return "micropython"
-
-
 class Demo:
     def __init__(
         self,
@@ -140,7 +131,7 @@ class Demo:
         self.fresh = fresh
         self.say = say
         self.broker = "mosquitto" if find_mosquitto() else "embedded"
-        self.runtime = _runtime()
+        self.runtime = edge_runtime()
         self.cluster: LocalCluster | None = None
         self.devices: list[Device] = []
         self.errors: list[str] = []

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from tools.base.paths import micropython_binary
-from tools.lab.mosquitto import free_port
+from tools.base.ports import free_port
 
 SOCAT_HINT = "socat is missing: sudo apt-get install -y socat"
 

@@ -30,7 +30,7 @@ from typing import Any
 
 from tools.base.hubclient import HubClient, HubError
 from tools.base.paths import ROOT
-from tools.lab.mosquitto import free_ports
+from tools.base.ports import free_ports
 
 _PR_SET_PDEATHSIG = 1
 

@@ -15,10 +15,20 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tools.base.paths import ROOT, micropython_binary
+from tools.base.paths import ROOT, NotInstalled, micropython_binary
 from tools.lab.cluster import die_with_parent
 
 MAIN = ROOT / "firmware" / "main.py"
+
+
+def edge_runtime() -> str:
+    """Where device processes run here: "micropython" when the unix port is
+    installed, else "cpython" (the same edge/ code, without the heap limit)."""
+    try:
+        micropython_binary()
+    except NotInstalled:
+        return "cpython"
+    return "micropython"
 
 
 class Device:

@@ -12,31 +12,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from hub.link.broker import find_mosquitto
+from tools.base.ports import free_port
 
-__all__ = ["INSTALL_HINT", "BrokerError", "find_mosquitto", "free_port", "running_mosquitto"]
+__all__ = ["INSTALL_HINT", "BrokerError", "find_mosquitto", "running_mosquitto"]
 
 INSTALL_HINT = "apt-get update && apt-get install -y mosquitto mosquitto-clients"
 
 
 class BrokerError(RuntimeError):
     """Mosquitto is missing or would not start."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct free ports: each socket stays bound until all are
-    chosen (separate free_port() calls can return the same port twice)."""
-    with contextlib.ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [int(s.getsockname()[1]) for s in socks]
 
 
 def _wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float) -> None:

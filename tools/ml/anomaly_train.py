@@ -46,6 +46,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edge.sensors import SimulatedPlug
+from hub.core.fsutil import write_atomic
 from hub.decide import anomaly as an
 
 KINDS: Final = ("stuck", "spike", "drift", "dropout")
@@ -615,15 +616,9 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     model_path = out / MODEL_FILE
     manifest_path = out / MANIFEST_FILE
-    _write_atomic(model_path, data)
-    _write_atomic(manifest_path, (json.dumps(manifest, indent=2) + "\n").encode())
+    write_atomic(model_path, data, mode=0o644)
+    write_atomic(manifest_path, (json.dumps(manifest, indent=2) + "\n").encode(), mode=0o644)
     return Trained(model_path, manifest_path, manifest)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def evaluate(

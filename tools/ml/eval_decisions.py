@@ -23,26 +23,20 @@ from typing import Any, Final
 
 from hub.decide import facts as f
 from hub.decide import grammar
-from hub.decide.llm import LlmResult, LlmWorker, Outcome
+from hub.decide.llm import LlmResult, LlmWorker, Outcome, model_capabilities
 from protocol import messages as m
+from protocol import profiles
 from tools.base.paths import ROOT
 
 DEFAULT_SCENARIOS: Final = ROOT / "models" / "eval" / "decisions.jsonl"
 DEFAULT_EVAL_DEADLINE_MS: Final = 30_000.0
 
-_RELAY = m.Capability("relay.set", (m.ParamSpec("on", m.ParamKind.Bool, 0.0, 1.0),))
-_LIMIT = m.Capability("limit.set", (m.ParamSpec("watts", m.ParamKind.Float, 0.0, 3680.0),))
-_SAMPLE = m.Capability(
-    "sample.set", (m.ParamSpec("interval_ms", m.ParamKind.Int, 100.0, 3600000.0),)
-)
-_REBOOT = m.Capability("reboot")
-
-# Named capability sets a scenario may use instead of a list. "plug" is the
-# smart plug's set (hub.api.PLUG_CAPABILITIES; a unit test keeps them equal).
+# Named capability sets a scenario may use instead of a list (protocol/profiles.py):
+# "plug" is what a model may choose on a smart plug (its operator-only OTA left out).
 CAPABILITY_SETS: Final[dict[str, tuple[m.Capability, ...]]] = {
-    "plug": (_RELAY, _LIMIT, _SAMPLE, _REBOOT),
-    "meter": (_SAMPLE, _REBOOT),
-    "relay": (_RELAY,),
+    "plug": model_capabilities(profiles.PLUG_CAPABILITIES),
+    "meter": profiles.METER_CAPABILITIES,
+    "relay": profiles.RELAY_CAPABILITIES,
 }
 
 
