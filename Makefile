@@ -20,38 +20,33 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m tools.ml.install_llm
 	@touch $@
 
-# Mosquitto is a Debian package: install it when running as root, otherwise
-# say in one line what to run. Tests that need it skip outside CI and fail in CI.
-mosquitto:
-	@if command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; then :; \
+# Debian packages the tests and the demo need: installed with apt-get when
+# run as root, otherwise one line says what to run. Tests that need one skip
+# outside CI and fail in CI.
+# $(call apt_need,COMMAND,PACKAGES): install PACKAGES unless COMMAND is found.
+define apt_need
+	@if command -v $(1) >/dev/null 2>&1 || [ -x /usr/sbin/$(1) ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-		echo "installing mosquitto with apt-get"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto mosquitto-clients >/dev/null; \
+		echo "installing $(2) with apt-get"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(2) >/dev/null; \
 	else \
-		echo "mosquitto is missing: run 'sudo apt-get update && sudo apt-get install -y mosquitto mosquitto-clients'"; \
+		echo "$(1) is missing: run 'sudo apt-get update && sudo apt-get install -y $(2)'"; \
 	fi
+endef
+
+# Each hub node supervises its own Mosquitto.
+mosquitto:
+	$(call apt_need,mosquitto,mosquitto mosquitto-clients)
 
 # socat turns the MicroPython unix port into a virtual board that
 # `aiot firmware flash` reaches over socket:// (tools/firmware/virtual.py).
 socat:
-	@if command -v socat >/dev/null 2>&1; then :; \
-	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-		echo "installing socat with apt-get"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq socat >/dev/null; \
-	else \
-		echo "socat is missing: run 'sudo apt-get update && sudo apt-get install -y socat'"; \
-	fi
+	$(call apt_need,socat,socat)
 
 # Debian's chromium for the browser tests (tests/browser: playwright drives it
 # with executable_path; it never downloads a browser of its own).
 chromium:
-	@if command -v chromium >/dev/null 2>&1; then :; \
-	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-		echo "installing chromium with apt-get"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
-	else \
-		echo "chromium is missing: run 'sudo apt-get update && sudo apt-get install -y chromium'"; \
-	fi
+	$(call apt_need,chromium,chromium)
 
 demo: $(STAMP) mosquitto socat
 	$(VENV)/bin/aiot demo
@@ -59,12 +54,14 @@ demo: $(STAMP) mosquitto socat
 test: $(STAMP) mosquitto socat chromium
 	$(PY) -m pytest
 
-# mypy strict on hub/, tools/, protocol/; then edge/ and firmware/ against the
-# MicroPython stubs (ESP32, then Pico W), which it installs once into the venv.
+# mypy strict on hub/, tools/, protocol/; the import contracts of the layers
+# (docs/ARCHITECTURE.md); then edge/ and firmware/ against the MicroPython
+# stubs (ESP32, then Pico W), which it installs once into the venv.
 lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 	$(PY) -m tools.firmware.typecheck
 
 check: lint test

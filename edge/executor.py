@@ -1,5 +1,5 @@
 # The device's command executor: every command id runs at most once, across
-# redelivery, hub failover and device restarts (ARCHITECTURE.md invariant 3).
+# redelivery, hub failover and device restarts (docs/ARCHITECTURE.md invariant 3).
 #
 #   ex = Executor("plug-07", Hmac(key), meta, {"relay.set": set_relay, ...},
 #                 now_ms=clock.now_ms)

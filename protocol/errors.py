@@ -9,9 +9,14 @@ wire, so callers catch one thing and metrics count rejections by ``reason``:
 
 edge/codec.py raises its own ``CodecError`` with the same reason strings, so
 both codecs report the same fault the same way.
+
+``ReasonError`` is the shape of every such error, here and in the hub: a
+``reason`` for machines and a ``detail`` for people.
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 REASONS = (
     "oversized",  # frame longer than the configured maximum
@@ -31,12 +36,23 @@ REASONS = (
 )
 
 
-class CodecError(ValueError):
-    """Bytes that are not a valid, authentic aiot v1 frame."""
+class ReasonError(Exception):
+    """An error that says what is wrong in two fields: ``reason``, a stable,
+    machine-readable string (metrics count by it), and ``detail``, a short
+    explanation. A subclass that lists its ``reasons`` takes no other: an
+    unknown reason is a bug in the raiser (AssertionError)."""
+
+    reasons: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, reason: str, detail: str = "") -> None:
-        if reason not in REASONS:
-            raise AssertionError(f"unknown codec error reason {reason!r}")
+        if self.reasons and reason not in self.reasons:
+            raise AssertionError(f"unknown {type(self).__name__} reason {reason!r}")
         self.reason = reason
         self.detail = detail
         super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+class CodecError(ReasonError, ValueError):
+    """Bytes that are not a valid, authentic aiot v1 frame."""
+
+    reasons = REASONS

@@ -15,8 +15,8 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 
-from hub.http.api import capability_json
 from hub.http.firmware import make_router
+from hub.http.serializers import capability_json
 from protocol.profiles import PLUG_CAPABILITIES
 from tools.base.ports import free_port
 from tools.firmware.virtual import VirtualBoard

@@ -1,7 +1,8 @@
-"""Files that survive a crash: fsync a file or a directory, write a file atomically."""
+"""Files: fsync a file or a directory, write a file atomically, hash a file."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -29,3 +30,12 @@ def write_atomic(path: Path, data: bytes | str, mode: int = 0o600) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def sha256_file(path: Path) -> str:
+    """The hex sha256 of a file, read a MiB at a time."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()

@@ -48,6 +48,7 @@ import numpy as np
 import numpy.typing as npt
 
 from hub.core.paths import SHIPPED_MODELS
+from protocol.errors import ReasonError
 
 # Sensor ids of the energy scenario (edge/sensors.py POWER_W, ENERGY_WH).
 POWER_W: Final = 0
@@ -88,33 +89,23 @@ MANIFEST_KIND: Final = "onnx"
 # -- errors -------------------------------------------------------------------------
 
 
-class AnomalyError(Exception):
+class AnomalyError(ReasonError):
     """The anomaly tier cannot do what was asked."""
 
 
 class FeatureError(AnomalyError, ValueError):
     """A window whose features cannot be computed."""
 
-    def __init__(self, reason: str, detail: str = "") -> None:
-        self.reason = reason
-        self.detail = detail
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-
 
 class ModelError(AnomalyError):
     """A model file that cannot be used. The caller keeps its previous model."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        self.reason = reason
-        self.detail = detail
-        super().__init__(f"{reason}: {detail}" if detail else reason)
 
 
 # -- features -----------------------------------------------------------------------
 
 
 class ReadingLike(Protocol):
-    """A reading with named fields, such as hub.store.StoredReading."""
+    """A reading with named fields, such as hub.state.records.StoredReading."""
 
     @property
     def ts_ms(self) -> int: ...
@@ -386,7 +377,7 @@ SMOKE_TOLERANCE: Final = 1e-4
 
 
 def _session(data: bytes, threads: int) -> Any:
-    import onnxruntime as ort  # type: ignore[import-untyped]
+    import onnxruntime as ort  # type: ignore[import-untyped]  # lazy: only to score
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads

@@ -32,16 +32,22 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from hub.core.clock import wall_ms
 from hub.core.config import DecisionsConfig
+from hub.core.fsutil import sha256_file
+from hub.decide import facts as f
+from hub.decide import llm
 from hub.decide import rules as r
-from hub.decide.guard import Guard, Proposal, Verdict
+from hub.decide.anomaly import AnomalyError, DeviceWindows
+from hub.decide.guard import Guard, Proposal, Verdict, load_guard
 from hub.decide.registry import ModelRegistry
 from hub.state import entries as e
+from hub.state.apply import ApplyResult, Outcome
 from hub.state.raft import RaftError
-from hub.state.store import ApplyResult, Outcome, Store
+from hub.state.store import Store
 
 if TYPE_CHECKING:
     from hub.state.raft import RaftNode
@@ -174,8 +180,6 @@ class DecisionEngine:
         if model is None:
             return None
         if self._windows is None:
-            from hub.decide.anomaly import DeviceWindows
-
             self._windows = DeviceWindows(model)
         elif self._windows.model is not model:
             self._windows.model = model
@@ -184,8 +188,6 @@ class DecisionEngine:
     def _score(
         self, windows: Any, device: e.Device, ts_ms: int, sensor: int, value: float
     ) -> list[r.Decision]:
-        from hub.decide.anomaly import AnomalyError
-
         try:
             ws = windows.add(device.device_id, ts_ms, sensor, value, device.limit_w)
         except AnomalyError:
@@ -288,8 +290,6 @@ class DecisionEngine:
 
 def load(config_source: Any, cfg: DecisionsConfig) -> tuple[r.RuleSet, Guard]:
     """The rules and guard of the hub config file (ConfigError on anything wrong)."""
-    from hub.decide.guard import load_guard
-
     return r.load_rules(config_source), Guard(load_guard(config_source))
 
 
@@ -309,12 +309,10 @@ class LlmTier:
     """
 
     def __init__(self, model_path: Any, cfg: DecisionsConfig, report_path: Any) -> None:
-        from hub.decide import llm
-
         self._llm = llm
         self.cfg = cfg
         self.model_path = model_path
-        self.model_sha256 = llm.sha256_file(model_path)
+        self.model_sha256 = sha256_file(model_path)
         self.trust = llm.trust(
             llm.load_report(report_path),
             model_sha256=self.model_sha256,
@@ -359,8 +357,6 @@ class LlmTier:
         task.add_done_callback(self._tasks.discard)
 
     def facts(self, engine: DecisionEngine, device: e.Device, d: r.Decision) -> list[str]:
-        from hub.decide import facts as f
-
         out = []
         if d.sensor == r.POWER_W and device.limit_w is not None and d.value > device.limit_w:
             out.append(f.power_fact(over_for_s=(d.ts_ms - d.since_ms) / 1000))
@@ -473,21 +469,22 @@ class LlmTier:
             await self.worker.aclose()
 
 
-def llm_tier(cfg: DecisionsConfig) -> LlmTier | None:
-    """The LLM tier the config asks for, or None (off, or not installed: logged)."""
+def llm_tier(cfg: DecisionsConfig, models_dir: Path = llm.MODELS_DIR) -> LlmTier | None:
+    """The LLM tier the config asks for, or None (off, or not installed: logged).
+
+    A model name is looked up in ``models_dir`` (the hub's shipped models,
+    ``[models] shipped_dir``), as is its eval report unless one is configured."""
     if not cfg.llm:
         return None
-    from hub.decide import llm
-
     if not llm.llama_cpp_available():
         log.warning(
             "decisions.llm is %s but llama-cpp-python is missing: %s", cfg.llm, llm.INSTALL_HINT
         )
         return None
     try:
-        path = llm.resolve_model(cfg.llm)
+        path = llm.resolve_model(cfg.llm, models_dir)
     except llm.ModelError as exc:
         log.warning("the LLM tier is off: %s", exc)
         return None
-    report = cfg.llm_report or llm.MODELS_DIR / "eval" / "results" / f"{llm.model_name(path)}.json"
+    report = cfg.llm_report or models_dir / "eval" / "results" / f"{llm.model_name(path)}.json"
     return LlmTier(path, cfg, report)

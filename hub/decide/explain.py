@@ -30,7 +30,7 @@ from datetime import UTC, date, datetime
 from typing import Any, Final, Protocol
 
 from hub.state import entries as e
-from hub.state.store import LedgerRecord
+from hub.state.records import LedgerRecord
 
 _ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _NUMBER: Final = re.compile(r"-?\d+(?:\.\d+)?")

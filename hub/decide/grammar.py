@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from protocol import messages as m
+from protocol.errors import ReasonError
 
 NONE_ACTION: Final = "none"
 KEYS: Final = ("reason", "action", "params")
@@ -43,12 +44,8 @@ TEXT_MAX: Final = 200  # characters, cap for Text params whose max is larger
 _FRACTION_DIGITS: Final = 3
 
 
-class InvalidOutput(ValueError):
+class InvalidOutput(ReasonError, ValueError):
     """The output is not a decision this device allows; ``reason`` says why."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)

@@ -63,23 +63,33 @@ The ``[guard]`` table of the hub config, with defaults::
 
 from __future__ import annotations
 
-import difflib
 import enum
 import fnmatch
 import math
 import re
-import tomllib
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
-from hub.core.config import ConfigError
+from hub.core.validate import (
+    Key,
+    Schema,
+    duration_ms,
+    globs,
+    int_range,
+    list_of,
+    one_of,
+    params,
+    rate,
+    read_toml,
+    table_of,
+    text,
+)
 from hub.state import entries as e
 from protocol import messages as m
-
-T = TypeVar("T")
+from protocol.errors import ReasonError
 
 ORIGINS: Final = ("rules", "onnx", "llm", "operator")
 # Actions no rule or model may take, whatever a rules file or an output says.
@@ -107,20 +117,13 @@ _I64_MIN: Final = -(2**63)
 _I64_MAX: Final = 2**63 - 1
 _TEXT_MAX_BYTES: Final = 0xFFFF  # str16 in the ledger entry
 _MS_PER_HOUR: Final = 3_600_000
-_RATE: Final = re.compile(r"\s*([0-9]+)\s*/\s*(s|min|h)\s*")
-_RATE_UNITS: Final = {"s": 3600, "min": 60, "h": 1}  # -> tokens per hour
 
 
 # -- param checks (also used by hub.rules when it binds a rule's action) ------------------
 
 
-class ParamError(ValueError):
+class ParamError(ReasonError, ValueError):
     """Parameters the action cannot take; ``reason`` is one of BLOCK_REASONS."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        self.reason = reason
-        self.detail = detail
-        super().__init__(f"{reason}: {detail}")
 
 
 Given = Mapping[str, object] | Sequence[m.Param]
@@ -227,108 +230,6 @@ def normalize_params(
 # -- config ----------------------------------------------------------------------------
 
 
-class Table:
-    """One TOML table: typed access whose errors name the file and full key."""
-
-    def __init__(self, source: Path | str, name: str, raw: Any, known: tuple[str, ...]) -> None:
-        self.source = source
-        self.name = name
-        if raw is None:
-            raw = {}
-        if not isinstance(raw, dict):
-            raise ConfigError(source, name, f"expected a table, got {raw!r}")
-        self.raw: dict[str, Any] = raw
-        for key in raw:
-            if key not in known:
-                hint = difflib.get_close_matches(key, known, 1)
-                extra = f" (did you mean {hint[0]!r}?)" if hint else ""
-                raise ConfigError(source, self.key(key), f"unknown key{extra}")
-
-    def key(self, key: str) -> str:
-        return f"{self.name}.{key}" if self.name else key
-
-    def error(self, key: str, problem: str) -> ConfigError:
-        return ConfigError(self.source, self.key(key), problem)
-
-    def get(self, key: str, check: Callable[[Any], T], default: T | None = None) -> T:
-        if key not in self.raw:
-            if default is None:
-                raise self.error(key, "required key is missing")
-            return default
-        try:
-            return check(self.raw[key])
-        except ValueError as exc:
-            raise self.error(key, str(exc)) from None
-
-    def optional(self, key: str, check: Callable[[Any], T]) -> T | None:
-        return self.get(key, check) if key in self.raw else None
-
-
-def number(lo: float, hi: float) -> Callable[[Any], float]:
-    """A finite int or float in lo..hi."""
-
-    def check(value: Any) -> float:
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not math.isfinite(value)
-            or not lo <= value <= hi
-        ):
-            raise ValueError(f"expected a number in {lo:g}..{hi:g}, got {value!r}")
-        return float(value)
-
-    return check
-
-
-def integer(lo: int, hi: int) -> Callable[[Any], int]:
-    def check(value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-            raise ValueError(f"expected an integer in {lo}..{hi}, got {value!r}")
-        return value
-
-    return check
-
-
-def globs(value: Any) -> tuple[str, ...]:
-    """A non-empty list of non-empty glob strings (fnmatch: * ? [...])."""
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
-        raise ValueError(f"expected a list of device id globs like ['plug-*'], got {value!r}")
-    return tuple(value)
-
-
-def rate(value: Any) -> int:
-    """'N/s', 'N/min' or 'N/h' -> tokens per hour."""
-    m_ = _RATE.fullmatch(value) if isinstance(value, str) else None
-    if m_ is None or int(m_.group(1)) == 0:
-        raise ValueError(f"expected a rate like '6/min' (N/s, N/min, N/h, N >= 1), got {value!r}")
-    per_hour = int(m_.group(1)) * _RATE_UNITS[m_.group(2)]
-    if per_hour > 10**9:
-        raise ValueError(f"rate {value!r} is too high (at most 10^9 per hour)")
-    return per_hour
-
-
-def scalar(value: Any) -> m.ParamValue:
-    """A parameter value in TOML: a boolean, an integer, a finite float or a string."""
-    if isinstance(value, bool | int | str) or (isinstance(value, float) and math.isfinite(value)):
-        return value
-    raise ValueError(f"expected a boolean, number or string, got {value!r}")
-
-
-def params_table(table: Table, key: str) -> dict[str, m.ParamValue]:
-    raw = table.raw.get(key, {})
-    if not isinstance(raw, dict):
-        raise table.error(key, f"expected a table like {{ on = false }}, got {raw!r}")
-    out = {}
-    for name, v in raw.items():
-        try:
-            out[name] = scalar(v)
-        except ValueError as exc:
-            raise ConfigError(table.source, f"{table.key(key)}.{name}", str(exc)) from None
-    return out
-
-
 @dataclass(frozen=True, slots=True)
 class SwitchOff:
     """A command that switches a device off: the action, and the parameter
@@ -366,80 +267,31 @@ class GuardConfig:
     source: str = ""
 
 
-_GUARD_KEYS: Final = (
-    "out_of_bounds",
-    "critical",
-    "device_rate",
-    "device_burst",
-    "total_rate",
-    "total_burst",
-    "cooldown_s",
-    "switch_off",
+def _sorted_params(value: Any) -> tuple[tuple[str, m.ParamValue], ...]:
+    return tuple(sorted(params(value)))
+
+
+SWITCH_OFF: Final = Schema(SwitchOff, {"action": text, "params": _sorted_params})
+GUARD: Final = Schema(
+    GuardConfig,
+    {
+        "out_of_bounds": one_of("block", "clamp"),
+        "critical": globs,
+        "device_rate": Key("device_rate_per_h", rate),
+        "device_burst": int_range(1, 1_000_000),
+        "total_rate": Key("total_rate_per_h", rate),
+        "total_burst": int_range(1, 1_000_000),
+        "cooldown_s": Key(
+            "cooldown_ms", table_of(duration_ms(7 * 86_400), 'a table like { "relay.set" = 10 }')
+        ),
+        "switch_off": list_of(SWITCH_OFF, "a list of { action, params }"),
+    },
 )
 
 
 def parse_guard(raw: Any, source: Path | str, name: str = "guard") -> GuardConfig:
     """Validate a ``[guard]`` table; errors name ``source`` and the full key."""
-    t = Table(source, name, raw, _GUARD_KEYS)
-
-    def mode(v: Any) -> str:
-        if v not in ("block", "clamp"):
-            raise ValueError(f"expected one of block, clamp, got {v!r}")
-        return str(v)
-
-    cooldown: dict[str, int] = {}
-    raw_cd = t.raw.get("cooldown_s", {})
-    if not isinstance(raw_cd, dict):
-        raise t.error("cooldown_s", f'expected a table like {{ "relay.set" = 10 }}, got {raw_cd!r}')
-    for action, secs in raw_cd.items():
-        try:
-            cooldown[action] = round(number(0, 7 * 86_400)(secs) * 1000)
-        except ValueError as exc:
-            raise ConfigError(source, f"{t.key('cooldown_s')}.{action}", str(exc)) from None
-    switch_off: tuple[SwitchOff, ...] = DEFAULT_SWITCH_OFF
-    if "switch_off" in t.raw:
-        items = t.raw["switch_off"]
-        if not isinstance(items, list):
-            raise t.error("switch_off", f"expected a list of {{ action, params }}, got {items!r}")
-        parsed = []
-        for i, item in enumerate(items):
-            it = Table(source, f"{t.key('switch_off')}[{i}]", item, ("action", "params"))
-            action = it.get("action", _text)
-            parsed.append(SwitchOff(action, tuple(sorted(params_table(it, "params").items()))))
-        switch_off = tuple(parsed)
-    return GuardConfig(
-        t.get("out_of_bounds", mode, "block"),
-        t.get("critical", globs, ()),
-        t.get("device_rate", rate, 12 * 60),
-        t.get("device_burst", integer(1, 1_000_000), 4),
-        t.get("total_rate", rate, 600 * 60),
-        t.get("total_burst", integer(1, 1_000_000), 60),
-        cooldown,
-        switch_off,
-        str(source),
-    )
-
-
-def _text(value: Any) -> str:
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"expected a non-empty string, got {value!r}")
-    return value
-
-
-def read_toml(path: Path) -> dict[str, Any]:
-    """A TOML file as a dict; ConfigError naming the file otherwise."""
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(path, "", f"cannot read the file: {exc.strerror}") from None
-    except ValueError as exc:  # a NUL byte in the name
-        raise ConfigError(path, "", f"cannot read the file: {exc}") from None
-    try:
-        return tomllib.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise ConfigError(path, "", "not UTF-8 text") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(path, "", f"not valid TOML: {exc}") from None
+    return GUARD.load(source, name, raw, source=str(source))
 
 
 def load_guard(config_path: Path) -> GuardConfig:

@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import importlib
 import importlib.util
 import itertools
@@ -64,6 +63,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Final
 
+from hub.core.fsutil import sha256_file
 from hub.core.paths import SHIPPED_MODELS, SOURCE_ROOT
 from hub.decide import facts as f
 from hub.decide import grammar
@@ -154,14 +154,6 @@ def resolve_model(name_or_path: str | Path, models_dir: Path = MODELS_DIR) -> Pa
 
 def model_name(path: Path) -> str:
     return path.name.removesuffix(".gguf")
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def llama_cpp_available() -> bool:

@@ -51,9 +51,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from hub.core.clock import wall_ms
 from hub.core.keys import canonical
 from hub.core.paths import SHIPPED_MODELS
+from hub.decide.anomaly import AnomalyError, AnomalyModel, Manifest
 from hub.state import entries as e
+from hub.state.apply import ApplyResult, Outcome
 from hub.state.raft import RaftError, RaftNode
-from hub.state.store import ApplyResult, Outcome, Store
+from hub.state.store import Store
+from protocol.errors import ReasonError
 
 log = logging.getLogger("aiot.models")
 
@@ -61,12 +64,8 @@ SHIPPED: Final = SHIPPED_MODELS / "anomaly" / "anomaly.json"
 _CHUNK: Final = 1 << 20
 
 
-class ModelRefused(Exception):
+class ModelRefused(ReasonError):
     """A model (or its manifest) that must not be stored or loaded."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        self.reason = reason
-        super().__init__(f"{reason}: {detail}" if detail else reason)
 
 
 # -- signatures -------------------------------------------------------------------------
@@ -133,7 +132,7 @@ class Loaded:
     name: str
     version: str
     sha256: str
-    model: Any  # hub.anomaly.AnomalyModel (or a GGUF path for kind gguf)
+    model: Any  # an AnomalyModel (or a GGUF path for kind gguf)
     loaded_at: float
     load_ms: float
 
@@ -144,8 +143,6 @@ def load_bytes(mv: e.ModelVersion, data: bytes, doc: dict[str, Any]) -> Any:
         raise ModelRefused("sha256_mismatch", f"{mv.name}@{mv.version}: the bytes differ")
     if mv.kind != "onnx":
         return None  # GGUF models are loaded by the LLM worker from the blob path
-    from hub.decide.anomaly import AnomalyError, AnomalyModel, Manifest
-
     try:
         inner = Manifest.from_dict(doc.get("manifest") or {})
         return AnomalyModel.from_bytes(data, inner)
@@ -267,8 +264,6 @@ class ModelRegistry:
     async def _load_shipped(self) -> None:
         if self._shipped is None or "anomaly" in self.active or not self._shipped.exists():
             return
-        from hub.decide.anomaly import AnomalyError, AnomalyModel
-
         t0 = time.monotonic()
         try:
             model = await asyncio.to_thread(AnomalyModel.load, self._shipped)

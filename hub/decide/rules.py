@@ -75,23 +75,32 @@ import fnmatch
 import math
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import Any, Final
-from zoneinfo import ZoneInfo
 
-from hub.core.config import ConfigError
-from hub.decide.guard import (
-    ParamError,
-    Proposal,
+from hub.core.validate import (
+    ConfigError,
+    Key,
+    Schema,
     Table,
+    boolean,
+    duration_ms,
+    finite,
     globs,
-    normalize_params,
+    key_path,
+    list_of,
+    matching,
     number,
-    params_table,
+    params,
+    path,
     read_toml,
+    string,
+    time_window,
+    time_zone,
 )
+from hub.decide.guard import ParamError, Proposal, normalize_params
 from hub.state import entries as e
 from protocol import messages as m
 
@@ -113,31 +122,10 @@ ALERT: Final = "alert"
 TIER: Final = "rules"
 
 RULE_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-_HHMM: Final = re.compile(r"([01][0-9]|2[0-3]):([0-5][0-9])")
 _MAX_S: Final = 7 * 86_400
 _NEVER: Final = -(2**63)
 _UTC: Final[tzinfo] = UTC
 _NONE: Final[tuple[Decision, ...]] = ()
-
-_RULE_KEYS: Final = (
-    "id",
-    "description",
-    "enabled",
-    "devices",
-    "owner",
-    "sensor",
-    "above",
-    "below",
-    "hysteresis",
-    "for_s",
-    "max_gap_s",
-    "between",
-    "timezone",
-    "cooldown_s",
-    "action",
-    "params",
-    "alert",
-)
 
 
 # -- records -----------------------------------------------------------------------------
@@ -264,33 +252,6 @@ class Decision:
 # -- parsing -----------------------------------------------------------------------------
 
 
-def _zone(value: Any) -> tzinfo:
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"expected an IANA time zone like 'Europe/Berlin', got {value!r}")
-    if value == "UTC":
-        return UTC
-    try:
-        return ZoneInfo(value)
-    except Exception:  # ZoneInfoNotFoundError, ValueError for malformed keys, ...
-        raise ValueError(f"unknown time zone {value!r}") from None
-
-
-def _hhmm(value: Any) -> int:
-    g = _HHMM.fullmatch(value) if isinstance(value, str) else None
-    if g is None:
-        raise ValueError(f"expected HH:MM (00:00..23:59), got {value!r}")
-    return int(g.group(1)) * 60 + int(g.group(2))
-
-
-def _window(value: Any) -> tuple[int, int]:
-    if not isinstance(value, list) or len(value) != 2:
-        raise ValueError(f'expected ["HH:MM", "HH:MM"], got {value!r}')
-    start, end = _hhmm(value[0]), _hhmm(value[1])
-    if start == end:
-        raise ValueError(f"an empty window {value!r}: start and end are equal")
-    return start, end
-
-
 def _stream(value: Any) -> int:
     if isinstance(value, str) and value in STREAM_NAMES:
         return STREAM_NAMES[value]
@@ -303,27 +264,10 @@ def _stream(value: Any) -> int:
 def _threshold(value: Any) -> float | None:
     if value == "limit":
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f'expected a number or "limit", got {value!r}')
-    return float(value)
-
-
-def _rule_id(value: Any) -> str:
-    if not isinstance(value, str) or not RULE_ID.fullmatch(value):
-        raise ValueError(f"expected 1-64 characters of A-Z a-z 0-9 . _ - , got {value!r}")
-    return value
-
-
-def _str(value: Any) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"expected a string, got {value!r}")
-    return value
-
-
-def _bool(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"expected true or false, got {value!r}")
-    return value
+    try:
+        return finite(value)
+    except ValueError:
+        raise ValueError(f'expected a number or "limit", got {value!r}') from None
 
 
 def _action(value: Any) -> str:
@@ -332,73 +276,74 @@ def _action(value: Any) -> str:
     return value
 
 
-def _seconds(value: Any) -> int:
-    return round(number(0, _MAX_S)(value) * 1000)
+_SECONDS: Final = duration_ms(_MAX_S)
+# A rule's keys; above or below, between and timezone are read by parse_rule.
+RULE: Final = Schema(
+    Rule,
+    {
+        "id": Key("rule_id", matching(RULE_ID, "1-64 characters of A-Z a-z 0-9 . _ -")),
+        "description": string,
+        "enabled": boolean,
+        "devices": globs,
+        "owner": string,
+        "sensor": _stream,
+        "hysteresis": number(0, 1e12),
+        "for_s": Key("for_ms", _SECONDS),
+        "max_gap_s": Key("max_gap_ms", _SECONDS),
+        "cooldown_s": Key("cooldown_ms", _SECONDS),
+        "action": _action,
+        "params": params,
+        "alert": boolean,
+    },
+    others=("above", "below", "between", "timezone"),
+)
 
 
 def parse_rule(raw: Any, source: Path | str, key: str, tz: tzinfo) -> Rule:
     """One rule table; ``key`` names it in errors (e.g. ``rule[0]``)."""
-    t = Table(source, key, raw, _RULE_KEYS)
-    rule_id = t.get("id", _rule_id)
-    if ("above" in t.raw) == ("below" in t.raw):
+    t = RULE.table(source, key, raw)
+    if ("above" in t) == ("below" in t):
         raise t.error("above", "set exactly one of above and below")
-    above = "above" in t.raw
-    threshold = t.get("above" if above else "below", _threshold)
-    sensor = t.get("sensor", _stream)
-    if threshold is None and sensor == ANOMALY:
-        raise t.error("above" if above else "below", '"limit" is for power, not anomaly scores')
-    action: str | None = t.get("action", _action)
-    params = params_table(t, "params")
-    alert = t.get("alert", _bool, False)
-    if action == ALERT:
-        if params:
-            raise t.error("params", "an alert takes no params")
-        if "alert" in t.raw and not alert:
-            raise t.error("alert", 'cannot be false with action = "alert"')
-        action, alert = None, True
-    window = None
-    if "between" in t.raw:
-        start, end = t.get("between", _window)
-        window = Window(start, end, t.get("timezone", _zone, tz))
-    elif "timezone" in t.raw:
-        raise t.error("timezone", "only used with between")
-    owner = t.optional("owner", _str)
-    return Rule(
-        rule_id=rule_id,
-        devices=t.get("devices", globs),
-        sensor=sensor,
-        above=above,
-        threshold=threshold,
-        action=action,
-        params=tuple(params.items()),
-        alert=alert,
-        owner=owner,
-        hysteresis=t.get("hysteresis", number(0, 1e12), 0.0),
-        for_ms=t.get("for_s", _seconds, 0),
-        max_gap_ms=t.get("max_gap_s", _seconds, 0),
-        cooldown_ms=t.get("cooldown_s", _seconds, 0),
-        window=window,
-        description=t.get("description", _str, ""),
-        enabled=t.get("enabled", _bool, True),
-        source=str(source),
-        key=key,
+    side = "above" if "above" in t else "below"
+    threshold = t.get(side, _threshold)
+    window = _window(t, tz)
+    rule = RULE.read(
+        t, above=side == "above", threshold=threshold, window=window, source=str(source), key=key
     )
+    if threshold is None and rule.sensor == ANOMALY:
+        raise t.error(side, '"limit" is for power, not anomaly scores')
+    if rule.action != ALERT:
+        return rule
+    if rule.params:
+        raise t.error("params", "an alert takes no params")
+    if "alert" in t and not rule.alert:
+        raise t.error("alert", 'cannot be false with action = "alert"')
+    return replace(rule, action=None, alert=True)
 
 
-def _rule_list(t: Table, key: str, tz: tzinfo) -> RuleSet:
-    raw = t.raw.get(key, [])
+def _window(t: Table, tz: tzinfo) -> Window | None:
+    if "between" in t:
+        start, end = t.get("between", time_window)
+        return Window(start, end, t.get("timezone", time_zone, tz))
+    if "timezone" in t:
+        raise t.error("timezone", "only used with between")
+    return None
+
+
+def _rule_list(t: Table, source: Path | str, tz: tzinfo) -> RuleSet:
+    raw = t.raw.get("rule", [])
     if not isinstance(raw, list):
-        raise t.error(key, f"expected an array of tables [[{t.key(key)}]], got {raw!r}")
+        raise t.error("rule", f"expected an array of tables [[{t.key('rule')}]], got {raw!r}")
     out = RuleSet()
     for i, item in enumerate(raw):
-        out = out + RuleSet((parse_rule(item, t.source, f"{t.key(key)}[{i}]", tz),))
+        out = out + RuleSet((parse_rule(item, source, key_path(t.name, "rule", i), tz),))
     return out
 
 
 def parse_rules_file(doc: Any, source: Path | str) -> RuleSet:
     """A rules file's document: top-level ``timezone`` and ``[[rule]]``."""
     t = Table(source, "", doc, ("timezone", "rule"))
-    return _rule_list(t, "rule", t.get("timezone", _zone, _UTC))
+    return _rule_list(t, source, t.get("timezone", time_zone, _UTC))
 
 
 def load_rules_file(path: Path) -> RuleSet:
@@ -409,12 +354,10 @@ def parse_rules(raw: Any, source: Path, name: str = "rules") -> RuleSet:
     """A hub config's ``[rules]`` table: ``timezone``, ``files`` (relative to
     the config file, loaded after the table's own rules) and ``[[rules.rule]]``."""
     t = Table(source, name, raw, ("timezone", "files", "rule"))
-    out = _rule_list(t, "rule", t.get("timezone", _zone, _UTC))
-    files = t.raw.get("files", [])
-    if not isinstance(files, list) or not all(isinstance(f, str) and f for f in files):
-        raise t.error("files", f"expected a list of rules file paths, got {files!r}")
-    for f in files:
-        out = out + load_rules_file(source.parent / f)
+    out = _rule_list(t, source, t.get("timezone", time_zone, _UTC))
+    files: tuple[Path, ...] = t.get("files", list_of(path, "a list of rules file paths"), ())
+    for file in files:
+        out = out + load_rules_file(file)
     return out
 
 

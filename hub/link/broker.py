@@ -21,10 +21,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import ctypes
 import hashlib
 import os
 import secrets
+import shutil
 import signal
 import socket
 import sys
@@ -36,12 +36,12 @@ from typing import Final, Literal
 
 from hub.core.config import Address
 from hub.core.fsutil import write_atomic
+from hub.core.procs import die_with_parent
 from protocol.topics import valid_device_id
 
 Role = Literal["device", "hub", "monitor"]
 INSTALL_HINT: Final = "apt-get update && apt-get install -y mosquitto"
 _PBKDF2_ITERATIONS: Final = 101  # mosquitto_passwd's default for $7$ hashes
-_PR_SET_PDEATHSIG: Final = 1
 
 
 class BrokerError(RuntimeError):
@@ -114,17 +114,14 @@ def render_conf(bind: Address, workdir: Path) -> str:
 
 def find_mosquitto() -> str | None:
     # Debian installs the broker in /usr/sbin, which a non-root PATH lacks.
-    from shutil import which
-
-    return which("mosquitto") or next(
+    return shutil.which("mosquitto") or next(
         (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if Path(p).exists()),
         None,
     )
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    die_with_parent()
     os.setpgrp()  # out of the daemon's process group: Ctrl-C reaches the hub only
 
 

@@ -51,8 +51,10 @@ from typing import Final
 
 from hub.core.clock import wall_ms
 from hub.state import entries as e
+from hub.state.apply import ApplyResult
 from hub.state.raft import RaftError, RaftNode
-from hub.state.store import ApplyResult, LedgerRecord, Store
+from hub.state.records import LedgerRecord
+from hub.state.store import Store
 from protocol import messages as m
 from protocol import topics, wire
 from protocol.errors import CodecError

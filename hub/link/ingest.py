@@ -27,7 +27,7 @@ Per message (hub/state/DESIGN.md "Ingest" has the reasons behind each step):
 6. the batcher groups valid batches into one GROUP entry and proposes it;
 7. after the proposer returns (committed, and applied on this node), each
    caller gets its part's ApplyResult and acks the device's watermark from it
-   (ARCHITECTURE.md invariant 1).
+   (docs/ARCHITECTURE.md invariant 1).
 
 Errors (the hierarchy; every one carries a machine-readable ``reason``)::
 
@@ -70,9 +70,9 @@ from typing import Final, Protocol
 from hub.core.clock import wall_ms
 from hub.core.config import IngestConfig
 from hub.state import entries as e
+from hub.state.apply import ApplyResult
+from hub.state.apply import Outcome as Applied
 from hub.state.raft import NotReady, RaftError
-from hub.state.store import ApplyResult
-from hub.state.store import Outcome as Applied
 from protocol import messages as m
 from protocol import topics, wire
 from protocol.errors import CodecError
@@ -110,7 +110,7 @@ REASONS: Final = (
 
 # Proposal failures that mean the entry met no leader (or a leader that went
 # away before it answered): an election is under way. Every entry is
-# idempotent (ARCHITECTURE.md invariant 2), so the batcher proposes the group
+# idempotent (docs/ARCHITECTURE.md invariant 2), so the batcher proposes the group
 # again until RETRY_S after its first try, instead of leaving the hole to the
 # devices' ack timeouts. DeadlineExceeded (no answer for the proposer's whole
 # deadline) and the rest are not retried.
@@ -154,7 +154,7 @@ class ResultMismatch(Exception):
 
 class Registry(Protocol):
     """The device registry and watermarks, as this node has applied them.
-    ``hub.store.Store`` satisfies it."""
+    ``hub.state.store.Store`` satisfies it."""
 
     def device(self, device_id: str) -> e.Device | None: ...
 

@@ -1,6 +1,6 @@
 """Backups of the replicated store, and restoring them into a new cluster.
 
-    backup.mount(app, hub)        # hub/http/api.py make_app: GET /v1/backup (admin)
+    stream = backup.SnapshotStream(raft)   # hub/http/routes/backup.py: GET /v1/backup (admin)
     summary = backup.read_snapshot(open("store.snap", "rb"))   # verify, hash, registry
     backup.restore_node(cfg, Path("backup"), plan)             # one stopped, empty node
 
@@ -8,18 +8,19 @@
 with what a restore keeps and loses, is in hub/state/DESIGN.md ("Backup and
 restore") and the operator's steps in docs/deploy-raspberry-pi.md.
 
-**The stream.** ``GET /v1/backup`` answers the store's snapshot stream
-(hub/state/DESIGN.md "Snapshots": the same bytes Raft compaction writes and a
-lagging follower installs) from one LMDB read transaction, so it is one
-consistent view whose ``meta/applied_index`` is the Raft index it reflects.
-Headers give the node, that applied index and the node's Raft term when the
-view was taken. The view is pinned under the RaftNode's store lock, and the
-stream is written from a worker thread that holds the lock while it walks
-LMDB and lets go of it while a chunk waits to be sent: reads by the rest of
-the daemon (ingest's registry lookups) wait at most one chunk, and a
-snapshot install, which closes the LMDB environment, can never run while a
-cursor is in use; if one comes between two chunks the stream ends early
-and the client sees a truncated stream (no digest), never a wrong one.
+**The stream.** ``GET /v1/backup`` (hub/http/routes/backup.py) answers the
+store's snapshot stream (hub/state/DESIGN.md "Snapshots": the same bytes Raft
+compaction writes and a lagging follower installs) from one LMDB read
+transaction, so it is one consistent view whose ``meta/applied_index`` is the
+Raft index it reflects. Headers give the node, that applied index and the
+node's Raft term when the view was taken. The view is pinned under the
+RaftNode's store lock, and the stream is written from a worker thread that
+holds the lock while it walks LMDB and lets go of it while a chunk waits to be
+sent: reads by the rest of the daemon (ingest's registry lookups) wait at most
+one chunk, and a snapshot install, which closes the LMDB environment, can
+never run while a cursor is in use; if one comes between two chunks the stream
+ends early and the client sees a truncated stream (no digest), never a wrong
+one.
 
 **A restore** makes each node of a new cluster start as if it had just
 installed a snapshot at Raft index ``L = max(applied_index, 2)``: its store
@@ -51,34 +52,22 @@ import shutil
 import socket
 import struct
 import threading
-import typing
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, BinaryIO, Final
+from typing import IO, Any, BinaryIO, Final
 
-from fastapi import FastAPI, HTTPException
-from fastapi.responses import StreamingResponse
 from pysyncobj.journal import createJournal
 from pysyncobj.node import TCPNode
 
 from hub.core.config import HubConfig
-from hub.core.fsutil import fsync_dir
+from hub.core.fsutil import fsync_dir, sha256_file
 from hub.state import entries as e
+from hub.state.errors import SnapshotError
 from hub.state.raft import DUMP_FILE, JOURNAL_FILE, STORE_DIR, RaftNode, _write_dump_header
-from hub.state.store import (
-    DATA_FILE,
-    NODE_LOCAL_META,
-    SNAPSHOT_MAGIC,
-    SNAPSHOT_VERSION,
-    UNHASHED_TABLES,
-    Snapshot,
-    SnapshotError,
-    Store,
-)
-
-if TYPE_CHECKING:
-    from hub.daemon import Hub
+from hub.state.records import NODE_LOCAL_META, UNHASHED_TABLES
+from hub.state.snapshot import SNAPSHOT_MAGIC, SNAPSHOT_VERSION, Snapshot
+from hub.state.store import DATA_FILE, Store
 
 log = logging.getLogger("hub.backup")
 
@@ -99,7 +88,7 @@ class BackupError(Exception):
     """A backup that cannot be read or restored; the message says why."""
 
 
-# -- the endpoint ----------------------------------------------------------------------------
+# -- the stream ------------------------------------------------------------------------------
 
 _END: Final = object()
 
@@ -155,77 +144,48 @@ def _next(out: queue.Queue[object], cancelled: threading.Event) -> object:
     return _END
 
 
-def mount(app: FastAPI, hub: Hub) -> None:
-    """Add ``GET /v1/backup`` (admin only)."""
-    from hub.http.api import Admin
+class SnapshotStream:
+    """One consistent view of the store, streamed chunk by chunk from a worker
+    thread (see the module doc). Made on the event loop; ``chunks()`` yields
+    the bytes, and ``cancel()`` (also at the end of ``chunks()``) lets the
+    worker go."""
 
-    # The Admin dependency of hub.api, as a route dependency: the endpoint
-    # then has no parameters whose (postponed) annotations FastAPI must find.
-    admin_only = [typing.get_args(Admin)[1]]
-    busy = asyncio.Lock()
-
-    @app.get(
-        "/v1/backup",
-        response_class=StreamingResponse,
-        responses={200: {"content": {"application/octet-stream": {}}}},
-        summary="A consistent snapshot of this node's store (admin)",
-        dependencies=admin_only,
-    )
-    async def backup() -> StreamingResponse:
-        """The store's snapshot stream (hub/state/DESIGN.md "Snapshots") from one read
-        transaction. Headers: X-Aiot-Node, X-Aiot-Applied-Index, X-Aiot-Term,
-        X-Aiot-Estimated-Bytes (the LMDB file size, an upper bound)."""
-        r = hub.raft
-        if r is None:
-            raise HTTPException(503, "starting")
-        if busy.locked():
-            raise HTTPException(409, "a backup is already streaming from this node")
-        await busy.acquire()
-        try:
-            term = r.status().term
-            snap = r.read(lambda s: s.snapshot())
-        except BaseException:
-            busy.release()
-            raise
-        out: queue.Queue[object] = queue.Queue(_QUEUE_CHUNKS)
-        cancelled = threading.Event()
+    def __init__(self, raft: RaftNode) -> None:
+        self.term = raft.status().term
+        snap = raft.read(lambda s: s.snapshot())
+        self._out: queue.Queue[object] = queue.Queue(_QUEUE_CHUNKS)
+        self._cancelled = threading.Event()
         worker = threading.Thread(
-            target=_stream_worker, args=(r, snap, out, cancelled), name="backup", daemon=True
+            target=_stream_worker,
+            args=(raft, snap, self._out, self._cancelled),
+            name="backup",
+            daemon=True,
         )
         worker.start()
-        index = snap.applied_index
-        try:
-            size = os.stat(r.data_dir / STORE_DIR / DATA_FILE).st_size
+        self.index = snap.applied_index
+        try:  # the LMDB file size, an upper bound of the stream's
+            self.estimated_bytes = os.stat(raft.data_dir / STORE_DIR / DATA_FILE).st_size
         except OSError:
-            size = 0
-        log.info("backup of store index %d started", index)
+            self.estimated_bytes = 0
+        log.info("backup of store index %d started", self.index)
 
-        async def body() -> AsyncIterator[bytes]:
-            try:
-                while True:
-                    item = await asyncio.to_thread(_next, out, cancelled)
-                    if item is _END:
-                        log.info("backup of store index %d streamed", index)
-                        return
-                    if isinstance(item, BaseException):
-                        return  # truncated: the client finds no digest and refuses it
-                    assert isinstance(item, bytes)
-                    yield item
-            finally:
-                cancelled.set()
-                busy.release()
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The stream's bytes; it ends early (no digest) if the store closed."""
+        try:
+            while True:
+                item = await asyncio.to_thread(_next, self._out, self._cancelled)
+                if item is _END:
+                    log.info("backup of store index %d streamed", self.index)
+                    return
+                if isinstance(item, BaseException):
+                    return  # truncated: the client finds no digest and refuses it
+                assert isinstance(item, bytes)
+                yield item
+        finally:
+            self.cancel()
 
-        return StreamingResponse(
-            body(),
-            media_type="application/octet-stream",
-            headers={
-                "X-Aiot-Node": hub.node_id,
-                "X-Aiot-Applied-Index": str(index),
-                "X-Aiot-Term": str(term),
-                "X-Aiot-Estimated-Bytes": str(size),
-                "Content-Disposition": f'attachment; filename="{hub.node_id}-{index}.snap"',
-            },
-        )
+    def cancel(self) -> None:
+        self._cancelled.set()
 
 
 # -- reading a snapshot stream -------------------------------------------------------------
@@ -405,14 +365,6 @@ class _Registry:
 # -- the backup directory ------------------------------------------------------------------
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def manifest_files(root: Path) -> dict[str, dict[str, Any]]:
     """sha256 and size of every file under ``root`` but the manifest."""
     out = {}
@@ -428,9 +380,11 @@ def load_manifest(root: Path) -> dict[str, Any]:
     Raises BackupError naming the first file that does not."""
     path = root / MANIFEST
     try:
-        doc = json.loads(path.read_text())
+        raw = path.read_bytes()
     except OSError as exc:
         raise BackupError(f"{path}: {exc.strerror}: not a backup directory") from None
+    try:
+        doc = json.loads(raw)  # bytes: a bad encoding is a ValueError here too
     except ValueError as exc:
         raise BackupError(f"{path}: not JSON: {exc}") from None
     if not isinstance(doc, dict) or doc.get("format") != BACKUP_FORMAT:

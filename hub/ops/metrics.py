@@ -1,11 +1,13 @@
 """Prometheus metrics, liveness and readiness for one hub node.
 
-    metrics.mount(app, hub)             # hub/http/api.py make_app: /metrics, /healthz, /readyz
+    metrics.for_hub(hub).render()       # hub/http/routes/probes.py: GET /metrics
+    metrics.readiness(hub)              # hub/http/routes/probes.py: GET /readyz
     metrics.applied(hub, results)       # hub/daemon.py Hub._applied, on the event loop
     metrics.observe_decision("onnx", 0.004)     # the decision engine, per decision
     metrics.count_model_load("anomaly", ok=True)   # the model registry, per load
 
-Every node serves, without authentication:
+``hub`` is anything that has what ``Observed`` declares (hub/daemon.py's Hub
+is one). Every node serves, without authentication (hub/http/routes/probes.py):
 
     GET /metrics    Prometheus text format (0.0.4)
     GET /healthz    200 while the process answers: liveness
@@ -19,7 +21,7 @@ balancer can use them as they are; bind the HTTP port to a trusted network
 they show is operational: counts, indices, reasons; no device key, no
 reading, no user.
 
-Each Hub has its own ``CollectorRegistry`` (never prometheus-client's global
+Each hub has its own ``CollectorRegistry`` (never prometheus-client's global
 one), so several hubs in one process, as in tests, do not mix. Most values
 are read from the hub at scrape time by one custom collector: ingest and
 delivery counters, Raft status, broker counters, file sizes. What needs the
@@ -43,12 +45,12 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -58,15 +60,16 @@ from prometheus_client.core import (
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
+from hub.core.config import HubConfig
 from hub.state import entries as e
+from hub.state.apply import ApplyResult, Outcome
 from hub.state.raft import DUMP_FILE, JOURNAL_FILE, STORE_DIR, RaftNode
-from hub.state.store import DATA_FILE, ApplyResult, Outcome, Store
+from hub.state.store import DATA_FILE, Store
 from protocol import messages as m
 
 if TYPE_CHECKING:
-    from fastapi import FastAPI
-
-    from hub.daemon import Hub
+    from hub.link.delivery import Delivery
+    from hub.link.ingest import Ingest
 
 log = logging.getLogger("hub.metrics")
 
@@ -91,6 +94,41 @@ DECISION_BUCKETS: Final = (
     10.0,
     30.0,
 )
+
+
+# -- what the metrics read from a hub node ------------------------------------------------
+
+
+class BrokerCounters(Protocol):
+    """The counters of this node's supervised broker."""
+
+    @property
+    def restarts(self) -> int: ...
+    @property
+    def reloads(self) -> int: ...
+
+
+class Observed(Protocol):
+    """What the metrics, liveness and readiness read from one hub node."""
+
+    @property
+    def node_id(self) -> str: ...
+    @property
+    def cfg(self) -> HubConfig: ...
+    @property
+    def started_at(self) -> float: ...
+    @property
+    def raft(self) -> RaftNode: ...
+    @property
+    def ingest(self) -> Ingest: ...
+    @property
+    def delivery(self) -> Delivery: ...
+    @property
+    def broker(self) -> BrokerCounters | None: ...  # None: an external broker
+    @property
+    def consumer_connected(self) -> bool: ...
+    @property
+    def status_rejects(self) -> Mapping[str, int]: ...
 
 
 # -- decisions and model loads (per process) ---------------------------------------------
@@ -222,8 +260,8 @@ def _file_size(path: Path) -> float:
 class HubMetrics:
     """One node's registry: the custom collector, the HTTP and apply counters."""
 
-    def __init__(self, hub: Hub) -> None:
-        self._hub = weakref.ref(hub)
+    def __init__(self, hub: Observed) -> None:
+        self._hub: weakref.ref[Observed] = weakref.ref(hub)
         self.node_id = hub.node_id
         self.registry = CollectorRegistry(auto_describe=False)
         self.http = Counter(
@@ -260,7 +298,7 @@ class HubMetrics:
         self.registry.register(_HubCollector(self))
 
     @property
-    def hub(self) -> Hub | None:
+    def hub(self) -> Observed | None:
         return self._hub()
 
     def applied(self, results: Iterable[ApplyResult]) -> None:
@@ -278,7 +316,7 @@ class HubMetrics:
     async def refresh_store(self) -> None:
         """Rescan the store when the last scan is old enough (one at a time)."""
         hub = self.hub
-        if hub is None or hub.raft is None:
+        if hub is None:
             return
         raft = hub.raft
         async with self._scan_lock:
@@ -297,6 +335,69 @@ class HubMetrics:
         return generate_latest(self.registry)
 
 
+# The hub's own counters, read at scrape time: (name, help, value).
+_COUNTERS: Final[tuple[tuple[str, str, Callable[[Observed], int]], ...]] = (
+    (
+        "aiot_ingest_acked_batches",
+        "Uplink batches committed, applied here and acknowledged to the device.",
+        lambda h: h.ingest.acked,
+    ),
+    (
+        "aiot_ingest_proposals",
+        "Raft proposals of grouped batches made by ingest.",
+        lambda h: h.ingest.batcher.proposals,
+    ),
+    (
+        "aiot_command_publications",
+        "Signed commands published to devices by this node (resends included).",
+        lambda h: h.delivery.published,
+    ),
+    (
+        "aiot_command_results",
+        "Device command results received and proposed by this node.",
+        lambda h: h.delivery.results,
+    ),
+    (
+        "aiot_broker_restarts",
+        "Restarts of this node's supervised broker.",
+        lambda h: 0 if h.broker is None else h.broker.restarts,
+    ),
+    (
+        "aiot_broker_reloads",
+        "Credential and ACL reloads of this node's broker.",
+        lambda h: 0 if h.broker is None else h.broker.reloads,
+    ),
+)
+# Refusals counted by reason: (name, help, counts).
+_BY_REASON: Final[tuple[tuple[str, str, Callable[[Observed], Mapping[str, int]]], ...]] = (
+    (
+        "aiot_ingest_rejected",
+        "Uplink messages refused by ingest, by reason (hub/link/ingest.py REASONS).",
+        lambda h: h.ingest.counters,
+    ),
+    (
+        "aiot_ingest_proposal_failures",
+        "Valid batches whose Raft proposal failed, by reason (per message).",
+        lambda h: h.ingest.failures,
+    ),
+    (
+        "aiot_status_rejected",
+        "Device status messages refused, by reason.",
+        lambda h: h.status_rejects,
+    ),
+    (
+        "aiot_command_results_rejected",
+        "Device command results refused, by reason.",
+        lambda h: h.delivery.rejected,
+    ),
+    (
+        "aiot_command_resends",
+        "Device refusals answered by resending the command (busy, stale_term), by reason.",
+        lambda h: h.delivery.resends,
+    ),
+)
+
+
 class _HubCollector(Collector):
     """Reads the hub's own counters and Raft state at scrape time."""
 
@@ -309,15 +410,21 @@ class _HubCollector(Collector):
             return []
         out: list[Metric] = []
         out.extend(self._node(hub))
-        out.extend(self._ingest(hub))
+        out.extend(CounterMetricFamily(name, doc, value(hub)) for name, doc, value in _COUNTERS)
+        out.extend(_by_reason(name, doc, counts(hub)) for name, doc, counts in _BY_REASON)
         out.extend(self._raft(hub))
         out.extend(self._store(hub))
-        out.extend(self._commands(hub))
-        out.extend(self._broker(hub))
+        out.append(
+            GaugeMetricFamily(
+                "aiot_broker_consumer_connected",
+                "1 if the hub's MQTT consumer is connected to this node's broker.",
+                float(hub.consumer_connected),
+            )
+        )
         out.extend(_DECISIONS.families())
         return out
 
-    def _node(self, hub: Hub) -> Iterator[Metric]:
+    def _node(self, hub: Observed) -> Iterator[Metric]:
         info = GaugeMetricFamily(
             "aiot_node_info", "This hub node (always 1).", labels=["node", "broker_mode"]
         )
@@ -327,43 +434,11 @@ class _HubCollector(Collector):
             "aiot_uptime_seconds", "Seconds since the daemon started.", time.time() - hub.started_at
         )
 
-    def _ingest(self, hub: Hub) -> Iterator[Metric]:
-        ingest = hub.ingest
-        acked = CounterMetricFamily(
-            "aiot_ingest_acked_batches",
-            "Uplink batches committed, applied here and acknowledged to the device.",
-        )
-        acked.add_metric([], 0 if ingest is None else ingest.acked)
-        yield acked
-        proposals = CounterMetricFamily(
-            "aiot_ingest_proposals", "Raft proposals of grouped batches made by ingest."
-        )
-        proposals.add_metric([], 0 if ingest is None else ingest.batcher.proposals)
-        yield proposals
-        yield _by_reason(
-            "aiot_ingest_rejected",
-            "Uplink messages refused by ingest, by reason (hub/link/ingest.py REASONS).",
-            {} if ingest is None else dict(ingest.counters),
-        )
-        yield _by_reason(
-            "aiot_ingest_proposal_failures",
-            "Valid batches whose Raft proposal failed, by reason (per message).",
-            {} if ingest is None else dict(ingest.failures),
-        )
-        yield _by_reason(
-            "aiot_status_rejected",
-            "Device status messages refused, by reason.",
-            dict(hub.status_rejects),
-        )
-
-    def _raft(self, hub: Hub) -> Iterator[Metric]:
+    def _raft(self, hub: Observed) -> Iterator[Metric]:
         raft = hub.raft
-        if raft is None:
-            return
         st = raft.status()
-        try:
-            quorum = bool(raft.raft_status().get("has_quorum", False))
-        except Exception:  # pysyncobj busy: report what the status says
+        quorum = has_quorum(raft)
+        if quorum is None:  # pysyncobj busy: report what the status says
             quorum = st.leader is not None
         gauges: list[tuple[str, str, float]] = [
             ("aiot_raft_term", "Current Raft term.", st.term),
@@ -396,14 +471,14 @@ class _HubCollector(Collector):
         ]
         for name, doc, value in gauges:
             yield GaugeMetricFamily(name, doc, value)
-        taken = CounterMetricFamily("aiot_raft_snapshots_taken", "Snapshots written (compaction).")
-        taken.add_metric([], st.snapshots_taken)
-        installed = CounterMetricFamily(
-            "aiot_raft_snapshots_installed", "Snapshots installed from a leader or at startup."
+        yield CounterMetricFamily(
+            "aiot_raft_snapshots_taken", "Snapshots written (compaction).", st.snapshots_taken
         )
-        installed.add_metric([], st.snapshots_installed)
-        yield taken
-        yield installed
+        yield CounterMetricFamily(
+            "aiot_raft_snapshots_installed",
+            "Snapshots installed from a leader or at startup.",
+            st.snapshots_installed,
+        )
         files = GaugeMetricFamily(
             "aiot_data_file_bytes", "Size of this node's data files.", labels=["file"]
         )
@@ -412,7 +487,7 @@ class _HubCollector(Collector):
         files.add_metric(["dump"], _file_size(raft.data_dir / DUMP_FILE))
         yield files
 
-    def _store(self, hub: Hub) -> Iterator[Metric]:
+    def _store(self, hub: Observed) -> Iterator[Metric]:
         counts = self._m.store
         states = dict.fromkeys((s.name for s in e.LedgerState), 0)
         if counts is not None:
@@ -446,50 +521,8 @@ class _HubCollector(Collector):
             "aiot_store_scan_seconds", "Duration of the last store scan.", c.took_s
         )
 
-    def _commands(self, hub: Hub) -> Iterator[Metric]:
-        d = hub.delivery
-        published = CounterMetricFamily(
-            "aiot_command_publications",
-            "Signed commands published to devices by this node (resends included).",
-        )
-        published.add_metric([], 0 if d is None else d.published)
-        yield published
-        results = CounterMetricFamily(
-            "aiot_command_results", "Device command results received and proposed by this node."
-        )
-        results.add_metric([], 0 if d is None else d.results)
-        yield results
-        yield _by_reason(
-            "aiot_command_results_rejected",
-            "Device command results refused, by reason.",
-            {} if d is None else dict(d.rejected),
-        )
-        yield _by_reason(
-            "aiot_command_resends",
-            "Device refusals answered by resending the command (busy, stale_term), by reason.",
-            {} if d is None else dict(d.resends),
-        )
 
-    def _broker(self, hub: Hub) -> Iterator[Metric]:
-        b = hub.broker
-        restarts = CounterMetricFamily(
-            "aiot_broker_restarts", "Restarts of this node's supervised broker."
-        )
-        restarts.add_metric([], 0 if b is None else b.restarts)
-        reloads = CounterMetricFamily(
-            "aiot_broker_reloads", "Credential and ACL reloads of this node's broker."
-        )
-        reloads.add_metric([], 0 if b is None else b.reloads)
-        yield restarts
-        yield reloads
-        yield GaugeMetricFamily(
-            "aiot_broker_consumer_connected",
-            "1 if the hub's MQTT consumer is connected to this node's broker.",
-            float(hub.consumer_connected),
-        )
-
-
-def _by_reason(name: str, doc: str, counts: dict[str, int]) -> CounterMetricFamily:
+def _by_reason(name: str, doc: str, counts: Mapping[str, int]) -> CounterMetricFamily:
     fam = CounterMetricFamily(name, doc, labels=["reason"])
     for reason, n in sorted(counts.items()):
         fam.add_metric([reason], n)
@@ -499,24 +532,26 @@ def _by_reason(name: str, doc: str, counts: dict[str, int]) -> CounterMetricFami
 # -- readiness ------------------------------------------------------------------------------
 
 
-def readiness(hub: Hub) -> list[str]:
+def has_quorum(raft: RaftNode) -> bool | None:
+    """Whether pysyncobj says this node reaches a majority; None when it is
+    too busy to say."""
+    try:
+        return bool(raft.raft_status().get("has_quorum", False))
+    except Exception:
+        return None
+
+
+def readiness(hub: Observed) -> list[str]:
     """Why this node should not take work now; empty when it is ready."""
-    raft = hub.raft
-    if raft is None:
-        return ["starting"]
     reasons = []
-    st = raft.status()
+    st = hub.raft.status()
     if st.halted:
         reasons.append(f"store_halted: {st.halted}")
     if not st.ready:
         reasons.append("raft_not_ready")
     if st.leader is None:
         reasons.append("no_leader")
-    try:
-        quorum = bool(raft.raft_status().get("has_quorum", False))
-    except Exception:
-        quorum = False
-    if not quorum:
+    if not has_quorum(hub.raft):
         reasons.append("no_quorum")
     if not hub.consumer_connected:
         reasons.append("broker_consumer_disconnected")
@@ -525,10 +560,10 @@ def readiness(hub: Hub) -> list[str]:
 
 # -- wiring -------------------------------------------------------------------------------
 
-_BY_HUB: MutableMapping[Hub, HubMetrics] = weakref.WeakKeyDictionary()
+_BY_HUB: MutableMapping[Observed, HubMetrics] = weakref.WeakKeyDictionary()
 
 
-def for_hub(hub: Hub) -> HubMetrics:
+def for_hub(hub: Observed) -> HubMetrics:
     """The hub's metrics, made on first use."""
     found = _BY_HUB.get(hub)
     if found is None:
@@ -536,61 +571,8 @@ def for_hub(hub: Hub) -> HubMetrics:
     return found
 
 
-def applied(hub: Hub, results: Iterable[ApplyResult]) -> None:
+def applied(hub: Observed, results: Iterable[ApplyResult]) -> None:
     """Hub._applied calls this with every batch of apply results."""
     found = _BY_HUB.get(hub)
     if found is not None:
         found.applied(results)
-
-
-ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
-
-
-class _CountRequests:
-    """Pure ASGI middleware (streams pass through untouched): counts every
-    HTTP response by method, route template and status."""
-
-    def __init__(self, app: ASGIApp, counter: Counter) -> None:
-        self.app = app
-        self.counter = counter
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope.get("type") != "http":
-            await self.app(scope, receive, send)
-            return
-        status = 500
-
-        async def watch(message: dict[str, Any]) -> None:
-            nonlocal status
-            if message.get("type") == "http.response.start":
-                status = int(message["status"])
-            await send(message)
-
-        try:
-            await self.app(scope, receive, watch)
-        finally:
-            route = getattr(scope.get("route"), "path", None) or "unmatched"
-            self.counter.labels(scope.get("method", "?"), route, str(status)).inc()
-
-
-def mount(app: FastAPI, hub: Hub) -> None:
-    """Add /metrics, /healthz, /readyz and the request counter to ``app``."""
-    from fastapi import Response  # the daemon's; the hooks above need no FastAPI
-    from fastapi.responses import JSONResponse
-
-    metrics = for_hub(hub)
-    app.add_middleware(_CountRequests, counter=metrics.http)
-
-    @app.get("/metrics", include_in_schema=False)
-    async def prometheus() -> Response:
-        return Response(await metrics.render(), media_type=CONTENT_TYPE_LATEST)
-
-    @app.get("/healthz", include_in_schema=False)
-    async def healthz() -> dict[str, Any]:
-        return {"alive": True, "node_id": hub.node_id}
-
-    @app.get("/readyz", include_in_schema=False)
-    async def readyz() -> JSONResponse:
-        reasons = readiness(hub)
-        body = {"ready": not reasons, "node_id": hub.node_id, "reasons": reasons}
-        return JSONResponse(body, status_code=503 if reasons else 200)

@@ -2,9 +2,9 @@
 
 pysyncobj's replicated methods take bytes and primitives only, so every change
 to the replicated state is one of these entries, encoded here and applied by
-``hub.store.Store.apply``. Proposers (ingest, the CLI, the decision engine,
-command delivery) build entries with ``encode``; nothing but the store decodes
-them. This module does not import LMDB.
+``Store.apply`` (hub/state/apply.py). Proposers (ingest, the CLI, the decision
+engine, command delivery) build entries with ``encode``; nothing but the store
+decodes them. This module does not import LMDB.
 
 Layout (all integers big-endian; see hub/state/DESIGN.md for every payload)::
 
@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from protocol import messages as m
+from protocol.errors import ReasonError
 from protocol.topics import valid_device_id
 
 ENTRY_VERSION: Final = 1
@@ -70,15 +71,10 @@ REASONS: Final = (
 )
 
 
-class EntryError(ValueError):
+class EntryError(ReasonError, ValueError):
     """Bytes that are not a valid entry, or an entry that cannot be encoded."""
 
-    def __init__(self, reason: str, detail: str = "") -> None:
-        if reason not in REASONS:
-            raise AssertionError(f"unknown entry error reason {reason!r}")
-        self.reason = reason
-        self.detail = detail
-        super().__init__(f"{reason}: {detail}" if detail else reason)
+    reasons = REASONS
 
 
 class EntryType(enum.IntEnum):

@@ -28,7 +28,7 @@ machine-readable string for metrics)::
     │                           (maybe_applied False: retry) or
     │                           "leader_changed", "unknown_outcome"
     │                           (maybe_applied True). Entries are idempotent
-    │                           (ARCHITECTURE.md invariant 2): retrying is safe
+    │                           (docs/ARCHITECTURE.md invariant 2): retrying is safe
     ├── NotReady(reason)        the node cannot take proposals now: "closed",
     │                           "halted" (apply failed: see Halted below),
     │                           "no_leader", "queue_full", "request_denied"
@@ -64,15 +64,11 @@ from pysyncobj.node import TCPNode
 
 from hub.core.config import RaftConfig
 from hub.core.fsutil import fsync_dir
-from hub.state.store import (
-    DEFAULT_MAP_SIZE,
-    IMAGE_MAGIC,
-    SNAPSHOT_MAGIC,
-    ApplyResult,
-    Snapshot,
-    SnapshotError,
-    Store,
-)
+from hub.state.apply import ApplyResult
+from hub.state.errors import SnapshotError
+from hub.state.snapshot import Snapshot, peek_index
+from hub.state.store import DEFAULT_MAP_SIZE, Store
+from protocol.errors import ReasonError
 
 log = logging.getLogger("hub.raft")
 T = TypeVar("T")
@@ -84,19 +80,13 @@ DUMP_FILE: Final = "raft.dump"
 DUMP_MAGIC: Final = b"AIOTRAFT"
 DUMP_VERSION: Final = 1
 _DUMP_HEADER = struct.Struct(">8sHI")  # magic, version, length of the JSON meta
-_SNAP_HEADER = struct.Struct(">8sHQ")  # how a store stream or image starts (hub/state/store.py)
 
 
 # -- errors ----------------------------------------------------------------------------
 
 
-class RaftError(Exception):
+class RaftError(ReasonError):
     """Base of the Raft bridge's errors; ``reason`` is machine-readable."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        self.reason = reason
-        self.detail = detail
-        super().__init__(f"{reason}: {detail}" if detail else reason)
 
 
 class SecretError(RaftError):
@@ -223,12 +213,10 @@ def _read_dump_header(f: BinaryIO) -> tuple[RaftEntry, RaftEntry, list[str], int
         cluster = [str(a) for a in meta["cluster"]]
     except (ValueError, KeyError, TypeError) as exc:
         raise SnapshotError("bad_raft_meta", str(exc)) from None
-    start = f.tell()
-    snap = f.read(_SNAP_HEADER.size)
-    if len(snap) != _SNAP_HEADER.size or snap[:8] not in (IMAGE_MAGIC, SNAPSHOT_MAGIC):
+    snap_index = peek_index(f)
+    if snap_index is None:
         raise SnapshotError("bad_magic", "no store snapshot after the raft data")
-    f.seek(start)
-    return last, prev, cluster, _SNAP_HEADER.unpack(snap)[2]
+    return last, prev, cluster, snap_index
 
 
 # -- the replicated class ----------------------------------------------------------------

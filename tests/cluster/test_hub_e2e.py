@@ -15,8 +15,9 @@ import aiomqtt
 import pytest
 
 from hub.core import auth
-from hub.state.raft import DUMP_FILE, _read_dump_header
-from hub.state.store import IMAGE_MAGIC
+from hub.core import config as hub_config
+from hub.state.raft import DUMP_FILE, _read_dump_header, raft_timing
+from hub.state.snapshot import IMAGE_MAGIC
 from protocol import messages as m
 from protocol import topics, wire
 from tests.cluster.hubs import (
@@ -288,12 +289,32 @@ def test_a_node_with_the_wrong_secret_cannot_join(tmp_path: Path) -> None:
         cfg = cluster.configs[odd]
         cfg.write_text(cfg.read_text().replace('"cluster.secret"', '"wrong.secret"'))
         cluster.start_node(odd)
-        time.sleep(5)  # several election timeouts: it must still not be part of the cluster
-        health = cluster.health(odd)
-        assert health is not None and not health["ready"], health
+        wait_until(lambda: cluster.health(odd) is not None, 60, "the node to serve HTTP")
+        # No event says "it tried and was refused": watch it, without a gap,
+        # for three rounds of its reconnects and election timeouts (its own
+        # timing, from its config), while the other two commit entries it
+        # would be sent if it were one of them.
+        timing = raft_timing(hub_config.load(cfg).raft)
+        window = 3 * (timing.connection_retry + timing.election_max)
+        end = time.monotonic() + window
+        added = 0
+        while time.monotonic() < end:
+            health = cluster.health(odd)
+            assert health is not None and not health["ready"], health
+            assert health["leader"] is None, health
+            if added < 3:
+                added += 1
+                cluster.add_device(f"plug-w{added}")
+            time.sleep(0.05)  # between polls
+        assert added == 3
         # The other two still commit.
         cluster.add_device("plug-w")
         assert watermark(cluster, 0, "plug-w") == 0
+        assert {d["device_id"] for d in cluster.client(0).get("/v1/devices")} >= {
+            "plug-w1",
+            "plug-w2",
+            "plug-w3",
+        }
 
 
 # -- commands -----------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import pytest
 
 from hub.state import entries as e
 from hub.state.raft import DUMP_FILE, RaftNode, SecretError, _read_dump_header
-from hub.state.store import IMAGE_MAGIC, SNAPSHOT_MAGIC
+from hub.state.snapshot import IMAGE_MAGIC, SNAPSHOT_MAGIC
 from protocol import messages as m
 from tests.support import ROOT, free_port, wait_until
 

@@ -37,6 +37,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hub.core import config as c
+from hub.core import validate as v
 from hub.decide import engine
 from tests.fuzz.budget import Tally, fuzz_settings
 
@@ -163,6 +164,7 @@ PLAUSIBLE: dict[str, list[Any]] = {
     "format": ["json", "text", "xml"],
     "trusted_keys": [[TRUSTED], [""], ["!!!"], [base64.b64encode(b"x" * 31).decode()], [5], "k"],
     "dir": ["models", "", "/tmp"],
+    "shipped_dir": [".", "/tmp", "missing", "cluster.secret", "", "a\x00b"],
     "enabled": [True, False, "yes"],
 }
 PLAUSIBLE_RULES: dict[str, list[Any]] = {
@@ -489,7 +491,7 @@ def _files(raw: bytes) -> list[str]:
 def check_error(exc: c.ConfigError, allowed: set[str]) -> None:
     text = str(exc)
     assert exc.source in allowed, (exc.source, allowed, text)
-    source, key = c.shown(exc.source), c.shown(exc.key)
+    source, key = v.shown(exc.source), v.shown(exc.key)
     want = f"{source}: {key}: " if exc.key else f"{source}: "
     assert text.startswith(want), text
     assert "\n" not in text and "Traceback" not in text, text

@@ -24,8 +24,8 @@ from edge import executor as edge_executor
 from edge.meta import Meta
 from hub.link.delivery import Delivery
 from hub.state import entries as e
+from hub.state.apply import ApplyResult
 from hub.state.raft import RaftNode
-from hub.state.store import ApplyResult
 from protocol import messages as m
 from protocol import topics
 from protocol.profiles import PLUG_CAPABILITIES

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from tests.support import ROOT, free_port, micropython, run_micropython
-from tools.chaos.campaign import ChaosDevice
+from tools.chaos.fleet import chaos_device
+from tools.lab.device import Device
 
 pytestmark = pytest.mark.micropython
 
@@ -57,9 +58,9 @@ def test_history_records_flashes_acks_executions_and_jumps(tmp_path: Path) -> No
     assert not (data / "clock.jump").exists()
 
 
-def _device(tmp_path: Path) -> ChaosDevice:
+def _device(tmp_path: Path) -> Device:
     micropython()  # skip with a reason that says what to install
-    return ChaosDevice(
+    return chaos_device(
         tmp_path / "dev",
         {
             "device_id": "plug-h",

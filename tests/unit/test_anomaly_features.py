@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from edge import sensors
 from hub.decide import anomaly as an
-from hub.state.store import StoredReading
+from hub.state.records import StoredReading
 from tools.ml import anomaly_train as at
 
 pytestmark = pytest.mark.unit

@@ -3,27 +3,109 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+from typer.main import get_command
 
 from protocol import wire
 from protocol.golden import CASES, TEST_KEY, VECTORS
+from tools.base.errors import ToolError
+from tools.base.hubclient import HubError
+from tools.base.ports import free_port
+from tools.cli import app
+from tools.demo.energy import DemoError
+from tools.firmware.build import BuildError
+from tools.firmware.flash import FlashError
+from tools.firmware.ota import OtaError
+from tools.firmware.virtual import VirtualBoardError
+from tools.lab.cluster import ClusterError
+from tools.lab.mosquitto import BrokerError
+from tools.ml.anomaly_train import TrainError
 
 pytestmark = pytest.mark.unit
 
 
-def aiot(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
+def aiot(
+    *args: str, stdin: bytes | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "tools.cli", *args],
         input=stdin.decode("latin-1") if stdin is not None else None,
         capture_output=True,
         text=True,
         timeout=120,
+        env=env,
     )
+
+
+def without_hub_env() -> dict[str, str]:
+    return {
+        k: v for k, v in os.environ.items() if k not in ("AIOT_CONFIG", "AIOT_HUB", "AIOT_TOKEN")
+    }
+
+
+def test_importing_the_cli_loads_neither_the_web_stack_nor_the_daemon() -> None:
+    # `aiot hub run` is the one command that needs them; every other command
+    # (and `aiot --help`) starts without loading them.
+    code = (
+        "import sys, tools.cli; "
+        "print(sorted(m for m in ('fastapi', 'uvicorn', 'starlette', 'hub.daemon', 'hub.http') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        HubError,
+        BrokerError,
+        ClusterError,
+        DemoError,
+        BuildError,
+        FlashError,
+        OtaError,
+        VirtualBoardError,
+        TrainError,
+    ],
+)
+def test_the_errors_commands_report_in_one_line_are_tool_errors(error: type[Exception]) -> None:
+    # tools/cli/output.py's reported() turns a ToolError into `aiot: ...` and
+    # an exit status; one that is not a ToolError would be a traceback.
+    assert issubclass(error, ToolError)
+
+
+def test_commands_on_a_hub_take_the_hub_options_after_their_own_and_before_json() -> None:
+    root: Any = get_command(app)
+
+    def options(group: str, name: str) -> list[str]:
+        return [p.name for p in root.get_command(None, group).get_command(None, name).params]
+
+    assert options("device", "list") == ["config", "hub", "token", "json_out"]
+    assert options("device", "remove") == ["device_id", "config", "hub", "token"]
+    assert options("decisions", "list") == ["device", "limit", "config", "hub", "token", "json_out"]
+
+
+def test_hub_commands_exit_2_without_a_hub_and_1_when_it_does_not_answer() -> None:
+    env = without_hub_env()
+    for args in (("device", "list"), ("backup", "/nonexistent/backup")):
+        out = aiot(*args, env=env)
+        assert out.returncode == 2, out.stderr
+        assert out.stderr.startswith("aiot: which hub?") and "Traceback" not in out.stderr
+    out = aiot(
+        "device", "list", "--hub", f"http://127.0.0.1:{free_port()}", "--token", "t", env=env
+    )
+    assert out.returncode == 1
+    assert out.stderr.startswith("aiot: hub at http://127.0.0.1:") and "not reachable" in out.stderr
+    assert len(out.stderr.splitlines()) == 1
 
 
 def listed_commands(help_text: str) -> set[str]:

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from hub.state import entries as e
-from hub.state.store import Outcome, Store
+from hub.state.apply import Outcome
+from hub.state.store import Store
 
 pytestmark = pytest.mark.unit
 

@@ -11,7 +11,8 @@ from typing import Any, TypeVar
 import pytest
 
 from hub.decide.explain import explain, mentioned, validate
-from hub.http.api import Principal, _StoreView
+from hub.http.principal import Principal
+from hub.http.routes.ask import StoreView as _StoreView
 from hub.state import entries as e
 from hub.state.store import Store
 from protocol import messages as m

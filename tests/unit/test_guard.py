@@ -13,7 +13,8 @@ import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from hub.core.config import ConfigError
+from hub.core import validate as v
+from hub.core.validate import ConfigError
 from hub.decide import guard as g
 from hub.state import entries as e
 from protocol import messages as m
@@ -122,13 +123,13 @@ def test_bad_toml_names_the_file(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("text", "per_h"), [("1/h", 1), ("6/min", 360), ("2/s", 7200)])
 def test_rate_valid(text: str, per_h: int) -> None:
-    assert g.rate(text) == per_h
+    assert v.rate(text) == per_h
 
 
 @pytest.mark.parametrize("text", ["", "1.5/s", "-1/s", "1/d", "/s", "0/min", None, 5])
 def test_rate_invalid(text: object) -> None:
     with pytest.raises(ValueError, match="rate"):
-        g.rate(text)
+        v.rate(text)
 
 
 # -- params on the plug ---------------------------------------------------------------------
@@ -470,7 +471,7 @@ def test_forget_drops_a_device_state() -> None:
 
 
 def test_device_bucket_burst_then_refill() -> None:
-    gd = guard(device_rate_per_h=g.rate("6/min"), device_burst=3)
+    gd = guard(device_rate_per_h=v.rate("6/min"), device_burst=3)
     p = g.Proposal("plug-1", "limit.set", {"watts": 100.0}, "rules")
     assert [gd.check(p, plug(), T0).allowed for _ in range(4)] == [True, True, True, False]
     assert gd.counters["rate_device"] == 1
@@ -482,7 +483,7 @@ def test_device_bucket_burst_then_refill() -> None:
 
 
 def test_total_bucket_spans_devices() -> None:
-    gd = guard(total_rate_per_h=g.rate("1/s"), total_burst=2)
+    gd = guard(total_rate_per_h=v.rate("1/s"), total_burst=2)
     p = [g.Proposal(f"plug-{i}", "reboot", {}, "onnx") for i in range(3)]
     got = [gd.check(q, plug(q.device_id), T0) for q in p]
     assert [v.reason for v in got] == ["", "", "rate_total"]

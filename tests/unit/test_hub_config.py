@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
 
 from hub.core import config as c
+from hub.core import validate as v
+from hub.core.paths import SHIPPED_MODELS
 
 pytestmark = pytest.mark.unit
 
@@ -49,20 +52,20 @@ def load(tmp_path: Path, body: str, **env: str) -> c.HubConfig:
     ],
 )
 def test_address_valid(value: str, want: c.Address) -> None:
-    assert c.address(value) == want
+    assert v.address(value) == want
 
 
 @pytest.mark.parametrize("value", ["localhost", "host:0", "host:65536", ":80", "a b:1", 80, None])
 def test_address_invalid(value: object) -> None:
     with pytest.raises(ValueError, match="host:port"):
-        c.address(value)
+        v.address(value)
 
 
 @pytest.mark.parametrize(
     ("value", "ok"), [(1, True), (10, True), (0, False), (11, False), (True, False), ("5", False)]
 )
 def test_int_range(value: object, ok: bool) -> None:
-    check = c.int_range(1, 10)
+    check = v.int_range(1, 10)
     if ok:
         assert check(value) == value
     else:
@@ -82,10 +85,88 @@ def test_int_range(value: object, ok: bool) -> None:
 )
 def test_mqtt_url(value: str, ok: bool) -> None:
     if ok:
-        assert c.mqtt_url(value) == value
+        assert v.mqtt_url(value) == value
     else:
         with pytest.raises(ValueError):
-            c.mqtt_url(value)
+            v.mqtt_url(value)
+
+
+@pytest.mark.parametrize(
+    ("value", "ok"),
+    [
+        (0, True),
+        (2.5, True),
+        (10, True),
+        (-1, False),
+        (10.5, False),
+        (True, False),
+        (math.nan, False),
+        (math.inf, False),
+        (10**400, False),
+        ("5", False),
+    ],
+)
+def test_number(value: object, ok: bool) -> None:
+    check = v.number(0, 10)
+    if ok:
+        assert check(value) == float(value)
+    else:
+        with pytest.raises(ValueError, match=r"expected a number in 0\.\.10, got"):
+            check(value)
+
+
+@pytest.mark.parametrize(("value", "ms"), [(0, 0), (2.5, 2500), (60, 60_000), (0.0004, 0)])
+def test_duration_ms_valid(value: float, ms: int) -> None:
+    assert v.duration_ms(60)(value) == ms
+
+
+@pytest.mark.parametrize("value", [-1, 61, math.nan, "10s", False])
+def test_duration_ms_invalid(value: object) -> None:
+    with pytest.raises(ValueError, match=r"number in 0\.\.60"):
+        v.duration_ms(60)(value)
+
+
+def test_nested_errors_name_the_item_and_the_key(tmp_path: Path) -> None:
+    peers = v.list_of(v.address)
+    assert peers(["a:1", "b:2"]) == (v.Address("a", 1), v.Address("b", 2))
+    with pytest.raises(v.Invalid) as err:
+        peers(["a:1", "nope"])
+    assert err.value.path == (1,) and "host:port" in err.value.problem
+    limits = v.table_of(v.list_of(v.int_range(0, 9)))
+    assert limits({"x": [1, 2]}) == {"x": (1, 2)}
+    table = v.Table(tmp_path / "f.toml", "t", {"limits": {"x": [1, 10]}}, ("limits",))
+    with pytest.raises(c.ConfigError) as cerr:
+        table.get("limits", limits)
+    assert cerr.value.key == "t.limits.x[1]"
+    assert (
+        str(cerr.value)
+        == f"{tmp_path / 'f.toml'}: t.limits.x[1]: expected an integer in 0..9, got 10"
+    )
+
+
+def test_schema_defaults_required_keys_and_tables_inside_values(tmp_path: Path) -> None:
+    source = tmp_path / "f.toml"
+    assert c.COMMANDS.load(source, "commands", None) == c.CommandsConfig()
+    assert c.COMMANDS.load(source, "commands", {"retry_ms": 500}) == c.CommandsConfig(500)
+    with pytest.raises(c.ConfigError) as err:
+        c.NODE.load(source, "node", {"id": "hub-1"})
+    assert (err.value.key, err.value.problem) == ("node.data_dir", "required key is missing")
+    nodes = v.list_of(c.NODE)
+    with pytest.raises(v.Invalid) as inner:
+        nodes([{"id": "hub-1", "data_dir": "d"}, {"id": "hub-2", "dat_dir": "d"}])
+    assert inner.value.path == (1, "dat_dir")
+    assert "did you mean 'data_dir'" in inner.value.problem
+    with pytest.raises(v.Invalid, match="expected a table, got 5") as not_table:
+        nodes([5])
+    assert not_table.value.path == (0,)
+
+
+def test_paths_are_relative_to_the_file(tmp_path: Path) -> None:
+    table = v.Table(tmp_path / "f.toml", "t", {"one": "a/b", "all": ["c", "/d"]}, ("one", "all"))
+    assert table.get("one", v.path) == tmp_path / "a" / "b"
+    assert table.get("all", v.list_of(v.path)) == (tmp_path / "c", Path("/d"))
+    with pytest.raises(c.ConfigError, match=r"t\.one: expected a path, got ''"):
+        v.Table(tmp_path / "f.toml", "t", {"one": ""}, ("one",)).get("one", v.path)
 
 
 def test_good_file_with_defaults(tmp_path: Path) -> None:
@@ -222,3 +303,27 @@ def test_unreadable_and_broken_files(tmp_path: Path) -> None:
     path.write_bytes(b"\xff\xfe")
     with pytest.raises(c.ConfigError, match="not UTF-8"):
         c.load(path)
+
+
+def test_shipped_models_default_beside_the_hub_package(tmp_path: Path) -> None:
+    assert load(tmp_path, GOOD).models.shipped_dir == SHIPPED_MODELS
+
+
+def test_shipped_models_folder_from_the_config(tmp_path: Path) -> None:
+    (tmp_path / "share" / "models").mkdir(parents=True)
+    cfg = load(tmp_path, GOOD + '\n[models]\nshipped_dir = "share/models"\n')
+    assert cfg.models.shipped_dir == tmp_path / "share" / "models"
+    absolute = load(tmp_path, GOOD + f'\n[models]\nshipped_dir = "{tmp_path}"\n')
+    assert absolute.models.shipped_dir == tmp_path
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [('"missing"', "missing is not a folder"), ('"hub.toml"', "is not a folder"), ("3", "a path")],
+)
+def test_shipped_models_folder_must_exist(tmp_path: Path, value: str, problem: str) -> None:
+    with pytest.raises(c.ConfigError) as err:
+        load(tmp_path, GOOD + f"\n[models]\nshipped_dir = {value}\n")
+    assert err.value.key == "models.shipped_dir"
+    assert problem in err.value.problem
+    assert str(err.value).startswith(f"{tmp_path / 'hub.toml'}: models.shipped_dir: ")

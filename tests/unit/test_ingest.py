@@ -1,6 +1,6 @@
 """Hub ingest (hub/link/ingest.py): validation, rejects, the batcher, commit-acks.
 
-State is a real hub.store.Store in a temporary directory; proposals go
+State is a real hub.state.store.Store in a temporary directory; proposals go
 through ``StoreProposer``, a small in-process Proposer that applies each
 entry at the next index, as a one-node Raft would after commit.
 """
@@ -31,8 +31,9 @@ from hub.link.ingest import (
     decode_batch,
 )
 from hub.state import entries as e
+from hub.state.apply import ApplyResult
 from hub.state.raft import DeadlineExceeded, NotLeader, NotReady, RaftError
-from hub.state.store import ApplyResult, Store
+from hub.state.store import Store
 from protocol import messages as m
 from protocol import wire
 from protocol.errors import CodecError
@@ -557,6 +558,8 @@ def _mutate(data: st.DataObject, buf: bytes) -> bytes:
     chunk = data.draw(st.binary(min_size=1, max_size=16), label="bytes")
     if kind == "insert":
         return buf[:pos] + chunk + buf[pos:]
+    if chunk == buf[pos : pos + len(chunk)]:  # overwriting a byte with itself is no mutation
+        chunk = bytes([chunk[0] ^ 0xFF]) + chunk[1:]
     return buf[:pos] + chunk + buf[pos + len(chunk) :]
 
 

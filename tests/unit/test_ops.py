@@ -24,8 +24,9 @@ from hub.core.logs import JsonFormatter
 from hub.ops import backup as b
 from hub.ops import metrics
 from hub.state import entries as e
+from hub.state.errors import SnapshotError
 from hub.state.raft import DUMP_FILE, JOURNAL_FILE, RaftNode, RaftTiming
-from hub.state.store import SnapshotError, Store
+from hub.state.store import Store
 from protocol import messages as m
 from tests.support import ROOT, free_port
 

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge import sensors
-from hub.core.config import ConfigError
+from hub.core.validate import ConfigError
 from hub.decide import guard as g
 from hub.decide import rules as r
 from hub.state import entries as e

@@ -20,25 +20,11 @@ from hypothesis import strategies as st
 
 from edge import sensors
 from hub.state import entries as e
-from hub.state.store import (
-    ENERGY_WH_SENSOR,
-    HOUR_MS,
-    IMAGE_MAGIC,
-    MAX_PROGRESS,
-    SNAPSHOT_MAGIC,
-    TABLES,
-    HourlyEnergy,
-    IncompatibleStore,
-    LedgerRecord,
-    Outcome,
-    Snapshot,
-    SnapshotError,
-    StateChange,
-    Store,
-    StoreFull,
-    _pack_ledger,
-    _unpack_ledger,
-)
+from hub.state.apply import MAX_PROGRESS, Outcome
+from hub.state.errors import IncompatibleStore, SnapshotError, StoreFull
+from hub.state.records import HOUR_MS, TABLES, LedgerRecord, StateChange, pack_ledger, unpack_ledger
+from hub.state.snapshot import IMAGE_MAGIC, SNAPSHOT_MAGIC, Snapshot
+from hub.state.store import ENERGY_WH_SENSOR, HourlyEnergy, Store
 from protocol import messages as m
 
 pytestmark = pytest.mark.unit
@@ -777,7 +763,7 @@ def test_a_version_1_ledger_record_still_reads(store: Store) -> None:
     rec = store.command("c-1")
     assert rec is not None
     sent = StateChange(L.SENT, 200, "hub-1")
-    v2 = _pack_ledger(LedgerRecord(rec.command, L.SENT, (*rec.history, sent), None))
+    v2 = pack_ledger(LedgerRecord(rec.command, L.SENT, (*rec.history, sent), None))
     # Version 1 had no detail after each state change's node id.
     p = e.Packer().u8(1)
     e.pack_put_command(p, put)
@@ -785,8 +771,8 @@ def test_a_version_1_ledger_record_still_reads(store: Store) -> None:
     for h in (*rec.history, sent):
         p.u8(int(h.state)).u64(h.at_ms).str8(h.node_id)
     p.u8(0)
-    old = _unpack_ledger(bytes(p))
-    assert old == _unpack_ledger(v2)
+    old = unpack_ledger(bytes(p))
+    assert old == unpack_ledger(v2)
     assert [(h.state, h.detail) for h in old.history] == [(L.PENDING, ""), (L.SENT, "")]
 
 

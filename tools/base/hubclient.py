@@ -8,32 +8,49 @@ token derived from the cluster secret), or from a URL and a token:
     client.get("/v1/devices")
 
 Errors come back as ``HubError`` with the message the hub gave (or why the
-hub could not be reached), never a traceback.
+hub could not be reached) and the HTTP status, never a traceback.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import httpx
 
 from hub.core import auth
 from hub.core import config as hub_config
+from tools.base.errors import ToolError
+
+WHICH_HUB: Final = (
+    "which hub? give --config hub.toml, or --hub URL and --token "
+    "(or AIOT_CONFIG, or AIOT_HUB and AIOT_TOKEN)"
+)
 
 
-class HubError(Exception):
-    """The hub refused the request, or could not be reached."""
+class HubError(ToolError):
+    """The hub refused the request (``status``: its HTTP status), or could
+    not be reached (``status`` 0)."""
 
     def __init__(self, message: str, status: int = 0) -> None:
         super().__init__(message)
         self.status = status
 
 
+def node_endpoint(cfg: hub_config.HubConfig) -> tuple[str, str]:
+    """A node's HTTP URL as this host reaches it, and its admin token."""
+    addr = cfg.http.address
+    host = "127.0.0.1" if addr.host in ("0.0.0.0", "::") else addr.host
+    return f"http://{host}:{addr.port}", auth.admin_token(cfg.raft.secret)
+
+
 class HubClient:
+    """Requests to one hub node's HTTP API with its admin (or a user's) token."""
+
     def __init__(self, url: str, token: str, timeout: float = 15.0) -> None:
         self.url = url.rstrip("/")
+        self._token = token
         self._http = httpx.Client(
             base_url=self.url,
             headers={"Authorization": f"Bearer {token}"},
@@ -46,9 +63,7 @@ class HubClient:
             cfg = hub_config.load(path)
         except hub_config.ConfigError as exc:
             raise HubError(str(exc)) from None
-        addr = cfg.http.address
-        host = "127.0.0.1" if addr.host in ("0.0.0.0", "::") else addr.host
-        return cls(f"http://{host}:{addr.port}", auth.admin_token(cfg.raft.secret), timeout)
+        return cls(*node_endpoint(cfg), timeout)
 
     @classmethod
     def from_options(
@@ -63,11 +78,12 @@ class HubClient:
         url = url or os.environ.get("AIOT_HUB")
         token = token or os.environ.get("AIOT_TOKEN")
         if not url or not token:
-            raise HubError(
-                "which hub? give --config hub.toml, or --hub URL and --token "
-                "(or AIOT_CONFIG, or AIOT_HUB and AIOT_TOKEN)"
-            )
+            raise HubError(WHICH_HUB)
         return cls(url, token, timeout)
+
+    def at(self, address: str, timeout: float) -> HubClient:
+        """A client for another node of the cluster (its http host:port), same token."""
+        return HubClient(f"http://{address}", self._token, timeout)
 
     def request(self, method: str, path: str, **kw: Any) -> Any:
         try:

@@ -1,5 +1,7 @@
-"""`aiot bench ...`: benchmarks that print JSON and compare against a baseline
-measured in the same run, so ratios hold on a noisy machine."""
+"""`aiot bench codec`: the edge codec on MicroPython against the official
+FlatBuffers runtime on CPython, both measured in the same run, so the ratio
+holds on a noisy machine; and BenchError, which every benchmark raises when
+it cannot run."""
 
 from __future__ import annotations
 

@@ -40,17 +40,35 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import secrets
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, NamedTuple
 
+import aiomqtt
+
+from hub.core import keys
+from hub.core.config import DecisionsConfig
+from hub.decide import anomaly, llm
+from hub.decide import registry as reg
+from hub.decide import rules as r
+from hub.decide.anomaly import ENERGY_WH, POWER_W, WINDOW_READINGS
+from hub.decide.engine import DecisionEngine
+from hub.decide.guard import Guard
+from hub.state import entries as e
+from hub.state.raft import RaftNode
+from protocol import messages as m
+from protocol import topics, wire
+from protocol.profiles import PLUG_CAPABILITIES
 from tools.base.paths import ROOT
+from tools.base.ports import free_port
 from tools.bench.codec import BenchError
-
-if TYPE_CHECKING:
-    from hub.state.raft import RaftNode
+from tools.bench.watch import machine
+from tools.lab.cluster import LocalCluster
+from tools.ml import eval_decisions as ev
 
 Say = Callable[[str], None]
 
@@ -63,10 +81,6 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def rules_rate(readings: int = 200_000) -> dict[str, Any]:
-    from hub.decide import rules as r
-    from hub.state import entries as e
-    from protocol.profiles import PLUG_CAPABILITIES
-
     ruleset = r.load_rules_file(ROOT / "models" / "rules" / "energy.toml")
     engine = r.Engine(ruleset)
     devices = [f"plug-{i}" for i in range(50)]
@@ -97,10 +111,7 @@ def rules_rate(readings: int = 200_000) -> dict[str, Any]:
 
 
 def onnx_figures(calls: int = 2000) -> dict[str, Any]:
-    from hub.decide import anomaly
-    from hub.decide.registry import SHIPPED
-
-    model = anomaly.AnomalyModel.load(SHIPPED)
+    model = anomaly.AnomalyModel.load(reg.SHIPPED)
     t = 1_763_700_000_000
     window = [(t + i * 1000, anomaly.POWER_W, 100.0 + (i % 9)) for i in range(60)]
     window += [(t + i * 1000, anomaly.ENERGY_WH, i * 0.03) for i in range(60)]
@@ -109,8 +120,8 @@ def onnx_figures(calls: int = 2000) -> dict[str, Any]:
         t0 = time.perf_counter()
         model.score(anomaly.window_features(window, 2000.0))
         lat.append((time.perf_counter() - t0) * 1000)
-    data = (SHIPPED.parent / "anomaly.onnx").read_bytes()
-    manifest = anomaly.Manifest.read(SHIPPED)
+    data = (reg.SHIPPED.parent / "anomaly.onnx").read_bytes()
+    manifest = anomaly.Manifest.read(reg.SHIPPED)
     swaps = []
     for _ in range(10):
         t0 = time.perf_counter()
@@ -128,27 +139,92 @@ SWAP_DEVICES = 20
 SWAP_EVERY_S = 0.5  # one activation every half second: the rate is over about 5 s
 
 
-async def _swap_under_load(
-    node: RaftNode, tmp: Path, swaps: int, n_devices: int, baseline_s: float, say: Say
-) -> dict[str, Any]:
-    from hub.core import keys
-    from hub.core.config import DecisionsConfig
-    from hub.decide import registry as reg
-    from hub.decide import rules as r
-    from hub.decide.anomaly import ENERGY_WH, POWER_W, WINDOW_READINGS
-    from hub.decide.engine import DecisionEngine
-    from hub.decide.guard import Guard
-    from hub.state import entries as e
-    from protocol.profiles import PLUG_CAPABILITIES
+class _Snapshot(NamedTuple):
+    t: float  # time.perf_counter()
+    offered: int  # windows the readings completed
+    decided: int  # windows the ONNX tier scored
+    failed: int  # exceptions and windows it could not score
+    model_changes: int  # model swaps the load saw at the engine's swap point
 
-    loop = asyncio.get_running_loop()
+
+class _Load:
+    """Windows of plugs' readings, offered to the engine's per-reading code
+    (DecisionEngine._device without the store read) as fast as the event loop
+    takes them, round robin over the plugs."""
+
+    def __init__(self, engine: DecisionEngine, n_devices: int) -> None:
+        self.engine = engine
+        self.devices = [
+            e.Device(f"plug-{i}", b"k" * 32, PLUG_CAPABILITIES, 2000.0) for i in range(n_devices)
+        ]
+        for d in self.devices:
+            engine.rules.bind(d)
+        self.fed = [0] * n_devices  # power readings (one a second, each with an energy reading)
+        self.exceptions = 0
+        self.model_changes = 0
+        self.stop = asyncio.Event()
+
+    async def run(self) -> None:
+        engine, n_devices = self.engine, len(self.devices)
+        t_base = 1_763_700_000_000
+        i = 0
+        model: Any = None
+        while not self.stop.is_set():
+            k = i % n_devices
+            i += 1
+            dev = self.devices[k]
+            windows = engine._anomaly_windows()  # the engine's swap point, once per step
+            if windows is not None and windows.model is not model:
+                self.model_changes += model is not None
+                model = windows.model
+            for j in range(self.fed[k], self.fed[k] + WINDOW_READINGS):
+                ts = t_base + j * 1000
+                for sensor, value in ((POWER_W, 100.0 + j % 7), (ENERGY_WH, j * 0.03)):
+                    try:  # what DecisionEngine._device does with each reading
+                        engine.rules.reading(dev.device_id, sensor, ts, value)
+                        if windows is not None:
+                            engine._score(windows, dev, ts, sensor, value)
+                    except Exception:
+                        self.exceptions += 1
+            self.fed[k] += WINDOW_READINGS
+            await asyncio.sleep(0)  # the event loop (Raft, the registry) runs between steps
+
+    def snapshot(self) -> _Snapshot:
+        # A window completes when the power reading after its 60th arrives.
+        offered = sum((n - 1) // WINDOW_READINGS for n in self.fed if n > 0)
+        return _Snapshot(
+            time.perf_counter(),
+            offered,
+            self.engine.scored,
+            self.exceptions + self.engine.score_errors,
+            self.model_changes,
+        )
+
+
+class _Loads:
+    """The registry's ``on_load`` callback: every model load, and an event per load."""
+
+    def __init__(self) -> None:
+        self.loaded: list[tuple[str, bool]] = []
+        self.event = asyncio.Event()
+
+    def __call__(self, name: str, ok: bool) -> None:
+        self.loaded.append((name, ok))
+        self.event.set()
+
+
+async def _wait_ready(node: RaftNode) -> None:
     deadline = time.monotonic() + 30
     while not node.is_ready:
         if time.monotonic() > deadline:
             raise BenchError("the one-node Raft did not become ready in 30 s")
         await asyncio.sleep(0.05)
 
-    # Two signed versions of the shipped model, stored and recorded through Raft.
+
+async def _two_versions(node: RaftNode, tmp: Path) -> reg.ModelRegistry:
+    """A model registry on ``node`` with two signed versions of the shipped
+    anomaly model, "a" and "b", stored and recorded through Raft."""
+    loop = asyncio.get_running_loop()
     priv, pub = keys.keygen()
     (tmp / "sign.key").write_text(priv + "\n")
     key = keys.private_key(tmp / "sign.key")
@@ -170,115 +246,82 @@ async def _swap_under_load(
         mv = reg.version_record(signed, sig, kid)
         registry.store_blob(mv.sha256.hex(), [data])
         await node.propose(e.encode(mv))
-    loaded: list[tuple[str, bool]] = []
-    swapped = asyncio.Event()
+    return registry
 
-    def on_load(name: str, ok: bool) -> None:
-        loaded.append((name, ok))
-        swapped.set()
 
-    registry.on_load = on_load
-    runner = asyncio.create_task(registry.run())
-
-    # The engine, with the shipped rules and the registry; the load drives its
-    # per-reading code (DecisionEngine._device without the store read).
-    ruleset = r.load_rules_file(ROOT / "models" / "rules" / "energy.toml")
-    engine = DecisionEngine(node, ruleset, Guard(), DecisionsConfig(), models=registry)
-    devices = [
-        e.Device(f"plug-{i}", b"k" * 32, PLUG_CAPABILITIES, 2000.0) for i in range(n_devices)
-    ]
-    for d in devices:
-        engine.rules.bind(d)
-    fed = [0] * n_devices  # power readings (one a second, each with an energy reading)
-    counts = {"exceptions": 0, "model_changes": 0}
-    stop = asyncio.Event()
-    t_base = 1_763_700_000_000
-
-    async def load() -> None:
-        i = 0
-        model: Any = None
-        while not stop.is_set():
-            k = i % n_devices
-            i += 1
-            dev = devices[k]
-            windows = engine._anomaly_windows()  # the engine's swap point, once per step
-            if windows is not None and windows.model is not model:
-                counts["model_changes"] += model is not None
-                model = windows.model
-            for j in range(fed[k], fed[k] + WINDOW_READINGS):
-                ts = t_base + j * 1000
-                for sensor, value in ((POWER_W, 100.0 + j % 7), (ENERGY_WH, j * 0.03)):
-                    try:  # what DecisionEngine._device does with each reading
-                        engine.rules.reading(dev.device_id, sensor, ts, value)
-                        if windows is not None:
-                            engine._score(windows, dev, ts, sensor, value)
-                    except Exception:
-                        counts["exceptions"] += 1
-            fed[k] += WINDOW_READINGS
-            await asyncio.sleep(0)  # the event loop (Raft, the registry) runs between steps
-
-    def snapshot() -> tuple[float, int, int, int, int]:
-        # A window completes when the power reading after its 60th arrives.
-        offered = sum((m - 1) // WINDOW_READINGS for m in fed if m > 0)
-        return (
-            time.perf_counter(),
-            offered,
-            engine.scored,
-            counts["exceptions"] + engine.score_errors,
-            counts["model_changes"],
+async def _swaps(
+    node: RaftNode, registry: reg.ModelRegistry, loads: _Loads, swaps: int, say: Say
+) -> None:
+    """Activate "a" and "b" in turn through Raft, one every SWAP_EVERY_S, each
+    waited for until the registry has swapped it in."""
+    for n in range(swaps):
+        if n:
+            await asyncio.sleep(SWAP_EVERY_S)
+        to = "a" if n % 2 == 0 else "b"
+        loads.event.clear()
+        await reg.propose_activation(node, "anomaly", to)
+        async with asyncio.timeout(60):
+            while registry.active["anomaly"].version != to:
+                if "anomaly" in registry.errors:
+                    raise BenchError(f"swap to anomaly@{to} refused: {registry.errors}")
+                await loads.event.wait()
+                loads.event.clear()
+        say(
+            f"  swap {n + 1}/{swaps}: anomaly@{to} active "
+            f"(loaded in {registry.active['anomaly'].load_ms:.1f} ms)"
         )
 
+
+async def _swap_under_load(
+    node: RaftNode, tmp: Path, swaps: int, n_devices: int, baseline_s: float, say: Say
+) -> dict[str, Any]:
+    await _wait_ready(node)
+    registry = await _two_versions(node, tmp)
+    loads = _Loads()
+    registry.on_load = loads
+    runner = asyncio.create_task(registry.run())
+    # The engine, with the shipped rules and the registry.
+    ruleset = r.load_rules_file(ROOT / "models" / "rules" / "energy.toml")
+    engine = DecisionEngine(node, ruleset, Guard(), DecisionsConfig(), models=registry)
+    load = _Load(engine, n_devices)
     loader: asyncio.Task[None] | None = None
     try:
         async with asyncio.timeout(30):
             while registry.current("anomaly") is None:  # the shipped model, at start
                 await asyncio.sleep(0.01)
-        loader = asyncio.create_task(load())
+        loader = asyncio.create_task(load.run())
         await asyncio.sleep(0.2)  # warm up
-        b0 = snapshot()
+        b0 = load.snapshot()
         await asyncio.sleep(baseline_s)
-        b1 = snapshot()
-        say(f"  no swap: {(b1[2] - b0[2]) / (b1[0] - b0[0]):.0f} decisions/s")
-        s0 = snapshot()
-        loads_before = len(loaded)  # the shipped model's load at start is not a swap
-        for n in range(swaps):
-            if n:
-                await asyncio.sleep(SWAP_EVERY_S)
-            to = "a" if n % 2 == 0 else "b"
-            swapped.clear()
-            await reg.propose_activation(node, "anomaly", to)
-            async with asyncio.timeout(60):
-                while registry.active["anomaly"].version != to:
-                    if "anomaly" in registry.errors:
-                        raise BenchError(f"swap to anomaly@{to} refused: {registry.errors}")
-                    await swapped.wait()
-                    swapped.clear()
-            say(
-                f"  swap {n + 1}/{swaps}: anomaly@{to} active "
-                f"(loaded in {registry.active['anomaly'].load_ms:.1f} ms)"
-            )
-        s1 = snapshot()
+        b1 = load.snapshot()
+        say(f"  no swap: {(b1.decided - b0.decided) / (b1.t - b0.t):.0f} decisions/s")
+        s0 = load.snapshot()
+        loads_before = len(loads.loaded)  # the shipped model's load at start is not a swap
+        await _swaps(node, registry, loads, swaps, say)
+        s1 = load.snapshot()
     except TimeoutError:
         raise BenchError("a model swap did not finish in time") from None
     finally:
-        stop.set()
+        load.stop.set()
         if loader is not None:
             await loader
         runner.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await runner
         node.on_applied = None
-    span = s1[0] - s0[0]
-    decided = s1[2] - s0[2]
+    span = s1.t - s0.t
+    decided = s1.decided - s0.decided
     return {
         "swap_decisions_per_s": round(decided / span, 1),
-        "swap_baseline_decisions_per_s": round((b1[2] - b0[2]) / (b1[0] - b0[0]), 1),
-        "swap_count": sum(1 for name, ok in loaded[loads_before:] if ok and name == "anomaly"),
-        "swap_failed": s1[3] - s0[3],
-        "swap_dropped": (s1[1] - s0[1]) - decided,
+        "swap_baseline_decisions_per_s": round((b1.decided - b0.decided) / (b1.t - b0.t), 1),
+        "swap_count": sum(
+            1 for name, ok in loads.loaded[loads_before:] if ok and name == "anomaly"
+        ),
+        "swap_failed": s1.failed - s0.failed,
+        "swap_dropped": (s1.offered - s0.offered) - decided,
         "swap_decisions": decided,
         "swap_span_s": round(span, 3),
-        "swap_seen_by_engine": s1[4] - s0[4],
+        "swap_seen_by_engine": s1.model_changes - s0.model_changes,
     }
 
 
@@ -286,12 +329,6 @@ def swap_under_load(
     swaps: int = SWAPS, devices: int = SWAP_DEVICES, baseline_s: float = 1.0, say: Say = print
 ) -> dict[str, Any]:
     """Decisions per second while the anomaly model is hot-swapped ``swaps`` times."""
-    import secrets
-    import tempfile
-
-    from hub.state.raft import RaftNode
-    from tools.base.ports import free_port
-
     with tempfile.TemporaryDirectory(prefix="aiot-bench-swap-") as tmp:
         node = RaftNode(f"127.0.0.1:{free_port()}", [], Path(tmp) / "raft", secrets.token_hex(24))
         try:
@@ -321,12 +358,9 @@ total_burst = 1000
 """
 
 
-async def _control_loop(cluster: Any, loops: int, background: int, say: Say) -> list[float]:
-    import aiomqtt
-
-    from protocol import messages as m
-    from protocol import topics, wire
-
+async def _control_loop(
+    cluster: LocalCluster, loops: int, background: int, say: Say
+) -> list[float]:
     admin = cluster.any_client()
     probe = admin.post("/v1/devices", {"device_id": "plug-probe", "limit_w": 1000.0})
     others = [
@@ -390,10 +424,6 @@ async def _control_loop(cluster: Any, loops: int, background: int, say: Say) -> 
 
 
 def control_loop(loops: int, background: int, say: Say) -> dict[str, Any]:
-    import tempfile
-
-    from tools.lab.cluster import LocalCluster
-
     with tempfile.TemporaryDirectory(prefix="aiot-bench-decide-") as tmp:
         cluster = LocalCluster(Path(tmp) / "cluster", 3, extra=RULES)
         try:
@@ -412,16 +442,12 @@ def control_loop(loops: int, background: int, say: Say) -> dict[str, Any]:
 
 def llm_figures(cases: int, say: Say) -> dict[str, Any]:
     """The LLM tier on the evaluation set (the first ``cases`` scenarios), 1 thread."""
-    from hub.decide import llm
-
     if not llm.llama_cpp_available():
         return {"llm_missing": f"llama-cpp-python is not installed: {llm.INSTALL_HINT}"}
     try:
         path = llm.resolve_model(llm.DEFAULT_MODEL)
     except llm.ModelError as exc:
         return {"llm_missing": str(exc)}
-    from tools.ml import eval_decisions as ev
-
     scenarios = ev.load_scenarios(ev.DEFAULT_SCENARIOS)[:cases]
     say(f"  {len(scenarios)} scenarios through {path.name}, 1 thread...")
     t0 = time.perf_counter()
@@ -446,8 +472,6 @@ def llm_figures(cases: int, say: Say) -> dict[str, Any]:
 def decide(
     loops: int = 300, background: int = 5, llm_cases: int = 60, say: Say = print
 ) -> dict[str, Any]:
-    from tools.bench.hub import machine
-
     say("rules tier...")
     result: dict[str, Any] = {**rules_rate()}
     say("ONNX tier...")

@@ -46,6 +46,7 @@ from protocol import wire
 from tools.base.paths import MPY_SCRIPTS, ROOT, micropython_binary
 from tools.base.ports import free_port
 from tools.bench.codec import BenchError
+from tools.bench.frames import BASE_TS, plug_rows
 from tools.firmware.mpybuild import MpyBuildError
 from tools.firmware.mpybuild import build as build_mpy
 from tools.firmware.romfs import RomfsError, build_image
@@ -79,6 +80,16 @@ FAILOVER_CONFIG: dict[str, Any] = {
     "return_after_s": 3600,
     "exit_when_done": True,
 }
+
+NOTE = (
+    "readings_per_s and the baseline: process start until the acker's watermark "
+    "covers every reading; flash figures include record and slot headers and "
+    "metadata saves; write_amplification = bytes the flash programmed / packed "
+    "payload bytes with the slots on a raw partition as on boards "
+    "(_littlefs_files: slot files on LittleFS); peak_heap_bytes = heap_usable_bytes - "
+    "lowest free heap with the modules in place in ROMFS as on boards "
+    "(_mpy_in_heap: .mpy files loaded into the heap)"
+)
 
 Say = Callable[[str], None]
 
@@ -405,16 +416,30 @@ def _check_received(acker: Acker, device_id: str, n: int) -> None:
 
 def _write_frames(path: Path, device_id: str, readings: int) -> None:
     """Signed TelemetryBatch frames of BATCH_READINGS readings covering 1..readings."""
-    base = 1_763_700_000_000
     with path.open("wb") as f:
         for first in range(1, readings + 1, BATCH_READINGS):
-            n = min(BATCH_READINGS, readings - first + 1)
-            rows = tuple(
-                m.Reading(i % 3, 333 * (i // 3), (152.3, 4096.25, 229.8)[i % 3]) for i in range(n)
-            )
-            batch = m.TelemetryBatch(device_id, 1, first, base + 333 * (first // 3), rows)
+            rows = plug_rows(min(BATCH_READINGS, readings - first + 1))
+            batch = m.TelemetryBatch(device_id, 1, first, BASE_TS + 333 * (first // 3), rows)
             frame = wire.seal(wire.encode(batch), KEY)
             f.write(struct.pack("<H", len(frame)) + frame)
+
+
+@dataclass(frozen=True)
+class _Measured:
+    """Everything one run measured, before it is reported."""
+
+    usable: int  # the whole heap at the stated size
+    flash: dict[str, Any]  # slot files on LittleFS
+    pico: dict[str, Any]  # the same with a 256-byte program size
+    raw: dict[str, Any]  # slots on a raw partition
+    device_runs: list[DeviceRun]  # the throughput rounds, then the failover run
+    device_s: list[float]
+    baseline_s: list[float]
+    rom_run: DeviceRun  # the firmware from the ROMFS image
+    failover_s: float
+    fo_run: DeviceRun
+    failover_rom_s: float
+    fo_rom_run: DeviceRun
 
 
 def edge(
@@ -442,56 +467,82 @@ def edge(
         except (MpyBuildError, RomfsError) as exc:
             raise BenchError(str(exc)) from None
         bench = _Bench(work, mpy, romfs, heap)
-        usable = bench.usable_heap()
-
-        # Flash first: it needs no broker and is quick.
-        seconds = 0 if flash_hours is None else max(1, round(flash_hours * 3600))
-        say(
-            "flash: three channels at 1 Hz, simulated time, offline, on LittleFS "
-            + ("until both slots are full" if not seconds else f"for {seconds} s")
-        )
-        flash = bench.flash(seconds, "lfs")
-        pico = bench.flash(seconds, "lfs", progsize=256)
-        raw = bench.flash(seconds, "raw")
-
-        device_runs: list[DeviceRun] = []
-        device_s: list[float] = []
-        baseline_s: list[float] = []
-        with running_mosquitto(work / "broker") as port:
-            for r in range(rounds):
-                say(f"round {r + 1}/{rounds}: baseline, {readings} readings in pre-built frames")
-                baseline_s.append(bench.baseline_rate(port, f"plug-b{r}", readings))
-                say(f"round {r + 1}/{rounds}: firmware, {readings} readings at full speed")
-                run = bench.firmware_rate(port, f"plug-d{r}", readings)
-                device_runs.append(run)
-                device_s.append(run.seconds)
-            say(f"memory: the firmware again, from a ROMFS image as boards run it ({readings})")
-            rom_run = bench.firmware_rate(port, "plug-r0", readings, romfs=True)
-        say(f"failover: two brokers, kill the one in use ({failover_readings} readings)")
-        failover_s, fo_run = bench.failover(failover_readings)
-        device_runs.append(fo_run)
-        say("memory: the failover run again, from the ROMFS image")
-        failover_rom_s, fo_rom_run = bench.failover(failover_readings, romfs=True)
+        got = _measure(bench, readings, rounds, flash_hours, failover_readings, say)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    return _report(got, readings, rounds, heap, heap_bytes, failover_readings)
 
-    min_frees = [r.stats.get("min_free") for r in device_runs]
-    sampled = [v for v in min_frees if isinstance(v, int)]
+
+def _measure(
+    bench: _Bench,
+    readings: int,
+    rounds: int,
+    flash_hours: float | None,
+    failover_readings: int,
+    say: Say,
+) -> _Measured:
+    """Flash first (it needs no broker and is quick), then throughput, then failover."""
+    usable = bench.usable_heap()
+    seconds = 0 if flash_hours is None else max(1, round(flash_hours * 3600))
+    say(
+        "flash: three channels at 1 Hz, simulated time, offline, on LittleFS "
+        + ("until both slots are full" if not seconds else f"for {seconds} s")
+    )
+    flash = bench.flash(seconds, "lfs")
+    pico = bench.flash(seconds, "lfs", progsize=256)
+    raw = bench.flash(seconds, "raw")
+
+    device_runs: list[DeviceRun] = []
+    baseline_s: list[float] = []
+    with running_mosquitto(bench.work / "broker") as port:
+        for r in range(rounds):
+            say(f"round {r + 1}/{rounds}: baseline, {readings} readings in pre-built frames")
+            baseline_s.append(bench.baseline_rate(port, f"plug-b{r}", readings))
+            say(f"round {r + 1}/{rounds}: firmware, {readings} readings at full speed")
+            device_runs.append(bench.firmware_rate(port, f"plug-d{r}", readings))
+        say(f"memory: the firmware again, from a ROMFS image as boards run it ({readings})")
+        rom_run = bench.firmware_rate(port, "plug-r0", readings, romfs=True)
+    device_s = [run.seconds for run in device_runs]
+    say(f"failover: two brokers, kill the one in use ({failover_readings} readings)")
+    failover_s, fo_run = bench.failover(failover_readings)
+    device_runs.append(fo_run)
+    say("memory: the failover run again, from the ROMFS image")
+    failover_rom_s, fo_rom_run = bench.failover(failover_readings, romfs=True)
+    return _Measured(
+        usable,
+        flash,
+        pico,
+        raw,
+        device_runs,
+        device_s,
+        baseline_s,
+        rom_run,
+        failover_s,
+        fo_run,
+        failover_rom_s,
+        fo_rom_run,
+    )
+
+
+def _lowest_free(runs: list[DeviceRun], what: str) -> tuple[int, list[Any]]:
+    """The lowest min_free over ``runs``, and each run's."""
+    frees = [r.stats.get("min_free") for r in runs]
+    sampled = [v for v in frees if isinstance(v, int)]
     if not sampled:
-        raise BenchError("no device run lasted long enough for the node to sample its heap")
-    min_free = min(sampled)
-    rom_frees = [r.stats.get("min_free") for r in (rom_run, fo_rom_run)]
-    rom_sampled = [v for v in rom_frees if isinstance(v, int)]
-    if not rom_sampled:
-        raise BenchError("no ROMFS run lasted long enough for the node to sample its heap")
-    rom_free = min(rom_sampled)
+        raise BenchError(f"no {what} lasted long enough for the node to sample its heap")
+    return min(sampled), frees
 
-    rate = readings * rounds / sum(device_s)
-    base_rate = readings * rounds / sum(baseline_s)
+
+def _report(
+    got: _Measured, readings: int, rounds: int, heap: str, heap_bytes: int, failover_readings: int
+) -> dict[str, Any]:
+    min_free, min_frees = _lowest_free(got.device_runs, "device run")
+    rom_free, rom_frees = _lowest_free([got.rom_run, got.fo_rom_run], "ROMFS run")
+    flash, raw = got.flash, got.raw
+    rate = readings * rounds / sum(got.device_s)
+    base_rate = readings * rounds / sum(got.baseline_s)
     fbpr = flash["store_bytes"] / flash["readings"]
-    channels = flash["channels"]
-    hours = BUFFER_BYTES / (fbpr * channels) / 3600
-    held_hours = flash["readings"] / channels / 3600 if flash["filled"] else None
+    hours = BUFFER_BYTES / (fbpr * flash["channels"]) / 3600
     return {
         "bench": "edge",
         "readings_per_s": round(rate, 1),
@@ -508,62 +559,16 @@ def edge(
         "hours_buffered_1mib_1hz_3ch": round(hours, 2),
         # Boards run the modules in place from ROMFS: the headline; .mpy
         # files loaded into the heap (the unix port's default) follow.
-        "peak_heap_bytes": usable - rom_free,
-        "peak_heap_bytes_mpy_in_heap": usable - min_free,
+        "peak_heap_bytes": got.usable - rom_free,
+        "peak_heap_bytes_mpy_in_heap": got.usable - min_free,
         "heap_size": heap,
-        "failover_s": round(failover_s, 3),
-        "throughput": {
-            "readings": readings,
-            "rounds": rounds,
-            "device_seconds": [round(s, 3) for s in device_s],
-            "baseline_seconds": [round(s, 3) for s in baseline_s],
-            "batches_sent": [r.stats.get("batches_sent") for r in device_runs[:-1]],
-            "retransmits": [r.stats.get("retransmits") for r in device_runs[:-1]],
-            "device_config": THROUGHPUT_CONFIG | {"stop_after": readings},
-            "baseline": (
-                f"edge/mqtt.py publishing pre-built signed {BATCH_READINGS}-reading batches "
-                f"at QoS 1, {BASELINE_INFLIGHT} in flight, same broker, heap and acker"
-            ),
-        },
-        "flash": {
-            "scenario": "SimulatedPlug, 3 channels at 1 Hz, simulated time, offline, "
-            "records flushed when full, SlotStore defaults",
-            "filled": flash["filled"],
-            "simulated_hours": round(flash["seconds"] / 3600, 2),
-            "readings": flash["readings"],
-            "records": flash["records"],
-            "readings_per_record": round(flash["readings"] / flash["records"], 1),
-            "record_bytes": flash["record_bytes"],
-            "record_bytes_used": round(flash["store_bytes"] / flash["records"], 1),
-            "slot_capacity": flash["capacity"],
-            "block_size": flash["block_size"],
-            "storage": "slot files on LittleFS (vfs.VfsLfs2 defaults) over RAMBlockDev",
-            "lfs_progsize": flash["progsize"],
-            "payload_bytes_per_reading": round(flash["payload_bytes"] / flash["readings"], 4),
-            "programmed_bytes_per_reading": round(flash["flash_bytes"] / flash["readings"], 4),
-            "payload_bytes": flash["payload_bytes"],
-            "store_bytes": flash["store_bytes"],
-            "programmed_bytes": flash["flash_bytes"],
-            "block_erases": flash["erases"],
-            "meta_saves": flash["meta_saves"],
-            "hours_held_when_filled": None if held_hours is None else round(held_hours, 2),
-            "write_amplification_progsize_256": round(
-                pico["flash_bytes"] / pico["payload_bytes"], 4
-            ),
-            "raw_partition": {
-                "storage": "slots on a raw RAMBlockDev partition (edge/slotio.py BlockSlots), "
-                "metadata on LittleFS on another",
-                "readings": raw["readings"],
-                "payload_bytes": raw["payload_bytes"],
-                "store_bytes": raw["store_bytes"],
-                "programmed_bytes": raw["flash_bytes"],
-                "flash_bytes_per_reading": round(raw["store_bytes"] / raw["readings"], 4),
-            },
-        },
+        "failover_s": round(got.failover_s, 3),
+        "throughput": _throughput_report(got, readings, rounds),
+        "flash": _flash_report(flash, got.pico, raw),
         "memory": {
             "heap_size": heap,
             "heap_size_bytes": heap_bytes,
-            "heap_usable_bytes": usable,
+            "heap_usable_bytes": got.usable,
             "min_free_bytes": min_free,
             "min_free_by_run": min_frees,
             "code": ".mpy files (mpy-cross) loaded into the heap, as the unix port imports them",
@@ -572,25 +577,73 @@ def edge(
                 "(tools/firmware/romfs.py), as boards run them",
                 "min_free_bytes": rom_free,
                 "min_free_by_run": rom_frees,
-                "readings_per_s": round(readings / rom_run.seconds, 1),
+                "readings_per_s": round(readings / got.rom_run.seconds, 1),
             },
         },
         "failover": {
             "readings": failover_readings,
             "acked_on_first_broker_before_kill": min(FAILOVER_AFTER, failover_readings),
             "device_config": FAILOVER_CONFIG | {"stop_after": failover_readings},
-            "failover_s_romfs_run": round(failover_rom_s, 3),
-            "reconnects": fo_run.stats.get("reconnects"),
-            "hub_index_at_exit": fo_run.stats.get("hub_index"),
+            "failover_s_romfs_run": round(got.failover_rom_s, 3),
+            "reconnects": got.fo_run.stats.get("reconnects"),
+            "hub_index_at_exit": got.fo_run.stats.get("hub_index"),
         },
         "acker_received_all": True,  # every run checks it, or the bench fails
-        "note": (
-            "readings_per_s and the baseline: process start until the acker's watermark "
-            "covers every reading; flash figures include record and slot headers and "
-            "metadata saves; write_amplification = bytes the flash programmed / packed "
-            "payload bytes with the slots on a raw partition as on boards "
-            "(_littlefs_files: slot files on LittleFS); peak_heap_bytes = heap_usable_bytes - "
-            "lowest free heap with the modules in place in ROMFS as on boards "
-            "(_mpy_in_heap: .mpy files loaded into the heap)"
+        "note": NOTE,
+    }
+
+
+def _throughput_report(got: _Measured, readings: int, rounds: int) -> dict[str, Any]:
+    return {
+        "readings": readings,
+        "rounds": rounds,
+        "device_seconds": [round(s, 3) for s in got.device_s],
+        "baseline_seconds": [round(s, 3) for s in got.baseline_s],
+        "batches_sent": [r.stats.get("batches_sent") for r in got.device_runs[:-1]],
+        "retransmits": [r.stats.get("retransmits") for r in got.device_runs[:-1]],
+        "device_config": THROUGHPUT_CONFIG | {"stop_after": readings},
+        "baseline": (
+            f"edge/mqtt.py publishing pre-built signed {BATCH_READINGS}-reading batches "
+            f"at QoS 1, {BASELINE_INFLIGHT} in flight, same broker, heap and acker"
         ),
+    }
+
+
+def _flash_report(
+    flash: dict[str, Any], pico: dict[str, Any], raw: dict[str, Any]
+) -> dict[str, Any]:
+    channels = flash["channels"]
+    held_hours = flash["readings"] / channels / 3600 if flash["filled"] else None
+    return {
+        "scenario": "SimulatedPlug, 3 channels at 1 Hz, simulated time, offline, "
+        "records flushed when full, SlotStore defaults",
+        "filled": flash["filled"],
+        "simulated_hours": round(flash["seconds"] / 3600, 2),
+        "readings": flash["readings"],
+        "records": flash["records"],
+        "readings_per_record": round(flash["readings"] / flash["records"], 1),
+        "record_bytes": flash["record_bytes"],
+        "record_bytes_used": round(flash["store_bytes"] / flash["records"], 1),
+        "slot_capacity": flash["capacity"],
+        "block_size": flash["block_size"],
+        "storage": "slot files on LittleFS (vfs.VfsLfs2 defaults) over RAMBlockDev",
+        "lfs_progsize": flash["progsize"],
+        "payload_bytes_per_reading": round(flash["payload_bytes"] / flash["readings"], 4),
+        "programmed_bytes_per_reading": round(flash["flash_bytes"] / flash["readings"], 4),
+        "payload_bytes": flash["payload_bytes"],
+        "store_bytes": flash["store_bytes"],
+        "programmed_bytes": flash["flash_bytes"],
+        "block_erases": flash["erases"],
+        "meta_saves": flash["meta_saves"],
+        "hours_held_when_filled": None if held_hours is None else round(held_hours, 2),
+        "write_amplification_progsize_256": round(pico["flash_bytes"] / pico["payload_bytes"], 4),
+        "raw_partition": {
+            "storage": "slots on a raw RAMBlockDev partition (edge/slotio.py BlockSlots), "
+            "metadata on LittleFS on another",
+            "readings": raw["readings"],
+            "payload_bytes": raw["payload_bytes"],
+            "store_bytes": raw["store_bytes"],
+            "programmed_bytes": raw["flash_bytes"],
+            "flash_bytes_per_reading": round(raw["store_bytes"] / raw["readings"], 4),
+        },
     }

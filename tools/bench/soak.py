@@ -7,7 +7,7 @@ What runs (everything on loopback, as `aiot bench ingest` runs it):
   each with its own Mosquitto, the hub's default election timeouts, and the
   shipped energy rules loaded, so that the leader's decision engine sees every
   applied reading;
-- the CPython load generator of tools/bench/hub.py (``devices`` simulated
+- the CPython load generator of tools/bench/generator.py (``devices`` simulated
   devices, each with its own credentials, signed 32-reading batches, a window
   of 4 unacknowledged batches as the edge keeps), paced at ``rate`` readings
   per second: half of the maximum ingest rate, measured first with a short
@@ -47,24 +47,31 @@ import array
 import asyncio
 import contextlib
 import math
-import os
-import shutil
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from tools.base.hubclient import HubError
 from tools.base.paths import ROOT
-from tools.bench import hub as bh
+from tools.bench import generator, rig
 from tools.bench.codec import BenchError
+from tools.bench.figures import percentile
+from tools.bench.frames import BATCH_READINGS
+from tools.bench.generator import Generator, SimDevice
+from tools.bench.leaks import proc_fds, proc_memory, summarize
+from tools.bench.load import WINDOW, Generators, batches_for, closed_loop, total_stats
+from tools.bench.watch import CpuMeter, machine
+from tools.lab.cluster import ClusterError, LocalCluster
+from tools.lab.device import Device, edge_runtime
 
 SOAK_BAR_MINUTES: Final = 30.0
 RSS_GROWTH_BAR_PCT: Final = 10.0
 FD_GROWTH_BAR: Final = 0
 CALIBRATE_WARMUP_S: Final = 5.0
 CALIBRATE_S: Final = 15.0
+CALIBRATE_MAX_RATE: Final = 80_000.0  # frames are built for up to this rate
 AHEAD_S: Final = 60.0  # frames built ahead of the schedule
 CONVERGE_TIMEOUT_S: Final = 180.0
 # The MicroPython plugs: a reading of three channels every 200 ms, batches
@@ -78,115 +85,25 @@ DEVICE_TUNING: Final[dict[str, Any]] = {
     "failover_after_ms": 10000,
     "event_every_s": 60,
 }
-
-Say = Callable[[str], None]
-
-
-def _quiet(_: str) -> None:
-    pass
-
-
-# -- /proc ---------------------------------------------------------------------------------
-
-
-def proc_memory(pid: int) -> dict[str, int] | None:
-    """VmRSS, RssAnon, RssFile of a process, in KiB; None once it is gone."""
-    try:
-        text = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return None
-    out: dict[str, int] = {}
-    for line in text.splitlines():
-        key, _, rest = line.partition(":")
-        if key in ("VmRSS", "RssAnon", "RssFile"):
-            out[key] = int(rest.split()[0])
-    return out if "VmRSS" in out else None
-
-
-def proc_fds(pid: int) -> int | None:
-    """Open file descriptors of a process; None once it is gone."""
-    try:
-        return len(os.listdir(f"/proc/{pid}/fd"))
-    except OSError:
-        return None
-
-
-def growth(first: float, last: float) -> float:
-    return 0.0 if first <= 0 else round((last - first) / first * 100, 2)
-
-
-def slope_per_hour(times: Sequence[float], values: Sequence[float]) -> float | None:
-    """Least-squares slope of ``values`` over ``times`` (seconds), per hour."""
-    n = len(times)
-    if n < 2:
-        return None
-    mt, mv = sum(times) / n, sum(values) / n
-    den = sum((t - mt) ** 2 for t in times)
-    if den == 0:
-        return None
-    return sum((t - mt) * (v - mv) for t, v in zip(times, values, strict=True)) / den * 3600
-
-
-FD_WINDOW: Final = 6  # samples at each end whose fewest descriptors are compared
-
-
-def fd_growth(fds: Sequence[int]) -> int | None:
-    """The fewest descriptors over the last FD_WINDOW samples minus the fewest
-    over the first ones: a leak raises both ends' floor, while a descriptor
-    open at the moment of one sample (a snapshot file being written, a peer
-    reconnecting) does not."""
-    if len(fds) < 2:
-        return None
-    w = max(1, min(FD_WINDOW, len(fds) // 2))
-    return min(fds[-w:]) - min(fds[:w])
-
-
-def summarize(series: list[dict[str, Any]], warmup_s: float) -> dict[str, Any]:
-    """Growth figures of one process from its samples (t, rss, anon, file in
-    KiB, fds), over the samples taken at or after ``warmup_s``."""
-    after = [s for s in series if s["t"] >= warmup_s and s["rss_kib"] is not None]
-    if len(after) < 2:
-        return {"samples_after_warmup": len(after)}
-    first, last = after[0], after[-1]
-    fds = [s["fds"] for s in after if s["fds"] is not None]
-    times = [s["t"] for s in after]
-    slope = slope_per_hour(times, [s["rss_kib"] / 1024 for s in after])
-    half = after[len(after) // 2 :]
-    anon_slope = slope_per_hour([s["t"] for s in half], [s["anon_kib"] / 1024 for s in half])
-    return {
-        "samples_after_warmup": len(after),
-        "rss_mib_first": round(first["rss_kib"] / 1024, 1),
-        "rss_mib_last": round(last["rss_kib"] / 1024, 1),
-        "rss_mib_max": round(max(s["rss_kib"] for s in after) / 1024, 1),
-        "rss_growth_pct": growth(first["rss_kib"], last["rss_kib"]),
-        "rss_anon_mib_first": round(first["anon_kib"] / 1024, 1),
-        "rss_anon_mib_last": round(last["anon_kib"] / 1024, 1),
-        "rss_anon_growth_pct": growth(first["anon_kib"], last["anon_kib"]),
-        "rss_file_mib_first": round(first["file_kib"] / 1024, 1),
-        "rss_file_mib_last": round(last["file_kib"] / 1024, 1),
-        "rss_slope_mib_per_h": None if slope is None else round(slope, 2),
-        "rss_anon_slope_mib_per_h_second_half": None
-        if anon_slope is None
-        else round(anon_slope, 2),
-        "fds_first": first["fds"],
-        "fds_last": last["fds"],
-        "fds_min": min(fds) if fds else None,
-        "fds_max": max(fds) if fds else None,
-        "fd_last_minus_first": None
-        if first["fds"] is None or last["fds"] is None
-        else last["fds"] - first["fds"],
-        "fd_growth": fd_growth(fds),
-    }
+NOTE: Final = (
+    "rss: VmRSS from /proc/<pid>/status (rss_anon: RssAnon, the heap; RssFile is mostly "
+    "the LMDB map's pages); growth = (last - first) / first over the samples after "
+    "warmup_s; fd: entries of /proc/<pid>/fd; converged: equal content hashes on every "
+    "hub after the load stopped; acked_readings_missing: readings below a device's "
+    "acknowledged watermark that some hub does not hold; cpu_cores.other_processes: "
+    "what else ran on the machine meanwhile"
+)
+NO_FD_FIGURE: Final = 10**9  # a hub without an fd_growth figure: worse than any bar
 
 
 # -- the generator, with frames freed once acknowledged -----------------------------------
 
 
-class _SoakDev(bh._Dev):
+class _SoakDev(SimDevice):
     """A generator device whose per-batch arrays hold one entry per batch
-    built: bench_hub's ``_Dev.build`` extends them from a bytes object, which
-    adds eight entries per batch (harmless in a one-minute benchmark, hundreds
-    of MiB over a long soak); the extra entries, never read, are cut off."""
+    built: ``SimDevice.build`` extends them from a bytes object, which adds
+    eight entries per batch (harmless in a one-minute benchmark, hundreds of
+    MiB over a long soak); the extra entries, never read, are cut off."""
 
     def build(self, total: int) -> None:
         super().build(total)
@@ -196,9 +113,9 @@ class _SoakDev(bh._Dev):
                 del value[n:]
 
 
-class SoakGenerator(bh.Generator):
-    """tools/bench/hub.py's Generator with one more command, ``trim``: free
-    the frames of acknowledged batches (a device never sends below its
+class SoakGenerator(Generator):
+    """tools/bench/generator.py's Generator with one more command, ``trim``:
+    free the frames of acknowledged batches (a device never sends below its
     watermark again), and hand over what was committed since the last trim."""
 
     def __init__(self, spec: dict[str, Any]) -> None:
@@ -233,8 +150,8 @@ class SoakGenerator(bh.Generator):
         return out
 
 
-class SoakGenerators(bh.Generators):
-    """bench_hub.Generators, with the processes running SoakGenerator."""
+class SoakGenerators(Generators):
+    """tools/bench/load.py's Generators, with the processes running SoakGenerator."""
 
     MODULE = "tools.bench.soak"
 
@@ -245,64 +162,68 @@ class SoakGenerators(bh.Generators):
 # -- the run ---------------------------------------------------------------------------------
 
 
-def _rules_extra() -> str:
-    rules = ROOT / "models" / "rules" / "energy.toml"
-    return f'[rules]\nfiles = ["{rules}"]\n'
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The parameters of one soak (`aiot bench soak`'s options)."""
+
+    minutes: float
+    rate: float | None  # None: half of the maximum, measured first
+    devices: int
+    micropython_devices: int
+    sample_s: float
+    warmup_s: float | None  # None: a fifth of the run, at most 2 minutes
+    generators: int
+
+    @property
+    def duration(self) -> float:
+        return self.minutes * 60
+
+    @property
+    def warmup(self) -> float:
+        return min(120.0, self.duration / 5) if self.warmup_s is None else self.warmup_s
+
+    def __post_init__(self) -> None:
+        if (
+            self.minutes <= 0
+            or self.devices < 1
+            or self.sample_s <= 0
+            or self.generators < 1
+            or self.micropython_devices < 0
+        ):
+            raise BenchError("minutes, devices, sample_s and generators must be positive")
+        if self.rate is not None and self.rate <= 0:
+            raise BenchError("rate must be positive")
+        if self.warmup >= self.duration:
+            raise BenchError("the warm-up must be shorter than the run")
 
 
-def _start_cluster(work: Path, say: Say) -> Any:
-    from tools.lab.cluster import ClusterError, LocalCluster
+@dataclass(frozen=True, slots=True)
+class Ending:
+    """What the soak found once the load and the plugs had stopped."""
 
-    cluster = LocalCluster(
-        work / "cluster", bh.NODES, election_ms=bh._election_ms(), extra=_rules_extra()
-    )
-    say(f"starting {bh.NODES} hub nodes, each with its own Mosquitto, with the energy rules")
-    try:
-        cluster.start(120)
-    except ClusterError as exc:
-        cluster.stop()
-        raise BenchError(f"the cluster did not start: {exc}") from None
-    return cluster
-
-
-def _start_plugs(cluster: Any, work: Path, count: int, say: Say) -> tuple[list[Any], str]:
-    from tools.lab.device import Device, edge_runtime
-
-    runtime = edge_runtime()
-    plugs = []
-    if count:
-        say(f"starting {count} simulated plugs running the firmware on {runtime}")
-    for k in range(1, count + 1):
-        secrets_cfg = cluster.add_device(f"plug-soak-{k}", limit_w=2000.0, owner="soak")
-        dev = Device(
-            work / "plugs" / f"plug-soak-{k}", {**secrets_cfg, **DEVICE_TUNING}, runtime=runtime
-        )
-        plugs.append(dev.start())
-    return plugs, runtime
+    stops: list[dict[str, Any]]  # the generators' answers to `stop`
+    acked: dict[str, int]  # readings acknowledged per generator device
+    plug_marks: dict[str, int]  # the same per plug
+    plug_errors: list[str]
+    after: dict[str, Any]  # rig.hub_counters
+    converged: bool
+    hashes: dict[str, str]
+    convergence_s: float
+    missing: int  # acknowledged readings some hub does not hold
+    store_bytes: dict[str, int]  # per hub, its data directory
 
 
-def _dir_bytes(path: Path) -> int:
-    total = 0
-    for p in path.rglob("*"):
-        with contextlib.suppress(OSError):
-            if p.is_file():
-                total += p.stat().st_size
-    return total
+@dataclass(frozen=True, slots=True)
+class Run:
+    """What a soak measured, before it is reported."""
 
-
-def _wait_converged(cluster: Any, timeout: float) -> tuple[bool, dict[str, str], float]:
-    from tools.base.hubclient import HubError
-    from tools.lab.cluster import ClusterError
-
-    t0 = time.monotonic()
-    hashes: dict[str, str] = {}
-    while time.monotonic() - t0 < timeout:
-        with contextlib.suppress(HubError, ClusterError, KeyError):
-            hashes = cluster.hashes()
-            if len(hashes) == cluster.n and len(set(hashes.values())) == 1:
-                return True, hashes, round(time.monotonic() - t0, 2)
-        time.sleep(1.0)
-    return False, hashes, round(time.monotonic() - t0, 2)
+    rate: float
+    measured: float | None  # the maximum rate, when measured
+    runtime: str  # where the plugs ran: micropython or cpython
+    plugs: int
+    before: dict[str, Any]  # rig.hub_counters
+    sampled: dict[str, Any]  # _load's result
+    end: Ending
 
 
 def soak(
@@ -313,186 +234,120 @@ def soak(
     sample_s: float = 10.0,
     warmup_s: float | None = None,
     generators: int = 1,
-    say: Say = _quiet,
+    say: rig.Say = rig.quiet,
 ) -> dict[str, Any]:
     """Run the soak; one JSON-ready dict."""
-    from hub.link.broker import INSTALL_HINT, find_mosquitto
-
-    if find_mosquitto() is None:
-        raise BenchError(f"mosquitto is not installed; run: {INSTALL_HINT}")
-    if minutes <= 0 or devices < 1 or sample_s <= 0 or generators < 1 or micropython_devices < 0:
-        raise BenchError("minutes, devices, sample_s and generators must be positive")
-    if rate is not None and rate <= 0:
-        raise BenchError("rate must be positive")
-    duration = minutes * 60
-    warmup = min(120.0, duration / 5) if warmup_s is None else warmup_s
-    if warmup >= duration:
-        raise BenchError("the warm-up must be shorter than the run")
-    n = bh.BATCH_READINGS
-    work = Path(tempfile.mkdtemp(prefix="aiot-bench-soak-"))
-    plugs: list[Any] = []
-    try:
-        cluster = _start_cluster(work, say)
-        try:
-            creds = bh._register(cluster, devices, say)
-            plugs, runtime = _start_plugs(cluster, work, micropython_devices, say)
-            with SoakGenerators(work, creds, generators, n, bh.WINDOW) as gens:
-                gens.call({"cmd": "connect", "hubs": {d["device_id"]: d["hubs"] for d in creds}})
-                before = bh._hub_counters(cluster)
-                measured = None
-                if rate is None:
-                    per_dev = bh._batches_for(80_000, CALIBRATE_WARMUP_S + CALIBRATE_S, devices, n)
-                    gens.call({"cmd": "build", "batches": per_dev}, timeout=600)
-                    say(
-                        f"measuring the maximum rate: closed loop, {CALIBRATE_WARMUP_S:g} s "
-                        f"warm-up + {CALIBRATE_S:g} s"
-                    )
-                    p = bh._closed_loop(gens, CALIBRATE_WARMUP_S, CALIBRATE_S, {})
-                    measured = p["rate"]
-                    if measured <= 0:
-                        raise BenchError("nothing was committed while measuring the maximum rate")
-                    rate = measured / 2
-                gens.call({"cmd": "trim"})
-                per_dev_rate = rate / n / devices  # batches per second per device
-                ahead = math.ceil(per_dev_rate * (AHEAD_S + 3 * sample_s)) + 2 * bh.WINDOW
-                gens.call({"cmd": "build", "batches": ahead, "more": True}, timeout=600)
-                say(
-                    f"soak: {rate:,.0f} readings/s over {devices} devices and "
-                    f"{len(plugs)} plugs for {minutes:g} min, a sample every {sample_s:g} s"
-                )
-                result = _run(cluster, gens, plugs, rate, duration, warmup, sample_s, ahead, say)
-                stops = gens.call({"cmd": "stop"}, timeout=120)
-                tail = gens.call({"cmd": "trim"})
-                acked = {k: v for part in tail for k, v in part["acked"].items()}
-                say("stopping the plugs")
-                plug_marks, plug_errors = _stop_plugs(plugs)
-                after = bh._hub_counters(cluster)
-                say("waiting for every hub to hold the same content")
-                converged, hashes, took = _wait_converged(cluster, CONVERGE_TIMEOUT_S)
-                missing = _missing(cluster, {**acked, **plug_marks})
-                lmdb = {
-                    cluster.node_id(i): _dir_bytes(cluster.data_dir(i)) for i in range(cluster.n)
-                }
-        finally:
-            for p in plugs:
-                with contextlib.suppress(Exception):
-                    p.kill()
-            cluster.stop()
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-
-    hubs = {
-        name: summarize(s, warmup)
-        for name, s in result["series"].items()
-        if name.startswith("hub-") and not name.endswith("-mosquitto")
-    }
-    brokers = {
-        name: summarize(s, warmup)
-        for name, s in result["series"].items()
-        if name.endswith("-mosquitto")
-    }
-    others = {
-        name: summarize(s, warmup)
-        for name, s in result["series"].items()
-        if name.startswith("generator")
-    }
-    rss_max = max((h.get("rss_growth_pct", math.inf) for h in hubs.values()), default=math.inf)
-    anon_max = max(
-        (h.get("rss_anon_growth_pct", math.inf) for h in hubs.values()), default=math.inf
+    rig.require_mosquitto()
+    s = Settings(minutes, rate, devices, micropython_devices, sample_s, warmup_s, generators)
+    run = rig.on_cluster(
+        "aiot-bench-soak-",
+        s.devices,
+        say,
+        lambda cluster, work, creds: _run(cluster, work, creds, s, say),
+        extra=_rules_extra(),
+        with_what=", with the energy rules",
+        timeout=120,
     )
-    fd_max = max(
-        (h["fd_growth"] if h.get("fd_growth") is not None else 10**9 for h in hubs.values()),
-        default=10**9,
-    )
-    lat = result["latency_ms"]
-    stats: dict[str, int] = {}
-    for s in stops:
-        for k, v in s["stats"].items():
-            stats[k] = stats.get(k, 0) + v
-    return {
-        "bench": "soak",
-        "minutes": minutes,
-        "duration_s": round(result["seconds"], 1),
-        "offered_readings_per_s": round(rate, 1),
-        "rate_source": "given" if measured is None else "half of the measured maximum",
-        "max_readings_per_s_measured": None if measured is None else round(measured, 1),
-        "committed_readings_per_s": round(result["committed"] / result["seconds"], 1),
-        "ack_latency_ms_p50": None if not lat else round(bh.percentile(lat, 50), 1),
-        "ack_latency_ms_p99": None if not lat else round(bh.percentile(lat, 99), 1),
-        "rss_growth_pct_max": None if math.isinf(rss_max) else rss_max,
-        "rss_anon_growth_pct_max": None if math.isinf(anon_max) else anon_max,
-        "fd_growth_max": None if fd_max == 10**9 else fd_max,
-        "converged": converged,
-        "convergence_s": took,
-        "acked_readings_missing": missing,
-        "bars": {
-            "rss_growth_pct_at_most_10": rss_max <= RSS_GROWTH_BAR_PCT,
-            "fd_growth_at_most_0": fd_max <= FD_GROWTH_BAR,
-            "converged": converged,
-            "nothing_acked_missing": missing == 0,
-            "stated_for_minutes": SOAK_BAR_MINUTES,
-            "run_long_enough": minutes >= SOAK_BAR_MINUTES,
-        },
-        "hubs": hubs,
-        "brokers": brokers,
-        "generator": others,
-        "content_hashes": hashes,
-        "store_bytes_at_end": lmdb,
-        "readings_acked_by_generator": sum(acked.values()),
-        "plugs": {
-            "count": len(plugs),
-            "runtime": runtime,
-            "readings_acked": sum(plug_marks.values()),
-            "errors": plug_errors + result["plug_errors"],
-        },
-        "devices": devices,
-        "nodes": bh.NODES,
-        "sample_s": sample_s,
-        "warmup_s": warmup,
-        "generator_stats": {
-            "batches_published": stats.get("published", 0),
-            "disconnects": stats.get("disconnects", 0),
-            "reconnects": stats.get("reconnects", 0),
-            "devices_out_of_frames": result["exhausted"],
-            "unacked_batches_at_end": sum(s["unacked_batches"] for s in stops),
-        },
-        "rejects": bh._diff(after["rejected"], before["rejected"]),
-        "failures": bh._diff(after["failed"], before["failed"]),
-        "raft_term_increase": after["term"] - before["term"],
-        "hub_restarts": result["hub_exits"],
-        "cpu_cores": result["cpu"],
-        "samples": result["samples"],
-        "machine": bh.machine(),
-        "note": (
-            "rss: VmRSS from /proc/<pid>/status (rss_anon: RssAnon, the heap; RssFile is mostly "
-            "the LMDB map's pages); growth = (last - first) / first over the samples after "
-            "warmup_s; fd: entries of /proc/<pid>/fd; converged: equal content hashes on every "
-            "hub after the load stopped; acked_readings_missing: readings below a device's "
-            "acknowledged watermark that some hub does not hold; cpu_cores.other_processes: "
-            "what else ran on the machine meanwhile"
-        ),
-    }
+    return report(s, run)
+
+
+def _rules_extra() -> str:
+    rules = ROOT / "models" / "rules" / "energy.toml"
+    return f'[rules]\nfiles = ["{rules}"]\n'
 
 
 def _run(
-    cluster: Any,
+    cluster: LocalCluster, work: Path, creds: list[dict[str, Any]], s: Settings, say: rig.Say
+) -> Run:
+    """The soak, with the plugs killed however it ends."""
+    plugs: list[Device] = []
+    try:
+        return _soak(cluster, work, creds, plugs, s, say)
+    finally:
+        for p in plugs:
+            with contextlib.suppress(Exception):
+                p.kill()
+
+
+def _soak(
+    cluster: LocalCluster,
+    work: Path,
+    creds: list[dict[str, Any]],
+    plugs: list[Device],
+    s: Settings,
+    say: rig.Say,
+) -> Run:
+    """Start the plugs (into ``plugs``) and the generators, find the rate,
+    soak, and look at what the hubs hold."""
+    runtime = _start_plugs(cluster, work, s.micropython_devices, plugs, say)
+    n = BATCH_READINGS
+    with SoakGenerators(work, creds, s.generators, n, WINDOW) as gens:
+        gens.call({"cmd": "connect", "hubs": {d["device_id"]: d["hubs"] for d in creds}})
+        before = rig.hub_counters(cluster)
+        measured, rate = _rate(gens, s, say)
+        gens.call({"cmd": "trim"})
+        per_dev_rate = rate / n / s.devices  # batches per second per device
+        ahead = math.ceil(per_dev_rate * (AHEAD_S + 3 * s.sample_s)) + 2 * WINDOW
+        gens.call({"cmd": "build", "batches": ahead, "more": True}, timeout=600)
+        say(
+            f"soak: {rate:,.0f} readings/s over {s.devices} devices and "
+            f"{len(plugs)} plugs for {s.minutes:g} min, a sample every {s.sample_s:g} s"
+        )
+        sampled = _load(cluster, gens, plugs, rate, s, ahead, say)
+        end = _end(cluster, gens, plugs, say)
+    return Run(rate, measured, runtime, len(plugs), before, sampled, end)
+
+
+def _start_plugs(
+    cluster: LocalCluster, work: Path, count: int, plugs: list[Device], say: rig.Say
+) -> str:
+    """``count`` plugs running the firmware, added to ``plugs``; where they run."""
+    runtime = edge_runtime()
+    if count:
+        say(f"starting {count} simulated plugs running the firmware on {runtime}")
+    for k in range(1, count + 1):
+        secrets_cfg = cluster.add_device(f"plug-soak-{k}", limit_w=2000.0, owner="soak")
+        dev = Device(
+            work / "plugs" / f"plug-soak-{k}", {**secrets_cfg, **DEVICE_TUNING}, runtime=runtime
+        )
+        plugs.append(dev.start())
+    return runtime
+
+
+def _rate(gens: SoakGenerators, s: Settings, say: rig.Say) -> tuple[float | None, float]:
+    """(the maximum rate measured, or None if ``s.rate`` gives the rate; the rate)."""
+    if s.rate is not None:
+        return None, s.rate
+    measured = _max_rate(gens, s.devices, say)
+    return measured, measured / 2
+
+
+def _max_rate(gens: SoakGenerators, devices: int, say: rig.Say) -> float:
+    """The maximum rate on this cluster: a short closed-loop run."""
+    n = BATCH_READINGS
+    per_dev = batches_for(CALIBRATE_MAX_RATE, CALIBRATE_WARMUP_S + CALIBRATE_S, devices, n)
+    gens.call({"cmd": "build", "batches": per_dev}, timeout=600)
+    say(
+        f"measuring the maximum rate: closed loop, {CALIBRATE_WARMUP_S:g} s "
+        f"warm-up + {CALIBRATE_S:g} s"
+    )
+    measured = float(closed_loop(gens, CALIBRATE_WARMUP_S, CALIBRATE_S, {})["rate"])
+    if measured <= 0:
+        raise BenchError("nothing was committed while measuring the maximum rate")
+    return measured
+
+
+def _load(
+    cluster: LocalCluster,
     gens: SoakGenerators,
-    plugs: list[Any],
+    plugs: list[Device],
     rate: float,
-    duration: float,
-    warmup: float,
-    sample_s: float,
+    s: Settings,
     ahead: int,
-    say: Say,
+    say: rig.Say,
 ) -> dict[str, Any]:
-    """The paced load for ``duration`` seconds, sampled every ``sample_s``."""
-    pids: dict[str, int] = {}
-    for i in range(cluster.n):
-        name = cluster.node_id(i)
-        pids[name] = cluster.procs[i].pid
-        broker = cluster.status(i)["broker"]["pid"]
-        if broker:
-            pids[f"{name}-mosquitto"] = int(broker)
+    """The paced load for ``s.duration`` seconds, sampled every ``s.sample_s``."""
+    pids = {k: v for k, v in rig.node_pids(cluster).items() if v}
     for i, pid in enumerate(gens.pids):
         pids[f"generator-{i}"] = pid
     series: dict[str, list[dict[str, Any]]] = {k: [] for k in pids}
@@ -502,7 +357,7 @@ def _run(
     exhausted = 0
     hub_exits: list[str] = []
     plug_errors: list[str] = []
-    cpu = bh.CpuMeter(dict(pids), [cluster.node_id(i) for i in range(cluster.n)])
+    cpu = CpuMeter(dict(pids), [cluster.node_id(i) for i in range(cluster.n)])
     gens.call({"cmd": "start", "rate": rate, "reset": False})
     t0 = time.monotonic()
     next_at = t0
@@ -519,45 +374,16 @@ def _run(
             latency.extend(x * 1000 for x in p["latency"])
         exhausted = max(exhausted, sum(p["exhausted"] for p in parts))
         gens.call({"cmd": "build", "batches": ahead, "more": True}, timeout=600)
-        row: dict[str, Any] = {"t": round(t, 1), "committed_per_s": round(got / sample_s, 1)}
-        for name, pid in pids.items():
-            mem = proc_memory(pid)
-            fds = proc_fds(pid)
-            series[name].append(
-                {
-                    "t": t,
-                    "rss_kib": None if mem is None else mem["VmRSS"],
-                    "anon_kib": None if mem is None else mem.get("RssAnon", 0),
-                    "file_kib": None if mem is None else mem.get("RssFile", 0),
-                    "fds": fds,
-                }
-            )
-            if name.startswith("hub-") and "-" not in name[4:]:
-                row[name] = {
-                    "rss_mib": None if mem is None else round(mem["VmRSS"] / 1024, 1),
-                    "anon_mib": None if mem is None else round(mem.get("RssAnon", 0) / 1024, 1),
-                    "fds": fds,
-                }
-                if mem is None and name not in hub_exits:
-                    hub_exits.append(name)
+        row: dict[str, Any] = {"t": round(t, 1), "committed_per_s": round(got / s.sample_s, 1)}
+        _sample(pids, t, series, row, hub_exits)
         samples.append(row)
-        for p in plugs:
-            if p.proc is not None and p.proc.poll() is not None:
-                plug_errors.append(f"{p.config['device_id']} exited {p.proc.returncode}")
-                p.start()  # it reboots; its flash is intact
-        hubs = [row.get(cluster.node_id(i), {}) for i in range(cluster.n)]
-        say(
-            f"  t={t:6.0f}s  committed {got / sample_s:8,.0f}/s  "
-            + "  ".join(
-                f"{cluster.node_id(i)} {h.get('rss_mib')} MiB {h.get('fds')} fds"
-                for i, h in enumerate(hubs)
-            )
-        )
+        _restart_exited(plugs, plug_errors)
+        _say_sample(cluster, row, t, got / s.sample_s, say)
         if hub_exits:
             raise BenchError(f"a hub exited during the soak: {', '.join(hub_exits)}")
-        if t >= duration:
+        if t >= s.duration:
             break
-        next_at += sample_s
+        next_at += s.sample_s
     return {
         "series": series,
         "samples": samples,
@@ -571,7 +397,83 @@ def _run(
     }
 
 
-def _stop_plugs(plugs: list[Any]) -> tuple[dict[str, int], list[str]]:
+def _sample(
+    pids: dict[str, int],
+    t: float,
+    series: dict[str, list[dict[str, Any]]],
+    row: dict[str, Any],
+    hub_exits: list[str],
+) -> None:
+    """One sample of every process into ``series``; the hubs' also into
+    ``row``, and a hub that is gone into ``hub_exits``."""
+    for name, pid in pids.items():
+        mem = proc_memory(pid)
+        fds = proc_fds(pid)
+        series[name].append(
+            {
+                "t": t,
+                "rss_kib": None if mem is None else mem["VmRSS"],
+                "anon_kib": None if mem is None else mem.get("RssAnon", 0),
+                "file_kib": None if mem is None else mem.get("RssFile", 0),
+                "fds": fds,
+            }
+        )
+        if name.startswith("hub-") and "-" not in name[4:]:
+            row[name] = {
+                "rss_mib": None if mem is None else round(mem["VmRSS"] / 1024, 1),
+                "anon_mib": None if mem is None else round(mem.get("RssAnon", 0) / 1024, 1),
+                "fds": fds,
+            }
+            if mem is None and name not in hub_exits:
+                hub_exits.append(name)
+
+
+def _restart_exited(plugs: list[Device], errors: list[str]) -> None:
+    for p in plugs:
+        if p.proc is not None and p.proc.poll() is not None:
+            errors.append(f"{p.config['device_id']} exited {p.proc.returncode}")
+            p.start()  # it reboots; its flash is intact
+
+
+def _say_sample(
+    cluster: LocalCluster, row: dict[str, Any], t: float, rate: float, say: rig.Say
+) -> None:
+    hubs = [row.get(cluster.node_id(i), {}) for i in range(cluster.n)]
+    say(
+        f"  t={t:6.0f}s  committed {rate:8,.0f}/s  "
+        + "  ".join(
+            f"{cluster.node_id(i)} {h.get('rss_mib')} MiB {h.get('fds')} fds"
+            for i, h in enumerate(hubs)
+        )
+    )
+
+
+def _end(cluster: LocalCluster, gens: SoakGenerators, plugs: list[Device], say: rig.Say) -> Ending:
+    """Stop the load and the plugs; wait for the hubs to converge and check
+    that they hold every reading a device saw acknowledged."""
+    stops = gens.call({"cmd": "stop"}, timeout=120)
+    tail = gens.call({"cmd": "trim"})
+    acked = {k: v for part in tail for k, v in part["acked"].items()}
+    say("stopping the plugs")
+    plug_marks, plug_errors = _stop_plugs(plugs)
+    after = rig.hub_counters(cluster)
+    say("waiting for every hub to hold the same content")
+    converged, hashes, took = _wait_converged(cluster, CONVERGE_TIMEOUT_S)
+    return Ending(
+        stops=stops,
+        acked=acked,
+        plug_marks=plug_marks,
+        plug_errors=plug_errors,
+        after=after,
+        converged=converged,
+        hashes=hashes,
+        convergence_s=took,
+        missing=_missing(cluster, {**acked, **plug_marks}),
+        store_bytes={cluster.node_id(i): _dir_bytes(cluster.data_dir(i)) for i in range(cluster.n)},
+    )
+
+
+def _stop_plugs(plugs: list[Device]) -> tuple[dict[str, int], list[str]]:
     marks: dict[str, int] = {}
     errors: list[str] = []
     for p in plugs:
@@ -584,7 +486,19 @@ def _stop_plugs(plugs: list[Any]) -> tuple[dict[str, int], list[str]]:
     return marks, errors
 
 
-def _missing(cluster: Any, acked: dict[str, int]) -> int:
+def _wait_converged(cluster: LocalCluster, timeout: float) -> tuple[bool, dict[str, str], float]:
+    t0 = time.monotonic()
+    hashes: dict[str, str] = {}
+    while time.monotonic() - t0 < timeout:
+        with contextlib.suppress(HubError, ClusterError, KeyError):
+            hashes = cluster.hashes()
+            if len(hashes) == cluster.n and len(set(hashes.values())) == 1:
+                return True, hashes, round(time.monotonic() - t0, 2)
+        time.sleep(1.0)
+    return False, hashes, round(time.monotonic() - t0, 2)
+
+
+def _missing(cluster: LocalCluster, acked: dict[str, int]) -> int:
     """Readings below each device's acknowledged watermark that a hub lacks
     (a hub's watermark below what the device saw acknowledged)."""
     missing = 0
@@ -598,14 +512,119 @@ def _missing(cluster: Any, acked: dict[str, int]) -> int:
     return missing
 
 
+def _dir_bytes(path: Path) -> int:
+    total = 0
+    for p in path.rglob("*"):
+        with contextlib.suppress(OSError):
+            if p.is_file():
+                total += p.stat().st_size
+    return total
+
+
+# -- the report ------------------------------------------------------------------------------
+
+
+def report(s: Settings, run: Run) -> dict[str, Any]:
+    """The JSON-ready result of a soak."""
+    sampled, end = run.sampled, run.end
+    hubs, brokers, others = _summaries(sampled["series"], s.warmup)
+    rss_max = max((h.get("rss_growth_pct", math.inf) for h in hubs.values()), default=math.inf)
+    anon_max = max(
+        (h.get("rss_anon_growth_pct", math.inf) for h in hubs.values()), default=math.inf
+    )
+    fd_max = max(
+        (h["fd_growth"] if h.get("fd_growth") is not None else NO_FD_FIGURE for h in hubs.values()),
+        default=NO_FD_FIGURE,
+    )
+    lat = sampled["latency_ms"]
+    before, after = run.before, end.after
+    return {
+        "bench": "soak",
+        "minutes": s.minutes,
+        "duration_s": round(sampled["seconds"], 1),
+        "offered_readings_per_s": round(run.rate, 1),
+        "rate_source": "given" if run.measured is None else "half of the measured maximum",
+        "max_readings_per_s_measured": None if run.measured is None else round(run.measured, 1),
+        "committed_readings_per_s": round(sampled["committed"] / sampled["seconds"], 1),
+        "ack_latency_ms_p50": None if not lat else round(percentile(lat, 50), 1),
+        "ack_latency_ms_p99": None if not lat else round(percentile(lat, 99), 1),
+        "rss_growth_pct_max": None if math.isinf(rss_max) else rss_max,
+        "rss_anon_growth_pct_max": None if math.isinf(anon_max) else anon_max,
+        "fd_growth_max": None if fd_max == NO_FD_FIGURE else fd_max,
+        "converged": end.converged,
+        "convergence_s": end.convergence_s,
+        "acked_readings_missing": end.missing,
+        "bars": {
+            "rss_growth_pct_at_most_10": rss_max <= RSS_GROWTH_BAR_PCT,
+            "fd_growth_at_most_0": fd_max <= FD_GROWTH_BAR,
+            "converged": end.converged,
+            "nothing_acked_missing": end.missing == 0,
+            "stated_for_minutes": SOAK_BAR_MINUTES,
+            "run_long_enough": s.minutes >= SOAK_BAR_MINUTES,
+        },
+        "hubs": hubs,
+        "brokers": brokers,
+        "generator": others,
+        "content_hashes": end.hashes,
+        "store_bytes_at_end": end.store_bytes,
+        "readings_acked_by_generator": sum(end.acked.values()),
+        "plugs": {
+            "count": run.plugs,
+            "runtime": run.runtime,
+            "readings_acked": sum(end.plug_marks.values()),
+            "errors": end.plug_errors + sampled["plug_errors"],
+        },
+        "devices": s.devices,
+        "nodes": rig.NODES,
+        "sample_s": s.sample_s,
+        "warmup_s": s.warmup,
+        "generator_stats": _generator_report(end.stops, sampled["exhausted"]),
+        "rejects": rig.diff(after["rejected"], before["rejected"]),
+        "failures": rig.diff(after["failed"], before["failed"]),
+        "raft_term_increase": after["term"] - before["term"],
+        "hub_restarts": sampled["hub_exits"],
+        "cpu_cores": sampled["cpu"],
+        "samples": sampled["samples"],
+        "machine": machine(),
+        "note": NOTE,
+    }
+
+
+def _summaries(
+    series: dict[str, list[dict[str, Any]]], warmup: float
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """leaks.summarize for the hubs, their brokers and the generators."""
+    hubs = {
+        name: summarize(x, warmup)
+        for name, x in series.items()
+        if name.startswith("hub-") and not name.endswith("-mosquitto")
+    }
+    brokers = {
+        name: summarize(x, warmup) for name, x in series.items() if name.endswith("-mosquitto")
+    }
+    others = {
+        name: summarize(x, warmup) for name, x in series.items() if name.startswith("generator")
+    }
+    return hubs, brokers, others
+
+
+def _generator_report(stops: list[dict[str, Any]], exhausted: int) -> dict[str, Any]:
+    stats = total_stats(stops)
+    return {
+        "batches_published": stats.get("published", 0),
+        "disconnects": stats.get("disconnects", 0),
+        "reconnects": stats.get("reconnects", 0),
+        "devices_out_of_frames": exhausted,
+        "unacked_batches_at_end": sum(x["unacked_batches"] for x in stops),
+    }
+
+
 def main(argv: list[str]) -> int:
     """Entry point of the generator processes: `generate`."""
     if argv[:1] == ["generate"]:
-        # bench_hub's generator loop, with this module's Generator.
-        bh.Generator = SoakGenerator  # type: ignore[misc]
-        asyncio.run(bh._generator_main())
+        asyncio.run(generator.serve(SoakGenerator))
         return 0
-    print("usage: python -m tools.bench_soak generate", file=sys.stderr)
+    print("usage: python -m tools.bench.soak generate", file=sys.stderr)
     return 2
 
 

@@ -37,8 +37,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from tools.base.paths import ROOT
-from tools.bench.codec import BenchError
+from tools.base.paths import ROOT, NotInstalled, micropython_binary
+from tools.bench import watch
+from tools.bench.codec import BenchError, codec
+from tools.bench.decide import decide
+from tools.bench.edge import edge
+from tools.bench.failover import failover
+from tools.bench.ingest import ingest
+from tools.bench.soak import soak
 
 DOC: Final = ROOT / "docs" / "BENCHMARKS.md"
 BENCHES: Final = ("codec", "edge", "ingest", "failover", "decide", "soak")
@@ -284,13 +290,9 @@ def _row(
 
 
 def machine() -> dict[str, Any]:
-    from tools.bench.hub import machine as hub_machine
-
-    out = hub_machine()
+    out = watch.machine()
     out["micropython"] = ""
-    with contextlib.suppress(BenchError, OSError, subprocess.SubprocessError):
-        from tools.base.paths import micropython_binary
-
+    with contextlib.suppress(NotInstalled, OSError, subprocess.SubprocessError):
         proc = subprocess.run(
             [
                 micropython_binary(),
@@ -316,11 +318,8 @@ class CpuWatch:
     every child it waited for (the benchmarks' hubs, brokers and devices)."""
 
     def __init__(self) -> None:
-        from tools.bench.hub import _machine_busy
-
-        self._busy = _machine_busy
         self.t0 = time.monotonic()
-        self.busy0 = _machine_busy()[0]
+        self.busy0 = watch.machine_busy()[0]
         self.ours0 = self._ours()
 
     @staticmethod
@@ -330,7 +329,7 @@ class CpuWatch:
 
     def read(self) -> dict[str, Any]:
         wall = max(1e-9, time.monotonic() - self.t0)
-        busy = (self._busy()[0] - self.busy0) / wall
+        busy = (watch.machine_busy()[0] - self.busy0) / wall
         ours = (self._ours() - self.ours0) / wall
         other = max(0.0, busy - ours)
         return {
@@ -345,30 +344,14 @@ class CpuWatch:
 # -- running -------------------------------------------------------------------------------
 
 
-def _runner(bench: str) -> Callable[..., dict[str, Any]]:
-    if bench == "codec":
-        from tools.bench.codec import codec
-
-        return codec
-    if bench == "edge":
-        from tools.bench.edge import edge
-
-        return edge
-    if bench == "ingest":
-        from tools.bench.hub import ingest
-
-        return ingest
-    if bench == "failover":
-        from tools.bench.hub import failover
-
-        return failover
-    if bench == "decide":
-        from tools.bench.decide import decide
-
-        return decide
-    from tools.bench.soak import soak
-
-    return soak
+RUNNERS: Final[dict[str, Callable[..., dict[str, Any]]]] = {
+    "codec": codec,
+    "edge": edge,
+    "ingest": ingest,
+    "failover": failover,
+    "decide": decide,
+    "soak": soak,
+}
 
 
 def run_all(
@@ -401,7 +384,7 @@ def run_all(
         say(f"== {commands[bench]}")
         t0 = time.monotonic()
         try:
-            results[bench] = _runner(bench)(**kwargs, **({} if bench == "codec" else {"say": say}))
+            results[bench] = RUNNERS[bench](**kwargs, **({} if bench == "codec" else {"say": say}))
         except Exception as exc:  # one benchmark failing must not lose the others
             errors[bench] = f"{type(exc).__name__}: {exc}"
             say(f"   {bench} failed: {errors[bench]}")

@@ -7,18 +7,14 @@ tools/ml/anomaly_train.py does the work; docs/anomaly.md describes it.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from hub.decide import anomaly as an
-
-
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    typer.echo(f"aiot: {message}", err=True)
-    return typer.Exit(code)
+from tools.cli.output import emit, reported, say
+from tools.ml import anomaly_train as at
 
 
 def train_anomaly(
@@ -33,15 +29,9 @@ def train_anomaly(
     version: Annotated[str, typer.Option(help="Version written into the manifest.")] = "1",
 ) -> None:
     """Train the anomaly model on simulator data, export it to ONNX, write its manifest."""
-    from tools.ml import anomaly_train as at
-
     target = out if out is not None else an.default_manifest_path().parent
-    try:
-        result = at.train(
-            target, seed, hours, version=version, log=lambda msg: typer.echo(msg, err=True)
-        )
-    except (at.TrainError, an.AnomalyError) as exc:
-        raise _fail(str(exc)) from None
+    with reported(2, an.AnomalyError):
+        result = at.train(target, seed, hours, version=version, log=say)
     man = result.manifest
     held = man["metrics"]["heldout"]
     typer.echo(f"model     {result.model_path} ({man['size']} bytes)")
@@ -68,19 +58,10 @@ def eval_anomaly(
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Precision, recall and F1 of the anomaly model on held-out simulator data."""
-    from tools.ml import anomaly_train as at
-
     path = model if model is not None else an.default_manifest_path()
-    try:
+    with reported(2, an.AnomalyError):
         result: dict[str, Any] = at.evaluate(path, seed, hours)
-    except (at.TrainError, an.AnomalyError) as exc:
-        raise _fail(str(exc)) from None
-    if json_out:
-        typer.echo(json.dumps(result))
-        return
-    for key, value in result.items():
-        text = json.dumps(value) if isinstance(value, dict) else value
-        typer.echo(f"{key:>20}  {text}")
+    emit(result, json_out, width=20)
 
 
 def register_models(models_app: typer.Typer) -> None:

@@ -18,6 +18,27 @@ from typing import Annotated, Any
 
 import typer
 
+from hub.link.broker import INSTALL_HINT, find_mosquitto
+from tools.chaos import campaign as chaos_mod
+from tools.chaos.netns import netns_available
+from tools.cli.output import fail, print_fields
+
+_SUMMARY_KEYS = (
+    "seed",
+    "duration_s",
+    "partition_method",
+    "faults_injected",
+    "readings_acked",
+    "readings_lost",
+    "duplicates_stored",
+    "commands_issued",
+    "commands_executed",
+    "commands_executed_twice",
+    "commands_by_state",
+    "converged",
+    "max_recovery_s",
+)
+
 
 def chaos(
     duration: Annotated[
@@ -46,19 +67,13 @@ def chaos(
     """Inject faults into a local hub cluster and MicroPython devices; check
     that nothing acknowledged is lost or stored twice, no command runs twice,
     the replicas converge and ingest recovers."""
-    from hub.link.broker import INSTALL_HINT, find_mosquitto
-    from tools.chaos import campaign as chaos_mod
-
     if partition not in ("auto", "netns", "sigstop"):
-        typer.echo("aiot: --partition: expected auto, netns or sigstop", err=True)
-        raise typer.Exit(2)
+        raise fail("--partition: expected auto, netns or sigstop")
     if find_mosquitto() is None:
-        typer.echo(f"aiot: mosquitto not found: {INSTALL_HINT}", err=True)
-        raise typer.Exit(2)
+        raise fail(f"mosquitto not found: {INSTALL_HINT}")
     use_netns = None if partition == "auto" else partition == "netns"
-    if use_netns and not chaos_mod.netns_available():
-        typer.echo("aiot: --partition netns: cannot create network namespaces here", err=True)
-        raise typer.Exit(2)
+    if use_netns and not netns_available():
+        raise fail("--partition netns: cannot create network namespaces here")
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
@@ -83,11 +98,9 @@ def chaos(
             log=log,
         )
     except KeyboardInterrupt:
-        typer.echo("aiot: chaos: interrupted; everything it started is stopped", err=True)
-        raise typer.Exit(130) from None
+        raise fail("chaos: interrupted; everything it started is stopped", 130) from None
     except Exception as exc:  # set-up failures: say what, not a traceback
-        typer.echo(f"aiot: chaos: the campaign could not run: {exc}", err=True)
-        raise typer.Exit(2) from None
+        raise fail(f"chaos: the campaign could not run: {exc}") from None
     if json_out:
         typer.echo(json.dumps(summary))
     else:
@@ -96,24 +109,8 @@ def chaos(
 
 
 def _print(s: dict[str, Any]) -> None:
-    keys = (
-        "seed",
-        "duration_s",
-        "partition_method",
-        "faults_injected",
-        "readings_acked",
-        "readings_lost",
-        "duplicates_stored",
-        "commands_issued",
-        "commands_executed",
-        "commands_executed_twice",
-        "commands_by_state",
-        "converged",
-        "max_recovery_s",
-    )
-    for key in keys:
-        value = s[key]
-        typer.echo(f"{key:>24}  {json.dumps(value) if isinstance(value, dict) else value}")
+    """The campaign's summary, one aligned line per figure, then the violations."""
+    print_fields({key: s[key] for key in _SUMMARY_KEYS}, 24)
     if s.get("workdir"):
         typer.echo(f"{'workdir':>24}  {s['workdir']}")
     if s["violations"]:
@@ -123,8 +120,3 @@ def _print(s: dict[str, Any]) -> None:
             typer.echo(f"  {v['check']} {where}: {v['detail']}")
     else:
         typer.echo("no violations")
-
-
-def register(app: typer.Typer) -> None:
-    """Add `chaos` to the `aiot` app."""
-    app.command("chaos")(chaos)

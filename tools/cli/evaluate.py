@@ -1,19 +1,21 @@
-"""``aiot eval ...``: measure models before they are trusted.
+"""`aiot eval`: measure models before they are trusted.
 
     aiot eval decisions [--model NAME_OR_PATH] [--scenarios FILE] [--json] [--limit N]
+    aiot eval anomaly [--model MANIFEST] [--seed N] [--json]    (tools/cli/anomaly.py)
 
-``register(app)`` adds the ``eval`` group to the ``aiot`` application.
+``register(app)`` adds the ``eval`` group to an application.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from hub.decide.llm import DEFAULT_MODEL, MODELS_DIR, ModelError, resolve_model
+from tools.cli import anomaly
+from tools.cli.output import emit, group, reported, say
 from tools.ml.eval_decisions import (
     DEFAULT_EVAL_DEADLINE_MS,
     DEFAULT_SCENARIOS,
@@ -22,22 +24,14 @@ from tools.ml.eval_decisions import (
     load_scenarios,
 )
 
-eval_app = typer.Typer(
-    help="Evaluate models on scenario sets (the numbers the trust gate reads).",
-    no_args_is_help=True,
-)
+eval_app = group("eval", "Measure models before they are trusted.")
 
 
 def register(app: typer.Typer) -> None:
-    app.add_typer(eval_app, name="eval")
+    """Add the `eval` group to ``app``."""
+    app.add_typer(eval_app)
 
 
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    typer.echo(f"aiot: {message}", err=True)
-    return typer.Exit(code)
-
-
-@eval_app.command("decisions")
 def decisions(
     model: Annotated[
         str,
@@ -58,26 +52,16 @@ def decisions(
     models_dir: Annotated[Path, typer.Option(help="Where model names are looked up.")] = MODELS_DIR,
 ) -> None:
     """Run the LLM on every scenario: accuracy, invalid_rate, latency_ms_p50/p95, n."""
-    try:
+    with reported(2, ModelError, ScenarioError):
         path = resolve_model(model, models_dir)
         cases = load_scenarios(scenarios)
-    except (ModelError, ScenarioError) as exc:
-        raise _fail(str(exc)) from None
     if limit is not None:
         cases = cases[:limit]
-    typer.echo(f"evaluating {path.name} on {len(cases)} scenarios from {scenarios}", err=True)
-    try:
-        result = evaluate(
-            path,
-            cases,
-            threads=threads,
-            deadline_ms=deadline_ms,
-            progress=lambda line: typer.echo(line, err=True),
-        )
-    except ModelError as exc:
-        raise _fail(str(exc), 1) from None
-    if json_out:
-        typer.echo(json.dumps(result))
-        return
-    for key, value in result.items():
-        typer.echo(f"{key:>24}  {json.dumps(value) if isinstance(value, dict) else value}")
+    say(f"evaluating {path.name} on {len(cases)} scenarios from {scenarios}")
+    with reported(1, ModelError):
+        result = evaluate(path, cases, threads=threads, deadline_ms=deadline_ms, progress=say)
+    emit(result, json_out, width=24)
+
+
+anomaly.register_eval(eval_app)
+eval_app.command("decisions")(decisions)

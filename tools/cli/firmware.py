@@ -17,20 +17,22 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 
-from tools.base.hubclient import HubClient, HubError
+from tools.base.hubclient import HubError
+from tools.base.paths import ROOT
+from tools.cli.output import fail, group, reported, say
+from tools.cli.remote import ConfigOpt, HubOpt, TokenOpt, session
+from tools.firmware.build import BOARDS, build, load_bundle, load_wifi
+from tools.firmware.flash import flash, verify, write_image
+from tools.firmware.ota import send, upload, wait
+from tools.firmware.virtual import VirtualBoard
 
-firmware_app = typer.Typer(
-    help="Device firmware: build to .mpy, flash, verify, update over the air.",
-    no_args_is_help=True,
+firmware_app = group(
+    "firmware", "Device firmware: build to .mpy, flash, verify, update over the air."
 )
 
-ConfigOpt = Annotated[
-    Path | None,
-    typer.Option("--config", "-c", help="A hub node's config file (or AIOT_CONFIG)."),
-]
-HubOpt = Annotated[str | None, typer.Option("--hub", help="A hub's HTTP URL (or AIOT_HUB).")]
-TokenOpt = Annotated[str | None, typer.Option("--token", help="Admin token (or AIOT_TOKEN).")]
 PortOpt = Annotated[
     str,
     typer.Option("--port", "-p", help="Serial device (/dev/ttyUSB0) or socket://HOST:PORT."),
@@ -42,23 +44,8 @@ DEFAULT_OUT = Path("build/firmware")
 
 
 def register(app: typer.Typer) -> None:
-    app.add_typer(firmware_app, name="firmware")
-
-
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    typer.echo(f"aiot: {message}", err=True)
-    return typer.Exit(code)
-
-
-def _say(line: str) -> None:
-    typer.echo(line, err=True)
-
-
-def _client(config: Path | None, hub: str | None, token: str | None) -> HubClient:
-    try:
-        return HubClient.from_options(config, hub, token)
-    except HubError as exc:
-        raise _fail(str(exc)) from None
+    """Add the `firmware` group to ``app``."""
+    app.add_typer(firmware_app)
 
 
 def _kib(n: int | None) -> str:
@@ -88,38 +75,32 @@ def build_cmd(
     json_out: Annotated[bool, typer.Option("--json", help="Print bundle.json.")] = False,
 ) -> None:
     """Compile edge/ and firmware/ to .mpy for a board, with the device's config from the hub."""
-    from tools.base.paths import ROOT
-    from tools.firmware.build import BOARDS, BuildError, build, load_wifi
-
     spec = BOARDS.get(board)
     if spec is None:
-        raise _fail(f"unknown board {board!r}: one of {', '.join(BOARDS)}")
+        raise fail(f"unknown board {board!r}: one of {', '.join(BOARDS)}")
     if wifi_secrets is None and (ROOT / "firmware" / "wifi.json").exists():
         wifi_secrets = ROOT / "firmware" / "wifi.json"
-    overrides: dict[str, Any] = {}
-    try:
+    with reported():
         wifi = load_wifi(wifi_secrets)
-        if settings is not None:
+    overrides: dict[str, Any] = {}
+    if settings is not None:
+        try:
             overrides = json.loads(settings.read_text())
-    except BuildError as exc:
-        raise _fail(str(exc)) from None
-    except (OSError, ValueError) as exc:
-        raise _fail(f"--settings {settings}: {exc}") from None
-    with _client(config, hub, token) as client:
+        except (OSError, ValueError) as exc:
+            raise fail(f"--settings {settings}: {exc}") from None
+    with session(config, hub, token) as client:
         try:
             registry = client.get(f"/v1/devices/{device}/config")
         except HubError as exc:
-            if exc.status == 404:
-                raise _fail(
-                    f"device {device!r} is not registered on the hub at {client.url}: "
-                    f"register it first (aiot device add {device})",
-                    1,
-                ) from None
-            raise _fail(str(exc), 1) from None
-    try:
-        info = build(spec, registry, out, wifi=wifi, overrides=overrides, say=_say)
-    except BuildError as exc:
-        raise _fail(str(exc), 1) from None
+            if exc.status != 404:
+                raise
+            raise fail(
+                f"device {device!r} is not registered on the hub at {client.url}: "
+                f"register it first (aiot device add {device})",
+                1,
+            ) from None
+    with reported(1):
+        info = build(spec, registry, out, wifi=wifi, overrides=overrides, say=say)
     if json_out:
         typer.echo(json.dumps(info, indent=1))
         return
@@ -164,18 +145,12 @@ def flash_cmd(
     timeout: TimeoutOpt = 10.0,
 ) -> None:
     """Copy the bundle's changed files (by sha256), then the config, then reset."""
-    from rich.console import Console
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
-
-    from tools.firmware.build import BuildError, load_bundle
-    from tools.firmware.flash import FlashError, flash, write_image
-
-    try:
+    with reported(1):
         info = load_bundle(out)
         if erase:
             if micropython is None:
-                raise _fail("--erase needs --micropython IMAGE")
-            write_image(info["board"], port, micropython, uf2_drive, say=_say)
+                raise fail("--erase needs --micropython IMAGE")
+            write_image(info["board"], port, micropython, uf2_drive, say=say)
         # The bar appears with the first file copied: an error before that
         # (no port, no answer, the wrong board) is its one line alone.
         bars = Progress(
@@ -204,8 +179,6 @@ def flash_cmd(
         finally:
             if bars.live.is_started:
                 bars.stop()
-    except (FlashError, BuildError) as exc:
-        raise _fail(str(exc), 1) from None
     typer.echo(
         f"flashed {port}: {len(report.copied)} file(s) copied ({report.bytes_copied:,} bytes), "
         f"{len(report.unchanged)} unchanged, {len(report.removed)} removed"
@@ -226,13 +199,8 @@ def verify_cmd(
     timeout: TimeoutOpt = 10.0,
 ) -> None:
     """Read the board's file hashes back (and compare them with a bundle)."""
-    from tools.firmware.build import BuildError
-    from tools.firmware.flash import FlashError, verify
-
-    try:
+    with reported(1):
         result = verify(port, out, timeout)
-    except (FlashError, BuildError) as exc:
-        raise _fail(str(exc), 1) from None
     typer.echo(json.dumps(result, indent=1))
     if out is not None and not result["matches"]:
         raise typer.Exit(1)
@@ -261,20 +229,12 @@ def ota_cmd(
     ] = 0.0,
 ) -> None:
     """Upload the bundle to the hubs and send the device a signed ota.update command."""
-    from tools.firmware.build import BuildError
-    from tools.firmware.ota import OtaError, send, upload, wait
-
-    with _client(config, hub, token) as client:
-        try:
-            sha, here, stored = upload(client, out)
-            rec = send(client, device, url or here, sha)
-            typer.echo(f"bundle {sha} on {len(stored)} node(s); command {rec['command_id']}")
-            if wait_s > 0:
-                rec = wait(client, rec["command_id"], wait_s, _show_step)
-        except (OtaError, BuildError) as exc:
-            raise _fail(str(exc), 1) from None
-        except HubError as exc:
-            raise _fail(str(exc), 1) from None
+    with session(config, hub, token) as client:
+        sha, here, stored = upload(client, out)
+        rec = send(client, device, url or here, sha)
+        typer.echo(f"bundle {sha} on {len(stored)} node(s); command {rec['command_id']}")
+        if wait_s > 0:
+            rec = wait(client, rec["command_id"], wait_s, _show_step)
     typer.echo(json.dumps(rec, indent=1))
     if wait_s > 0 and rec.get("state") != "DONE":
         raise typer.Exit(1)
@@ -286,12 +246,8 @@ def virtual_cmd(
     port: Annotated[int, typer.Option("--port", help="TCP port on 127.0.0.1.")] = 7000,
 ) -> None:
     """Serve a virtual board (MicroPython unix port behind socat) until Ctrl-C."""
-    from tools.firmware.virtual import VirtualBoard, VirtualBoardError
-
-    try:
+    with reported():
         vb = VirtualBoard(directory, port).start()
-    except VirtualBoardError as exc:
-        raise _fail(str(exc)) from None
     typer.echo(f"virtual board at {vb.url}, file system {directory}")
     typer.echo(f"flash:    aiot firmware flash --port {vb.url} --out BUNDLE")
     typer.echo(f"power on: cd {directory} && MICROPYPATH=.:.frozen micropython -m loader")

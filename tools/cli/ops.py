@@ -40,7 +40,6 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from hub.core import auth
 from hub.core import config as hub_config
 from hub.ops.backup import (
     BACKUP_FORMAT,
@@ -58,23 +57,15 @@ from hub.ops.backup import (
     read_snapshot,
     restore_node,
 )
-from hub.state.store import SnapshotError
+from hub.state.errors import SnapshotError
+from tools.base.hubclient import WHICH_HUB, node_endpoint
 from tools.base.paths import DOCS
+from tools.cli.output import fail, reported
+from tools.cli.remote import ConfigOpt, HubOpt, TokenOpt
 
-ConfigOpt = Annotated[
-    Path | None,
-    typer.Option("--config", "-c", help="A hub node's config file (or AIOT_CONFIG)."),
-]
-HubOpt = Annotated[str | None, typer.Option("--hub", help="A hub's HTTP URL (or AIOT_HUB).")]
-TokenOpt = Annotated[str | None, typer.Option("--token", help="Admin token (or AIOT_TOKEN).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")]
 
 _err = Console(stderr=True)
-
-
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    typer.echo(f"aiot: {message}", err=True)
-    return typer.Exit(code)
 
 
 def _progress() -> Progress:
@@ -104,18 +95,12 @@ def _endpoint(
         try:
             cfg = hub_config.load(config)
         except hub_config.ConfigError as exc:
-            raise _fail(str(exc), 2) from None
-        addr = cfg.http.address
-        host = "127.0.0.1" if addr.host in ("0.0.0.0", "::") else addr.host
-        return f"http://{host}:{addr.port}", auth.admin_token(cfg.raft.secret), cfg
+            raise fail(str(exc)) from None
+        return (*node_endpoint(cfg), cfg)
     url = hub or os.environ.get("AIOT_HUB")
     token = token or os.environ.get("AIOT_TOKEN")
     if not url or not token:
-        raise _fail(
-            "which hub? give --config hub.toml, or --hub URL and --token "
-            "(or AIOT_CONFIG, or AIOT_HUB and AIOT_TOKEN)",
-            2,
-        )
+        raise fail(WHICH_HUB)
     return url.rstrip("/"), token, None
 
 
@@ -133,7 +118,7 @@ def _download(url: str, token: str, dest: Path, quiet: bool) -> dict[str, str]:
                     detail = resp.json().get("detail", resp.text)
                 except ValueError:
                     detail = resp.text
-                raise _fail(f"hub at {url} refused the backup: {resp.status_code}: {detail}")
+                raise fail(f"hub at {url} refused the backup: {resp.status_code}: {detail}", 1)
             meta = {k.lower(): v for k, v in resp.headers.items() if k.lower().startswith("x-aiot")}
             estimate = int(meta.get("x-aiot-estimated-bytes", "0") or 0) or None
             with _progress() as bar:
@@ -148,7 +133,7 @@ def _download(url: str, token: str, dest: Path, quiet: bool) -> dict[str, str]:
             out.flush()
             os.fsync(out.fileno())
     except httpx.HTTPError as exc:
-        raise _fail(f"hub at {url}: the backup did not complete: {exc}") from None
+        raise fail(f"hub at {url}: the backup did not complete: {exc}", 1) from None
     return meta
 
 
@@ -166,7 +151,7 @@ def backup(
     """A consistent snapshot of the cluster's state from one node, with its manifest."""
     url, tok, cfg = _endpoint(config, hub, token)
     if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
-        raise _fail(f"{directory} exists and is not empty: give a new directory", 2)
+        raise fail(f"{directory} exists and is not empty: give a new directory")
     directory.mkdir(parents=True, exist_ok=True)
     os.chmod(directory, 0o700)  # it holds device keys and password hashes
     partial = directory / (SNAPSHOT_FILE + ".partial")
@@ -176,7 +161,7 @@ def backup(
             with open(partial, "rb") as f:
                 summary = read_snapshot(f)
         except SnapshotError as exc:
-            raise _fail(f"the snapshot from {url} is not valid ({exc}); nothing kept") from None
+            raise fail(f"the snapshot from {url} is not valid ({exc}); nothing kept", 1) from None
         os.replace(partial, directory / SNAPSHOT_FILE)
         registry = {**summary.registry, "rows": summary.rows}
         (directory / REGISTRY_FILE).write_text(json.dumps(registry, indent=2) + "\n")
@@ -184,7 +169,7 @@ def backup(
         if model_dir is not None and model_dir.is_dir():
             shutil.copytree(model_dir, directory / MODELS_DIR)
         elif models is not None:
-            raise _fail(f"--models {models}: not a directory", 2)
+            raise fail(f"--models {models}: not a directory")
         files = manifest_files(directory)
         manifest: dict[str, Any] = {
             "format": BACKUP_FORMAT,
@@ -242,26 +227,18 @@ def restore(
     json_out: JsonOpt = False,
 ) -> None:
     """Build the nodes of a new cluster from a backup: every node stopped, data dirs empty."""
-    try:
+    with reported(1, BackupError):
         manifest = load_manifest(directory)
-    except BackupError as exc:
-        raise _fail(str(exc)) from None
-    cfgs = []
-    for path in config:
-        try:
-            cfgs.append(hub_config.load(path))
-        except hub_config.ConfigError as exc:
-            raise _fail(str(exc), 2) from None
+    with reported(2, hub_config.ConfigError):
+        cfgs = [hub_config.load(path) for path in config]
     clusters = {tuple(cluster_of(c)) for c in cfgs}
     if len(clusters) > 1:
-        raise _fail("the configs describe different clusters (raft.bind and raft.peers)", 2)
+        raise fail("the configs describe different clusters (raft.bind and raft.peers)")
     if len({c.node_id for c in cfgs}) != len(cfgs):
-        raise _fail("the same node is given twice", 2)
-    try:
+        raise fail("the same node is given twice")
+    with reported(2, BackupError):
         for c in cfgs:
             check_target(c)  # every node before any is touched
-    except BackupError as exc:
-        raise _fail(str(exc), 2) from None
     plan = RestorePlan.of(manifest, term_gap)
     snap_bytes = (directory / SNAPSHOT_FILE).stat().st_size
     done: list[dict[str, Any]] = []
@@ -275,7 +252,7 @@ def restore(
             try:
                 got = restore_node(c, directory, plan, advance)
             except (BackupError, SnapshotError, OSError) as exc:
-                raise _fail(f"{c.node_id}: {exc}") from None
+                raise fail(f"{c.node_id}: {exc}", 1) from None
             done.append({"node": c.node_id, "data_dir": str(c.data_dir), "content_hash": got})
     members = list(next(iter(clusters)))
     result: dict[str, Any] = {
@@ -463,7 +440,7 @@ def install_service(
 ) -> None:
     """Write a systemd unit for this node, and a sample config and secret file if missing."""
     if not re.fullmatch(r"[a-z_][a-z0-9_-]{0,31}", user):
-        raise _fail(f"--user {user!r}: not a valid system user name", 2)
+        raise fail(f"--user {user!r}: not a valid system user name")
     config = config.absolute()
     unit = render_unit(config, user, env_file, _aiot_command(), data_root)
     files: list[tuple[Path, str, int]] = [(unit_dir / UNIT_NAME, unit, 0o644)]
@@ -490,7 +467,7 @@ def install_service(
                 f.write(text)
             os.chmod(path, mode)
         except OSError as exc:
-            raise _fail(f"cannot write {path}: {exc.strerror} (run it as root?)") from None
+            raise fail(f"cannot write {path}: {exc.strerror} (run it as root?)", 1) from None
         typer.echo(f"wrote {path}")
     steps = [
         f"id -u {user} >/dev/null 2>&1 || useradd --system --home {data_root} "
@@ -501,12 +478,3 @@ def install_service(
         f"journalctl -u {UNIT_NAME.removesuffix('.service')} -f",
     ]
     typer.echo(("# then:\n" if dry_run else "then:\n") + "\n".join(f"  {s}" for s in steps))
-
-
-def register(app: typer.Typer) -> None:
-    """Add `backup`, `restore` and `hub install-service` to the `aiot` app."""
-    from tools.cli.hub import hub_app
-
-    app.command("backup")(backup)
-    app.command("restore")(restore)
-    hub_app.command("install-service")(install_service)

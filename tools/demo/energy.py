@@ -37,6 +37,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from hub.core import auth
 from hub.link.broker import find_mosquitto
+from tools.base.errors import ToolError
 from tools.base.hubclient import HubClient, HubError
 from tools.base.paths import ROOT
 from tools.lab.cluster import ClusterError, LocalCluster
@@ -57,7 +58,7 @@ DEVICE_TUNING: dict[str, Any] = {
 }
 
 
-class DemoError(RuntimeError):
+class DemoError(ToolError):
     pass
 
 
@@ -161,7 +162,7 @@ class Demo:
             # Hubs and plugs in their own sessions: a terminal's Ctrl-C reaches
             # the demo alone, which then stops the plugs and the hubs in order.
             # Should the demo die without stopping them (kill -9), each gets
-            # SIGTERM (tools.cluster.die_with_parent).
+            # SIGTERM (hub/core/procs.py die_with_parent).
             cluster = LocalCluster(
                 croot, self.n_hubs, broker=self.broker, extra=extra, llm=True, new_session=True
             )

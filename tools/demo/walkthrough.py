@@ -1,4 +1,4 @@
-"""`aiot protocol walkthrough`: the end-to-end path that exists today.
+"""`aiot protocol walkthrough`: one batch's way through the wire protocol, step by step.
 
 Part 1: one signed batch from MicroPython (edge/codec.py) through a real
 Mosquitto broker to a hub-side consumer that authenticates and decodes it with
@@ -10,8 +10,8 @@ runs under MicroPython against the broker for a few seconds; the acker
 signed command switches the plug's relay off, and the power readings drop to
 0 W.
 
-It is not the hub: there is no Raft cluster, no LMDB and no decision engine
-here yet.
+It shows the wire and the device alone: the whole system (a Raft cluster of
+hubs, LMDB, decisions) runs in `aiot demo`.
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ from protocol import messages as m
 from protocol import topics, wire
 from protocol.errors import CodecError
 from tools.base.paths import MPY_SCRIPTS, ROOT, micropython_binary
+from tools.lab.acker import Acker
+from tools.lab.device import Device
 from tools.lab.mosquitto import running_mosquitto
 
 DEVICE = "plug-1"
@@ -112,7 +114,7 @@ async def _exchange(port: int, key: bytes, frame: bytes, say: Callable[[str], No
 def run(say: Callable[[str], None], device_seconds: float = 12.0) -> dict[str, Any]:
     """Both parts; return a summary (device_seconds 0: part 1 only)."""
     key = secrets.token_bytes(32)
-    say("The full demo (hub cluster, devices, dashboard) is not built yet.")
+    say("The whole system runs in `aiot demo`; this follows one batch on its way.")
     say("Part 1: one signed batch through the wire protocol and a real broker.\n")
     frame_hex = _device("batch", key.hex())
     frame = bytes.fromhex(frame_hex)
@@ -160,9 +162,6 @@ def _relay_off(port: int, key: bytes) -> None:
 
 def run_device(say: Callable[[str], None], seconds: float = 12.0) -> dict[str, Any]:
     """Part 2: the real firmware against the broker, the acker as its hub."""
-    from tools.lab.acker import Acker
-    from tools.lab.device import Device
-
     key = secrets.token_bytes(32)
     say("\nPart 2: the device firmware on MicroPython, a simulated smart plug,")
     say("with a stand-in hub that acknowledges every batch (the hub cluster comes later).")

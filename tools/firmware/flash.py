@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tools.base.errors import ToolError
 from tools.firmware.build import BOARDS, Board, BuildError, load_bundle
 
 # Runs on the board: every file at the root and under app_a/ and app_b/,
@@ -87,7 +88,7 @@ if _b is not None and getattr(_b, 'wdt', None) is not None:
 Progress = Callable[[str, int, int], None]  # (path, bytes done, bytes total)
 
 
-class FlashError(RuntimeError):
+class FlashError(ToolError):
     """The board could not be flashed; the message says why and what to do."""
 
 
@@ -145,10 +146,12 @@ class Connection:
     """A board in mpremote's raw REPL."""
 
     def __init__(self, port: str, timeout: float = 10.0, soft_reset: bool = False) -> None:
-        import serial  # type: ignore[import-untyped]
-        from mpremote.transport import TransportError  # type: ignore[import-untyped]
-        from mpremote.transport_serial import SerialTransport  # type: ignore[import-untyped]
+        # lazy: mpremote and pyserial (the dev extra) load only to reach a board
+        import serial  # type: ignore[import-untyped]  # lazy: as above
+        from mpremote.transport import TransportError  # type: ignore[import-untyped]  # lazy
+        from mpremote.transport_serial import SerialTransport  # type: ignore[import-untyped]  # lazy
 
+        self._error: type[Exception] = TransportError
         self.port = port
         self.timeout = timeout
         _check_port(port)
@@ -178,11 +181,9 @@ class Connection:
             ) from None
 
     def run(self, script: str) -> str:
-        from mpremote.transport import TransportError
-
         try:
             out: bytes = self.t.exec(script)
-        except TransportError as exc:
+        except self._error as exc:
             raise FlashError(f"the board at {self.port} failed: {exc}") from None
         return out.decode(errors="replace")
 
@@ -216,13 +217,11 @@ class Connection:
             )
 
     def write(self, path: str, data: bytes, progress: Callable[[int], None]) -> None:
-        from mpremote.transport import TransportError
-
         try:
             self.t.fs_writefile(
                 path, data, chunk_size=512, progress_callback=lambda done, _total: progress(done)
             )
-        except (TransportError, OSError) as exc:
+        except (self._error, OSError) as exc:
             raise FlashError(f"writing {path} to {self.port} failed: {exc}") from None
 
     def remove(self, path: str) -> None:

@@ -29,19 +29,19 @@ from typing import Any
 
 import httpx
 
+from tools.base.errors import ToolError
 from tools.base.hubclient import HubClient, HubError
+from tools.firmware.build import load_bundle
 
 ACTION = "ota.update"
 
 
-class OtaError(RuntimeError):
+class OtaError(ToolError):
     pass
 
 
 def bundle_payload(bundle: Path) -> tuple[str, dict[str, Any]]:
     """(sha256, POST /v1/firmware body) of a built bundle's ota/ directory."""
-    from tools.firmware.build import load_bundle
-
     info = load_bundle(bundle)
     ota = bundle / "ota"
     manifest = (ota / "manifest.json").read_bytes()

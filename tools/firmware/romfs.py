@@ -71,7 +71,7 @@ def build_image(out: Path, packages: Iterable[str] = PACKAGES) -> Path:
 def run(image: Path, heap: str, argv: list[str]) -> int:
     """Run MicroPython in this process with ``image`` mapped outside its heap."""
     try:
-        import micropython_run  # type: ignore[import-not-found]
+        import micropython_run  # type: ignore[import-not-found]  # lazy: dev extra, only to run
     except ImportError:
         raise RomfsError(
             "the MicroPython interpreter is missing: pip install -e '.[dev]' "

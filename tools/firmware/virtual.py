@@ -26,14 +26,16 @@ import subprocess
 import time
 from pathlib import Path
 
+from tools.base.errors import ToolError
 from tools.base.paths import micropython_binary
 from tools.base.ports import free_port
+from tools.base.procs import stop_process
 
 SOCAT_HINT = "socat is missing: sudo apt-get install -y socat"
 
 
-class VirtualBoardError(RuntimeError):
-    pass
+class VirtualBoardError(ToolError):
+    """socat or MicroPython is missing, or the board did not come up."""
 
 
 def socat_binary() -> str:
@@ -115,13 +117,8 @@ class VirtualBoard:
             out.close()
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        if self.proc is not None:
+            stop_process(self.proc)
         self.proc = None
 
     def __enter__(self) -> VirtualBoard:

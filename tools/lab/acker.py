@@ -1,7 +1,8 @@
-"""The hub stand-in until the hub daemon exists: a real MQTT client that
-consumes batches and acks them.
+"""A stand-in hub for the edge alone: a real MQTT client that consumes
+batches and acks them, with none of the hub's machinery.
 
-It plays the hub for edge tests and benchmarks: it subscribes to
+It plays the hub where only the device is measured or tested (the edge
+tests, `aiot bench edge`, the walkthrough): it subscribes to
 ``aiot/v1/+/up`` (and ``status``, ``ack``) on one or more brokers,
 authenticates and decodes every batch with the official runtime, records
 every sequence number it received, and answers each batch with a signed

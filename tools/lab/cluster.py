@@ -16,32 +16,23 @@ Every node's output goes to ``DIR/<node>/hub.log``.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import secrets
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hub.core import config as hub_config
+from hub.core.procs import die_with_parent
+from tools.base.errors import ToolError
 from tools.base.hubclient import HubClient, HubError
 from tools.base.paths import ROOT
 from tools.base.ports import free_ports
-
-_PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent() -> None:
-    """``preexec_fn`` for a child in its own session (``start_new_session``):
-    SIGTERM when the process that started it dies, however it dies (a kill
-    -9 included), so that nothing outlives `aiot demo`. Linux only; the
-    child is spawned from the main thread, whose exit would count too."""
-    if sys.platform == "linux":
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
 @dataclass(frozen=True)
@@ -86,12 +77,13 @@ def render_config(
 def write_cluster(
     root: Path,
     nodes: int,
-    host: str = "127.0.0.1",
+    host: str | Sequence[str] = "127.0.0.1",
     ports: list[NodePorts] | None = None,
     broker: str = "mosquitto",
     extra: str = "",
 ) -> list[Path]:
-    """Configs for ``nodes`` nodes and a fresh cluster secret (kept if present)."""
+    """Configs for ``nodes`` nodes and a fresh cluster secret (kept if present).
+    ``host``: the address every node binds to, or one address per node."""
     root.mkdir(parents=True, exist_ok=True)
     secret = root / "cluster.secret"
     if not secret.exists():
@@ -100,17 +92,18 @@ def write_cluster(
             f.write(secrets.token_hex(32) + "\n")
     if ports is None:
         ports = _node_ports(nodes)
+    hosts = [host] * len(ports) if isinstance(host, str) else list(host)
     paths = []
     for i, p in enumerate(ports):
-        peers = [f"{host}:{q.raft}" for j, q in enumerate(ports) if j != i]
+        peers = [f"{hosts[j]}:{q.raft}" for j, q in enumerate(ports) if j != i]
         path = root / f"hub-{i + 1}.toml"
-        path.write_text(render_config(f"hub-{i + 1}", host, p, peers, broker, extra))
+        path.write_text(render_config(f"hub-{i + 1}", hosts[i], p, peers, broker, extra))
         paths.append(path)
     return paths
 
 
-class ClusterError(RuntimeError):
-    pass
+class ClusterError(ToolError):
+    """A node would not start, become ready or stop, or no node answers."""
 
 
 class LocalCluster:
@@ -126,6 +119,7 @@ class LocalCluster:
         raft: dict[str, int] | None = None,
         llm: bool = False,
         new_session: bool = False,
+        hosts: Sequence[str] | None = None,
     ) -> None:
         """``extra``: TOML tables appended to every config; ``raft``: more
         keys for the [raft] table (snapshot_min_entries, ...); ``llm``: keep
@@ -133,7 +127,8 @@ class LocalCluster:
         ``new_session``: start each hub in its own session, out of reach of a
         terminal's Ctrl-C (for a caller that stops them itself, as `aiot demo`
         does), and stopped with SIGTERM if the caller dies without stopping
-        them (die_with_parent)."""
+        them (die_with_parent); ``hosts``: each node's address (default
+        127.0.0.1 for all)."""
         self.root = root
         self.new_session = new_session
         self.n = nodes
@@ -144,7 +139,9 @@ class LocalCluster:
             **(raft or {}),
         }
         timing = "".join(f"{k} = {v}\n" for k, v in keys.items())
-        self.configs = write_cluster(root, nodes, ports=self.ports, broker=broker)
+        self.configs = write_cluster(
+            root, nodes, "127.0.0.1" if hosts is None else hosts, self.ports, broker
+        )
         for path in self.configs:
             text = path.read_text().replace(
                 'secret_file = "cluster.secret"\n', 'secret_file = "cluster.secret"\n' + timing
@@ -160,8 +157,6 @@ class LocalCluster:
     def reopen(cls, root: Path) -> LocalCluster:
         """The cluster whose configs ``root`` already holds (same ports and
         data, so its Raft membership and store carry on)."""
-        from hub.core import config as hub_config
-
         paths = sorted(root.glob("hub-*.toml"), key=lambda p: int(p.stem.split("-")[1]))
         if not paths:
             raise ClusterError(f"no hub-N.toml in {root}")
@@ -192,8 +187,12 @@ class LocalCluster:
     def log_path(self, i: int) -> Path:
         return self.data_dir(i) / "hub.log"
 
+    def command(self, i: int) -> list[str]:
+        """The command line that runs node i (a subclass may wrap it)."""
+        return [sys.executable, "-m", "tools.cli", "hub", "run", "--config", str(self.configs[i])]
+
     def start_node(self, i: int) -> None:
-        if self.procs[i] is not None and self.procs[i].poll() is None:  # type: ignore[union-attr]
+        if self.alive(i):
             raise ClusterError(f"{self.node_id(i)} is already running")
         self.data_dir(i).mkdir(parents=True, exist_ok=True)
         if self._logs[i] is not None:
@@ -201,7 +200,7 @@ class LocalCluster:
         self._logs[i] = self.log_path(i).open("ab")
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         self.procs[i] = subprocess.Popen(
-            [sys.executable, "-m", "tools.cli", "hub", "run", "--config", str(self.configs[i])],
+            self.command(i),
             cwd=ROOT,
             env=env,
             stdout=self._logs[i],

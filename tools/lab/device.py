@@ -15,8 +15,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from hub.core.procs import die_with_parent
 from tools.base.paths import ROOT, NotInstalled, micropython_binary
-from tools.lab.cluster import die_with_parent
+from tools.base.procs import stop_process
 
 MAIN = ROOT / "firmware" / "main.py"
 
@@ -42,12 +43,16 @@ class Device:
         romfs: Path | None = None,
         runtime: str = "micropython",
         new_session: bool = False,
+        main: Path = MAIN,
     ) -> None:
         """``romfs``: run the firmware from this ROMFS image (tools/firmware/romfs.py), as
         boards do, instead of from source. ``new_session``: start it in its own
         session, out of reach of a terminal's Ctrl-C (`aiot demo` stops its
-        plugs itself), and stopped if its starter dies without stopping it."""
+        plugs itself), and stopped if its starter dies without stopping it.
+        ``main``: the script run from source (firmware/main.py; the chaos
+        campaign runs the firmware through tools/mpy/chaos_device.py)."""
         self.new_session = new_session
+        self.main = main
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config = {"data_dir": str(workdir / "data"), **config}
@@ -63,9 +68,9 @@ class Device:
         path.write_text(json.dumps(self.config))
         env = dict(os.environ, MICROPYPATH=f"{ROOT}:.frozen", PYTHONPATH=str(ROOT))
         if self.runtime == "cpython":
-            argv = [sys.executable, str(MAIN)]
+            argv = [sys.executable, str(self.main)]
         elif self.romfs is None:
-            argv = [micropython_binary(), "-X", f"heapsize={self.heap}", str(MAIN)]
+            argv = [micropython_binary(), "-X", f"heapsize={self.heap}", str(self.main)]
         else:
             micropython_binary()  # fail early if the interpreter is missing
             argv = [sys.executable, "-m", "tools.firmware.romfs", "run", "--image", str(self.romfs)]
@@ -124,12 +129,8 @@ class Device:
         self._close_log()
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        if self.proc is not None:
+            stop_process(self.proc)
         self._finish()
 
     def __enter__(self) -> Device:

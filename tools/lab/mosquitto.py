@@ -12,14 +12,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from hub.link.broker import find_mosquitto
+from tools.base.errors import ToolError
 from tools.base.ports import free_port
+from tools.base.procs import stop_process
 
 __all__ = ["INSTALL_HINT", "BrokerError", "find_mosquitto", "running_mosquitto"]
 
 INSTALL_HINT = "apt-get update && apt-get install -y mosquitto mosquitto-clients"
 
 
-class BrokerError(RuntimeError):
+class BrokerError(ToolError):
     """Mosquitto is missing or would not start."""
 
 
@@ -100,10 +102,5 @@ def running_mosquitto(
         _wait_for_port(port, proc, 10.0)
         yield port
     finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, 5.0)
         log.close()

@@ -39,6 +39,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from importlib import metadata
 from pathlib import Path
 from typing import Any, Final
 
@@ -48,6 +49,7 @@ import numpy.typing as npt
 from edge.sensors import SimulatedPlug
 from hub.core.fsutil import write_atomic
 from hub.decide import anomaly as an
+from tools.base.errors import ToolError
 
 KINDS: Final = ("stuck", "spike", "drift", "dropout")
 KIND_DESCRIPTIONS: Final = {
@@ -97,7 +99,7 @@ Rng = np.random.Generator
 _TS, _P, _E, _V = 0, 1, 2, 3
 
 
-class TrainError(Exception):
+class TrainError(ToolError):
     """Training or evaluation cannot go on (a missing training dependency, bad options)."""
 
 
@@ -295,9 +297,10 @@ def dataset(seed: int, hours: float, anomaly_share: float, kinds: Sequence[str] 
 
 def _sklearn() -> tuple[Any, Any, Any]:
     try:
-        from sklearn.exceptions import ConvergenceWarning  # type: ignore[import-untyped]
-        from sklearn.neural_network import MLPClassifier  # type: ignore[import-untyped]
-        from sklearn.preprocessing import StandardScaler  # type: ignore[import-untyped]
+        # lazy: scikit-learn (the train extra) loads only to train
+        from sklearn.exceptions import ConvergenceWarning  # type: ignore[import-untyped]  # lazy
+        from sklearn.neural_network import MLPClassifier  # type: ignore[import-untyped]  # lazy
+        from sklearn.preprocessing import StandardScaler  # type: ignore[import-untyped]  # lazy
     except ImportError as exc:  # pragma: no cover - the dev and train extras install it
         raise TrainError("training needs scikit-learn and onnx: pip install -e '.[train]'") from exc
     return MLPClassifier, StandardScaler, ConvergenceWarning
@@ -365,8 +368,8 @@ def export_onnx(fitted: Fitted) -> bytes:
     the Max of the two. No timestamps: the same weights give the same bytes.
     """
     try:
-        import onnx
-        from onnx import TensorProto, helper, numpy_helper
+        import onnx  # lazy: onnx (the train extra) loads only to export a model
+        from onnx import TensorProto, helper, numpy_helper  # lazy: as above
     except ImportError as exc:  # pragma: no cover - the dev and train extras install it
         raise TrainError("export needs onnx: pip install -e '.[train]'") from exc
 
@@ -508,8 +511,6 @@ def _created() -> str:
 
 
 def _versions() -> dict[str, str]:
-    from importlib import metadata
-
     out = {"python": platform.python_version()}
     for dist in ("numpy", "scikit-learn", "onnx", "onnxruntime"):
         try:

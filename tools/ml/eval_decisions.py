@@ -1,7 +1,7 @@
 """Measure an LLM's decisions on a scenario set: the numbers the trust gate reads.
 
 The scenario format is documented in ``models/eval/README.md``. Each scenario
-runs through the same ``hub.llm.LlmWorker`` the hub uses (child process,
+runs through the same ``hub.decide.llm.LlmWorker`` the hub uses (child process,
 grammar, validation, deadline), one at a time. A scenario counts as correct
 when the outcome is ``ok``, the action is the expected one and, where the
 scenario names parameters, every one of them has the expected value (floats
@@ -194,7 +194,7 @@ class Progress:
         )
 
 
-async def run(
+def evaluate(
     model_path: Path,
     scenarios: Sequence[Scenario],
     *,
@@ -204,6 +204,16 @@ async def run(
 ) -> dict[str, Any]:
     """Run every scenario through a fresh worker and summarise (keys in the module doc)."""
     prog = Progress(progress or (lambda _line: None), len(scenarios))
+    return asyncio.run(_run(model_path, scenarios, threads, deadline_ms, prog))
+
+
+async def _run(
+    model_path: Path,
+    scenarios: Sequence[Scenario],
+    threads: int,
+    deadline_ms: float,
+    prog: Progress,
+) -> dict[str, Any]:
     results: list[tuple[Scenario, LlmResult, bool]] = []
     async with LlmWorker(model_path, threads=threads) as worker:
         for s in scenarios:
@@ -266,17 +276,3 @@ def summarise(
 
 def rate_of(oks: Sequence[bool]) -> float:
     return round(sum(oks) / len(oks), 4) if oks else 0.0
-
-
-def evaluate(
-    model_path: Path,
-    scenarios: Sequence[Scenario],
-    *,
-    threads: int = 1,
-    deadline_ms: float = DEFAULT_EVAL_DEADLINE_MS,
-    progress: Callable[[str], None] | None = None,
-) -> dict[str, Any]:
-    """``run`` from synchronous code (the CLI)."""
-    return asyncio.run(
-        run(model_path, scenarios, threads=threads, deadline_ms=deadline_ms, progress=progress)
-    )

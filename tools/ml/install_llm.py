@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from hub.core.fsutil import sha256_file
 from tools.base.paths import ROOT
 
 MODELS_DIR: Final = ROOT / "models"
@@ -82,14 +83,6 @@ class Manifest:
             )
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise InstallError(f"{path}: not a readable model manifest ({exc})") from None
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _say(line: str) -> None:

@@ -50,6 +50,21 @@ function fmtAxis(v, scale, unit) {
   return `${v.toFixed(decimalsFor(scale.step))} ${unit}`;
 }
 
+// The y axis: a grid line at each step of scale from x0 to x1, labelled left of x0.
+function yGrid(ctx, scale, y, x0, x1, unit) {
+  ctx.textAlign = "right";
+  ctx.textBaseline = "middle";
+  for (let i = 0; i <= 4; i += 1) {
+    const v = scale.step * i;
+    const yy = Math.round(y(v)) + 0.5;
+    ctx.beginPath();
+    ctx.moveTo(x0, yy);
+    ctx.lineTo(x1, yy);
+    ctx.stroke();
+    ctx.fillText(fmtAxis(v, scale, unit), x0 - 6, yy);
+  }
+}
+
 const TIME_STEPS = [5000, 10000, 15000, 30000, 60000, 120000, 300000, 600000];
 
 // new LineChart(canvas, {windowMs, limit, label}); chart.add(ts, v); chart.destroy()
@@ -151,17 +166,7 @@ export class LineChart {
     ctx.lineWidth = 1;
     ctx.strokeStyle = grid;
     ctx.fillStyle = text;
-    ctx.textAlign = "right";
-    ctx.textBaseline = "middle";
-    for (let i = 0; i <= 4; i += 1) {
-      const v = scale.step * i;
-      const yy = Math.round(y(v)) + 0.5;
-      ctx.beginPath();
-      ctx.moveTo(left, yy);
-      ctx.lineTo(w - right, yy);
-      ctx.stroke();
-      ctx.fillText(fmtAxis(v, scale, "W"), left - 6, yy);
-    }
+    yGrid(ctx, scale, y, left, w - right, "W");
     ctx.textAlign = "center";
     ctx.textBaseline = "top";
     const stepMs = TIME_STEPS.find((st) => windowMs / st <= Math.max(3, pw / 110)) || 600000;
@@ -292,17 +297,7 @@ export class BarChart {
     ctx.font = "11px system-ui, sans-serif";
     ctx.strokeStyle = css("--grid", "#e3e7ee");
     ctx.fillStyle = css("--muted", "#667085");
-    ctx.textAlign = "right";
-    ctx.textBaseline = "middle";
-    for (let i = 0; i <= 4; i += 1) {
-      const v = scale.step * i;
-      const yy = Math.round(y(v)) + 0.5;
-      ctx.beginPath();
-      ctx.moveTo(g.left, yy);
-      ctx.lineTo(w - g.right, yy);
-      ctx.stroke();
-      ctx.fillText(fmtAxis(v, scale, "Wh"), g.left - 6, yy);
-    }
+    yGrid(ctx, scale, y, g.left, w - g.right, "Wh");
     ctx.textAlign = "center";
     ctx.textBaseline = "top";
     const every = g.slot < 18 ? 3 : 1;

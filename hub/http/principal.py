@@ -1,0 +1,116 @@
+"""Who is asking: the bearer token of a request, and what it may do.
+
+``Authorization: Bearer <token>`` carries either the cluster's admin token
+(hub/core/auth.py derives it from the cluster secret) or an API user's
+session token (hub/state/users.py, from ``POST /v1/login``). The route
+dependencies below turn it into a ``Principal``, or answer 401 (no token, or
+one that does not verify) or 403 (a role below the one the route needs)::
+
+    Admin, Operator, Viewer     a principal of at least that role
+    ClusterAdmin                the cluster admin token only (firmware uploads)
+    Raft                        this node's replica of the store
+    ThisNode                    the node itself (hub/http/node.py)
+
+The app keeps the node in ``app.state.node`` and the admin token in
+``app.state.token`` (hub/http/api.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+
+from hub.core import auth
+from hub.http.node import Node
+from hub.state import entries as e
+from hub.state import users
+from hub.state.raft import RaftNode
+from protocol.topics import valid_device_id
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is asking: the cluster admin (the derived token) or an API user."""
+
+    name: str
+    role: e.Role
+    devices: frozenset[str] | None  # a viewer's devices; None: every device
+
+    def sees(self, device: e.Device) -> bool:
+        return self.devices is None or device.device_id in self.devices or device.owner == self.name
+
+
+def _bearer(request: Request) -> str:
+    """The request's bearer token; empty when there is none."""
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    return value.strip() if scheme.lower() == "bearer" else ""
+
+
+def _principal(request: Request) -> Principal:
+    token = _bearer(request)
+    if not token:
+        raise HTTPException(401, "log in first: Authorization: Bearer <token>")
+    if auth.token_matches(token, request.app.state.token):
+        return Principal("admin", e.Role.ADMIN, None)
+    node = _node(request)
+    try:
+        claim = users.parse(token)
+        user = users.verify(
+            node.cfg.raft.secret, claim, node.raft.read(lambda s: s.user(claim.name))
+        )
+    except users.AuthError as exc:
+        raise HTTPException(401, f"invalid token: {exc}") from None
+    devices = frozenset(user.devices) if user.role is e.Role.VIEWER else None
+    return Principal(user.name, user.role, devices)
+
+
+def require(role: e.Role) -> Callable[[Request], Principal]:
+    """A dependency: the principal, when its role is ``role`` or above."""
+
+    def check(request: Request) -> Principal:
+        who = _principal(request)
+        if who.role > role:
+            raise HTTPException(
+                403, f"{who.name} is {who.role.name.lower()}; this needs {role.name.lower()}"
+            )
+        return who
+
+    return check
+
+
+def _cluster_admin(request: Request) -> None:
+    if not auth.token_matches(_bearer(request), request.app.state.token):
+        raise HTTPException(401, "a valid admin token is required (Authorization: Bearer)")
+
+
+def _node(request: Request) -> Node:
+    node: Node = request.app.state.node
+    return node
+
+
+def _raft(request: Request) -> RaftNode:
+    return _node(request).raft
+
+
+Admin = Annotated[Principal, Depends(require(e.Role.ADMIN))]
+Operator = Annotated[Principal, Depends(require(e.Role.OPERATOR))]
+Viewer = Annotated[Principal, Depends(require(e.Role.VIEWER))]
+ClusterAdmin = Annotated[None, Depends(_cluster_admin)]
+Raft = Annotated[RaftNode, Depends(_raft)]
+ThisNode = Annotated[Node, Depends(_node)]
+
+
+def known(r: RaftNode, device_id: str, who: Principal | None = None) -> e.Device:
+    """The registered device ``device_id``: 404 when there is none, 403 when
+    ``who`` (if given) may not see it."""
+    if not valid_device_id(device_id):
+        raise HTTPException(404, f"no device {device_id[:80]!r}")
+    d = r.read(lambda s: s.device(device_id))
+    if d is None:
+        raise HTTPException(404, f"no device {device_id!r}")
+    if who is not None and not who.sees(d):
+        raise HTTPException(403, f"device {device_id!r} is not assigned to {who.name}")
+    return d

@@ -1,0 +1,1 @@
+"""The API's routers, one module per resource; hub/http/api.py includes them."""

@@ -1,0 +1,82 @@
+"""API users and their sessions (hub/state/users.py).
+
+POST   /v1/login {username, password}      a session token
+GET    /v1/me                              who the token is
+GET    /v1/users                           every user (admin)
+PUT    /v1/users/{name} {role, password, devices}   add or change one (admin)
+DELETE /v1/users/{name}                    remove one (admin)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter, HTTPException
+
+from hub.core.clock import wall_ms
+from hub.http.bodies import LoginIn, UserIn, role
+from hub.http.principal import Admin, Raft, ThisNode, Viewer
+from hub.http.replica import check, commit, key_ok
+from hub.http.serializers import user_json
+from hub.state import entries as e
+from hub.state import users
+from hub.state.store import Store
+from protocol.topics import valid_device_id
+
+router = APIRouter()
+
+
+@router.post("/v1/login")
+async def login(body: LoginIn, r: Raft, node: ThisNode) -> dict[str, Any]:
+    user = r.read(lambda s: s.user(body.username))
+    ok = user is not None and await asyncio.to_thread(users.check_password, user, body.password)
+    if not ok or user is None:
+        raise HTTPException(401, "wrong user name or password")
+    token, expires = users.issue(node.cfg.raft.secret, user)
+    return {"token": token, "expires_ms": expires, **user_json(user)}
+
+
+@router.get("/v1/me")
+async def me(who: Viewer) -> dict[str, Any]:
+    return {
+        "name": who.name,
+        "role": who.role.name.lower(),
+        "devices": None if who.devices is None else sorted(who.devices),
+    }
+
+
+@router.get("/v1/users")
+async def list_users(_: Admin, r: Raft) -> list[dict[str, Any]]:
+    return [user_json(u) for u in r.read(Store.users)]
+
+
+@router.put("/v1/users/{name}")
+async def put_user(name: str, body: UserIn, _: Admin, r: Raft) -> dict[str, Any]:
+    if not e.USER_NAME.fullmatch(name):
+        raise HTTPException(422, f"bad user name {name!r}: 1-64 of A-Z a-z 0-9 . _ @ -")
+    old = r.read(lambda s: s.user(name))
+    if body.password is None and old is None:
+        raise HTTPException(422, "a new user needs a password")
+    for d in body.devices:
+        if not valid_device_id(d):
+            raise HTTPException(422, f"bad device id {d!r}")
+    try:
+        pw = (
+            await asyncio.to_thread(users.hash_password, body.password)
+            if body.password is not None
+            else old.password_hash  # type: ignore[union-attr]
+        )
+    except ValueError as exc:
+        raise HTTPException(422, str(exc)) from None
+    user = e.User(name, role(body.role), pw, tuple(sorted(set(body.devices))), wall_ms())
+    check(await commit(r, e.encode(user)))
+    return user_json(user)
+
+
+@router.delete("/v1/users/{name}")
+async def remove_user(name: str, _: Admin, r: Raft) -> dict[str, Any]:
+    if not key_ok(name) or r.read(lambda s: s.user(name)) is None:
+        raise HTTPException(404, f"no user {name[:80]!r}")
+    check(await commit(r, e.encode(e.RemoveUser(name, wall_ms()))))
+    return {"removed": name}

@@ -1,0 +1,97 @@
+"""The JSON the API answers for the store's records.
+
+The same shapes go out in the live stream (hub/http/stream.py) and come back
+in `aiot` commands and the dashboard, so a field renamed here is renamed for
+all of them.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from hub.core import auth
+from hub.core.validate import address
+from hub.link import rendezvous
+from hub.state import entries as e
+from hub.state.raft import RaftNode
+from hub.state.records import LedgerRecord
+from hub.state.store import Store
+from protocol import messages as m
+
+
+def capability_json(c: m.Capability) -> dict[str, Any]:
+    return {
+        "action": c.action,
+        "params": [
+            {"name": p.name, "kind": p.kind.name.lower(), "min": p.min, "max": p.max}
+            for p in c.params
+        ],
+    }
+
+
+def device_json(d: e.Device) -> dict[str, Any]:
+    return {
+        "device_id": d.device_id,
+        "capabilities": [capability_json(c) for c in d.capabilities],
+        "limit_w": d.limit_w,
+        "owner": d.owner,
+    }
+
+
+def device_config(raft: RaftNode, d: e.Device) -> dict[str, Any]:
+    """What the device needs: id, key, its broker list in its own order."""
+    nodes = {n.node_id: n for n in raft.read(Store.nodes)}
+    hubs = []
+    for node_id in rendezvous.order(d.device_id, nodes):
+        a = address(nodes[node_id].broker)
+        hubs.append([a.host, a.port])
+    return {
+        "device_id": d.device_id,
+        "key": d.key.hex(),
+        "hubs": hubs,
+        "user": d.device_id,
+        "password": auth.device_password(d.key),
+    }
+
+
+def ledger_json(rec: LedgerRecord) -> dict[str, Any]:
+    c = rec.command
+    return {
+        "command_id": c.command_id,
+        "device_id": c.device_id,
+        "seq": c.seq,
+        "term": c.term,
+        "action": c.action,
+        "params": {p.name: p.value for p in c.params},
+        "issued_at_ms": c.issued_at_ms,
+        "deadline_ms": c.deadline_ms,
+        "state": rec.state.name,
+        "history": [
+            {"state": h.state.name, "at_ms": h.at_ms, "node": h.node_id, "detail": h.detail}
+            for h in rec.history
+        ],
+        "result": None if rec.result is None else m.to_dict(rec.result),
+    }
+
+
+def decision_json(d: e.Decision, ack: tuple[str, int] | None) -> dict[str, Any]:
+    """A decision with its provenance record merged in."""
+    try:
+        record = json.loads(d.record)
+    except ValueError:
+        record = {}
+    return {
+        **record,
+        "decision_id": d.decision_id,
+        "device_id": d.device_id,
+        "tier": d.tier.name.lower(),
+        "at_ms": d.at_ms,
+        "command_id": d.command_id or None,
+        "alert": bool(record.get("alert")),
+        "acknowledged": None if ack is None else {"by": ack[0], "at_ms": ack[1]},
+    }
+
+
+def user_json(u: e.User) -> dict[str, Any]:
+    return {"name": u.name, "role": u.role.name.lower(), "devices": list(u.devices)}

@@ -1,0 +1,254 @@
+"""The hub's MQTT session on its own node's broker: what devices send comes in here.
+
+    consumer = Consumer(node_id, broker_endpoint(cfg), raft, ingest, events)
+    consumer.on_result = delivery.on_result     # aiot/v1/<id>/ack
+    task = asyncio.create_task(consumer.run(), name="consumer")
+    await consumer.publish(topic, payload)      # Delivery's way to the devices
+    ...
+    await consumer.stop(drain_s)                # unsubscribe, finish what is in hand
+
+Subscriptions and where each message goes:
+
+    aiot/v1/+/up        uplink batches -> Ingest; its CommitAck is published back,
+                        and an acked batch means the device's session is here
+    aiot/v1/+/status    the device's signed status -> ``statuses``, the live
+                        stream, and presence (online here, or offline)
+    aiot/v1/+/ack       command results -> ``on_result`` (Delivery)
+
+Up to ``MAX_IN_HAND`` messages are handled at once; past that the consumer
+stops reading, which is backpressure on the broker. A lost connection is
+retried every half second until ``stop()``.
+
+Presence: a device seen on this node's broker (an acked batch, an online
+status not retained by the broker) is proposed ONLINE with this node's id,
+once; ``notice()`` forgets that when the registry or presence changes, so
+the next message proposes again if needed. An offline status proposes
+OFFLINE.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Final
+
+import aiomqtt
+
+from hub.core import auth
+from hub.core.clock import wall_ms
+from hub.core.config import HubConfig
+from hub.link.events import EventBus
+from hub.link.ingest import Ingest, Status
+from hub.state import entries as e
+from hub.state.apply import ApplyResult, Outcome
+from hub.state.raft import RaftError, RaftNode
+from protocol import messages as m
+from protocol import topics, wire
+from protocol.errors import CodecError
+
+log = logging.getLogger("aiot.hub")
+
+MAX_IN_HAND: Final = 512  # messages being handled at once (backpressure on the broker)
+CHANNELS: Final = ("up", "status", "ack")
+_FORGET: Final = (e.EntryType.REGISTER_DEVICE, e.EntryType.REMOVE_DEVICE, e.EntryType.PRESENCE)
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """Where the consumer connects, and as whom (None: no credentials)."""
+
+    host: str
+    port: int
+    user: str | None
+    password: str | None
+
+
+def broker_endpoint(cfg: HubConfig) -> Endpoint:
+    """This node's broker: its bind address as the hub user, or the external
+    broker's URL without credentials."""
+    b = cfg.broker
+    if b.mode == "external":
+        addr = b.address
+        return Endpoint(addr.host, addr.port, None, None)
+    assert b.bind is not None
+    host = "127.0.0.1" if b.bind.host in ("0.0.0.0", "::", "[::]") else b.bind.host
+    user = auth.hub_user(cfg.node_id)
+    return Endpoint(host, b.bind.port, user, auth.hub_password(cfg.raft.secret, cfg.node_id))
+
+
+class NotConnected(RaftError):
+    """A publication while the consumer has no broker connection."""
+
+    def __init__(self) -> None:
+        super().__init__("broker_disconnected", "not connected to this node's broker")
+
+
+class Consumer:
+    """Subscribes on this node's broker and dispatches every message."""
+
+    def __init__(
+        self,
+        node_id: str,
+        endpoint: Endpoint,
+        raft: RaftNode,
+        ingest: Ingest,
+        events: EventBus,
+    ) -> None:
+        self.node_id = node_id
+        self.endpoint = endpoint
+        self._raft = raft
+        self._ingest = ingest
+        self._events = events
+        self.on_result: Callable[[str, bytes], Awaitable[None]] | None = None
+        self.client: aiomqtt.Client | None = None
+        self.connected = False
+        self.statuses: dict[str, tuple[m.DeviceStatus, float]] = {}  # last status, time
+        self.status_rejects: dict[str, int] = {}
+        self._here: dict[str, bool] = {}  # device -> presence names this node (cache)
+        self._in_hand: set[asyncio.Task[None]] = set()
+        self._slots = asyncio.Semaphore(MAX_IN_HAND)
+        self._draining = False
+
+    # -- the session -----------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Connect, subscribe and hand out messages until ``stop()``."""
+        ep = self.endpoint
+        while not self._draining:
+            try:
+                async with aiomqtt.Client(
+                    ep.host,
+                    ep.port,
+                    username=ep.user,
+                    password=ep.password,
+                    identifier=f"{auth.hub_user(self.node_id)}-consumer",
+                    clean_session=True,
+                    logger=logging.getLogger("aiomqtt"),
+                ) as client:
+                    for channel in CHANNELS:
+                        await client.subscribe(topics.subscription(channel), qos=1)
+                    self.client = client
+                    self.connected = True
+                    log.info("consuming aiot/v1/+/up from %s:%d", ep.host, ep.port)
+                    async for msg in client.messages:
+                        await self._slots.acquire()
+                        task = asyncio.create_task(self._one(client, msg))
+                        self._in_hand.add(task)
+                        task.add_done_callback(self._handled)
+            except aiomqtt.MqttError as exc:
+                if self.connected:
+                    log.warning("broker connection lost: %s", exc)
+                self.connected = False
+                self.client = None
+                await asyncio.sleep(0.5)
+
+    async def stop(self, drain_s: float) -> None:
+        """Stop consuming (unsubscribe), then wait up to ``drain_s`` seconds
+        for the messages in hand (their acks still go out); cancel the rest."""
+        self._draining = True
+        client = self.client
+        if client is not None and self.connected:
+            with contextlib.suppress(aiomqtt.MqttError, asyncio.TimeoutError):
+                async with asyncio.timeout(2):
+                    for channel in CHANNELS:
+                        await client.unsubscribe(topics.subscription(channel))
+        if self._in_hand:
+            _done, pending = await asyncio.wait(set(self._in_hand), timeout=drain_s)
+            for t in pending:
+                t.cancel()
+
+    async def publish(self, topic: str, payload: bytes) -> None:
+        """Publish at QoS 1; NotConnected while the session is down."""
+        client = self.client
+        if client is None:
+            raise NotConnected()
+        await client.publish(topic, payload, qos=1)
+
+    def notice(self, results: Iterable[ApplyResult]) -> None:
+        """Applied results: forget what changed presence or the registry (an
+        empty batch, a snapshot install, forgets everything)."""
+        results = list(results)
+        if not results:
+            self._here.clear()
+        for r in results:
+            if r.type in _FORGET and r.outcome is Outcome.APPLIED:
+                self._here.pop(r.device_id, None)
+
+    # -- one message -------------------------------------------------------------------
+
+    def _handled(self, task: asyncio.Task[None]) -> None:
+        self._in_hand.discard(task)
+        self._slots.release()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("message handling failed", exc_info=task.exception())
+
+    async def _one(self, client: aiomqtt.Client, msg: aiomqtt.Message) -> None:
+        topic = msg.topic.value
+        payload = msg.payload if isinstance(msg.payload, bytes | bytearray) else b""
+        channel = topic.rsplit("/", 1)[-1]
+        if channel == "up":
+            outcome = await self._ingest.handle(topic, payload)
+            if outcome.publish is not None:
+                with contextlib.suppress(aiomqtt.MqttError):
+                    await client.publish(outcome.publish.topic, outcome.publish.payload, qos=1)
+            if outcome.status is Status.ACKED:
+                await self._seen_here(outcome.device_id)
+            return
+        try:
+            device_id, channel = topics.parse(topic)
+        except topics.TopicError:
+            return
+        if channel == "status":
+            await self._on_status(device_id, bytes(payload), bool(msg.retain))
+        elif channel == "ack":
+            assert self.on_result is not None
+            await self.on_result(device_id, bytes(payload))
+
+    async def _on_status(self, device_id: str, payload: bytes, retained: bool) -> None:
+        device = self._raft.read(lambda s: s.device(device_id))
+        try:
+            if device is None:
+                raise CodecError("unknown_device", device_id)
+            msg = wire.decode_frame(payload, device.key)
+            if not isinstance(msg, m.DeviceStatus) or msg.device_id != device_id:
+                raise CodecError("topic_mismatch", type(msg).__name__)
+        except CodecError as exc:
+            self.status_rejects[exc.reason] = self.status_rejects.get(exc.reason, 0) + 1
+            log.warning("status rejected device=%s reason=%s", device_id, exc.reason)
+            return
+        self.statuses[device_id] = (msg, time.time())
+        if self._events.listening:
+            self._events.publish({"type": "status", "device_id": device_id, **m.to_dict(msg)})
+        if retained:
+            return  # a copy kept by the broker, not news of a session
+        if msg.state is m.LinkState.ONLINE:
+            await self._seen_here(device_id)
+        else:
+            await self._propose_presence(device_id, m.LinkState.OFFLINE)
+
+    # -- presence ----------------------------------------------------------------------
+
+    async def _seen_here(self, device_id: str) -> None:
+        """The device has a session on this node's broker: make presence say so."""
+        if self._here.get(device_id):
+            return
+        p = self._raft.read(lambda s: s.presence(device_id))
+        if p is not None and p.node_id == self.node_id and p.state is m.LinkState.ONLINE:
+            self._here[device_id] = True
+            return
+        if await self._propose_presence(device_id, m.LinkState.ONLINE):
+            self._here[device_id] = True
+
+    async def _propose_presence(self, device_id: str, state: m.LinkState) -> bool:
+        entry = e.encode(e.Presence(device_id, self.node_id, state, wall_ms()))
+        try:
+            await self._raft.propose(entry)
+        except RaftError as exc:
+            log.info("presence of %s not recorded: %s", device_id, exc.reason)
+            return False
+        log.info("presence device=%s node=%s state=%s", device_id, self.node_id, state.name)
+        return True

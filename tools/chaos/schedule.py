@@ -1,0 +1,169 @@
+"""The schedule of a chaos campaign: every fault and operator command, computed
+up front from ``random.Random(seed)`` alone.
+
+    s = make_schedule(seed=31, duration_s=60, hubs=3, devices=10)
+    s.faults[0].describe()      # '4 s broker_kill leader pick 18178'
+    s.to_json()                 # {"faults": [...], "commands": [...]}, one line each
+
+A seed always gives the same sequence of faults, targets (by role and rank),
+holds and commands. The fault kinds (how each is done and undone is in
+tools/chaos/injectors.py):
+
+    hub_kill           kill -9 of the leader or a follower; restarted after hold_s
+    hub_pause          SIGSTOP of a hub for hold_s (longer than the election timeout)
+    broker_kill        kill -9 of a hub's Mosquitto; the hub restarts it
+    device_power_cut   SIGKILL of a device at a random instant; restarted after hold_s
+    partition          one hub cut off the network for hold_s
+    clock_jump         a device's clock moves by jump_ms
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any, Final
+
+KINDS: Final = (
+    "hub_kill",
+    "hub_pause",
+    "broker_kill",
+    "device_power_cut",
+    "partition",
+    "clock_jump",
+)
+HUB_KINDS: Final = ("hub_kill", "hub_pause", "broker_kill", "partition")
+WARMUP_S: Final = 4.0
+TAIL_S: Final = 4.0  # no fault is planned to start in the last seconds
+# Seconds a fault is expected to take after its hold, for planning only.
+_AFTER_HOLD_S: Final = {
+    "hub_kill": 6.0,
+    "hub_pause": 4.0,
+    "broker_kill": 4.0,
+    "device_power_cut": 3.0,
+    "partition": 4.0,
+    "clock_jump": 3.0,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    """One planned fault; ``n`` counts from 1 in schedule order."""
+
+    n: int
+    at_s: float  # planned start, seconds after the fleet came online
+    kind: str
+    role: str | None  # hub faults: "leader" or "follower"
+    device: int  # device faults: the device's index; -1 otherwise
+    pick: int  # which follower (by rank in node order); for a command: via which node
+    hold_s: float  # hub down, paused or cut off; device off; 0 otherwise
+    jump_ms: int = 0  # clock_jump
+    # device_power_cut: -1, or send the device a command and cut the power
+    # this many ms after the API accepted it (while it runs or reports it)
+    command_kill_ms: int = -1
+
+    def describe(self) -> str:
+        """'12.3 s hub_kill leader pick 1725 hold 3.9 s'"""
+        return (
+            f"{self.at_s:g} s {self.kind} "
+            + (f"{self.role} pick {self.pick}" if self.role else f"plug-{self.device + 1:02d}")
+            + (f" hold {self.hold_s:g} s" if self.hold_s else "")
+            + (f" jump {self.jump_ms} ms" if self.jump_ms else "")
+            + (f" command +{self.command_kill_ms} ms" if self.command_kill_ms >= 0 else "")
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class CommandPlan:
+    """One planned operator command: relay.set through a node's API."""
+
+    at_s: float
+    device: int  # index into the fleet
+    via: int  # the node whose API takes it
+    on: bool
+    deadline_s: float
+
+    def describe(self) -> str:
+        """'6.1 s plug-04 via hub-2 off deadline 11.7 s' (1-based names)"""
+        return (
+            f"{self.at_s:g} s plug-{self.device + 1:02d} via hub-{self.via + 1} "
+            f"{'on' if self.on else 'off'} deadline {self.deadline_s:g} s"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """Everything a campaign will do, and what it was computed from."""
+
+    seed: int
+    duration_s: float
+    hubs: int
+    devices: int
+    faults: tuple[Fault, ...]
+    commands: tuple[CommandPlan, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        """One line per fault and command (make_schedule(seed, ...) gives the
+        records themselves)."""
+        return {
+            "faults": [f.describe() for f in self.faults],
+            "commands": [c.describe() for c in self.commands],
+        }
+
+
+def _hold(rng: random.Random, kind: str) -> float:
+    lo, hi = {
+        "hub_kill": (2.0, 5.0),
+        "hub_pause": (2.0, 4.0),  # the election timeout is at most 0.9 s
+        "partition": (3.0, 6.0),
+        "device_power_cut": (1.0, 3.0),
+    }.get(kind, (0.0, 0.0))
+    return round(rng.uniform(lo, hi), 1) if hi else 0.0
+
+
+def make_schedule(seed: int, duration_s: float, hubs: int = 3, devices: int = 10) -> Schedule:
+    """Every fault and command of a campaign, from the seed alone.
+
+    The first faults are every kind once, in a seeded order; then kinds are
+    drawn at random. Hub faults name a role (and a rank among followers),
+    not a node: which node leads is only known when the fault starts."""
+    rng = random.Random(seed)
+    faults: list[Fault] = []
+    t = WARMUP_S
+    cycle = list(KINDS)
+    rng.shuffle(cycle)
+    while True:
+        kind = cycle.pop(0) if cycle else rng.choice(KINDS)
+        hold = _hold(rng, kind)
+        role = rng.choice(("leader", "follower")) if kind in HUB_KINDS else None
+        pick = rng.randrange(1 << 16)
+        device = rng.randrange(devices) if kind not in HUB_KINDS else -1
+        jump = 0
+        if kind == "clock_jump":
+            jump = rng.choice((-1, 1)) * rng.randrange(5_000, 7_200_000)
+        kill_ms = -1
+        if kind == "device_power_cut" and rng.random() < 0.5:
+            kill_ms = rng.randrange(0, 400)
+        gap = round(rng.uniform(1.0, 3.0), 1)
+        if t > duration_s - TAIL_S:
+            break
+        faults.append(
+            Fault(len(faults) + 1, round(t, 1), kind, role, device, pick, hold, jump, kill_ms)
+        )
+        t += hold + _AFTER_HOLD_S[kind] + gap
+    commands: list[CommandPlan] = []
+    c_rng = random.Random(seed * 7919 + 1)  # its own stream: faults do not shift it
+    t = 2.0
+    while True:
+        t += c_rng.uniform(1.0, 4.0)
+        if t > duration_s - 2.0:
+            break
+        commands.append(
+            CommandPlan(
+                round(t, 1),
+                c_rng.randrange(devices),
+                c_rng.randrange(hubs),
+                c_rng.random() < 0.5,
+                round(c_rng.uniform(3.0, 30.0), 1),
+            )
+        )
+    return Schedule(seed, duration_s, hubs, devices, tuple(faults), tuple(commands))

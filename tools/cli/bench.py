@@ -1,0 +1,231 @@
+"""`aiot bench`: the benchmarks (tools/bench/), each measured against a baseline
+in the same run. A result is one JSON object with --json, else one aligned
+line per key; progress goes to stderr. A benchmark that cannot run (no
+Mosquitto, no MicroPython, a cluster that does not start) exits with 2.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tools.bench.codec import codec
+from tools.bench.decide import decide
+from tools.bench.edge import edge
+from tools.bench.failover import failover
+from tools.bench.ingest import ingest
+from tools.bench.soak import soak
+from tools.bench.suite import BENCHES, attach_previous, run_all, write_report
+from tools.cli.output import emit, group, progress, reported, say
+
+bench_app = group("bench", "Benchmarks: print JSON, measured against a baseline in the same run.")
+
+JsonOut = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
+Devices = Annotated[int, typer.Option(min=1, help="Simulated devices.")]
+Window = Annotated[
+    int, typer.Option(min=1, help="Unacknowledged batches per device (the edge's window).")
+]
+Generators = Annotated[
+    int, typer.Option(min=1, help="Load generator processes sharing the devices.")
+]
+
+
+@bench_app.command("codec")
+def bench_codec(
+    json_out: JsonOut = False,
+    seconds: Annotated[
+        float, typer.Option(min=0.1, help="Measuring time for each side, in seconds.")
+    ] = 2.0,
+) -> None:
+    """Edge codec on MicroPython against the official FlatBuffers runtime on CPython."""
+    if not json_out:
+        say(f"measuring for {seconds:g} s on each side...")
+    with reported():
+        result = codec(seconds)
+    emit(result, json_out)
+
+
+@bench_app.command("edge")
+def bench_edge(
+    json_out: JsonOut = False,
+    readings: Annotated[
+        int, typer.Option(min=100, help="Readings per throughput run (firmware and baseline).")
+    ] = 100_000,
+    rounds: Annotated[
+        int, typer.Option(min=1, help="Rounds alternating the baseline and the firmware.")
+    ] = 3,
+    heap: Annotated[
+        str, typer.Option(help="MicroPython -X heapsize for every device run, e.g. 96k.")
+    ] = "160k",
+    flash_hours: Annotated[
+        float | None,
+        typer.Option(
+            min=0.01,
+            help="Simulated offline hours for the flash figures (default: until both slots "
+            "are full).",
+        ),
+    ] = None,
+    failover_readings: Annotated[
+        int, typer.Option(min=400, help="Readings the device sends in the failover run.")
+    ] = 1_500,
+) -> None:
+    """Edge device on MicroPython: throughput, flash cost, heap and failover."""
+    with reported():
+        result = edge(
+            readings=readings,
+            rounds=rounds,
+            heap=heap,
+            flash_hours=flash_hours,
+            failover_readings=failover_readings,
+            say=progress(json_out),
+        )
+    emit(result, json_out)
+
+
+@bench_app.command("ingest")
+def bench_ingest(
+    json_out: JsonOut = False,
+    seconds: Annotated[
+        float, typer.Option(min=1, help="Measured seconds of the maximum-rate phase.")
+    ] = 60.0,
+    latency_seconds: Annotated[
+        float, typer.Option(min=1, help="Measured seconds of the latency phase (half rate).")
+    ] = 30.0,
+    warmup: Annotated[
+        float, typer.Option(min=0, help="Seconds of load before the maximum-rate clock starts.")
+    ] = 5.0,
+    devices: Devices = 48,
+    window: Window = 4,
+    batch_readings: Annotated[int, typer.Option(min=1, help="Readings per batch.")] = 32,
+    generators: Generators = 1,
+    baseline: Annotated[bool, typer.Option(help="Also measure the bare-broker baseline.")] = True,
+) -> None:
+    """Hub cluster: committed readings/s, ack latency, against a bare-broker baseline."""
+    with reported():
+        result = ingest(
+            duration_s=seconds,
+            latency_s=latency_seconds,
+            warmup_s=warmup,
+            devices=devices,
+            window=window,
+            batch_readings=batch_readings,
+            generators=generators,
+            baseline=baseline,
+            say=say,
+        )
+    emit(result, json_out)
+
+
+@bench_app.command("decide")
+def bench_decide(
+    json_out: JsonOut = False,
+    loops: Annotated[int, typer.Option(min=10, help="Control loops on the cluster.")] = 300,
+    background: Annotated[int, typer.Option(min=0, help="Background devices.")] = 5,
+    llm_cases: Annotated[int, typer.Option(min=1, help="Evaluation cases for the LLM.")] = 60,
+) -> None:
+    """Decision tiers: rules rate, ONNX latency, hot swap, control loop, LLM figures."""
+    with reported():
+        result = decide(loops, background, llm_cases, progress(json_out))
+    emit(result, json_out)
+
+
+@bench_app.command("failover")
+def bench_failover(
+    json_out: JsonOut = False,
+    kills: Annotated[int, typer.Option(min=1, help="Leader kills (the median is reported).")] = 5,
+    rate: Annotated[
+        float, typer.Option(min=100, help="Offered load, readings/s over all devices.")
+    ] = 10_000.0,
+    devices: Devices = 48,
+    window: Window = 4,
+    ack_timeout_ms: Annotated[
+        int, typer.Option(min=100, help="Devices resend from their watermark after this.")
+    ] = 5000,
+    settle: Annotated[
+        float, typer.Option(min=1, help="Seconds of steady load before each kill.")
+    ] = 10.0,
+    pre: Annotated[
+        float, typer.Option(min=0.5, help="Seconds before a kill that set the rate to regain.")
+    ] = 5.0,
+    observe: Annotated[
+        float, typer.Option(min=1, help="At most this long after a kill before the restart.")
+    ] = 30.0,
+    generators: Generators = 1,
+) -> None:
+    """Hub cluster: kill -9 the leader under load; time to the first commit and to 90% rate."""
+    with reported():
+        result = failover(
+            kills=kills,
+            rate=rate,
+            devices=devices,
+            window=window,
+            ack_timeout_ms=ack_timeout_ms,
+            settle_s=settle,
+            pre_s=pre,
+            observe_s=observe,
+            generators=generators,
+            say=say,
+        )
+    emit(result, json_out)
+
+
+@bench_app.command("soak")
+def bench_soak(
+    json_out: JsonOut = False,
+    minutes: Annotated[float, typer.Option(min=0.1, help="Minutes of paced load.")] = 30.0,
+    rate: Annotated[
+        float | None,
+        typer.Option(min=1, help="Readings/s offered (default: half the measured maximum)."),
+    ] = None,
+    devices: Annotated[int, typer.Option(min=1, help="Simulated devices (CPython).")] = 48,
+    micropython_devices: Annotated[
+        int, typer.Option(min=0, help="Plugs running the firmware on MicroPython.")
+    ] = 3,
+    sample_s: Annotated[
+        float, typer.Option(min=1, help="Seconds between memory and descriptor samples.")
+    ] = 10.0,
+    warmup_s: Annotated[
+        float | None,
+        typer.Option(min=0, help="Growth is measured from here (default: a fifth, at most 120)."),
+    ] = None,
+) -> None:
+    """Hub cluster at half the maximum rate for a long while: RSS, descriptors, convergence."""
+    with reported():
+        result = soak(
+            minutes=minutes,
+            rate=rate,
+            devices=devices,
+            micropython_devices=micropython_devices,
+            sample_s=sample_s,
+            warmup_s=warmup_s,
+            say=say,
+        )
+    emit(result, json_out)
+
+
+@bench_app.command("all")
+def bench_all(
+    json_out: JsonOut = False,
+    quick: Annotated[bool, typer.Option(help="Tiny sizes for every benchmark (tests).")] = False,
+    write: Annotated[bool, typer.Option(help="Rewrite the report with this run.")] = True,
+    out: Annotated[Path, typer.Option(help="The report to rewrite.")] = Path("docs/BENCHMARKS.md"),
+    soak_minutes: Annotated[float, typer.Option(min=0.1, help="Minutes of the soak.")] = 3.0,
+    only: Annotated[
+        str | None, typer.Option(help="Comma-separated subset, e.g. codec,soak.")
+    ] = None,
+) -> None:
+    """Every benchmark in one go: one JSON object, one report with a history."""
+    chosen = BENCHES if only is None else tuple(b.strip() for b in only.split(",") if b.strip())
+    with reported():
+        summary = run_all(quick, soak_minutes, chosen, say)
+    attach_previous(summary, out)
+    if write and not summary["errors"]:
+        write_report(summary, out)
+        summary["report"] = str(out)
+    else:
+        summary["report"] = None
+    emit(summary, json_out)
+    if summary["errors"]:
+        raise typer.Exit(1)

@@ -1,0 +1,105 @@
+"""`aiot cluster`: write a local cluster's configs (tools/lab/cluster.py), and
+the membership and status of a running one, through a hub node's API."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from tools.base.hubclient import HubClient, HubError
+from tools.cli.output import fail, group, print_json
+from tools.cli.remote import JsonOpt, on_hub
+from tools.lab.cluster import main_init
+
+cluster_app = group("cluster", "Cluster membership and status.")
+
+
+@cluster_app.command("init")
+def cluster_init(
+    directory: Annotated[Path, typer.Argument(help="Where to write the configs.")],
+    nodes: Annotated[int, typer.Option(min=1, max=9)] = 3,
+    host: Annotated[str, typer.Option(help="The address every port binds to.")] = "127.0.0.1",
+    broker: Annotated[str, typer.Option(help="mosquitto or embedded.")] = "mosquitto",
+    base_port: Annotated[
+        int, typer.Option(help="Raft ports from here; brokers +100, HTTP +200.")
+    ] = 4321,
+) -> None:
+    """Write configs and a cluster secret for a cluster of NODES nodes."""
+    if broker not in ("mosquitto", "embedded"):
+        raise fail("--broker: expected mosquitto or embedded")
+    for p in main_init(directory, nodes, host, broker, base_port):
+        typer.echo(str(p))
+    typer.echo(f"instructions: {directory / 'README.txt'}", err=True)
+
+
+def _node_status(client: HubClient, node: dict[str, Any]) -> dict[str, Any]:
+    """One row of `cluster status`, from the node's own /v1/status."""
+    row: dict[str, Any] = {"node_id": node["node_id"], "http": node["http"], "up": False}
+    try:
+        with client.at(node["http"], timeout=3.0) as nc:
+            st = nc.get("/v1/status")
+    except HubError as exc:
+        row["error"] = str(exc)
+        return row
+    raft = st["raft"]
+    row.update(
+        up=True,
+        leader=raft["is_leader"],
+        term=raft["term"],
+        commit_index=raft["commit_index"],
+        applied_index=raft["applied_index"],
+        lag=st["lag"],
+        broker=st["broker"],
+        devices=len(st["devices_connected"]),
+    )
+    return row
+
+
+@cluster_app.command("status")
+@on_hub
+def cluster_status(client: HubClient, json_out: JsonOpt = False) -> None:
+    """Each node: up, leader, term, commit and applied index, lag, broker, devices."""
+    table = client.get("/v1/cluster")
+    rows = [_node_status(client, n) for n in table["nodes"]]
+    if json_out:
+        print_json({"leader": table["leader"], "term": table["term"], "nodes": rows})
+        return
+    typer.echo(
+        f"{'node':<10} {'up':<4} {'role':<9} {'term':>5} {'commit':>8} {'applied':>8} "
+        f"{'lag':>5}  {'broker':<22} devices"
+    )
+    for r in rows:
+        if not r["up"]:
+            typer.echo(f"{r['node_id']:<10} {'no':<4} {r.get('error', '')}")
+            continue
+        b = r["broker"]
+        broker = f"{b['mode']} {b['address']}" + ("" if b["consumer_connected"] else " (down)")
+        role = "leader" if r["leader"] else "follower"
+        typer.echo(
+            f"{r['node_id']:<10} {'yes':<4} {role:<9} {r['term']:>5} {r['commit_index']:>8} "
+            f"{r['applied_index']:>8} {r['lag']:>5}  {broker:<22} {r['devices']}"
+        )
+
+
+@cluster_app.command("add-node")
+@on_hub
+def cluster_add_node(
+    client: HubClient,
+    raft_address: Annotated[str, typer.Argument(help="The new node's raft.bind, host:port.")],
+) -> None:
+    """Add a node to the cluster (start it with the other nodes as its peers)."""
+    client.post("/v1/cluster/nodes", {"raft": raft_address})
+    typer.echo(f"added {raft_address}")
+
+
+@cluster_app.command("remove-node")
+@on_hub
+def cluster_remove_node(
+    client: HubClient,
+    raft_address: Annotated[str, typer.Argument(help="The node's raft.bind, host:port.")],
+) -> None:
+    """Remove a node from the cluster."""
+    client.delete(f"/v1/cluster/nodes/{raft_address}")
+    typer.echo(f"removed {raft_address}")

@@ -1,0 +1,147 @@
+"""`aiot models`: the model registry (hub/decide/registry.py): signing keys,
+signed uploads, hot activation on every node, and training the anomaly model
+(tools/cli/anomaly.py)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from hub.core import keys
+from hub.decide import registry as reg
+from tools.base.hubclient import HubClient, HubError
+from tools.cli import anomaly
+from tools.cli.output import fail, group, print_json, say
+from tools.cli.remote import JsonOpt, on_hub
+
+models_app = group("models", "The model registry: signed versions, hot activation.")
+
+
+@models_app.command("keygen")
+def models_keygen(
+    out: Annotated[Path, typer.Option(help="Write the private key here (mode 600).")],
+) -> None:
+    """An Ed25519 signing key; prints the public key for [models] trusted_keys."""
+    if out.exists():
+        raise fail(f"{out} exists; refusing to overwrite a key")
+    priv, pub = keys.keygen()
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(priv + "\n")
+    typer.echo(pub)
+    say(f"private key in {out}; add the public key above to [models] trusted_keys")
+
+
+def _inner_manifest(file: Path, manifest: Path | None) -> dict[str, Any]:
+    """The model's own manifest: --manifest, else FILE with .json if there is one."""
+    man_path = manifest or file.with_suffix(".json")
+    if man_path.exists():
+        try:
+            inner: dict[str, Any] = json.loads(man_path.read_text())
+        except ValueError as exc:
+            raise fail(f"{man_path}: not JSON: {exc}") from None
+        return inner
+    if manifest is not None:
+        raise fail(f"{manifest} does not exist")
+    return {}
+
+
+@models_app.command("push")
+@on_hub
+def models_push(
+    client: HubClient,
+    file: Annotated[Path, typer.Argument(help="The model file (.onnx or .gguf).", exists=True)],
+    name: Annotated[str, typer.Option(help="The model's name, e.g. anomaly.")],
+    sign_key: Annotated[Path, typer.Option(help="Ed25519 private key (aiot models keygen).")],
+    version: Annotated[
+        str | None, typer.Option(help="Default: from the manifest, or a timestamp.")
+    ] = None,
+    manifest: Annotated[
+        Path | None, typer.Option(help="The model's own manifest (default: FILE with .json).")
+    ] = None,
+) -> None:
+    """Sign a model version and upload it to one hub; the others fetch it by sha256."""
+    kind = "gguf" if file.suffix == ".gguf" else "onnx"
+    inner = _inner_manifest(file, manifest)
+    data = file.read_bytes()
+    version = version or str(inner.get("version") or time.strftime("%Y%m%d%H%M%S"))
+    try:
+        key = keys.private_key(sign_key)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    signed = reg.signed_manifest(name, version, kind, data, inner)
+    signature, kid = keys.sign(signed, key)
+    sha = hashlib.sha256(data).hexdigest()
+    say(f"uploading {file.name} ({len(data)} bytes, sha256 {sha[:12]}...)")
+    client.request("PUT", f"/v1/models/blobs/{sha}", content=data)
+    out = client.post(
+        "/v1/models",
+        {
+            "manifest": signed.decode(),
+            "signature": base64.b64encode(signature).decode(),
+            "key_id": kid,
+        },
+    )
+    typer.echo(f"registered {out['name']}@{out['version']} ({out['sha256'][:12]}...)")
+
+
+@models_app.command("activate")
+@on_hub
+def models_activate(
+    client: HubClient, target: Annotated[str, typer.Argument(help="NAME@VERSION")]
+) -> None:
+    """Hot-swap every hub to this version (rollback: activate the previous one)."""
+    name, sep, version = target.partition("@")
+    if not sep or not name or not version:
+        raise fail("expected NAME@VERSION")
+    client.post(f"/v1/models/{name}/activate", {"version": version})
+    typer.echo(f"activating {name}@{version} on every hub; see aiot models list")
+
+
+def _versions(client: HubClient, nodes: list[dict[str, Any]]) -> dict[tuple[str, str], Any]:
+    """Every node's model list merged: (name, version) -> the model, with
+    ``active_on`` and ``error_on`` gathered from all nodes."""
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for n in nodes:
+        try:
+            with client.at(n["http"], timeout=5.0) as nc:
+                listed = nc.get("/v1/models")
+        except HubError as exc:
+            say(f"aiot: {n['node_id']}: {exc}")
+            continue
+        for m in listed:
+            row = rows.setdefault(
+                (m["name"], str(m["version"])), {**m, "active_on": {}, "error_on": {}}
+            )
+            row["active_on"].update(m.get("active_on", {}))
+            row["error_on"].update({k: v for k, v in m.get("error_on", {}).items() if v})
+    return rows
+
+
+@models_app.command("list")
+@on_hub
+def models_list(client: HubClient, json_out: JsonOpt = False) -> None:
+    """Versions, and which version each node runs."""
+    rows = _versions(client, client.get("/v1/cluster")["nodes"])
+    if json_out:
+        print_json(list(rows.values()))
+        return
+    for (name, version), m in sorted(rows.items()):
+        running = sorted(k for k, v in m["active_on"].items() if v == version)
+        errors = "; ".join(f"{k}: {v}" for k, v in m["error_on"].items())
+        mark = "*" if m.get("activated") else " "
+        sha = str(m.get("sha256") or "")[:12]
+        typer.echo(
+            f"{mark} {name}@{version:<16} {m.get('kind', '?'):<5} {sha}  "
+            f"running on: {', '.join(running) or '-'}" + (f"  errors: {errors}" if errors else "")
+        )
+
+
+anomaly.register_models(models_app)
