@@ -8,13 +8,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.cluster.hubs import need_mosquitto
 from tests.support import ROOT, micropython, wait_until
+from tools.base.hubclient import HubClient
 
 pytestmark = [pytest.mark.cluster, pytest.mark.micropython]
 
@@ -110,7 +110,14 @@ def test_ctrl_c_on_the_terminal_stops_the_demo_cleanly(tmp_path: Path) -> None:
     proc = _launch(demo, capture=True)
     try:
         wait_until(lambda: (demo / "demo.json").exists(), 180, "the demo's plugs started")
-        time.sleep(12)  # readings flow
+        doc = json.loads((demo / "demo.json").read_text())
+        with HubClient(doc["hubs"][0]["http"], doc["admin_token"]) as hub:
+
+            def flowing() -> bool:  # every plug has readings committed and acked
+                rows = {r["device_id"]: r for r in hub.get("/v1/devices")}
+                return all(rows.get(d, {}).get("watermark", 0) > 0 for d in doc["devices"])
+
+            wait_until(flowing, 120, "readings of every plug committed")
         os.killpg(proc.pid, signal.SIGINT)
         out, err = proc.communicate(timeout=240)
     finally:

@@ -9,7 +9,7 @@ import asyncio
 import base64
 import hashlib
 import json
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -33,6 +33,16 @@ def version(name: str, ver: str, data: bytes, key: object) -> e.ModelVersion:
     return reg.version_record(signed, sig, kid)
 
 
+async def until(check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    """Poll ``check`` on the event loop until true, or fail naming ``what``."""
+    try:
+        async with asyncio.timeout(timeout):
+            while not check():
+                await asyncio.sleep(0.01)
+    except TimeoutError:
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}") from None
+
+
 def test_swapping_ten_times_under_load_drops_nothing(tmp_path: Path) -> None:
     priv, pub = keys.keygen()
     key = keys.private_key(_write(tmp_path / "k", priv))
@@ -42,9 +52,7 @@ def test_swapping_ten_times_under_load_drops_nothing(tmp_path: Path) -> None:
     tampered[100] ^= 0x01
 
     async def scenario(node: RaftNode) -> dict[str, int]:
-        deadline = time.monotonic() + 20
-        while not node.is_ready and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        await until(lambda: node.is_ready, "the one-node replica ready", 20)
         registry = ModelRegistry(
             "hub-1", node, tmp_path / "blobs", {keys.key_id(public): public}, "t"
         )
@@ -78,29 +86,31 @@ def test_swapping_ten_times_under_load_drops_nothing(tmp_path: Path) -> None:
                 counts["offered"] += 1
                 await asyncio.sleep(0.001)
 
+        def serving(version: str) -> bool:
+            active = registry.active.get("anomaly")
+            return active is not None and active.version == version
+
         async def swap(to: str) -> None:
             await reg.propose_activation(node, "anomaly", to)
-            while (
-                registry.active.get("anomaly") is None or registry.active["anomaly"].version != to
-            ):
-                await asyncio.sleep(0.01)
+            await until(lambda: serving(to), f"version {to} active")
             counts["swaps"] += 1
 
-        while registry.current("anomaly") is None:  # the shipped model, at start
-            await asyncio.sleep(0.01)
+        # the shipped model, at start
+        await until(lambda: registry.current("anomaly") is not None, "the shipped model")
         loader = asyncio.create_task(load())
         for n in range(10):
             await swap("a" if n % 2 == 0 else "b")
-        # A tampered version: refused, the old one keeps serving.
+        # A tampered version: refused, and the old one keeps serving: windows
+        # go on being scored by it after the refusal.
         await reg.propose_activation(node, "anomaly", "bad")
-        while "anomaly" not in registry.errors:
-            await asyncio.sleep(0.01)
-        serving = registry.active["anomaly"].version
-        await asyncio.sleep(0.2)
+        await until(lambda: "anomaly" in registry.errors, "the tampered version refused")
+        refused_at = counts["scored"]
+        await until(lambda: counts["scored"] >= refused_at + 5, "five windows scored after it")
+        still = serving("b")
         stop.set()
         await loader
         runner.cancel()
-        counts["serving_b"] = int(serving == "b")
+        counts["serving_b"] = int(still)
         counts["refused"] = registry.refused
         counts["loads"] = registry.loads
         return counts

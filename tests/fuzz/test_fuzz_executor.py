@@ -8,9 +8,13 @@ codec (and frames signed with another key or mutated, which reach
 power cuts inside a handler (a BaseException after it acted); metadata saves
 that fail; ``finish`` of accepted commands, genuine or not.
 
-Under MicroPython (``micropython -X heapsize=96k``, one process per boot, as
-tests/micropython/test_executor_micropython.py runs it): sequences of signed,
-foreign and mutated frames over two boots, with jammed handlers.
+Under MicroPython (one process per boot, as
+tests/micropython/test_executor_micropython.py runs it, with the metadata on
+LittleFS over edge/ramdisk.py's RAM flash: tests/micropython/executor_flash.py):
+sequences of signed, foreign and mutated frames over three boots, with jammed
+handlers, and the power cut at a program or erase of the flash, in the middle
+of a command's saves or of recover(); the next boot starts from the flash as
+the cut left it, and the cut command is delivered again.
 
 Every step is checked against a model written from the executor's header
 comment (its table of checks, in order, and which refusals are consumed):
@@ -43,7 +47,7 @@ from edge import executor
 from edge.meta import CMD_DONE, CMD_EXECUTING, Meta
 from protocol import messages as m
 from tests.fuzz.budget import Tally, fuzz_settings
-from tests.micropython.executor_cases import DEV, KEY, OTHER_KEY, boot_micropython
+from tests.micropython.executor_cases import DEV, FLASH_RUNNER, KEY, OTHER_KEY, boot_micropython
 from tests.support import micropython
 
 S = m.CommandStatus
@@ -608,8 +612,62 @@ def _signed_frames(
     return out
 
 
+FLASH_BLOCKS = 24  # LittleFS on 24 blocks of 512 bytes: the two metadata copies fit
+
+
+def after_cut(
+    before: dict[str, Any], fields: dict[str, Any] | None, now: int | None, jam: list[str]
+) -> list[dict[str, Any]]:
+    """What flash may hold after the power went during one job, from the
+    state before it: untouched, or any state the job writes on its way
+    (executor.py: the intent, EXECUTING, before acting; DONE with the result
+    after). ``fields`` None: the job was recover()."""
+    if fields is None:
+        return [before, interrupted(before)]
+    expect = predict(before, fields, now)
+    if expect.path not in ("execute", "final"):
+        return [before]
+    common = {
+        **{k: v for k, v in before.items() if k != "cmd_detail"},  # the executor's text
+        "last_cmd_seq": fields["seq"],
+        "highest_term": max(before["highest_term"], fields["term"]),
+        "cmd_id": fields["command_id"],
+    }
+    if expect.path == "final":
+        status, reason = expect.status, expect.reason
+        return [
+            before,
+            {**common, "cmd_state": CMD_DONE, "cmd_status": status, "cmd_reason": reason},
+        ]
+    intent = {
+        **common,
+        "cmd_state": CMD_EXECUTING,
+        "cmd_status": 0,
+        "cmd_reason": 0,
+        "cmd_detail": "",
+    }
+    jammed = fields["action"] in jam
+    status, reason = (S.FAILED, R.EXECUTION_ERROR) if jammed else (S.DONE, R.NONE)
+    done = {**common, "cmd_state": CMD_DONE, "cmd_status": status, "cmd_reason": reason}
+    return [before, intent, done]
+
+
+def _same(state: dict[str, Any], pattern: dict[str, Any]) -> bool:
+    """``state`` matches ``pattern`` on the keys the pattern has (a state
+    written by a cut job leaves out what only the handler knows)."""
+    return all(state[k] == pattern[k] for k in STATE_KEYS if k in pattern)
+
+
 @pytest.mark.micropython
 def test_fuzz_executor_under_micropython_at_most_once() -> None:
+    """Three boots of the executor under MicroPython, its metadata on
+    LittleFS over a RAM block device that may lose power at any program or
+    erase: in the middle of saving a command's intent or its result, or
+    while recover() records an interrupted one. After each cut the device
+    boots from what the flash holds: it holds a state the cut job could have
+    written, recover() runs nothing, the cut command sent again is never
+    run a second time, and over all boots every command ran at most once,
+    exactly those the model runs."""
     micropython()
     tally = Tally("executor_micropython")
 
@@ -619,32 +677,82 @@ def test_fuzz_executor_under_micropython_at_most_once() -> None:
         tally.example()
         with tempfile.TemporaryDirectory() as tmp:
             home = Path(tmp)
-            (home / "meta").mkdir()
             log = home / "acted.jsonl"
+            flash = {"image": str(home / "flash.img"), "blocks": FLASH_BLOCKS}
             state: dict[str, Any] = {
                 k: "" if k in ("cmd_id", "cmd_detail") else 0 for k in STATE_KEYS
             }
-            counter = 0
-            executed: list[str] = []  # ids the model says run, in order, over both boots
-            for _boot in range(2):
+            allowed = [state]  # what flash may hold at the next boot
+            cut_frame: tuple[str, bytes, dict[str, Any] | None] | None = None
+            executed: list[str] = []  # ids the model says run, in order, over every boot
+            for _boot in range(3):
                 now = data.draw(st.one_of(st.none(), st.integers(0, 2**40)), label="now")
                 jam = data.draw(st.lists(st.sampled_from(list(SPECS)), max_size=2), label="jam")
-                frames = _signed_frames(data, state, now, data.draw(st.integers(3, 30)))
+                frames = _signed_frames(data, allowed[0], now, data.draw(st.integers(3, 20)))
+                if cut_frame is not None:  # the broker delivers the cut command again
+                    frames.insert(0, cut_frame)
+                cut_at = 0
+                if data.draw(st.integers(0, 2), label="power cut") > 0:
+                    cut_at = data.draw(st.integers(1, 12), label="cut at")  # 3 or 4 a save
+                torn = data.draw(st.sampled_from([None, 16, 100]), label="torn")
                 init = {
                     "op": "init",
-                    "dir": str(home / "meta"),
+                    "dir": "",
                     "device_id": DEV,
                     "key_hex": KEY.hex(),
                     "log": str(log),
                     "now": now,
                     "fail": jam,
-                    "crash_mode": "kill",
+                    "flash": {**flash, "cut_at": cut_at, "torn": torn},
                 }
                 jobs = [{"op": "frame", "hex": frame.hex()} for _, frame, _ in frames]
-                outs = boot_micropython([init, {"op": "recover"}, *jobs], False)
-                assert len(outs) == len(jobs) + 2
-                for (how, _, fields), out in zip(frames, outs[2:], strict=True):
+                # The heap holds the flash too (12 KiB, and its image once more).
+                outs = boot_micropython(
+                    [init, {"op": "recover"}, *jobs], False, "160k", FLASH_RUNNER
+                )
+                dead = bool(outs[-1].get("dead"))
+                assert len(outs) == len(jobs) + 2 or dead, outs[-1]
+                logged = log.read_text().split("\n")[:-1] if log.exists() else []
+                ids = [json.loads(line)["id"] for line in logged]
+                # 1. The boot found on flash a state the last one could leave.
+                loaded = {k: outs[0]["meta"][k] for k in STATE_KEYS}
+                assert any(_same(loaded, a) for a in allowed), (loaded, allowed)
+                # 2. recover() answers an interrupted command failed (4. shows it ran nothing).
+                rec = outs[1]
+                if loaded["cmd_state"] == CMD_EXECUTING and not rec.get("dead"):
+                    assert rec["result"] is not None
+                    got = (S(rec["result"]["status"]), R(rec["result"]["reason"]))
+                    assert got == (S.FAILED, R.EXECUTION_ERROR), rec
+                    assert rec["result"]["command_id"] == loaded["cmd_id"]
+                    tally.note("recovered an interrupted command")
+                state = {k: rec["meta"][k] for k in STATE_KEYS}
+                if rec.get("dead"):
+                    tally.note("cut in recover")
+                    allowed, cut_frame = after_cut(loaded, None, now, jam), None
+                    assert ids == executed, "acted while recovering"
+                    continue
+                assert _same(state, interrupted(loaded))
+                counter = rec["meta"]["counter"]
+                allowed, cut_frame = [state], None
+                # 3. Each frame as the model says, up to the one the power cut.
+                for (how, frame, fields), out in zip(frames, outs[2:], strict=False):
                     tally.hit(how)
+                    if out.get("dead"):
+                        tally.hit("power_cut")
+                        allowed, cut_frame = (
+                            after_cut(state, fields, now, jam),
+                            (how, frame, fields),
+                        )
+                        if len(ids) > len(executed):  # it acted before the cut
+                            assert fields is not None
+                            tally.note("cut after acting")
+                            executed.append(fields["command_id"])
+                            # ...so flash must hold its intent or its result:
+                            # the state before it would let it run again.
+                            allowed = allowed[1:]
+                        elif fields is not None and predict(state, fields, now).path == "execute":
+                            tally.note("cut before acting")
+                        break
                     res = out["result"]
                     meta = {k: out["meta"][k] for k in STATE_KEYS}
                     if fields is None:  # forged or mutated: refused, nothing written
@@ -668,11 +776,11 @@ def test_fuzz_executor_under_micropython_at_most_once() -> None:
                         assert meta["last_cmd_seq"] == fields["seq"]
                         assert meta["cmd_id"] == fields["command_id"]
                     state, counter = meta, out["meta"]["counter"]
-                # Lines end at "\n" only: str.splitlines also breaks at U+0085,
-                # U+2028 and others, which json.dumps on MicroPython leaves raw.
-                lines = log.read_text().split("\n")[:-1] if log.exists() else []
-                # The device acted on exactly the commands the model runs, once each.
-                assert [json.loads(line)["id"] for line in lines] == executed
+                    allowed = [state]
+                # 4. The device acted on exactly the commands the model runs, once each.
+                # (A command run again, by recover() or on its redelivery
+                # after a cut, would be an entry the model does not have.)
+                assert ids == executed, (ids, executed)
 
     one()
     tally.done()

@@ -36,6 +36,7 @@ KEY = bytes(range(32))
 OTHER_KEY = bytes(range(1, 33))
 DEV = "plug-07"
 RUNNER = Path(__file__).with_name("executor_runner.py")
+FLASH_RUNNER = Path(__file__).with_name("executor_flash.py")
 
 S = m.CommandStatus
 R = m.Reason
@@ -45,14 +46,18 @@ R = m.Reason
 Boot = Callable[[list[dict[str, Any]], bool], list[dict[str, Any]]]
 
 
-def boot_micropython(jobs: list[dict[str, Any]], crash: bool) -> list[dict[str, Any]]:
+def boot_micropython(
+    jobs: list[dict[str, Any]], crash: bool, heap: str = "96k", runner: Path = RUNNER
+) -> list[dict[str, Any]]:
+    """One boot under MicroPython (heap: the device's, as -X heapsize; runner:
+    executor_runner.py, or executor_flash.py for metadata on a RAM flash)."""
     with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as f:
         for job in jobs:
             f.write(json.dumps(job) + "\n")
         path = f.name
     try:
         proc = subprocess.run(
-            [micropython(), "-X", "heapsize=96k", str(RUNNER), path],
+            [micropython(), "-X", f"heapsize={heap}", str(runner), path],
             capture_output=True,
             text=True,
             env=dict(os.environ, MICROPYPATH=f"{ROOT}:.frozen"),
