@@ -4,7 +4,7 @@ registered device's own credentials on the topics its ACL allows it, ``up``,
 ``status`` and ``ack``: random bytes, its valid frames with bit flips,
 truncations and extensions, frames signed with another device's key, another
 device's authentic frames, and oversized payloads. None is authentic for the
-topic, so none may change anything (ARCHITECTURE.md invariant 5):
+topic, so none may change anything (docs/ARCHITECTURE.md invariant 5):
 
 - the daemon stays up and ready, and its log holds no traceback;
 - every message is accounted for: the node's reject counters for ``up``,

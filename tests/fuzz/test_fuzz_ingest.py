@@ -12,7 +12,7 @@ mutated envelopes signed again with the right key (they reach the FlatBuffers
 verifier and the sequence checks), generated TelemetryBatch messages, and
 resends of batches whose proposal failed.
 
-Per message (ARCHITECTURE.md invariant 5):
+Per message (docs/ARCHITECTURE.md invariant 5):
 
 - nothing but ``Rejected`` leaves ``validate``, nothing leaves ``handle``,
   and no log record carries a traceback;

@@ -1,4 +1,4 @@
-"""Ingest never acks past a hole (ARCHITECTURE.md invariant 1), judged against
+"""Ingest never acks past a hole (docs/ARCHITECTURE.md invariant 1), judged against
 what the proposer itself committed.
 
 A device pipelines its batches: each round it sends every batch above the
