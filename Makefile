@@ -8,7 +8,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: demo test check lint protocol bench mosquitto socat chromium clean
+.PHONY: demo test check lint protocol bench mosquitto socat chromium systemd clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -51,7 +51,12 @@ chromium:
 demo: $(STAMP) mosquitto socat
 	$(VENV)/bin/aiot demo
 
-test: $(STAMP) mosquitto socat chromium
+# systemd-analyze checks the units `aiot hub install-service` writes and the
+# guide's timers (it needs no running systemd).
+systemd:
+	$(call apt_need,systemd-analyze,systemd)
+
+test: $(STAMP) mosquitto socat chromium systemd
 	$(PY) -m pytest
 
 # mypy strict on hub/, tools/, protocol/; the import contracts of the layers

@@ -65,8 +65,21 @@ The format, with defaults:
                                       # model, eval reports, GGUF); an existing
                                       # folder; default: models/ beside the hub package
 
+    [rules]
+    shipped = ["energy"]              # rule sets of the shipped models' rules/ folder
+                                      # (here <shipped_dir>/rules/energy.toml)
+    files = ["rules/more.toml"]       # rules files by path
+    [[rules.rule]]                    # rules in the config itself
+
     [rules] and [guard] are validated by hub/decide/rules.py and hub/decide/guard.py
-    (docs/decisions.md documents them).
+    (docs/decisions.md documents them). The configs `aiot cluster init` and
+    `aiot hub install-service` write turn the shipped energy rules on with
+    ``shipped = ["energy"]``; without the key (or with ``shipped = []``) a hub
+    loads only the rules the config gives itself, and with none it never
+    decides. A name with no file in the folder stops the hub at start:
+
+    hub.toml: rules.shipped[0]: no rule set 'enrgy' in /opt/aiot/models/rules (it has
+    energy) (did you mean 'energy'?)
 
 Paths are relative to the file. Each table is a ``Schema`` of
 hub/core/validate.py: a validator per key, read into the frozen dataclass
@@ -410,6 +423,13 @@ def _one_use_per_address(
             if addr in taken:
                 raise ConfigError(source, key, f"{addr} is already used by {taken[addr]}")
             taken[addr] = key
+
+
+def shipped_models(doc: Mapping[str, Any], source: Path) -> Path:
+    """The shipped models' folder of a parsed config document (``[models]
+    shipped_dir``, validated as ``parse`` does), for the tables that other
+    modules read from the same file (the shipped rule sets of ``[rules]``)."""
+    return _models(MODELS.table(source, "models", doc.get("models"))).shipped_dir
 
 
 def _models(t: Table) -> ModelsConfig:

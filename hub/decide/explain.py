@@ -5,12 +5,18 @@
 
 Common questions get rule-based answers built only from stored records:
 
-- why did <device> switch off / turn off / get an alert?  -> its latest
-  matching decision: the rule and its description, the facts, the guard's
-  verdict, the command and what the device answered;
+- why did <device> switch off / turn off / get an alert / get a command?
+  -> its latest matching event: a decision (the rule and its description,
+  the facts, the guard's verdict, the command and what the device answered),
+  or an operator's command that no decision issued (when it was sent, its
+  state and what the device answered);
 - what happened to / status of / last ... <device>      -> its latest
   decisions, commands, watermark and presence;
 - how much energy did <device> use (today | on YYYY-MM-DD)? -> hourly energy.
+
+A question that names a device the asker cannot see (there is none by that
+name, or it is not theirs: the same answer for both) is answered "I know no
+device plug-9."; what it asks about known devices is answered too.
 
 Anything else goes to the optional ``fallback`` (the LLM tier, given the same
 records as context). Whatever the fallback says is validated before it is
@@ -24,7 +30,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any, Final, Protocol
@@ -35,6 +41,12 @@ from hub.state.records import LedgerRecord
 _ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _NUMBER: Final = re.compile(r"-?\d+(?:\.\d+)?")
 _DATE: Final = re.compile(r"\b(\d{4}-\d{2}-\d{2})\b")
+# A word shaped like a device id: letters first, then parts joined by - or _,
+# with a digit somewhere ("plug-9", "meter_2b"; not "switch-off" or a date).
+_DEVICE_LIKE: Final = re.compile(r"(?<![\w.-])[A-Za-z][A-Za-z0-9]*(?:[-_][A-Za-z0-9]+)+")
+_WORD_NUMBER: Final = re.compile(r"\b([A-Za-z][A-Za-z0-9]*)\s+(\d+)\b")
+_OFF: Final = re.compile(r"\boff\b")
+_SCAN: Final = 200  # decisions looked at for a "why" question
 
 
 class View(Protocol):
@@ -83,14 +95,54 @@ def mentioned(question: str, devices: Sequence[str]) -> list[str]:
     return found
 
 
+def unknown(question: str, devices: Sequence[str]) -> list[str]:
+    """Words of the question shaped like device ids that name none of
+    ``devices`` ("plug-9"; "plug 9" when a known id starts with "plug-")."""
+    known = {d.lower() for d in devices}
+    found = [w for w in _DEVICE_LIKE.findall(question) if any(c.isdigit() for c in w)]
+    for word, number in _WORD_NUMBER.findall(question):
+        if any(d.startswith(f"{word.lower()}-") for d in known):
+            found.append(f"{word}-{number}")
+    out: list[str] = []
+    for w in found:
+        if w.lower() not in known and w.lower() not in (o.lower() for o in out):
+            out.append(w)
+    return out
+
+
+def _not_known(names: Sequence[str]) -> str:
+    return f"I know no device {' or '.join(names)}."
+
+
 def _is_off(d: e.Decision) -> bool:
     action = _record(d).get("action") or {}
     params = action.get("params") or {}
     return action.get("name") == "relay.set" and params.get("on") is False
 
 
+def _switches_off(c: LedgerRecord) -> bool:
+    params = {p.name: p.value for p in c.command.params}
+    return c.command.action == "relay.set" and params.get("on") is False
+
+
 def _command_of(view: View, device_id: str, command_id: str) -> LedgerRecord | None:
     return next((c for c in view.commands(device_id) if c.command.command_id == command_id), None)
+
+
+def _command_state(cmd: LedgerRecord) -> str:
+    """``Command c-1 is DONE (since ...); the device answered DONE (relay off).``"""
+    cid = cmd.command.command_id
+    text = f"Command {cid} is {cmd.state.name} (since {_when(cmd.history[-1].at_ms)})"
+    if cmd.result is not None:
+        text += f"; the device answered {cmd.result.status.name}"
+        if cmd.result.detail:
+            text += f" ({cmd.result.detail})"
+    return text + "."
+
+
+def _action(name: str, params: Iterable[tuple[str, Any]]) -> str:
+    shown = ", ".join(f"{k}={v}" for k, v in params)
+    return name + (f" {shown}" if shown else "")
 
 
 def _describe(view: View, d: e.Decision) -> tuple[str, list[str]]:
@@ -105,8 +157,8 @@ def _describe(view: View, d: e.Decision) -> tuple[str, list[str]]:
         parts.append("Facts: " + "; ".join(str(f) for f in facts) + ".")
     action = rec.get("action")
     if isinstance(action, dict):
-        params = ", ".join(f"{k}={v}" for k, v in (action.get("params") or {}).items())
-        parts.append(f"Action: {action.get('name')}" + (f" {params}" if params else "") + ".")
+        params = (action.get("params") or {}).items()
+        parts.append(f"Action: {_action(str(action.get('name')), params)}.")
     guard = rec.get("guard") or {}
     if guard:
         verdict = guard.get("outcome", "?")
@@ -117,16 +169,63 @@ def _describe(view: View, d: e.Decision) -> tuple[str, list[str]]:
         cmd = _command_of(view, d.device_id, d.command_id)
         if cmd is not None:
             sources.append(d.command_id)
-            last = cmd.history[-1]
-            text = f"Command {d.command_id} is {cmd.state.name} (since {_when(last.at_ms)})"
-            if cmd.result is not None:
-                text += f"; the device answered {cmd.result.status.name}"
-                if cmd.result.detail:
-                    text += f" ({cmd.result.detail})"
-            parts.append(text + ".")
+            parts.append(_command_state(cmd))
     elif rec.get("alert"):
         parts.append("It raised an alert; no command was sent.")
     return " ".join(parts), sources
+
+
+def _describe_command(cmd: LedgerRecord, by_operator: bool) -> tuple[str, list[str]]:
+    """A command that no decision issued (``by_operator``: none of the
+    decisions looked at cites it, and they reach back past it)."""
+    c = cmd.command
+    what = _action(c.action, ((p.name, p.value) for p in c.params))
+    head = (
+        f"At {_when(c.issued_at_ms)} command {c.command_id} ({what}) was issued for {c.device_id}"
+    )
+    if by_operator:
+        head += " by an operator through the API; no decision of the hub issued it"
+    return f"{head}. {_command_state(cmd)}", [c.command_id]
+
+
+_WANTED: Final = {
+    "alert": "alert",
+    "off": "switch-off decision or command",
+    "command": "command",
+}
+
+
+def _why(view: View, device_id: str, want: str) -> Answer:
+    """The latest decision or operator's command that answers "why did
+    ``device_id`` switch off / raise an alert / get a command"."""
+    decisions = view.decisions(device_id, _SCAN)
+    if want == "alert":
+        match = next((d for d in decisions if _record(d).get("alert")), None)
+    elif want == "off":
+        match = next((d for d in decisions if _is_off(d)), None)
+    else:
+        match = next((d for d in decisions if d.command_id), None)
+    cited = {d.command_id for d in decisions if d.command_id}
+    # Decisions older than those looked at may cite older commands.
+    reach = decisions[-1].at_ms if len(decisions) >= _SCAN else None
+    command = None
+    if want != "alert":
+        command = next(
+            (
+                c
+                for c in reversed(view.commands(device_id))
+                if c.command.command_id not in cited and (want == "command" or _switches_off(c))
+            ),
+            None,
+        )
+    if command is not None and (match is None or command.command.issued_at_ms > match.at_ms):
+        by_operator = reach is None or command.command.issued_at_ms >= reach
+        text, sources = _describe_command(command, by_operator)
+        return Answer(text, "rules", sources)
+    if match is not None:
+        text, sources = _describe(view, match)
+        return Answer(text, "rules", sources)
+    return Answer(f"No {_WANTED[want]} is recorded for {device_id}.", "rules")
 
 
 def _summary(view: View, device_id: str) -> tuple[str, list[str]]:
@@ -155,17 +254,28 @@ def explain(question: str, view: View, fallback: Fallback | None = None) -> Answ
         )
     devices = view.device_ids()
     named = mentioned(q, devices)
+    missing = unknown(q, devices)
+    if missing and not named:
+        return Answer(_not_known(missing), "none")
+    answer = _answer(q, view, devices, named, fallback)
+    if missing:
+        answer.text = f"{_not_known(missing)} {answer.text}"
+    return answer
+
+
+def _answer(
+    q: str, view: View, devices: list[str], named: list[str], fallback: Fallback | None
+) -> Answer:
     low = q.lower()
     if named:
         device_id = named[0]
-        if "why" in low and ("off" in low or "alert" in low or "command" in low):
-            want_alert = "alert" in low
-            for d in view.decisions(device_id, 200):
-                if (want_alert and _record(d).get("alert")) or (not want_alert and _is_off(d)):
-                    text, sources = _describe(view, d)
-                    return Answer(text, "rules", sources)
-            what = "alert" if want_alert else "switch-off decision"
-            return Answer(f"No {what} is recorded for {device_id}.", "rules")
+        if "why" in low:
+            if "alert" in low:
+                return _why(view, device_id, "alert")
+            if _OFF.search(low):
+                return _why(view, device_id, "off")
+            if "command" in low:
+                return _why(view, device_id, "command")
         if re.search(r"\b(energy|k?wh|consum\w*|use[ds]?)\b", low):
             m = _DATE.search(q)
             day = date.fromisoformat(m.group(1)) if m else datetime.now(UTC).date()

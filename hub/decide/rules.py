@@ -46,9 +46,17 @@ The format (the hub config's ``[rules]`` table, or a rules file)::
     # hub.toml                               # rules file (models/rules/energy.toml)
     [rules]                                  timezone = "Europe/Berlin"
     timezone = "UTC"                         [[rule]]
-    files = ["rules/energy.toml"]            id = "plug-over-limit"
-    [[rules.rule]]                           ...
+    shipped = ["energy"]                     id = "plug-over-limit"
+    files = ["rules/more.toml"]              ...
+    [[rules.rule]]
     id = "..."
+
+``shipped`` names rule sets of the shipped models' ``rules/`` folder
+(``energy`` is ``rules/energy.toml`` in ``[models] shipped_dir``, by default
+the models installed with the hub), so a config that names them keeps
+working wherever the hub is installed; ``files`` are rules files by path,
+relative to the config file. The table's own rules come first, then the
+shipped sets, then the files; a rule id may be defined only once.
 
     [[rule]]
     id = "plug-over-limit"                   # [A-Za-z0-9][A-Za-z0-9._-]{0,63}, unique
@@ -80,12 +88,15 @@ from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import Any, Final
 
+from hub.core.config import shipped_models
+from hub.core.paths import SHIPPED_MODELS
 from hub.core.validate import (
     ConfigError,
     Key,
     Schema,
     Table,
     boolean,
+    did_you_mean,
     duration_ms,
     finite,
     globs,
@@ -122,6 +133,7 @@ ALERT: Final = "alert"
 TIER: Final = "rules"
 
 RULE_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+RULES_DIR: Final = "rules"  # the shipped rule sets, in the shipped models' folder
 _MAX_S: Final = 7 * 86_400
 _NEVER: Final = -(2**63)
 _UTC: Final[tzinfo] = UTC
@@ -350,20 +362,55 @@ def load_rules_file(path: Path) -> RuleSet:
     return parse_rules_file(read_toml(path), path)
 
 
-def parse_rules(raw: Any, source: Path, name: str = "rules") -> RuleSet:
-    """A hub config's ``[rules]`` table: ``timezone``, ``files`` (relative to
-    the config file, loaded after the table's own rules) and ``[[rules.rule]]``."""
-    t = Table(source, name, raw, ("timezone", "files", "rule"))
+_SET_NAME: Final = matching(RULE_ID, "the name of a rule set, like 'energy'")
+
+
+def shipped_sets(shipped_dir: Path) -> list[str]:
+    """The names of the rule sets in the shipped models' folder, sorted."""
+    return sorted(p.stem for p in (shipped_dir / RULES_DIR).glob("*.toml"))
+
+
+def _shipped_files(t: Table, shipped_dir: Path) -> tuple[Path, ...]:
+    """The files ``shipped`` names; a name without a file is an error
+    naming the key, the folder and the sets there are."""
+    names: tuple[str, ...] = t.get("shipped", list_of(_SET_NAME, "a list of rule set names"), ())
+    folder = shipped_dir / RULES_DIR
+    files = []
+    for i, name in enumerate(names):
+        file = folder / f"{name}.toml"
+        if not file.is_file():
+            there = shipped_sets(shipped_dir)
+            have = f"it has {', '.join(there)}" if there else "it has none"
+            raise t.error(
+                "shipped",
+                f"no rule set {name!r} in {folder} ({have}){did_you_mean(name, there)}",
+                i,
+            )
+        files.append(file)
+    return tuple(files)
+
+
+def parse_rules(
+    raw: Any, source: Path, name: str = "rules", shipped_dir: Path = SHIPPED_MODELS
+) -> RuleSet:
+    """A hub config's ``[rules]`` table: ``timezone``, ``[[rules.rule]]``,
+    ``shipped`` (rule sets in ``shipped_dir``'s ``rules/``) and ``files``
+    (relative to the config file), loaded in that order."""
+    t = Table(source, name, raw, ("timezone", "shipped", "files", "rule"))
     out = _rule_list(t, source, t.get("timezone", time_zone, _UTC))
+    shipped = _shipped_files(t, shipped_dir)
     files: tuple[Path, ...] = t.get("files", list_of(path, "a list of rules file paths"), ())
-    for file in files:
+    for file in (*shipped, *files):
         out = out + load_rules_file(file)
     return out
 
 
 def load_rules(config_path: Path) -> RuleSet:
-    """The rules of a hub config file: its ``[rules]`` table and the files it names."""
-    return parse_rules(read_toml(config_path).get("rules"), config_path)
+    """The rules of a hub config file: its ``[rules]`` table, the shipped
+    rule sets it names (from its ``[models] shipped_dir``) and its files."""
+    doc = read_toml(config_path)
+    shipped_dir = shipped_models(doc, config_path)
+    return parse_rules(doc.get("rules"), config_path, shipped_dir=shipped_dir)
 
 
 # -- facts ---------------------------------------------------------------------------------

@@ -56,6 +56,11 @@ def device_config(raft: RaftNode, d: e.Device) -> dict[str, Any]:
 
 
 def ledger_json(rec: LedgerRecord) -> dict[str, Any]:
+    """A command's ledger record. ``issued_at_ms``, ``deadline_ms`` and each
+    ``history[].at_ms`` are hub clocks (the node named with the step; PENDING
+    is the issue); ``result.payload.executed_at_ms`` is the device's clock,
+    synced to the hubs' through commit-acks and off by up to tens of ms, so
+    it may read before ``issued_at_ms``: the history is the timeline."""
     c = rec.command
     return {
         "command_id": c.command_id,

@@ -254,7 +254,7 @@ def test_aiot_commands_against_a_running_cluster(tmp_path: Path) -> None:
         # Nobody holds the device: the leader expires it after its deadline.
         wait_until(
             lambda: (
-                json.loads(aiot("command", "show", sent["command_id"], "--config", cfg).stdout)[
+                json.loads(aiot("command", "show", sent["command_id"], "--json", "-c", cfg).stdout)[
                     "state"
                 ]
                 == "EXPIRED"

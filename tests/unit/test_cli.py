@@ -137,7 +137,13 @@ def test_help_lists_exactly_the_working_groups() -> None:
         "chaos",
     }
     assert listed_commands(aiot("hub", "--help").stdout) == {"run", "install-service"}
-    assert listed_commands(aiot("device", "--help").stdout) == {"add", "list", "show", "remove"}
+    assert listed_commands(aiot("device", "--help").stdout) == {
+        "add",
+        "list",
+        "show",
+        "remove",
+        "run",
+    }
     assert listed_commands(aiot("command", "--help").stdout) == {"send", "list", "show"}
     assert listed_commands(aiot("cluster", "--help").stdout) == {
         "init",

@@ -72,7 +72,7 @@ def test_why_a_plug_switched_off_is_answered_from_the_ledger(view: _StoreView) -
     assert "c-1 is DONE" in a.text and "relay off" in a.text
     assert explain("Why did plug 7 turn off", view).sources == ["d-1", "c-1"]
     none = explain("why did plug-8 switch off?", view)
-    assert none.text == "No switch-off decision is recorded for plug-8."
+    assert none.text == "No switch-off decision or command is recorded for plug-8."
 
 
 def test_alerts_and_summaries(view: _StoreView) -> None:

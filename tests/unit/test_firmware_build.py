@@ -1,10 +1,12 @@
-"""`aiot firmware build`: a bundle per board, with manifests and a flash budget."""
+"""`aiot firmware build`: a bundle per board, with manifests and a flash budget;
+generic (no device, no hub) or for one device (its config from the hub or a file)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -13,9 +15,16 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from tests.support import micropython
+from tests.support import free_port, micropython
 from tools.cli import firmware as cli_firmware
-from tools.firmware.build import BOARDS, BuildError, build, load_wifi
+from tools.firmware.build import (
+    BOARDS,
+    BuildError,
+    DeviceConfigError,
+    build,
+    load_device_config,
+    load_wifi,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -142,3 +151,92 @@ def test_cli_unknown_board_and_missing_hub_are_one_line_errors(
         app, ["firmware", "build", "--board", "esp32", "--device", "p", "-o", str(tmp_path)]
     )
     assert res.exit_code == 2 and "which hub?" in res.output
+
+
+def cli_offline(monkeypatch: pytest.MonkeyPatch) -> typer.Typer:
+    """The `aiot firmware` group, with the environment naming a hub that does
+    not answer (a build that needed one would fail)."""
+    monkeypatch.delenv("AIOT_CONFIG", raising=False)
+    monkeypatch.setenv("AIOT_HUB", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("AIOT_TOKEN", "no-hub-answers-here")
+    app = typer.Typer()
+    cli_firmware.register(app)
+    return app
+
+
+@pytest.mark.parametrize("name", list(BOARDS))
+def test_a_generic_bundle_builds_offline_for_every_board(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = cli_offline(monkeypatch)
+    out = tmp_path / "generic"
+    res = CliRunner().invoke(app, ["firmware", "build", "--board", name, "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    assert f"built a generic {name} bundle in {out}: no device config" in res.output
+    assert "config          none: flash it with --device ID or --device-config FILE" in res.output
+    assert "Wi-Fi" not in res.output  # Wi-Fi comes with the device's config
+    info = json.loads((out / "bundle.json").read_text())
+    assert info["board"] == name and info["device_id"] is None
+    assert "config.json" not in info["files"] and not (out / "board" / "config.json").exists()
+    assert "loader.mpy" in info["files"] and "app_a/firmware/main.mpy" in info["files"]
+    # The same app as a device's bundle: one OTA bundle serves both.
+    device = build(BOARDS[name], REGISTRY, tmp_path / "device", wifi=WIFI)
+    assert device["bundle_sha256"] == info["bundle_sha256"]
+    assert {p: v for p, v in device["files"].items() if p != "config.json"} == info["files"]
+
+
+def test_a_device_bundle_builds_offline_from_a_device_config_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = cli_offline(monkeypatch)
+    device_config = tmp_path / "plug-9.json"  # as `aiot device add --out` writes it
+    device_config.write_text(json.dumps({**REGISTRY, "sample_ms": 250}))
+    settings = tmp_path / "settings.json"
+    settings.write_text('{"sample_ms": 500, "relay_pin": 4}')
+    wifi = tmp_path / "wifi.json"
+    wifi.write_text(json.dumps(WIFI))
+    out = tmp_path / "b"
+    args = ["firmware", "build", "-b", "esp32", "-o", str(out), "--device-config"]
+    res = CliRunner().invoke(
+        app, [*args, str(device_config), "--settings", str(settings), "--wifi-secrets", str(wifi)]
+    )
+    assert res.exit_code == 0, res.output
+    assert f"built esp32 bundle for plug-9 in {out}" in res.output
+    cfg = json.loads((out / "board" / "config.json").read_text())
+    assert {k: cfg[k] for k in REGISTRY} == REGISTRY
+    assert (cfg["sample_ms"], cfg["relay_pin"], cfg["wifi_ssid"]) == (500, 4, "home")
+    assert cfg["data_dir"] == "/data"
+
+
+def test_device_options_that_do_not_fit_are_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = cli_offline(monkeypatch)
+    device_config = tmp_path / "plug-9.json"
+    device_config.write_text(json.dumps(REGISTRY))
+    base = ["firmware", "build", "-b", "unix", "-o", str(tmp_path / "b")]
+    for extra, says in [
+        (["-d", "plug-9", "--device-config", str(device_config)], "--device or --device-config"),
+        (["--settings", str(device_config)], "--wifi-secrets and --settings go into a device"),
+        (["--device-config", str(tmp_path / "none.json")], "cannot read device config"),
+    ]:
+        res = CliRunner().invoke(app, [*base, *extra])
+        assert res.exit_code == 2 and says in res.output, res.output
+        assert len(res.output.strip().splitlines()) == 1
+    assert not (tmp_path / "b").exists()
+
+
+def test_device_config_files_are_checked(tmp_path: Path) -> None:
+    path = tmp_path / "d.json"
+    for text, says in [
+        ("[1]", "expected a JSON object"),
+        ('{"device_id": "p", "hubs": []}', "lacks key"),
+        ('{"device_id": "", "key": "k", "hubs": [["h", 1]]}', "device_id must be"),
+        ('{"device_id": "p", "key": "k", "hubs": []}', "hubs must be a list of [host, port]"),
+        ('{"device_id": "p", "key": "k", "hubs": [["h", "1883"]]}', "hubs must be a list"),
+    ]:
+        path.write_text(text)
+        with pytest.raises(DeviceConfigError, match=re.escape(says)):
+            load_device_config(path)
+    path.write_text(json.dumps(REGISTRY))
+    assert load_device_config(path) == REGISTRY

@@ -3,6 +3,7 @@ the membership and status of a running one, through a hub node's API."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -57,10 +58,47 @@ def _node_status(client: HubClient, node: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
+def _ready(client: HubClient) -> dict[str, Any] | None:
+    """The node table once the node answers, a leader is known and every
+    listed node answers too; None before that."""
+    try:
+        health = client.get("/v1/health")
+        if not health["ready"] or health["leader"] is None:
+            return None
+        table: dict[str, Any] = client.get("/v1/cluster")
+    except HubError:
+        return None
+    rows = [_node_status(client, n) for n in table["nodes"]]
+    return table if rows and all(r["up"] for r in rows) else None
+
+
+def _wait_ready(client: HubClient, seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while _ready(client) is None:
+        if time.monotonic() >= end:
+            raise fail(
+                f"the cluster was not ready within {seconds:g} s: no leader yet, "
+                "or a node does not answer (is every node running?)",
+                1,
+            )
+        time.sleep(0.5)
+
+
 @cluster_app.command("status")
 @on_hub
-def cluster_status(client: HubClient, json_out: JsonOpt = False) -> None:
+def cluster_status(
+    client: HubClient,
+    wait: Annotated[
+        float,
+        typer.Option(
+            min=0, help="Wait up to this long for a leader and every node to answer (0: no)."
+        ),
+    ] = 0,
+    json_out: JsonOpt = False,
+) -> None:
     """Each node: up, leader, term, commit and applied index, lag, broker, devices."""
+    if wait:
+        _wait_ready(client, wait)
     table = client.get("/v1/cluster")
     rows = [_node_status(client, n) for n in table["nodes"]]
     if json_out:

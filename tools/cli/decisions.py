@@ -8,13 +8,17 @@ from typing import Annotated, Any
 import typer
 
 from tools.base.hubclient import HubClient
-from tools.cli.output import group, print_json
+from tools.cli.output import group, nothing, print_json
 from tools.cli.remote import JsonOpt, on_hub, utc_ms
 
 decisions_app = group("decisions", "Decisions and their provenance.")
 alerts_app = group("alerts", "Alerts: decisions that notify.")
 
 DeviceOpt = Annotated[str | None, typer.Option(help="Only this device.")]
+
+
+def _for(device: str | None) -> str:
+    return f" for {device}" if device else ""
 
 
 def _decision_line(d: dict[str, Any]) -> str:
@@ -40,6 +44,8 @@ def decisions_list(
     if json_out:
         print_json(rows)
         return
+    if not rows:
+        nothing("decisions" + _for(device))
     for d in rows:
         typer.echo(_decision_line(d))
 
@@ -60,7 +66,10 @@ def alerts_list(
 ) -> None:
     """Alerts, newest first."""
     unacked = "true" if unacknowledged else None
-    for d in client.get("/v1/alerts", device=device, unacknowledged=unacked):
+    rows = client.get("/v1/alerts", device=device, unacknowledged=unacked)
+    if not rows:
+        nothing(("open alerts" if unacknowledged else "alerts") + _for(device))
+    for d in rows:
         ack = d["acknowledged"]
         facts = "; ".join(d.get("facts", [])[:1])
         typer.echo(

@@ -18,7 +18,7 @@ from hub.core import keys
 from hub.decide import registry as reg
 from tools.base.hubclient import HubClient, HubError
 from tools.cli import anomaly
-from tools.cli.output import fail, group, print_json, say
+from tools.cli.output import fail, group, nothing, print_json, say
 from tools.cli.remote import JsonOpt, on_hub
 
 models_app = group("models", "The model registry: signed versions, hot activation.")
@@ -107,8 +107,10 @@ def models_activate(
 
 def _versions(client: HubClient, nodes: list[dict[str, Any]]) -> dict[tuple[str, str], Any]:
     """Every node's model list merged: (name, version) -> the model, with
-    ``active_on`` and ``error_on`` gathered from all nodes."""
+    ``active_on`` and ``error_on`` gathered from all nodes. A node that does
+    not answer is named on stderr; when none does, the command fails."""
     rows: dict[tuple[str, str], dict[str, Any]] = {}
+    answered = 0
     for n in nodes:
         try:
             with client.at(n["http"], timeout=5.0) as nc:
@@ -116,12 +118,15 @@ def _versions(client: HubClient, nodes: list[dict[str, Any]]) -> dict[tuple[str,
         except HubError as exc:
             say(f"aiot: {n['node_id']}: {exc}")
             continue
+        answered += 1
         for m in listed:
             row = rows.setdefault(
                 (m["name"], str(m["version"])), {**m, "active_on": {}, "error_on": {}}
             )
             row["active_on"].update(m.get("active_on", {}))
             row["error_on"].update({k: v for k, v in m.get("error_on", {}).items() if v})
+    if nodes and not answered:
+        raise HubError("no hub node answered for its models")
     return rows
 
 
@@ -133,6 +138,8 @@ def models_list(client: HubClient, json_out: JsonOpt = False) -> None:
     if json_out:
         print_json(list(rows.values()))
         return
+    if not rows:
+        nothing("models")
     for (name, version), m in sorted(rows.items()):
         running = sorted(k for k, v in m["active_on"].items() if v == version)
         errors = "; ".join(f"{k}: {v}" for k, v in m["error_on"].items())

@@ -24,6 +24,7 @@ import secrets
 import shutil
 import socket
 import sys
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Final
@@ -62,6 +63,7 @@ from tools.base.hubclient import WHICH_HUB, node_endpoint
 from tools.base.paths import DOCS
 from tools.cli.output import fail, reported
 from tools.cli.remote import ConfigOpt, HubOpt, TokenOpt
+from tools.lab.cluster import SHIPPED_RULES, rules_table
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")]
 
@@ -381,9 +383,13 @@ def _local_ip() -> str:
     return "127.0.0.1"
 
 
-def render_config(node_id: str, ip: str, peers: list[str], data_dir: Path) -> str:
-    """A sample node config for a Raspberry Pi (hub/core/config.py has every key)."""
+def render_config(
+    node_id: str, ip: str, peers: list[str], data_dir: Path, rules: Sequence[str] = SHIPPED_RULES
+) -> str:
+    """A sample node config for a Raspberry Pi (hub/core/config.py has every
+    key), with the shipped ``rules`` on."""
     peer_list = ", ".join(f'"{p if ":" in p else p + ":4321"}"' for p in peers)
+    rules_part = f"\n{rules_table(rules)}" if rules else ""
     return f"""\
 # aiot hub node {node_id}: hub/core/config.py documents every key.
 # Edit the addresses, then give every node the same cluster secret
@@ -411,7 +417,25 @@ advertise = "{ip}:8080"
 [log]
 level = "info"
 format = "json"
-"""
+{rules_part}"""
+
+
+# What systemd reads as something else in a unit's paths: a space or tab
+# separates (ReadWritePaths=, ExecStart=), quotes and backslashes escape,
+# % starts a specifier.
+_UNIT_UNSAFE: Final = re.compile(r"[\s\"'\\%]")
+
+
+def _unit_path(option: str, value: Path) -> Path:
+    """``value`` as an absolute path (a relative one taken from the current
+    directory, as the shell meant it), fit for a systemd unit."""
+    absolute = Path(os.path.abspath(value))
+    if _UNIT_UNSAFE.search(str(absolute)) or not str(absolute).isprintable():
+        raise fail(
+            f"{option} {str(value)!r}: a path in a systemd unit cannot hold spaces, quotes, "
+            "backslashes, % or control characters; choose another"
+        )
+    return absolute
 
 
 def install_service(
@@ -441,7 +465,12 @@ def install_service(
     """Write a systemd unit for this node, and a sample config and secret file if missing."""
     if not re.fullmatch(r"[a-z_][a-z0-9_-]{0,31}", user):
         raise fail(f"--user {user!r}: not a valid system user name")
-    config = config.absolute()
+    # systemd takes only absolute paths (a relative EnvironmentFile= is
+    # ignored, a relative WorkingDirectory= makes the unit invalid), and the
+    # sample config's data_dir would be read relative to the config's folder.
+    config = _unit_path("--config", config)
+    env_file = _unit_path("--env-file", env_file)
+    data_root = _unit_path("--data-root", data_root)
     unit = render_unit(config, user, env_file, _aiot_command(), data_root)
     files: list[tuple[Path, str, int]] = [(unit_dir / UNIT_NAME, unit, 0o644)]
     if not config.exists():

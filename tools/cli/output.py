@@ -6,6 +6,10 @@ An error is one line, ``aiot: <message>``, and an exit status, never a traceback
     with reported(1):                     # a ToolError raised inside (HubError,
         report = flash(port, out)         # FlashError, ...) ends the command the same way
 
+A list that comes back empty says so, ``no decisions`` (`nothing`), on
+stderr: stdout, the result, stays empty for a script, and a person sees
+that the command ran. A command printing JSON prints ``[]`` and no more.
+
 Exit statuses: 0 when it worked; 1 when the command ran and failed (the hub
 refused, the board did not answer, a check found a violation); 2 when it could
 not run as asked (a bad argument or file, no hub named, a program missing).
@@ -49,6 +53,12 @@ def reported(code: int = 2, *errors: type[Exception]) -> Iterator[None]:
 def say(line: str) -> None:
     """A progress line, on stderr so that stdout stays the result."""
     typer.echo(line, err=True)
+
+
+def nothing(what: str) -> None:
+    """Say that a list is empty: ``nothing("alerts for plug-1")`` prints
+    ``no alerts for plug-1`` on stderr."""
+    say(f"no {what}")
 
 
 def progress(quiet: bool) -> Callable[[str], None]:

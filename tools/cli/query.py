@@ -1,4 +1,11 @@
-"""`aiot query`: readings, or hourly energy, from a hub node's local store."""
+"""`aiot query`: readings, or hourly energy, from a hub node's local store.
+
+Readings go to stdout as JSON lines, hourly energy as one line per hour.
+When there are none (no reading in the range, or on the day) a line on
+stderr says so. Options of the other form are refused, not ignored:
+``--day`` goes only with ``--hourly``; ``--from``, ``--to`` and
+``--sensor`` only without it.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +16,11 @@ from typing import Annotated
 import typer
 
 from tools.base.hubclient import HubClient
-from tools.cli.output import fail
+from tools.cli.output import fail, nothing
 from tools.cli.remote import on_hub, utc_ms
+
+_DAY_MS = 86_400_000
+_END = 2**63 - 1
 
 
 def _when(text: str | None, default: int) -> int:
@@ -49,18 +59,18 @@ def query(
     """Readings (JSON lines) or hourly energy from a node's local store."""
     lin = "true" if linearizable else None
     if hourly:
-        try:
-            d = date.fromisoformat(day) if day else datetime.now(UTC).date()
-        except ValueError:
-            raise fail(f"--day {day!r}: expected YYYY-MM-DD") from None
-        out = client.get(f"/v1/devices/{device_id}/energy", day=d.isoformat(), linearizable=lin)
-        for h in out["hours"]:
-            typer.echo(f"{utc_ms(h['start_ms'])[:16]}  {h['wh']:10.3f} Wh")
+        for name, given in (("--from", from_), ("--to", to), ("--sensor", sensor)):
+            if given is not None:
+                raise fail(f"{name} is for readings, not --hourly (which takes --day)")
+        _hourly(client, device_id, day, lin)
         return
+    if day is not None:
+        raise fail("--day goes with --hourly; for readings give --from and --to")
+    start, end = _when(from_, 0), _when(to, _END)
     out = client.get(
         f"/v1/devices/{device_id}/readings",
-        from_ms=_when(from_, 0),
-        to_ms=_when(to, 2**63 - 1),
+        from_ms=start,
+        to_ms=end,
         sensor=sensor,
         limit=limit,
         linearizable=lin,
@@ -69,3 +79,26 @@ def query(
         typer.echo(json.dumps(r))
     if out["truncated"]:
         typer.echo(f"aiot: more than {limit} readings; narrow --from/--to", err=True)
+    if not out["readings"]:
+        which = "" if sensor is None else f" of sensor {sensor}"
+        since = f" from {utc_ms(start)}" if start else ""
+        until = f" to {utc_ms(end)}" if end != _END else ""
+        nothing(f"readings{which} from {device_id}{since}{until}")
+
+
+def _hourly(client: HubClient, device_id: str, day: str | None, lin: str | None) -> None:
+    """Hourly energy of one day (UTC), and a line on stderr when the day has
+    no readings (every hour then reads 0)."""
+    try:
+        d = date.fromisoformat(day) if day else datetime.now(UTC).date()
+    except ValueError:
+        raise fail(f"--day {day!r}: expected YYYY-MM-DD") from None
+    out = client.get(f"/v1/devices/{device_id}/energy", day=d.isoformat(), linearizable=lin)
+    for h in out["hours"]:
+        typer.echo(f"{utc_ms(h['start_ms'])[:16]}  {h['wh']:10.3f} Wh")
+    start = int(datetime.combine(d, datetime.min.time(), UTC).timestamp() * 1000)
+    seen = client.get(
+        f"/v1/devices/{device_id}/readings", from_ms=start, to_ms=start + _DAY_MS, limit=1
+    )
+    if not seen["readings"]:
+        nothing(f"readings from {device_id} on {d.isoformat()} (UTC)")

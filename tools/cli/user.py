@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from tools.base.hubclient import HubClient
-from tools.cli.output import group
+from tools.cli.output import group, nothing
 from tools.cli.remote import on_hub
 
 user_app = group("user", "API users and their roles (replicated).")
@@ -45,7 +45,10 @@ def user_add(
 @on_hub
 def user_list(client: HubClient) -> None:
     """Every user with role and assigned devices."""
-    for u in client.get("/v1/users"):
+    users = client.get("/v1/users")
+    if not users:
+        nothing("users")
+    for u in users:
         typer.echo(f"{u['name']:<24} {u['role']:<9} {', '.join(u['devices']) or '-'}")
 
 

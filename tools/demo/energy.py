@@ -153,7 +153,7 @@ class Demo:
         say(f"starting {self.n_hubs} hub nodes, each with {broker_name}{why}")
         croot = self.root / "cluster"
         if (croot / "hub-1.toml").exists():
-            cluster = LocalCluster.reopen(croot)
+            cluster = LocalCluster.reopen(croot, new_session=True)
             if cluster.n != self.n_hubs:
                 raise DemoError(f"{croot} holds {cluster.n} hubs; use --fresh to start over")
         else:

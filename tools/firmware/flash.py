@@ -4,6 +4,8 @@
         print(board.identify())
         print(board.hashes())                        # {path: (size, sha256)}
     report = flash("/dev/ttyUSB0", Path("build/plug-1"), reset=True)
+    report = flash(port, Path("build/esp32"), provision=Provision(device_config))
+    report = provision_board(port, Provision(device_config))    # config.json alone
 
 Order on the board: read every managed file's sha256 (one script run on the
 board), remove app_a files the bundle no longer has, copy the changed app
@@ -11,6 +13,10 @@ files, the loader (and boot.py, main.py), ota.json, then config.json, then
 reset. The virtual board (the unix port behind socat) is not reset: mpremote's
 soft reset would end its process, so it is left at its REPL (``reset=False``,
 mpremote's ``resume``).
+
+config.json is the bundle's, or with ``provision`` the device's (a generic
+bundle has none). Flashing neither keeps the config a board already has; a
+board left with none will not start (``report.config`` says which).
 """
 
 from __future__ import annotations
@@ -29,10 +35,19 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from tools.base.errors import ToolError
-from tools.firmware.build import BOARDS, Board, BuildError, load_bundle
+from tools.firmware.build import (
+    BOARDS,
+    Board,
+    BuildError,
+    Provision,
+    checked_budget,
+    config_bytes,
+    load_bundle,
+    sha256_hex,
+)
 
 # Runs on the board: every file at the root and under app_a/ and app_b/,
 # with its size and sha256, one per line, then a terminator.
@@ -86,6 +101,7 @@ if _b is not None and getattr(_b, 'wdt', None) is not None:
 """
 
 Progress = Callable[[str, int, int], None]  # (path, bytes done, bytes total)
+ConfigSource = Literal["bundle", "written", "kept", "none"]  # FlashReport.config
 
 
 class FlashError(ToolError):
@@ -100,6 +116,11 @@ class FlashReport:
     bytes_copied: int = 0
     board: dict[str, Any] = field(default_factory=dict)
     reset: bool = False
+    # The board's config.json: "bundle" (the bundle's), "written" (the
+    # device's, given to the flash), "kept" (already on the board), "none"
+    # (the board has none: it will not start until one is written).
+    config: ConfigSource = "none"
+    firmware: bool = True  # the board holds the loader (provisioning alone may find none)
 
 
 def _port_group(path: str) -> str:
@@ -247,6 +268,22 @@ def connect(port: str, timeout: float = 10.0, soft_reset: bool = False) -> Itera
         c.close()
 
 
+def board_of(ident: dict[str, Any]) -> Board | None:
+    """The kind of board that `Connection.identify` describes, if it is one we build for."""
+    platform = ident.get("platform", "")
+    machine = ident.get("machine", "")
+    return next(
+        (
+            b
+            for b in BOARDS.values()
+            if b.platform == platform
+            and (not b.machine or b.machine in machine)
+            and not (b.name == "esp32" and "ESP32S3" in machine)
+        ),
+        None,
+    )
+
+
 def check_board(board: Board, ident: dict[str, Any], port: str) -> None:
     """The board on the port is the kind the bundle was built for."""
     platform = ident.get("platform", "")
@@ -257,17 +294,8 @@ def check_board(board: Board, ident: dict[str, Any], port: str) -> None:
     ):
         right = False
     if not right:
-        found = next(
-            (
-                b.name
-                for b in BOARDS.values()
-                if b.platform == platform
-                and (not b.machine or b.machine in machine)
-                and not (b.name == "esp32" and "ESP32S3" in machine)
-            ),
-            None,
-        )
-        hint = f" (build with --board {found})" if found else ""
+        found = board_of(ident)
+        hint = f" (build with --board {found.name})" if found else ""
         raise FlashError(
             f"wrong board on {port}: it is {machine or platform!r} ({platform}), "
             f"the bundle is for {board.name}{hint}"
@@ -290,6 +318,55 @@ def _order(path: str) -> tuple[int, str]:
     return (1, path)
 
 
+def _dirs(paths: list[str]) -> list[str]:
+    """The directories ``paths`` need, parents first."""
+    dirs: list[str] = []
+    for p in paths:
+        parts = p.split("/")[:-1]
+        for i in range(1, len(parts) + 1):
+            d = "/".join(parts[:i])
+            if d not in dirs:
+                dirs.append(d)
+    return dirs
+
+
+def _copy(
+    c: Connection,
+    sources: dict[str, bytes | Path],
+    files: dict[str, list[Any]],
+    have: dict[str, tuple[int, str]],
+    report: FlashReport,
+    progress: Progress | None,
+) -> None:
+    """Write the files whose (size, sha256) on the board differs, in `_order`;
+    then check every one of ``files`` on the board."""
+    todo = [p for p in sorted(files, key=_order) if have.get(p) != tuple(files[p])]
+    report.unchanged = sorted(set(files) - set(todo))
+    c.mkdirs(_dirs(todo))
+    total = sum(files[p][0] for p in todo)
+    done = 0
+    for p in todo:
+        src = sources[p]
+        data = src if isinstance(src, bytes) else src.read_bytes()
+        if isinstance(src, Path) and len(data) != files[p][0]:
+            raise BuildError(f"{src} changed since the build: build again")
+
+        def step(n: int, p: str = p, base: int = done) -> None:
+            if progress is not None:
+                progress(p, base + n, total)
+
+        c.write(p, data, step)
+        done += len(data)
+        if progress is not None:
+            progress(p, done, total)
+        report.copied.append(p)
+    report.bytes_copied = done
+    after = c.hashes()
+    wrong = [p for p in files if after.get(p) != tuple(files[p])]
+    if wrong:
+        raise FlashError(f"the board's files differ after flashing: {', '.join(wrong[:5])}")
+
+
 def flash(
     port: str,
     bundle: Path,
@@ -298,9 +375,11 @@ def flash(
     reset: bool | None = None,
     timeout: float = 10.0,
     progress: Progress | None = None,
-    say: Callable[[str], None] = lambda _: None,
+    provision: Provision | None = None,
 ) -> FlashReport:
-    """Copy the bundle's changed files to the board at ``port``."""
+    """Copy the bundle's changed files to the board at ``port``; with
+    ``provision``, that device's config.json instead of the bundle's.
+    ``report.config`` says where the board's config.json came from."""
     info = load_bundle(bundle)
     board = BOARDS.get(info["board"])
     if board is None:
@@ -312,8 +391,16 @@ def flash(
         )
     if reset is None:
         reset = board.stubs  # the unix port resumes instead
-    files: dict[str, list[Any]] = info["files"]
-    report = FlashReport()
+    files: dict[str, list[Any]] = dict(info["files"])
+    sources: dict[str, bytes | Path] = {p: bundle / "board" / p for p in files}
+    report = FlashReport(config="bundle" if "config.json" in files else "none")
+    if provision is not None:
+        cfg = provision.config(board)
+        data = config_bytes(cfg)
+        files["config.json"] = [len(data), sha256_hex(data)]
+        sources["config.json"] = data
+        checked_budget(board, files, cfg)
+        report.config = "written"
     # No soft reset: it would end the unix port, and on a board it does not
     # stop a running watchdog; Ctrl-C stops the app, and the timer feeds
     # the watchdog until the reset at the end.
@@ -324,42 +411,42 @@ def flash(
         if board.stubs:
             c.run(_WDT_SCRIPT)
         have = c.hashes()
+        if report.config == "none" and "config.json" in have:
+            report.config = "kept"
         for path in sorted(have):
             if path.startswith("app_a/") and path not in files:
                 c.remove(path)
                 report.removed.append(path)
-        todo = [p for p in sorted(files, key=_order) if have.get(p) != tuple(files[p])]
-        report.unchanged = sorted(set(files) - set(todo))
-        dirs: list[str] = []
-        for p in todo:
-            parts = p.split("/")[:-1]
-            for i in range(1, len(parts) + 1):
-                d = "/".join(parts[:i])
-                if d not in dirs:
-                    dirs.append(d)
-        c.mkdirs(dirs)
-        total = sum(files[p][0] for p in todo)
-        done = 0
-        for p in todo:
-            data = (bundle / "board" / p).read_bytes()
-            if len(data) != files[p][0]:
-                raise BuildError(f"{bundle}/board/{p} changed since the build: build again")
-
-            def step(n: int, p: str = p, base: int = done) -> None:
-                if progress is not None:
-                    progress(p, base + n, total)
-
-            c.write(p, data, step)
-            done += len(data)
-            if progress is not None:
-                progress(p, done, total)
-            report.copied.append(p)
-        report.bytes_copied = done
-        after = c.hashes()
-        wrong = [p for p in files if after.get(p) != tuple(files[p])]
-        if wrong:
-            raise FlashError(f"the board's files differ after flashing: {', '.join(wrong[:5])}")
+        _copy(c, sources, files, have, report, progress)
         if reset:
+            c.reset()
+            report.reset = True
+    return report
+
+
+def provision_board(
+    port: str, provision: Provision, reset: bool | None = None, timeout: float = 10.0
+) -> FlashReport:
+    """Write the device's config.json to the board at ``port`` (whatever
+    firmware it holds), for the kind of board it is, then reset it (a real
+    board; ``reset`` False: leave it at its REPL) so that it starts."""
+    with connect(port, timeout) as c:
+        ident = c.identify()
+        board = board_of(ident)
+        if board is None:
+            raise FlashError(
+                f"the board at {port} is {ident.get('machine') or ident.get('platform')!r}: "
+                f"not one of {', '.join(BOARDS)}"
+            )
+        data = config_bytes(provision.config(board))
+        report = FlashReport(board=ident, config="written")
+        if board.stubs:
+            c.run(_WDT_SCRIPT)
+        have = c.hashes()
+        report.firmware = "loader.mpy" in have
+        files = {"config.json": [len(data), sha256_hex(data)]}
+        _copy(c, {"config.json": data}, files, have, report, None)
+        if board.stubs if reset is None else reset:
             c.reset()
             report.reset = True
     return report

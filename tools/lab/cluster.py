@@ -1,8 +1,10 @@
 """A hub cluster on this machine: config files, and the daemons as processes.
 
-`aiot cluster init DIR` writes a ready-to-run set of configs. The tests, the
-benchmarks and the demo use ``LocalCluster``, which starts each node as its
-own ``aiot hub run`` process and can stop, kill, pause and restart them::
+`aiot cluster init DIR` writes a ready-to-run set of configs, with the shipped
+energy rules on (``SHIPPED_RULES``). The tests, the benchmarks and the demo
+use ``LocalCluster``, whose configs hold only the rules they give it, and
+which starts each node as its own ``aiot hub run`` process and can stop,
+kill, pause and restart them::
 
     with LocalCluster(tmp, nodes=3) as cluster:
         cluster.start()                     # returns once a leader is elected
@@ -25,7 +27,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from hub.core import config as hub_config
 from hub.core.procs import die_with_parent
@@ -48,6 +50,25 @@ def _node_ports(nodes: int) -> list[NodePorts]:
     return [NodePorts(*p[3 * i : 3 * i + 3]) for i in range(nodes)]
 
 
+# The rule sets a config written for people turns on: models/rules/energy.toml.
+SHIPPED_RULES: Final = ("energy",)
+
+
+def rules_table(shipped: Sequence[str]) -> str:
+    """The ``[rules]`` table that turns on rule sets of the shipped models
+    (hub/decide/rules.py), with how to turn them off; "" for none."""
+    if not shipped:
+        return ""
+    names = ", ".join(f'"{name}"' for name in shipped)
+    return (
+        "[rules]\n"
+        "# Rule sets shipped with the hub (rules/<name>.toml in [models] shipped_dir):\n"
+        "# the energy rules switch a plug off after 10 s over its limit_w.\n"
+        "# shipped = [] turns them off; docs/decisions.md has the format.\n"
+        f"shipped = [{names}]\n"
+    )
+
+
 def render_config(
     node_id: str,
     host: str,
@@ -55,8 +76,11 @@ def render_config(
     peers: Iterable[str],
     broker: str = "mosquitto",
     extra: str = "",
+    rules: Sequence[str] = (),
 ) -> str:
+    """One node's config; ``rules``: shipped rule sets to turn on."""
     peer_list = ", ".join(f'"{p}"' for p in peers)
+    tables = "\n".join(t.strip() + "\n" for t in (rules_table(rules), extra) if t.strip())
     return (
         f"# aiot hub node {node_id}; see hub/core/config.py for every key\n"
         "[node]\n"
@@ -70,7 +94,7 @@ def render_config(
         f'mode = "{broker}"\n'
         f'bind = "{host}:{ports.broker}"\n\n'
         "[http]\n"
-        f'bind = "{host}:{ports.http}"\n' + (f"\n{extra.strip()}\n" if extra.strip() else "")
+        f'bind = "{host}:{ports.http}"\n' + (f"\n{tables}" if tables else "")
     )
 
 
@@ -81,9 +105,11 @@ def write_cluster(
     ports: list[NodePorts] | None = None,
     broker: str = "mosquitto",
     extra: str = "",
+    rules: Sequence[str] = (),
 ) -> list[Path]:
     """Configs for ``nodes`` nodes and a fresh cluster secret (kept if present).
-    ``host``: the address every node binds to, or one address per node."""
+    ``host``: the address every node binds to, or one address per node;
+    ``rules``: shipped rule sets every node turns on."""
     root.mkdir(parents=True, exist_ok=True)
     secret = root / "cluster.secret"
     if not secret.exists():
@@ -97,7 +123,8 @@ def write_cluster(
     for i, p in enumerate(ports):
         peers = [f"{hosts[j]}:{q.raft}" for j, q in enumerate(ports) if j != i]
         path = root / f"hub-{i + 1}.toml"
-        path.write_text(render_config(f"hub-{i + 1}", hosts[i], p, peers, broker, extra))
+        text = render_config(f"hub-{i + 1}", hosts[i], p, peers, broker, extra, rules)
+        path.write_text(text)
         paths.append(path)
     return paths
 
@@ -154,14 +181,16 @@ class LocalCluster:
         self._clients: list[HubClient | None] = [None] * nodes
 
     @classmethod
-    def reopen(cls, root: Path) -> LocalCluster:
+    def reopen(cls, root: Path, new_session: bool = False) -> LocalCluster:
         """The cluster whose configs ``root`` already holds (same ports and
-        data, so its Raft membership and store carry on)."""
+        data, so its Raft membership and store carry on); ``new_session`` as
+        for a new one."""
         paths = sorted(root.glob("hub-*.toml"), key=lambda p: int(p.stem.split("-")[1]))
         if not paths:
             raise ClusterError(f"no hub-N.toml in {root}")
         self = cls.__new__(cls)
         self.root = root
+        self.new_session = new_session
         self.n = len(paths)
         self.configs = paths
         self.ports = []
@@ -359,11 +388,15 @@ def main_init(root: Path, nodes: int, host: str, broker: str, base_port: int) ->
     ports = [
         NodePorts(base_port + i, base_port + 100 + i, base_port + 200 + i) for i in range(nodes)
     ]
-    paths = write_cluster(root, nodes, host, ports, broker)
+    paths = write_cluster(root, nodes, host, ports, broker, rules=SHIPPED_RULES)
     (root / "README.txt").write_text(
         "Start each node in its own terminal:\n"
         + "".join(f"  aiot hub run --config {p}\n" for p in paths)
-        + "\nThen register a device:\n"
-        + f"  aiot device add plug-1 --config {paths[0]} --out plug-1.json\n"
+        + "\nWait for a leader, then register a device and run it (a simulated plug):\n"
+        + f"  aiot cluster status --wait 60 --config {paths[0]}\n"
+        + f"  aiot device add plug-1 --limit-w 1000 --config {paths[0]} --out plug-1.json\n"
+        + "  aiot device run plug-1.json\n"
+        + "\nThe shipped energy rules are on ([rules] shipped in each config): a plug\n"
+        + "over its --limit-w for 10 s is switched off. shipped = [] turns them off.\n"
     )
     return paths

@@ -1,23 +1,29 @@
 """Run the real firmware (firmware/main.py) under MicroPython as a device process.
 
-Used by the tests, the benchmarks and the walkthrough: each device gets its
-own config file and data directory, and prints its counters as JSON when it
-exits (``exit_when_done``).
+Used by the tests, the benchmarks, the walkthrough and `aiot device run`: each
+device gets its own config file and data directory, and prints its counters
+as JSON when it exits (``exit_when_done``, or Ctrl-C). `Console` follows a
+running device for a person: what it prints, and which hub it is connected
+to (tools/lab/links.py).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from hub.core.procs import die_with_parent
 from tools.base.paths import ROOT, NotInstalled, micropython_binary
 from tools.base.procs import stop_process
+from tools.lab.links import LinkEvent, LinkTracker, LinkWatch
 
 MAIN = ROOT / "firmware" / "main.py"
 
@@ -65,7 +71,9 @@ class Device:
 
     def start(self) -> Device:
         path = self.workdir / "config.json"
-        path.write_text(json.dumps(self.config))
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds the key
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(self.config))
         env = dict(os.environ, MICROPYPATH=f"{ROOT}:.frozen", PYTHONPATH=str(ROOT))
         if self.runtime == "cpython":
             argv = [sys.executable, str(self.main)]
@@ -138,3 +146,97 @@ class Device:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class Console:
+    """A started device as a person follows it: each line it prints, and an
+    event each time it connects to a hub, fails over or reconnects (read
+    from /proc a few times a second: the firmware itself says nothing)."""
+
+    def __init__(self, device: Device, hold_s: float = 0.5) -> None:
+        assert device.proc is not None and device.proc.stdout is not None, "start it first"
+        self.device = device
+        self.proc = device.proc
+        self.watch = LinkWatch(device.proc.pid, device.config["hubs"])
+        self.tracker = LinkTracker(hold_s)
+        self.counters: dict[str, Any] | None = None  # the JSON it prints on exit
+        self.last_line = ""  # the last other line it printed
+        self._fd = device.proc.stdout.fileno()  # read raw: select() sees no buffer
+        self._partial = b""
+        self._eof = False
+
+    def _read(self, wait_s: float, on_line: Callable[[str], None]) -> None:
+        """What the device printed within ``wait_s``, line by line; its counters kept."""
+        if self._eof:
+            time.sleep(wait_s)
+            return
+        if not select.select([self._fd], [], [], wait_s)[0]:
+            return
+        chunk = os.read(self._fd, 65536)
+        if not chunk:
+            self._eof = True
+            chunk = b"\n"  # the last line, if it had no newline
+        *lines, self._partial = (self._partial + chunk).split(b"\n")
+        for raw in lines:
+            text = raw.decode(errors="replace").rstrip()
+            if text.startswith("{"):
+                try:
+                    self.counters = json.loads(text)
+                    continue
+                except ValueError:
+                    pass
+            if text:
+                self.last_line = text
+                on_line(text)
+
+    def follow(
+        self,
+        on_event: Callable[[LinkEvent], None],
+        on_line: Callable[[str], None],
+        on_quiet: Callable[[float], None] = lambda _: None,
+        poll_s: float = 0.2,
+        quiet_s: float = 10.0,
+    ) -> int:
+        """Until the device exits: its exit status. ``on_quiet(seconds)`` once
+        if no link has held ``quiet_s`` after the start. A KeyboardInterrupt
+        (Ctrl-C) ends it early; then `stop`."""
+        started = time.monotonic()
+        quiet_told = False
+        while True:
+            self._read(poll_s, on_line)
+            status = self.proc.poll()
+            if status is not None:
+                self._drain(on_line, 5.0)
+                return status
+            now = time.monotonic()
+            event = self.tracker.update(self.watch.link(), now)
+            if event is not None:
+                on_event(event)
+            elif not quiet_told and self.tracker.hub is None and now - started > quiet_s:
+                quiet_told = True
+                on_quiet(now - started)
+
+    def _drain(self, on_line: Callable[[str], None], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not self._eof and time.monotonic() < deadline:
+            self._read(0.2, on_line)
+
+    def log_line(self, line: str) -> None:
+        """Append ``line`` to the device's log (what it printed on its way out:
+        MicroPython's traceback of the Ctrl-C, which a person need not see)."""
+        with self.device.log.open("a") as f:
+            f.write(line + "\n")
+
+    def stop(self, on_line: Callable[[str], None], timeout: float = 30.0) -> int:
+        """Ctrl-C to the device: it closes its store and prints its counters
+        (``self.counters``); its other lines go to ``on_line`` (`log_line`,
+        say). SIGTERM, then SIGKILL, if it takes longer than ``timeout``.
+        Its exit status."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None and time.monotonic() < deadline:
+            self._read(0.2, on_line)
+        self._drain(on_line, 5.0)
+        self.device.stop()
+        return self.proc.wait()

@@ -25,26 +25,35 @@ router = APIRouter()
 
 
 class StoreView:
-    """What a principal may see, for hub/decide/explain.py."""
+    """What a principal may see, for hub/decide/explain.py: a device that is
+    not theirs is as absent as one that does not exist (no decisions, no
+    commands, no readings)."""
 
     def __init__(self, raft: RaftNode, who: Principal) -> None:
         self._raft = raft
         self._who = who
 
+    def _sees(self, s: Store, device_id: str) -> bool:
+        device = s.device(device_id)
+        return device is not None and self._who.sees(device)
+
     def device_ids(self) -> list[str]:
         return [d.device_id for d in self._raft.read(Store.devices) if self._who.sees(d)]
 
     def decisions(self, device_id: str, limit: int) -> list[e.Decision]:
-        return self._raft.read(lambda s: s.decisions(device_id, limit))
+        return self._raft.read(
+            lambda s: s.decisions(device_id, limit) if self._sees(s, device_id) else []
+        )
 
     def commands(self, device_id: str) -> list[LedgerRecord]:
-        return self._raft.read(lambda s: s.commands(device_id))
+        return self._raft.read(lambda s: s.commands(device_id) if self._sees(s, device_id) else [])
 
     def progress(self, device_id: str) -> dict[str, Any]:
         def read(s: Store) -> dict[str, Any]:
-            p = s.presence(device_id)
+            seen = self._sees(s, device_id)
+            p = s.presence(device_id) if seen else None
             return {
-                "watermark": s.progress(device_id)[0],
+                "watermark": s.progress(device_id)[0] if seen else 0,
                 "node": None if p is None else p.node_id,
                 "online": p is not None and p.state is m.LinkState.ONLINE,
             }
@@ -52,8 +61,11 @@ class StoreView:
         return self._raft.read(read)
 
     def energy(self, device_id: str, day: date) -> list[tuple[int, float]]:
-        hours = self._raft.read(lambda s: s.hourly_energy(device_id, day))
-        return [(h.start_ms, h.wh) for h in hours]
+        def read(s: Store) -> list[tuple[int, float]]:
+            hours = s.hourly_energy(device_id, day) if self._sees(s, device_id) else ()
+            return [(h.start_ms, h.wh) for h in hours]
+
+        return self._raft.read(read)
 
 
 @router.post("/v1/ask")

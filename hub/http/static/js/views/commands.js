@@ -44,7 +44,7 @@ function result(c) {
   const parts = [p.status];
   if (p.reason && p.reason !== "NONE") parts.push(p.reason);
   if (p.detail) parts.push(p.detail);
-  if (p.executed_at_ms) parts.push(`at ${fmtTime(p.executed_at_ms)}`);
+  if (p.executed_at_ms) parts.push(`at ${fmtTime(p.executed_at_ms)} (device clock)`);
   return parts.join(" · ");
 }
 
