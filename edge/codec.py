@@ -19,13 +19,7 @@
 import hashlib
 import struct
 
-try:
-    from micropython import const
-except ImportError:  # CPython
-
-    def const(x):  # type: ignore[misc]  # stubs: MicroPython's const
-        return x
-
+from edge import const
 
 _IDENT = b"AIO1"
 _TAG = const(32)
@@ -48,105 +42,91 @@ _FMT = ("<B", "<H", "<I", "<Q", "<q", "<d")
 _SIZE = (1, 2, 4, 8, 8, 8, 4, 4, 4, 4)
 _MAX = (0xFF, 0xFFFF, 0xFFFFFFFF, 0xFFFFFFFFFFFFFFFF)
 
-# Enum ranges (number of values) for validated u8/u16 fields.
-_N_KIND = const(4)
-_N_STATUS = const(5)
-_N_REASON = const(13)
-_N_STATE = const(2)
+# Specs, one per table of aiot.fbs: (names, kinds, sub), with one name and
+# one kind per slot, in slot order. A kind there is a field kind above, plus
+# _REQ for a required field, plus n * _ENUM for an enum scalar of n values
+# (the _E_ kinds). sub is the spec of the table's _TABLES field, if it has one.
+# (Not one tuple per field: on the device every tuple is an object in RAM.)
+_REQ = const(16)
+_ENUM = const(32)
+_E_KIND = const(_U8 + 4 * _ENUM)  # ParamKind
+_E_STATUS = const(_U8 + 5 * _ENUM)  # CommandStatus
+_E_REASON = const(_U16 + 13 * _ENUM)  # Reason
+_E_STATE = const(_U8 + 2 * _ENUM)  # LinkState
 
-# Specs: one (name, kind, required, sub) per slot, in aiot.fbs order.
-# sub is the enum size for enum scalars, the sub-spec for _TABLES.
-PARAM = (
-    ("name", _STR, True, None),
-    ("kind", _U8, False, _N_KIND),
-    ("int_value", _I64, False, None),
-    ("float_value", _F64, False, None),
-    ("text_value", _STR, False, None),
+# fmt: off
+_PARAM = (
+    ("name", "kind", "int_value", "float_value", "text_value"),
+    (_STR + _REQ, _E_KIND, _I64, _F64, _STR),
+    None,
 )
-PARAM_SPEC = (
-    ("name", _STR, True, None),
-    ("kind", _U8, False, _N_KIND),
-    ("min", _F64, False, None),
-    ("max", _F64, False, None),
+_PARAM_SPEC = (("name", "kind", "min", "max"), (_STR + _REQ, _E_KIND, _F64, _F64), None)
+_CAPABILITY = (("action", "params"), (_STR + _REQ, _TABLES), _PARAM_SPEC)
+_TELEMETRY_BATCH = (
+    ("device_id", "boot_epoch", "first_seq", "base_ts_ms", "readings", "lost_before"),
+    (_STR + _REQ, _U32, _U64, _U64, _READINGS + _REQ, _U64),
+    None,
 )
-CAPABILITY = (
-    ("action", _STR, True, None),
-    ("params", _TABLES, False, PARAM_SPEC),
+_COMMIT_ACK = (("device_id", "watermark", "hub_time_ms"), (_STR + _REQ, _U64, _U64), None)
+_COMMAND = (
+    ("command_id", "device_id", "seq", "term", "action", "params", "issued_at_ms", "deadline_ms"),
+    (_STR + _REQ, _STR + _REQ, _U64, _U64, _STR + _REQ, _TABLES, _U64, _U64),
+    _PARAM,
 )
-TELEMETRY_BATCH = (
-    ("device_id", _STR, True, None),
-    ("boot_epoch", _U32, False, None),
-    ("first_seq", _U64, False, None),
-    ("base_ts_ms", _U64, False, None),
-    ("readings", _READINGS, True, None),
-    ("lost_before", _U64, False, None),
+_COMMAND_RESULT = (
+    ("command_id", "device_id", "seq", "status", "reason", "detail", "executed_at_ms"),
+    (_STR + _REQ, _STR + _REQ, _U64, _E_STATUS, _E_REASON, _STR, _U64),
+    None,
 )
-COMMIT_ACK = (
-    ("device_id", _STR, True, None),
-    ("watermark", _U64, False, None),
-    ("hub_time_ms", _U64, False, None),
+_DEVICE_STATUS = (
+    ("device_id", "state", "firmware", "boot_epoch", "uptime_s", "free_heap",
+     "buffer_fill_permille", "unacked", "dropped", "reconnects", "hub_index", "capabilities"),
+    (_STR + _REQ, _E_STATE, _STR, _U32, _U32, _U32, _U16, _U32, _U32, _U32, _U8, _TABLES),
+    _CAPABILITY,
 )
-COMMAND = (
-    ("command_id", _STR, True, None),
-    ("device_id", _STR, True, None),
-    ("seq", _U64, False, None),
-    ("term", _U64, False, None),
-    ("action", _STR, True, None),
-    ("params", _TABLES, False, PARAM),
-    ("issued_at_ms", _U64, False, None),
-    ("deadline_ms", _U64, False, None),
-)
-COMMAND_RESULT = (
-    ("command_id", _STR, True, None),
-    ("device_id", _STR, True, None),
-    ("seq", _U64, False, None),
-    ("status", _U8, False, _N_STATUS),
-    ("reason", _U16, False, _N_REASON),
-    ("detail", _STR, False, None),
-    ("executed_at_ms", _U64, False, None),
-)
-DEVICE_STATUS = (
-    ("device_id", _STR, True, None),
-    ("state", _U8, False, _N_STATE),
-    ("firmware", _STR, False, None),
-    ("boot_epoch", _U32, False, None),
-    ("uptime_s", _U32, False, None),
-    ("free_heap", _U32, False, None),
-    ("buffer_fill_permille", _U16, False, None),
-    ("unacked", _U32, False, None),
-    ("dropped", _U32, False, None),
-    ("reconnects", _U32, False, None),
-    ("hub_index", _U8, False, None),
-    ("capabilities", _TABLES, False, CAPABILITY),
-)
-ENVELOPE = (
-    ("payload_type", _U8, False, None),
-    ("payload", _UNION, True, None),
-)
+_ENVELOPE = (("payload_type", "payload"), (_U8, _UNION + _REQ), None)
+# fmt: on
 
 # Union tags (index + 1) and their specs.
 TYPES = ("TelemetryBatch", "CommitAck", "Command", "CommandResult", "DeviceStatus")
-_SPECS = (TELEMETRY_BATCH, COMMIT_ACK, COMMAND, COMMAND_RESULT, DEVICE_STATUS)
+_SPECS = (_TELEMETRY_BATCH, _COMMIT_ACK, _COMMAND, _COMMAND_RESULT, _DEVICE_STATUS)
 
-# Enum names, for tools and tests (index = wire value).
-PARAM_KINDS = ("Int", "Float", "Bool", "Text")
-STATUSES = ("ACCEPTED", "DONE", "FAILED", "REJECTED", "EXPIRED")
-REASONS = (
-    "NONE",
-    "BAD_SIGNATURE",
-    "STALE_TERM",
-    "DUPLICATE",
-    "OUT_OF_ORDER",
-    "DEADLINE_PASSED",
-    "UNKNOWN_ACTION",
-    "BAD_PARAM",
-    "PARAM_OUT_OF_BOUNDS",
-    "EXECUTION_ERROR",
-    "BUSY",
-    "WRONG_DEVICE",
-    "MALFORMED",
+# Enum names (index = wire value), for PARAM_KINDS, STATUSES, ... below.
+_PARAM_KINDS = "Int Float Bool Text"
+_STATUSES = "ACCEPTED DONE FAILED REJECTED EXPIRED"
+_REASONS = (
+    "NONE BAD_SIGNATURE STALE_TERM DUPLICATE OUT_OF_ORDER DEADLINE_PASSED UNKNOWN_ACTION"
+    " BAD_PARAM PARAM_OUT_OF_BOUNDS EXECUTION_ERROR BUSY WRONG_DEVICE MALFORMED"
 )
-LINK_STATES = ("OFFLINE", "ONLINE")
+_LINK_STATES = "OFFLINE ONLINE"
+_ON_DEMAND = (
+    "PARAM PARAM_SPEC CAPABILITY TELEMETRY_BATCH COMMIT_ACK COMMAND COMMAND_RESULT"
+    " DEVICE_STATUS ENVELOPE PARAM_KINDS STATUSES REASONS LINK_STATES"
+)
+
+
+def __getattr__(name):
+    # Made when read, so that the device holds only what it uses:
+    #   PARAM, COMMAND, ... (the specs above without the underscore), for tools
+    #     and tests: one (name, kind, required, sub) tuple per slot, where sub
+    #     is the enum size, or the sub-spec in this same form
+    #   PARAM_KINDS, STATUSES, REASONS, LINK_STATES: a tuple of the names
+    if name not in _ON_DEMAND.split():
+        raise AttributeError(name)
+    v = globals()["_" + name]
+    return tuple(v.split()) if type(v) is str else _fields(v)
+
+
+def _fields(spec):
+    names, kinds, sub = spec
+    out = []
+    for i in range(len(names)):
+        k = kinds[i]
+        kind = k & 15
+        out.append(
+            (names[i], kind, k & _REQ != 0, _fields(sub) if kind == _TABLES else k >> 5 or None)
+        )
+    return tuple(out)
 
 
 class CodecError(ValueError):
@@ -189,21 +169,6 @@ class Hmac:
 
 
 # -- encoder ----------------------------------------------------------------------
-
-
-def _order(spec):
-    # Inline field order inside a table: widest first, so that with the table
-    # start at 4 mod 8 every field lands on its natural alignment.
-    idx = list(range(len(spec)))
-    idx.sort(
-        key=lambda i: i - 64 * _SIZE[spec[i][1]]
-    )  # unique keys: MicroPython sort is not stable
-    return idx
-
-
-_ORDERS = {}
-for _s in _SPECS + (ENVELOPE, PARAM, PARAM_SPEC, CAPABILITY):
-    _ORDERS[id(_s)] = _order(_s)
 
 
 def _range(v, lo, hi, name):
@@ -256,35 +221,43 @@ class Encoder:
         # Write a vtable and its table at self.pos, then their out-of-line
         # objects; return the table's position. values: one per slot, None
         # for absent.
-        n = len(spec)
+        names, kinds, sub = spec
+        n = len(kinds)
         # Scalars equal to their default (0) are left out, as the official
         # builder does; readers return the default for absent fields.
-        values = [None if spec[i][1] <= _F64 and values[i] == 0 else values[i] for i in range(n)]
+        values = [None if kinds[i] & 15 <= _F64 and values[i] == 0 else values[i] for i in range(n)]
+        # offs: each present field's width as a negative number, until the
+        # field gets its offset in the table; 0 for an absent field.
+        offs = [0] * n
+        widths = 0  # the widths present, or-ed
         last = -1
-        wide = False
         for i in range(n):
-            v = values[i]
-            kind = spec[i][1]
-            if v is None:
-                if spec[i][2]:
-                    raise CodecError("missing_field", spec[i][0])
+            if values[i] is None:
+                if kinds[i] & _REQ:
+                    raise CodecError("missing_field", names[i])
                 continue
             last = i
-            if _SIZE[kind] == 8:
-                wide = True
+            w = _SIZE[kinds[i] & 15]
+            offs[i] = -w
+            widths |= w
         self._pad(2)
         vt = self.pos
         vt_size = 4 + 2 * (last + 1)
         tbl = (vt + vt_size + 3) & -4
-        if wide and tbl % 8 == 0:
+        if widths & 8 and tbl % 8 == 0:
             tbl += 4
-        # Inline offsets, widest first.
+        # Inline fields widest first (8, 4, 2, then 1 byte), each width in slot
+        # order: with the table start at 4 mod 8, every field lands on its
+        # natural alignment.
         cur = tbl + 4
-        offs = [0] * n
-        for i in _ORDERS[id(spec)]:
-            if values[i] is not None:
-                offs[i] = cur - tbl
-                cur += _SIZE[spec[i][1]]
+        width = 8
+        while width:
+            if widths & width:
+                for i in range(n):
+                    if offs[i] == -width:
+                        offs[i] = cur - tbl
+                        cur += width
+            width >>= 1
         self._need(cur)
         self.pos = vt
         while self.pos < cur:  # zero vtable, padding and table
@@ -299,15 +272,15 @@ class Encoder:
             v = values[i]
             if v is None:
                 continue
-            name, kind, _req, sub = spec[i]
+            kind = kinds[i] & 15
             at = tbl + offs[i]
             if kind <= _U64:
-                _range(v, 0, _MAX[kind], name)
-                if sub is not None and v >= sub:
-                    raise CodecError("bad_value", "%s=%d not in enum" % (name, v))
+                _range(v, 0, _MAX[kind], names[i])
+                if kinds[i] >= _ENUM and v >= kinds[i] >> 5:
+                    raise CodecError("bad_value", "%s=%d not in enum" % (names[i], v))
                 struct.pack_into(_FMT[kind], self.buf, at, v)
             elif kind == _I64:
-                _range(v, -0x8000000000000000, 0x7FFFFFFFFFFFFFFF, name)
+                _range(v, -0x8000000000000000, 0x7FFFFFFFFFFFFFFF, names[i])
                 struct.pack_into("<q", self.buf, at, v)
             elif kind == _F64:
                 struct.pack_into("<d", self.buf, at, v)
@@ -318,7 +291,7 @@ class Encoder:
         if refs:
             for i in refs:
                 at = tbl + offs[i]
-                kind = spec[i][1]
+                kind = kinds[i] & 15
                 v = values[i]
                 if kind == _STR:
                     p = self._str(v)
@@ -327,7 +300,7 @@ class Encoder:
                 elif kind == _UNION:
                     p = self._table(v[0], v[1])
                 else:
-                    p = self._table_vector(spec[i][3], v)
+                    p = self._table_vector(sub, v)
                 struct.pack_into("<I", self.buf, at, p - at)
         return tbl
 
@@ -357,9 +330,8 @@ class Encoder:
 
     def _root(self, tag, spec, values):
         self._begin()
-        root = self._table(ENVELOPE, (tag, (spec, values)))
+        root = self._table(_ENVELOPE, (tag, (spec, values)))
         struct.pack_into("<I", self.buf, 0, root)
-        self._sealed = False
         return self.mv[: self.pos]
 
     # -- public API --
@@ -369,7 +341,7 @@ class Encoder:
         # with set_reading(i, ...) before seal(). Nothing is allocated per
         # reading, so the uplink can stream records straight from flash.
         return self._root(
-            1, TELEMETRY_BATCH, (device_id, boot_epoch, first_seq, base_ts_ms, count, lost_before)
+            1, _TELEMETRY_BATCH, (device_id, boot_epoch, first_seq, base_ts_ms, count, lost_before)
         )
 
     def set_reading(self, i, sensor, offset_ms, value):
@@ -427,10 +399,12 @@ class Encoder:
 
 
 def _values(spec, fields):
+    names, kinds, _sub = spec
     out = []
-    for name, kind, _req, _sub in spec:
-        v = fields.get(name)
-        if (kind == _TABLES and not v) or (kind == _STR and v == "" and not _req):
+    for i in range(len(kinds)):
+        v = fields.get(names[i])
+        kind = kinds[i] & 15
+        if (kind == _TABLES and not v) or (kind == _STR and v == "" and not kinds[i] & _REQ):
             v = None
         elif v is not None and kind == _F64:
             v = float(v)
@@ -492,14 +466,16 @@ class _Reader:
             raise CodecError("bad_vtable", "%s vtable size %d" % (tname, vt_size))
         if tbl_size < 4 or pos + tbl_size > self.n:
             raise CodecError("bad_vtable", "%s table size %d" % (tname, tbl_size))
+        names, kinds, sub = spec
         out = {}
         tag = 0
-        for slot in range(len(spec)):
-            name, kind, req, sub = spec[slot]
+        for slot in range(len(kinds)):
+            name = names[slot]
+            kind = kinds[slot] & 15
             voff = 4 + 2 * slot
             off = struct.unpack_from("<H", self.b, vt + voff)[0] if voff < vt_size else 0
             if off == 0:
-                if req:
+                if kinds[slot] & _REQ:
                     raise CodecError("missing_field", "%s.%s" % (tname, name))
                 if kind == _STR:
                     out[name] = ""
@@ -515,10 +491,10 @@ class _Reader:
             at = pos + off
             if kind <= _F64:
                 v = struct.unpack_from(_FMT[kind], self.b, at)[0]
-                if sub is not None and v >= sub:
+                if kinds[slot] >= _ENUM and v >= kinds[slot] >> 5:
                     raise CodecError("bad_enum", "%s.%s = %d" % (tname, name, v))
                 out[name] = v
-                if slot == 0 and spec is ENVELOPE:
+                if slot == 0 and spec is _ENVELOPE:
                     tag = v
             elif kind == _STR:
                 out[name] = self.string(self.deref(at), tname + "." + name)
@@ -554,7 +530,7 @@ def decode_envelope(env):
     if bytes(env[4:8]) != _IDENT:
         raise CodecError("wrong_root", "file identifier %r" % bytes(env[4:8]))
     r = _Reader(env)
-    out = r.table(ENVELOPE, r.deref(0), "Envelope")
+    out = r.table(_ENVELOPE, r.deref(0), "Envelope")
     return TYPES[out["payload_type"] - 1], out["payload"]
 
 

@@ -63,16 +63,8 @@
 #
 # Comments instead of docstrings: they cost nothing once compiled to .mpy.
 
-from edge import codec
+from edge import codec, const
 from edge.meta import CMD_DONE, CMD_EXECUTING, MAX_STR
-
-try:
-    from micropython import const
-except ImportError:  # CPython
-
-    def const(x):  # type: ignore[misc]  # stubs: MicroPython's const
-        return x
-
 
 # CommandStatus and Reason wire values (aiot.fbs).
 _ACCEPTED = const(0)
@@ -112,20 +104,26 @@ _MAX_DETAIL = const(120)
 _PEEK_MAX = const(8192)
 
 _INTERRUPTED = "interrupted by restart; outcome unknown"
+# The metadata fields of the last command (edge/meta.py).
+_CMD_FIELDS = (
+    "last_cmd_seq highest_term cmd_state cmd_id cmd_status cmd_reason cmd_detail cmd_executed_at_ms"
+)
 
 # The energy plug's capabilities (protocol/profiles.py is the source; a unit
 # test checks this copy), in the form Encoder.message("DeviceStatus",
 # {"capabilities": ...}) takes. min/max bound Int and Float values and the
-# length of Text; Bool ignores them.
+# length of Text; Bool ignores them. They are written as whole numbers (the
+# status message carries them as doubles either way): on the device each float
+# constant would be an object in RAM.
 PLUG_CAPABILITIES = [
-    {"action": "relay.set", "params": [{"name": "on", "kind": _BOOL, "min": 0.0, "max": 1.0}]},
+    {"action": "relay.set", "params": [{"name": "on", "kind": _BOOL, "min": 0, "max": 1}]},
     {
         "action": "limit.set",
-        "params": [{"name": "watts", "kind": _FLOAT, "min": 0.0, "max": 3680.0}],
+        "params": [{"name": "watts", "kind": _FLOAT, "min": 0, "max": 3680}],
     },
     {
         "action": "sample.set",
-        "params": [{"name": "interval_ms", "kind": _INT, "min": 100.0, "max": 3600000.0}],
+        "params": [{"name": "interval_ms", "kind": _INT, "min": 100, "max": 3600000}],
     },
     {"action": "reboot", "params": []},
     # Over-the-air update (edge/node.py): url is the bundle's base URL on a
@@ -133,8 +131,8 @@ PLUG_CAPABILITIES = [
     {
         "action": "ota.update",
         "params": [
-            {"name": "url", "kind": _TEXT, "min": 12.0, "max": 200.0},
-            {"name": "sha256", "kind": _TEXT, "min": 64.0, "max": 64.0},
+            {"name": "url", "kind": _TEXT, "min": 12, "max": 200},
+            {"name": "sha256", "kind": _TEXT, "min": 64, "max": 64},
         ],
     },
 ]
@@ -160,19 +158,13 @@ class Executor:
         self.device_id = device_id
         self.hmac = hmac
         self.meta = meta
-        self.handlers = handlers
-        self.capabilities = capabilities
         self._now = now_ms
-        # action -> tuple of (name, kind, min, max)
-        self._specs = {}
         for cap in capabilities:
             action = cap["action"]
-            specs = []
-            for p in cap.get("params") or ():
-                specs.append((p["name"], p.get("kind", 0), p.get("min", 0.0), p.get("max", 0.0)))
-            self._specs[action] = tuple(specs)
             if action != "reboot" and action not in handlers:
                 raise ValueError("no handler for " + action)
+        self.handlers = handlers
+        self.capabilities = capabilities
         self.reboot_requested = False
         self.current_id = None  # command id while its handler runs
         # Counters for the status message.
@@ -229,7 +221,10 @@ class Executor:
             if now > deadline:
                 return self._final(fields, _EXPIRED, _DEADLINE_PASSED, "deadline passed", now)
         action = fields["action"]
-        specs = self._specs.get(action)
+        specs = None
+        for cap in self.capabilities:
+            if cap["action"] == action:
+                specs = cap.get("params") or ()
         if specs is None:
             return self._final(fields, _REJECTED, _UNKNOWN_ACTION, "unknown action", now)
         params = self._params(specs, fields["params"])
@@ -286,9 +281,10 @@ class Executor:
 
     def stats(self):
         rejected = {}
+        names = codec.REASONS
         for i in range(_N_REASONS):
             if self.rejected[i]:
-                rejected[codec.REASONS[i]] = self.rejected[i]
+                rejected[names[i]] = self.rejected[i]
         return {
             "executed": self.executed,
             "failed": self.failed,
@@ -355,17 +351,21 @@ class Executor:
             # from the older copy (an execution then reads "outcome unknown").
             self.persist_errors += 1
 
-    def _record(self, cid, seq, term, status, reason, detail, at):
+    def _consume(self, cid, seq, term, state, status, reason, detail, at):
+        # Make this command the last one in the metadata (not yet saved).
         m = self.meta
         m.last_cmd_seq = seq
         if term > m.highest_term:
             m.highest_term = term
-        m.cmd_state = CMD_DONE
+        m.cmd_state = state
         m.cmd_id = cid
         m.cmd_status = status
         m.cmd_reason = reason
         m.cmd_detail = _clip(detail)
         m.cmd_executed_at_ms = at
+
+    def _record(self, cid, seq, term, status, reason, detail, at):
+        self._consume(cid, seq, term, CMD_DONE, status, reason, detail, at)
         self._save()
         return self._stored()
 
@@ -379,6 +379,7 @@ class Executor:
         self._save()
 
     def _params(self, specs, given):
+        # specs: the action's param dicts from the capability table.
         # -> dict name -> value, or (reason, detail). Shape and kinds first,
         # then bounds, so BAD_PARAM wins over PARAM_OUT_OF_BOUNDS.
         out = {}
@@ -386,7 +387,7 @@ class Executor:
             name = p["name"]
             spec = None
             for s in specs:
-                if s[0] == name:
+                if s["name"] == name:
                     spec = s
                     break
             if spec is None:
@@ -394,8 +395,9 @@ class Executor:
             if name in out:
                 return (_BAD_PARAM, "param %s given twice" % name)
             kind = p["kind"]
-            if kind != spec[1]:
-                return (_BAD_PARAM, "param %s must be %s" % (name, codec.PARAM_KINDS[spec[1]]))
+            want = spec.get("kind", 0)
+            if kind != want:
+                return (_BAD_PARAM, "param %s must be %s" % (name, codec.PARAM_KINDS[want]))
             if kind == _INT:
                 v = p["int_value"]
             elif kind == _FLOAT:
@@ -409,18 +411,18 @@ class Executor:
                 v = p["text_value"]
             out[name] = v
         for s in specs:
-            if s[0] not in out:
-                return (_BAD_PARAM, "missing param " + s[0])
+            if s["name"] not in out:
+                return (_BAD_PARAM, "missing param " + s["name"])
         for s in specs:
-            kind = s[1]
+            kind = s.get("kind", 0)
             if kind == _BOOL:
                 continue
-            v = out[s[0]]
+            v = out[s["name"]]
             if kind == _TEXT:
                 v = len(v)
             # Written so that NaN fails too.
-            if not (s[2] <= v <= s[3]):
-                return (_PARAM_OUT_OF_BOUNDS, "param %s out of bounds" % s[0])
+            if not (s.get("min", 0.0) <= v <= s.get("max", 0.0)):
+                return (_PARAM_OUT_OF_BOUNDS, "param %s out of bounds" % s["name"])
         return out
 
     def _execute(self, fields, action, params, now):
@@ -428,40 +430,17 @@ class Executor:
         cid = fields["command_id"]
         seq = fields["seq"]
         term = fields["term"]
-        before = (
-            m.last_cmd_seq,
-            m.highest_term,
-            m.cmd_state,
-            m.cmd_id,
-            m.cmd_status,
-            m.cmd_reason,
-            m.cmd_detail,
-            m.cmd_executed_at_ms,
-        )
+        names = _CMD_FIELDS.split()
+        before = [getattr(m, k) for k in names]
         # 1. Persist the intent before acting.
-        m.last_cmd_seq = seq
-        if term > m.highest_term:
-            m.highest_term = term
-        m.cmd_state = CMD_EXECUTING
-        m.cmd_id = cid
-        m.cmd_status = _ACCEPTED
-        m.cmd_reason = _NONE
-        m.cmd_detail = ""
-        m.cmd_executed_at_ms = 0 if now is None else now
+        at = 0 if now is None else now
+        self._consume(cid, seq, term, CMD_EXECUTING, _ACCEPTED, _NONE, "", at)
         try:
             m.save()
         except OSError:
             # Without a record the command must not run; nothing is consumed.
-            (
-                m.last_cmd_seq,
-                m.highest_term,
-                m.cmd_state,
-                m.cmd_id,
-                m.cmd_status,
-                m.cmd_reason,
-                m.cmd_detail,
-                m.cmd_executed_at_ms,
-            ) = before
+            for i in range(len(names)):
+                setattr(m, names[i], before[i])
             self.persist_errors += 1
             return self._refuse(fields, _REJECTED, _BUSY, "cannot persist state")
         # 2. Act. Anything but an Exception (a restart, KeyboardInterrupt)

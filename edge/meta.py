@@ -16,20 +16,17 @@
 import binascii
 import struct
 
-try:
-    from micropython import const
-except ImportError:  # CPython
-
-    def const(x):  # type: ignore[misc]  # stubs: MicroPython's const
-        return x
-
+from edge import const
 
 _MAGIC = b"AIM1"
 _VERSION = const(1)
 _HEAD = "<4sBIH"  # magic, version, counter, payload length
 _HEAD_SIZE = const(11)
-# watermark, next_seq, floor, boot_epoch, dropped, last_cmd_seq, highest_term,
-# cmd_state, cmd_status, cmd_reason, cmd_executed_at_ms
+# The fixed fields, in the order of _FIXED.
+_FIELDS = (
+    "watermark next_seq floor boot_epoch dropped last_cmd_seq highest_term cmd_state"
+    " cmd_status cmd_reason cmd_executed_at_ms"
+)
 _FIXED = "<QQQIIQQBBHQ"
 _FIXED_SIZE = const(60)  # struct.calcsize(_FIXED)
 MAX_STR = 200  # bytes of cmd_id and cmd_detail kept
@@ -38,10 +35,6 @@ MAX_STR = 200  # bytes of cmd_id and cmd_detail kept
 CMD_IDLE = const(0)
 CMD_EXECUTING = const(1)  # persisted before acting
 CMD_DONE = const(2)  # persisted after acting, with the result
-
-
-class MetaError(OSError):
-    pass
 
 
 def _clip(text, limit):
@@ -131,19 +124,10 @@ class Meta:
     def _decode(self, p):
         if len(p) < _FIXED_SIZE + 4:
             raise ValueError("short metadata")
-        (
-            self.watermark,
-            self.next_seq,
-            self.floor,
-            self.boot_epoch,
-            self.dropped,
-            self.last_cmd_seq,
-            self.highest_term,
-            self.cmd_state,
-            self.cmd_status,
-            self.cmd_reason,
-            self.cmd_executed_at_ms,
-        ) = struct.unpack_from(_FIXED, p, 0)
+        names = _FIELDS.split()
+        values = struct.unpack_from(_FIXED, p, 0)
+        for i in range(len(names)):
+            setattr(self, names[i], values[i])
         pos = _FIXED_SIZE
         n = struct.unpack_from("<H", p, pos)[0]
         self.cmd_id = str(bytes(p[pos + 2 : pos + 2 + n]), "utf-8")
@@ -160,22 +144,7 @@ class Meta:
         buf = bytearray(_HEAD_SIZE + length + 4)
         counter = self.counter + 1
         struct.pack_into(_HEAD, buf, 0, _MAGIC, _VERSION, counter, length)
-        struct.pack_into(
-            _FIXED,
-            buf,
-            _HEAD_SIZE,
-            self.watermark,
-            self.next_seq,
-            self.floor,
-            self.boot_epoch,
-            self.dropped,
-            self.last_cmd_seq,
-            self.highest_term,
-            self.cmd_state,
-            self.cmd_status,
-            self.cmd_reason,
-            self.cmd_executed_at_ms,
-        )
+        struct.pack_into(_FIXED, buf, _HEAD_SIZE, *[getattr(self, k) for k in _FIELDS.split()])
         pos = _HEAD_SIZE + _FIXED_SIZE
         struct.pack_into("<H", buf, pos, len(cid))
         buf[pos + 2 : pos + 2 + len(cid)] = cid

@@ -36,14 +36,7 @@ import struct
 import sys
 from random import getrandbits
 
-try:
-    from micropython import const
-except ImportError:  # CPython
-
-    def const(x):  # type: ignore[misc]  # stubs: MicroPython's const
-        return x
-
-
+from edge import const
 from edge.clock import ticks_diff, ticks_ms
 
 try:
@@ -87,13 +80,11 @@ _NEXT = const(3)  # next_server(): next server
 _RETURN = const(4)  # the preferred server is back
 _STOP = const(5)  # disconnect()
 
+# Why a broker refuses a connection: CONNACK return codes 1..5, "|" before each
+# (one string rather than a tuple: each string object costs RAM on the device).
 _REFUSED = (
-    "",
-    "bad protocol version",
-    "client id rejected",
-    "server unavailable",
-    "bad user name or password",
-    "not authorized",
+    "|bad protocol version|client id rejected|server unavailable"
+    "|bad user name or password|not authorized"
 )
 
 
@@ -330,7 +321,8 @@ class MQTTBase:
         rc = b[3]
         if rc:
             raise OSError(
-                "broker refused connection: %s (CONNACK %d)" % (_REFUSED[rc] if rc < 6 else "", rc)
+                "broker refused connection: %s (CONNACK %d)"
+                % (_REFUSED.split("|")[rc] if rc < 6 else "", rc)
             )
         self.session_present = b[2] == 1
 
@@ -468,7 +460,6 @@ class MQTTClient(MQTTBase):
         self,
         client_id,
         servers,
-        *,
         user=None,
         password=None,
         keepalive=60,

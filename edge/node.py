@@ -6,6 +6,8 @@
 # config is a dict (firmware/config_template.json documents every key):
 # device_id, key (hex), hubs ([[host, port], ...] in this device's order),
 # user, password, and optional tuning (sample_ms, flush_ms, status_ms, ...).
+# The node keeps that dict as it is (node.cfg, no copy) and reads each
+# optional key with its default where the key is used.
 #
 # Tasks, all in one asyncio loop:
 #   sampler    every sample_ms: one reading per sensor into the slot store;
@@ -33,30 +35,6 @@ from edge.uplink import Uplink
 
 FIRMWARE = "0.1.0"
 
-DEFAULTS = {
-    "user": None,
-    "password": None,
-    "sample_ms": 1000,
-    "flush_ms": 2000,
-    "offline_flush_ms": 30000,
-    "status_ms": 30000,
-    "checkpoint_ms": 60000,
-    "keepalive_s": 30,
-    "return_after_s": 60,
-    "slot_capacity": 512 * 1024,
-    "cleanup_ratio": 0.5,
-    "overflow": "drop_oldest",
-    "record_bytes": 1024,
-    "batch_readings": 32,
-    "batch_bytes": 1024,
-    "window": 4,
-    "ack_timeout_ms": 5000,
-    "failover_after_ms": 15000,
-    "max_payload": 2048,  # larger incoming messages are skipped unread
-    "stop_after": 0,  # stop sampling after this many readings (tests, benches)
-    "exit_when_done": False,  # with stop_after: exit once all are acknowledged
-}
-
 
 def _mem_free():
     try:
@@ -69,10 +47,8 @@ class Node:
     def __init__(self, config, directory, sensor, board=None, ota=None):
         # ota: an edge.ota.Updater when the A/B app loader started the
         # firmware; None from a source tree, which then does not declare the
-        # ota.update capability. (Few new names here: each one costs heap.)
-        cfg = dict(DEFAULTS)
-        cfg.update(config)
-        self.cfg = cfg
+        # ota.update capability.
+        cfg = self.cfg = config
         self.device_id = cfg["device_id"]
         self.sensor = sensor
         self.board = board  # optional: relay pin, reset, watchdog feed
@@ -83,10 +59,10 @@ class Node:
         self.store = SlotStore(
             directory,
             self.meta,
-            capacity=cfg["slot_capacity"],
-            cleanup_ratio=cfg["cleanup_ratio"],
-            policy=cfg["overflow"],
-            record_bytes=cfg["record_bytes"],
+            capacity=cfg.get("slot_capacity", 512 * 1024),
+            cleanup_ratio=cfg.get("cleanup_ratio", 0.5),
+            policy=cfg.get("overflow", "drop_oldest"),
+            record_bytes=cfg.get("record_bytes", 1024),
             io=board.slot_io() if board is not None else None,
         )
         self.ota = ota
@@ -102,7 +78,7 @@ class Node:
         else:
             handlers["ota.update"] = ota.start
         self.clock = Clock()
-        self.sample_ms = cfg["sample_ms"]
+        self.sample_ms = cfg.get("sample_ms", 1000)
         self.limit_w = 0.0
         self.executor = Executor(
             self.device_id,
@@ -116,17 +92,19 @@ class Node:
         self.t_status = prefix + "status"
         self.t_ack = prefix + "ack"
         self.t_down = prefix + "down"
-        self.enc = codec.Encoder(640)  # status (with capabilities) and results
+        # Status (with capabilities) and results; the uplink's batches too:
+        # each frame is built and copied out in one go, so they never overlap.
+        self.enc = codec.Encoder(640)
         self.client = MQTTClient(
             self.device_id,
-            [tuple(h) for h in cfg["hubs"]],
-            user=cfg["user"],
-            password=cfg["password"],
-            keepalive=cfg["keepalive_s"],
+            cfg["hubs"],
+            user=cfg.get("user"),
+            password=cfg.get("password"),
+            keepalive=cfg.get("keepalive_s", 30),
             will=(self.t_status, self._status_frame(False), 1, True),
             on_message=self._on_message,
-            return_after_s=cfg["return_after_s"],
-            max_payload=cfg["max_payload"],
+            return_after_s=cfg.get("return_after_s", 60),
+            max_payload=cfg.get("max_payload", 2048),
         )
         self.uplink = Uplink(
             self.device_id,
@@ -135,11 +113,12 @@ class Node:
             self.client,
             self.clock,
             self.meta,
-            max_readings=cfg["batch_readings"],
-            max_bytes=cfg["batch_bytes"],
-            window=cfg["window"],
-            ack_timeout_ms=cfg["ack_timeout_ms"],
-            failover_after_ms=cfg["failover_after_ms"],
+            max_readings=cfg.get("batch_readings", 32),
+            max_bytes=cfg.get("batch_bytes", 1024),
+            window=cfg.get("window", 4),
+            ack_timeout_ms=cfg.get("ack_timeout_ms", 5000),
+            failover_after_ms=cfg.get("failover_after_ms", 15000),
+            enc=self.enc,
         )
         self._results = []  # sealed CommandResult frames waiting to be sent
         self._wake_results = asyncio.Event()
@@ -239,12 +218,12 @@ class Node:
 
     def _sample_tick(self, last_flush):
         # One sampling step; True while done sampling (stop_after reached).
-        stop_after = self.cfg["stop_after"]
+        stop_after = self.cfg.get("stop_after", 0)
         if stop_after and self.sampled >= stop_after:
             if self.store.pending:
                 self.store.flush()
                 self.uplink.kick()
-            elif self.cfg["exit_when_done"] and not self.store.unacked():
+            elif self.cfg.get("exit_when_done", False) and not self.store.unacked():
                 self.stopping = True
             return True
         writes = self.store.flash_writes
@@ -260,7 +239,9 @@ class Node:
                 else:
                     self.refused += 1
         online = self.client.up.is_set()
-        limit = self.cfg["flush_ms" if online else "offline_flush_ms"]
+        limit = (
+            self.cfg.get("flush_ms", 2000) if online else self.cfg.get("offline_flush_ms", 30000)
+        )
         if self.store.pending and ticks_diff(ticks_ms(), last_flush[0]) >= limit:
             self.store.flush()
             last_flush[0] = ticks_ms()
@@ -299,7 +280,7 @@ class Node:
             while (
                 not self.stopping
                 and self.client.connects == seen
-                and ticks_diff(ticks_ms(), t0) < self.cfg["status_ms"]
+                and ticks_diff(ticks_ms(), t0) < self.cfg.get("status_ms", 30000)
             ):
                 await asyncio.sleep(0.1)
 
@@ -331,7 +312,7 @@ class Node:
             await asyncio.sleep(1)
             try:
                 self.store.cleanup()
-                if ticks_diff(ticks_ms(), last_checkpoint) >= self.cfg["checkpoint_ms"]:
+                if ticks_diff(ticks_ms(), last_checkpoint) >= self.cfg.get("checkpoint_ms", 60000):
                     # Keeps the watermark on flash, so a reboot resends little.
                     self.store.checkpoint()
                     last_checkpoint = ticks_ms()

@@ -22,15 +22,8 @@ import json
 import os
 import sys
 
+from edge import const
 from edge.clock import ticks_diff, ticks_ms
-
-try:
-    from micropython import const
-except ImportError:  # CPython
-
-    def const(x):  # type: ignore[misc]
-        return x
-
 
 _CHUNK = const(512)
 _MAX_MANIFEST = const(16384)

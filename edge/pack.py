@@ -13,7 +13,7 @@
 #                         k, else minus 0) follows
 #                  4..14  float32 bits XOR this sensor's previous bits: n
 #                         significant bytes after dropping tz trailing zero
-#                         bytes, as (n, tz) = _XOR_MODES[mode - 4]
+#                         bytes, where _XOR_MODES[mode - 4] is n << 4 | tz
 #
 # Order after the tag: time delta, sensor id, value. Decoding reproduces the
 # exact float32 the device stored. Meter readings with a fixed resolution
@@ -24,32 +24,14 @@
 
 import struct
 
-try:
-    from micropython import const
-except ImportError:  # CPython
-
-    def const(x):  # type: ignore[misc]  # stubs: MicroPython's const
-        return x
-
+from edge import const
 
 _T_FLAG = const(0x80)
 _ESCAPE = const(7)
 _POW10 = (1.0, 10.0, 100.0, 1000.0)
 _MAX_M = const(0x3FFFFFFF)  # keeps m a small int on 32-bit ports
-# (n significant bytes, tz dropped trailing bytes) for XOR modes 4..14
-_XOR_MODES = (
-    (0, 0),
-    (1, 0),
-    (1, 1),
-    (1, 2),
-    (1, 3),
-    (2, 0),
-    (2, 1),
-    (2, 2),
-    (3, 0),
-    (3, 1),
-    (4, 0),
-)
+# n << 4 | tz (n significant bytes, tz dropped trailing bytes) for XOR modes 4..14
+_XOR_MODES = (0x00, 0x10, 0x11, 0x12, 0x13, 0x20, 0x21, 0x22, 0x30, 0x31, 0x40)
 
 
 class PackError(ValueError):
@@ -131,7 +113,7 @@ class Packer:
             while tz < n and not (x >> (8 * tz)) & 0xFF:
                 tz += 1
             n -= tz
-            mode = 4 + _XOR_MODES.index((n, tz))
+            mode = 4 + _XOR_MODES.index(n << 4 | tz)
         dt = ts - self._ts
         tag = mode | ((sensor if sensor < _ESCAPE else _ESCAPE) << 4)
         if dt:
@@ -147,7 +129,8 @@ class Packer:
             st[0] = mode
             st[1] = m
         else:
-            n, tz = _XOR_MODES[mode - 4]
+            n = _XOR_MODES[mode - 4] >> 4
+            tz = _XOR_MODES[mode - 4] & 15
             x >>= 8 * tz
             for _ in range(n):
                 self.buf[self.pos] = x & 0xFF
@@ -217,7 +200,8 @@ def unpack(buf, start, end, count, emit):
             st[1] = m
             bits = struct.unpack_from("<I", f, 0)[0]
         elif mode < 15:
-            n, tz = _XOR_MODES[mode - 4]
+            n = _XOR_MODES[mode - 4] >> 4
+            tz = _XOR_MODES[mode - 4] & 15
             if pos + n > end:
                 raise PackError("value runs past the block")
             x = 0

@@ -30,6 +30,13 @@ class Power:
         self.dead = False
 
 
+def _on_power(name):
+    # A RAMBlockDev attribute that is its Power's attribute `name`.
+    return property(
+        lambda dev: getattr(dev.power, name), lambda dev, v: setattr(dev.power, name, v)
+    )
+
+
 class RAMBlockDev:
     # Programming behaves like NOR flash: it can only clear bits (new = old
     # AND data), so writing over unerased bytes shows up in the tests.
@@ -44,33 +51,10 @@ class RAMBlockDev:
         self.bytes_programmed = 0
 
     # cut_at, torn, dead and ops live on the (possibly shared) power supply.
-    @property
-    def cut_at(self):
-        return self.power.cut_at
-
-    @cut_at.setter
-    def cut_at(self, v):
-        self.power.cut_at = v
-
-    @property
-    def torn(self):
-        return self.power.torn
-
-    @torn.setter
-    def torn(self, v):
-        self.power.torn = v
-
-    @property
-    def dead(self):
-        return self.power.dead
-
-    @dead.setter
-    def dead(self, v):
-        self.power.dead = v
-
-    @property
-    def ops(self):
-        return self.power.ops
+    cut_at = _on_power("cut_at")
+    torn = _on_power("torn")
+    dead = _on_power("dead")
+    ops = property(lambda dev: dev.power.ops)
 
     def image(self):
         return bytes(self.data)

@@ -1,6 +1,7 @@
-# Where the two slots live: files on a file system, or raw flash blocks.
+# Where the two slots live: files on a file system (FileSlots, in
+# edge/slots.py), or raw flash blocks (BlockSlots, here).
 #
-# edge/slots.py talks to one of these through the same small interface:
+# edge/slots.py talks to either through the same small interface:
 #
 #   exists(i)          slot i holds anything at all
 #   size(i)            bytes in use (physical end), -1 if the slot is absent
@@ -15,7 +16,9 @@
 #
 # FileSlots keeps each slot in a file (any MicroPython file system, or a host
 # directory on CPython). On LittleFS every sync rewrites the file's partly
-# filled last block, so small appends cost far more flash than their size.
+# filled last block, so small appends cost far more flash than their size. It
+# is the store's default and lives with the store, so that a device that keeps
+# its slots in files never loads this module.
 #
 # BlockSlots keeps each slot in a run of erase blocks of a raw block device
 # (a flash partition: esp32.Partition, rp2.Flash, or edge/ramdisk.py):
@@ -23,88 +26,6 @@
 # slot erases its blocks. Flash cannot be un-programmed, so a torn tail stays
 # where it is and appends continue after it; the store's scan skips it (CRC
 # and the generation in every record keep stale or torn bytes out).
-import os
-
-
-class FileSlots:
-    def __init__(self, directory):
-        self.dir = directory
-        self.programmed = 0
-        self._wf = None  # append handle of the slot last appended to
-        self._wi = -1
-
-    def _path(self, i):
-        name = "slot." + "ab"[i]
-        return self.dir + "/" + name if self.dir else name
-
-    def exists(self, i):
-        return self.size(i) >= 0
-
-    def size(self, i):
-        try:
-            return os.stat(self._path(i))[6]
-        except OSError:
-            return -1
-
-    def scan_limit(self, i):
-        return self.size(i)
-
-    def set_end(self, i, end):
-        pass  # the file's size is its end
-
-    def reader(self, i):
-        return open(self._path(i), "rb")
-
-    def close(self):
-        if self._wf is not None:
-            try:
-                self._wf.close()
-            except OSError:
-                pass
-            self._wf = None
-            self._wi = -1
-
-    def create(self, i, header):
-        if i == self._wi:
-            self.close()
-        with open(self._path(i), "wb") as f:
-            f.write(header)
-        self.programmed += len(header)
-
-    def append(self, i, data):
-        if self._wi != i:
-            self.close()
-            self._wf = open(self._path(i), "ab")  # noqa: SIM115 - kept open between appends
-            self._wi = i
-        self._wf.write(data)
-        self._wf.flush()  # on LittleFS: a sync, so the record survives a power cut
-        self.programmed += len(data)
-
-    def erase(self, i):
-        if i == self._wi:
-            self.close()
-        try:
-            os.remove(self._path(i))
-        except OSError:
-            pass  # already gone
-
-    def truncate(self, i, end, buf):
-        # Copy the good prefix to a new file and rename it over the slot:
-        # atomic on LittleFS, and on a host file system.
-        if i == self._wi:
-            self.close()
-        path = self._path(i)
-        tmp = path + ".tmp"
-        with open(path, "rb") as src, open(tmp, "wb") as dst:
-            left = end
-            while left:
-                n = src.readinto(memoryview(buf)[: min(left, len(buf))])
-                if not n:
-                    break
-                dst.write(memoryview(buf)[:n])
-                left -= n
-        os.rename(tmp, path)
-        return True
 
 
 class _BlockReader:
@@ -160,16 +81,21 @@ class BlockSlots:
     def base(self, i):
         return (self.first + i * self.per_slot) * self.bs
 
-    def read_at(self, addr, mv):
-        # Reads may cross block boundaries; split them anyway, as some ports
-        # want reads within one block.
+    def _per_block(self, op, addr, mv):
+        # op(block, part of mv, offset in the block) for each block that the
+        # bytes at addr..addr + len(mv) touch.
         bs = self.bs
         done = 0
         while done < len(mv):
             a = addr + done
             n = min(len(mv) - done, bs - a % bs)
-            self.dev.readblocks(a // bs, mv[done : done + n], a % bs)
+            op(a // bs, mv[done : done + n], a % bs)
             done += n
+
+    def read_at(self, addr, mv):
+        # Reads may cross block boundaries; split them anyway, as some ports
+        # want reads within one block.
+        self._per_block(self.dev.readblocks, addr, mv)
 
     def _find_end(self, i):
         # One past the last programmed (non-0xFF) byte of the slot: appends
@@ -227,15 +153,8 @@ class BlockSlots:
         self._program(i, end, data)
 
     def _program(self, i, off, data):
-        bs = self.bs
         mv = memoryview(data)
-        addr = self.base(i) + off
-        done = 0
-        while done < len(mv):
-            a = addr + done
-            n = min(len(mv) - done, bs - a % bs)
-            self.dev.writeblocks(a // bs, mv[done : done + n], a % bs)
-            done += n
+        self._per_block(self.dev.writeblocks, self.base(i) + off, mv)
         self.programmed += len(mv)
         self._ends[i] = off + len(mv)
         sync = getattr(self.dev, "ioctl", None)

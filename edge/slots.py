@@ -20,18 +20,11 @@
 # gives the switching, cleanup, overflow and recovery rules.
 
 import binascii
+import os
 import struct
 
+from edge import const
 from edge.pack import Packer, PackError, unpack
-from edge.slotio import FileSlots
-
-try:
-    from micropython import const
-except ImportError:  # CPython
-
-    def const(x):  # type: ignore[misc]  # stubs: MicroPython's const
-        return x
-
 
 _SLOT_MAGIC = b"AIS1"
 _SLOT_VERSION = const(1)
@@ -45,10 +38,92 @@ _MAX_COUNT = const(255)
 # handed out: after a power cut, numbering resumes past everything that may
 # have been used, whatever recovery finds (one metadata save per 4096).
 _RESERVE = const(4096)
-_NAMES = ("a", "b")
 
 DROP_OLDEST = "drop_oldest"
 STOP_SAMPLING = "stop_sampling"
+
+
+class FileSlots:
+    # The slots as the files slot.a and slot.b in `directory`: the store's
+    # default io (edge/slotio.py describes the interface, and BlockSlots).
+    def __init__(self, directory):
+        self.dir = directory
+        self.programmed = 0
+        self._wf = None  # append handle of the slot last appended to
+        self._wi = -1
+
+    def _path(self, i):
+        name = "slot." + "ab"[i]
+        return self.dir + "/" + name if self.dir else name
+
+    def exists(self, i):
+        return self.size(i) >= 0
+
+    def size(self, i):
+        try:
+            return os.stat(self._path(i))[6]
+        except OSError:
+            return -1
+
+    def scan_limit(self, i):
+        return self.size(i)
+
+    def set_end(self, i, end):
+        pass  # the file's size is its end
+
+    def reader(self, i):
+        return open(self._path(i), "rb")
+
+    def close(self):
+        if self._wf is not None:
+            try:
+                self._wf.close()
+            except OSError:
+                pass
+            self._wf = None
+            self._wi = -1
+
+    def create(self, i, header):
+        if i == self._wi:
+            self.close()
+        with open(self._path(i), "wb") as f:
+            f.write(header)
+        self.programmed += len(header)
+
+    def append(self, i, data):
+        if self._wi != i:
+            self.close()
+            self._wf = open(self._path(i), "ab")  # noqa: SIM115 - kept open between appends
+            self._wi = i
+        self._wf.write(data)
+        self._wf.flush()  # on LittleFS: a sync, so the record survives a power cut
+        self.programmed += len(data)
+
+    def erase(self, i):
+        if i == self._wi:
+            self.close()
+        try:
+            os.remove(self._path(i))
+        except OSError:
+            pass  # already gone
+
+    def truncate(self, i, end, buf):
+        # Copy the good prefix to a new file and rename it over the slot:
+        # atomic on LittleFS, and on a host file system.
+        if i == self._wi:
+            self.close()
+        path = self._path(i)
+        tmp = path + ".tmp"
+        with open(path, "rb") as src, open(tmp, "wb") as dst:
+            left = end
+            while left:
+                n = src.readinto(memoryview(buf)[: min(left, len(buf))])
+                if not n:
+                    break
+                dst.write(memoryview(buf)[:n])
+                left -= n
+        os.rename(tmp, path)
+        return True
 
 
 class StoreError(OSError):

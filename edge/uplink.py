@@ -16,16 +16,9 @@
 # a live broker in front of a dead hub must not hold the device.
 import asyncio
 
+from edge import const
 from edge.clock import ticks_diff, ticks_ms
 from edge.codec import Encoder
-
-try:
-    from micropython import const
-except ImportError:  # CPython
-
-    def const(x):  # type: ignore[misc]  # stubs: MicroPython's const
-        return x
-
 
 _ENVELOPE_FIXED = const(92)  # batch frame bytes besides readings and id
 _READING = const(8)
@@ -46,7 +39,11 @@ class Uplink:
         window=4,
         ack_timeout_ms=5000,
         failover_after_ms=15000,
+        enc=None,
     ):
+        # enc: an Encoder to share (edge/node.py's); a batch is built and
+        # copied out in one go. Without one, or if it is too small, the uplink
+        # makes its own.
         self.device_id = device_id
         self.topic = "aiot/v1/%s/up" % device_id
         self.hm = hmac
@@ -59,7 +56,8 @@ class Uplink:
         self.window = window
         self.ack_timeout_ms = ack_timeout_ms
         self.failover_after_ms = failover_after_ms
-        self.enc = Encoder(fixed + _READING * self.max_readings + 16)
+        need = fixed + _READING * self.max_readings + 16
+        self.enc = enc if enc is not None and len(enc.buf) >= need else Encoder(need)
         self._wake = asyncio.Event()
         self._b = [0, 0, 0]
         self._next = 0  # next sequence number to send
