@@ -26,78 +26,47 @@ FILE_IDENTIFIER: Final = b"AIO1"
 # Each field: (name, kind, required, enum values or None).
 Field = tuple[str, str, bool, tuple[int, ...] | None]
 
-_KIND = (0, 1, 2, 3)
-_STATUS = (0, 1, 2, 3, 4)
-_REASON = tuple(range(13))
-_STATE = (0, 1)
+_ENUMS: Final[dict[str, tuple[int, ...]]] = {
+    "ParamKind": (0, 1, 2, 3),
+    "CommandStatus": (0, 1, 2, 3, 4),
+    "Reason": tuple(range(13)),
+    "LinkState": (0, 1),
+}
+
+
+def _fields(spec: str) -> tuple[Field, ...]:
+    """Fields from ``name=kind`` words in slot order: ``!`` after the kind
+    marks a required field, ``/Enum`` an enum's values (from ``_ENUMS``)."""
+    out: list[Field] = []
+    for word in spec.split():
+        name, _, kind = word.partition("=")
+        kind, _, enum = kind.partition("/")
+        required = kind.endswith("!")
+        out.append((name, kind.rstrip("!"), required, _ENUMS[enum] if enum else None))
+    return tuple(out)
+
 
 LAYOUT: Final[dict[str, tuple[Field, ...]]] = {
-    "Envelope": (
-        ("payload_type", "B", False, None),
-        ("payload", "union", True, None),
+    "Envelope": _fields("payload_type=B payload=union!"),
+    "TelemetryBatch": _fields(
+        "device_id=str! boot_epoch=I first_seq=Q base_ts_ms=Q readings=vstructs:8! lost_before=Q"
     ),
-    "TelemetryBatch": (
-        ("device_id", "str", True, None),
-        ("boot_epoch", "I", False, None),
-        ("first_seq", "Q", False, None),
-        ("base_ts_ms", "Q", False, None),
-        ("readings", "vstructs:8", True, None),
-        ("lost_before", "Q", False, None),
+    "CommitAck": _fields("device_id=str! watermark=Q hub_time_ms=Q"),
+    "Param": _fields("name=str! kind=B/ParamKind int_value=q float_value=d text_value=str"),
+    "Command": _fields(
+        "command_id=str! device_id=str! seq=Q term=Q action=str! params=vtables:Param"
+        " issued_at_ms=Q deadline_ms=Q"
     ),
-    "CommitAck": (
-        ("device_id", "str", True, None),
-        ("watermark", "Q", False, None),
-        ("hub_time_ms", "Q", False, None),
+    "CommandResult": _fields(
+        "command_id=str! device_id=str! seq=Q status=B/CommandStatus reason=H/Reason"
+        " detail=str executed_at_ms=Q"
     ),
-    "Param": (
-        ("name", "str", True, None),
-        ("kind", "B", False, _KIND),
-        ("int_value", "q", False, None),
-        ("float_value", "d", False, None),
-        ("text_value", "str", False, None),
-    ),
-    "Command": (
-        ("command_id", "str", True, None),
-        ("device_id", "str", True, None),
-        ("seq", "Q", False, None),
-        ("term", "Q", False, None),
-        ("action", "str", True, None),
-        ("params", "vtables:Param", False, None),
-        ("issued_at_ms", "Q", False, None),
-        ("deadline_ms", "Q", False, None),
-    ),
-    "CommandResult": (
-        ("command_id", "str", True, None),
-        ("device_id", "str", True, None),
-        ("seq", "Q", False, None),
-        ("status", "B", False, _STATUS),
-        ("reason", "H", False, _REASON),
-        ("detail", "str", False, None),
-        ("executed_at_ms", "Q", False, None),
-    ),
-    "ParamSpec": (
-        ("name", "str", True, None),
-        ("kind", "B", False, _KIND),
-        ("min", "d", False, None),
-        ("max", "d", False, None),
-    ),
-    "Capability": (
-        ("action", "str", True, None),
-        ("params", "vtables:ParamSpec", False, None),
-    ),
-    "DeviceStatus": (
-        ("device_id", "str", True, None),
-        ("state", "B", False, _STATE),
-        ("firmware", "str", False, None),
-        ("boot_epoch", "I", False, None),
-        ("uptime_s", "I", False, None),
-        ("free_heap", "I", False, None),
-        ("buffer_fill_permille", "H", False, None),
-        ("unacked", "I", False, None),
-        ("dropped", "I", False, None),
-        ("reconnects", "I", False, None),
-        ("hub_index", "B", False, None),
-        ("capabilities", "vtables:Capability", False, None),
+    "ParamSpec": _fields("name=str! kind=B/ParamKind min=d max=d"),
+    "Capability": _fields("action=str! params=vtables:ParamSpec"),
+    "DeviceStatus": _fields(
+        "device_id=str! state=B/LinkState firmware=str boot_epoch=I uptime_s=I free_heap=I"
+        " buffer_fill_permille=H unacked=I dropped=I reconnects=I hub_index=B"
+        " capabilities=vtables:Capability"
     ),
 }
 

@@ -48,6 +48,7 @@ import numpy as np
 import numpy.typing as npt
 
 from hub.core.paths import SHIPPED_MODELS
+from hub.state.records import StoredReading
 from protocol.errors import ReasonError
 
 # Sensor ids of the energy scenario (edge/sensors.py POWER_W, ENERGY_WH).
@@ -104,18 +105,8 @@ class ModelError(AnomalyError):
 # -- features -----------------------------------------------------------------------
 
 
-class ReadingLike(Protocol):
-    """A reading with named fields, such as hub.state.records.StoredReading."""
-
-    @property
-    def ts_ms(self) -> int: ...
-    @property
-    def sensor(self) -> int: ...
-    @property
-    def value(self) -> float: ...
-
-
-Reading = tuple[int, int, float] | ReadingLike
+# (ts_ms, sensor, value), or a reading from the store
+Reading = tuple[int, int, float] | StoredReading
 FloatArray = npt.NDArray[np.float64]
 F32Array = npt.NDArray[np.float32]
 

@@ -102,27 +102,20 @@ DECISION_BUCKETS: Final = (
 class BrokerCounters(Protocol):
     """The counters of this node's supervised broker."""
 
-    @property
-    def restarts(self) -> int: ...
-    @property
-    def reloads(self) -> int: ...
+    restarts: int
+    reloads: int
 
 
 class Observed(Protocol):
     """What the metrics, liveness and readiness read from one hub node."""
 
-    @property
-    def node_id(self) -> str: ...
-    @property
-    def cfg(self) -> HubConfig: ...
-    @property
-    def started_at(self) -> float: ...
-    @property
-    def raft(self) -> RaftNode: ...
-    @property
-    def ingest(self) -> Ingest: ...
-    @property
-    def delivery(self) -> Delivery: ...
+    node_id: str
+    cfg: HubConfig
+    started_at: float
+    raft: RaftNode
+    ingest: Ingest
+    delivery: Delivery
+
     @property
     def broker(self) -> BrokerCounters | None: ...  # None: an external broker
     @property

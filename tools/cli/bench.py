@@ -6,8 +6,9 @@ Mosquitto, no MicroPython, a cluster that does not start) exits with 2.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -47,8 +48,20 @@ def bench_codec(
     emit(result, json_out)
 
 
+def measure(ctx: typer.Context, bench: Callable[..., dict[str, Any]], quiet: bool) -> None:
+    """Run ``bench`` with the command's options as its keyword arguments (each
+    option's parameter is named as the benchmark's), then print the result;
+    progress goes to stderr unless ``quiet``."""
+    options = dict(ctx.params)
+    json_out = options.pop("json_out")
+    with reported():
+        result = bench(**options, say=progress(quiet))
+    emit(result, json_out)
+
+
 @bench_app.command("edge")
 def bench_edge(
+    ctx: typer.Context,
     json_out: JsonOut = False,
     readings: Annotated[
         int, typer.Option(min=100, help="Readings per throughput run (firmware and baseline).")
@@ -72,29 +85,27 @@ def bench_edge(
     ] = 1_500,
 ) -> None:
     """Edge device on MicroPython: throughput, flash cost, heap and failover."""
-    with reported():
-        result = edge(
-            readings=readings,
-            rounds=rounds,
-            heap=heap,
-            flash_hours=flash_hours,
-            failover_readings=failover_readings,
-            say=progress(json_out),
-        )
-    emit(result, json_out)
+    measure(ctx, edge, quiet=json_out)
 
 
 @bench_app.command("ingest")
 def bench_ingest(
+    ctx: typer.Context,
     json_out: JsonOut = False,
-    seconds: Annotated[
-        float, typer.Option(min=1, help="Measured seconds of the maximum-rate phase.")
+    duration_s: Annotated[
+        float, typer.Option("--seconds", min=1, help="Measured seconds of the maximum-rate phase.")
     ] = 60.0,
-    latency_seconds: Annotated[
-        float, typer.Option(min=1, help="Measured seconds of the latency phase (half rate).")
+    latency_s: Annotated[
+        float,
+        typer.Option(
+            "--latency-seconds", min=1, help="Measured seconds of the latency phase (half rate)."
+        ),
     ] = 30.0,
-    warmup: Annotated[
-        float, typer.Option(min=0, help="Seconds of load before the maximum-rate clock starts.")
+    warmup_s: Annotated[
+        float,
+        typer.Option(
+            "--warmup", min=0, help="Seconds of load before the maximum-rate clock starts."
+        ),
     ] = 5.0,
     devices: Devices = 48,
     window: Window = 4,
@@ -103,19 +114,7 @@ def bench_ingest(
     baseline: Annotated[bool, typer.Option(help="Also measure the bare-broker baseline.")] = True,
 ) -> None:
     """Hub cluster: committed readings/s, ack latency, against a bare-broker baseline."""
-    with reported():
-        result = ingest(
-            duration_s=seconds,
-            latency_s=latency_seconds,
-            warmup_s=warmup,
-            devices=devices,
-            window=window,
-            batch_readings=batch_readings,
-            generators=generators,
-            baseline=baseline,
-            say=say,
-        )
-    emit(result, json_out)
+    measure(ctx, ingest, quiet=False)
 
 
 @bench_app.command("decide")
@@ -133,6 +132,7 @@ def bench_decide(
 
 @bench_app.command("failover")
 def bench_failover(
+    ctx: typer.Context,
     json_out: JsonOut = False,
     kills: Annotated[int, typer.Option(min=1, help="Leader kills (the median is reported).")] = 5,
     rate: Annotated[
@@ -143,36 +143,26 @@ def bench_failover(
     ack_timeout_ms: Annotated[
         int, typer.Option(min=100, help="Devices resend from their watermark after this.")
     ] = 5000,
-    settle: Annotated[
-        float, typer.Option(min=1, help="Seconds of steady load before each kill.")
+    settle_s: Annotated[
+        float, typer.Option("--settle", min=1, help="Seconds of steady load before each kill.")
     ] = 10.0,
-    pre: Annotated[
-        float, typer.Option(min=0.5, help="Seconds before a kill that set the rate to regain.")
+    pre_s: Annotated[
+        float,
+        typer.Option("--pre", min=0.5, help="Seconds before a kill that set the rate to regain."),
     ] = 5.0,
-    observe: Annotated[
-        float, typer.Option(min=1, help="At most this long after a kill before the restart.")
+    observe_s: Annotated[
+        float,
+        typer.Option("--observe", min=1, help="At most this long after a kill before the restart."),
     ] = 30.0,
     generators: Generators = 1,
 ) -> None:
     """Hub cluster: kill -9 the leader under load; time to the first commit and to 90% rate."""
-    with reported():
-        result = failover(
-            kills=kills,
-            rate=rate,
-            devices=devices,
-            window=window,
-            ack_timeout_ms=ack_timeout_ms,
-            settle_s=settle,
-            pre_s=pre,
-            observe_s=observe,
-            generators=generators,
-            say=say,
-        )
-    emit(result, json_out)
+    measure(ctx, failover, quiet=False)
 
 
 @bench_app.command("soak")
 def bench_soak(
+    ctx: typer.Context,
     json_out: JsonOut = False,
     minutes: Annotated[float, typer.Option(min=0.1, help="Minutes of paced load.")] = 30.0,
     rate: Annotated[
@@ -192,17 +182,7 @@ def bench_soak(
     ] = None,
 ) -> None:
     """Hub cluster at half the maximum rate for a long while: RSS, descriptors, convergence."""
-    with reported():
-        result = soak(
-            minutes=minutes,
-            rate=rate,
-            devices=devices,
-            micropython_devices=micropython_devices,
-            sample_s=sample_s,
-            warmup_s=warmup_s,
-            say=say,
-        )
-    emit(result, json_out)
+    measure(ctx, soak, quiet=False)
 
 
 @bench_app.command("all")
