@@ -8,7 +8,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: demo test check lint protocol bench mosquitto socat chromium systemd clean
+.PHONY: demo test check lint protocol bench mosquitto socat chromium systemd guide clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -56,7 +56,14 @@ demo: $(STAMP) mosquitto socat
 systemd:
 	$(call apt_need,systemd-analyze,systemd)
 
-test: $(STAMP) mosquitto socat chromium systemd
+# The Raspberry Pi guide's run on one machine (tests/docs/site.py): each Pi a
+# network namespace (iproute2), sudo as on Raspberry Pi OS, curl as the guide uses it.
+guide:
+	$(call apt_need,ip,iproute2)
+	$(call apt_need,sudo,sudo)
+	$(call apt_need,curl,curl)
+
+test: $(STAMP) mosquitto socat chromium systemd guide
 	$(PY) -m pytest
 
 # mypy strict on hub/, tools/, protocol/; the import contracts of the layers

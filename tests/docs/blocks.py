@@ -72,3 +72,34 @@ def substitutions(doc: Path, heading: str) -> dict[str, str]:
     if not out:
         raise ValueError(f"{doc.name}, {heading!r}: no substitution table")
     return out
+
+
+def every_block(doc: Path, lang: str = "sh") -> list[tuple[str, str]]:
+    """Every fenced ``lang`` block of the document in order, each with the
+    heading of the section it stands in."""
+    out: list[tuple[str, str]] = []
+    heading = ""
+    fence: str | None = None
+    body: list[str] = []
+    for line in doc.read_text().splitlines():
+        m = _FENCE.match(line)
+        if m is not None:
+            if fence is None:
+                fence, body = m.group(1), []
+            else:
+                if fence == lang:
+                    out.append((heading, "\n".join(body) + "\n"))
+                fence = None
+        elif fence is not None:
+            body.append(line)
+        elif h := _HEADING.match(line):
+            heading = h.group(2)
+    return out
+
+
+def substitute(text: str, table: dict[str, str]) -> str:
+    """``text`` with each of the table's phrases replaced, the longest first
+    (so that a row for a whole line wins over a row for a part of it)."""
+    for phrase in sorted(table, key=len, reverse=True):
+        text = text.replace(phrase, table[phrase])
+    return text

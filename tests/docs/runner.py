@@ -9,9 +9,10 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 BIN = Path(sys.executable).parent
 
@@ -32,18 +33,51 @@ def environment() -> dict[str, str]:
     return env
 
 
+def reader_folder(kind: str, tmp_path: Path, repository: Path) -> Path:
+    """Where a reader runs a document's commands: ``outside`` a checkout (a
+    fresh folder), or at the root of a fresh ``clone`` of ``repository``."""
+    if kind == "outside":
+        home = tmp_path / "newcomer"
+        home.mkdir()
+        return home
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(repository), str(clone)], check=True)
+    return clone
+
+
+def untracked(clone: Path) -> str:
+    """What git neither tracks nor ignores in ``clone`` (empty: nothing)."""
+    return subprocess.run(
+        ["git", "status", "--porcelain", "--ignored=no"],
+        cwd=clone,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+
 @contextlib.contextmanager
-def running(script: str, cwd: Path, timeout: float = 300) -> Iterator[Ran]:
-    """Run ``script`` with ``bash -euo pipefail`` in ``cwd``; yield once bash
-    exits, while what it left running in the background still runs; then
-    stop every process of its session (SIGTERM, then SIGKILL). Its output
-    goes to a file: background jobs keep their copies of it open."""
+def running(
+    script: str,
+    cwd: Path,
+    timeout: float = 300,
+    on: list[str] | None = None,
+    env: dict[str, str] | None = None,
+) -> Iterator[Ran]:
+    """Run ``script`` with ``bash -euo pipefail`` in ``cwd`` (``on``: an argv
+    prefix that runs it elsewhere, such as another machine's namespaces;
+    ``env``: instead of ``environment()``); yield once bash exits, while what
+    it left running in the background still runs; then stop every process
+    of its session (SIGTERM, then SIGKILL). Its output goes to a file:
+    background jobs keep their copies of it open."""
     log = cwd.parent / f"{cwd.name}.block.log"
+    file = cwd.parent / f"{cwd.name}.block.sh"
+    file.write_text(script)
     with log.open("w") as out:
         proc = subprocess.Popen(
-            ["bash", "-euo", "pipefail", "-c", script],
+            [*(on or []), "bash", "-euo", "pipefail", str(file)],
             cwd=cwd,
-            env=environment(),
+            env=env or environment(),
             stdout=out,
             stderr=subprocess.STDOUT,
             text=True,
@@ -72,3 +106,20 @@ def stop_session(pgid: int, grace: float = 20.0) -> None:
         time.sleep(0.2)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGKILL)
+
+
+def switched_off_by_a_rule(aiot: Callable[..., Any]) -> dict[str, Any] | None:
+    """A rules decision about plug-1 whose relay.set on=false ran on the plug,
+    with its command; ``aiot(*args)`` runs an ``aiot`` command (with the
+    cluster's config or hub) and returns its JSON."""
+    for d in aiot("decisions", "list", "--device", "plug-1", "--json"):
+        if d["tier"] != "rules" or not d["command_id"]:
+            continue
+        cmd = aiot("command", "show", d["command_id"], "--json")
+        if (
+            cmd["action"] == "relay.set"
+            and cmd["params"] == {"on": False}
+            and cmd["state"] == "DONE"
+        ):
+            return {"decision": d, "command": cmd}
+    return None

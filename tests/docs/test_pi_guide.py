@@ -1,4 +1,13 @@
-"""docs/deploy-raspberry-pi.md: the systemd units it shows are valid.
+"""docs/deploy-raspberry-pi.md runs as written, and its systemd units are valid.
+
+The guide's command blocks run in order on three Pis and a workstation made
+of namespaces on this machine (tests/docs/site.py), with only the
+substitutions its section "Trying this guide on one machine" lists, and the
+workstation's commands once from a folder outside the checkout and once from
+a clone's root. Every block that runs exits 0; the cluster it builds switches
+the guide's first plug off by its rules within 60 s of the plug starting; the
+backup the timer's service makes is complete; what the workstation leaves in
+a clone is all git-ignored.
 
 `systemd-analyze verify` (Debian's systemd package; it needs no running
 systemd) checks the backup service and timer as the guide writes them, under
@@ -8,29 +17,165 @@ install-service` writes is checked by tests/unit/test_install_service_paths.py.
 
 from __future__ import annotations
 
+import contextlib
+import json
+import re
 import subprocess
+import time
+import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.docs.blocks import blocks
-from tests.support import ROOT, need_tool
+from tests.cluster.hubs import need_mosquitto
+from tests.docs import site as pis
+from tests.docs.blocks import blocks, every_block, substitute, substitutions
+from tests.docs.runner import environment, reader_folder, running, switched_off_by_a_rule, untracked
+from tests.support import ROOT, micropython, need_tool, wait_until
 
 pytestmark = pytest.mark.docs
 
 GUIDE = ROOT / "docs" / "deploy-raspberry-pi.md"
+ONE_MACHINE = "Trying this guide on one machine"
+SWITCH_OFF_S = 60.0
+# What the one-machine section says does not run there, and why.
+NOT_RUN = {
+    "1. Prepare each Pi": "the machine's own packages, services and clock",
+    "4. Ports and the firewall": "the machine's own firewall",
+    "8. Updates": "the Pis' LAN here reaches no package index",
+}
+_WHERE = re.compile(r"^# on (each Pi|hub-[123]|your workstation)(.*)$")
+
+
+def where(block: str) -> tuple[list[str], str]:
+    """The machines a block runs on, from its first line, and the rest of that line."""
+    m = _WHERE.match(block.splitlines()[0])
+    assert m, f"a block of the guide does not say where it runs:\n{block}"
+    names = {"each Pi": list(pis.PIS), "your workstation": [pis.WORKSTATION]}
+    return names.get(m.group(1), [m.group(1)]), m.group(2)
+
+
+def skipped(heading: str, block: str, rest: str) -> str | None:
+    """Why a block does not run on one machine, or None."""
+    if heading in NOT_RUN:
+        return NOT_RUN[heading]
+    if "with the board" in rest:
+        return "a real board"
+    if "aiot restore" in block:
+        return "restoring needs every node stopped and emptied (tests/cluster/test_hub_backup.py)"
+    return None
+
+
+def write_units(folder: Path) -> list[Path]:
+    """The guide's backup service and timer, written where their first line says."""
+    units = []
+    folder.mkdir(parents=True, exist_ok=True)
+    for text in blocks(GUIDE, "9. Backups", "ini"):
+        first = text.splitlines()[0]
+        assert first.startswith("# /etc/systemd/system/"), first
+        path = folder / first.rsplit("/", 1)[1]
+        path.write_text(text)
+        units.append(path)
+    assert sorted(p.name for p in units) == ["aiot-backup.service", "aiot-backup.timer"]
+    return units
+
+
+def aiot_on_hub_1(site: pis.Site, *args: str) -> Any:
+    """An `aiot` command as root on hub-1, with its secret and config (JSON out)."""
+    line = " ".join(["/opt/aiot/.venv/bin/aiot", *args, "--config", "/etc/aiot/hub.toml"])
+    out = subprocess.run(
+        [*site.on("hub-1"), f"sudo sh -c 'set -a; . /etc/aiot/aiot.env; exec {line}'"],
+        env=site.env(environment()),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return json.loads(out.stdout)
+
+
+def wait_switched_off(site: pis.Site) -> tuple[dict[str, Any], float]:
+    """The rules' switch-off of plug-1 (its decision and command), and how
+    long it took to see it from now."""
+    t0 = time.monotonic()
+    found: dict[str, Any] = {}
+
+    def off() -> bool:
+        hit = switched_off_by_a_rule(lambda *a: aiot_on_hub_1(site, *a))
+        found.update(hit or {})
+        return hit is not None
+
+    wait_until(off, SWITCH_OFF_S, "the rules switching plug-1 off, its command DONE")
+    return found, time.monotonic() - t0
+
+
+def test_the_guide_says_where_each_block_runs_and_what_changes_on_one_machine() -> None:
+    table = substitutions(GUIDE, ONE_MACHINE)
+    found = every_block(GUIDE)
+    assert len(found) >= 10
+    for _, block in found:
+        where(block)
+    text = "".join(b for _, b in found)
+    for phrase in table:
+        assert phrase in text, f"the substitution {phrase!r} matches no command of the guide"
+    assert set(NOT_RUN) <= {h for h, _ in found}
+
+
+@pytest.mark.cluster
+@pytest.mark.parametrize("kind", ["outside", "clone root"])
+def test_the_guide_runs_as_written_on_one_machine(kind: str, tmp_path: Path) -> None:
+    need_mosquitto()
+    micropython()
+    table = substitutions(GUIDE, ONE_MACHINE)
+    folder = reader_folder(kind, tmp_path, ROOT)
+    ran_blocks: list[str] = []
+    switched_off_after: float | None = None
+    with pis.site(tmp_path / "site", ROOT) as site, contextlib.ExitStack() as background:
+        for heading, block in every_block(GUIDE):
+            names, rest = where(block)
+            if skipped(heading, block, rest):
+                continue
+            script = substitute(block, table)
+            if heading == "9. Backups":
+                write_units(site.pi("hub-1") / "etc" / "systemd" / "system")
+            for name in names:
+                if name == pis.WORKSTATION:
+                    cwd, env = folder, site.env(environment())
+                else:
+                    cwd, env = site.pi(name) / "home", site.env(pis.pi_environment())
+                ran = background.enter_context(
+                    running(
+                        script,
+                        cwd,
+                        timeout=600,
+                        on=site.on(name, host_net=heading.startswith("2.")),
+                        env=env,
+                    )
+                )
+                assert ran.returncode == 0, f"{heading}, on {name}:\n{block}\n{ran.output}"
+                ran_blocks.append(f"{heading} on {name}")
+                if "aiot device run" in block:
+                    found, switched_off_after = wait_switched_off(site)
+                    assert found["decision"]["rule"] == "plug-over-limit", found
+                    assert "plug-1 connected to 192.168.1.1" in ran.output, ran.output
+        hub_1 = site.pi("hub-1")
+        for name in pis.PIS:
+            config = tomllib.loads((site.pi(name) / "etc" / "aiot" / "hub.toml").read_text())
+            assert config["raft"]["bind"] == f"{pis.ADDRESS[name]}:4321", config
+            log = (site.pi(name) / "journal" / "aiot-hub.service").read_text()
+            assert f"hub {name} up" in log, log
+        backups = list((hub_1 / "var-backups" / "aiot").iterdir())
+        assert len(backups) == 1 and (backups[0] / "manifest.json").exists(), backups
+    print(f"{kind}: ran {len(ran_blocks)} blocks; plug-1 switched off {switched_off_after:.1f} s")
+    if kind == "clone root":
+        status = untracked(folder)
+        assert status == "", f"the guide left files git does not ignore:\n{status}"
 
 
 def test_the_backup_service_and_timer_verify(tmp_path: Path) -> None:
     analyze = need_tool("systemd-analyze", "apt-get install -y systemd")
-    units = []
-    for text in blocks(GUIDE, "8. Backups", "ini"):
-        first = text.splitlines()[0]
-        assert first.startswith("# /etc/systemd/system/"), first
-        path = tmp_path / first.rsplit("/", 1)[1]
-        path.write_text(text)
-        units.append(path)
-    assert sorted(p.name for p in units) == ["aiot-backup.service", "aiot-backup.timer"]
+    units = write_units(tmp_path)
     out = subprocess.run(
         [analyze, "verify", *map(str, units)], capture_output=True, text=True, timeout=60
     )

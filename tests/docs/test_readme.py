@@ -5,6 +5,7 @@ git-ignored."""
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import time
@@ -15,7 +16,7 @@ import pytest
 
 from tests.cluster.hubs import need_mosquitto
 from tests.docs.blocks import blocks
-from tests.docs.runner import environment, running
+from tests.docs.runner import environment, reader_folder, running, switched_off_by_a_rule, untracked
 from tests.support import ROOT, micropython, wait_until
 
 pytestmark = [pytest.mark.docs, pytest.mark.cluster]
@@ -38,37 +39,12 @@ def aiot(cwd: Path, *args: str) -> Any:
     return json.loads(out.stdout)
 
 
-def switched_off_by_a_rule(cwd: Path) -> dict[str, Any] | None:
-    """A rules decision about plug-1 whose relay.set on=false ran on the plug."""
-    for d in aiot(cwd, "decisions", "list", "--device", "plug-1", "--json"):
-        if d["tier"] != "rules" or not d["command_id"]:
-            continue
-        cmd = aiot(cwd, "command", "show", d["command_id"], "--json")
-        if (
-            cmd["action"] == "relay.set"
-            and cmd["params"] == {"on": False}
-            and cmd["state"] == "DONE"
-        ):
-            return {"decision": d, "command": cmd}
-    return None
-
-
-def where(kind: str, tmp_path: Path) -> Path:
-    if kind == "outside":
-        home = tmp_path / "newcomer"
-        home.mkdir()
-        return home
-    clone = tmp_path / "clone"
-    subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
-    return clone
-
-
 @pytest.mark.parametrize("kind", ["outside", "clone root"])
 def test_the_cluster_by_hand_runs_as_written_and_decides(kind: str, tmp_path: Path) -> None:
     need_mosquitto()
     micropython()
     (script,) = blocks(README, SECTION)
-    cwd = where(kind, tmp_path)
+    cwd = reader_folder(kind, tmp_path, ROOT)
     assert ROOT not in cwd.resolve().parents and cwd.resolve() != ROOT
     with running(script, cwd) as ran:
         assert ran.returncode == 0, ran.output
@@ -77,7 +53,7 @@ def test_the_cluster_by_hand_runs_as_written_and_decides(kind: str, tmp_path: Pa
         found: dict[str, Any] = {}
 
         def off() -> bool:
-            hit = switched_off_by_a_rule(cwd)
+            hit = switched_off_by_a_rule(functools.partial(aiot, cwd))
             if hit is not None:
                 found.update(hit)
             return hit is not None
@@ -90,11 +66,5 @@ def test_the_cluster_by_hand_runs_as_written_and_decides(kind: str, tmp_path: Pa
         assert "plug-1 connected to" in log, log
     print(f"{kind}: switched off by the rules {took:.1f} s after the block returned")
     if kind == "clone root":
-        status = subprocess.run(
-            ["git", "status", "--porcelain", "--ignored=no"],
-            cwd=cwd,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
+        status = untracked(cwd)
         assert status == "", f"the README left files git does not ignore:\n{status}"
