@@ -7,8 +7,8 @@
 # updater for over-the-air updates.
 #
 # The config is JSON (firmware/config_template.json lists every key). On
-# boards it is /config.json, written by `aiot firmware build`; site settings
-# never live in code.
+# boards it is /config.json, written by `aiot firmware flash` or `provision`
+# (or a build given the device); site settings never live in code.
 import asyncio
 import json
 import sys
