@@ -90,14 +90,17 @@ raises the one and the records hold the other.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final, Literal, get_args
 
 from hub.core import keys
+from hub.core.fsutil import exposed
 from hub.core.paths import SHIPPED_MODELS
 from hub.core.validate import Address as Address
 from hub.core.validate import ConfigError as ConfigError
@@ -125,6 +128,8 @@ BrokerMode = Literal["mosquitto", "embedded", "external"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 LogFormat = Literal["json", "text"]
 SnapshotFormat = Literal["image", "stream"]  # hub/state/DESIGN.md "Snapshots"
+
+log = logging.getLogger("aiot.config")
 
 NODE_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 ENV_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -390,6 +395,14 @@ def _secret(t: Table, env: Mapping[str, str]) -> str:
             secret = read_text(secret_file, shown(str(secret_file))).strip()
         except Invalid as exc:
             raise t.error(key, exc.problem) from None
+        if bits := exposed(secret_file):
+            log.warning(
+                "the cluster secret file %s can be read by its group or others (mode %04o "
+                "gives %03o): chmod 600 it",
+                secret_file,
+                stat.S_IMODE(secret_file.stat().st_mode),
+                bits,
+            )
     else:
         assert secret_env is not None
         key = "secret_env"

@@ -1,9 +1,16 @@
-"""Files: fsync a file or a directory, write a file atomically, hash a file."""
+"""Files: fsync a file or a directory, write a file atomically, hash a file,
+keep private files private.
+
+What a hub keeps on disk (the store, the Raft journal and dump, backups, the
+cluster secret) holds device keys and password hashes: such files are 0600
+in 0700 folders (``private_dir``, ``make_private``), and a secret file that
+its group or others can read is worth a warning (``exposed``)."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from pathlib import Path
 
 
@@ -39,3 +46,34 @@ def sha256_file(path: Path) -> str:
         while chunk := f.read(1 << 20):
             h.update(chunk)
     return h.hexdigest()
+
+
+def private_dir(path: Path) -> Path:
+    """``path`` made if missing (with its parents), and mode 0700 either way."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.chmod(0o700)
+    return path
+
+
+def private_opener(path: str, flags: int) -> int:
+    """``open(..., opener=private_opener)``: a new file is 0600 whatever the umask."""
+    return os.open(path, flags, 0o600)
+
+
+def make_private(path: Path) -> None:
+    """Take group and other permissions away from ``path``: 0600 for a file,
+    0700 for a folder (and everything below it)."""
+    if path.is_symlink() or not path.exists():
+        return
+    if path.is_dir():
+        path.chmod(0o700)
+        for child in path.iterdir():
+            make_private(child)
+    else:
+        path.chmod(stat.S_IMODE(path.stat().st_mode) & 0o700)
+
+
+def exposed(path: Path) -> int:
+    """The permission bits of ``path`` that give its group or others any access
+    (0: none)."""
+    return stat.S_IMODE(path.stat().st_mode) & 0o077

@@ -61,7 +61,7 @@ from pysyncobj.journal import createJournal
 from pysyncobj.node import TCPNode
 
 from hub.core.config import HubConfig
-from hub.core.fsutil import fsync_dir, sha256_file
+from hub.core.fsutil import fsync_dir, make_private, private_dir, sha256_file
 from hub.state import entries as e
 from hub.state.errors import SnapshotError
 from hub.state.raft import DUMP_FILE, JOURNAL_FILE, STORE_DIR, RaftNode, _write_dump_header
@@ -478,8 +478,7 @@ def restore_node(cfg: HubConfig, root: Path, plan: RestorePlan, advance: Any = N
     check_target(cfg)
     snap = root / SNAPSHOT_FILE
     data = cfg.data_dir
-    data.mkdir(parents=True, exist_ok=True)
-    os.chmod(data, 0o700)
+    private_dir(data)
     try:
         with open(snap, "rb") as f:
             n = Store.install(data / STORE_DIR, _Progress(f, advance))  # type: ignore[arg-type]
@@ -494,6 +493,7 @@ def restore_node(cfg: HubConfig, root: Path, plan: RestorePlan, advance: Any = N
         models = root / MODELS_DIR
         if models.is_dir():
             shutil.copytree(models, data / MODELS_DIR)
+        make_private(data)
         fsync_dir(data)
     except BaseException:
         shutil.rmtree(data, ignore_errors=True)  # it was empty: leave it so

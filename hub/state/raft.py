@@ -63,7 +63,7 @@ from pysyncobj import FAIL_REASON, SERIALIZER_STATE, SyncObj, SyncObjConf, repli
 from pysyncobj.node import TCPNode
 
 from hub.core.config import RaftConfig
-from hub.core.fsutil import fsync_dir
+from hub.core.fsutil import fsync_dir, make_private, private_dir, private_opener
 from hub.state.apply import ApplyResult
 from hub.state.errors import SnapshotError
 from hub.state.snapshot import Snapshot, peek_index
@@ -265,8 +265,9 @@ class RaftNode:
             raise SecretError("short_secret", f"at least {MIN_SECRET_BYTES} bytes")
         timing = timing or RaftTiming()
         self.address = address
-        self.data_dir = Path(data_dir)
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        # The store, journal and dump hold device keys and password hashes:
+        # 0600 files in a 0700 folder (hub/core/fsutil.py).
+        self.data_dir = private_dir(Path(data_dir))
         self._dump = self.data_dir / DUMP_FILE
         self._partial = self.data_dir / (DUMP_FILE + ".partial")
         self._cleanup_dump_files()
@@ -319,6 +320,7 @@ class RaftNode:
         except BaseException:
             self.store.close()
             raise
+        make_private(self.data_dir)  # what older releases or pysyncobj made 0644
         self.journal_behind_store = self._check_journal()
 
     def _check_journal(self) -> int:
@@ -399,7 +401,7 @@ class RaftNode:
 
     def _write_dump(self, snap: Snapshot, raft_data: list[Any]) -> None:
         try:
-            with snap, open(self._partial, "w+b") as out:
+            with snap, open(self._partial, "w+b", opener=private_opener) as out:
                 _write_dump_header(out, raft_data)
                 if self.snapshot_format == "stream":
                     snap.write_to(out)

@@ -42,6 +42,7 @@ from rich.progress import (
 )
 
 from hub.core import config as hub_config
+from hub.core.fsutil import make_private, private_dir
 from hub.ops.backup import (
     BACKUP_FORMAT,
     DEFAULT_TERM_GAP,
@@ -154,8 +155,7 @@ def backup(
     url, tok, cfg = _endpoint(config, hub, token)
     if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
         raise fail(f"{directory} exists and is not empty: give a new directory")
-    directory.mkdir(parents=True, exist_ok=True)
-    os.chmod(directory, 0o700)  # it holds device keys and password hashes
+    private_dir(directory)  # it holds device keys and password hashes
     partial = directory / (SNAPSHOT_FILE + ".partial")
     try:
         meta = _download(url, tok, partial, json_out)
@@ -188,6 +188,7 @@ def backup(
             "files": files,
         }
         (directory / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        make_private(directory)  # 0600 files in a 0700 folder
     except BaseException:
         partial.unlink(missing_ok=True)
         if not (directory / MANIFEST).exists():
