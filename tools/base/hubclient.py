@@ -70,9 +70,8 @@ class HubClient:
         cls, config: Path | None, url: str | None, token: str | None, timeout: float = 15.0
     ) -> HubClient:
         """--config wins; then --hub/--token; then AIOT_CONFIG, AIOT_HUB and AIOT_TOKEN."""
-        config = config or (
-            Path(os.environ["AIOT_CONFIG"]) if "AIOT_CONFIG" in os.environ else None
-        )
+        if config is None and not url and "AIOT_CONFIG" in os.environ:
+            config = Path(os.environ["AIOT_CONFIG"])
         if config is not None:
             return cls.from_config(config, timeout)
         url = url or os.environ.get("AIOT_HUB")
