@@ -162,13 +162,13 @@ class ModelRegistry:
         token: str,
         shipped: Path | None = SHIPPED,
     ) -> None:
+        self.active: dict[str, Loaded] = {}  # name -> the version this node runs
         self.node_id = node_id
         self._raft = raft
         self.blob_dir = blob_dir
         self.trusted = trusted
         self._token = token
         self._shipped = shipped
-        self.active: dict[str, Loaded] = {}
         self.errors: dict[str, str] = {}  # name -> why the wanted version is not active
         self.loads = 0
         self.refused = 0

@@ -51,7 +51,7 @@ from typing import Final
 
 from hub.core.clock import wall_ms
 from hub.state import entries as e
-from hub.state.apply import ApplyResult
+from hub.state.apply import MAX_PROGRESS, ApplyResult
 from hub.state.raft import RaftError, RaftNode
 from hub.state.records import LedgerRecord
 from hub.state.store import Store
@@ -72,6 +72,30 @@ _TICK_S: Final = 0.2
 _RESEND: Final = (m.Reason.BUSY, m.Reason.STALE_TERM)
 
 
+def _stale(res: m.CommandResult, s: Store) -> str:
+    """Why the device's answer cannot change the ledger as this node has it
+    ("" when it may): checked before proposing, so a replayed or repeated
+    answer costs no Raft entry. It errs on the side of proposing; apply
+    (hub/state/apply.py ``_command_result``) has the last word. A node that
+    lags refuses an answer it does not know yet: the command is redelivered
+    and the device answers again."""
+    rec = s.command(res.command_id)
+    if rec is None:
+        return "unknown_command"
+    c = rec.command
+    if res.device_id != c.device_id:
+        return "wrong_device"
+    if res.seq != c.seq:
+        return "wrong_seq"
+    if res.status is not m.CommandStatus.ACCEPTED:
+        return "stale" if rec.result is not None else ""
+    if rec.state is e.LedgerState.PENDING:
+        return ""
+    seen = [h.detail for h in rec.history if h.detail]
+    news = res.detail and res.detail not in seen and len(seen) < MAX_PROGRESS
+    return "" if not rec.state.final and news else "stale"
+
+
 class Delivery:
     def __init__(
         self,
@@ -81,12 +105,12 @@ class Delivery:
         retry_s: float = 2.0,
         clock: Callable[[], int] = wall_ms,
     ) -> None:
+        self._open: set[str] = set()  # commands this node may still have to publish
         self.node_id = node_id
         self._raft = raft
         self._publish = publish
         self._retry_s = retry_s
         self._clock = clock
-        self._open: set[str] = set()
         self._sent_at: dict[str, float] = {}  # command id -> time.monotonic() of last publish
         self._marked: set[str] = set()  # SENT proposed by this node
         self._wake = asyncio.Event()
@@ -127,6 +151,10 @@ class Delivery:
         if not isinstance(msg, m.CommandResult) or msg.device_id != device_id:
             self._reject("topic_mismatch", device_id, type(msg).__name__)
             return
+        stale = self._raft.read(partial(_stale, msg))
+        if stale:
+            self._reject(stale, device_id, msg.command_id)
+            return
         if msg.status is m.CommandStatus.REJECTED and msg.reason in _RESEND:
             reason = msg.reason.name.lower()
             log.info(
@@ -155,7 +183,8 @@ class Delivery:
 
     def _reject(self, reason: str, device_id: str, detail: str = "") -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
-        log.warning(
+        log.log(
+            logging.INFO if reason == "stale" else logging.WARNING,
             "command result rejected device=%s reason=%s %s",
             device_id,
             reason,
