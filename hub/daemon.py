@@ -49,16 +49,18 @@ from hub.core import auth, keys, logs
 from hub.core import config as config_mod
 from hub.core.clock import wall_ms
 from hub.core.config import ConfigError, HubConfig
+from hub.core.fsutil import private_dir
 from hub.decide import engine as engine_mod
 from hub.decide.engine import DecisionEngine
 from hub.decide.registry import ModelRegistry
 from hub.http import api
 from hub.http.routes import stream
-from hub.link.broker import BrokerError, BrokerUser, MosquittoSupervisor
+from hub.link.broker import BrokerError, BrokerLimits, BrokerUser, MosquittoSupervisor
 from hub.link.consumer import Consumer, broker_endpoint
 from hub.link.delivery import Delivery
 from hub.link.events import EventBus
 from hub.link.ingest import Ingest, mutation_from_env
+from hub.link.limits import DeviceLimits
 from hub.ops import metrics
 from hub.state import entries as e
 from hub.state.apply import ApplyResult, Outcome
@@ -105,7 +107,7 @@ class Hub:
         self.events = EventBus()
         self._registry_dirty = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
-        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(cfg.data_dir)  # 0700: it holds the store, journal and keys
         self.raft = self._replica(asyncio.get_running_loop())
         try:
             self._build()
@@ -160,7 +162,13 @@ class Hub:
         # /metrics: aiot_decisions_total, the latency histogram, aiot_model_loads_total
         self.engine.on_decision = metrics.observe_decision
         self.models.on_load = metrics.count_model_load
-        self.ingest = Ingest(self.node_id, _RegistryView(raft), raft, cfg.ingest)
+        self.ingest = Ingest(
+            self.node_id,
+            _RegistryView(raft),
+            raft,
+            cfg.ingest,
+            limits=DeviceLimits.of(cfg.broker),
+        )
         self.consumer = Consumer(self.node_id, broker_endpoint(cfg), raft, self.ingest, self.events)
         self.delivery = Delivery(
             self.node_id, raft, self.consumer.publish, retry_s=cfg.commands.retry_ms / 1000
@@ -178,14 +186,17 @@ class Hub:
             )
             return None
         assert cfg.bind is not None
+        limits = BrokerLimits.of(cfg, self.cfg.ingest)
         try:
             if cfg.mode == "mosquitto":
-                return MosquittoSupervisor(workdir, cfg.bind, self.broker_users())
+                return MosquittoSupervisor(workdir, cfg.bind, self.broker_users(), limits=limits)
             try:
                 from hub.link import embedded  # lazy: amqtt loads in embedded mode only
             except ImportError as exc:
                 raise StartupError(f"broker mode embedded needs amqtt: {exc}") from None
-            broker: Broker = embedded.EmbeddedBroker(workdir, cfg.bind, self.broker_users())
+            broker: Broker = embedded.EmbeddedBroker(
+                workdir, cfg.bind, self.broker_users(), limits=limits
+            )
             return broker
         except BrokerError as exc:
             raise StartupError(f"{self.cfg.source}: broker: {exc}") from None
@@ -353,6 +364,7 @@ class Hub:
                 "restarts": 0 if broker is None else broker.restarts,
                 "reloads": 0 if broker is None else broker.reloads,
                 "consumer_connected": self.consumer.connected,
+                "consumer_sessions": self.consumer.sessions,
             },
             "devices_connected": self.raft.read(connected),
             "ingest": {

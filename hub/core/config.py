@@ -29,10 +29,35 @@ The format, with defaults:
     bind = "127.0.0.1:1883"           # mosquitto and embedded
     url = "mqtt://10.0.0.5:1883"      # external only
     advertise = "192.168.1.10:1883"   # what devices connect to; default: bind (or url)
+    # Limits of the node's own broker (Mosquitto's config; the embedded one
+    # keeps the same ones) and of what one device may send (docs/security.md):
+    max_connections = 1000            # open client connections on the device listener
+    max_inflight_messages = 32        # QoS 1 messages the broker sends a client unacked
+    max_queued_messages = 1000        # ... and queues for it beyond those, then drops
+                                      # (max_packet_size: [ingest] max_frame_bytes + 1024)
+    device_batches_per_s = 200        # uplink batches of one device ...
+    device_batch_burst = 400          # ... with this burst; the excess is dropped unread
+    device_statuses_per_s = 2         # status messages of one device ...
+    device_status_burst = 10
+    device_results_per_s = 10         # command results of one device ...
+    device_result_burst = 50
 
     [http]
     bind = "127.0.0.1:8080"
     advertise = "192.168.1.10:8080"   # what other nodes and tools use; default: bind
+    # Limits on what clients may send and hold (docs/api.md "Limits"):
+    max_body_bytes = 16384            # any request body not named below (413 above)
+    max_user_body_bytes = 1048576     # PUT /v1/users/{name} (a viewer's device list)
+    max_firmware_bytes = 8388608      # POST /v1/firmware (a bundle, base64 in JSON)
+    max_model_bytes = 1073741824      # PUT /v1/models/blobs/{sha256}
+    login_user_burst = 5              # failed logins per user name before 429 ...
+    login_user_per_minute = 5         # ... and how fast that allowance comes back
+    login_address_burst = 20          # login attempts per client address before 429 ...
+    login_address_per_minute = 20     # ... and how fast that comes back
+    user_burst = 100                  # requests of one API user before 429 ...
+    user_per_s = 20                   # ... and the sustained rate (0: unlimited)
+    max_streams = 64                  # open /v1/stream subscribers on this node (503)
+    max_streams_per_user = 4          # ... of one user or token (429)
 
     [log]
     level = "info"                    # debug | info | warning | error
@@ -158,6 +183,18 @@ class BrokerConfig:
     bind: Address | None = BROKER_BIND  # None with mode external
     url: str | None = None  # mode external only
     advertise: Address | None = None  # None: bind, or the url's address
+    # Mosquitto's limits on the device listener (hub/link/broker.py).
+    max_connections: int = 1000
+    max_inflight_messages: int = 32
+    max_queued_messages: int = 1000
+    # Token buckets per device and channel, checked before any proposal
+    # (hub/link/limits.py): batches, statuses, command results.
+    device_batches_per_s: int = 200
+    device_batch_burst: int = 400
+    device_statuses_per_s: int = 2
+    device_status_burst: int = 10
+    device_results_per_s: int = 10
+    device_result_burst: int = 50
 
     @property
     def address(self) -> Address:
@@ -174,6 +211,21 @@ class BrokerConfig:
 class HttpConfig:
     bind: Address = HTTP_BIND
     advertise: Address | None = None
+    max_body_bytes: int = 16 * 1024
+    max_user_body_bytes: int = 1024 * 1024
+    max_firmware_bytes: int = 8 * 1024 * 1024
+    max_model_bytes: int = 1024 * 1024 * 1024
+    # Token buckets (hub/http/limits.py): failed logins per user name, login
+    # attempts per client address, requests per API user (user_per_s 0: off).
+    login_user_burst: int = 5
+    login_user_per_minute: int = 5
+    login_address_burst: int = 20
+    login_address_per_minute: int = 20
+    user_burst: int = 100
+    user_per_s: int = 20
+    # Open /v1/stream subscribers: on the node, and of one user.
+    max_streams: int = 64
+    max_streams_per_user: int = 4
 
     @property
     def address(self) -> Address:
@@ -284,9 +336,36 @@ BROKER: Final = Schema(
         "bind": address,
         "url": mqtt_url,
         "advertise": address,
+        "max_connections": int_range(1, 1_000_000),
+        "max_inflight_messages": int_range(1, 65_535),
+        "max_queued_messages": int_range(1, 10_000_000),
+        "device_batches_per_s": int_range(1, 1_000_000),
+        "device_batch_burst": int_range(1, 1_000_000),
+        "device_statuses_per_s": int_range(1, 1_000_000),
+        "device_status_burst": int_range(1, 1_000_000),
+        "device_results_per_s": int_range(1, 1_000_000),
+        "device_result_burst": int_range(1, 1_000_000),
     },
 )
-HTTP: Final = Schema(HttpConfig, {"bind": address, "advertise": address})
+HTTP: Final = Schema(
+    HttpConfig,
+    {
+        "bind": address,
+        "advertise": address,
+        "max_body_bytes": int_range(1024, 64 * 1024 * 1024),
+        "max_user_body_bytes": int_range(1024, 64 * 1024 * 1024),
+        "max_firmware_bytes": int_range(64 * 1024, 1024 * 1024 * 1024),
+        "max_model_bytes": int_range(1024, 64 * 1024 * 1024 * 1024),
+        "login_user_burst": int_range(1, 10_000),
+        "login_user_per_minute": int_range(1, 100_000),
+        "login_address_burst": int_range(1, 100_000),
+        "login_address_per_minute": int_range(1, 1_000_000),
+        "user_burst": int_range(1, 1_000_000),
+        "user_per_s": int_range(0, 1_000_000),
+        "max_streams": int_range(1, 100_000),
+        "max_streams_per_user": int_range(1, 100_000),
+    },
+)
 LOG: Final = Schema(
     LogConfig, {"level": one_of(*get_args(LogLevel)), "format": one_of(*get_args(LogFormat))}
 )

@@ -42,23 +42,32 @@ the hub config find it themselves) or a user's session token
 
 Errors are JSON ``{"detail": ...}`` with a 4xx status; a cluster that cannot
 commit right now answers 503 with the Raft reason.
+
+Limits (hub/http/limits.py, the ``[http]`` keys of hub/core/config.py, all
+listed in docs/api.md): request bodies per route while they are read (413),
+logins per user name and per address, requests per user (429), live streams
+per user (429) and per node (503).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import socket
 from collections.abc import Generator
 from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from hub.core import auth
 from hub.core.config import Address
 from hub.http import dashboard, firmware
+from hub.http.limits import BodyLimit, Limits
 from hub.http.node import Node
 from hub.http.routes import (
     ask,
@@ -80,6 +89,22 @@ async def _bad_value(_: Request, exc: ValueError) -> JSONResponse:
     return JSONResponse({"detail": str(exc)}, status_code=422)
 
 
+async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422, with what it echoes made JSON: ``Infinity`` or ``NaN``
+    given in a body comes back as a string, not a failure to answer."""
+    return JSONResponse({"detail": _json_safe(jsonable_encoder(exc.errors()))}, status_code=422)
+
+
+def _json_safe(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return "NaN" if math.isnan(v) else ("Infinity" if v > 0 else "-Infinity")
+    if isinstance(v, dict):
+        return {k: _json_safe(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_json_safe(x) for x in v]
+    return v
+
+
 def make_app(node: Node) -> FastAPI:
     """The whole API of ``node``, with its metrics, backups, firmware and dashboard."""
     app = FastAPI(
@@ -89,9 +114,13 @@ def make_app(node: Node) -> FastAPI:
     )
     app.state.node = node
     app.state.token = auth.admin_token(node.cfg.raft.secret)
+    app.state.limits = Limits(node.cfg.http)
+    app.state.hash_lock = asyncio.Lock()
     for module in (health, cluster, devices, commands, decisions, stream, models, ask, users):
         app.include_router(module.router)
     app.add_exception_handler(ValueError, _bad_value)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, _invalid)  # type: ignore[arg-type]
+    app.add_middleware(BodyLimit, limits=app.state.limits)  # inside the request counter
     probes.count_requests(app, metrics.for_hub(node).http)
     app.include_router(probes.router)
     app.include_router(backup.make_router())

@@ -1,6 +1,14 @@
-"""The request bodies the API takes (pydantic models; the OpenAPI schemas)."""
+"""The request bodies the API takes (pydantic models; the OpenAPI schemas).
+
+Every number in a body is finite and bounded: ``Infinity``, ``NaN`` and
+``1e308`` (which Python's JSON reader takes) are refused with 422 and the
+field's location, before anything is proposed. ``Finite`` is a float within
++-MAX_NUMBER, ``Int64`` an integer a command parameter can carry.
+"""
 
 from __future__ import annotations
+
+from typing import Annotated, Final
 
 from fastapi import HTTPException
 from pydantic import BaseModel, Field
@@ -9,12 +17,18 @@ from hub.state import entries as e
 from protocol import messages as m
 from protocol.profiles import PLUG_CAPABILITIES
 
+MAX_NUMBER: Final = 1e15  # past 2**53 a float no longer counts in ones
+MAX_LIMIT_W: Final = 10_000_000.0  # 10 MW: no plug or meter on one device draws more
+
+Finite = Annotated[float, Field(allow_inf_nan=False, ge=-MAX_NUMBER, le=MAX_NUMBER)]
+Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+
 
 class ParamSpecIn(BaseModel):
     name: str = Field(min_length=1, max_length=64)
     kind: str | int
-    min: float = 0.0
-    max: float = 0.0
+    min: Finite = 0.0
+    max: Finite = 0.0
 
 
 class CapabilityIn(BaseModel):
@@ -25,15 +39,15 @@ class CapabilityIn(BaseModel):
 class DeviceIn(BaseModel):
     device_id: str
     capabilities: list[CapabilityIn] | None = None  # None: a smart plug's
-    limit_w: float | None = Field(default=None, ge=0)
+    limit_w: float | None = Field(default=None, ge=0, le=MAX_LIMIT_W, allow_inf_nan=False)
     owner: str = Field(default="", max_length=64)
 
 
 class CommandIn(BaseModel):
     device: str
     action: str = Field(min_length=1, max_length=64)
-    params: dict[str, bool | int | float | str] = {}
-    deadline_s: float | None = Field(default=None, gt=0, le=7 * 86_400)
+    params: dict[str, bool | Int64 | Finite | str] = {}
+    deadline_s: float | None = Field(default=None, gt=0, le=7 * 86_400, allow_inf_nan=False)
     approved: bool = False  # an operator's explicit approval (critical devices)
     # A client's own id makes retries safe: the same id is one command.
     command_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")

@@ -11,8 +11,18 @@ one that does not verify) or 403 (a role below the one the route needs)::
     Raft                        this node's replica of the store
     ThisNode                    the node itself (hub/http/node.py)
 
-The app keeps the node in ``app.state.node`` and the admin token in
-``app.state.token`` (hub/http/api.py).
+A token that is not one (garbage, another version, a forged or expired
+one) is 401 with ``WWW-Authenticate: Bearer error="invalid_token"``, never a
+server error. Each API user's requests go through a token bucket
+(``http.user_burst``, ``http.user_per_s``: 429 with ``Retry-After``); the
+cluster admin token (the cluster's own credential: nodes and `aiot` tools)
+is not limited.
+
+A viewer sees only their devices: ``known`` answers a device that is not
+theirs exactly as one that does not exist (404, the same body).
+
+The app keeps the node in ``app.state.node``, the admin token in
+``app.state.token`` and its limits in ``app.state.limits`` (hub/http/api.py).
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request
 
 from hub.core import auth
+from hub.http.limits import TokenBuckets, TooMany
 from hub.http.node import Node
 from hub.state import entries as e
 from hub.state import users
@@ -38,6 +49,12 @@ class Principal:
     name: str
     role: e.Role
     devices: frozenset[str] | None  # a viewer's devices; None: every device
+    cluster: bool = False  # the cluster admin token, not a user
+
+    @property
+    def key(self) -> str:
+        """What limits count this principal by (a user may be called admin)."""
+        return "\0cluster" if self.cluster else self.name
 
     def sees(self, device: e.Device) -> bool:
         return self.devices is None or device.device_id in self.devices or device.owner == self.name
@@ -49,12 +66,17 @@ def _bearer(request: Request) -> str:
     return value.strip() if scheme.lower() == "bearer" else ""
 
 
+def _unauthorized(detail: str, error: str | None = None) -> HTTPException:
+    challenge = "Bearer" if error is None else f'Bearer error="{error}"'
+    return HTTPException(401, detail, headers={"WWW-Authenticate": challenge})
+
+
 def _principal(request: Request) -> Principal:
     token = _bearer(request)
     if not token:
-        raise HTTPException(401, "log in first: Authorization: Bearer <token>")
+        raise _unauthorized("log in first: Authorization: Bearer <token>")
     if auth.token_matches(token, request.app.state.token):
-        return Principal("admin", e.Role.ADMIN, None)
+        return Principal("admin", e.Role.ADMIN, None, cluster=True)
     node = _node(request)
     try:
         claim = users.parse(token)
@@ -62,9 +84,13 @@ def _principal(request: Request) -> Principal:
             node.cfg.raft.secret, claim, node.raft.read(lambda s: s.user(claim.name))
         )
     except users.AuthError as exc:
-        raise HTTPException(401, f"invalid token: {exc}") from None
+        raise _unauthorized(f"invalid token: {exc}", "invalid_token") from None
     devices = frozenset(user.devices) if user.role is e.Role.VIEWER else None
-    return Principal(user.name, user.role, devices)
+    who = Principal(user.name, user.role, devices)
+    buckets: TokenBuckets | None = request.app.state.limits.users
+    if buckets is not None and (wait := buckets.take(who.key)):
+        raise TooMany(f"requests from {who.name} (http.user_per_s)", wait)
+    return who
 
 
 def require(role: e.Role) -> Callable[[Request], Principal]:
@@ -83,7 +109,9 @@ def require(role: e.Role) -> Callable[[Request], Principal]:
 
 def _cluster_admin(request: Request) -> None:
     if not auth.token_matches(_bearer(request), request.app.state.token):
-        raise HTTPException(401, "a valid admin token is required (Authorization: Bearer)")
+        raise _unauthorized(
+            "a valid admin token is required (Authorization: Bearer)", "invalid_token"
+        )
 
 
 def _node(request: Request) -> Node:
@@ -103,14 +131,16 @@ Raft = Annotated[RaftNode, Depends(_raft)]
 ThisNode = Annotated[Node, Depends(_node)]
 
 
+def no_device(device_id: str) -> HTTPException:
+    """The one answer for a device that does not exist or is not the asker's."""
+    return HTTPException(404, f"no device {device_id[:80]!r}")
+
+
 def known(r: RaftNode, device_id: str, who: Principal | None = None) -> e.Device:
-    """The registered device ``device_id``: 404 when there is none, 403 when
-    ``who`` (if given) may not see it."""
-    if not valid_device_id(device_id):
-        raise HTTPException(404, f"no device {device_id[:80]!r}")
-    d = r.read(lambda s: s.device(device_id))
-    if d is None:
-        raise HTTPException(404, f"no device {device_id!r}")
-    if who is not None and not who.sees(d):
-        raise HTTPException(403, f"device {device_id!r} is not assigned to {who.name}")
+    """The registered device ``device_id``: 404 when there is none, and the
+    same 404 when ``who`` (if given) may not see it, so a viewer cannot tell
+    another's device from a missing one."""
+    d = r.read(lambda s: s.device(device_id)) if valid_device_id(device_id) else None
+    if d is None or (who is not None and not who.sees(d)):
+        raise no_device(device_id)
     return d

@@ -11,6 +11,21 @@ Confinement (ARCHITECTURE.md, "MQTT topology"): a device may publish only
 ``down``; the hub's user reads and writes everything under ``aiot/v1/``; a
 monitoring user reads it. Anonymous access is off.
 
+Identities: on the device listener (``bind``) Mosquitto replaces every client
+id with the login's user name (``use_username_as_clientid``), so a login can
+only ever take over its own session: not another device's, and not the hub
+consumer's, whose client id (``hub-<node>-consumer``) no login on that
+listener can have. The hub's session comes in on a second listener, a Unix
+socket in a 0700 folder of the hub's user (``hub_socket``), with the hub's
+password, derived from the cluster secret (hub/core/auth.py).
+
+Limits (``BrokerLimits``): ``max_packet_size`` just above the largest legal
+frame (a larger packet disconnects its sender before anything buffers it),
+``max_connections`` on the device listener, ``max_inflight_messages`` and
+``max_queued_messages`` per client. ``message_size_limit`` is not set: it only
+drops the message and keeps the client, and ``max_packet_size`` already bounds
+every payload.
+
 The broker dies with the daemon: it is spawned with ``PR_SET_PDEATHSIG``
 (SIGTERM when the spawning thread exits), so no orphan broker keeps devices
 attached to a dead hub.
@@ -27,14 +42,16 @@ import secrets
 import shutil
 import signal
 import socket
+import stat
 import sys
+import tempfile
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal
 
-from hub.core.config import Address
+from hub.core.config import Address, BrokerConfig, IngestConfig
 from hub.core.fsutil import write_atomic
 from hub.core.procs import die_with_parent
 from protocol.topics import valid_device_id
@@ -42,6 +59,7 @@ from protocol.topics import valid_device_id
 Role = Literal["device", "hub", "monitor"]
 INSTALL_HINT: Final = "apt-get update && apt-get install -y mosquitto"
 _PBKDF2_ITERATIONS: Final = 101  # mosquitto_passwd's default for $7$ hashes
+_SUN_PATH_MAX: Final = 108  # sockaddr_un.sun_path on Linux, with its final NUL
 
 
 class BrokerError(RuntimeError):
@@ -91,24 +109,85 @@ def render_acl(users: Iterable[BrokerUser]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_conf(bind: Address, workdir: Path) -> str:
+PACKET_OVERHEAD: Final = 1024  # fixed header, topic, packet id; a CONNECT's fields
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerLimits:
+    """What one node's broker allows (``[broker]`` and ``[ingest]`` in the hub config).
+
+    ``max_packet_bytes``: the largest MQTT packet; a client that sends a
+    larger one is disconnected by the broker before the hub sees it. The
+    largest legal one is a PUBLISH of ``max_frame_bytes`` (the hub's own
+    check) plus its header and topic, hence ``max_frame_bytes + 1024``.
+    """
+
+    max_packet_bytes: int = 16 * 1024 + PACKET_OVERHEAD
+    max_connections: int = 1000
+    max_inflight_messages: int = 32
+    max_queued_messages: int = 1000
+
+    @classmethod
+    def of(cls, broker: BrokerConfig, ingest: IngestConfig) -> BrokerLimits:
+        return cls(
+            ingest.max_frame_bytes + PACKET_OVERHEAD,
+            broker.max_connections,
+            broker.max_inflight_messages,
+            broker.max_queued_messages,
+        )
+
+
+def hub_socket(workdir: Path) -> Path:
+    """Where the broker listens for the hub's own session (a Unix socket).
+
+    In ``workdir`` (0700, the hub's user only) when the path fits a socket
+    address; otherwise in a 0700 folder of the hub's user under the temporary
+    directory, named after ``workdir``."""
+    path = workdir / "hub.sock"
+    if len(os.fsencode(path)) < _SUN_PATH_MAX:
+        return path
+    tag = hashlib.sha256(os.fsencode(workdir.resolve())).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"aiot-broker-{tag}" / "hub.sock"
+
+
+def _private_dir(folder: Path) -> None:
+    """``folder`` exists, belongs to this user and is 0700; BrokerError if
+    someone else made it (they could then reach or replace the socket)."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = folder.lstat()
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+        raise BrokerError(f"{folder} must be a folder of this user with mode 0700")
+
+
+def render_conf(bind: Address, workdir: Path, limits: BrokerLimits = BrokerLimits()) -> str:
+    """Two listeners: ``bind`` for devices and tools, where every client id is
+    replaced by the login's user name (``use_username_as_clientid``: no login
+    can take over another's session, the hub's included), and a Unix socket
+    (``hub_socket``) for the hub's own session, which keeps its client id."""
     # As root, Mosquitto drops to the "mosquitto" user, which cannot read the
     # hub's private data directory.
     run_as_root = "user root\n" if os.geteuid() == 0 else ""
     return (
         "# Generated by the hub. Do not edit.\n"
-        f"listener {bind.port} {bind.host}\n"
+        "per_listener_settings false\n"
         "allow_anonymous false\n"
         f"password_file {workdir / 'passwords'}\n"
         f"acl_file {workdir / 'acl'}\n"
         "persistence true\n"
         f"persistence_location {workdir}/\n"
         "autosave_interval 30\n"
-        "max_inflight_messages 32\n"
-        "max_queued_messages 10000\n"
+        f"max_packet_size {limits.max_packet_bytes}\n"
+        f"max_inflight_messages {limits.max_inflight_messages}\n"
+        f"max_queued_messages {limits.max_queued_messages}\n"
         "log_dest stderr\n"
         "log_type error\n"
-        "log_type warning\n" + run_as_root
+        "log_type warning\n" + run_as_root + "\n"
+        f"listener {bind.port} {bind.host}\n"
+        "use_username_as_clientid true\n"
+        f"max_connections {limits.max_connections}\n"
+        "\n"
+        f"listener 0 {hub_socket(workdir)}\n"
+        "max_connections 16\n"
     )
 
 
@@ -136,10 +215,13 @@ class MosquittoSupervisor:
         binary: str | None = None,
         backoff_s: float = 0.5,
         backoff_max_s: float = 30.0,
+        limits: BrokerLimits = BrokerLimits(),
     ) -> None:
         self.workdir = workdir
         self.bind = bind
         self.users = tuple(users)
+        self.limits = limits
+        self.socket = hub_socket(workdir)
         found = binary or find_mosquitto()
         if found is None:
             raise BrokerError(f"mosquitto is not installed; run: {INSTALL_HINT}")
@@ -159,7 +241,9 @@ class MosquittoSupervisor:
         self.workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
         write_atomic(self.workdir / "passwords", render_passwords(self.users))
         write_atomic(self.workdir / "acl", render_acl(self.users))
-        write_atomic(self.workdir / "mosquitto.conf", render_conf(self.bind, self.workdir))
+        write_atomic(
+            self.workdir / "mosquitto.conf", render_conf(self.bind, self.workdir, self.limits)
+        )
 
     # -- process ----------------------------------------------------------------------
 
@@ -172,6 +256,8 @@ class MosquittoSupervisor:
             self._log = os.open(
                 self.workdir / "mosquitto.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600
             )
+        _private_dir(self.socket.parent)
+        self.socket.unlink(missing_ok=True)  # left by a broker that was killed
         self._spawned_at = time.monotonic()
         self.proc = await asyncio.create_subprocess_exec(
             self.binary,
@@ -186,7 +272,7 @@ class MosquittoSupervisor:
             if self.proc.returncode is not None:
                 log = self.workdir / "mosquitto.log"
                 raise BrokerError(f"mosquitto exited with {self.proc.returncode}; see {log}")
-            if await self._port_open():
+            if await self._port_open() and self.socket.exists():
                 return
             await asyncio.sleep(0.05)
         self.proc.kill()
@@ -245,6 +331,7 @@ class MosquittoSupervisor:
         if self._log is not None:
             os.close(self._log)
             self._log = None
+        self.socket.unlink(missing_ok=True)
 
     @property
     def pid(self) -> int | None:

@@ -23,7 +23,16 @@ Presence: a device seen on this node's broker (an acked batch, an online
 status not retained by the broker) is proposed ONLINE with this node's id,
 once; ``notice()`` forgets that when the registry or presence changes, so
 the next message proposes again if needed. An offline status proposes
-OFFLINE.
+OFFLINE, only while presence names this node online (anything else would
+change nothing).
+
+Hostile devices (docs/security.md): every message first takes a token from
+its device's bucket for its channel (``Ingest.admit``, hub/link/limits.py);
+an empty bucket drops it unread. A status whose (boot_epoch, uptime_s) is
+older than the newest authentic one this node has seen from the device (an
+OFFLINE one counts as uptime 0, its boot_epoch only) is a replay: refused as
+``stale`` with no proposal. The newest one is learnt from live statuses and
+from the copy the broker retains, which it sends on every (re)subscription.
 """
 
 from __future__ import annotations
@@ -41,6 +50,7 @@ import aiomqtt
 from hub.core import auth
 from hub.core.clock import wall_ms
 from hub.core.config import HubConfig
+from hub.link.broker import hub_socket
 from hub.link.events import EventBus
 from hub.link.ingest import Ingest, Status
 from hub.state import entries as e
@@ -61,23 +71,35 @@ _FORGET: Final = (e.EntryType.REGISTER_DEVICE, e.EntryType.REMOVE_DEVICE, e.Entr
 class Endpoint:
     """Where the consumer connects, and as whom (None: no credentials)."""
 
-    host: str
+    host: str  # a host name, or the socket's path with ``unix``
     port: int
     user: str | None
     password: str | None
+    unix: bool = False
 
 
 def broker_endpoint(cfg: HubConfig) -> Endpoint:
-    """This node's broker: its bind address as the hub user, or the external
-    broker's URL without credentials."""
+    """This node's broker as the hub user: Mosquitto's Unix socket for the hub
+    (hub/link/broker.py ``hub_socket``), the embedded broker's bind address;
+    or the external broker's URL without credentials."""
     b = cfg.broker
     if b.mode == "external":
         addr = b.address
         return Endpoint(addr.host, addr.port, None, None)
     assert b.bind is not None
-    host = "127.0.0.1" if b.bind.host in ("0.0.0.0", "::", "[::]") else b.bind.host
     user = auth.hub_user(cfg.node_id)
-    return Endpoint(host, b.bind.port, user, auth.hub_password(cfg.raft.secret, cfg.node_id))
+    password = auth.hub_password(cfg.raft.secret, cfg.node_id)
+    if b.mode == "mosquitto":
+        sock = hub_socket(cfg.data_dir / "broker")
+        return Endpoint(str(sock), 1883, user, password, unix=True)  # paho wants a port
+    host = "127.0.0.1" if b.bind.host in ("0.0.0.0", "::", "[::]") else b.bind.host
+    return Endpoint(host, b.bind.port, user, password)
+
+
+def consumer_id(node_id: str) -> str:
+    """The client id of the node's session: public (node ids are), and yet no
+    other login can use it (hub/link/broker.py, "Identities")."""
+    return f"{auth.hub_user(node_id)}-consumer"
 
 
 class NotConnected(RaftError):
@@ -106,8 +128,12 @@ class Consumer:
         self.on_result: Callable[[str, bytes], Awaitable[None]] | None = None
         self.client: aiomqtt.Client | None = None
         self.connected = False
+        self.sessions = 0  # broker sessions opened (1 while it was never lost)
         self.statuses: dict[str, tuple[m.DeviceStatus, float]] = {}  # last status, time
         self.status_rejects: dict[str, int] = {}
+        # device -> the newest (boot_epoch, uptime_s) of its authentic statuses
+        # (an OFFLINE one counts as uptime 0): older ones are replays.
+        self._status_mark: dict[str, tuple[int, int]] = {}
         self._here: dict[str, bool] = {}  # device -> presence names this node (cache)
         self._in_hand: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(MAX_IN_HAND)
@@ -125,16 +151,21 @@ class Consumer:
                     ep.port,
                     username=ep.user,
                     password=ep.password,
-                    identifier=f"{auth.hub_user(self.node_id)}-consumer",
+                    identifier=consumer_id(self.node_id),
                     clean_session=True,
+                    transport="unix" if ep.unix else "tcp",
                     logger=logging.getLogger("aiomqtt"),
                 ) as client:
                     for channel in CHANNELS:
                         await client.subscribe(topics.subscription(channel), qos=1)
                     self.client = client
                     self.connected = True
-                    log.info("consuming aiot/v1/+/up from %s:%d", ep.host, ep.port)
+                    self.sessions += 1
+                    where = ep.host if ep.unix else f"{ep.host}:{ep.port}"
+                    log.info("consuming aiot/v1/+/up from %s", where)
                     async for msg in client.messages:
+                        if not self._admitted(msg.topic.value):
+                            continue  # over the device's rate: dropped unread
                         await self._slots.acquire()
                         task = asyncio.create_task(self._one(client, msg))
                         self._in_hand.add(task)
@@ -177,8 +208,19 @@ class Consumer:
         for r in results:
             if r.type in _FORGET and r.outcome is Outcome.APPLIED:
                 self._here.pop(r.device_id, None)
+                if r.type is not e.EntryType.PRESENCE:  # registered anew, or removed
+                    self._status_mark.pop(r.device_id, None)
 
     # -- one message -------------------------------------------------------------------
+
+    def _admitted(self, topic: str) -> bool:
+        """The message is within its device's rate (hub/link/limits.py); checked
+        before anything else, not even a task is made for one that is not."""
+        try:
+            device_id, channel = topics.parse(topic)
+        except topics.TopicError:
+            return True  # ingest counts it as bad_topic; status and ack ignore it
+        return self._ingest.admit(channel, device_id)
 
     def _handled(self, task: asyncio.Task[None]) -> None:
         self._in_hand.discard(task)
@@ -217,18 +259,34 @@ class Consumer:
             if not isinstance(msg, m.DeviceStatus) or msg.device_id != device_id:
                 raise CodecError("topic_mismatch", type(msg).__name__)
         except CodecError as exc:
-            self.status_rejects[exc.reason] = self.status_rejects.get(exc.reason, 0) + 1
-            log.warning("status rejected device=%s reason=%s", device_id, exc.reason)
+            self._refuse_status(device_id, exc.reason)
             return
+        online = msg.state is m.LinkState.ONLINE
+        mark = (msg.boot_epoch, msg.uptime_s if online else 0)
+        last = self._status_mark.get(device_id)
+        if last is not None and (mark < last if online else mark[0] < last[0]):
+            self._refuse_status(device_id, "stale", f"boot {mark[0]} at {mark[1]} s, seen {last}")
+            return
+        self._status_mark[device_id] = mark if last is None else max(mark, last)
         self.statuses[device_id] = (msg, time.time())
         if self._events.listening:
             self._events.publish({"type": "status", "device_id": device_id, **m.to_dict(msg)})
         if retained:
             return  # a copy kept by the broker, not news of a session
-        if msg.state is m.LinkState.ONLINE:
+        if online:
             await self._seen_here(device_id)
-        else:
+        elif self._holds(device_id):
             await self._propose_presence(device_id, m.LinkState.OFFLINE)
+        # else: presence does not name this node online; OFFLINE changes nothing
+
+    def _refuse_status(self, device_id: str, reason: str, detail: str = "") -> None:
+        self.status_rejects[reason] = self.status_rejects.get(reason, 0) + 1
+        log.warning("status rejected device=%s reason=%s %s", device_id, reason, detail)
+
+    def _holds(self, device_id: str) -> bool:
+        """Replicated presence says the device is online on this node's broker."""
+        p = self._raft.read(lambda s: s.presence(device_id))
+        return p is not None and p.node_id == self.node_id and p.state is m.LinkState.ONLINE
 
     # -- presence ----------------------------------------------------------------------
 

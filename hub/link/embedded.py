@@ -41,8 +41,17 @@ has a test in tests/integration/test_hub_embedded.py:
   the RETAIN flag set (MQTT-3.3.1-9 says 0; the hub ignores retained status
   copies). Here they go out with RETAIN 0, after a fresh read check (the user
   may have lost the right, or may not be the one who queued them).
-- Per-session queues are capped (``max_queued``, 10,000 by default, like
-  ``max_queued_messages`` in the Mosquitto config); amqtt's are unbounded.
+- Per-session queues are capped (``limits.max_queued_messages``, 10,000 by
+  default, ``[broker] max_queued_messages`` in a hub), as Mosquitto's
+  ``max_queued_messages``; amqtt's are unbounded.
+- A packet larger than ``limits.max_packet_bytes`` cuts its connection
+  before it is read (Mosquitto's ``max_packet_size``); amqtt reads any size
+  up to 256 MB. ``limits.max_connections`` caps the listener (amqtt waits
+  with the next connection until one closes; Mosquitto refuses it).
+- A device's or the monitor's client id is replaced by its user name
+  (Mosquitto's ``use_username_as_clientid``): no login can take over another
+  login's session, the hub consumer's included. A hub login keeps its client
+  id (in Mosquitto it comes in on its own Unix socket listener).
 - A second connection with a connected client's id: with a persistent
   session, amqtt marked the shared session disconnected under the new
   connection (which then received nothing; messages piled up in its queue)
@@ -73,7 +82,7 @@ broker (amqtt)", says how each was found):
   subscriptions again (Mosquitto sends them only on SUBSCRIBE), with RETAIN 1.
 - A client that publishes to a ``$`` topic is disconnected (its will goes
   out); Mosquitto drops the message and keeps the client.
-- No limit on QoS 1 messages in flight per client (Mosquitto: 32).
+- No limit on QoS 1 messages in flight per client (Mosquitto: ``max_inflight_messages``).
 - MQTT 3.1.1 only: 3.1 and 5 clients are refused.
 - Mosquitto's ``pattern`` lines also let the monitor user write its own
   ``aiot/v1/<monitor>/{up,status,ack}``; here the monitor publishes nothing.
@@ -85,6 +94,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import hmac
 import logging
@@ -98,6 +108,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from amqtt.adapters import (  # type: ignore[import-untyped]
+    StreamReaderAdapter,
+    StreamWriterAdapter,
+)
 from amqtt.broker import Broker  # type: ignore[import-untyped]
 from amqtt.contexts import (  # type: ignore[import-untyped]
     Action,
@@ -114,13 +128,14 @@ from amqtt.plugins import manager as _plugin_manager  # type: ignore[import-unty
 from amqtt.utils import gen_client_id  # type: ignore[import-untyped]
 
 from hub.core.config import Address
-from hub.link.broker import BrokerError, BrokerUser, Role
+from hub.link.broker import BrokerError, BrokerLimits, BrokerUser, Role
 
 log = logging.getLogger("hub.embedded")
 
 _PLUGIN_NAMESPACE: Final = "amqtt.broker.plugins"
 _PBKDF2_ITERATIONS: Final = 101  # as Mosquitto's $7$ hashes; the passwords are 128-bit secrets
 MAX_QUEUED: Final = 10_000  # per offline persistent session, as max_queued_messages
+_LIMITS: Final = BrokerLimits(max_queued_messages=MAX_QUEUED)
 CONNECT_TIMEOUT_S: Final = 10.0
 TAKEOVER_TIMEOUT_S: Final = 5.0
 _QUIET: Final = ("amqtt", "transitions")  # amqtt's loggers, and its state-machine library's
@@ -179,6 +194,29 @@ class _Account:
         return hmac.compare_digest(_digest(password, self.salt), self.digest)
 
 
+class _Bounded(StreamReaderAdapter):  # type: ignore[misc]
+    """A connection's reader that refuses to read a packet larger than
+    ``limit`` bytes (Mosquitto's ``max_packet_size``): amqtt reads a packet's
+    remaining length in one read, so a larger read means a larger packet.
+    The connection is cut and ends as a lost one (its will goes out)."""
+
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, limit: int, stats: Any
+    ) -> None:
+        super().__init__(reader)
+        self._writer = writer
+        self._limit = limit
+        self._stats = stats
+
+    async def read(self, n: int = -1) -> bytes:
+        if n < 0 or n > self._limit:
+            self._stats["oversized"] += 1
+            self._writer.transport.abort()
+            raise asyncio.IncompleteReadError(b"", n if n >= 0 else None)
+        data: bytes = await super().read(n)
+        return data
+
+
 _NOBODY: Final = _Account.of(BrokerUser("nobody", secrets.token_hex(16), "monitor"))
 
 
@@ -193,6 +231,10 @@ class Accounts:
         # An unknown name costs the same hash as a known one.
         ok = (account or _NOBODY).verify(password or "")
         return ok and account is not None and password is not None
+
+    def role(self, name: str | None) -> Role | None:
+        account = self._by_name.get(name or "")
+        return None if account is None else account.role
 
     def allows(self, name: str | None, topic: str, action: Any) -> bool:
         """PUBLISH and RECEIVE: ``topic`` is a topic; SUBSCRIBE: a filter that
@@ -233,12 +275,13 @@ class _HubBroker(Broker):  # type: ignore[misc]
         accounts: Accounts,
         stats: Counter[str],
         connect_timeout_s: float,
-        max_queued: int,
+        limits: BrokerLimits,
     ) -> None:
         super().__init__(config, plugin_namespace=_PLUGIN_NAMESPACE)
         self.accounts = accounts
         self.connect_timeout_s = connect_timeout_s
-        self.max_queued = max_queued
+        self.max_queued = limits.max_queued_messages
+        self.max_packet = limits.max_packet_bytes
         self.stats = stats
         self.connections: dict[asyncio.Task[Any], asyncio.StreamWriter] = {}
         self.greeting: set[asyncio.Task[Any]] = set()  # before CONNECT is read and checked
@@ -254,7 +297,8 @@ class _HubBroker(Broker):  # type: ignore[misc]
         assert task is not None
         self.connections[task] = writer
         try:
-            await super().stream_connected(reader, writer, listener_name)
+            bounded = _Bounded(reader, writer, self.max_packet, self.stats)
+            await self._client_connected(listener_name, bounded, StreamWriterAdapter(writer))
         finally:
             self.connections.pop(task, None)
             self.greeting.discard(task)
@@ -287,6 +331,10 @@ class _HubBroker(Broker):  # type: ignore[misc]
             await writer.close()
             raise MQTTError(f"not authorised: user {session.username!r} from {remote_address}")
         session.password = None
+        if self.accounts.role(session.username) != "hub":
+            # Mosquitto's use_username_as_clientid: a device (or the monitor)
+            # can only ever take over its own session.
+            session.client_id = session.username
         if session.will_flag and not self.accounts.allows(
             session.username, session.will_topic or "", Action.PUBLISH
         ):
@@ -450,7 +498,8 @@ class EmbeddedBroker:
         backoff_s: float = 0.5,
         backoff_max_s: float = 30.0,
         connect_timeout_s: float = CONNECT_TIMEOUT_S,
-        max_queued: int = MAX_QUEUED,
+        max_queued: int | None = None,
+        limits: BrokerLimits = _LIMITS,
     ) -> None:
         self.workdir = workdir  # nothing is written there: no persistence
         self.bind = bind
@@ -458,10 +507,14 @@ class EmbeddedBroker:
         self.backoff_s = backoff_s
         self.backoff_max_s = backoff_max_s
         self.connect_timeout_s = connect_timeout_s
-        self.max_queued = max_queued
+        if max_queued is not None:
+            limits = dataclasses.replace(limits, max_queued_messages=max_queued)
+        self.limits = limits
+        self.max_queued = limits.max_queued_messages
         self.restarts = 0
         self.reloads = 0
-        # refused (connections), denied publish|subscribe|receive|will,
+        # refused (connections), oversized (connections cut for a packet over
+        # max_packet_bytes), denied publish|subscribe|receive|will,
         # queue full (messages not queued for an offline session), kicked
         # (connections closed by update_users); kept across restarts.
         self.stats: Counter[str] = Counter()
@@ -490,13 +543,17 @@ class EmbeddedBroker:
 
     def _config(self) -> Any:
         host = f"[{self.bind.host}]" if ":" in self.bind.host else self.bind.host
-        listener = ListenerConfig(type=ListenerType.TCP, bind=f"{host}:{self.bind.port}")
+        listener = ListenerConfig(
+            type=ListenerType.TCP,
+            bind=f"{host}:{self.bind.port}",
+            max_connections=self.limits.max_connections,
+        )
         # plugins={}: none of amqtt's defaults (anonymous access, $SYS, packet logging).
         return BrokerConfig(listeners={"default": listener}, plugins={})
 
     async def _launch(self, timeout: float) -> None:
         broker = _HubBroker(
-            self._config(), self._accounts, self.stats, self.connect_timeout_s, self.max_queued
+            self._config(), self._accounts, self.stats, self.connect_timeout_s, self.limits
         )
         try:
             await asyncio.wait_for(broker.start(), timeout)

@@ -69,6 +69,7 @@ from typing import Final, Protocol
 
 from hub.core.clock import wall_ms
 from hub.core.config import IngestConfig
+from hub.link.limits import DeviceLimits
 from hub.state import entries as e
 from hub.state.apply import ApplyResult
 from hub.state.apply import Outcome as Applied
@@ -509,8 +510,12 @@ class Ingest:
         clock: Callable[[], int] = wall_ms,
         retry_s: float = RETRY_S,
         mutation: str | None = None,
+        limits: DeviceLimits | None = None,
     ) -> None:
         self.node_id = node_id
+        # Per-device token buckets (hub/link/limits.py); the consumer asks
+        # ``admit`` for every message of every channel, before anything else.
+        self.limits = DeviceLimits({}) if limits is None else limits
         self.mutation = mutation_from_env() if mutation is None else mutation
         if self.mutation:
             log.critical(
@@ -544,6 +549,15 @@ class Ingest:
     def failures(self) -> Mapping[str, int]:
         """Failed proposals by reason (RaftError.reason), per message."""
         return self._failures
+
+    @property
+    def limited(self) -> Mapping[str, int]:
+        """Messages dropped by the per-device token buckets, by channel."""
+        return self.limits.dropped
+
+    def admit(self, channel: str, device_id: str) -> bool:
+        """Whether the device's next message on ``channel`` is within its rate."""
+        return self.limits.admit(channel, device_id)
 
     @property
     def batcher(self) -> Batcher:

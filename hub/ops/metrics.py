@@ -374,6 +374,11 @@ _BY_REASON: Final[tuple[tuple[str, str, Callable[[Observed], Mapping[str, int]]]
         lambda h: h.ingest.failures,
     ),
     (
+        "aiot_device_rate_limited",
+        "Device messages dropped by the per-device token buckets, by channel.",
+        lambda h: h.ingest.limited,
+    ),
+    (
         "aiot_status_rejected",
         "Device status messages refused, by reason.",
         lambda h: h.status_rejects,

@@ -9,18 +9,25 @@ the tests all call the same ``apply``. hub/state/DESIGN.md describes the
 tables, the rules and the power-loss window; hub/state/errors.py the errors.
 
 Threads: one thread applies (pysyncobj's); any thread may read. Each read
-method uses its own short read transaction.
+method uses its own short read transaction. A long read (the content hash
+of the API) runs on a ``PinnedView``: its own read transaction, consistent
+without any lock; ``restore`` cancels the views still open (they raise
+ViewClosed) and waits for them before it closes the file.
+
+The file is created 0600 (it holds device keys and password hashes).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import heapq
 import itertools
 import math
 import os
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from pathlib import Path
@@ -52,12 +59,19 @@ class HourlyEnergy:
     wh: float
 
 
+class ViewClosed(Exception):
+    """A pinned view ended under a reader: the store was replaced by a snapshot."""
+
+
 class Store(contextlib.AbstractContextManager["Store"]):
     """LMDB at ``path/store.mdb`` (a directory the store owns)."""
 
     def __init__(self, path: str | os.PathLike[str], map_size: int = DEFAULT_MAP_SIZE) -> None:
         self.path = Path(path)
         self.map_size = map_size
+        self._views = 0
+        self._views_done = threading.Condition()
+        self._closing = False
         self._open()
 
     def _open(self) -> None:
@@ -226,37 +240,66 @@ class Store(contextlib.AbstractContextManager["Store"]):
         return out
 
     def readings_between(
-        self, device_id: str, from_ms: int, to_ms: int, sensor: int | None = None
+        self,
+        device_id: str,
+        from_ms: int,
+        to_ms: int,
+        sensor: int | None = None,
+        limit: int | None = None,
     ) -> list[StoredReading]:
-        """Stored readings with from_ms <= ts_ms < to_ms, in (ts, seq) order.
+        """Stored readings with from_ms <= ts_ms < to_ms, in (ts, seq) order:
+        the first ``limit`` of them (all when None).
 
         The hours table gives, per hour, the lowest and highest seq stored
         with a timestamp in that hour; only those seq ranges are scanned.
+        Without a limit the ranges are merged and scanned once; with one the
+        hours are scanned in order, keeping at most ``limit`` readings, and
+        the scan stops at the end of the first hour that fills them (the
+        readings of later hours come after all of its own).
         """
-        if to_ms <= from_ms:
+        if to_ms <= from_ms or (limit is not None and limit <= 0):
             return []
         prefix = r.dev_prefix(device_id)
-        ranges: list[tuple[int, int]] = []
         with self._read() as txn:
+            hours: list[tuple[int, int, int]] = []  # (hour, lo, hi)
             last_hour = (to_ms - 1) // r.HOUR_MS
             start = r.dev_key(prefix, max(from_ms, 0) // r.HOUR_MS)
             for k, v in r.scan(txn, self._dbs["hours"], prefix, start):
-                if r.seq_of(k) > last_hour:
+                hour = r.seq_of(k)
+                if hour > last_hour:
                     break
                 lo, hi, _ = r.HOUR_VALUE.unpack(v)
-                ranges.append((lo, hi))
-            out: list[StoredReading] = []
-            readings_db = self._dbs["readings"]
-            for lo, hi in _merge_ranges(ranges):
-                for k, v in r.scan(txn, readings_db, prefix, r.dev_key(prefix, lo)):
-                    seq = r.seq_of(k)
-                    if seq > hi:
-                        break
-                    ts, s, value = r.READING_VALUE.unpack(v)
-                    if from_ms <= ts < to_ms and (sensor is None or s == sensor):
-                        out.append(StoredReading(seq, ts, s, value))
-        out.sort(key=lambda rd: (rd.ts_ms, rd.seq))
-        return out
+                hours.append((hour, lo, hi))
+            if limit is None:
+                out = [
+                    x
+                    for lo, hi in _merge_ranges([(lo, hi) for _, lo, hi in hours])
+                    for x in self._scan(txn, prefix, lo, hi)
+                    if from_ms <= x.ts_ms < to_ms and sensor in (None, x.sensor)
+                ]
+                out.sort(key=lambda rd: (rd.ts_ms, rd.seq))
+                return out
+            out = []
+            for hour, lo, hi in hours:
+                first = max(from_ms, hour * r.HOUR_MS)
+                end = min(to_ms, (hour + 1) * r.HOUR_MS)
+                found = (
+                    x
+                    for x in self._scan(txn, prefix, lo, hi)
+                    if first <= x.ts_ms < end and sensor in (None, x.sensor)
+                )
+                out += heapq.nsmallest(limit - len(out), found, key=lambda rd: (rd.ts_ms, rd.seq))
+                if len(out) >= limit:
+                    break
+            return out
+
+    def _scan(self, txn: Any, prefix: bytes, lo: int, hi: int) -> Iterator[StoredReading]:
+        """The device's stored readings with lo <= seq <= hi, in seq order."""
+        for k, v in r.scan(txn, self._dbs["readings"], prefix, r.dev_key(prefix, lo)):
+            seq = r.seq_of(k)
+            if seq > hi:
+                return
+            yield StoredReading(seq, *r.READING_VALUE.unpack(v))
 
     def hourly_energy(
         self, device_id: str, day: date, tz: tzinfo = UTC
@@ -298,6 +341,25 @@ class Store(contextlib.AbstractContextManager["Store"]):
         node table (records.UNHASHED_TABLES)."""
         with self._read() as txn:
             return r.content_hash(txn, self._dbs)
+
+    def pin(self) -> PinnedView:
+        """A consistent view of the store now, for a long read in any thread
+        (close it: ``with store.pin() as view``). Cheap: it opens a read
+        transaction. ViewClosed while a restore is under way."""
+        with self._views_done:
+            if self._closing:
+                raise ViewClosed("the store is being replaced")
+            self._views += 1
+        try:
+            return PinnedView(self, self._env.begin(write=False))
+        except BaseException:
+            self._unpin()
+            raise
+
+    def _unpin(self) -> None:
+        with self._views_done:
+            self._views -= 1
+            self._views_done.notify_all()
 
     def snapshot(self) -> Snapshot:
         return Snapshot(self._env, self._dbs)
@@ -355,11 +417,61 @@ class Store(contextlib.AbstractContextManager["Store"]):
     def restore(self, snapshot: BinaryIO) -> int:
         """Close, install the snapshot over this store, reopen. Read
         transactions of other threads must be finished."""
-        self.close()
+        with self._views_done:
+            self._closing = True
+            self._views_done.wait_for(lambda: self._views == 0)
         try:
-            return Store.install(self.path, snapshot, self.map_size)
+            self.close()
+            try:
+                return Store.install(self.path, snapshot, self.map_size)
+            finally:
+                self._open()
         finally:
-            self._open()
+            with self._views_done:
+                self._closing = False
+
+
+class PinnedView(contextlib.AbstractContextManager["PinnedView"]):
+    """A read transaction of a Store (``Store.pin``): a consistent view that
+    needs no lock while it is read. A restore of the store cancels it: its
+    reads then raise ViewClosed, and the restore waits until it is closed."""
+
+    _CHECK_EVERY: Final = 1024  # records between two looks at a pending restore
+
+    def __init__(self, store: Store, txn: Any) -> None:
+        self._store = store
+        self._txn = txn
+        self._open = True
+
+    def content_hash(self) -> str:
+        """``Store.content_hash`` of this view."""
+        return r.content_hash(_Cancellable(self._txn, self._cancelled), self._store._dbs)
+
+    def _cancelled(self) -> bool:
+        return self._store._closing
+
+    def close(self) -> None:
+        if self._open:
+            self._open = False
+            self._txn.abort()
+            self._store._unpin()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _Cancellable:
+    """A read transaction whose cursors stop (ViewClosed) once ``cancelled()``."""
+
+    def __init__(self, txn: Any, cancelled: Callable[[], bool]) -> None:
+        self._txn = txn
+        self._cancelled = cancelled
+
+    def cursor(self, db: Any) -> Iterator[tuple[bytes, bytes]]:
+        for i, kv in enumerate(self._txn.cursor(db=db)):
+            if i % PinnedView._CHECK_EVERY == 0 and self._cancelled():
+                raise ViewClosed("the store was replaced by a snapshot during the read")
+            yield kv
 
 
 # -- the file -----------------------------------------------------------------------
@@ -373,6 +485,7 @@ def _open_env(path: Path, map_size: int, durable: bool = True) -> Any:
         max_dbs=len(r.TABLES),
         sync=durable,
         metasync=durable,
+        mode=0o600,
     )
 
 

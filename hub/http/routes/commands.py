@@ -119,11 +119,8 @@ async def list_commands(device: str, who: Viewer, r: Raft) -> list[dict[str, Any
 @router.get("/v1/commands/{command_id}")
 async def show_command(command_id: str, who: Viewer, r: Raft) -> dict[str, Any]:
     rec = r.read(lambda s: s.command(command_id)) if key_ok(command_id) else None
-    if rec is None:
+    device = None if rec is None else r.read(lambda s: s.device(rec.command.device_id))
+    # A command of a device the asker may not see is as absent as a missing one.
+    if rec is None or (who.devices is not None and (device is None or not who.sees(device))):
         raise HTTPException(404, f"no command {command_id[:80]!r}")
-    device = r.read(lambda s: s.device(rec.command.device_id))
-    if who.devices is not None and (device is None or not who.sees(device)):
-        raise HTTPException(
-            403, f"command {command_id!r} is for a device not assigned to {who.name}"
-        )
     return ledger_json(rec)

@@ -56,11 +56,10 @@ async def list_decisions(
 @router.get("/v1/decisions/{decision_id}")
 async def show_decision(decision_id: str, who: Viewer, r: Raft) -> dict[str, Any]:
     d = r.read(lambda s: s.decision(decision_id)) if key_ok(decision_id) else None
-    if d is None:
+    device = None if d is None else r.read(lambda s: s.device(d.device_id))
+    # A decision about a device the asker may not see is as absent as a missing one.
+    if d is None or (who.devices is not None and (device is None or not who.sees(device))):
         raise HTTPException(404, f"no decision {decision_id[:80]!r}")
-    device = r.read(lambda s: s.device(d.device_id))
-    if who.devices is not None and (device is None or not who.sees(device)):
-        raise HTTPException(403, f"decision {decision_id!r} is not about your devices")
     return decision_json(d, r.read(lambda s: s.alert_ack(decision_id)))
 
 

@@ -11,9 +11,10 @@ GET    /v1/devices/{id}/energy      day=YYYY-MM-DD: hourly Wh
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from datetime import date
-from typing import Annotated, Any
+from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, HTTPException, Query
 
@@ -29,6 +30,9 @@ from protocol import messages as m
 from protocol.topics import valid_device_id
 
 router = APIRouter()
+
+MAX_MS: Final = 2**63 - 1
+MAX_READINGS: Final = 100_000  # per readings query (limit)
 
 
 @router.post("/v1/devices", status_code=201)
@@ -109,10 +113,10 @@ async def readings(
     device_id: str,
     who: Viewer,
     r: Raft,
-    from_ms: Annotated[int, Query(ge=0)] = 0,
-    to_ms: Annotated[int, Query(ge=0)] = 2**63 - 1,
+    from_ms: Annotated[int, Query(ge=0, le=MAX_MS)] = 0,
+    to_ms: Annotated[int, Query(ge=0, le=MAX_MS)] = MAX_MS,
     sensor: Annotated[int | None, Query(ge=0, le=65535)] = None,
-    limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
+    limit: Annotated[int, Query(ge=1, le=MAX_READINGS)] = 10_000,
     linearizable: bool = False,
 ) -> dict[str, Any]:
     if linearizable:
@@ -120,7 +124,11 @@ async def readings(
     known(r, device_id, who)
     if to_ms <= from_ms:
         raise HTTPException(422, "to_ms must be above from_ms")
-    rows = r.read(lambda s: s.readings_between(device_id, from_ms, to_ms, sensor))
+    # The store stops scanning once it has limit + 1 (the one more says
+    # "truncated"), and the scan runs off the event loop.
+    rows = await asyncio.to_thread(
+        r.read, lambda s: s.readings_between(device_id, from_ms, to_ms, sensor, limit + 1)
+    )
     truncated = len(rows) > limit
     rows = rows[:limit]
     return {

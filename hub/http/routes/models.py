@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+from collections.abc import Iterator
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
@@ -31,12 +32,37 @@ router = APIRouter()
 
 @router.put("/v1/models/blobs/{sha256}")
 async def put_blob(sha256: str, request: Request, _: Operator, node: ThisNode) -> dict[str, Any]:
-    chunks = [c async for c in request.stream()]
+    """The body goes to disk as it arrives (one chunk in memory at a time),
+    up to ``http.max_model_bytes`` (413 past it, and nothing kept)."""
     try:
-        size = await asyncio.to_thread(node.models.store_blob, sha256, chunks)
+        part = node.models.blob_path(sha256).with_suffix(".part")
     except ModelRefused as exc:
         raise HTTPException(422, str(exc)) from None
+    try:
+        size = await asyncio.to_thread(
+            node.models.store_blob, sha256, _chunks(request, asyncio.get_running_loop())
+        )
+    except ModelRefused as exc:
+        raise HTTPException(422, str(exc)) from None
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
     return {"sha256": sha256, "size": size}
+
+
+def _chunks(request: Request, loop: asyncio.AbstractEventLoop) -> Iterator[bytes]:
+    """The request body as it arrives, for a worker thread: each chunk is
+    read on the event loop (what the body limit raises comes through)."""
+    body = request.stream().__aiter__()
+
+    async def next_chunk() -> bytes:
+        return await anext(body)
+
+    while True:
+        try:
+            yield asyncio.run_coroutine_threadsafe(next_chunk(), loop).result()
+        except StopAsyncIteration:
+            return
 
 
 @router.get("/v1/models/blobs/{sha256}")

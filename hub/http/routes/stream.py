@@ -5,12 +5,16 @@
 The daemon hands every batch of applied entries to ``publish_applied`` (only
 while someone listens); the consumer publishes device status itself
 (hub/link/consumer.py). A viewer's stream carries only their devices' events.
+
+Streams are capped (hub/http/limits.py): ``http.max_streams`` on the node
+(then 503) and ``http.max_streams_per_user`` for one user or token (then 429).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import weakref
 from collections.abc import AsyncIterator, Iterable
 from functools import partial
 from typing import Any
@@ -18,6 +22,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
+from hub.http.limits import Limits
 from hub.http.principal import ThisNode, Viewer
 from hub.http.serializers import decision_json, ledger_json
 from hub.link.events import EventBus
@@ -79,8 +84,17 @@ async def stream(request: Request, who: Viewer, node: ThisNode) -> StreamingResp
     """Server-Sent Events: readings, status, presence, commands, decisions, alerts."""
 
     raft = node.raft
+    limits: Limits = request.app.state.limits
+    release = limits.streams.open(who.key)
 
     async def events() -> AsyncIterator[bytes]:
+        try:
+            async for chunk in _events():
+                yield chunk
+        finally:
+            release()
+
+    async def _events() -> AsyncIterator[bytes]:
         async with node.events.subscribe() as sub:
             yield b": connected\n\n"
             while True:
@@ -100,8 +114,12 @@ async def stream(request: Request, who: Viewer, node: ThisNode) -> StreamingResp
                 data = json.dumps(event, separators=(",", ":"))
                 yield f"event: {kind}\ndata: {data}\n\n".encode()
 
+    body = events()
+    # A stream the server never started (the client went first) is released
+    # when its generator is collected.
+    weakref.finalize(body, release)
     return StreamingResponse(
-        events(),
+        body,
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, HTTPException, Request
 
 from hub.core.clock import wall_ms
 from hub.http.bodies import LoginIn, UserIn, role
+from hub.http.limits import Limits, TooMany, client_address
 from hub.http.principal import Admin, Raft, ThisNode, Viewer
 from hub.http.replica import check, commit, key_ok
 from hub.http.serializers import user_json
@@ -28,13 +29,23 @@ router = APIRouter()
 
 
 @router.post("/v1/login")
-async def login(body: LoginIn, r: Raft, node: ThisNode) -> dict[str, Any]:
-    user = r.read(lambda s: s.user(body.username))
-    ok = user is not None and await asyncio.to_thread(users.check_password, user, body.password)
-    if not ok or user is None:
+async def login(body: LoginIn, request: Request, r: Raft, node: ThisNode) -> dict[str, Any]:
+    """A session token. Limited per client address (every attempt) and per
+    user name (failed attempts): 429 with Retry-After. Known and unknown
+    names cost the same password hash and get the same 401."""
+    limits: Limits = request.app.state.limits
+    name = body.username
+    if wait := limits.login_address.take(client_address(request.scope)):
+        raise TooMany("logins from this address (http.login_address_per_minute)", wait)
+    if wait := limits.login_user.wait(name):
+        raise TooMany(f"failed logins for {name[:64]!r} (http.login_user_per_minute)", wait)
+    user = r.read(lambda s: s.user(name)) if e.USER_NAME.fullmatch(name) else None
+    found = await asyncio.to_thread(users.check_login, user, body.password)
+    if found is None:
+        limits.login_user.take(name)
         raise HTTPException(401, "wrong user name or password")
-    token, expires = users.issue(node.cfg.raft.secret, user)
-    return {"token": token, "expires_ms": expires, **user_json(user)}
+    token, expires = users.issue(node.cfg.raft.secret, found)
+    return {"token": token, "expires_ms": expires, **user_json(found)}
 
 
 @router.get("/v1/me")
