@@ -7,6 +7,10 @@ cuts the hub off the network instead of stopping it.
     netns.cut(0); netns.heal(0) # hub-1's veth down, and up again
     netns.down()
 
+A campaign that was killed leaves its namespaces, veths and bridge behind;
+``up`` first removes those of every campaign whose process is gone
+(``sweep``).
+
 Needs root and ``ip`` (iproute2); netns_available() says whether this process
 has both.
 """
@@ -15,8 +19,10 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import shutil
 import subprocess
+from pathlib import Path
 
 from tools.chaos import ChaosError
 
@@ -42,6 +48,31 @@ def _ip_or_fail(*args: str, netns: str | None = None) -> None:
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=30)
     if proc.returncode != 0:
         raise ChaosError(f"{' '.join(argv)}: {proc.stderr.strip()}")
+
+
+_OWNED = re.compile(r"^ach(\d+)[bnv]\d*i?$")  # ach<pid>b, ach<pid>n<i>, ach<pid>v<i>
+
+
+def sweep() -> list[str]:
+    """Remove the namespaces and links of earlier campaigns whose process no
+    longer runs (a reused pid keeps its campaign's: nothing of a live
+    process is touched). Returns the names removed."""
+    namespaces = subprocess.run(
+        ["ip", "netns", "list"], capture_output=True, text=True, timeout=30
+    ).stdout.split()
+    links = subprocess.run(
+        ["ip", "-o", "link", "show"], capture_output=True, text=True, timeout=30
+    ).stdout
+    link_names = [line.split(":")[1].strip().split("@")[0] for line in links.splitlines()]
+    removed = []
+    for kind, names in (("netns", namespaces), ("link", link_names)):
+        for name in names:
+            m = _OWNED.match(name)
+            if m is None or Path(f"/proc/{m.group(1)}").exists():
+                continue
+            if _ip(*(("netns", "del") if kind == "netns" else ("link", "del")), name):
+                removed.append(name)
+    return removed
 
 
 class Netns:
@@ -75,6 +106,7 @@ class Netns:
 
     def up(self) -> None:
         self.down()  # leftovers of an earlier run with the same pid
+        sweep()  # and of campaigns that were killed
         self.up_done = True
         _ip_or_fail("link", "add", self.bridge, "type", "bridge")
         _ip_or_fail("addr", "add", f"{self.prefix}.1/24", "dev", self.bridge)
