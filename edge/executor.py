@@ -126,13 +126,19 @@ PLUG_CAPABILITIES = [
         "params": [{"name": "interval_ms", "kind": _INT, "min": 100, "max": 3600000}],
     },
     {"action": "reboot", "params": []},
-    # Over-the-air update (edge/node.py): url is the bundle's base URL on a
-    # hub, sha256 the hex sha256 of its manifest.json.
+    # Over-the-air update (edge/ota.py): url is the bundle's base URL on a
+    # hub, sha256 the hex sha256 of its manifest.json, release the signed
+    # release manifest (JSON) and signature its Ed25519 signature (hex),
+    # checked against the keys pinned in config.json; allow_downgrade lets
+    # an older release replace the running one.
     {
         "action": "ota.update",
         "params": [
             {"name": "url", "kind": _TEXT, "min": 12, "max": 200},
             {"name": "sha256", "kind": _TEXT, "min": 64, "max": 64},
+            {"name": "allow_downgrade", "kind": _BOOL, "min": 0, "max": 1},
+            {"name": "release", "kind": _TEXT, "min": 2, "max": 512},
+            {"name": "signature", "kind": _TEXT, "min": 128, "max": 128},
         ],
     },
 ]

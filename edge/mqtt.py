@@ -11,6 +11,13 @@
 #   c.next_server()          # give up on this broker, move on
 #   await c.disconnect()
 #
+# Over TLS: MQTTClient(..., tls=tls_context(ca_der)), one context for every
+# connection. Each broker must then present a certificate that chains to that
+# CA (the cluster CA, pinned: nothing else is trusted) and names the host the
+# device dials, as an IP address or DNS subject alternative name (mbedTLS 3.5+
+# and CPython match both). A failed handshake is a link error like any other:
+# OSError("TLS: <reason>"), then the next server.
+#
 # Two layers, as in mqtt_as. MQTTBase speaks the protocol over one connection
 # at a time (packets, packet ids, QoS 1 in flight) and reports every link
 # problem as OSError. MQTTClient stays connected: one task (_keep) owns
@@ -113,6 +120,63 @@ def _errstr(e):
     return s if s else type(e).__name__
 
 
+def tls_context(ca):
+    # The TLS client context for MQTTClient(tls=...): trusts only ca, the
+    # cluster CA certificate (DER bytes, or their base64 as in the device
+    # config's "ca"), requires a valid certificate from every broker and
+    # checks its host name. Made once: it holds the parsed CA and the random
+    # generator, and every connection reuses it. ValueError if ca is not a
+    # certificate.
+    import binascii  # lazy: only devices with a CA need it
+    import ssl  # lazy: only devices with a CA load it (and pay its RAM)
+
+    try:
+        if isinstance(ca, str):
+            ca = binascii.a2b_base64(ca)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        # MicroPython's client default is CERT_NONE: say it (the stubs lack the name).
+        ctx.verify_mode = ssl.CERT_REQUIRED  # type: ignore[attr-defined]
+        ctx.load_verify_locations(cadata=ca)
+    except Exception as e:
+        raise ValueError("ca: not a base64 DER certificate: " + _errstr(e))
+    return ctx
+
+
+def _tls_error(e):
+    # A failed handshake as a link error with a short reason. MicroPython
+    # raises ValueError with mbedTLS's verification flags, one a line;
+    # CPython an ssl.SSLError (an OSError) with the reason in an attribute.
+    s = getattr(e, "verify_message", None) or getattr(e, "reason", None) or _errstr(e)
+    return OSError("TLS: " + "; ".join([x.strip() for x in str(s).split("\n") if x.strip()]))
+
+
+async def open_stream(host, port, tls):
+    # A TCP connection to host, over TLS when tls (an SSLContext) is given:
+    # host is the name sent (SNI) and checked against the certificate. For
+    # the MQTT links and edge/ota.py's bundle downloads.
+    if tls is None:
+        return await asyncio.open_connection(host, port)
+    if _COPY:  # CPython: the handshake and its checks are part of the connect
+        try:
+            return await asyncio.open_connection(host, port, ssl=tls)
+        except OSError as e:
+            if hasattr(e, "library"):  # ssl.SSLError
+                raise _tls_error(e)
+            raise
+    # MicroPython: wrap the TCP socket here rather than in open_connection,
+    # so that TCP_NODELAY goes on it first (the TLS socket hides it). The
+    # handshake, and with it the certificate check, runs at the first write.
+    r, w = await asyncio.open_connection(host, port)
+    _nodelay(w)
+    try:
+        s = tls.wrap_socket(w.s, server_hostname=host, do_handshake_on_connect=False)  # type: ignore[attr-defined]
+        w.s = s  # type: ignore[attr-defined]
+    except Exception:
+        w.close()
+        raise
+    return r, w
+
+
 def _put_len(buf, i, n):
     # Remaining length: 7 bits a byte, high bit set when more follow.
     while n > 0x7F:
@@ -168,6 +232,7 @@ class MQTTBase:
     will: tuple | None
     _max_payload: int
     _t_ms: int
+    _tls: object
     on_message: object
 
     def __init__(self, n):
@@ -305,15 +370,21 @@ class MQTTBase:
     async def _open(self, host, port):
         self._gen += 1
         t = self._t_ms
-        r, w = await _within(asyncio.open_connection(host, port), t, "connect")
+        r, w = await _within(open_stream(host, port, self._tls), t, "connect")
         _nodelay(w)
         self._r = r
         self._w = w
         self._into = getattr(r, "readinto", None)
         self._last_rx = self._last_tx = self._last_ping = ticks_ms()
-        # On MicroPython a refused TCP connect shows up here, at the first write.
-        self._out(w, self._connect_packet())
-        await self._drain(w)
+        # On MicroPython a refused TCP connect shows up here, at the first
+        # write, and so does a failed TLS handshake (ValueError: the
+        # certificate), in the write itself or in the drain.
+        pkt = self._connect_packet()
+        try:
+            self._out(w, pkt)
+            await self._drain(w)
+        except ValueError as e:
+            raise _tls_error(e)
         await _within(self._fill(self._rv[0:4]), t, "CONNACK")
         b = self._rh
         if b[0] != _CONNACK or b[1] != 2 or b[2] > 1:
@@ -453,6 +524,8 @@ class MQTTClient(MQTTBase):
     # return_after_s: away from servers[0], go back once it has accepted a TCP
     #   connection at every probe for this long (None: never); probe_s: the
     #   probe period (default a quarter of return_after_s, 0.1 s to 15 s).
+    # tls: an SSLContext from tls_context(ca), or None for plain TCP (labs):
+    #   every connection, probes included, then goes over TLS with that CA.
     #
     # State for the device status message: server (index in use), connects,
     # reconnects, dropped, cb_errors, inflight, last_error, session_present.
@@ -474,6 +547,7 @@ class MQTTClient(MQTTBase):
         backoff_max_s=60,
         return_after_s=60,
         probe_s=None,
+        tls=None,
     ):
         if not servers or max_inflight < 1 or (user is None and password is not None):
             raise ValueError("no servers, max_inflight < 1 or password without user")
@@ -489,6 +563,7 @@ class MQTTClient(MQTTBase):
         self.on_message = on_message
         self._max_payload = max_payload
         self._t_ms = int(timeout_s * 1000)
+        self._tls = tls
         self.servers = servers
         self.server = 0  # index of the server in use, or being tried
         self.connects = 0  # successful connections
@@ -799,21 +874,33 @@ class MQTTClient(MQTTBase):
 
     async def _probe(self, gen):
         # Away from the preferred server: go back once it has accepted TCP
-        # connections at every probe for return_after_s.
+        # connections (over TLS: completed a handshake, its certificate
+        # checked) at every probe for return_after_s.
         host, port = self.servers[0]
+        tls = self._tls
         since = None
         while True:
             await _sleep_ms(self._probe_ms)
             w = None
             ok = False
             try:
-                r, w = await _wait_for_ms(asyncio.open_connection(host, port), self._t_ms)
-                # MicroPython's open_connection returns before the handshake is
-                # known to have worked: a refused connection fails this read.
-                # A broker says nothing before CONNECT, so silence means up.
-                await _wait_for_ms(r.read(1), _PROBE_WAIT_MS)
+                r, w = await _wait_for_ms(open_stream(host, port, tls), self._t_ms)
+                if tls is None:
+                    # MicroPython's open_connection returns before the TCP
+                    # handshake is known to have worked: a refused connection
+                    # fails this read. A broker says nothing before CONNECT,
+                    # so silence means up.
+                    await _wait_for_ms(r.read(1), _PROBE_WAIT_MS)
+                else:
+                    # A TLS socket writes nothing before its handshake has
+                    # succeeded, so a written byte proves it (on MicroPython
+                    # the write drives it). The first byte of a CONNECT: the
+                    # broker drops the connection when it ends there.
+                    w.write(b"\x10")
+                    await _wait_for_ms(w.drain(), self._t_ms)
+                    ok = True
             except _TIMEOUT:
-                ok = w is not None
+                ok = w is not None and tls is None
             except Exception:
                 pass
             finally:

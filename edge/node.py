@@ -5,9 +5,10 @@
 #
 # config is a dict (firmware/config_template.json documents every key):
 # device_id, key (hex), hubs ([[host, port], ...] in this device's order),
-# user, password, and optional tuning (sample_ms, flush_ms, status_ms, ...).
-# The node keeps that dict as it is (node.cfg, no copy) and reads each
-# optional key with its default where the key is used.
+# user, password, ca (the cluster CA: the brokers over TLS), and optional
+# tuning (sample_ms, flush_ms, status_ms, ...). The node keeps that dict as
+# it is (node.cfg, no copy) and reads each optional key with its default
+# where the key is used.
 #
 # Tasks, all in one asyncio loop:
 #   sampler    every sample_ms: one reading per sensor into the slot store;
@@ -29,7 +30,7 @@ from edge import codec
 from edge.clock import Clock, ticks_diff, ticks_ms
 from edge.executor import PLUG_CAPABILITIES, Executor
 from edge.meta import Meta
-from edge.mqtt import MQTTClient
+from edge.mqtt import MQTTClient, tls_context
 from edge.slots import SlotStore
 from edge.uplink import Uplink
 
@@ -94,7 +95,13 @@ class Node:
         self.t_down = prefix + "down"
         # Status (with capabilities) and results; the uplink's batches too:
         # each frame is built and copied out in one go, so they never overlap.
-        self.enc = codec.Encoder(640)
+        # A status with the ota.update capability (its signed release params)
+        # takes about 860 bytes with a 32-character device id.
+        self.enc = codec.Encoder(1024)
+        # "ca": base64 of the cluster CA's DER: the brokers over TLS, that CA
+        # pinned, and https:// bundle downloads (edge/ota.py) with the same
+        # context. Absent or null: plain TCP (labs).
+        self.tls = tls_context(cfg["ca"]) if cfg.get("ca") else None
         self.client = MQTTClient(
             self.device_id,
             cfg["hubs"],
@@ -105,6 +112,7 @@ class Node:
             on_message=self._on_message,
             return_after_s=cfg.get("return_after_s", 60),
             max_payload=cfg.get("max_payload", 2048),
+            tls=self.tls,
         )
         self.uplink = Uplink(
             self.device_id,

@@ -1,7 +1,20 @@
-# Over-the-air update: download a firmware bundle over HTTP into an app slot
-# directory and verify every file (firmware/loader.py boots it).
+# Over-the-air update: check a signed firmware release, download its bundle
+# over HTTP or HTTPS into an app slot directory and verify every file
+# (firmware/loader.py boots it).
 #
-#   await fetch_bundle("http://10.0.0.5:8080/v1/firmware/<sha>/", sha, "app_b")
+#   version = check_release(params, keys, FIRMWARE)   # before anything is written
+#   await fetch_bundle("https://10.0.0.5:8080/v1/firmware/<sha>/", sha, "app_b", version, tls)
+#
+# The ota.update command (HMAC-signed by the device's key, edge/executor.py)
+# carries the release: its signed manifest (canonical JSON, as the hub's
+# registry holds it: hub/decide/registry.py "firmware releases") and the
+# Ed25519 signature of it (hex). check_release refuses, before the slot is
+# touched: no release key pinned in config.json ("release_keys": base64 of
+# 32-byte Ed25519 public keys, written by `aiot firmware build/flash/
+# provision`), a signature that verifies with none of them (edge/ed25519.py),
+# a release that is not of kind firmware, names another bundle sha256 or
+# another platform, or whose version is below the running one unless the
+# command's allow_downgrade is true.
 #
 # A bundle on the hub is a directory of files plus manifest.json:
 #
@@ -14,7 +27,8 @@
 # while hashing, then every file read back from flash and hashed again (a bad
 # flash write shows here, not at the next boot), manifest.json written last.
 # Any mismatch raises OtaError and leaves the slot without a manifest, which
-# the loader never boots.
+# the loader never boots; so does a manifest whose version is not the signed
+# release's.
 import asyncio
 import binascii
 import hashlib
@@ -22,8 +36,9 @@ import json
 import os
 import sys
 
-from edge import const
+from edge import const, ed25519
 from edge.clock import ticks_diff, ticks_ms
+from edge.mqtt import open_stream
 
 _CHUNK = const(512)
 _MAX_MANIFEST = const(16384)
@@ -35,31 +50,36 @@ class OtaError(Exception):
 
 
 def parse_url(url):
-    # "http://host:port/path/" -> (host, port, "/path/"); only plain http.
-    if not url.startswith("http://"):
-        raise OtaError("only http:// URLs: " + url)
-    rest = url[7:]
+    # "http(s)://host:port/path/" -> (https?, host, port, "/path/").
+    if url.startswith("https://"):
+        secure, rest = True, url[8:]
+    elif url.startswith("http://"):
+        secure, rest = False, url[7:]
+    else:
+        raise OtaError("only http:// and https:// URLs: " + url)
     i = rest.find("/")
     hostport, path = (rest, "/") if i < 0 else (rest[:i], rest[i:])
     j = hostport.rfind(":")
     if j > 0:
         host, port = hostport[:j], int(hostport[j + 1 :])
     else:
-        host, port = hostport, 80
+        host, port = hostport, 443 if secure else 80
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     if not host:
         raise OtaError("no host in " + url)
-    return host, port, path
+    return secure, host, port, path
 
 
 def _hex(h):
     return str(binascii.hexlify(h.digest()), "ascii")
 
 
-async def _get(host, port, path, sink):
-    # HTTP/1.0 GET; calls sink(bytes) per chunk; returns the body's length.
-    r, w = await asyncio.wait_for(asyncio.open_connection(host, port), _TIMEOUT_S)
+async def _get(host, port, path, sink, tls=None):
+    # HTTP/1.0 GET, over TLS with tls (the SSLContext the MQTT client uses:
+    # the cluster CA pinned, the host name checked); calls sink(bytes) per
+    # chunk; returns the body's length.
+    r, w = await asyncio.wait_for(open_stream(host, port, tls), _TIMEOUT_S)
     try:
         w.write(
             ("GET %s HTTP/1.0\r\nHost: %s\r\nConnection: close\r\n\r\n" % (path, host)).encode()
@@ -144,14 +164,83 @@ def _platform():
     return sys.platform
 
 
-def check_manifest(raw, sha):
-    # -> the parsed manifest, if raw hashes to sha and suits this device.
+def version_tuple(v):
+    # "0.2.0" -> (0, 2, 0): 1 to 4 dotted numbers, as the hub's registry takes.
+    parts = v.split(".") if isinstance(v, str) else ()
+    if not 1 <= len(parts) <= 4:
+        raise OtaError("bad version %r" % (v,))
+    out = []
+    for p in parts:
+        if not p or len(p) > 6 or not p.isdigit():
+            raise OtaError("bad version %r" % (v,))
+        out.append(int(p))
+    return tuple(out)
+
+
+def pinned_keys(texts):
+    # config.json's release_keys (base64) -> 32-byte public keys.
+    out = []
+    for t in texts or ():
+        try:
+            k = binascii.a2b_base64(t)
+        except ValueError:
+            k = b""
+        if len(k) != 32:
+            raise OtaError("release_keys: %r is not a base64 Ed25519 public key" % (t,))
+        out.append(k)
+    return out
+
+
+def check_release(params, keys, running):
+    # -> the version of the signed release in params (an ota.update's), if it
+    # may replace the running version; OtaError says why not.
+    if not keys:
+        raise OtaError("no release key pinned (release_keys in config.json)")
+    raw = params["release"].encode()
+    try:
+        sig = binascii.unhexlify(params["signature"])
+    except ValueError:
+        sig = b""
+    ok = False
+    for k in keys:
+        if ed25519.verify(k, raw, sig):
+            ok = True
+            break
+    if not ok:
+        raise OtaError("release signature not by a pinned release key")
+    try:
+        doc = json.loads(raw)
+        inner = doc["manifest"]
+        version = doc["version"]
+        platform = inner["platform"]
+        same = inner["version"] == version
+    except (ValueError, KeyError, TypeError):
+        raise OtaError("signed release is not a release manifest")
+    if doc.get("kind") != "firmware" or not same:
+        raise OtaError("signed release is not a firmware release")
+    if doc.get("sha256") != params["sha256"]:
+        raise OtaError("signed release is for another bundle")
+    if platform != _platform():
+        raise OtaError("release is for %s, this is %s" % (platform, _platform()))
+    if (
+        version_tuple(version) < version_tuple(running)
+        and params.get("allow_downgrade") is not True
+    ):
+        raise OtaError("downgrade from %s to %s not allowed by the command" % (running, version))
+    return version
+
+
+def check_manifest(raw, sha, version=None):
+    # -> the parsed manifest, if raw hashes to sha and suits this device (and
+    # is of version, when given: the signed release's).
     h = hashlib.sha256(raw)
     if _hex(h) != sha:
         raise OtaError("manifest sha256 %s, command says %s" % (_hex(h), sha))
     m = json.loads(raw)
     if m.get("format") != 1 or not isinstance(m.get("files"), dict):
         raise OtaError("not a bundle manifest")
+    if version is not None and m.get("version") != version:
+        raise OtaError("bundle is version %s, the release %s" % (m.get("version"), version))
     if m.get("platform") != _platform():
         raise OtaError("bundle is for %s, this is %s" % (m.get("platform"), _platform()))
     mpy = getattr(sys.implementation, "_mpy", None)
@@ -163,11 +252,18 @@ def check_manifest(raw, sha):
     return m
 
 
-async def fetch_bundle(url, sha, dest, progress=None):
-    # Download and verify the bundle at url (ending in "/") into dest.
-    # Returns (files, bytes). progress(files, bytes), if given, is called
-    # once the manifest is verified, before the first file.
-    host, port, base = parse_url(url)
+async def fetch_bundle(url, sha, dest, version=None, progress=None, tls=None):
+    # Download and verify the bundle at url (ending in "/") into dest; its
+    # manifest must be of version, when given. Returns (files, bytes).
+    # progress(files, bytes), if given, is called once the manifest is
+    # verified, before the first file. An https URL needs tls (the device's
+    # TLS context: a config with "ca"); the bundle is signed and hashed
+    # either way, TLS keeps what the device runs from eavesdroppers.
+    secure, host, port, base = parse_url(url)
+    if secure and tls is None:
+        raise OtaError("an https:// bundle URL needs the cluster CA (config key ca)")
+    if not secure:
+        tls = None
     if not base.endswith("/"):
         base += "/"
     raw = bytearray()
@@ -177,8 +273,8 @@ async def fetch_bundle(url, sha, dest, progress=None):
             raise OtaError("manifest over %d bytes" % _MAX_MANIFEST)
         raw.extend(chunk)
 
-    await _get(host, port, base + "manifest.json", keep)
-    m = check_manifest(bytes(raw), sha)
+    await _get(host, port, base + "manifest.json", keep, tls)
+    m = check_manifest(bytes(raw), sha, version)
     files = m["files"]
     total = 0
     for name in files:
@@ -199,7 +295,7 @@ async def fetch_bundle(url, sha, dest, progress=None):
                 f.write(chunk)
                 h.update(chunk)
 
-            got = await _get(host, port, base + name, sink)
+            got = await _get(host, port, base + name, sink, tls)
         if got != size or _hex(h) != want:
             raise OtaError(
                 "%s: got %d bytes sha256 %s, manifest says %d %s"
@@ -248,7 +344,7 @@ class Updater:
     def __init__(self, apps):
         self.apps = apps
         self.node = None
-        self.job = None  # (command id, url, sha256)
+        self.job = None  # (command id, url, sha256, release version)
         self.wake = asyncio.Event()
         self.staged = 0  # files staged for the next boot
         self.rollbacks = 0
@@ -260,15 +356,20 @@ class Updater:
         self.firmware = FIRMWARE + "+" + self.apps.describe()
 
     def start(self, params):
+        from edge.node import FIRMWARE
+
         apps = self.apps
         if apps.trial:
             raise OSError("app %s is on trial; update again once it is confirmed" % apps.running)
         if self.job is not None:
             raise OSError("an update is already downloading")
+        # The signed release, before anything is written (raises: FAILED).
+        keys = pinned_keys(self.node.cfg.get("release_keys"))
+        version = check_release(params, keys, FIRMWARE)
         url = params["url"]
         if not url.endswith("/"):
             url += "/"
-        self.job = (self.node.executor.current_id, url, params["sha256"])
+        self.job = (self.node.executor.current_id, url, params["sha256"], version)
         self.wake.set()
         return ("downloading into app " + apps.other(apps.running),)
 
@@ -340,7 +441,7 @@ class Updater:
                 self.wake.clear()
                 await self.wake.wait()
                 continue
-            cid, url, sha = self.job
+            cid, url, sha, version = self.job
             apps = self.apps
             slot = apps.other(apps.running)
             boots = node.cfg.get("ota_max_boots", 3)
@@ -350,7 +451,9 @@ class Updater:
                 self._progress(cid, detail)
 
             try:
-                n, size = await fetch_bundle(url, sha, apps.slot_dir(slot), fetching)
+                n, size = await fetch_bundle(
+                    url, sha, apps.slot_dir(slot), version, fetching, self.node.tls
+                )
                 apps.stage(slot, sha, cid, boots)
             except Exception as e:  # network, flash, a bad bundle: the command fails
                 self.job = None

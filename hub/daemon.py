@@ -45,7 +45,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Protocol
 
-from hub.core import auth, keys, logs
+from hub.core import auth, keys, logs, tls
 from hub.core import config as config_mod
 from hub.core.clock import wall_ms
 from hub.core.config import ConfigError, HubConfig
@@ -71,6 +71,10 @@ from protocol import messages as m
 log = logging.getLogger("aiot.hub")
 
 DRAIN_S: Final = 10.0
+# The admin tokens a node mints for its own calls to peers (model blob
+# fetches): a fresh one for each call, so a revocation cut-off (`aiot token
+# revoke --all-before`) stops only calls already under way.
+PEER_TOKEN_TTL_S: Final = 300
 _REGISTRY_KINDS: Final = (e.EntryType.REGISTER_DEVICE, e.EntryType.REMOVE_DEVICE)
 
 
@@ -154,8 +158,9 @@ class Hub:
             raft,
             cfg.models.dir or cfg.data_dir / "models",
             trusted,
-            auth.admin_token(cfg.raft.secret),
+            lambda: auth.admin_token(cfg.raft.secret, PEER_TOKEN_TTL_S),  # fresh per fetch
             shipped=cfg.models.shipped_dir / "anomaly" / "anomaly.json",
+            peer_tls=tls.client_context(cfg.tls.ca) if cfg.tls.on else None,
         )
         self.engine = DecisionEngine(raft, ruleset, guard, cfg.decisions, models=self.models)
         self.engine.llm = engine_mod.llm_tier(cfg.decisions, cfg.models.shipped_dir)
@@ -175,7 +180,7 @@ class Hub:
         )
         self.consumer.on_result = self.delivery.on_result
         self.broker = self._broker()
-        self._http = api.Server(api.make_app(self), cfg.http.bind)
+        self._http = api.Server(api.make_app(self), cfg.http.bind, cfg.tls)
 
     def _broker(self) -> Broker | None:
         cfg = self.cfg.broker
@@ -189,13 +194,15 @@ class Hub:
         limits = BrokerLimits.of(cfg, self.cfg.ingest)
         try:
             if cfg.mode == "mosquitto":
-                return MosquittoSupervisor(workdir, cfg.bind, self.broker_users(), limits=limits)
+                return MosquittoSupervisor(
+                    workdir, cfg.bind, self.broker_users(), limits=limits, tls=self.cfg.tls
+                )
             try:
                 from hub.link import embedded  # lazy: amqtt loads in embedded mode only
             except ImportError as exc:
                 raise StartupError(f"broker mode embedded needs amqtt: {exc}") from None
             broker: Broker = embedded.EmbeddedBroker(
-                workdir, cfg.bind, self.broker_users(), limits=limits
+                workdir, cfg.bind, self.broker_users(), limits=limits, tls=self.cfg.tls
             )
             return broker
         except BrokerError as exc:
@@ -230,6 +237,7 @@ class Hub:
         await self._shutdown()
 
     async def _start(self) -> None:
+        self._say_how_secure()
         if self.broker is not None:
             try:
                 await self.broker.start()
@@ -248,6 +256,17 @@ class Hub:
         spawn(asyncio.create_task(self._announce(), name="announce"))
         if self.broker is not None:
             spawn(asyncio.create_task(self.broker.supervise(), name="broker"))
+
+    def _say_how_secure(self) -> None:
+        cfg = self.cfg
+        if not cfg.tls.on:
+            log.warning(
+                "plain TCP: the HTTP API and the broker's device listener do not use TLS, "
+                "so tokens, passwords and readings cross the network in clear; a lab only "
+                "(add [tls]: `aiot cluster init` writes it, docs/security.md)"
+            )
+        elif cfg.broker.mode == "external" and not (cfg.broker.url or "").startswith("mqtts://"):
+            log.warning("broker.url %s is plain MQTT: use mqtts:// for TLS", cfg.broker.url)
 
     async def _shutdown(self) -> None:
         await self.consumer.stop(DRAIN_S)

@@ -25,12 +25,19 @@ SAMPLE_SET: Final = Capability(
 REBOOT: Final = Capability("reboot", ())
 # Firmware over the air (docs/flashing.md): operators only, never a model
 # (hub/decide/guard.py OPERATOR_ONLY). url is the bundle's base URL on a hub,
-# sha256 the hex sha256 of its manifest.json.
+# sha256 the hex sha256 of its manifest.json, allow_downgrade lets an older
+# release replace the running one; release (the signed release manifest) and
+# signature (its Ed25519 signature, hex) are put in by the hub from its
+# release registry (hub/decide/registry.py) and checked again by the device
+# against the release keys pinned in its config (edge/ota.py).
 OTA_UPDATE: Final = Capability(
     "ota.update",
     (
         ParamSpec("url", ParamKind.Text, 12.0, 200.0),
         ParamSpec("sha256", ParamKind.Text, 64.0, 64.0),
+        ParamSpec("allow_downgrade", ParamKind.Bool, 0.0, 1.0),
+        ParamSpec("release", ParamKind.Text, 2.0, 512.0),
+        ParamSpec("signature", ParamKind.Text, 128.0, 128.0),
     ),
 )
 

@@ -3,6 +3,7 @@ devices registered with the ota.update capability."""
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 import threading
@@ -15,13 +16,17 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 
+from hub.core import auth
 from hub.http.firmware import make_router
+from hub.http.principal import AdminTokens
 from hub.http.serializers import capability_json
 from protocol.profiles import PLUG_CAPABILITIES
+from tools.base.paths import ROOT
 from tools.base.ports import free_port
 from tools.firmware.virtual import VirtualBoard
 
-TOKEN = "firmware-test-token-0123456789abcdefghijklm"
+SECRET = "firmware-test-cluster-secret-0123456789abcdef"
+TOKEN = auth.admin_token(SECRET, 86_400)
 
 # What a flashed device declares: the plug's actions and over-the-air updates.
 OTA_CAPABILITY = {
@@ -29,6 +34,9 @@ OTA_CAPABILITY = {
     "params": [
         {"name": "url", "kind": "text", "min": 12.0, "max": 200.0},
         {"name": "sha256", "kind": "text", "min": 64.0, "max": 64.0},
+        {"name": "allow_downgrade", "kind": "bool", "min": 0.0, "max": 1.0},
+        {"name": "release", "kind": "text", "min": 2.0, "max": 512.0},
+        {"name": "signature", "kind": "text", "min": 128.0, "max": 128.0},
     ],
 }
 
@@ -63,7 +71,7 @@ def serve(app: FastAPI) -> Iterator[str]:
 def bundle_server(root: Path) -> Iterator[str]:
     """hub/http/firmware.py's endpoints over ``root``, as a hub node serves them."""
     app = FastAPI()
-    app.state.token = TOKEN
+    app.state.admin_tokens = AdminTokens(SECRET, auth.MAX_ADMIN_TTL_S, lambda _: None)
     app.include_router(make_router(root))
     with serve(app) as url:
         yield url
@@ -112,3 +120,22 @@ class RebootingBoard:
                 proc.send_signal(signal.SIGINT)
         self._thread.join(timeout)
         return self.outputs[-1] if self.outputs else ""
+
+
+def source_tree(root: Path, version: str, broken: bool = False) -> Path:
+    """A copy of edge/ and firmware/ with another version (and a main that raises)."""
+    for package in ("edge", "firmware"):
+        shutil.copytree(
+            ROOT / package, root / package, ignore=shutil.ignore_patterns("__pycache__")
+        )
+    node = root / "edge" / "node.py"
+    node.write_text(node.read_text().replace('FIRMWARE = "0.1.0"', f'FIRMWARE = "{version}"'))
+    if broken:
+        main = root / "firmware" / "main.py"
+        main.write_text(
+            main.read_text().replace(
+                "def main(ota=None):\n",
+                'def main(ota=None):\n    raise RuntimeError("broken on purpose")\n',
+            )
+        )
+    return root

@@ -58,6 +58,17 @@ The format, with defaults:
     user_per_s = 20                   # ... and the sustained rate (0: unlimited)
     max_streams = 64                  # open /v1/stream subscribers on this node (503)
     max_streams_per_user = 4          # ... of one user or token (429)
+    admin_token_max_ttl_s = 2592000   # admin tokens living longer are refused (401)
+
+    [tls]                             # docs/security.md "TLS"; `aiot cluster init` writes it
+    ca = "tls/ca.pem"                 # the cluster CA: devices, tools and peers pin it
+    cert = "tls/hub-1.pem"            # this node's certificate, issued by ca
+    key = "tls/hub-1.key"             # its private key (mode 0600)
+    plain = false                     # true: plain TCP, for a lab; then ca, cert, key unused
+    # With [tls], the broker's device listener speaks MQTT over TLS (8883 is
+    # the usual port), the HTTP API speaks HTTPS, and the hub reaches peers and
+    # an mqtts:// broker with ca pinned. Without the table (or with plain =
+    # true) both are plain TCP, and the hub says so in its log at start.
 
     [log]
     level = "info"                    # debug | info | warning | error
@@ -89,6 +100,11 @@ The format, with defaults:
     shipped_dir = "/opt/aiot/models"  # the models the hub ships with (rules, ONNX
                                       # model, eval reports, GGUF); an existing
                                       # folder; default: models/ beside the hub package
+
+    [firmware]
+    trusted_keys = ["base64 Ed25519 public key", ...]   # who may sign firmware releases
+                                      # (hub/decide/registry.py "Firmware releases");
+                                      # none: every ota.update is refused
 
     [rules]
     shipped = ["energy"]              # rule sets of the shipped models' rules/ folder
@@ -124,7 +140,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final, Literal, get_args
 
-from hub.core import keys
+from hub.core import keys, tls
 from hub.core.fsutil import exposed
 from hub.core.paths import SHIPPED_MODELS
 from hub.core.validate import Address as Address
@@ -226,10 +242,31 @@ class HttpConfig:
     # Open /v1/stream subscribers: on the node, and of one user.
     max_streams: int = 64
     max_streams_per_user: int = 4
+    # The longest lifetime of a cluster admin token this node accepts
+    # (hub/core/auth.py; never over 365 days).
+    admin_token_max_ttl_s: int = 30 * 86_400
 
     @property
     def address(self) -> Address:
         return self.advertise or self.bind
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    """The node's certificate and the cluster CA (hub/core/tls.py); all None
+    when the config asks for plain TCP."""
+
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    plain: bool = True
+
+    @property
+    def on(self) -> bool:
+        return not self.plain
+
+
+PLAIN: Final = TlsConfig()  # no [tls], or plain = true
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,6 +315,14 @@ class ModelsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class FirmwareConfig:
+    """Who may sign firmware releases (base64 Ed25519 public keys): an
+    ota.update names a release signed by one of them, or is refused."""
+
+    trusted_keys: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class HubConfig:
     """A whole hub config file, validated: what the daemon is started with."""
 
@@ -292,6 +337,13 @@ class HubConfig:
     commands: CommandsConfig = CommandsConfig()
     decisions: DecisionsConfig = DecisionsConfig()
     models: ModelsConfig = ModelsConfig()
+    tls: TlsConfig = TlsConfig()
+    firmware: FirmwareConfig = FirmwareConfig()
+
+    @property
+    def scheme(self) -> str:
+        """How this node's HTTP API is reached: https, or http for a plain lab."""
+        return "https" if self.tls.on else "http"
 
 
 @dataclass(frozen=True, slots=True)
@@ -364,6 +416,7 @@ HTTP: Final = Schema(
         "user_per_s": int_range(0, 1_000_000),
         "max_streams": int_range(1, 100_000),
         "max_streams_per_user": int_range(1, 100_000),
+        "admin_token_max_ttl_s": int_range(60, 365 * 86_400),
     },
 )
 LOG: Final = Schema(
@@ -396,6 +449,8 @@ DECISIONS: Final = Schema(
 MODELS: Final = Schema(
     ModelsConfig, {"trusted_keys": list_of(_public_key), "dir": path, "shipped_dir": path}
 )
+FIRMWARE: Final = Schema(FirmwareConfig, {"trusted_keys": list_of(_public_key)})
+TLS: Final = Schema(TlsConfig, {"ca": path, "cert": path, "key": path, "plain": boolean})
 SCHEMAS: Final[Mapping[str, Schema[Any]]] = {
     "node": NODE,
     "raft": RAFT,
@@ -406,6 +461,8 @@ SCHEMAS: Final[Mapping[str, Schema[Any]]] = {
     "commands": COMMANDS,
     "decisions": DECISIONS,
     "models": MODELS,
+    "tls": TLS,
+    "firmware": FIRMWARE,
 }
 _KNOWN: Final = {name: schema.known for name, schema in SCHEMAS.items()}
 # Tables whose own modules validate them (hub/decide/rules.py, hub/decide/guard.py).
@@ -439,6 +496,8 @@ def parse(doc: Mapping[str, Any], source: Path, env: Mapping[str, str] | None = 
         COMMANDS.read(tables["commands"]),
         DECISIONS.read(tables["decisions"]),
         _models(tables["models"]),
+        _tls(tables["tls"], "tls" in doc),
+        firmware=FIRMWARE.read(tables["firmware"]),
     )
 
 
@@ -515,6 +574,37 @@ def _one_use_per_address(
             if addr in taken:
                 raise ConfigError(source, key, f"{addr} is already used by {taken[addr]}")
             taken[addr] = key
+
+
+def _tls(t: Table, present: bool) -> TlsConfig:
+    """[tls]: the three files, which must fit together, or plain = true."""
+    if not present:
+        return TlsConfig()
+    plain = t.optional("plain", boolean) or False
+    if plain:
+        for key in ("ca", "cert", "key"):
+            if key in t:
+                raise t.error(key, "not used with plain = true")
+        return TlsConfig()
+    files = {}
+    for key in ("ca", "cert", "key"):
+        if key not in t:
+            raise t.error(key, "required key is missing (or set plain = true for plain TCP)")
+        f = t.get(key, path)
+        if not f.is_file():
+            raise t.error(key, f"no such file: {shown(str(f))}")
+        files[key] = f
+    if bits := exposed(files["key"]):
+        log.warning(
+            "the TLS key %s can be read by its group or others (%03o): chmod 600 it",
+            files["key"],
+            bits,
+        )
+    try:
+        tls.check_pair(files["cert"], files["key"], files["ca"])
+    except tls.TlsError as exc:
+        raise t.error("cert", str(exc)) from None
+    return TlsConfig(files["ca"], files["cert"], files["key"], plain=False)
 
 
 def shipped_models(doc: Mapping[str, Any], source: Path) -> Path:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,16 @@ def keygen() -> tuple[str, str]:
     priv = base64.b64encode(k.private_bytes_raw()).decode()
     pub = base64.b64encode(k.public_key().public_bytes_raw()).decode()
     return priv, pub
+
+
+def write_keygen(out: Path) -> str:
+    """A new key: the private one written to ``out`` (mode 0600; never over
+    an existing file: FileExistsError), the public one returned (base64)."""
+    priv, pub = keygen()
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(priv + "\n")
+    return pub
 
 
 def canonical(doc: dict[str, Any]) -> bytes:

@@ -93,6 +93,8 @@ from protocol.errors import ReasonError
 
 ORIGINS: Final = ("rules", "onnx", "llm", "operator")
 # Actions no rule or model may take, whatever a rules file or an output says.
+# An operator's ota.update passes here only after hub/http/routes/commands.py
+# matched it to a signed firmware release (hub/decide/registry.py ota_params).
 OPERATOR_ONLY: Final = frozenset({"ota.update"})
 
 BLOCK_REASONS: Final = (

@@ -1,4 +1,6 @@
-"""The model registry: signed model versions, fetched between hubs, hot-swapped.
+"""The model registry: signed model versions, fetched between hubs, hot-swapped;
+and firmware releases, the same signed records of kind "firmware" (the
+section "firmware releases" below), which are never fetched or loaded here.
 
 Replicated through Raft (hub/state/entries.py): MODEL_VERSION records (a version's
 signed manifest) and MODEL_PUT activations (which version of a model every
@@ -34,10 +36,13 @@ The signed manifest (canonical JSON: sorted keys, no spaces)::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import re
+import ssl
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -107,11 +112,14 @@ def version_record(manifest: bytes, signature: bytes, kid: str) -> e.ModelVersio
         raise ModelRefused("bad_manifest", str(exc)) from None
 
 
-def verify_signature(mv: e.ModelVersion, trusted: dict[str, Ed25519PublicKey]) -> dict[str, Any]:
-    """The manifest, if its signature is from a trusted key and it matches the record."""
+def verify_signature(
+    mv: e.ModelVersion, trusted: dict[str, Ed25519PublicKey], keys: str = "[models] trusted_keys"
+) -> dict[str, Any]:
+    """The manifest, if its signature is from a trusted key and it matches the record
+    (``keys`` names the key list in the error)."""
     key = trusted.get(mv.key_id)
     if key is None:
-        raise ModelRefused("untrusted_key", f"key {mv.key_id} is not in [models] trusted_keys")
+        raise ModelRefused("untrusted_key", f"key {mv.key_id} is not in {keys}")
     try:
         key.verify(mv.signature, mv.manifest)
     except InvalidSignature:
@@ -141,6 +149,8 @@ def load_bytes(mv: e.ModelVersion, data: bytes, doc: dict[str, Any]) -> Any:
     """Build the runnable model (worker thread). Raises ModelRefused."""
     if hashlib.sha256(data).digest() != mv.sha256 or len(data) != mv.size:
         raise ModelRefused("sha256_mismatch", f"{mv.name}@{mv.version}: the bytes differ")
+    if mv.kind == FIRMWARE:
+        raise ModelRefused("not_a_model", f"{mv.name}@{mv.version} is a firmware release")
     if mv.kind != "onnx":
         return None  # GGUF models are loaded by the LLM worker from the blob path
     try:
@@ -159,10 +169,12 @@ class ModelRegistry:
         raft: RaftNode,
         blob_dir: Path,
         trusted: dict[str, Ed25519PublicKey],
-        token: str,
+        token: str | Callable[[], str],  # a token, or what mints a fresh one per fetch
         shipped: Path | None = SHIPPED,
+        peer_tls: ssl.SSLContext | None = None,
     ) -> None:
         self.active: dict[str, Loaded] = {}  # name -> the version this node runs
+        self._peer_tls = peer_tls  # HTTPS to peers, the cluster CA pinned; None: plain
         self.node_id = node_id
         self._raft = raft
         self.blob_dir = blob_dir
@@ -213,12 +225,13 @@ class ModelRegistry:
         for n in nodes:
             if n.node_id == self.node_id:
                 continue
-            url = f"http://{n.http}/v1/models/blobs/{sha}"
+            scheme = "http" if self._peer_tls is None else "https"
+            url = f"{scheme}://{n.http}/v1/models/blobs/{sha}"
             try:
                 async with (
-                    httpx.AsyncClient(timeout=60) as client,
+                    httpx.AsyncClient(timeout=60, verify=self._peer_tls or True) as client,
                     client.stream(
-                        "GET", url, headers={"Authorization": f"Bearer {self._token}"}
+                        "GET", url, headers={"Authorization": f"Bearer {self._peer_token()}"}
                     ) as r,
                 ):
                     if r.status_code != 200:
@@ -232,6 +245,9 @@ class ModelRegistry:
                     "fetching %s@%s from %s failed: %s", mv.name, mv.version, n.node_id, exc
                 )
         return False
+
+    def _peer_token(self) -> str:
+        return self._token if isinstance(self._token, str) else self._token()
 
     # -- activation --
 
@@ -282,7 +298,8 @@ class ModelRegistry:
 
     async def sync(self) -> None:
         """Fetch missing bytes; load what is activated but not active here."""
-        versions = self._raft.read(lambda s: s.model_versions())
+        # Firmware releases share the records but not the bytes (hub/ops/bundles.py).
+        versions = [v for v in self._raft.read(lambda s: s.model_versions()) if v.kind != FIRMWARE]
         missing = False
         for mv in versions:
             if not self.has_blob(mv.sha256.hex()) and not await self.fetch(mv):
@@ -354,8 +371,191 @@ async def propose_activation(raft: RaftNode, name: str, version: str) -> ApplyRe
     mv = next(
         (v for v in raft.read(lambda s: s.model_versions(name)) if v.version == version), None
     )
-    if mv is None:
+    if mv is None or mv.kind == FIRMWARE:
         raise ModelRefused("unknown_model_version", f"{name}@{version}")
     entry = e.PutModel(name, version, mv.sha256, mv.size, f"activated {name}@{version}", wall_ms())
     (res,) = await raft.propose(e.encode(entry), timeout=10.0)
     return res
+
+
+# -- firmware releases ------------------------------------------------------------------
+#
+# A firmware release is a MODEL_VERSION of kind "firmware": name
+# "firmware-<board>", version the firmware's own (FIRMWARE in edge/node.py),
+# sha256 and size those of the bundle's manifest.json (hub/ops/bundles.py: its
+# sha256 names the bundle), signed by a key of the hub config's
+# ``[firmware] trusted_keys``. Its signed manifest::
+#
+#     {"created": ..., "kind": "firmware", "manifest": {"board": "esp32",
+#      "mpy": 6, "platform": "esp32", "version": "0.2.0"}, "name":
+#      "firmware-esp32", "sha256": "<hex>", "size": n, "version": "0.2.0"}
+#
+# The registry never fetches, loads or activates one as a model. An
+# ota.update names a release by its sha256; `ota_params` refuses one that is
+# not registered, not signed by a trusted firmware key, for another platform
+# than the device runs, or older than what the device runs (unless
+# allow_downgrade), and puts the signed manifest and its signature into the
+# command, so the device checks them against its own pinned keys
+# (edge/ota.py).
+
+FIRMWARE: Final = "firmware"
+OTA: Final = "ota.update"
+# The device takes at most this many bytes of signed manifest (edge/executor.py).
+MAX_RELEASE_MANIFEST: Final = 512
+_VERSION: Final = re.compile(r"[0-9]{1,6}(\.[0-9]{1,6}){0,3}")
+_FIRMWARE_KEYS: Final = "[firmware] trusted_keys"
+
+
+class ReleaseRefused(ReasonError):
+    """An ota.update (or a release) the hub must not let through; ``reason``
+    is machine-readable, ``detail`` says what to do."""
+
+
+def release_name(board: str) -> str:
+    return f"firmware-{board}"
+
+
+def firmware_version(text: object) -> tuple[int, ...]:
+    """ "0.2.0" -> (0, 2, 0); ValueError for anything but 1 to 4 dotted numbers."""
+    if not isinstance(text, str) or not _VERSION.fullmatch(text):
+        raise ValueError(f"firmware version {text!r}: expected numbers joined by dots (0.2.0)")
+    return tuple(int(p) for p in text.split("."))
+
+
+def release_manifest(bundle_manifest: bytes, created: str = "") -> bytes:
+    """The manifest to sign for a bundle's manifest.json (ValueError if it is not one)."""
+    try:
+        m = json.loads(bundle_manifest)
+        inner = {k: m[k] for k in ("platform", "board", "mpy", "version")}
+    except (ValueError, KeyError, TypeError):
+        raise ValueError("not a bundle manifest.json (platform, board, mpy, version)") from None
+    firmware_version(inner["version"])
+    name = release_name(str(inner["board"]))
+    return signed_manifest(name, inner["version"], FIRMWARE, bundle_manifest, inner, created)
+
+
+def check_release(
+    mv: e.ModelVersion, trusted: dict[str, Ed25519PublicKey], bundle: bytes | None = None
+) -> dict[str, Any]:
+    """The inner manifest (platform, board, mpy, version) of a release record
+    signed by a trusted firmware key; with ``bundle`` (manifest.json's bytes),
+    also that the release describes it. ReleaseRefused otherwise."""
+    if mv.kind != FIRMWARE:
+        raise ReleaseRefused("not_a_release", f"{mv.name}@{mv.version} is a {mv.kind} model")
+    if len(mv.manifest) > MAX_RELEASE_MANIFEST:
+        raise ReleaseRefused(
+            "bad_release", f"signed manifest of {len(mv.manifest)} bytes (at most 512)"
+        )
+    try:
+        doc = verify_signature(mv, trusted, _FIRMWARE_KEYS)
+    except ModelRefused as exc:
+        raise ReleaseRefused(exc.reason, exc.detail) from None
+    inner = doc.get("manifest")
+    try:
+        if not isinstance(inner, dict):
+            raise ValueError("no inner manifest")
+        firmware_version(mv.version)
+        if inner.get("version") != mv.version or mv.name != release_name(str(inner["board"])):
+            raise ValueError(f"{mv.name}@{mv.version} does not match {inner}")
+        if not isinstance(inner.get("platform"), str) or not isinstance(inner.get("mpy"), int):
+            raise ValueError("platform and mpy missing")
+    except (ValueError, KeyError) as exc:
+        raise ReleaseRefused("bad_release", str(exc)) from None
+    if bundle is not None:
+        if hashlib.sha256(bundle).digest() != mv.sha256 or len(bundle) != mv.size:
+            raise ReleaseRefused("bundle_mismatch", "the bundle's manifest.json is another one")
+        m = json.loads(bundle)
+        if {k: m.get(k) for k in inner} != inner:
+            raise ReleaseRefused("bundle_mismatch", f"the bundle says {m.get('version')!r}")
+    return dict(inner)
+
+
+def releases(raft: RaftNode) -> list[e.ModelVersion]:
+    """Every registered firmware release."""
+    return [v for v in raft.read(lambda s: s.model_versions()) if v.kind == FIRMWARE]
+
+
+def release_by_sha(raft: RaftNode, sha_hex: str) -> e.ModelVersion | None:
+    return next((v for v in releases(raft) if v.sha256.hex() == sha_hex), None)
+
+
+def _running(raft: RaftNode, device_id: str, reported: str | None) -> tuple[str | None, str | None]:
+    """(version, platform) the hub believes the device runs: from the status
+    this node last had from it ("0.2.0+b:1f2e3d4c") and the last update the
+    ledger has DONE; the higher version, and a platform when a release names it."""
+    found: list[tuple[tuple[int, ...], str, str | None]] = []
+    listed = releases(raft)
+    if reported:
+        version, _, slot = reported.partition("+")
+        short = slot.rpartition(":")[2] if ":" in slot else ""
+        mv = next((v for v in listed if short and v.sha256.hex().startswith(short)), None)
+        with contextlib.suppress(ValueError):
+            found.append((firmware_version(version), version, _platform(mv)))
+    for rec in reversed(raft.read(lambda s: s.commands(device_id))):
+        if rec.command.action == OTA and rec.state is e.LedgerState.DONE:
+            sha = next((str(p.value) for p in rec.command.params if p.name == "sha256"), "")
+            mv = next((v for v in listed if v.sha256.hex() == sha), None)
+            if mv is not None:
+                found.append((firmware_version(mv.version), mv.version, _platform(mv)))
+            break
+    if not found:
+        return None, None
+    best = max(found, key=lambda f: f[0])
+    return best[1], best[2] or next((f[2] for f in found if f[2]), None)
+
+
+def _platform(mv: e.ModelVersion | None) -> str | None:
+    if mv is None:
+        return None
+    inner = json.loads(mv.manifest).get("manifest") or {}
+    platform = inner.get("platform")
+    return platform if isinstance(platform, str) else None
+
+
+def ota_params(
+    raft: RaftNode,
+    trusted: dict[str, Ed25519PublicKey],
+    device_id: str,
+    given: dict[str, Any],
+    reported: str | None,
+) -> dict[str, Any]:
+    """The params of an ota.update for ``device_id``: ``given`` (url, sha256,
+    allow_downgrade) with the release's signed manifest and signature, if the
+    release may go to the device; ReleaseRefused otherwise. ``reported`` is
+    the firmware the device last reported in its status on this node."""
+    for name in ("release", "signature"):
+        if name in given:
+            raise ReleaseRefused(
+                "bad_param", f"{name} comes from the release registry: send url and sha256"
+            )
+    sha = given.get("sha256")
+    allow = given.get("allow_downgrade", False)
+    if not isinstance(allow, bool):
+        raise ReleaseRefused("bad_param", "allow_downgrade must be true or false")
+    mv = release_by_sha(raft, sha) if isinstance(sha, str) else None
+    if mv is None:
+        raise ReleaseRefused(
+            "unknown_release",
+            f"no firmware release with sha256 {str(sha)[:64]!r}: "
+            "sign and register it first (aiot firmware release)",
+        )
+    inner = check_release(mv, trusted)
+    version, platform = _running(raft, device_id, reported)
+    if platform is not None and inner["platform"] != platform:
+        raise ReleaseRefused(
+            "wrong_platform",
+            f"{mv.name}@{mv.version} is for {inner['platform']}, {device_id} runs {platform}",
+        )
+    older = version is not None and firmware_version(mv.version) < firmware_version(version)
+    if older and not allow:
+        raise ReleaseRefused(
+            "downgrade",
+            f"{device_id} runs {version}, release {mv.version} is older: "
+            "set allow_downgrade to install it anyway",
+        )
+    return {
+        **given,
+        "allow_downgrade": allow,
+        "release": mv.manifest.decode(),
+        "signature": mv.signature.hex(),
+    }

@@ -10,10 +10,11 @@ from this node's LMDB; ``?linearizable=true`` first commits an empty entry
 through the leader (a barrier), so the read sees everything committed before
 the request (hub/http/replica.py).
 
-Authentication: ``Authorization: Bearer <token>``, the admin token
-(hub/core/auth.py derives it from the cluster secret; `aiot` commands given
-the hub config find it themselves) or a user's session token
-(hub/http/principal.py). ``/v1/health`` is open.
+Authentication: ``Authorization: Bearer <token>``, a cluster admin token
+(minted with the cluster secret, expiring, revocable: hub/core/auth.py;
+`aiot` commands given the hub config mint their own, `aiot token create`
+one to hand out) or a user's session token (hub/http/principal.py).
+``/v1/health`` is open.
 
     GET    /v1/health                         liveness and readiness   routes/health.py
     GET    /v1/status                         this node: raft, broker, ingest
@@ -35,6 +36,7 @@ the hub config find it themselves) or a user's session token
     *      /v1/models...                      the model registry          routes/models.py
     POST   /v1/ask {question}                 answers from the ledger     routes/ask.py
     *      /v1/login, /v1/me, /v1/users...    users and sessions          routes/users.py
+    *      /v1/tokens/revocations             admin token revocations     routes/tokens.py
     GET    /v1/backup                         a snapshot of the store     routes/backup.py
     *      /v1/firmware...                    firmware bundles            firmware.py
     GET    /metrics, /healthz, /readyz        Prometheus, probes          routes/probes.py
@@ -64,11 +66,11 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from hub.core import auth
-from hub.core.config import Address
+from hub.core.config import PLAIN, Address, TlsConfig
 from hub.http import dashboard, firmware
 from hub.http.limits import BodyLimit, Limits
 from hub.http.node import Node
+from hub.http.principal import AdminTokens
 from hub.http.routes import (
     ask,
     backup,
@@ -80,6 +82,7 @@ from hub.http.routes import (
     models,
     probes,
     stream,
+    tokens,
     users,
 )
 from hub.ops import metrics
@@ -113,10 +116,11 @@ def make_app(node: Node) -> FastAPI:
         description="One node of an aiot hub cluster: devices, commands, readings, cluster.",
     )
     app.state.node = node
-    app.state.token = auth.admin_token(node.cfg.raft.secret)
+    app.state.admin_tokens = AdminTokens.of(node)
     app.state.limits = Limits(node.cfg.http)
     app.state.hash_lock = asyncio.Lock()
-    for module in (health, cluster, devices, commands, decisions, stream, models, ask, users):
+    routers = (health, cluster, devices, commands, decisions, stream, models, ask, users, tokens)
+    for module in routers:
         app.include_router(module.router)
     app.add_exception_handler(ValueError, _bad_value)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _invalid)  # type: ignore[arg-type]
@@ -159,9 +163,16 @@ def _openapi_errors(app: FastAPI) -> None:
 
 class Server(uvicorn.Server):
     """uvicorn on one address, without its own signal handlers (the daemon
-    owns SIGTERM); ``start()`` returns once it listens."""
+    owns SIGTERM); ``start()`` returns once it listens. With ``tls`` on it
+    speaks HTTPS only, with the node's certificate (TLS 1.2 or later)."""
 
-    def __init__(self, app: FastAPI, bind: Address) -> None:
+    def __init__(self, app: FastAPI, bind: Address, tls: TlsConfig = PLAIN) -> None:
+        secure: dict[str, Any] = {}
+        if tls.on:
+            secure = {
+                "ssl_certfile": str(tls.cert),
+                "ssl_keyfile": str(tls.key),
+            }
         super().__init__(
             uvicorn.Config(
                 app,
@@ -170,6 +181,7 @@ class Server(uvicorn.Server):
                 log_config=None,
                 access_log=False,
                 lifespan="off",
+                **secure,
             )
         )
         self.bind = bind

@@ -87,6 +87,15 @@ class BundleIn(BaseModel):
     files: dict[str, str]  # path -> base64 content
 
 
+class ReleaseIn(BaseModel):
+    """A firmware release: its signed manifest (hub/decide/registry.py
+    ``release_manifest``), the Ed25519 signature (base64) and the key's id."""
+
+    manifest: str = Field(min_length=2, max_length=512)
+    signature: str = Field(min_length=1, max_length=200)
+    key_id: str = Field(min_length=1, max_length=64)
+
+
 def _kind(value: str | int) -> m.ParamKind:
     try:
         if isinstance(value, int):

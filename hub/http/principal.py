@@ -1,8 +1,9 @@
 """Who is asking: the bearer token of a request, and what it may do.
 
-``Authorization: Bearer <token>`` carries either the cluster's admin token
-(hub/core/auth.py derives it from the cluster secret) or an API user's
-session token (hub/state/users.py, from ``POST /v1/login``). The route
+``Authorization: Bearer <token>`` carries either a cluster admin token
+(``a1.``: minted and signed with a key from the cluster secret, expiring,
+revocable; hub/core/auth.py) or an API user's session token
+(``v1.``: hub/state/users.py, from ``POST /v1/login``). The route
 dependencies below turn it into a ``Principal``, or answer 401 (no token, or
 one that does not verify) or 403 (a role below the one the route needs)::
 
@@ -11,18 +12,23 @@ one that does not verify) or 403 (a role below the one the route needs)::
     Raft                        this node's replica of the store
     ThisNode                    the node itself (hub/http/node.py)
 
-A token that is not one (garbage, another version, a forged or expired
-one) is 401 with ``WWW-Authenticate: Bearer error="invalid_token"``, never a
-server error. Each API user's requests go through a token bucket
-(``http.user_burst``, ``http.user_per_s``: 429 with ``Retry-After``); the
-cluster admin token (the cluster's own credential: nodes and `aiot` tools)
-is not limited.
+A token that is not one (garbage, another version, a forged, expired or
+revoked one) is 401 with ``WWW-Authenticate: Bearer error="invalid_token"``,
+never a server error. An admin token is checked in this order: its shape
+(bounded, before any HMAC), its signature (constant time), its lifetime
+against ``http.admin_token_max_ttl_s``, its times against this node's clock,
+then the replicated revocations (``AdminTokens``).
+
+Each API user's requests go through a token bucket (``http.user_burst``,
+``http.user_per_s``: 429 with ``Retry-After``); cluster admin tokens (the
+cluster's own credential: nodes and `aiot` tools) are not limited.
 
 A viewer sees only their devices: ``known`` answers a device that is not
 theirs exactly as one that does not exist (404, the same body).
 
-The app keeps the node in ``app.state.node``, the admin token in
-``app.state.token`` and its limits in ``app.state.limits`` (hub/http/api.py).
+The app keeps the node in ``app.state.node``, how it checks admin tokens in
+``app.state.admin_tokens`` (an ``AdminTokens``) and its limits in
+``app.state.limits`` (hub/http/api.py).
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request
 
 from hub.core import auth
+from hub.core.clock import wall_ms
 from hub.http.limits import TokenBuckets, TooMany
 from hub.http.node import Node
 from hub.state import entries as e
@@ -43,13 +50,39 @@ from protocol.topics import valid_device_id
 
 
 @dataclass(frozen=True, slots=True)
+class AdminTokens:
+    """How an app checks cluster admin tokens: the cluster secret, the
+    longest lifetime it accepts, and ``revoked``: why a verified token is
+    revoked (the replicated revocations, ``Store.token_revocation``), or None."""
+
+    secret: str
+    max_ttl_s: int
+    revoked: Callable[[auth.AdminToken], str | None]
+
+    @classmethod
+    def of(cls, node: Node) -> AdminTokens:
+        def revoked(claim: auth.AdminToken) -> str | None:
+            return node.raft.read(lambda s: s.token_revocation(claim.token_id, claim.issued_ms))
+
+        return cls(node.cfg.raft.secret, node.cfg.http.admin_token_max_ttl_s, revoked)
+
+    def check(self, token: str) -> auth.AdminToken:
+        """The claim of a valid, unrevoked admin token; auth.TokenError otherwise."""
+        claim = auth.verify_admin_token(self.secret, token, wall_ms(), self.max_ttl_s)
+        if (why := self.revoked(claim)) is not None:
+            raise auth.TokenError(why)
+        return claim
+
+
+@dataclass(frozen=True, slots=True)
 class Principal:
-    """Who is asking: the cluster admin (the derived token) or an API user."""
+    """Who is asking: the cluster admin (an admin token) or an API user."""
 
     name: str
     role: e.Role
     devices: frozenset[str] | None  # a viewer's devices; None: every device
-    cluster: bool = False  # the cluster admin token, not a user
+    cluster: bool = False  # a cluster admin token, not a user
+    token: auth.AdminToken | None = None  # that token's claim
 
     @property
     def key(self) -> str:
@@ -75,8 +108,8 @@ def _principal(request: Request) -> Principal:
     token = _bearer(request)
     if not token:
         raise _unauthorized("log in first: Authorization: Bearer <token>")
-    if auth.token_matches(token, request.app.state.token):
-        return Principal("admin", e.Role.ADMIN, None, cluster=True)
+    if auth.is_admin_token(token):
+        return Principal("admin", e.Role.ADMIN, None, cluster=True, token=_admin(request, token))
     node = _node(request)
     try:
         claim = users.parse(token)
@@ -107,11 +140,23 @@ def require(role: e.Role) -> Callable[[Request], Principal]:
     return check
 
 
+def _admin(request: Request, token: str) -> auth.AdminToken:
+    """The claim of a valid admin token; 401 invalid_token otherwise."""
+    tokens: AdminTokens = request.app.state.admin_tokens
+    try:
+        return tokens.check(token)
+    except auth.TokenError as exc:
+        raise _unauthorized(f"invalid token: {exc}", "invalid_token") from None
+
+
 def _cluster_admin(request: Request) -> None:
-    if not auth.token_matches(_bearer(request), request.app.state.token):
+    token = _bearer(request)
+    if not auth.is_admin_token(token):
         raise _unauthorized(
-            "a valid admin token is required (Authorization: Bearer)", "invalid_token"
+            "invalid token: a valid admin token is required (Authorization: Bearer)",
+            "invalid_token",
         )
+    _admin(request, token)
 
 
 def _node(request: Request) -> Node:

@@ -7,6 +7,7 @@ all of them.
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
@@ -39,8 +40,10 @@ def device_json(d: e.Device) -> dict[str, Any]:
     }
 
 
-def device_config(raft: RaftNode, d: e.Device) -> dict[str, Any]:
-    """What the device needs: id, key, its broker list in its own order."""
+def device_config(raft: RaftNode, d: e.Device, ca: bytes | None = None) -> dict[str, Any]:
+    """What the device needs: id, key, its broker list in its own order, and
+    the cluster CA it pins (``ca``: DER; base64 in ``"ca"``, absent for a
+    plain-TCP lab)."""
     nodes = {n.node_id: n for n in raft.read(Store.nodes)}
     hubs = []
     for node_id in rendezvous.order(d.device_id, nodes):
@@ -52,6 +55,7 @@ def device_config(raft: RaftNode, d: e.Device) -> dict[str, Any]:
         "hubs": hubs,
         "user": d.device_id,
         "password": auth.device_password(d.key),
+        **({"ca": base64.b64encode(ca).decode()} if ca is not None else {}),
     }
 
 

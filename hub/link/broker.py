@@ -19,6 +19,11 @@ listener can have. The hub's session comes in on a second listener, a Unix
 socket in a 0700 folder of the hub's user (``hub_socket``), with the hub's
 password, derived from the cluster secret (hub/core/auth.py).
 
+TLS (``[tls]`` in the hub config, hub/core/tls.py): the device listener
+presents the node's certificate (``certfile``, ``keyfile``, TLS 1.2 or
+later); devices pin the cluster CA. The Unix socket stays plain: only the
+hub's own user can reach it.
+
 Limits (``BrokerLimits``): ``max_packet_size`` just above the largest legal
 frame (a larger packet disconnects its sender before anything buffers it),
 ``max_connections`` on the device listener, ``max_inflight_messages`` and
@@ -51,7 +56,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal
 
-from hub.core.config import Address, BrokerConfig, IngestConfig
+from hub.core.config import PLAIN, Address, BrokerConfig, IngestConfig, TlsConfig
 from hub.core.fsutil import write_atomic
 from hub.core.procs import die_with_parent
 from protocol.topics import valid_device_id
@@ -159,11 +164,23 @@ def _private_dir(folder: Path) -> None:
         raise BrokerError(f"{folder} must be a folder of this user with mode 0700")
 
 
-def render_conf(bind: Address, workdir: Path, limits: BrokerLimits = BrokerLimits()) -> str:
+def render_conf(
+    bind: Address,
+    workdir: Path,
+    limits: BrokerLimits = BrokerLimits(),
+    tls: TlsConfig = PLAIN,
+) -> str:
     """Two listeners: ``bind`` for devices and tools, where every client id is
     replaced by the login's user name (``use_username_as_clientid``: no login
-    can take over another's session, the hub's included), and a Unix socket
-    (``hub_socket``) for the hub's own session, which keeps its client id."""
+    can take over another's session, the hub's included), over TLS when
+    ``tls`` is on; and a Unix socket (``hub_socket``) for the hub's own
+    session, which keeps its client id."""
+    secure = ""
+    if tls.on:
+        assert tls.cert is not None and tls.key is not None
+        secure = (
+            f"certfile {tls.cert.resolve()}\nkeyfile {tls.key.resolve()}\ntls_version tlsv1.2\n"
+        )
     # As root, Mosquitto drops to the "mosquitto" user, which cannot read the
     # hub's private data directory.
     run_as_root = "user root\n" if os.geteuid() == 0 else ""
@@ -177,6 +194,12 @@ def render_conf(bind: Address, workdir: Path, limits: BrokerLimits = BrokerLimit
         f"persistence_location {workdir}/\n"
         "autosave_interval 30\n"
         f"max_packet_size {limits.max_packet_bytes}\n"
+        # Both global (no listener of its own can change them). The hub's
+        # session sets its own in-flight window, as an MQTT 5 Receive Maximum
+        # (consumer.WINDOW), which Mosquitto takes in place of this one; it
+        # acknowledges a message once handled, so under load the rest waits
+        # in its queue here, up to max_queued_messages (hub/link/consumer.py
+        # says where Mosquitto 2.0.11 sends past the window).
         f"max_inflight_messages {limits.max_inflight_messages}\n"
         f"max_queued_messages {limits.max_queued_messages}\n"
         "log_dest stderr\n"
@@ -184,8 +207,7 @@ def render_conf(bind: Address, workdir: Path, limits: BrokerLimits = BrokerLimit
         "log_type warning\n" + run_as_root + "\n"
         f"listener {bind.port} {bind.host}\n"
         "use_username_as_clientid true\n"
-        f"max_connections {limits.max_connections}\n"
-        "\n"
+        f"max_connections {limits.max_connections}\n" + secure + "\n"
         f"listener 0 {hub_socket(workdir)}\n"
         "max_connections 16\n"
     )
@@ -216,11 +238,13 @@ class MosquittoSupervisor:
         backoff_s: float = 0.5,
         backoff_max_s: float = 30.0,
         limits: BrokerLimits = BrokerLimits(),
+        tls: TlsConfig = PLAIN,
     ) -> None:
         self.workdir = workdir
         self.bind = bind
         self.users = tuple(users)
         self.limits = limits
+        self.tls = tls
         self.socket = hub_socket(workdir)
         found = binary or find_mosquitto()
         if found is None:
@@ -242,7 +266,8 @@ class MosquittoSupervisor:
         write_atomic(self.workdir / "passwords", render_passwords(self.users))
         write_atomic(self.workdir / "acl", render_acl(self.users))
         write_atomic(
-            self.workdir / "mosquitto.conf", render_conf(self.bind, self.workdir, self.limits)
+            self.workdir / "mosquitto.conf",
+            render_conf(self.bind, self.workdir, self.limits, self.tls),
         )
 
     # -- process ----------------------------------------------------------------------

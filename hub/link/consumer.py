@@ -15,9 +15,33 @@ Subscriptions and where each message goes:
                         stream, and presence (online here, or offline)
     aiot/v1/+/ack       command results -> ``on_result`` (Delivery)
 
-Up to ``MAX_IN_HAND`` messages are handled at once; past that the consumer
-stops reading, which is backpressure on the broker. A lost connection is
-retried every half second until ``stop()``.
+Backpressure: a QoS 1 message is acknowledged (PUBACK) only once it has
+been handled (its batch committed and the CommitAck published, or refused,
+or over its device's rate), and in the order the messages came
+[MQTT-4.6.0-2]. A broker that keeps to its in-flight window then sends at
+most ``WINDOW`` messages unacknowledged, and the rest wait in its queue for
+this session (Mosquitto's ``max_queued_messages``, which drops beyond it;
+the devices resend what has no CommitAck). On Mosquitto the session is
+MQTT 5 with Receive Maximum ``WINDOW``, which Mosquitto takes for that
+client in place of its global ``max_inflight_messages`` (the devices'
+window, kept small).
+
+Whatever the broker does, the consumer holds (``held``: being handled or
+received and waiting) at most ``WINDOW`` QoS 1 messages and ``QOS0_ROOM``
+QoS 0 ones; past that it sheds on arrival (``shed``): a QoS 1 message is
+acknowledged unread, as a device's excess is, and a QoS 0 one (owed no ack,
+held back by no broker) is dropped. Brokers that do not keep to the window:
+amqtt (the embedded broker) has none; MQTT 3.1.1 cannot ask for one from an
+external broker; and Mosquitto 2.0.11 sends up to a whole new window for
+each PUBACK of the oldest message in flight (``db__message_delete_outgoing``
+counts only the messages in flight before the acknowledged one), so once
+the hub acknowledges in order after a stall, it sends past the window and
+the excess is shed here. Up to ``MAX_IN_HAND`` messages are handled at once.
+
+A lost connection is retried every half second until ``stop()``. The session
+is clean: what it had not acknowledged the broker discards with it (it does
+not redeliver it to the next session); a device resends any batch without a
+CommitAck, so nothing is lost for good.
 
 Presence: a device seen on this node's broker (an acked batch, an online
 status not retained by the broker) is proposed ONLINE with this node's id,
@@ -40,14 +64,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import aiomqtt
+import paho.mqtt.client as paho
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
-from hub.core import auth
+from hub.core import auth, tls
 from hub.core.clock import wall_ms
 from hub.core.config import HubConfig
 from hub.link.broker import hub_socket
@@ -62,7 +90,13 @@ from protocol.errors import CodecError
 
 log = logging.getLogger("aiot.hub")
 
-MAX_IN_HAND: Final = 512  # messages being handled at once (backpressure on the broker)
+MAX_IN_HAND: Final = 512  # messages being handled at once
+# QoS 1 messages the broker may have sent unacknowledged (Receive Maximum on
+# Mosquitto): the hub's own bound on what waits for it. Large enough that the
+# handling time of a batch (its commit and CommitAck) does not cap ingest:
+# 512 / 0.2 s is over 2,500 batches/s per node.
+WINDOW: Final = 512
+QOS0_ROOM: Final = 64  # QoS 0 messages waiting at most; more are dropped
 CHANNELS: Final = ("up", "status", "ack")
 _FORGET: Final = (e.EntryType.REGISTER_DEVICE, e.EntryType.REMOVE_DEVICE, e.EntryType.PRESENCE)
 
@@ -76,16 +110,23 @@ class Endpoint:
     user: str | None
     password: str | None
     unix: bool = False
+    tls: ssl.SSLContext | None = None  # None: plain TCP (or the Unix socket)
 
 
 def broker_endpoint(cfg: HubConfig) -> Endpoint:
     """This node's broker as the hub user: Mosquitto's Unix socket for the hub
-    (hub/link/broker.py ``hub_socket``), the embedded broker's bind address;
-    or the external broker's URL without credentials."""
+    (hub/link/broker.py ``hub_socket``), the embedded broker's bind address
+    (over TLS with ``[tls]``); or the external broker's URL without
+    credentials, over TLS for ``mqtts://`` (the cluster CA pinned when the
+    config has one, otherwise the system's CAs)."""
     b = cfg.broker
     if b.mode == "external":
+        assert b.url is not None
         addr = b.address
-        return Endpoint(addr.host, addr.port, None, None)
+        secure = None
+        if b.url.startswith("mqtts://"):
+            secure = tls.client_context(cfg.tls.ca if cfg.tls.on else None)
+        return Endpoint(addr.host, addr.port, None, None, tls=secure)
     assert b.bind is not None
     user = auth.hub_user(cfg.node_id)
     password = auth.hub_password(cfg.raft.secret, cfg.node_id)
@@ -93,7 +134,8 @@ def broker_endpoint(cfg: HubConfig) -> Endpoint:
         sock = hub_socket(cfg.data_dir / "broker")
         return Endpoint(str(sock), 1883, user, password, unix=True)  # paho wants a port
     host = "127.0.0.1" if b.bind.host in ("0.0.0.0", "::", "[::]") else b.bind.host
-    return Endpoint(host, b.bind.port, user, password)
+    secure = tls.client_context(cfg.tls.ca) if cfg.tls.on else None
+    return Endpoint(host, b.bind.port, user, password, tls=secure)
 
 
 def consumer_id(node_id: str) -> str:
@@ -138,24 +180,30 @@ class Consumer:
         self._in_hand: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(MAX_IN_HAND)
         self._draining = False
+        self._acks: _Acks | None = None  # the session's unacknowledged messages
+        self._session_client: aiomqtt.Client | None = None  # connected or not
+        self._busy = 0  # messages being handled (their tasks not past the ack)
+        self.held_peak = 0  # the most messages ``held`` at once
+        self.shed = 0  # messages dropped on arrival: over WINDOW (acked) or QOS0_ROOM
+
+    @property
+    def held(self) -> int:
+        """Messages in the hub's hands: being handled, or received and waiting.
+        (A task in ``_in_hand`` may have finished: it leaves on the next turn
+        of the loop, after its ack, so a message can come in before it goes.)"""
+        client = self._session_client
+        return self._busy + (0 if client is None else len(client.messages))
 
     # -- the session -----------------------------------------------------------------
 
     async def run(self) -> None:
         """Connect, subscribe and hand out messages until ``stop()``."""
         ep = self.endpoint
+        failed = ""  # why the last attempt failed, logged when it changes
         while not self._draining:
             try:
-                async with aiomqtt.Client(
-                    ep.host,
-                    ep.port,
-                    username=ep.user,
-                    password=ep.password,
-                    identifier=consumer_id(self.node_id),
-                    clean_session=True,
-                    transport="unix" if ep.unix else "tcp",
-                    logger=logging.getLogger("aiomqtt"),
-                ) as client:
+                client = self._session()
+                async with client:
                     for channel in CHANNELS:
                         await client.subscribe(topics.subscription(channel), qos=1)
                     self.client = client
@@ -165,17 +213,84 @@ class Consumer:
                     log.info("consuming aiot/v1/+/up from %s", where)
                     async for msg in client.messages:
                         if not self._admitted(msg.topic.value):
+                            self._ack(msg)
                             continue  # over the device's rate: dropped unread
                         await self._slots.acquire()
                         task = asyncio.create_task(self._one(client, msg))
                         self._in_hand.add(task)
+                        self._busy += 1
+                        self.held_peak = max(self.held_peak, self.held)
                         task.add_done_callback(self._handled)
             except aiomqtt.MqttError as exc:
                 if self.connected:
                     log.warning("broker connection lost: %s", exc)
+                elif str(exc) != failed:  # once per reason: a bad certificate, a refusal
+                    log.warning("cannot connect to the broker: %s", exc)
+                failed = str(exc)
                 self.connected = False
                 self.client = None
                 await asyncio.sleep(0.5)
+
+    def _session(self) -> aiomqtt.Client:
+        """A client for one session, acknowledging by hand (``_Acks``)."""
+        ep = self.endpoint
+        mqtt5 = ep.unix  # Mosquitto's socket for the hub: MQTT 5, Receive Maximum
+        props = None
+        if mqtt5:
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.ReceiveMaximum = WINDOW
+        client = aiomqtt.Client(
+            ep.host,
+            ep.port,
+            username=ep.user,
+            password=ep.password,
+            identifier=consumer_id(self.node_id),
+            protocol=aiomqtt.ProtocolVersion.V5 if mqtt5 else aiomqtt.ProtocolVersion.V311,
+            # MQTT 5: clean start (paho's default for a client's first
+            # connection, and each session has its own client) and Session
+            # Expiry Interval 0 (none set): the session ends with the connection.
+            clean_session=None if mqtt5 else True,
+            properties=props,
+            transport="unix" if ep.unix else "tcp",
+            tls_context=ep.tls,
+            logger=logging.getLogger("aiomqtt"),
+            # Never full, so aiomqtt never drops a message the hub owes an
+            # ack: a QoS 1 message is queued only while fewer than WINDOW are
+            # open (received, not handled), a QoS 0 one only while fewer than
+            # QOS0_ROOM messages wait (on_message below).
+            max_queued_incoming_messages=WINDOW + QOS0_ROOM,
+        )
+        # aiomqtt 2.5 has no public way to the paho client it drives, nor to
+        # manual acks; both are paho's public API.
+        mq: paho.Client = client._client
+        mq.manual_ack_set(True)
+        acks = self._acks = _Acks(mq)
+        self._session_client = client
+        deliver = mq.on_message  # aiomqtt's: into its queue
+        assert deliver is not None
+
+        def on_message(c: paho.Client, userdata: Any, pm: paho.MQTTMessage) -> None:
+            if pm.qos == 0:
+                if len(client.messages) >= QOS0_ROOM:
+                    self.shed += 1
+                    return
+            elif acks.open >= WINDOW:  # a broker that sends past the window
+                self.shed += 1
+                acks.received(pm.mid)
+                acks.done(pm.mid)  # sent once those before it are
+                return
+            else:
+                acks.received(pm.mid)
+            deliver(c, userdata, pm)
+            self.held_peak = max(self.held_peak, self.held)
+
+        mq.on_message = on_message
+        return client
+
+    def _ack(self, msg: aiomqtt.Message) -> None:
+        acks = self._acks
+        if msg.qos > 0 and acks is not None:
+            acks.done(msg.mid)
 
     async def stop(self, drain_s: float) -> None:
         """Stop consuming (unsubscribe), then wait up to ``drain_s`` seconds
@@ -229,6 +344,17 @@ class Consumer:
             log.error("message handling failed", exc_info=task.exception())
 
     async def _one(self, client: aiomqtt.Client, msg: aiomqtt.Message) -> None:
+        """Handle the message, then acknowledge it (even if handling failed:
+        the broker would only send it again, and the device resends)."""
+        acks = self._acks
+        try:
+            await self._handle(client, msg)
+        finally:
+            self._busy -= 1
+            if msg.qos > 0 and acks is not None:
+                acks.done(msg.mid)  # this session's, even if a new one began since
+
+    async def _handle(self, client: aiomqtt.Client, msg: aiomqtt.Message) -> None:
         topic = msg.topic.value
         payload = msg.payload if isinstance(msg.payload, bytes | bytearray) else b""
         channel = topic.rsplit("/", 1)[-1]
@@ -310,3 +436,37 @@ class Consumer:
             return False
         log.info("presence device=%s node=%s state=%s", device_id, self.node_id, state.name)
         return True
+
+
+class _Acks:
+    """One session's QoS 1 messages not yet acknowledged, in the order they
+    came. A message's PUBACK goes out once it is handled and every message
+    before it has been acknowledged: MQTT wants PUBACKs in the order of the
+    PUBLISHes [MQTT-4.6.0-2] (Mosquitto would take them in any order). At
+    most 65,535 entries: a packet id is not reused while unacknowledged."""
+
+    def __init__(self, client: paho.Client) -> None:
+        self._client = client
+        self._order: dict[int, bool] = {}  # packet id -> handled (dicts keep order)
+        self.open = 0  # entries not handled yet
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def received(self, mid: int) -> None:
+        if mid not in self._order:
+            self._order[mid] = False
+            self.open += 1
+
+    def done(self, mid: int) -> None:
+        if self._order.get(mid, True):
+            return  # not this session's, or done already
+        self._order[mid] = True
+        self.open -= 1
+        order = self._order
+        while order:
+            first = next(iter(order))
+            if not order[first]:
+                return
+            del order[first]
+            self._client.ack(first, 1)  # no error when the session is gone

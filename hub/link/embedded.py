@@ -82,7 +82,14 @@ broker (amqtt)", says how each was found):
   subscriptions again (Mosquitto sends them only on SUBSCRIBE), with RETAIN 1.
 - A client that publishes to a ``$`` topic is disconnected (its will goes
   out); Mosquitto drops the message and keeps the client.
-- No limit on QoS 1 messages in flight per client (Mosquitto: ``max_inflight_messages``).
+- No limit on QoS 1 messages in flight per client (Mosquitto: ``max_inflight_messages``),
+  and no MQTT 5 Receive Maximum. So the hub's session gets no backpressure
+  here: amqtt sends every message at once, whether or not the hub has
+  acknowledged the ones before. The hub still acknowledges each only once
+  handled, and holds at most ``WINDOW`` (hub/link/consumer.py): past that
+  it sheds what comes in (acknowledged unread; the device resends it), so a
+  flood is shed at the hub, and amqtt's own memory holds what it has sent
+  and not yet had acknowledged.
 - MQTT 3.1.1 only: 3.1 and 5 clients are refused.
 - Mosquitto's ``pattern`` lines also let the monitor user write its own
   ``aiot/v1/<monitor>/{up,status,ack}``; here the monitor publishes nothing.
@@ -127,7 +134,7 @@ from amqtt.mqtt.protocol.broker_handler import (  # type: ignore[import-untyped]
 from amqtt.plugins import manager as _plugin_manager  # type: ignore[import-untyped]
 from amqtt.utils import gen_client_id  # type: ignore[import-untyped]
 
-from hub.core.config import Address
+from hub.core.config import PLAIN, Address, TlsConfig
 from hub.link.broker import BrokerError, BrokerLimits, BrokerUser, Role
 
 log = logging.getLogger("hub.embedded")
@@ -500,8 +507,10 @@ class EmbeddedBroker:
         connect_timeout_s: float = CONNECT_TIMEOUT_S,
         max_queued: int | None = None,
         limits: BrokerLimits = _LIMITS,
+        tls: TlsConfig = PLAIN,
     ) -> None:
         self.workdir = workdir  # nothing is written there: no persistence
+        self.tls = tls
         self.bind = bind
         self.users = tuple(users)
         self.backoff_s = backoff_s
@@ -543,10 +552,14 @@ class EmbeddedBroker:
 
     def _config(self) -> Any:
         host = f"[{self.bind.host}]" if ":" in self.bind.host else self.bind.host
+        secure: dict[str, Any] = {}
+        if self.tls.on:  # amqtt builds a TLS 1.2+ server context from these
+            secure = {"ssl": True, "certfile": str(self.tls.cert), "keyfile": str(self.tls.key)}
         listener = ListenerConfig(
             type=ListenerType.TCP,
             bind=f"{host}:{self.bind.port}",
             max_connections=self.limits.max_connections,
+            **secure,
         )
         # plugins={}: none of amqtt's defaults (anonymous access, $SYS, packet logging).
         return BrokerConfig(listeners={"default": listener}, plugins={})

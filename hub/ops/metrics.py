@@ -68,6 +68,7 @@ from hub.state.store import DATA_FILE, Store
 from protocol import messages as m
 
 if TYPE_CHECKING:
+    from hub.link.consumer import Consumer
     from hub.link.delivery import Delivery
     from hub.link.ingest import Ingest
 
@@ -115,6 +116,7 @@ class Observed(Protocol):
     raft: RaftNode
     ingest: Ingest
     delivery: Delivery
+    consumer: Consumer
 
     @property
     def broker(self) -> BrokerCounters | None: ...  # None: an external broker
@@ -417,6 +419,29 @@ class _HubCollector(Collector):
                 "aiot_broker_consumer_connected",
                 "1 if the hub's MQTT consumer is connected to this node's broker.",
                 float(hub.consumer_connected),
+            )
+        )
+        out.append(
+            GaugeMetricFamily(
+                "aiot_broker_consumer_held",
+                "Messages the hub's MQTT consumer holds (in hand and received, waiting); "
+                "what the broker has not sent it waits in the broker (hub/link/consumer.py).",
+                float(hub.consumer.held),
+            )
+        )
+        out.append(
+            GaugeMetricFamily(
+                "aiot_broker_consumer_held_peak",
+                "The most messages the hub's MQTT consumer has held at once since it started.",
+                float(hub.consumer.held_peak),
+            )
+        )
+        out.append(
+            CounterMetricFamily(
+                "aiot_broker_consumer_shed",
+                "Messages the hub's MQTT consumer dropped on arrival, past what it holds "
+                "(QoS 1 ones acknowledged unread; the device resends).",
+                float(hub.consumer.shed),
             )
         )
         out.extend(_DECISIONS.families())

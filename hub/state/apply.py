@@ -499,6 +499,28 @@ def _user_remove(t: _Part, rm: e.RemoveUser) -> ApplyResult:
     return t.done(Outcome.APPLIED if removed else Outcome.UNCHANGED)
 
 
+def _revoke_tokens(t: _Part, rv: e.RevokeTokens) -> ApplyResult:
+    # Ids revoked longer ago than any token lives are forgotten, measured by
+    # this entry's time (never a clock), so the table stays small.
+    changed = False
+    old = [
+        k
+        for k, v in t.txn.cursor(db=t.dbs["revoked_tokens"])
+        if r.unpack_revoked(v) + r.REVOKED_TOKEN_KEEP_MS < rv.at_ms
+    ]
+    for key in old:
+        changed |= t.delete("revoked_tokens", bytes(key))
+    # The first revocation of an id stands; the cut-off only moves forward.
+    if rv.token_id and t.get("revoked_tokens", rv.token_id.encode()) is None:
+        t.put("revoked_tokens", rv.token_id.encode(), r.pack_revoked(rv.at_ms))
+        changed = True
+    before = t.get("meta", r.META_TOKENS_BEFORE)
+    if rv.before_ms > (0 if before is None else r.seq_of(before)):
+        t.put("meta", r.META_TOKENS_BEFORE, r.U64.pack(rv.before_ms))
+        changed = True
+    return t.done(Outcome.APPLIED if changed else Outcome.UNCHANGED)
+
+
 # -- decisions (provenance) ---------------------------------------------------------
 
 
@@ -545,4 +567,5 @@ _HANDLERS: Final[dict[type[Any], Callable[[_Part, Any], ApplyResult]]] = {
     e.AckAlert: _ack_alert,
     e.User: _user_put,
     e.RemoveUser: _user_remove,
+    e.RevokeTokens: _revoke_tokens,
 }

@@ -20,9 +20,10 @@ PRESENCE 4, COMMAND 5, COMMAND_RESULT 6, COMMAND_STATE 7, MODEL_PUT 8,
 (9 reserved for GAP), NODE_PUT 10 (a hub node's addresses, ``NodeInfo``),
 NODE_REMOVE 11 (``RemoveNode``), DECISION 12 (a decision's provenance,
 ``Decision``), USER_PUT 13 (``User``), USER_REMOVE 14 (``RemoveUser``),
-ALERT_ACK 15 (``AckAlert``), MODEL_VERSION 17 (``ModelVersion``), GROUP 16
-(several of the others in one Raft entry; groups do not nest). MODEL_PUT
-activates a registered version (``PutModel``).
+ALERT_ACK 15 (``AckAlert``), MODEL_VERSION 17 (``ModelVersion``),
+TOKEN_REVOKE 18 (``RevokeTokens``: admin tokens revoked by id or by a cut-off),
+GROUP 16 (several of the others in one Raft entry; groups do not nest).
+MODEL_PUT activates a registered version (``PutModel``).
 
 Decoding checks structure and values (lengths, UTF-8, enums, device ids,
 sequence ranges, no trailing bytes) and raises ``EntryError`` with a
@@ -94,6 +95,8 @@ class EntryType(enum.IntEnum):
     USER_REMOVE = 14
     ALERT_ACK = 15
     MODEL_VERSION = 17
+    TOKEN_REVOKE = 18
+    # 19 is free.
     GROUP = 16
 
 
@@ -525,7 +528,7 @@ class Decision:
 
 
 MODEL_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-MODEL_KINDS: Final = ("onnx", "gguf")
+MODEL_KINDS: Final = ("onnx", "gguf", "firmware")  # firmware: a release (hub/decide/registry.py)
 MAX_MODEL_MANIFEST: Final = 16 * 1024
 
 
@@ -558,6 +561,31 @@ class AckAlert:
     at_ms: int
 
 
+# An admin token's id (hub/core/auth.py): 16 lowercase hex digits. Kept here,
+# like NODE_ID, because what decodes is part of the replicated format.
+TOKEN_ID: Final = re.compile(r"[0-9a-f]{16}")
+
+
+@dataclass(frozen=True, slots=True)
+class RevokeTokens:
+    """Revoke cluster admin tokens (TOKEN_REVOKE): the one whose id is
+    ``token_id`` (empty: none), and every one issued before ``before_ms``
+    (0: no new cut-off). At least one of the two. ``at_ms`` is when it was
+    proposed (the proposer's clock): apply forgets revoked ids older than
+    the longest lifetime of a token (hub/state/DESIGN.md)."""
+
+    token_id: str
+    before_ms: int
+    at_ms: int
+
+
+def _check_revoke(rv: RevokeTokens) -> None:
+    if rv.token_id and not TOKEN_ID.fullmatch(rv.token_id):
+        raise EntryError("bad_value", f"token id {rv.token_id[:40]!r}, want 16 hex digits")
+    if not rv.token_id and not rv.before_ms:
+        raise EntryError("bad_value", "a revocation names a token id or a cut-off")
+
+
 @dataclass(frozen=True, slots=True)
 class Group:
     """Several entries proposed as one Raft entry (the ingest batcher's unit).
@@ -583,6 +611,7 @@ Entry = (
     | RemoveUser
     | AckAlert
     | ModelVersion
+    | RevokeTokens
     | Group
 )
 
@@ -602,6 +631,7 @@ ENTRY_TYPES: Final[dict[type[object], EntryType]] = {
     RemoveUser: EntryType.USER_REMOVE,
     AckAlert: EntryType.ALERT_ACK,
     ModelVersion: EntryType.MODEL_VERSION,
+    RevokeTokens: EntryType.TOKEN_REVOKE,
     Group: EntryType.GROUP,
 }
 
@@ -797,6 +827,10 @@ def _payload(entry: Entry, p: Packer) -> None:
         p.u8(int(entry.tier), "tier").u64(entry.at_ms, "at_ms")
         p.str8(entry.command_id, "command_id").u32(len(entry.record), "record length")
         p.raw(entry.record)
+    elif isinstance(entry, RevokeTokens):
+        _check_revoke(entry)
+        p.str8(entry.token_id, "token_id").u64(entry.before_ms, "before_ms")
+        p.u64(entry.at_ms, "at_ms")
     else:
         p.u16(len(entry.parts), "part count")
         for part in entry.parts:
@@ -959,6 +993,10 @@ def _decode_payload(kind: EntryType, u: Unpacker) -> Entry:
         decision = Decision(decision_id, device_id, tier, at_ms, command_id, u.raw(size))
         _check_decision(decision)
         return decision
+    if kind is EntryType.TOKEN_REVOKE:
+        rv = RevokeTokens(u.str8(), u.u64(), u.u64())
+        _check_revoke(rv)
+        return rv
     parts = []
     for _ in range(u.u16()):
         part = u.raw(u.u32())

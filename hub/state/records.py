@@ -34,17 +34,27 @@ TABLES: Final = (
     "nodes",
     "presence",
     "readings",
+    "revoked_tokens",
     "users",
     "watermarks",
 )
 META_FORMAT: Final = b"format"
 META_APPLIED: Final = b"applied_index"
+# Admin tokens issued before this time (u64 ms) are revoked (TOKEN_REVOKE).
+META_TOKENS_BEFORE: Final = b"admin_tokens_before"
 # Meta keys that are a node's position in the log, not replicated content.
 NODE_LOCAL_META: Final = frozenset({META_APPLIED})
 # Tables outside the content hash: the node table is the cluster's topology
 # (where each hub listens), not content, so a cluster restored on other
 # machines (aiot restore) holds the same content hash as its source.
 UNHASHED_TABLES: Final = frozenset({"nodes"})
+
+# A revoked admin token id is forgotten this long after its revocation (apply
+# compares it with a later TOKEN_REVOKE's at_ms): no admin token lives longer
+# than 365 days (hub/core/auth.py MAX_ADMIN_TTL_S), and a week more allows
+# for clocks that disagree. Part of the replicated format: not read from auth,
+# so that apply cannot change with it (a unit test checks it is the longer).
+REVOKED_TOKEN_KEEP_MS: Final = (365 + 7) * 86_400_000
 
 HOUR_MS: Final = 3_600_000  # the hours table's unit: key hour = ts_ms // HOUR_MS
 
@@ -311,6 +321,16 @@ def unpack_alert_ack(raw: bytes) -> tuple[str, int]:
     """Who acknowledged, and when (ms)."""
     n = raw[0]
     return raw[1 : 1 + n].decode(), U64.unpack_from(raw, 1 + n)[0]
+
+
+def pack_revoked(at_ms: int) -> bytes:
+    """A revoked_tokens value: record version, when it was revoked."""
+    return bytes([RECORD_VERSION]) + U64.pack(at_ms)
+
+
+def unpack_revoked(value: bytes) -> int:
+    at_ms: int = U64.unpack_from(value, 1)[0]
+    return at_ms
 
 
 # -- the whole store ----------------------------------------------------------------

@@ -192,6 +192,28 @@ class Store(contextlib.AbstractContextManager["Store"]):
     def users(self) -> list[e.User]:
         return self._all("users", lambda _, v: r.unpack_user(v))
 
+    def revoked_tokens(self) -> tuple[list[tuple[str, int]], int]:
+        """Revoked admin token ids with when each was revoked (ms), in id
+        order, and the cut-off: tokens issued before it are revoked (0: none)."""
+        with self._read() as txn:
+            ids = [
+                (k.decode(), r.unpack_revoked(v))
+                for k, v in txn.cursor(db=self._dbs["revoked_tokens"])
+            ]
+            before = txn.get(r.META_TOKENS_BEFORE, db=self._dbs["meta"])
+            return ids, 0 if before is None else r.seq_of(before)
+
+    def token_revocation(self, token_id: str, issued_ms: int) -> str | None:
+        """Why the admin token ``token_id`` issued at ``issued_ms`` is
+        revoked, or None when it is not."""
+        with self._read() as txn:
+            if txn.get(token_id.encode(), db=self._dbs["revoked_tokens"]) is not None:
+                return f"admin token {token_id} revoked"
+            raw = txn.get(r.META_TOKENS_BEFORE, db=self._dbs["meta"])
+            if raw is not None and issued_ms < r.seq_of(raw):
+                return "admin token revoked: issued before the cut-off"
+            return None
+
     def decision(self, decision_id: str) -> e.Decision | None:
         return self._one(
             "decisions", decision_id, functools.partial(r.unpack_decision, decision_id)

@@ -84,6 +84,10 @@ def test_demo_runs_the_energy_scenario_and_summarizes_it(tmp_path: Path) -> None
     assert not_moved == [], f"did not move during the demo: {not_moved}; {metrics}"
     doc = json.loads((tmp_path / "demo" / "demo.json").read_text())
     assert len(doc["hubs"]) == 3 and doc["monitor"]["user"] == "monitor" and doc["admin_token"]
+    # TLS: the API is HTTPS and the plugs connect over MQTT with TLS, the
+    # cluster's own CA pinned (they committed readings above).
+    assert all(h["http"].startswith("https://") for h in doc["hubs"]), doc["hubs"]
+    assert Path(doc["tls"]["ca"]).is_file()
     assert "dashboard:" in out.stderr and "login:" in out.stderr
 
 
@@ -111,7 +115,8 @@ def test_ctrl_c_on_the_terminal_stops_the_demo_cleanly(tmp_path: Path) -> None:
     try:
         wait_until(lambda: (demo / "demo.json").exists(), 180, "the demo's plugs started")
         doc = json.loads((demo / "demo.json").read_text())
-        with HubClient(doc["hubs"][0]["http"], doc["admin_token"]) as hub:
+        ca = Path(doc["tls"]["ca"])
+        with HubClient(doc["hubs"][0]["http"], doc["admin_token"], ca=ca) as hub:
 
             def flowing() -> bool:  # every plug has readings committed and acked
                 rows = {r["device_id"]: r for r in hub.get("/v1/devices")}

@@ -1,7 +1,9 @@
 """Over-the-air updates end to end: a device flashed into a virtual board runs
-against a 3-node hub cluster; `aiot firmware ota --wait` uploads each bundle
-to every node (hub/http/firmware.py's endpoints) and sends the `ota.update`
-command through the replicated ledger, printing the steps as they land.
+against a 3-node hub cluster; `aiot firmware ota --sign-key K --wait` uploads
+each bundle to every node (hub/http/firmware.py's endpoints), signs and
+registers it as a release (the hubs trust K in ``[firmware] trusted_keys``,
+the device pins it in its config) and sends the `ota.update` command through
+the replicated ledger, printing the steps as they land.
 
 A good update switches the device to the other app slot once it is connected
 and acknowledged (the ledger says DONE). A broken update (its app raises at
@@ -12,19 +14,19 @@ that got as far as running) is in the command's history."""
 
 from __future__ import annotations
 
+import base64
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 import typer
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from typer.testing import CliRunner
 
 from tests.cluster.hubs import DEVICE_TUNING, assert_exactly_once, running_cluster, watermark
-from tests.firmware_support import RebootingBoard, updatable_capabilities
+from tests.firmware_support import RebootingBoard, source_tree, updatable_capabilities
 from tests.support import micropython, need_tool, wait_until
-from tools.base.paths import ROOT
 from tools.cli import firmware as cli_firmware
 from tools.firmware.build import BOARDS, build
 from tools.firmware.flash import flash
@@ -34,25 +36,15 @@ from tools.lab.cluster import LocalCluster
 pytestmark = [pytest.mark.cluster, pytest.mark.micropython]
 
 TUNING = {**DEVICE_TUNING, "ota_max_boots": 3, "ota_confirm_s": 60}
+RELEASE_KEY = Ed25519PrivateKey.generate()
+PUBLIC = base64.b64encode(RELEASE_KEY.public_key().public_bytes_raw()).decode()
+TRUSTED = f'[firmware]\ntrusted_keys = ["{PUBLIC}"]\n'
 
 
-def source_tree(root: Path, version: str, broken: bool = False) -> Path:
-    """A copy of edge/ and firmware/ with another version (and a main that raises)."""
-    for package in ("edge", "firmware"):
-        shutil.copytree(
-            ROOT / package, root / package, ignore=shutil.ignore_patterns("__pycache__")
-        )
-    node = root / "edge" / "node.py"
-    node.write_text(node.read_text().replace('FIRMWARE = "0.1.0"', f'FIRMWARE = "{version}"'))
-    if broken:
-        main = root / "firmware" / "main.py"
-        main.write_text(
-            main.read_text().replace(
-                "def main(ota=None):\n",
-                'def main(ota=None):\n    raise RuntimeError("broken on purpose")\n',
-            )
-        )
-    return root
+def key_file(root: Path) -> Path:
+    path = root / "release.key"
+    path.write_text(base64.b64encode(RELEASE_KEY.private_bytes_raw()).decode() + "\n")
+    return path
 
 
 def status_firmware(cluster: LocalCluster, device: str) -> str:
@@ -66,16 +58,26 @@ def status_firmware(cluster: LocalCluster, device: str) -> str:
 
 
 def update(cluster: LocalCluster, device: str, bundle: Path) -> tuple[int, str, dict[str, Any]]:
-    """`aiot firmware ota DEVICE --wait`: (exit code, its output, the final record)."""
+    """`aiot firmware ota DEVICE --sign-key K --wait`: (exit code, its output, the final record)."""
     app = typer.Typer()
     cli_firmware.register(app)
     args = ["firmware", "ota", device, "-o", str(bundle), "-c", str(cluster.configs[0])]
-    res = CliRunner().invoke(app, [*args, "--wait", "240"])
+    sign = ["--sign-key", str(key_file(cluster.root))]
+    res = CliRunner().invoke(app, [*args, *sign, "--wait", "240"])
     out = res.output
-    sha = json.loads((bundle / "bundle.json").read_text())["bundle_sha256"]
+    info = json.loads((bundle / "bundle.json").read_text())
+    sha = info["bundle_sha256"]
+    assert f"release firmware-unix@{info['version']} ({sha}) registered\n" in out, out
     assert f"bundle {sha} on 3 node(s); command " in out, out
     rec = json.loads(out[out.index("\n{") :])
-    assert rec["params"] == {"url": f"{cluster.client(0).url}/v1/firmware/{sha}/", "sha256": sha}
+    params = rec["params"]
+    assert {k: params[k] for k in ("url", "sha256", "allow_downgrade")} == {
+        "url": f"{cluster.client(0).url}/v1/firmware/{sha}/",
+        "sha256": sha,
+        "allow_downgrade": False,
+    }
+    signed = params["release"].encode()
+    RELEASE_KEY.public_key().verify(bytes.fromhex(params["signature"]), signed)
     return res.exit_code, out, rec
 
 
@@ -92,10 +94,11 @@ def progress(rec: dict[str, Any]) -> list[str]:
 def test_a_good_update_switches_and_a_broken_one_rolls_back(tmp_path: Path) -> None:
     micropython()
     need_tool("socat", SOCAT_HINT)
-    with running_cluster(tmp_path) as cluster:
+    with running_cluster(tmp_path, extra=TRUSTED, tls=True) as cluster:  # MQTT and bundles over TLS
         registry = cluster.add_device("plug-o", capabilities=updatable_capabilities())
         first = tmp_path / "v1"
-        build(BOARDS["unix"], registry, first, overrides=TUNING)
+        # The device pins the release key (as `aiot firmware build --device` does).
+        build(BOARDS["unix"], registry, first, overrides={**TUNING, "release_keys": [PUBLIC]})
         vb = VirtualBoard(tmp_path / "board").start()
         try:
             report = flash(vb.url, first)

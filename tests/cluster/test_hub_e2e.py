@@ -70,7 +70,7 @@ def run_devices(devices: list[Device], seconds: float, during: object = None) ->
 
 @SCALED
 def test_devices_readings_are_stored_once_on_every_node(tmp_path: Path) -> None:
-    with running_cluster(tmp_path) as cluster:
+    with running_cluster(tmp_path, tls=True) as cluster:  # MQTT over TLS, the CA pinned
         devices = [provision(cluster, tmp_path, f"plug-{k}") for k in range(DEVICES)]
         acked = run_devices(devices, SECONDS)
         print(f"acknowledged readings: {sum(acked.values())} {acked}")
@@ -82,7 +82,7 @@ def test_devices_readings_are_stored_once_on_every_node(tmp_path: Path) -> None:
 
 def test_the_embedded_broker_carries_the_same_exactly_once_ingest(tmp_path: Path) -> None:
     """broker mode "embedded": amqtt inside each daemon instead of Mosquitto."""
-    with running_cluster(tmp_path, broker="embedded") as cluster:
+    with running_cluster(tmp_path, broker="embedded", tls=True) as cluster:
         assert cluster.status(0)["broker"]["mode"] == "embedded"
         devices = [provision(cluster, tmp_path, f"plug-{k}") for k in range(2)]
         acked = run_devices(devices, SECONDS)

@@ -41,7 +41,7 @@ def test_push_activate_and_refuse_tampered_models(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     public = r.stdout.strip()
     extra = f'[models]\ntrusted_keys = ["{public}"]\n'
-    with running_cluster(tmp_path, extra=extra) as cluster:
+    with running_cluster(tmp_path, extra=extra, tls=True) as cluster:
         cfg = str(cluster.configs[0])
         # Before any activation every node serves the model shipped in models/anomaly.
         for i in range(cluster.n):

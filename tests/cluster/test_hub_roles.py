@@ -42,7 +42,10 @@ RANK = {"admin": 1, "operator": 2, "viewer": 3}
 
 
 def test_every_endpoint_against_every_role(tmp_path: Path) -> None:
-    with running_cluster(tmp_path, nodes=1) as cluster:
+    with (
+        running_cluster(tmp_path, nodes=1, tls=True) as cluster,
+        httpx.Client(verify=cluster.verify, timeout=15) as http,  # https: the CA pinned
+    ):
         admin = cluster.client(0)
         for d in ("plug-1", "plug-2", "plug-3"):
             admin.post("/v1/devices", {"device_id": d})
@@ -54,15 +57,15 @@ def test_every_endpoint_against_every_role(tmp_path: Path) -> None:
         url = admin.url
         tokens = {}
         for name in ("ann", "ola", "vic"):
-            r = httpx.post(f"{url}/v1/login", json={"username": name, "password": PASSWORD})
+            r = http.post(f"{url}/v1/login", json={"username": name, "password": PASSWORD})
             assert r.status_code == 200, r.text
             tokens[name] = r.json()["token"]
-        bad = httpx.post(f"{url}/v1/login", json={"username": "vic", "password": "wrong-one"})
+        bad = http.post(f"{url}/v1/login", json={"username": "vic", "password": "wrong-one"})
         assert bad.status_code == 401
 
         def call(token: str | None, method: str, path: str, body: Any) -> httpx.Response:
             headers = {} if token is None else {"Authorization": f"Bearer {token}"}
-            return httpx.request(method, url + path, json=body, headers=headers, timeout=15)
+            return http.request(method, url + path, json=body, headers=headers)
 
         matrix = []
         for method, path, body, weakest in ENDPOINTS:

@@ -26,6 +26,8 @@ REGISTRY = {
     "hubs": [["127.0.0.1", 1883], ["127.0.0.1", 1884]],
     "user": "plug-g",
     "password": "pw",
+    # The firmware release key the device pins (without one: a warning).
+    "release_keys": ["O2onvM62pC1io6jQKm8Nc2UyFXcd4kOmOsBIoYtZ2ik="],
 }
 
 
@@ -97,3 +99,21 @@ def test_provisioning_a_board_without_firmware_says_so(tmp_path: Path) -> None:
     assert code == 0, out
     assert f"warning: no firmware on the board yet: aiot firmware flash --port {vb.url}" in out
     assert [p.name for p in (tmp_path / "board").iterdir()] == ["config.json"]
+
+
+def test_the_device_pins_its_release_keys_and_is_warned_without(tmp_path: Path) -> None:
+    with_keys, without = tmp_path / "with.json", tmp_path / "without.json"
+    with_keys.write_text(json.dumps(REGISTRY))
+    without.write_text(json.dumps({k: v for k, v in REGISTRY.items() if k != "release_keys"}))
+    code, out = run(
+        "build", "--board", "unix", "-o", str(tmp_path / "a"), "--device-config", str(with_keys)
+    )
+    assert code == 0 and "release keys" not in out, out
+    cfg = json.loads((tmp_path / "a" / "board" / "config.json").read_text())
+    assert cfg["release_keys"] == REGISTRY["release_keys"]
+    code, out = run(
+        "build", "--board", "unix", "-o", str(tmp_path / "b"), "--device-config", str(without)
+    )
+    assert code == 0, out
+    assert "warning: no firmware release keys for plug-g (release_keys): it will refuse" in out
+    assert "release_keys" not in json.loads((tmp_path / "b" / "board" / "config.json").read_text())

@@ -98,7 +98,13 @@ def test_plug_capabilities_reach_the_hub_as_declared() -> None:
         m.Capability("reboot", ()),
         m.Capability(
             "ota.update",
-            (m.ParamSpec("url", K.Text, 12.0, 200.0), m.ParamSpec("sha256", K.Text, 64.0, 64.0)),
+            (
+                m.ParamSpec("url", K.Text, 12.0, 200.0),
+                m.ParamSpec("sha256", K.Text, 64.0, 64.0),
+                m.ParamSpec("allow_downgrade", K.Bool, 0.0, 1.0),
+                m.ParamSpec("release", K.Text, 2.0, 512.0),
+                m.ParamSpec("signature", K.Text, 128.0, 128.0),
+            ),
         ),
     )
 
@@ -188,7 +194,13 @@ def test_exception_without_text_reports_its_type(tmp_path: Path) -> None:
 
 
 def test_progress_of_an_accepted_command_is_sent_not_stored(tmp_path: Path) -> None:
-    ota = (m.Param("url", "http://10.0.0.5:8080/v1/firmware/x/"), m.Param("sha256", "a" * 64))
+    ota = (
+        m.Param("url", "http://10.0.0.5:8080/v1/firmware/x/"),
+        m.Param("sha256", "a" * 64),
+        m.Param("allow_downgrade", False),
+        m.Param("release", "{}"),
+        m.Param("signature", "b" * 128),
+    )
     plug = Plug(tmp_path, handlers={"ota.update": lambda p: ("downloading into app b",)})
 
     def news(cid: str, detail: str) -> dict[str, Any] | None:

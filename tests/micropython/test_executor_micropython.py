@@ -31,7 +31,7 @@ def test_executor_imports_under_micropython_without_cpython_only_syntax() -> Non
     out = run_micropython(
         "-c",
         "from edge import codec, executor\n"
-        "e = codec.Encoder(640)\n"
+        "e = codec.Encoder(1024)\n"
         "env = e.message('DeviceStatus', {'device_id': 'p', 'capabilities': "
         "executor.PLUG_CAPABILITIES})\n"
         "k, f = codec.decode_envelope(env)\n"

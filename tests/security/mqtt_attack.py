@@ -65,6 +65,14 @@ def metric(cluster: LocalCluster, i: int, name: str, label: str) -> float:
     return 0.0 if found is None else float(found.group(1))
 
 
+def gauge(cluster: LocalCluster, i: int, name: str) -> float:
+    """One unlabelled sample of node i's GET /metrics."""
+    text = httpx.get(cluster.client(i).url + "/metrics", timeout=15).text
+    found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
+    assert found is not None, f"{name} not in /metrics"
+    return float(found.group(1))
+
+
 class Acker:
     """A well-behaved device, simulated: publishes one batch at a time and
     times how long its CommitAck takes (the commit-ack latency)."""

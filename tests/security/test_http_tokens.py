@@ -1,6 +1,7 @@
-"""Tokens from outside: malformed bearer tokens of every shape answer 401
-with a clear error (never 500, nothing like a traceback in the log), and user
-names with dots log in and then use the API like any other."""
+"""Tokens from outside: malformed bearer tokens of every shape (session and
+admin tokens alike) answer 401 with a clear error (never 500, nothing like a
+traceback in the log), and user names with dots log in and then use the API
+like any other."""
 
 from __future__ import annotations
 
@@ -78,6 +79,39 @@ def malformed(valid: str) -> list[bytes]:
     return [t.encode("latin-1") for t in fixed + mutants]
 
 
+def malformed_admin(valid: str) -> list[bytes]:
+    """Admin-token-shaped values no node minted: fixed shapes, then mutations."""
+    _, token_id, issued, expires, sig = valid.split(".")
+    fixed = [
+        "a1.",
+        "a1....",
+        "a1.x.1.2.y",
+        f"a1.{token_id}.{issued}.{expires}.",
+        f"a1.{token_id}.{issued}.{expires}.{sig}.",
+        f"a1.{token_id.upper()}.{issued}.{expires}.{sig}",
+        f"a1.{token_id}.{issued}.{int(expires) + 1}.{sig}",
+        f"a1.{token_id}.{int(issued) - 1}.{expires}.{sig}",
+        f"a1.{'0' * 16}.{issued}.{expires}.{sig}",
+        f"a1.{token_id}.{'9' * 5000}.{expires}.{sig}",
+        f"a1.{token_id}.\u00b2.{expires}.{sig}",
+        f"a1.{token_id}.{issued}.{expires}.{sig[:-1]}\u00e9",
+        "a1." + "0" * 8000,
+        valid + valid,
+    ]
+    rng = random.Random(18)
+    alphabet = "a1.0123456789abcdef-_=+/ \u00e9"
+    mutants = []
+    for _ in range(100):
+        chars = list(valid)
+        for _ in range(rng.randint(1, 3)):
+            i = rng.randrange(len(chars))
+            chars[i] = rng.choice(alphabet)
+        mutant = "".join(chars).strip()
+        if mutant != valid:
+            mutants.append(mutant)
+    return [t.encode("latin-1") for t in fixed + mutants]
+
+
 @pytest.mark.cluster
 def test_malformed_tokens_answer_401_and_leave_no_traceback(tmp_path: Path) -> None:
     with api_hub(tmp_path) as cluster:
@@ -85,8 +119,9 @@ def test_malformed_tokens_answer_401_and_leave_no_traceback(tmp_path: Path) -> N
         cluster.add_device("plug-1")
         add_user(cluster, "vic", "viewer", ["plug-1"])
         valid = login(url, "vic")
-        shapes = malformed(valid)
-        assert len(shapes) > 150
+        admin = admin_token(cluster)
+        shapes = malformed(valid) + malformed_admin(admin)
+        assert len(shapes) > 250
         answers: dict[int, int] = {}
         with httpx.Client(base_url=url, timeout=15) as c:
             for token in shapes:
@@ -103,6 +138,7 @@ def test_malformed_tokens_answer_401_and_leave_no_traceback(tmp_path: Path) -> N
                 assert r.status_code == 401 and "log in" in detail(r), r.text
             # The real token still works, and the node still answers.
             assert c.get("/v1/me", headers=bearer(valid)).json()["name"] == "vic"
+            assert c.get("/v1/firmware", headers=bearer(admin)).status_code == 200
             assert c.get("/v1/health").status_code == 200
         print(f"{len(shapes)} malformed tokens x {len(CHECKED)} routes: {answers}")
         assert crashes(cluster) == [], crashes(cluster)

@@ -125,6 +125,7 @@ def test_help_lists_exactly_the_working_groups() -> None:
         "cluster",
         "query",
         "user",
+        "token",
         "demo",
         "decisions",
         "alerts",
@@ -145,8 +146,10 @@ def test_help_lists_exactly_the_working_groups() -> None:
         "run",
     }
     assert listed_commands(aiot("command", "--help").stdout) == {"send", "list", "show"}
+    assert listed_commands(aiot("token", "--help").stdout) == {"create", "revoke", "revoked"}
     assert listed_commands(aiot("cluster", "--help").stdout) == {
         "init",
+        "cert",
         "status",
         "add-node",
         "remove-node",

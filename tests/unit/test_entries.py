@@ -151,7 +151,7 @@ def _node_put(
         (b"\x01\x04\x01p\x01h\x07" + bytes(8), "bad_value"),  # LinkState 7
         (b"\x01\x07\x01c\x00\x01h" + bytes(8), "bad_value"),  # mark PENDING
         (b"\x01\x10\x00\x01\x00\x00\x00\x02\x01\x10", "nested_group"),
-        (b"\x01\x12", "unknown_type"),
+        (b"\x01\x13", "unknown_type"),  # 19: free
         # NODE_PUT and NODE_REMOVE
         (_node_put() + b"\x00", "trailing_bytes"),
         (_node_put()[:-1], "truncated"),

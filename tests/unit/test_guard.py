@@ -544,7 +544,13 @@ def test_firmware_updates_are_for_operators_only() -> None:
     from protocol.profiles import PLUG_CAPABILITIES
 
     device = ent.Device("plug-1", b"k" * 32, PLUG_CAPABILITIES)
-    params = {"url": "http://10.0.0.1:8080/v1/firmware/x/manifest.json", "sha256": "a" * 64}
+    params = {
+        "url": "http://10.0.0.1:8080/v1/firmware/x/manifest.json",
+        "sha256": "a" * 64,
+        "allow_downgrade": False,
+        "release": "{}",
+        "signature": "b" * 128,
+    }
     g = Guard()
     for origin in ("rules", "onnx", "llm"):
         v = g.check(Proposal("plug-1", "ota.update", params, origin), device, 1000)

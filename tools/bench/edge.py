@@ -23,6 +23,14 @@ Four measurements in one run, each against real parts:
   from a ROMFS image (``tools/firmware/romfs.py``) as boards run them.
 - Failover: two brokers, each with the acker; the broker in use is killed
   and the clock runs until the acker on the other one acknowledges a batch.
+- TLS: what it adds to the device's heap. ``edge/mqtt.py`` connects and
+  publishes ``TLS_PUBLISHES`` messages at QoS 1 to one Mosquitto, once over
+  its plain listener and once over its TLS listener (a certificate from
+  hub/core/tls.py, the CA pinned), in the same heap. The MicroPython heap is
+  sampled by the script; mbedTLS allocates from the C heap on the unix port,
+  which ``tools/mpy/malloc_peak.c`` (compiled here, preloaded) counts at every
+  allocation. On bare-metal ports (the Pico W) mbedTLS allocates from the
+  MicroPython heap, so both parts count against the device's budget there.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ import contextlib
 import json
 import os
 import shutil
+import socket
 import struct
 import subprocess
 import sys
@@ -41,6 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hub.core import tls
 from protocol import messages as m
 from protocol import wire
 from tools.base.paths import MPY_SCRIPTS, ROOT, micropython_binary
@@ -60,6 +70,9 @@ from tools.lab.mosquitto import (
 
 PUBLISH_SCRIPT = MPY_SCRIPTS / "bench_edge_publish.py"
 FLASH_SCRIPT = MPY_SCRIPTS / "bench_edge_flash.py"
+TLS_SCRIPT = MPY_SCRIPTS / "bench_edge_tls.py"
+MALLOC_SHIM = MPY_SCRIPTS / "malloc_peak.c"
+TLS_PUBLISHES = 200  # QoS 1 messages of 512 bytes per TLS memory run
 
 KEY = bytes(range(32))
 HOST = "127.0.0.1"
@@ -88,7 +101,10 @@ NOTE = (
     "payload bytes with the slots on a raw partition as on boards "
     "(_littlefs_files: slot files on LittleFS); peak_heap_bytes = heap_usable_bytes - "
     "lowest free heap with the modules in place in ROMFS as on boards "
-    "(_mpy_in_heap: .mpy files loaded into the heap)"
+    "(_mpy_in_heap: .mpy files loaded into the heap); tls_heap_cost_bytes = what TLS "
+    "added to the peak of the MicroPython heap and of the C heap (where mbedTLS allocates on "
+    "the unix port) for connect + 200 publishes; peak_heap_bytes_tls = peak_heap_bytes + "
+    "tls_heap_cost_bytes, the budget where mbedTLS allocates from the MicroPython heap"
 )
 
 Say = Callable[[str], None]
@@ -148,6 +164,7 @@ class _Bench:
         heap: str,
         logs: Path | None = None,
         romfs: bool = False,
+        env: dict[str, str] | None = None,
     ) -> subprocess.Popen[str]:
         """micropython with args; output to pipes, or with ``logs`` to logs/out and logs/err
         (a long-running device must never block on a full pipe). ``romfs``: through
@@ -164,7 +181,7 @@ class _Bench:
             return subprocess.Popen(
                 cmd,
                 cwd=cwd,
-                env=self.env,
+                env=env or self.env,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
@@ -172,8 +189,15 @@ class _Bench:
         with (logs / "out").open("w") as out, (logs / "err").open("w") as err:
             return subprocess.Popen(cmd, cwd=cwd, env=self.env, stdout=out, stderr=err, text=True)
 
-    def _script(self, script: Path, *args: str, heap: str, timeout: float) -> dict[str, Any]:
-        proc = self._spawn([str(script), *args], self.work, heap)
+    def _script(
+        self,
+        script: Path,
+        *args: str,
+        heap: str,
+        timeout: float,
+        env: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        proc = self._spawn([str(script), *args], self.work, heap, env=env)
         try:
             out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -252,6 +276,38 @@ class _Bench:
         """tools/mpy/bench_edge_flash.py: SECONDS (0: until full), MODE lfs or raw."""
         args = [str(seconds), mode] + ([str(progsize)] if progsize else [])
         return self._script(FLASH_SCRIPT, *args, heap=FLASH_HEAP, timeout=300)
+
+    # -- TLS -------------------------------------------------------------------------
+
+    def tls_cost(self, publishes: int) -> dict[str, Any]:
+        """tools/mpy/bench_edge_tls.py over plain TCP, then over TLS, to one Mosquitto."""
+        issued = tls.write_node(self.work / "tls", "bench-hub", [HOST])
+        ca = self.work / "ca.der"
+        ca.write_bytes(tls.ca_der(self.work / "tls" / "ca.pem"))
+        shim = _malloc_shim(self.work)
+        env = dict(self.env, LD_PRELOAD=str(shim)) if shim else None
+        port = free_port()
+        conf = f"listener {port} {HOST}\ncertfile {issued.cert}\nkeyfile {issued.key}\n"
+        if os.geteuid() == 0:
+            # As root, Mosquitto reads the key as "mosquitto", which the 0700 folder shuts out.
+            conf = "user root\n" + conf
+        with running_mosquitto(self.work / "broker-tls", extra_conf=conf) as plain:
+            _wait_listening(port)
+            runs = [
+                self._script(
+                    TLS_SCRIPT,
+                    HOST,
+                    str(p),
+                    f"plug-t{i}",
+                    str(publishes),
+                    *extra,
+                    heap=self.heap,
+                    timeout=120,
+                    env=env,
+                )
+                for i, (p, extra) in enumerate(((plain, []), (port, [str(ca)])))
+            ]
+        return _tls_report(runs[0], runs[1], shim is not None)
 
     # -- throughput ----------------------------------------------------------------
 
@@ -339,6 +395,57 @@ def _acker(keys: dict[str, bytes], ports: list[int]) -> Iterator[Acker]:
         acker.__exit__(None, None, None)
     if acker.alive:
         raise BenchError("the acker (hub stand-in) did not stop within 10 s")
+
+
+def _malloc_shim(work: Path) -> Path | None:
+    """tools/mpy/malloc_peak.c built into ``work``; None without a C compiler."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        return None
+    out = work / "malloc_peak.so"
+    proc = subprocess.run(
+        [cc, "-shared", "-fPIC", "-O2", "-o", str(out), str(MALLOC_SHIM), "-ldl"],
+        capture_output=True,
+        text=True,
+    )
+    return out if proc.returncode == 0 else None
+
+
+def _wait_listening(port: int, timeout: float = 10.0) -> None:
+    def up() -> bool:
+        try:
+            with socket.create_connection((HOST, port), 0.2):
+                return True
+        except OSError:
+            return False
+
+    _wait(up, timeout, f"Mosquitto's TLS listener on port {port}")
+
+
+def _tls_report(plain: dict[str, Any], over: dict[str, Any], counted: bool) -> dict[str, Any]:
+    """What TLS added, from the plain and the TLS run of bench_edge_tls.py."""
+    gc_cost = over["gc_peak"] - plain["gc_peak"]
+    counted = counted and over["malloc_peak"] is not None and plain["malloc_peak"] is not None
+    malloc_cost = over["malloc_peak"] - plain["malloc_peak"] if counted else None
+    session = over["gc_session"] - plain["gc_session"]
+    if counted:
+        session += over["malloc_session"] - plain["malloc_session"]
+    return {
+        "workload": f"edge/mqtt.py: connect, {over['publishes']} QoS 1 publishes of "
+        f"{over['payload_bytes']} bytes one at a time, same heap and broker, plain then TLS",
+        "cost_bytes": gc_cost + malloc_cost if malloc_cost is not None else None,
+        "micropython_heap_cost_bytes": gc_cost,
+        "c_heap_cost_bytes": malloc_cost,
+        "session_cost_bytes": session if counted else None,
+        "plain": plain,
+        "tls": over,
+        "where": "the MicroPython heap holds the SSLContext and each connection's SSLSocket; "
+        "mbedTLS (certificates, record buffers, handshake) allocates from the C heap on the unix "
+        "port, counted by tools/mpy/malloc_peak.c"
+        + ("" if counted else " (not counted in this run: no C compiler)")
+        + ", and from the MicroPython heap on bare-metal ports (Pico W); "
+        "not counted: the C stack, malloc's chunk headers",
+    }
 
 
 def _tail(text: Any, lines: int = 6) -> str:
@@ -440,6 +547,7 @@ class _Measured:
     fo_run: DeviceRun
     failover_rom_s: float
     fo_rom_run: DeviceRun
+    tls: dict[str, Any]  # _tls_report
 
 
 def edge(
@@ -508,6 +616,8 @@ def _measure(
     device_runs.append(fo_run)
     say("memory: the failover run again, from the ROMFS image")
     failover_rom_s, fo_rom_run = bench.failover(failover_readings, romfs=True)
+    say(f"memory: TLS against plain TCP, connect and {TLS_PUBLISHES} publishes each")
+    tls_cost = bench.tls_cost(TLS_PUBLISHES)
     return _Measured(
         usable,
         flash,
@@ -521,6 +631,7 @@ def _measure(
         fo_run,
         failover_rom_s,
         fo_rom_run,
+        tls_cost,
     )
 
 
@@ -561,6 +672,10 @@ def _report(
         # files loaded into the heap (the unix port's default) follow.
         "peak_heap_bytes": got.usable - rom_free,
         "peak_heap_bytes_mpy_in_heap": got.usable - min_free,
+        "tls_heap_cost_bytes": got.tls["cost_bytes"],
+        "peak_heap_bytes_tls": (
+            None if got.tls["cost_bytes"] is None else got.usable - rom_free + got.tls["cost_bytes"]
+        ),
         "heap_size": heap,
         "failover_s": round(got.failover_s, 3),
         "throughput": _throughput_report(got, readings, rounds),
@@ -580,6 +695,7 @@ def _report(
                 "readings_per_s": round(readings / got.rom_run.seconds, 1),
             },
         },
+        "tls": got.tls,
         "failover": {
             "readings": failover_readings,
             "acked_on_first_broker_before_kill": min(FAILOVER_AFTER, failover_readings),

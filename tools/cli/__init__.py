@@ -24,6 +24,7 @@ from tools.cli import (
     ops,
     protocol,
     query,
+    tokens,
     user,
 )
 
@@ -46,6 +47,7 @@ for group in (
     decisions.decisions_app,
     decisions.alerts_app,
     user.user_app,
+    tokens.token_app,
     hub.hub_app,
     device.device_app,
     command.command_app,

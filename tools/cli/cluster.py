@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
+from hub.core import tls
 from tools.base.hubclient import HubClient, HubError
 from tools.cli.output import fail, group, print_json
 from tools.cli.remote import JsonOpt, on_hub
@@ -26,13 +27,42 @@ def cluster_init(
     base_port: Annotated[
         int, typer.Option(help="Raft ports from here; brokers +100, HTTP +200.")
     ] = 4321,
+    plain: Annotated[
+        bool, typer.Option("--plain", help="No TLS: plain MQTT and HTTP, for a lab.")
+    ] = False,
 ) -> None:
-    """Write configs and a cluster secret for a cluster of NODES nodes."""
+    """Write configs, a cluster secret, and a CA with a certificate per node
+    (tls/), for a cluster of NODES nodes."""
     if broker not in ("mosquitto", "embedded"):
         raise fail("--broker: expected mosquitto or embedded")
-    for p in main_init(directory, nodes, host, broker, base_port):
+    for p in main_init(directory, nodes, host, broker, base_port, tls=not plain):
         typer.echo(str(p))
     typer.echo(f"instructions: {directory / 'README.txt'}", err=True)
+
+
+@cluster_app.command("cert")
+def cluster_cert(
+    node: Annotated[str, typer.Argument(help="The node id the certificate is for.")],
+    host: Annotated[
+        list[str],
+        typer.Option(
+            "--host", help="An address or name clients reach the node at (repeat for more)."
+        ),
+    ],
+    tls_dir: Annotated[
+        Path, typer.Option("--tls-dir", help="The folder with the cluster CA (ca.pem, ca.key).")
+    ] = Path("tls"),
+) -> None:
+    """Issue NODE a new certificate from the cluster CA (made in --tls-dir
+    when there is none): NODE.pem and NODE.key, for its tls.cert and tls.key."""
+    try:
+        issued = tls.write_node(tls_dir, node, host)
+    except tls.TlsError as exc:
+        raise fail(str(exc)) from None
+    typer.echo(str(issued.cert))
+    typer.echo(str(issued.key))
+    names = ", ".join(tls.alt_names(host))
+    typer.echo(f"valid for {names}; the CA is {tls_dir / 'ca.pem'}", err=True)
 
 
 def _node_status(client: HubClient, node: dict[str, Any]) -> dict[str, Any]:

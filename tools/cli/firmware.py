@@ -6,7 +6,9 @@
     aiot firmware flash --port /dev/ttyUSB0 [--out build/plug-1]
     aiot firmware provision --port /dev/ttyUSB0 --device plug-1 --config hub.toml
     aiot firmware verify --port /dev/ttyUSB0
-    aiot firmware ota plug-1 --config hub.toml [--out build/plug-1]
+    aiot firmware keygen --out release.key                       # [firmware] trusted_keys
+    aiot firmware release --out build/plug-1 --sign-key release.key --config hub.toml
+    aiot firmware ota plug-1 --config hub.toml [--out build/plug-1] [--sign-key release.key]
     aiot firmware virtual-board DIR --port 7000
 
 docs/flashing.md walks through it from an unboxed board.
@@ -26,7 +28,8 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 
-from tools.base.hubclient import HubError
+from hub.core import keys
+from tools.base.hubclient import HubClient, HubError
 from tools.base.paths import ROOT
 from tools.cli.output import fail, group, reported, say
 from tools.cli.remote import ConfigOpt, HubOpt, TokenOpt, session
@@ -40,7 +43,7 @@ from tools.firmware.build import (
     load_wifi,
 )
 from tools.firmware.flash import flash, provision_board, verify, write_image
-from tools.firmware.ota import send, upload, wait
+from tools.firmware.ota import release, release_key, send, upload, wait
 from tools.firmware.virtual import VirtualBoard
 
 firmware_app = group(
@@ -97,10 +100,11 @@ NoResetOpt = Annotated[
 
 
 def _registry(device: str, config: Path | None, hub: str | None, token: str | None) -> Any:
-    """The device's config from the hub's registry."""
+    """The device's config from the hub's registry, with the firmware release
+    keys the hub trusts (``release_keys``: the device pins them)."""
     with session(config, hub, token) as client:
         try:
-            return client.get(f"/v1/devices/{device}/config")
+            registry = dict(client.get(f"/v1/devices/{device}/config"))
         except HubError as exc:
             if exc.status != 404:
                 raise
@@ -109,6 +113,20 @@ def _registry(device: str, config: Path | None, hub: str | None, token: str | No
                 f"register it first (aiot device add {device})",
                 1,
             ) from None
+        trusted = client.get("/v1/firmware/keys")["trusted_keys"]
+        if trusted:  # none: the device gets none (and the build warns)
+            registry["release_keys"] = trusted
+        return registry
+
+
+def _warn_no_release_keys(source: Provision) -> Provision:
+    if not source.registry.get("release_keys") and not source.settings.get("release_keys"):
+        say(
+            f"warning: no firmware release keys for {source.device_id} (release_keys): "
+            "it will refuse every over-the-air update; list them in the hub's "
+            "[firmware] trusted_keys, or in --settings"
+        )
+    return source
 
 
 def _provision(
@@ -148,9 +166,9 @@ def _provision(
             extra = {
                 k: v for k, v in registry.items() if k not in FROM_HUB and not k.startswith("_")
             }
-            return Provision(registry, wifi, {**extra, **overrides})
+            return _warn_no_release_keys(Provision(registry, wifi, {**extra, **overrides}))
     assert device is not None
-    return Provision(_registry(device, config, hub, token), wifi, overrides)
+    return _warn_no_release_keys(Provision(_registry(device, config, hub, token), wifi, overrides))
 
 
 DeviceSource = Callable[[], Provision | None]
@@ -382,6 +400,57 @@ def _show_step(step: dict[str, Any]) -> None:
     typer.echo(f"  {at} {step['state']:<8} {detail}".rstrip())
 
 
+SignKeyOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--sign-key", help="Firmware release key (aiot firmware keygen): sign and register."
+    ),
+]
+
+
+@firmware_app.command("keygen")
+def keygen_cmd(
+    out: Annotated[Path, typer.Option("--out", help="Write the private key here (mode 600).")],
+) -> None:
+    """An Ed25519 firmware release key; prints the public key for firmware.trusted_keys."""
+    try:
+        pub = keys.write_keygen(out)
+    except FileExistsError:
+        raise fail(f"{out} exists; refusing to overwrite a key") from None
+    typer.echo(pub)
+    say(
+        f"private key in {out}; add the public key above to [firmware] trusted_keys on every "
+        "node (devices pin it when built, flashed or provisioned with --device)"
+    )
+
+
+def _release(client: HubClient, out: Path, sign_key: Path) -> tuple[str, str, list[str]]:
+    """Upload the bundle to every node and register its signed release."""
+    with reported(1):
+        key = release_key(sign_key)
+        sha, here, stored = upload(client, out)
+        rel = release(client, out, key)
+    what = "registered" if rel["registered"] else "already registered"
+    typer.echo(f"release {rel['name']}@{rel['version']} ({sha}) {what}")
+    return sha, here, stored
+
+
+@firmware_app.command("release")
+def release_cmd(
+    sign_key: Annotated[
+        Path, typer.Option("--sign-key", help="Firmware release key (aiot firmware keygen).")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The built bundle.")] = DEFAULT_OUT,
+    config: ConfigOpt = None,
+    hub: HubOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Upload the bundle to the hubs, sign it as a release and register it."""
+    with session(config, hub, token) as client:
+        sha, _, stored = _release(client, out, sign_key)
+    typer.echo(f"bundle {sha} on {len(stored)} node(s)")
+
+
 @firmware_app.command("ota")
 def ota_cmd(
     device: Annotated[str, typer.Argument(help="The device to update.")],
@@ -393,14 +462,25 @@ def ota_cmd(
         str | None,
         typer.Option("--url", help="The bundle's base URL as the device reaches it."),
     ] = None,
+    sign_key: SignKeyOpt = None,
+    allow_downgrade: Annotated[
+        bool,
+        typer.Option("--allow-downgrade", help="Let an older release replace the running one."),
+    ] = False,
     wait_s: Annotated[
         float, typer.Option("--wait", min=0, help="Seconds to wait for the outcome (0: don't).")
     ] = 0.0,
 ) -> None:
-    """Upload the bundle to the hubs and send the device a signed ota.update command."""
+    """Upload the bundle to the hubs and send the device a signed ota.update command
+    (the bundle must be a registered release: --sign-key registers it)."""
     with session(config, hub, token) as client:
-        sha, here, stored = upload(client, out)
-        rec = send(client, device, url or here, sha)
+        if sign_key is not None:
+            sha, here, stored = _release(client, out, sign_key)
+        else:
+            with reported(1):
+                sha, here, stored = upload(client, out)
+        with reported(1):
+            rec = send(client, device, url or here, sha, allow_downgrade=allow_downgrade)
         typer.echo(f"bundle {sha} on {len(stored)} node(s); command {rec['command_id']}")
         if wait_s > 0:
             rec = wait(client, rec["command_id"], wait_s, _show_step)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -28,13 +27,11 @@ models_app = group("models", "The model registry: signed versions, hot activatio
 def models_keygen(
     out: Annotated[Path, typer.Option(help="Write the private key here (mode 600).")],
 ) -> None:
-    """An Ed25519 signing key; prints the public key for [models] trusted_keys."""
-    if out.exists():
-        raise fail(f"{out} exists; refusing to overwrite a key")
-    priv, pub = keys.keygen()
-    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(priv + "\n")
+    """An Ed25519 signing key; prints the public key for models.trusted_keys."""
+    try:
+        pub = keys.write_keygen(out)
+    except FileExistsError:
+        raise fail(f"{out} exists; refusing to overwrite a key") from None
     typer.echo(pub)
     say(f"private key in {out}; add the public key above to [models] trusted_keys")
 

@@ -12,7 +12,8 @@ event about every 30 s; the hubs' rules switch them off or alert.
 The demo keeps its state in ``--dir`` (default ``.aiot-demo``) between runs;
 ``--fresh`` starts empty. ``demo.json`` there holds what a client needs:
 each hub's HTTP URL and broker port, the monitoring MQTT login (reads
-``aiot/v1/#``), the admin token and the dashboard login.
+``aiot/v1/#``), an admin token (valid for a day, written at every start)
+and the dashboard login.
 
 Every hub's ``/metrics`` is scraped once the hubs are up and again at the
 end (after the plugs stop), and parsed with prometheus-client's parser; the
@@ -26,6 +27,7 @@ import json
 import secrets
 import shutil
 import signal
+import ssl
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -45,6 +47,7 @@ from tools.lab.device import Device, edge_runtime
 
 Say = Callable[[str], None]
 DASHBOARD_USER = "admin"
+DEMO_TOKEN_TTL_S = 86_400  # the admin token in demo.json
 
 # Demo devices: fast enough to see things move, slow enough for 2 cores.
 DEVICE_TUNING: dict[str, Any] = {
@@ -70,12 +73,14 @@ class MetricsError(RuntimeError):
     pass
 
 
-def scrape_counters(url: str, timeout: float = 10.0) -> tuple[set[str], CounterSamples]:
+def scrape_counters(
+    url: str, timeout: float = 10.0, verify: ssl.SSLContext | bool = True
+) -> tuple[set[str], CounterSamples]:
     """One hub's counters from its /metrics (no token), parsed with
     prometheus-client's parser: the ``_total`` names of every counter family
     it declares (samples or not yet), and each ``_total`` sample's value."""
     try:
-        r = httpx.get(f"{url}/metrics", timeout=timeout)
+        r = httpx.get(f"{url}/metrics", timeout=timeout, verify=verify)
     except httpx.HTTPError as exc:
         raise MetricsError(f"not reachable: {exc}") from None
     if r.status_code != 200:
@@ -164,7 +169,13 @@ class Demo:
             # Should the demo die without stopping them (kill -9), each gets
             # SIGTERM (hub/core/procs.py die_with_parent).
             cluster = LocalCluster(
-                croot, self.n_hubs, broker=self.broker, extra=extra, llm=True, new_session=True
+                croot,
+                self.n_hubs,
+                broker=self.broker,
+                extra=extra,
+                llm=True,
+                new_session=True,
+                tls=True,  # MQTT over TLS and HTTPS, with the cluster's own CA in tls/
             )
         self.cluster = cluster
         try:
@@ -195,8 +206,12 @@ class Demo:
             )
             self.devices.append(dev.start())
         self._write_demo_json(password)
-        url = f"http://127.0.0.1:{cluster.ports[0].http}/"
-        say(f"dashboard: {url}  login: {DASHBOARD_USER} / {password}")
+        say(f"dashboard: {cluster.url(0)}/  login: {DASHBOARD_USER} / {password}")
+        if cluster.ca_pem is not None:
+            say(
+                f"  (HTTPS with the cluster's own CA {cluster.ca_pem}: the browser warns until "
+                "you trust it or accept the certificate)"
+            )
         say(f"everything a client needs: {self.root / 'demo.json'}")
 
     def _dashboard_user(self, client: HubClient) -> str:
@@ -219,7 +234,7 @@ class Demo:
             "hubs": [
                 {
                     "node_id": c.node_id(i),
-                    "http": f"http://127.0.0.1:{p.http}",
+                    "http": c.url(i),
                     "broker_port": p.broker,
                     "raft": f"127.0.0.1:{p.raft}",
                     "config": str(c.configs[i]),
@@ -227,8 +242,10 @@ class Demo:
                 for i, p in enumerate(c.ports)
             ],
             "broker": "mosquitto" if self.broker == "mosquitto" else "amqtt",
+            "tls": None if c.ca_pem is None else {"ca": str(c.ca_pem)},
             "monitor": {"user": auth.MONITOR_USER, "password": auth.monitor_password(secret)},
-            "admin_token": auth.admin_token(secret),
+            # Good for a day of demo; `aiot token create -c CONFIG` mints another.
+            "admin_token": auth.admin_token(secret, DEMO_TOKEN_TTL_S),
             "dashboard": {"user": DASHBOARD_USER, "password": password},
             "devices": [d.config["device_id"] for d in self.devices],
             "edge_runtime": self.runtime,
@@ -273,10 +290,10 @@ class Demo:
         assert self.cluster is not None
         c = self.cluster
         out: dict[str, tuple[set[str], CounterSamples]] = {}
-        for i, p in enumerate(c.ports):
+        for i in range(c.n):
             node = c.node_id(i)
             try:
-                out[node] = scrape_counters(f"http://127.0.0.1:{p.http}")
+                out[node] = scrape_counters(c.url(i), verify=c.verify)
             except MetricsError as exc:
                 self.errors.append(f"metrics at the {when}: {node} /metrics {exc}")
         return out

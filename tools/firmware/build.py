@@ -59,8 +59,10 @@ MAIN_STUB = (
 )
 INITIAL_OTA_STATE = '{"active": "a"}\n'
 # Settings in the config template that the hub registry or the secrets file
-# provide, or that only explain.
-FROM_HUB = ("device_id", "key", "hubs", "user", "password")
+# provide, or that only explain (release_keys: the firmware release keys the
+# hub trusts, which the device pins, edge/ota.py; ca: the cluster CA the
+# device pins for MQTT over TLS, edge/mqtt.py, absent from a plain-TCP hub).
+FROM_HUB = ("device_id", "key", "hubs", "user", "password", "release_keys", "ca")
 _WIFI = ("wifi_ssid", "wifi_password")
 
 

@@ -1,10 +1,19 @@
 """Over-the-air updates from the operator's side: upload a bundle to the
-hubs, then send the device a signed ``ota.update`` command through the
-replicated command ledger.
+hubs, sign and register it as a firmware release, then send the device a
+signed ``ota.update`` command through the replicated command ledger.
 
-    sha, url = upload(client, Path("build/plug-1"))     # every node of the cluster
-    record = send(client, "plug-1", url, sha)           # POST /v1/commands
+    sha, url, nodes = upload(client, Path("build/plug-1"))  # every node of the cluster
+    release(client, Path("build/plug-1"), key)              # POST /v1/firmware/releases
+    record = send(client, "plug-1", url, sha)               # POST /v1/commands
     final = wait(client, record["command_id"], 600)
+
+A release is the bundle's manifest.json signed with a firmware release key
+(`aiot firmware keygen`; the hubs list its public key in ``[firmware]
+trusted_keys``, devices pin it in their config as ``release_keys``). The hub
+sends an ota.update only for a registered release, adds its signed manifest
+and signature to the command, and refuses a downgrade unless
+``allow_downgrade``; the device checks the signature and the version again
+before it writes anything (edge/ota.py).
 
 The device downloads ``url`` + each file, verifies every sha256 against the
 manifest whose sha256 the command carries, stages the other app slot and
@@ -22,13 +31,17 @@ the device's progress lands in the entry's history, one SENT step each:
 from __future__ import annotations
 
 import base64
+import hashlib
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from hub.core import keys
+from hub.decide import registry
 from tools.base.errors import ToolError
 from tools.base.hubclient import HubClient, HubError
 from tools.firmware.build import load_bundle
@@ -54,8 +67,10 @@ def bundle_payload(bundle: Path) -> tuple[str, dict[str, Any]]:
 
 
 def _node_urls(client: HubClient) -> list[str]:
-    """The HTTP URL of every node in the cluster table (the client's first)."""
+    """The API URL of every node in the cluster table (the client's first),
+    in the client's scheme (https on a cluster with TLS)."""
     urls = [client.url]
+    scheme = httpx.URL(client.url).scheme
     try:
         nodes = client.get("/v1/cluster")["nodes"]
     except HubError:
@@ -67,7 +82,7 @@ def _node_urls(client: HubClient) -> list[str]:
             continue
         if h in ("0.0.0.0", "::", "[::]", ""):
             h = host
-        url = f"http://{h}:{port}"
+        url = f"{scheme}://{h}:{port}"
         if url not in urls:
             urls.append(url)
     return urls
@@ -82,7 +97,7 @@ def upload(client: HubClient, bundle: Path) -> tuple[str, str, list[str]]:
     auth = client._http.headers.get("authorization", "")
     for url in _node_urls(client):
         try:
-            with HubClient(url, auth.partition(" ")[2]) as c:
+            with HubClient(url, auth.partition(" ")[2], ca=client.ca) as c:
                 out = c.post("/v1/firmware", body)
         except HubError as exc:
             errors.append(f"{url}: {exc}")
@@ -96,10 +111,62 @@ def upload(client: HubClient, bundle: Path) -> tuple[str, str, list[str]]:
     return sha, f"{client.url}/v1/firmware/{sha}/", stored
 
 
+def release_key(path: Path) -> Ed25519PrivateKey:
+    """A firmware release key from its file (`aiot firmware keygen`)."""
+    try:
+        return keys.private_key(path)
+    except ValueError as exc:
+        raise OtaError(str(exc)) from None
+
+
+def release(client: HubClient, bundle: Path, key: Ed25519PrivateKey) -> dict[str, Any]:
+    """Sign the bundle's release and register it (the bundle must be on the
+    client's node: `upload`). A release already registered is kept as it is:
+    ``registered`` says whether this call registered it."""
+    try:
+        manifest = (bundle / "ota" / "manifest.json").read_bytes()
+    except OSError as exc:
+        raise OtaError(f"{bundle} is not a built bundle: {exc.strerror}") from None
+    sha = hashlib.sha256(manifest).hexdigest()
+    for rel in client.get("/v1/firmware/releases"):
+        if rel["sha256"] == sha:
+            return {**rel, "registered": False}
+    try:
+        signed = registry.release_manifest(manifest)
+    except ValueError as exc:
+        raise OtaError(f"{bundle}: {exc}") from None
+    signature, kid = keys.sign(signed, key)
+    body = {
+        "manifest": signed.decode(),
+        "signature": base64.b64encode(signature).decode(),
+        "key_id": kid,
+    }
+    try:
+        out: dict[str, Any] = client.post("/v1/firmware/releases", body)
+    except HubError as exc:
+        if exc.status == 409 and "model_version_exists" in str(exc):
+            raise OtaError(
+                f"another bundle is already released as this version ({exc}): "
+                "set a new FIRMWARE version in edge/node.py and build again"
+            ) from None
+        if exc.status == 422 and "untrusted_key" in str(exc):
+            raise OtaError(
+                f"the hub does not trust key {kid}: list its public key in "
+                "[firmware] trusted_keys on every node"
+            ) from None
+        raise
+    return {**out, "registered": True}
+
+
 def send(
-    client: HubClient, device: str, url: str, sha: str, deadline_s: float = 1800.0
+    client: HubClient,
+    device: str,
+    url: str,
+    sha: str,
+    deadline_s: float = 1800.0,
+    allow_downgrade: bool = False,
 ) -> dict[str, Any]:
-    """Put the ota.update command into the ledger."""
+    """Put the ota.update command for the release ``sha`` into the ledger."""
     if len(url) > 200:
         raise OtaError(f"bundle URL longer than 200 characters: {url}")
     try:
@@ -108,16 +175,18 @@ def send(
             {
                 "device": device,
                 "action": ACTION,
-                "params": {"url": url, "sha256": sha},
+                "params": {"url": url, "sha256": sha, "allow_downgrade": allow_downgrade},
                 "deadline_s": deadline_s,
             },
         )
     except HubError as exc:
-        if exc.status == 422 and ACTION in str(exc):
+        if exc.status == 422 and f"no action {ACTION!r}" in str(exc):
             raise OtaError(
                 f"{device} does not declare {ACTION} in its capabilities: flash it with a "
                 "bundle that supports updates, and register it with the ota.update capability"
             ) from None
+        if exc.status in (409, 422) and "ota.update refused" in str(exc):
+            raise OtaError(str(exc)) from None
         raise
     return rec
 

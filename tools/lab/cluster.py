@@ -21,6 +21,8 @@ import contextlib
 import os
 import secrets
 import signal
+import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -30,6 +32,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from hub.core import config as hub_config
+from hub.core import tls as hub_tls
 from hub.core.procs import die_with_parent
 from tools.base.errors import ToolError
 from tools.base.hubclient import HubClient, HubError
@@ -77,8 +80,11 @@ def render_config(
     broker: str = "mosquitto",
     extra: str = "",
     rules: Sequence[str] = (),
+    tls: bool = False,
 ) -> str:
-    """One node's config; ``rules``: shipped rule sets to turn on."""
+    """One node's config; ``rules``: shipped rule sets to turn on; ``tls``:
+    the node's certificate in ``tls/`` (``write_cluster`` issues it), else
+    plain TCP, said so in the file."""
     peer_list = ", ".join(f'"{p}"' for p in peers)
     tables = "\n".join(t.strip() + "\n" for t in (rules_table(rules), extra) if t.strip())
     return (
@@ -94,7 +100,20 @@ def render_config(
         f'mode = "{broker}"\n'
         f'bind = "{host}:{ports.broker}"\n\n'
         "[http]\n"
-        f'bind = "{host}:{ports.http}"\n' + (f"\n{tables}" if tables else "")
+        f'bind = "{host}:{ports.http}"\n\n'
+        + _tls_table(node_id, tls)
+        + (f"\n{tables}" if tables else "")
+    )
+
+
+def _tls_table(node_id: str, on: bool) -> str:
+    if not on:
+        return "[tls]\nplain = true                      # a lab: no TLS (docs/security.md)\n"
+    return (
+        "[tls]                             # MQTT over TLS and HTTPS (docs/security.md)\n"
+        'ca = "tls/ca.pem"\n'
+        f'cert = "tls/{node_id}.pem"\n'
+        f'key = "tls/{node_id}.key"\n'
     )
 
 
@@ -106,10 +125,12 @@ def write_cluster(
     broker: str = "mosquitto",
     extra: str = "",
     rules: Sequence[str] = (),
+    tls: bool = False,
 ) -> list[Path]:
     """Configs for ``nodes`` nodes and a fresh cluster secret (kept if present).
     ``host``: the address every node binds to, or one address per node;
-    ``rules``: shipped rule sets every node turns on."""
+    ``rules``: shipped rule sets every node turns on; ``tls``: a cluster CA
+    in ``tls/`` (kept if present) and a certificate per node (hub/core/tls.py)."""
     root.mkdir(parents=True, exist_ok=True)
     secret = root / "cluster.secret"
     if not secret.exists():
@@ -123,7 +144,11 @@ def write_cluster(
     for i, p in enumerate(ports):
         peers = [f"{hosts[j]}:{q.raft}" for j, q in enumerate(ports) if j != i]
         path = root / f"hub-{i + 1}.toml"
-        text = render_config(f"hub-{i + 1}", hosts[i], p, peers, broker, extra, rules)
+        node_id = f"hub-{i + 1}"
+        if tls:
+            names = [hosts[i]] + ([socket.gethostname()] if hosts[i] in ("0.0.0.0", "::") else [])
+            hub_tls.write_node(root / "tls", node_id, names)
+        text = render_config(node_id, hosts[i], p, peers, broker, extra, rules, tls)
         path.write_text(text)
         paths.append(path)
     return paths
@@ -147,6 +172,7 @@ class LocalCluster:
         llm: bool = False,
         new_session: bool = False,
         hosts: Sequence[str] | None = None,
+        tls: bool = False,
     ) -> None:
         """``extra``: TOML tables appended to every config; ``raft``: more
         keys for the [raft] table (snapshot_min_entries, ...); ``llm``: keep
@@ -155,7 +181,8 @@ class LocalCluster:
         terminal's Ctrl-C (for a caller that stops them itself, as `aiot demo`
         does), and stopped with SIGTERM if the caller dies without stopping
         them (die_with_parent); ``hosts``: each node's address (default
-        127.0.0.1 for all)."""
+        127.0.0.1 for all); ``tls``: MQTT over TLS and HTTPS with a cluster
+        CA in ``root/tls`` (``ca_pem``), else plain TCP."""
         self.root = root
         self.new_session = new_session
         self.n = nodes
@@ -166,8 +193,9 @@ class LocalCluster:
             **(raft or {}),
         }
         timing = "".join(f"{k} = {v}\n" for k, v in keys.items())
+        self.tls = tls
         self.configs = write_cluster(
-            root, nodes, "127.0.0.1" if hosts is None else hosts, self.ports, broker
+            root, nodes, "127.0.0.1" if hosts is None else hosts, self.ports, broker, tls=tls
         )
         for path in self.configs:
             text = path.read_text().replace(
@@ -193,6 +221,7 @@ class LocalCluster:
         self.new_session = new_session
         self.n = len(paths)
         self.configs = paths
+        self.tls = (root / "tls" / "ca.pem").exists()
         self.ports = []
         for p in paths:
             cfg = hub_config.load(p)
@@ -206,6 +235,25 @@ class LocalCluster:
         return self
 
     # -- processes --------------------------------------------------------------------
+
+    @property
+    def ca_pem(self) -> Path | None:
+        """The cluster CA that clients pin (None: a plain-TCP cluster)."""
+        return self.root / "tls" / "ca.pem" if self.tls else None
+
+    @property
+    def verify(self) -> ssl.SSLContext | bool:
+        """What an httpx client checks the nodes against: the cluster CA
+        pinned (True, httpx's default, for a plain cluster's http URLs)."""
+        return True if self.ca_pem is None else hub_tls.client_context(self.ca_pem)
+
+    def mqtt_tls(self) -> ssl.SSLContext | None:
+        """The TLS context an MQTT client of the nodes' brokers needs (None: plain)."""
+        return None if self.ca_pem is None else hub_tls.client_context(self.ca_pem)
+
+    def url(self, i: int) -> str:
+        """Node i's API as this host reaches it (https with TLS)."""
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.ports[i].http}"
 
     def node_id(self, i: int) -> str:
         return f"hub-{i + 1}"
@@ -384,11 +432,13 @@ class LocalCluster:
         }
 
 
-def main_init(root: Path, nodes: int, host: str, broker: str, base_port: int) -> list[Path]:
+def main_init(
+    root: Path, nodes: int, host: str, broker: str, base_port: int, tls: bool = True
+) -> list[Path]:
     ports = [
         NodePorts(base_port + i, base_port + 100 + i, base_port + 200 + i) for i in range(nodes)
     ]
-    paths = write_cluster(root, nodes, host, ports, broker, rules=SHIPPED_RULES)
+    paths = write_cluster(root, nodes, host, ports, broker, rules=SHIPPED_RULES, tls=tls)
     (root / "README.txt").write_text(
         "Start each node in its own terminal:\n"
         + "".join(f"  aiot hub run --config {p}\n" for p in paths)
@@ -396,6 +446,12 @@ def main_init(root: Path, nodes: int, host: str, broker: str, base_port: int) ->
         + f"  aiot cluster status --wait 60 --config {paths[0]}\n"
         + f"  aiot device add plug-1 --limit-w 1000 --config {paths[0]} --out plug-1.json\n"
         + "  aiot device run plug-1.json\n"
+        + (
+            "\nTLS: tls/ca.pem is the cluster CA (devices, `aiot` and the nodes pin it);\n"
+            "tls/ca.key signs node certificates: keep it off the nodes (docs/security.md).\n"
+            if tls
+            else "\nPlain TCP ([tls] plain = true): for a lab only.\n"
+        )
         + "\nThe shipped energy rules are on ([rules] shipped in each config): a plug\n"
         + "over its --limit-w for 10 s is switched off. shipped = [] turns them off.\n"
     )

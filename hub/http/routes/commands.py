@@ -4,6 +4,16 @@ POST /v1/commands {device, action, params, deadline_s, approved, command_id}
                                     (operator) checked by the guard, then committed
 GET  /v1/commands?device=ID         the device's ledger
 GET  /v1/commands/{id}              one command with its history
+
+An ota.update names a firmware release by its sha256 (params url, sha256 and
+optionally allow_downgrade). This route is the only way one enters the
+ledger (the guard blocks it from every other origin: OPERATOR_ONLY), and it
+lets one through only for a registered release signed by a key of
+``[firmware] trusted_keys``, for the platform the device runs and not older
+than the version it runs unless allow_downgrade is true; it adds the
+release's signed manifest and signature, which the device checks again
+(hub/decide/registry.py "firmware releases", edge/ota.py). A refusal is 422
+(409 for a downgrade) and proposes nothing.
 """
 
 from __future__ import annotations
@@ -14,7 +24,9 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException
 
+from hub.core import keys
 from hub.core.clock import wall_ms
+from hub.decide import registry
 from hub.decide.guard import Guard, ParamError, Proposal, normalize_params
 from hub.http.bodies import CommandIn
 from hub.http.principal import Operator, Principal, Raft, ThisNode, Viewer, known
@@ -68,6 +80,29 @@ async def _guarded(
     return verdict.params, parts
 
 
+def _release(
+    r: RaftNode, node: ThisNode, cap: m.Capability, device: str, given: dict[str, Any]
+) -> dict[str, Any]:
+    """An ota.update's params with its release's signed manifest and signature;
+    422 (409 for a downgrade) for a release that may not go to the device."""
+    takes = {p.name for p in cap.params}
+    if not {"release", "signature", "allow_downgrade"} <= takes:
+        raise HTTPException(
+            422,
+            f"{device} declares an ota.update that takes no signed release: flash it with a "
+            "current bundle and register it again with the current capabilities",
+        )
+    last = node.statuses.get(device)
+    reported = None if last is None else last[0].firmware
+    # Validated when the config was read (hub/core/config.py).
+    trusted = keys.trusted(node.cfg.firmware.trusted_keys)
+    try:
+        return registry.ota_params(r, trusted, device, given, reported)
+    except registry.ReleaseRefused as exc:
+        code = 409 if exc.reason == "downgrade" else 422
+        raise HTTPException(code, f"ota.update refused: {exc.reason}: {exc.detail}") from None
+
+
 @router.post("/v1/commands", status_code=201)
 async def send_command(body: CommandIn, who: Operator, r: Raft, node: ThisNode) -> dict[str, Any]:
     d = known(r, body.device)
@@ -75,8 +110,11 @@ async def send_command(body: CommandIn, who: Operator, r: Raft, node: ThisNode) 
     if cap is None:
         actions = ", ".join(c.action for c in d.capabilities) or "none"
         raise HTTPException(422, f"{body.device} has no action {body.action!r} ({actions})")
+    given: dict[str, Any] = dict(body.params)
+    if body.action == registry.OTA:
+        given = _release(r, node, cap, body.device, given)
     try:  # the device's own rules (edge/executor.py), as the guard applies them
-        params, _ = normalize_params(cap, body.params)
+        params, _ = normalize_params(cap, given)
     except ParamError as exc:
         raise HTTPException(422, str(exc)) from None
     now = wall_ms()

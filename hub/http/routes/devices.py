@@ -18,9 +18,10 @@ from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, HTTPException, Query
 
-from hub.core import auth
+from hub.core import auth, tls
 from hub.core.clock import wall_ms
 from hub.http.bodies import DeviceIn, capabilities_of
+from hub.http.node import Node
 from hub.http.principal import Admin, Raft, ThisNode, Viewer, known
 from hub.http.replica import barrier, check, commit
 from hub.http.serializers import device_config, device_json
@@ -36,7 +37,7 @@ MAX_READINGS: Final = 100_000  # per readings query (limit)
 
 
 @router.post("/v1/devices", status_code=201)
-async def add_device(body: DeviceIn, _: Admin, r: Raft) -> dict[str, Any]:
+async def add_device(body: DeviceIn, _: Admin, r: Raft, node: ThisNode) -> dict[str, Any]:
     if not valid_device_id(body.device_id):
         raise HTTPException(422, f"bad device id {body.device_id!r}: 1-64 of A-Z a-z 0-9 . _ -")
     if auth.reserved_name(body.device_id):
@@ -51,7 +52,7 @@ async def add_device(body: DeviceIn, _: Admin, r: Raft) -> dict[str, Any]:
         body.owner,
     )
     check(await commit(r, e.encode(e.RegisterDevice(device, wall_ms()))))
-    return device_config(r, device)
+    return device_config(r, device, _pinned_ca(node))
 
 
 @router.get("/v1/devices")
@@ -97,8 +98,14 @@ async def show_device(device_id: str, who: Viewer, r: Raft, node: ThisNode) -> d
 
 
 @router.get("/v1/devices/{device_id}/config")
-async def config_of(device_id: str, _: Admin, r: Raft) -> dict[str, Any]:
-    return device_config(r, known(r, device_id))
+async def config_of(device_id: str, _: Admin, r: Raft, node: ThisNode) -> dict[str, Any]:
+    return device_config(r, known(r, device_id), _pinned_ca(node))
+
+
+def _pinned_ca(node: Node) -> bytes | None:
+    """The cluster CA a device pins (DER), or None when the hub runs plain TCP."""
+    t = node.cfg.tls
+    return tls.ca_der(t.ca) if t.on and t.ca is not None else None
 
 
 @router.delete("/v1/devices/{device_id}")

@@ -85,6 +85,10 @@ async def register_model(body: ModelIn, _: Operator, r: Raft, node: ThisNode) ->
         models_mod.verify_signature(mv, reg.trusted)
     except (ValueError, ModelRefused) as exc:
         raise HTTPException(422, f"model refused: {exc}") from None
+    if mv.kind == models_mod.FIRMWARE:
+        raise HTTPException(
+            422, "model refused: a firmware release is registered with POST /v1/firmware/releases"
+        )
     if not reg.has_blob(mv.sha256.hex()):
         raise HTTPException(409, f"upload the bytes first: PUT /v1/models/blobs/{mv.sha256.hex()}")
     check(await commit(r, e.encode(mv)))
@@ -93,7 +97,7 @@ async def register_model(body: ModelIn, _: Operator, r: Raft, node: ThisNode) ->
 
 @router.get("/v1/models")
 async def list_models(_: Viewer, r: Raft, node: ThisNode) -> list[dict[str, Any]]:
-    versions = r.read(lambda s: s.model_versions())
+    versions = [v for v in r.read(lambda s: s.model_versions()) if v.kind != models_mod.FIRMWARE]
     wanted = {m.name: m.version for m in r.read(Store.models)}
     here = node.models.status()
     out = []

@@ -1,7 +1,7 @@
 """API users and their sessions (hub/state/users.py).
 
 POST   /v1/login {username, password}      a session token
-GET    /v1/me                              who the token is
+GET    /v1/me                              who the token is (an admin token: its id, times)
 GET    /v1/users                           every user (admin)
 PUT    /v1/users/{name} {role, password, devices}   add or change one (admin)
 DELETE /v1/users/{name}                    remove one (admin)
@@ -50,11 +50,19 @@ async def login(body: LoginIn, request: Request, r: Raft, node: ThisNode) -> dic
 
 @router.get("/v1/me")
 async def me(who: Viewer) -> dict[str, Any]:
-    return {
+    """Who the token speaks for; with an admin token, its id and times too."""
+    out: dict[str, Any] = {
         "name": who.name,
         "role": who.role.name.lower(),
         "devices": None if who.devices is None else sorted(who.devices),
     }
+    if who.token is not None:
+        out["token"] = {
+            "id": who.token.token_id,
+            "issued_ms": who.token.issued_ms,
+            "expires_ms": who.token.expires_ms,
+        }
+    return out
 
 
 @router.get("/v1/users")
