@@ -8,7 +8,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: demo test check lint protocol bench mosquitto socat chromium systemd guide clean
+.PHONY: demo test check lint protocol bench mosquitto socat chromium systemd guide tcpdump clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -63,7 +63,11 @@ guide:
 	$(call apt_need,sudo,sudo)
 	$(call apt_need,curl,curl)
 
-test: $(STAMP) mosquitto socat chromium systemd guide
+# tcpdump: tests/security/test_tls.py captures the wire on loopback.
+tcpdump:
+	$(call apt_need,tcpdump,tcpdump)
+
+test: $(STAMP) mosquitto socat chromium systemd guide tcpdump
 	$(PY) -m pytest
 
 # mypy strict on hub/, tools/, protocol/; the import contracts of the layers
