@@ -68,7 +68,7 @@ tcpdump:
 	$(call apt_need,tcpdump,tcpdump)
 
 test: $(STAMP) mosquitto socat chromium systemd guide tcpdump
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=30
 
 # mypy strict on hub/, tools/, protocol/; the import contracts of the layers
 # (docs/ARCHITECTURE.md); then edge/ and firmware/ against the MicroPython
