@@ -67,8 +67,8 @@ The format, with defaults:
     plain = false                     # true: plain TCP, for a lab; then ca, cert, key unused
     # With [tls], the broker's device listener speaks MQTT over TLS (8883 is
     # the usual port), the HTTP API speaks HTTPS, and the hub reaches peers and
-    # an mqtts:// broker with ca pinned. Without the table (or with plain =
-    # true) both are plain TCP, and the hub says so in its log at start.
+    # an mqtts:// broker with ca pinned. With plain = true both are plain
+    # TCP, and the hub says so in its log at start. The table is required.
 
     [log]
     level = "info"                    # debug | info | warning | error
@@ -266,7 +266,7 @@ class TlsConfig:
         return not self.plain
 
 
-PLAIN: Final = TlsConfig()  # no [tls], or plain = true
+PLAIN: Final = TlsConfig()  # [tls] plain = true
 
 
 @dataclass(frozen=True, slots=True)
@@ -496,7 +496,7 @@ def parse(doc: Mapping[str, Any], source: Path, env: Mapping[str, str] | None = 
         COMMANDS.read(tables["commands"]),
         DECISIONS.read(tables["decisions"]),
         _models(tables["models"]),
-        _tls(tables["tls"], "tls" in doc),
+        _tls(tables["tls"], "tls" in doc, source),
         firmware=FIRMWARE.read(tables["firmware"]),
     )
 
@@ -576,10 +576,16 @@ def _one_use_per_address(
             taken[addr] = key
 
 
-def _tls(t: Table, present: bool) -> TlsConfig:
-    """[tls]: the three files, which must fit together, or plain = true."""
+def _tls(t: Table, present: bool, source: Path) -> TlsConfig:
+    """[tls]: the three files, which must fit together, or plain = true. No
+    table is an error: plain TCP only when a config asks for it."""
     if not present:
-        return TlsConfig()
+        raise ConfigError(
+            source,
+            "tls",
+            "required table is missing: ca, cert and key (`aiot cluster cert` issues them), "
+            "or plain = true for a lab without TLS (docs/security.md)",
+        )
     plain = t.optional("plain", boolean) or False
     if plain:
         for key in ("ca", "cert", "key"):

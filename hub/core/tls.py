@@ -195,15 +195,31 @@ def write_node(folder: Path, node_id: str, hosts: Iterable[str]) -> Issued:
     return out
 
 
+def read_cert(path: Path) -> x509.Certificate:
+    """The PEM certificate in ``path``; TlsError when it cannot be read."""
+    try:
+        return x509.load_pem_x509_certificate(path.read_bytes())
+    except OSError as exc:
+        raise TlsError(f"cannot read {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise TlsError(f"{path}: not a PEM certificate: {exc}") from None
+
+
 def ca_der(ca_pem: Path) -> bytes:
     """The CA certificate in DER, as a device pins it (its config's ``ca``)."""
+    return read_cert(ca_pem).public_bytes(serialization.Encoding.DER)
+
+
+def names_of(cert: Path) -> list[str]:
+    """The host names and addresses ``cert`` is valid for (its subject
+    alternative names); TlsError when it cannot be read."""
     try:
-        cert = x509.load_pem_x509_certificate(ca_pem.read_bytes())
-    except OSError as exc:
-        raise TlsError(f"cannot read {ca_pem}: {exc.strerror}") from None
-    except ValueError as exc:
-        raise TlsError(f"{ca_pem}: not a PEM certificate: {exc}") from None
-    return cert.public_bytes(serialization.Encoding.DER)
+        san = read_cert(cert).extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return [str(n) for n in san.get_values_for_type(x509.IPAddress)] + list(
+        san.get_values_for_type(x509.DNSName)
+    )
 
 
 def server_context(cert: Path, key: Path) -> ssl.SSLContext:
@@ -227,13 +243,7 @@ def client_context(ca: Path | None) -> ssl.SSLContext:
 def check_pair(cert: Path, key: Path, ca: Path) -> None:
     """TlsError unless ``key`` fits ``cert`` and ``ca`` signed ``cert``."""
     server_context(cert, key)
-    try:
-        leaf = x509.load_pem_x509_certificate(cert.read_bytes())
-        root = x509.load_pem_x509_certificate(ca.read_bytes())
-    except OSError as exc:
-        raise TlsError(f"cannot read {exc.filename}: {exc.strerror}") from None
-    except ValueError as exc:
-        raise TlsError(f"not a PEM certificate: {exc}") from None
+    leaf, root = read_cert(cert), read_cert(ca)
     try:
         leaf.verify_directly_issued_by(root)
     except (ValueError, TypeError) as exc:

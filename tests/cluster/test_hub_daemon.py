@@ -56,6 +56,9 @@ bind = "127.0.0.1:{broker}"
 
 [http]
 bind = "127.0.0.1:{http}"
+
+[tls]
+plain = true
 """
 
 

@@ -129,6 +129,8 @@ def test_the_guide_runs_as_written_on_one_machine(kind: str, tmp_path: Path) -> 
     micropython()
     table = substitutions(GUIDE, ONE_MACHINE)
     folder = reader_folder(kind, tmp_path, ROOT)
+    home = tmp_path / "workstation-home"  # the CA's folder, ~/aiot-ca, goes there
+    home.mkdir()
     ran_blocks: list[str] = []
     switched_off_after: float | None = None
     with pis.site(tmp_path / "site", ROOT) as site, contextlib.ExitStack() as background:
@@ -141,7 +143,7 @@ def test_the_guide_runs_as_written_on_one_machine(kind: str, tmp_path: Path) -> 
                 write_units(site.pi("hub-1") / "etc" / "systemd" / "system")
             for name in names:
                 if name == pis.WORKSTATION:
-                    cwd, env = folder, site.env(environment())
+                    cwd, env = folder, dict(site.env(environment()), HOME=str(home))
                 else:
                     cwd, env = site.pi(name) / "home", site.env(pis.pi_environment())
                 ran = background.enter_context(

@@ -289,6 +289,9 @@ advertise = "192.168.1.10:1883"
 bind = "127.0.0.1:8080"
 advertise = "192.168.1.10:8080"
 
+[tls]
+plain = true
+
 [log]
 level = "info"
 format = "json"

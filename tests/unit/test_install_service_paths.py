@@ -50,6 +50,7 @@ def test_relative_paths_give_a_unit_systemd_verifies(tmp_path: Path) -> None:
         "../state/aiot",
         "--node-id",
         "pi-1",
+        "--plain",
     )
     assert out.returncode == 0, out.stderr
     unit_file = here / "units" / "aiot-hub.service"
@@ -71,7 +72,7 @@ def test_relative_paths_give_a_unit_systemd_verifies(tmp_path: Path) -> None:
     assert f"the same AIOT_CLUSTER_SECRET in {here / 'etc' / 'aiot.env'}" in out.stdout
 
 
-@pytest.mark.parametrize("option", ["--data-root", "--env-file", "--config"])
+@pytest.mark.parametrize("option", ["--data-root", "--env-file", "--config", "--tls-dir"])
 def test_a_path_systemd_would_misread_is_refused(tmp_path: Path, option: str) -> None:
     out = install(tmp_path, "--dry-run", option, "my files/x")
     assert out.returncode == 2

@@ -7,10 +7,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import secrets
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -28,20 +26,14 @@ from hub.state.errors import SnapshotError
 from hub.state.raft import DUMP_FILE, JOURNAL_FILE, RaftNode, RaftTiming
 from hub.state.store import Store
 from protocol import messages as m
+from tests import console_support as console
 from tests.support import ROOT, free_port
 
 pytestmark = pytest.mark.unit
 
 
-def aiot(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tools.cli", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, **(env or {})},
-    )
+def aiot(*args: str) -> subprocess.CompletedProcess[str]:
+    return console.aiot(ROOT, *args)
 
 
 # -- logs --------------------------------------------------------------------------------
@@ -176,7 +168,7 @@ def node_config(tmp: Path, name: str = "hub.toml") -> Path:
         '[node]\nid = "hub-1"\ndata_dir = "node"\n'
         f'[raft]\nbind = "127.0.0.1:{free_port()}"\nsecret_file = "c.secret"\n'
         f'[broker]\nbind = "127.0.0.1:{free_port()}"\n'
-        f'[http]\nbind = "127.0.0.1:{free_port()}"\n'
+        f'[http]\nbind = "127.0.0.1:{free_port()}"\n[tls]\nplain = true\n'
     )
     return path
 
@@ -316,6 +308,12 @@ def test_install_service_dry_run_prints_the_unit_and_writes_nothing(tmp_path: Pa
     assert start.endswith(f" hub run --config {cfg}")
     assert "MemoryDenyWriteExecute=yes" not in unit
     assert f"# --- {cfg}" in text and 'peers = ["10.0.0.12:4321"]' in text
+    tls = tmp_path / "etc" / "tls"
+    assert (
+        f'ca = "{tls / "ca.pem"}"\ncert = "{tls / "pi-1.pem"}"\nkey = "{tls / "pi-1.key"}"' in text
+    )
+    assert 'bind = "0.0.0.0:8883"' in text
+    assert f"{tls} has no ca.pem, pi-1.pem, pi-1.key yet" in out.stderr
     assert "AIOT_CLUSTER_SECRET=<generated at install>" in text
     assert not (tmp_path / "etc").exists()
 
@@ -336,6 +334,7 @@ def test_install_service_writes_the_unit_a_sample_config_and_the_secret(tmp_path
         "pi-1",
         "--data-root",
         str(tmp_path / "data"),
+        "--plain",
     )
     assert out.returncode == 0, out.stderr
     unit = (units / "aiot-hub.service").read_text()
@@ -345,6 +344,7 @@ def test_install_service_writes_the_unit_a_sample_config_and_the_secret(tmp_path
     assert len(secret) == 64
     parsed = hub_config.load(cfg, env={"AIOT_CLUSTER_SECRET": secret})
     assert parsed.node_id == "pi-1" and parsed.broker.mode == "mosquitto"
+    assert not parsed.tls.on and parsed.broker.bind is not None and parsed.broker.bind.port == 1883
     assert parsed.data_dir == tmp_path / "data" / "hub"
     # A second run keeps the config and the secret as they are.
     cfg.write_text(cfg.read_text() + "# edited\n")

@@ -4,10 +4,8 @@ them wherever the hub is installed, and validated like every other key."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +14,7 @@ from hub.core import config as c
 from hub.core.paths import SHIPPED_MODELS
 from hub.decide import engine
 from hub.decide import rules as r
+from tests import console_support as console
 from tests.support import ROOT, free_port
 
 pytestmark = pytest.mark.unit
@@ -25,14 +24,7 @@ SECRET = "s" * 32
 
 
 def aiot(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tools.cli", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
+    return console.aiot(cwd, *args)
 
 
 def rule_ids(config: Path, env: dict[str, str] | None = None) -> set[str]:
@@ -48,7 +40,7 @@ def node_config(tmp_path: Path, tables: str) -> Path:
     path.write_text(
         f'[node]\nid = "hub-1"\ndata_dir = "d"\n[raft]\nbind = "127.0.0.1:{free_port()}"\n'
         f'secret_file = "cluster.secret"\n[broker]\nbind = "127.0.0.1:{free_port()}"\n'
-        f'[http]\nbind = "127.0.0.1:{free_port()}"\n' + tables
+        f'[http]\nbind = "127.0.0.1:{free_port()}"\n[tls]\nplain = true\n' + tables
     )
     return path
 
@@ -78,6 +70,7 @@ def test_install_service_turns_the_energy_rules_on_in_its_sample_config(tmp_path
         str(tmp_path / "units"),
         "--data-root",
         str(tmp_path / "data"),
+        "--plain",
     )
     assert out.returncode == 0, out.stderr
     secret = env.read_text().split("AIOT_CLUSTER_SECRET=", 1)[1].strip()

@@ -65,10 +65,12 @@ def _config(tmp_path: Path, table: str) -> Path:
     return path
 
 
-def test_a_config_without_tls_is_plain(tmp_path: Path) -> None:
-    cfg = load(_config(tmp_path, ""))
-    assert not cfg.tls.on and cfg.scheme == "http"
-    assert load(_config(tmp_path, "[tls]\nplain = true\n")).tls == TlsConfig()
+def test_plain_tcp_only_when_the_config_asks_for_it(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="tls: required table is missing") as err:
+        load(_config(tmp_path, ""))
+    assert "aiot cluster cert" in str(err.value) and "plain = true" in str(err.value)
+    cfg = load(_config(tmp_path, "[tls]\nplain = true\n"))
+    assert cfg.tls == TlsConfig() and not cfg.tls.on and cfg.scheme == "http"
 
 
 def test_a_config_with_tls_reads_the_three_files(tmp_path: Path) -> None:

@@ -1,5 +1,5 @@
 """`aiot hub`: run one hub node (hub/daemon.py), or install it as a systemd
-service (tools/cli/ops.py).
+service (tools/cli/service.py).
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from typing import Annotated
 
 import typer
 
-from tools.cli.ops import install_service
 from tools.cli.output import group
+from tools.cli.service import install_service
 
 hub_app = group("hub", "The hub daemon.")
 

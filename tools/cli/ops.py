@@ -1,8 +1,8 @@
-"""`aiot backup`, `aiot restore` and `aiot hub install-service`.
+"""`aiot backup` and `aiot restore` (`aiot hub install-service` is in
+tools/cli/service.py).
 
     aiot backup DIR --config hub.toml            # or --hub URL --token T
     aiot restore DIR --config hub-1.toml [--config hub-2.toml ...]
-    aiot hub install-service [--config /etc/aiot/hub.toml] [--user aiot] [--dry-run]
 
 A backup directory holds:
 
@@ -16,18 +16,12 @@ hub/ops/backup.py has the design of both; docs/deploy-raspberry-pi.md the steps.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import re
-import secrets
 import shutil
-import socket
-import sys
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, Final
+from typing import Annotated, Any
 
 import httpx
 import typer
@@ -61,10 +55,8 @@ from hub.ops.backup import (
 )
 from hub.state.errors import SnapshotError
 from tools.base.hubclient import WHICH_HUB, node_endpoint
-from tools.base.paths import DOCS
 from tools.cli.output import fail, reported
 from tools.cli.remote import ConfigOpt, HubOpt, TokenOpt
-from tools.lab.cluster import SHIPPED_RULES, rules_table
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")]
 
@@ -281,230 +273,3 @@ def restore(
         )
     for c in cfgs:
         typer.echo(f"  then: aiot hub run --config {c.source}")
-
-
-# -- install-service ------------------------------------------------------------------------
-
-DEFAULT_CONFIG: Final = Path("/etc/aiot/hub.toml")
-DEFAULT_ENV: Final = Path("/etc/aiot/aiot.env")
-DEFAULT_UNIT_DIR: Final = Path("/etc/systemd/system")
-UNIT_NAME: Final = "aiot-hub.service"
-SECRET_ENV: Final = "AIOT_CLUSTER_SECRET"
-PI_GUIDE: Final = DOCS / "deploy-raspberry-pi.md"
-
-
-def _aiot_command() -> str:
-    beside = Path(sys.executable).parent / "aiot"
-    if beside.exists():
-        return str(beside)
-    found = shutil.which("aiot")
-    return found or f"{sys.executable} -m tools.cli"
-
-
-def _writable(data_root: Path) -> str:
-    """The one writable place: a state directory systemd makes and owns for
-    the user, or an existing directory elsewhere."""
-    if data_root.parent == Path("/var/lib"):
-        return (
-            f"# The data directory {data_root}, made and owned for the user by systemd.\n"
-            f"StateDirectory={data_root.name}\nStateDirectoryMode=0700"
-        )
-    return f"# The data directory (must exist, owned by the user).\nReadWritePaths={data_root}"
-
-
-def render_unit(config: Path, user: str, env_file: Path, exec_cmd: str, data_root: Path) -> str:
-    """The systemd unit for one hub node."""
-    return f"""\
-# aiot hub node: written by `aiot hub install-service`; docs/deploy-raspberry-pi.md
-[Unit]
-Description=aiot hub node ({config})
-Documentation=file://{PI_GUIDE}
-After=network-online.target time-sync.target
-Wants=network-online.target
-
-[Service]
-Type=simple
-User={user}
-Group={user}
-# The cluster secret ({SECRET_ENV}), readable by root only.
-EnvironmentFile={env_file}
-ExecStart={exec_cmd} hub run --config {config}
-WorkingDirectory={data_root}
-{_writable(data_root)}
-UMask=0077
-
-# Stop: SIGTERM to the daemon only; it unsubscribes, drains, closes Raft and
-# LMDB, then stops its own broker. Anything left after the timeout is killed.
-KillSignal=SIGTERM
-KillMode=mixed
-TimeoutStopSec=45
-# A crash restarts it; a bad config file (exit 2) does not loop.
-Restart=on-failure
-RestartSec=5
-RestartPreventExitStatus=2
-LimitNOFILE=65536
-
-# Hardening that still lets the supervised Mosquitto run: it binds ports
-# above 1024, writes only under the data directory, and needs no capability.
-NoNewPrivileges=yes
-CapabilityBoundingSet=
-AmbientCapabilities=
-ProtectSystem=strict
-ProtectHome=yes
-PrivateTmp=yes
-PrivateDevices=yes
-ProtectClock=yes
-ProtectHostname=yes
-ProtectKernelTunables=yes
-ProtectKernelModules=yes
-ProtectKernelLogs=yes
-ProtectControlGroups=yes
-RestrictNamespaces=yes
-RestrictRealtime=yes
-RestrictSUIDSGID=yes
-LockPersonality=yes
-RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX AF_NETLINK
-SystemCallArchitectures=native
-SystemCallFilter=@system-service
-SystemCallErrorNumber=EPERM
-# Not set: MemoryDenyWriteExecute (cffi callbacks, used by cryptography,
-# and the model runtimes need executable memory).
-
-[Install]
-WantedBy=multi-user.target
-"""
-
-
-def _local_ip() -> str:
-    """The address this host would use to reach the LAN (no packet is sent)."""
-    with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.connect(("192.0.2.1", 9))  # TEST-NET-1: routing lookup only
-        ip: str = s.getsockname()[0]
-        return ip
-    return "127.0.0.1"
-
-
-def render_config(
-    node_id: str, ip: str, peers: list[str], data_dir: Path, rules: Sequence[str] = SHIPPED_RULES
-) -> str:
-    """A sample node config for a Raspberry Pi (hub/core/config.py has every
-    key), with the shipped ``rules`` on."""
-    peer_list = ", ".join(f'"{p if ":" in p else p + ":4321"}"' for p in peers)
-    rules_part = f"\n{rules_table(rules)}" if rules else ""
-    return f"""\
-# aiot hub node {node_id}: hub/core/config.py documents every key.
-# Edit the addresses, then give every node the same cluster secret
-# ({SECRET_ENV} in the environment file of the service).
-[node]
-id = "{node_id}"
-data_dir = "{data_dir}"
-
-[raft]
-# This node's Raft address: its LAN IP (the other nodes use it as its name).
-bind = "{ip}:4321"
-# The other nodes' Raft addresses.
-peers = [{peer_list}]
-secret_env = "{SECRET_ENV}"
-
-[broker]
-mode = "mosquitto"
-bind = "0.0.0.0:1883"
-advertise = "{ip}:1883"
-
-[http]
-bind = "0.0.0.0:8080"
-advertise = "{ip}:8080"
-
-[log]
-level = "info"
-format = "json"
-{rules_part}"""
-
-
-# What systemd reads as something else in a unit's paths: a space or tab
-# separates (ReadWritePaths=, ExecStart=), quotes and backslashes escape,
-# % starts a specifier.
-_UNIT_UNSAFE: Final = re.compile(r"[\s\"'\\%]")
-
-
-def _unit_path(option: str, value: Path) -> Path:
-    """``value`` as an absolute path (a relative one taken from the current
-    directory, as the shell meant it), fit for a systemd unit."""
-    absolute = Path(os.path.abspath(value))
-    if _UNIT_UNSAFE.search(str(absolute)) or not str(absolute).isprintable():
-        raise fail(
-            f"{option} {str(value)!r}: a path in a systemd unit cannot hold spaces, quotes, "
-            "backslashes, % or control characters; choose another"
-        )
-    return absolute
-
-
-def install_service(
-    config: Annotated[
-        Path,
-        typer.Option("--config", "-c", help="The node's config (a sample is written if none)."),
-    ] = DEFAULT_CONFIG,
-    user: Annotated[str, typer.Option(help="The system user the daemon runs as.")] = "aiot",
-    node_id: Annotated[
-        str | None, typer.Option(help="Node id for a new sample config (default: host name).")
-    ] = None,
-    peer: Annotated[
-        list[str] | None,
-        typer.Option(help="Another node's Raft address (IP or IP:port), for a new sample config."),
-    ] = None,
-    env_file: Annotated[
-        Path, typer.Option(help="Environment file holding the cluster secret.")
-    ] = DEFAULT_ENV,
-    unit_dir: Annotated[Path, typer.Option(help="Where the unit goes.")] = DEFAULT_UNIT_DIR,
-    data_root: Annotated[Path, typer.Option(help="The service's state directory.")] = Path(
-        "/var/lib/aiot"
-    ),
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Print what would be written; write nothing.")
-    ] = False,
-) -> None:
-    """Write a systemd unit for this node, and a sample config and secret file if missing."""
-    if not re.fullmatch(r"[a-z_][a-z0-9_-]{0,31}", user):
-        raise fail(f"--user {user!r}: not a valid system user name")
-    # systemd takes only absolute paths (a relative EnvironmentFile= is
-    # ignored, a relative WorkingDirectory= makes the unit invalid), and the
-    # sample config's data_dir would be read relative to the config's folder.
-    config = _unit_path("--config", config)
-    env_file = _unit_path("--env-file", env_file)
-    data_root = _unit_path("--data-root", data_root)
-    unit = render_unit(config, user, env_file, _aiot_command(), data_root)
-    files: list[tuple[Path, str, int]] = [(unit_dir / UNIT_NAME, unit, 0o644)]
-    if not config.exists():
-        nid = node_id or re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:64] or "hub-1"
-        sample = render_config(nid, _local_ip(), list(peer or []), data_root / "hub")
-        files.append((config, sample, 0o644))
-    if not env_file.exists():
-        secret = "<generated at install>" if dry_run else secrets.token_hex(32)
-        text = (
-            "# The cluster secret: the same on every node of the cluster; keep it private.\n"
-            f"{SECRET_ENV}={secret}\n"
-        )
-        files.append((env_file, text, 0o600))
-    for path, text, mode in files:
-        if dry_run:
-            typer.echo(f"# --- {path} (mode {mode:o}) ---")
-            typer.echo(text)
-            continue
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
-            os.chmod(path, mode)
-        except OSError as exc:
-            raise fail(f"cannot write {path}: {exc.strerror} (run it as root?)", 1) from None
-        typer.echo(f"wrote {path}")
-    steps = [
-        f"id -u {user} >/dev/null 2>&1 || useradd --system --home {data_root} "
-        f"--shell /usr/sbin/nologin {user}",
-        f"edit {config} (addresses, peers); the same {SECRET_ENV} in {env_file} on every node",
-        "systemctl daemon-reload",
-        f"systemctl enable --now {UNIT_NAME.removesuffix('.service')}",
-        f"journalctl -u {UNIT_NAME.removesuffix('.service')} -f",
-    ]
-    typer.echo(("# then:\n" if dry_run else "then:\n") + "\n".join(f"  {s}" for s in steps))
