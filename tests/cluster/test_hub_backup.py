@@ -45,7 +45,7 @@ def fill(cluster: LocalCluster) -> dict[str, Any]:
         key = bytes.fromhex(dev["key"])
         up = topics.topic(d, "up")
         frames = [(up, batch(d, 1 + 20 * k, 20, key)) for k in range(3)]
-        acks = publish(cluster.ports[i].broker, d, dev["password"], frames)
+        acks = publish(cluster.ports[i].broker, d, dev["password"], frames, cluster.mqtt_tls())
         msgs = [wire.decode_frame(a, key) for a in acks]
         assert max(x.watermark for x in msgs if isinstance(x, m.CommitAck)) == 60
     c.request(
@@ -69,7 +69,7 @@ def fill(cluster: LocalCluster) -> dict[str, Any]:
 
 def test_backup_then_restore_into_a_fresh_cluster(tmp_path: Path) -> None:
     backup_dir = tmp_path / "backup"
-    with running_cluster(tmp_path / "source") as src:
+    with running_cluster(tmp_path / "source", tls=True) as src:  # aiot backup pins the CA
         held = fill(src)
         out = aiot("backup", str(backup_dir), "--config", str(src.configs[1]), "--json")
         assert out.returncode == 0, out.stderr

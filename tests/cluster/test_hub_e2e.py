@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 import time
 from pathlib import Path
 
@@ -199,12 +200,22 @@ def batch(device_id: str, first: int, n: int, key: bytes) -> bytes:
 
 
 async def publish_as(
-    port: int, user: str, password: str, frames: list[tuple[str, bytes]]
+    port: int,
+    user: str,
+    password: str,
+    frames: list[tuple[str, bytes]],
+    tls: ssl.SSLContext | None = None,
 ) -> list[bytes]:
-    """Publish each frame, then collect what arrives on the user's own down topic."""
+    """Publish each frame, then collect what arrives on the user's own down
+    topic (over TLS with ``tls``, LocalCluster.mqtt_tls)."""
     got: list[bytes] = []
     async with aiomqtt.Client(
-        "127.0.0.1", port, username=user, password=password, identifier=f"t-{user}"
+        "127.0.0.1",
+        port,
+        username=user,
+        password=password,
+        identifier=f"t-{user}",
+        tls_context=tls,
     ) as c:
         if not user.startswith(auth.HUB_USER):
             await c.subscribe(topics.topic(user, "down"), qos=1)

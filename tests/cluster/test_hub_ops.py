@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import ssl
 import time
 from collections.abc import Iterator
 
@@ -72,13 +73,19 @@ def value(
     return samples.get(name, {}).get(want, 0.0)
 
 
-def publish(port: int, user: str, password: str, frames: list[tuple[str, bytes]]) -> list[bytes]:
+def publish(
+    port: int,
+    user: str,
+    password: str,
+    frames: list[tuple[str, bytes]],
+    tls: ssl.SSLContext | None = None,
+) -> list[bytes]:
     """publish_as, once the node's broker knows the new device (its
     credentials reload a moment after the registration is applied there)."""
     deadline = time.monotonic() + 20
     while True:
         try:
-            return asyncio.run(publish_as(port, user, password, frames))
+            return asyncio.run(publish_as(port, user, password, frames, tls))
         except aiomqtt.MqttError:
             if time.monotonic() > deadline:
                 raise

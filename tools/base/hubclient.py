@@ -84,7 +84,7 @@ class MintedToken:
         self._expires_ms = 0
 
 
-def _verify(ca: Path | None) -> ssl.SSLContext | bool:
+def verify_for(ca: Path | None) -> ssl.SSLContext | bool:
     """What an https URL is checked against: the cluster CA when there is one
     (``[tls] ca`` of the config, or ``AIOT_CA``), else the system's CAs."""
     if ca is None and os.environ.get("AIOT_CA"):
@@ -114,7 +114,7 @@ class HubClient:
             base_url=self.url,
             headers={"Authorization": f"Bearer {self._current()}"},
             timeout=timeout,
-            verify=_verify(ca),
+            verify=verify_for(ca),
         )
 
     @classmethod

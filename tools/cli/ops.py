@@ -54,7 +54,7 @@ from hub.ops.backup import (
     restore_node,
 )
 from hub.state.errors import SnapshotError
-from tools.base.hubclient import WHICH_HUB, node_endpoint
+from tools.base.hubclient import WHICH_HUB, HubError, node_endpoint, verify_for
 from tools.cli.output import fail, reported
 from tools.cli.remote import ConfigOpt, HubOpt, TokenOpt
 
@@ -99,12 +99,20 @@ def _endpoint(
     return url.rstrip("/"), token, None
 
 
-def _download(url: str, token: str, dest: Path, quiet: bool) -> dict[str, str]:
-    """Stream GET /v1/backup into ``dest``; the response's X-Aiot headers."""
+def _download(url: str, token: str, dest: Path, quiet: bool, ca: Path | None) -> dict[str, str]:
+    """Stream GET /v1/backup into ``dest``; the response's X-Aiot headers.
+    ``ca``: the cluster CA the node's certificate is checked against (else
+    ``AIOT_CA``, else the system's CAs)."""
     headers = {"Authorization": f"Bearer {token}"}
     try:
+        verify = verify_for(ca)
+    except HubError as exc:
+        raise fail(str(exc)) from None
+    try:
         with (
-            httpx.stream("GET", f"{url}/v1/backup", headers=headers, timeout=60.0) as resp,
+            httpx.stream(
+                "GET", f"{url}/v1/backup", headers=headers, timeout=60.0, verify=verify
+            ) as resp,
             open(dest, "wb") as out,
         ):
             if resp.status_code >= 400:
@@ -150,7 +158,8 @@ def backup(
     private_dir(directory)  # it holds device keys and password hashes
     partial = directory / (SNAPSHOT_FILE + ".partial")
     try:
-        meta = _download(url, tok, partial, json_out)
+        ca = cfg.tls.ca if cfg is not None and cfg.tls.on else None
+        meta = _download(url, tok, partial, json_out, ca)
         try:
             with open(partial, "rb") as f:
                 summary = read_snapshot(f)
