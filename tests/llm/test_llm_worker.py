@@ -89,9 +89,11 @@ def test_200_decisions_are_valid_json_naming_an_allowed_action(model: Path) -> N
     assert len(cases) == 200
 
     async def main() -> list[tuple[Scenario, LlmResult]]:
-        # One thread, the default: more threads than free cores make llama.cpp
-        # wait at its barriers, far slower on a busy machine.
-        async with LlmWorker(model) as w:
+        # Two threads: nothing else runs beside this test, and 200 decisions
+        # on one thread were a fifth of the suite's time. (A hub keeps the
+        # default of one, so its other work keeps a core: more threads than
+        # free cores make llama.cpp wait at its barriers.)
+        async with LlmWorker(model, threads=min(2, os.cpu_count() or 1)) as w:
             return [
                 (s, await w.decide(s.capabilities, s.facts, s.policy, deadline_ms=GENEROUS_MS))
                 for s in cases
