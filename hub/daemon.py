@@ -64,6 +64,7 @@ from hub.link.limits import DeviceLimits
 from hub.ops import metrics
 from hub.state import entries as e
 from hub.state.apply import ApplyResult, Outcome
+from hub.state.journal import JournalError
 from hub.state.raft import RaftError, RaftNode, SecretError, raft_timing, staggered
 from hub.state.store import Store
 from protocol import messages as m
@@ -132,8 +133,9 @@ class Hub:
                 snapshot_min_entries=staggered(cfg.raft.snapshot_min_entries, cfg.node_id),
                 snapshot_format=cfg.raft.snapshot_format,
                 timing=raft_timing(cfg.raft),
+                durable_journal=cfg.raft.durable_journal,
             )
-        except SecretError as exc:
+        except (SecretError, JournalError) as exc:
             raise StartupError(f"{cfg.source}: raft: {exc}") from None
 
         def on_applied(results: list[ApplyResult]) -> None:  # pysyncobj's thread

@@ -23,6 +23,8 @@ The format, with defaults:
     snapshot_format = "image"         # image (LMDB's own copy) | stream (portable)
     election_min_ms = 400             # election timeout, drawn in min..max
     election_max_ms = 1400
+    durable_journal = true            # fsync the Raft journal before acting on it;
+                                      # false only to measure its cost (hub/state/DESIGN.md)
 
     [broker]
     mode = "mosquitto"                # mosquitto | embedded | external
@@ -191,6 +193,7 @@ class RaftConfig:
     election_min_ms: int = 400
     election_max_ms: int = 1400
     snapshot_format: SnapshotFormat = "image"
+    durable_journal: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -378,6 +381,7 @@ RAFT: Final = Schema(
         "snapshot_format": one_of(*get_args(SnapshotFormat)),
         "election_min_ms": int_range(50, 60_000),
         "election_max_ms": int_range(50, 60_000),
+        "durable_journal": boolean,
     },
     others=("secret_file", "secret_env"),
 )

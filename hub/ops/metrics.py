@@ -502,6 +502,16 @@ class _HubCollector(Collector):
             "Snapshots installed from a leader or at startup.",
             st.snapshots_installed,
         )
+        yield CounterMetricFamily(
+            "aiot_raft_journal_flushes_total",
+            "Raft journal syncs (entry groups, deletes, term and vote) before acting on them.",
+            st.journal_flushes,
+        )
+        yield CounterMetricFamily(
+            "aiot_raft_journal_flush_seconds_total",
+            "Seconds spent in those syncs.",
+            st.journal_flush_seconds,
+        )
         files = GaugeMetricFamily(
             "aiot_data_file_bytes", "Size of this node's data files.", labels=["file"]
         )

@@ -59,13 +59,14 @@ from pathlib import Path
 from typing import Any, BinaryIO, Final, TypeVar
 
 import lmdb
-from pysyncobj import FAIL_REASON, SERIALIZER_STATE, SyncObj, SyncObjConf, replicated
+from pysyncobj import FAIL_REASON, SERIALIZER_STATE, SyncObjConf, replicated
 from pysyncobj.node import TCPNode
 
 from hub.core.config import RaftConfig
 from hub.core.fsutil import fsync_dir, make_private, private_dir, private_opener
 from hub.state.apply import ApplyResult
 from hub.state.errors import SnapshotError
+from hub.state.journal import DurableJournal, DurableSyncObj
 from hub.state.snapshot import Snapshot, peek_index
 from hub.state.store import DEFAULT_MAP_SIZE, Store
 from protocol.errors import ReasonError
@@ -164,6 +165,8 @@ class RaftStatus:
     snapshots_installed: int
     halted: str  # "" or the error that stopped apply
     journal_behind_store: int = 0  # > 0: the journal lost entries LMDB applied
+    journal_flushes: int = 0  # journal syncs (hub/state/journal.py)
+    journal_flush_seconds: float = 0.0  # their total time
 
 
 # -- the dump file (pysyncobj's fullDumpFile) --------------------------------------------
@@ -222,14 +225,20 @@ def _read_dump_header(f: BinaryIO) -> tuple[RaftEntry, RaftEntry, list[str], int
 # -- the replicated class ----------------------------------------------------------------
 
 
-class _Machine(SyncObj):  # type: ignore[misc]  # pysyncobj has no type hints
-    """The SyncObj: one replicated method, nothing else replicated."""
+class _Machine(DurableSyncObj):
+    """The SyncObj: one replicated method, nothing else replicated; its
+    journal is synced before it is acted on (hub/state/journal.py)."""
 
     def __init__(
-        self, owner: RaftNode, address: str, peers: Sequence[str], conf: SyncObjConf
+        self,
+        owner: RaftNode,
+        address: str,
+        peers: Sequence[str],
+        conf: SyncObjConf,
+        journal: DurableJournal,
     ) -> None:
         self._owner = owner
-        super().__init__(address, list(peers), conf)
+        super().__init__(address, peers, conf, journal)
 
     @replicated  # type: ignore[untyped-decorator]
     def apply_entry(self, entry: bytes) -> list[ApplyResult]:
@@ -255,6 +264,7 @@ class RaftNode:
         snapshot_format: str = "image",
         timing: RaftTiming | None = None,
         map_size: int = DEFAULT_MAP_SIZE,
+        durable_journal: bool = True,
     ) -> None:
         if not secret:
             raise SecretError(
@@ -263,6 +273,8 @@ class RaftNode:
             )
         if len(secret.encode()) < MIN_SECRET_BYTES:
             raise SecretError("short_secret", f"at least {MIN_SECRET_BYTES} bytes")
+        if snapshot_format not in ("image", "stream"):
+            raise ValueError(f"snapshot_format: expected image or stream, not {snapshot_format!r}")
         timing = timing or RaftTiming()
         self.address = address
         # The store, journal and dump hold device keys and password hashes:
@@ -272,6 +284,13 @@ class RaftNode:
         self._partial = self.data_dir / (DUMP_FILE + ".partial")
         self._cleanup_dump_files()
         self.store = Store(self.data_dir / STORE_DIR, map_size)
+        try:
+            # durable_journal off: pysyncobj's own behaviour, no fsync (for
+            # measuring the cost only; hub/state/DESIGN.md, the power-loss window).
+            self.journal = DurableJournal(self.data_dir / JOURNAL_FILE, durable=durable_journal)
+        except BaseException:
+            self.store.close()
+            raise
         self._store_lock = threading.Lock()  # held by restore and by read()
         self._halted: BaseException | None = None
         self._closed = False
@@ -280,8 +299,6 @@ class RaftNode:
         self._snap_state = SERIALIZER_STATE.NOT_SERIALIZING
         self._snap_error: BaseException | None = None
         self._snap_cancelled = False
-        if snapshot_format not in ("image", "stream"):
-            raise ValueError(f"snapshot_format: expected image or stream, not {snapshot_format!r}")
         self.snapshot_format = snapshot_format
         self.snapshots_taken = 0
         self.snapshots_installed = 0
@@ -291,7 +308,6 @@ class RaftNode:
         self.on_applied: Callable[[list[ApplyResult]], None] | None = None
         conf = SyncObjConf(
             password=secret,
-            journalFile=str(self.data_dir / JOURNAL_FILE),
             fullDumpFile=str(self._dump),
             serializer=self._serialize,
             deserializer=self._deserialize,
@@ -313,11 +329,13 @@ class RaftNode:
             appendEntriesUseBatch=False,
         )
         try:
-            self._machine = _Machine(self, address, peers, conf)
+            self._machine = _Machine(self, address, peers, conf, self.journal)
         except ImportError as exc:  # pysyncobj needs `cryptography` for password=
+            self.journal._destroy()
             self.store.close()
             raise SecretError("no_crypto", f"{exc}: pip install cryptography") from exc
         except BaseException:
+            self.journal._destroy()
             self.store.close()
             raise
         make_private(self.data_dir)  # what older releases or pysyncobj made 0644
@@ -325,10 +343,11 @@ class RaftNode:
 
     def _check_journal(self) -> int:
         """The power-loss window (hub/state/DESIGN.md): LMDB applied entries that
-        the journal no longer holds. Detected and reported, not repaired."""
+        the journal no longer holds (a journal written without syncs, before
+        durable_journal or with it off). Detected and reported, not repaired."""
         try:
-            last = int(self._machine._SyncObj__raftLog[-1][1])
-        except (AttributeError, IndexError, TypeError):  # pysyncobj internals moved
+            last = int(self.journal[-1][1])
+        except IndexError:
             return 0
         applied = self.store.applied_index()
         if applied <= last:
@@ -348,6 +367,9 @@ class RaftNode:
         if self._halted is not None:
             raise self._halted
         try:
+            # The tick already synced; this keeps LMDB from ever holding an
+            # entry the journal could lose, whatever pysyncobj's order.
+            self.journal.sync()
             results = self.store.apply([(index, entry)])
         except BaseException as exc:
             # Skipping this entry would diverge from the replicas that applied
@@ -480,6 +502,8 @@ class RaftNode:
             snapshots_installed=self.snapshots_installed,
             halted="" if self._halted is None else repr(self._halted),
             journal_behind_store=self.journal_behind_store,
+            journal_flushes=self.journal.flushes,
+            journal_flush_seconds=self.journal.flush_seconds,
         )
 
     @property

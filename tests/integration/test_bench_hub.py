@@ -47,6 +47,7 @@ def test_bench_ingest_json_is_complete_and_consistent() -> None:
     doc = aiot_bench(
         "ingest",
         *("--seconds", "3", "--latency-seconds", "2", "--warmup", "1", "--devices", "6"),
+        "--journal-baseline",
     )
     assert doc["bench"] == "ingest"
     for key in (
@@ -102,6 +103,21 @@ def test_bench_ingest_json_is_complete_and_consistent() -> None:
     for cpu in (t["cpu_cores"], lat["cpu_cores"], base["cpu_cores"]):
         assert cpu["machine_cores"] == doc["machine"]["cores"]
         assert cpu["all_of_the_above"] >= 0 and cpu["machine_busy"] >= 0
+
+    # The Raft journal: synced in the measured run, never with the switch off.
+    assert doc["raft_journal_flushes"] > 0 and doc["raft_journal_flush_ms_mean"] > 0
+    off = doc["undurable_journal"]
+    assert off["raft_journal_flushes"] == 0 and off["raft_journal_flush_ms_mean"] is None
+    assert off["rejects"] == {} and off["failures"] == {}
+    assert off["readings_per_s"] > 0 and off["throughput"]["unacked_batches_at_end"] == 0
+    assert off["latency"]["samples"] > 0
+    cost = doc["durable_journal_cost"]
+    assert cost["readings_per_s_ratio"] == pytest.approx(
+        doc["readings_per_s"] / off["readings_per_s"], rel=1e-3
+    )
+    assert cost["ack_latency_ms_p99_added"] == pytest.approx(
+        doc["ack_latency_ms_p99"] - off["ack_latency_ms_p99"], abs=0.11
+    )
 
 
 def test_bench_failover_json_is_complete_and_consistent() -> None:

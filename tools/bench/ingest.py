@@ -17,6 +17,13 @@ clock starts, a window of unacknowledged batches per device). Three phases:
    setup and a plain subscriber that acks every batch). The same generator
    sends the same frames to the same node index, closed loop, timed the same
    way.
+4. With ``journal_baseline``: a second cluster whose nodes run with
+   ``[raft] durable_journal = false`` (hub/state/journal.py: the Raft journal
+   is never synced) goes through phases 1 and 2 with the same settings.
+   ``undurable_journal`` holds its figures and ``durable_journal_cost``
+   compares: the durable run's throughput over the undurable one's, and the
+   ack latency the syncs add. ``raft_journal_flushes`` counts the syncs of
+   every node during phases 1 and 2.
 
 CPU: for every process (hubs, their brokers, generators, stand-ins) the CPU
 seconds it used during the measured window, in cores (tools/bench/watch.py).
@@ -24,6 +31,7 @@ seconds it used during the measured window, in cores (tools/bench/watch.py).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +56,9 @@ NOTE: Final = (
     "resent; latency: publish to the covering CommitAck, paced at half that rate; "
     "baseline: the same generator and frames through the same Mosquitto setup to a "
     "plain aiomqtt subscriber that acks every batch (no Raft, store or validation); "
-    "cpu_cores: CPU seconds / wall seconds per process over the measured window"
+    "cpu_cores: CPU seconds / wall seconds per process over the measured window; "
+    "undurable_journal: the same phases 1 and 2 on a cluster with [raft] "
+    "durable_journal = false (the Raft journal never synced)"
 )
 
 
@@ -62,6 +72,7 @@ class Settings:
     max_rate: float
     baseline: bool
     fleet: Fleet
+    journal_baseline: bool = False
 
     def __post_init__(self) -> None:
         f = self.fleet
@@ -111,17 +122,31 @@ def ingest(
     generators: int = 1,
     max_rate: float = 80_000.0,
     baseline: bool = True,
+    journal_baseline: bool = False,
     say: rig.Say = rig.quiet,
 ) -> dict[str, Any]:
     """Committed readings per second, ack latency at half that rate, and the
-    bare-broker baseline; one JSON-ready dict."""
+    bare-broker baseline; with ``journal_baseline`` the same on a cluster
+    whose Raft journal is never synced. One JSON-ready dict."""
     rig.require_mosquitto()
     fleet = Fleet(devices, batch_readings, window, generators)
-    s = Settings(duration_s, latency_s, warmup_s, max_rate, baseline, fleet)
+    s = Settings(duration_s, latency_s, warmup_s, max_rate, baseline, fleet, journal_baseline)
     run = rig.on_cluster(
         "aiot-bench-ingest-", devices, say, lambda c, work, creds: _run(c, work, creds, s, say)
     )
-    return report(s, run)
+    result = report(s, run)
+    if journal_baseline:
+        off = dataclasses.replace(s, baseline=False)
+        undurable = rig.on_cluster(
+            "aiot-bench-ingest-undurable-",
+            devices,
+            say,
+            lambda c, work, creds: _run(c, work, creds, off, say),
+            with_what=", with durable_journal = false",
+            durable_journal=False,
+        )
+        result.update(journal_report(result, undurable))
+    return result
 
 
 def _run(
@@ -269,6 +294,7 @@ def report(s: Settings, run: Run) -> dict[str, Any]:
         "acked_batches_by_hubs": after["acked"] - before["acked"],
         "raft_term_increase": after["term"] - before["term"],
         "raft_snapshots_taken": after["snapshots"] - before["snapshots"],
+        **_flushes(before, after),
         "election": run.election,
         "frame_build_s": round(run.build_s, 2),
         "machine": machine(),
@@ -277,6 +303,41 @@ def report(s: Settings, run: Run) -> dict[str, Any]:
     if run.baseline is not None:
         result["baseline"] = _baseline_report(run.baseline)
     return result
+
+
+def _flushes(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """The Raft journal syncs of every node during phases 1 and 2."""
+    n = after["journal_flushes"] - before["journal_flushes"]
+    seconds = after["journal_flush_s"] - before["journal_flush_s"]
+    return {
+        "raft_journal_flushes": n,
+        "raft_journal_flush_ms_mean": round(seconds / n * 1000, 3) if n else None,
+    }
+
+
+def journal_report(durable: dict[str, Any], undurable: Run) -> dict[str, Any]:
+    """Phase 4: the undurable cluster's figures, and what the syncs cost
+    (``durable``: the report of the run with them)."""
+    rate = undurable.throughput["rate"]
+    p50 = round(percentile(undurable.latency.lat_ms, 50), 1)
+    p99 = round(percentile(undurable.latency.lat_ms, 99), 1)
+    return {
+        "undurable_journal": {
+            "readings_per_s": round(rate, 1),
+            "ack_latency_ms_p50": p50,
+            "ack_latency_ms_p99": p99,
+            "rejects": rig.diff(undurable.after["rejected"], undurable.before["rejected"]),
+            "failures": rig.diff(undurable.after["failed"], undurable.before["failed"]),
+            "throughput": _throughput_report(undurable),
+            "latency": _latency_report(undurable.latency, undurable.raft_events[1]),
+            **_flushes(undurable.before, undurable.after),
+        },
+        "durable_journal_cost": {
+            "readings_per_s_ratio": round(durable["readings_per_s"] / rate, 4) if rate else None,
+            "ack_latency_ms_p50_added": round(durable["ack_latency_ms_p50"] - p50, 1),
+            "ack_latency_ms_p99_added": round(durable["ack_latency_ms_p99"] - p99, 1),
+        },
+    }
 
 
 def _window_report(p: dict[str, Any]) -> dict[str, Any]:

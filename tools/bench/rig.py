@@ -57,11 +57,20 @@ def election_ms() -> tuple[int, int]:
 
 
 def start_cluster(
-    work: Path, say: Say, *, extra: str = "", with_what: str = "", timeout: float = 90
+    work: Path,
+    say: Say,
+    *,
+    extra: str = "",
+    with_what: str = "",
+    timeout: float = 90,
+    durable_journal: bool = True,
 ) -> LocalCluster:
     """``NODES`` hubs with the default election timeouts under ``work``/cluster;
-    ``extra``: TOML appended to every config, ``with_what`` to the message."""
+    ``extra``: TOML appended to every config, ``with_what`` to the message;
+    ``durable_journal`` false: the undurable Raft journal (journal_off)."""
     cluster = LocalCluster(work / "cluster", NODES, election_ms=election_ms(), extra=extra)
+    if not durable_journal:
+        journal_off(cluster)
     say(f"starting {NODES} hub nodes, each with its own Mosquitto{with_what}")
     try:
         cluster.start(timeout)
@@ -69,6 +78,17 @@ def start_cluster(
         cluster.stop()
         raise BenchError(f"the cluster did not start: {exc}") from None
     return cluster
+
+
+def journal_off(cluster: LocalCluster) -> None:
+    """Every node's config with ``[raft] durable_journal = false``: the Raft
+    journal is never synced (hub/state/journal.py), the baseline its cost is
+    measured against."""
+    for path in cluster.configs:
+        text = path.read_text()
+        if "\n[raft]\n" not in text:
+            raise BenchError(f"{path}: no [raft] table to turn the journal's syncs off in")
+        path.write_text(text.replace("\n[raft]\n", "\n[raft]\ndurable_journal = false\n", 1))
 
 
 def on_cluster(
@@ -80,6 +100,7 @@ def on_cluster(
     extra: str = "",
     with_what: str = "",
     timeout: float = 90,
+    durable_journal: bool = True,
 ) -> T:
     """``run(cluster, work, creds)`` on a cluster started in a new temporary
     directory ``work`` (see start_cluster) with ``devices`` devices registered
@@ -87,7 +108,14 @@ def on_cluster(
     directory removed however it ends."""
     work = Path(tempfile.mkdtemp(prefix=prefix))
     try:
-        cluster = start_cluster(work, say, extra=extra, with_what=with_what, timeout=timeout)
+        cluster = start_cluster(
+            work,
+            say,
+            extra=extra,
+            with_what=with_what,
+            timeout=timeout,
+            durable_journal=durable_journal,
+        )
         try:
             return run(cluster, work, register(cluster, devices, say))
         finally:
@@ -120,13 +148,16 @@ def node_pids(cluster: LocalCluster) -> dict[str, int | None]:
 
 def hub_counters(cluster: LocalCluster) -> dict[str, Any]:
     """Ingest acks, rejects and failures summed over the running hubs; the
-    highest Raft commit index and term; snapshots taken."""
+    highest Raft commit index and term; snapshots taken, journal syncs and
+    their seconds, summed."""
     rejected: dict[str, int] = {}
     failed: dict[str, int] = {}
     acked = 0
     commit = 0
     term = 0
     snapshots = 0
+    flushes = 0
+    flush_s = 0.0
     for i in range(cluster.n):
         if not cluster.alive(i):
             continue
@@ -139,6 +170,8 @@ def hub_counters(cluster: LocalCluster) -> dict[str, Any]:
         commit = max(commit, st["raft"]["commit_index"])
         term = max(term, st["raft"]["term"])
         snapshots += st["raft"]["snapshots_taken"]
+        flushes += st["raft"].get("journal_flushes", 0)
+        flush_s += st["raft"].get("journal_flush_seconds", 0.0)
     return {
         "acked": acked,
         "rejected": rejected,
@@ -146,6 +179,8 @@ def hub_counters(cluster: LocalCluster) -> dict[str, Any]:
         "commit_index": commit,
         "term": term,
         "snapshots": snapshots,
+        "journal_flushes": flushes,
+        "journal_flush_s": flush_s,
     }
 
 

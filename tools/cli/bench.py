@@ -112,6 +112,13 @@ def bench_ingest(
     batch_readings: Annotated[int, typer.Option(min=1, help="Readings per batch.")] = 32,
     generators: Generators = 1,
     baseline: Annotated[bool, typer.Option(help="Also measure the bare-broker baseline.")] = True,
+    journal_baseline: Annotated[
+        bool,
+        typer.Option(
+            help="Also run a cluster with raft.durable_journal = false and report the "
+            "syncs' cost (undurable_journal, durable_journal_cost)."
+        ),
+    ] = False,
 ) -> None:
     """Hub cluster: committed readings/s, ack latency, against a bare-broker baseline."""
     measure(ctx, ingest, quiet=False)
