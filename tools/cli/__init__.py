@@ -12,6 +12,7 @@ import typer
 from tools.cli import (
     bench,
     chaos,
+    cloud,
     cluster,
     command,
     decisions,
@@ -52,6 +53,7 @@ for group in (
     device.device_app,
     command.command_app,
     cluster.cluster_app,
+    cloud.cloud_app,
     firmware.firmware_app,
 ):
     app.add_typer(group)

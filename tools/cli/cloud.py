@@ -1,0 +1,208 @@
+"""`aiot cloud`: the cloud tier's local NATS JetStream cluster (docs/cloud.md)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Annotated
+
+import typer
+
+from tools.cli.output import fail, group, reported, say
+from tools.cloud.buckets import ensure_buckets
+from tools.cloud.cluster import (
+    LAYOUT_FILE,
+    CloudError,
+    CloudLayout,
+    CloudServers,
+    Creds,
+    init_cloud,
+    load_layout,
+    stop_detached,
+)
+from tools.cloud.sites import DEFAULT_MAX_AGE_DAYS, add_site
+from tools.cloud.status import ServerState, StreamState, read_streams, servers_of
+
+cloud_app = group("cloud", "The cloud tier: a local NATS JetStream cluster and what it holds.")
+
+DirOpt = Annotated[
+    Path, typer.Option("--dir", help="The cluster's folder (configs, certificates, logins, data).")
+]
+
+
+def _layout(folder: Path, nodes: int, port: int | None) -> CloudLayout:
+    if (folder / LAYOUT_FILE).exists():
+        layout = load_layout(folder)
+        if len(layout.names) != nodes:
+            raise fail(
+                f"{folder} holds a cluster of {len(layout.names)} servers, not {nodes}: "
+                "use --nodes to match, or another --dir"
+            )
+        return layout
+    say(f"writing a cluster of {nodes} servers in {folder} (a CA, certificates, logins)")
+    return init_cloud(folder, nodes, port)
+
+
+@cloud_app.command("up")
+def cloud_up(
+    folder: DirOpt = Path("cloud"),
+    nodes: Annotated[int, typer.Option("--nodes", help="Servers (3 or 5 for Raft).")] = 3,
+    port: Annotated[
+        int | None,
+        typer.Option("--port", help="First client port (default 4222; 0 picks free ports)."),
+    ] = None,
+    detach: Annotated[
+        bool, typer.Option("--detach", help="Leave the servers running; `aiot cloud down` stops.")
+    ] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the cluster.")] = 60.0,
+) -> None:
+    """Start a local JetStream cluster (made on first use) and wait until it serves.
+
+    Prints the servers' URLs and the admin login file. Without --detach it
+    runs until Ctrl-C or SIGTERM and stops the servers then.
+    """
+    with reported(1):
+        layout = _layout(folder, nodes, 4222 if port is None else port)
+        servers = CloudServers(layout, detach=detach)
+        say(f"starting {nodes} nats-server ({servers.binary})")
+        try:
+            servers.start_all(timeout)
+            leader = servers.wait_ready(timeout)
+            buckets = ensure_buckets(Creds.load(layout.creds("admin")), min(3, nodes))
+        except BaseException:
+            servers.stop()
+            raise
+    say(f"JetStream meta leader: {leader}; buckets: {', '.join(buckets)}")
+    typer.echo(
+        json.dumps(
+            {
+                "servers": layout.urls(),
+                "leaf": layout.leaf_urls(),
+                "admin": str(layout.creds("admin")),
+                "ca": str(layout.ca),
+                "meta_leader": leader,
+            }
+        )
+    )
+    if detach:
+        say(f"running in the background; stop with: aiot cloud down --dir {folder}")
+        return
+    _serve(servers)
+
+
+def _serve(servers: CloudServers) -> None:
+    stopping: list[int] = []
+
+    def on_signal(signum: int, _: FrameType | None) -> None:
+        stopping.append(signum)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
+    say("serving; Ctrl-C stops")
+    gone: set[int] = set()
+    while not stopping:
+        for i, name in enumerate(servers.layout.names):
+            if i not in gone and not servers.alive(i):
+                gone.add(i)
+                say(f"{name} exited; see {servers.log_path(i)}")
+        time.sleep(0.2)
+    servers.stop()
+    say("stopped")
+
+
+@cloud_app.command("down")
+def cloud_down(folder: DirOpt = Path("cloud")) -> None:
+    """Stop the servers that `aiot cloud up --detach` left running."""
+    with reported(2):
+        layout = load_layout(folder)
+    stopped = stop_detached(layout)
+    say(f"stopped {', '.join(stopped)}" if stopped else "no server of this cluster was running")
+
+
+@cloud_app.command("status")
+def cloud_status(
+    folder: Annotated[
+        Path | None, typer.Option("--dir", help="A local cluster's folder (aiot cloud up).")
+    ] = None,
+    creds: Annotated[
+        Path | None, typer.Option("--creds", help="A login file, for any NATS cluster.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """The cluster's servers (a local cluster) and its streams and buckets."""
+    if folder is None and creds is None:
+        folder = Path("cloud")
+    with reported(2):
+        layout = load_layout(folder) if folder is not None else None
+        login = Creds.load(creds if creds is not None else layout.creds("admin"))  # type: ignore[union-attr]
+    servers = servers_of(layout) if layout is not None else []
+    errors: list[str] = []
+    streams: list[StreamState] | None = None
+    try:
+        streams, missing = read_streams(login)
+        if missing:
+            errors.append(f"streams that did not answer (between leaders?): {', '.join(missing)}")
+    except CloudError as exc:
+        errors.append(str(exc))
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    "servers": [s.as_json() for s in servers],
+                    "streams": None if streams is None else [s.as_json() for s in streams],
+                    "errors": errors,
+                },
+                indent=2,
+            )
+        )
+    else:
+        _print(servers, streams or [])
+    for err in errors:
+        say(f"aiot: {err}")
+    if errors or any(not s.up for s in servers):
+        raise typer.Exit(1)
+
+
+def _print(servers: list[ServerState], streams: list[StreamState]) -> None:
+    for s in servers:
+        if not s.up:
+            typer.echo(f"{s.name:<10} DOWN  {s.client_url}")
+            continue
+        lead = "meta leader" if s.meta_leader == s.name else f"leader {s.meta_leader}"
+        typer.echo(
+            f"{s.name:<10} up    {s.client_url}  v{s.version}  {s.connections} clients  "
+            f"routes to {', '.join(s.peers) or 'none'}  {lead}"
+        )
+    for st in streams:
+        lag = f"  behind: {', '.join(st.lagging)}" if st.lagging else ""
+        typer.echo(
+            f"{st.kind:<8} {st.name:<24} {st.messages} msgs  {st.bytes} B  "
+            f"R{st.replicas} leader {st.leader}  {' '.join(st.subjects)}{lag}"
+        )
+
+
+@cloud_app.command("add-site")
+def cloud_add_site(
+    site: Annotated[str, typer.Argument(help="The site's id: a-z, 0-9 and '-'.")],
+    folder: DirOpt = Path("cloud"),
+    max_age_days: Annotated[
+        int,
+        typer.Option(
+            "--max-age-days", help="Days the cloud keeps the site's messages (0: for ever)."
+        ),
+    ] = DEFAULT_MAX_AGE_DAYS,
+) -> None:
+    """A site's login (for its hubs' [cloud] table), its permissions and its stream."""
+    with reported(2):
+        layout = load_layout(folder)
+    with reported(1):
+        added = add_site(layout, site, max_age_days)
+    say(f"site {added.site}: stream {added.stream}; its hubs log in with {added.creds}")
+    typer.echo(
+        json.dumps(
+            {"site": added.site, "user": added.user, "stream": added.stream, "creds": added.creds}
+        )
+    )

@@ -1,0 +1,70 @@
+"""The cloud's names: sites, subjects, streams, and what a site may touch.
+
+Everything a site exports lies under ``aiot.<site>.``, in the site's own
+stream ``AIOT_SITE_<SITE>`` (docs/cloud.md "Subjects"):
+
+    aiot.<site>.readings.<device>    committed readings
+    aiot.<site>.decisions.<device>   decisions with their provenance
+    aiot.<site>.commands.<device>    commands, their states and results
+    aiot.<site>.alerts.<device>      alerts and their acknowledgements
+    aiot.<site>.devices.<device>     the device registry's changes
+    aiot.<site>.health.<node>        node health
+    aiot.<site>.status               what the site runs, its export lag
+
+A site's login may publish only there, read only its own stream, and read
+(never write) the buckets that carry models and policies down.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+MODELS_BUCKET: Final = "aiot-models"
+POLICIES_BUCKET: Final = "aiot-policies"
+SITE_ID: Final = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
+KINDS: Final = ("readings", "decisions", "commands", "alerts", "devices", "health", "status")
+
+
+def check_site(site: str) -> str:
+    if not SITE_ID.fullmatch(site):
+        raise ValueError(
+            f"site id {site!r}: 1 to 32 of a-z, 0-9 and '-', starting with a letter or digit"
+        )
+    return site
+
+
+def site_subjects(site: str) -> str:
+    return f"aiot.{check_site(site)}.>"
+
+
+def site_stream(site: str) -> str:
+    return "AIOT_SITE_" + check_site(site).upper().replace("-", "_")
+
+
+def site_user(site: str) -> str:
+    return f"site-{check_site(site)}"
+
+
+def site_permissions(site: str) -> dict[str, dict[str, list[str]]]:
+    """What a site's login may publish and subscribe to.
+
+    Publish: its own subjects; the JetStream API calls that read its own
+    stream (info, and a message by sequence, for the tail after a failover);
+    the calls that read the two buckets (info, direct gets, an ordered
+    consumer to watch them, flow control and acks of those consumers).
+    Subscribe: its inboxes only.
+    """
+    stream = site_stream(site)
+    api = "$JS.API"
+    pub = [site_subjects(site), f"{api}.INFO"]
+    pub += [f"{api}.STREAM.INFO.{stream}", f"{api}.STREAM.MSG.GET.{stream}"]
+    pub += [f"{api}.DIRECT.GET.{stream}", f"{api}.DIRECT.GET.{stream}.>"]
+    for bucket in (f"KV_{POLICIES_BUCKET}", f"OBJ_{MODELS_BUCKET}"):
+        pub += [f"{api}.STREAM.INFO.{bucket}", f"{api}.STREAM.MSG.GET.{bucket}"]
+        pub += [f"{api}.DIRECT.GET.{bucket}", f"{api}.DIRECT.GET.{bucket}.>"]
+        pub += [f"{api}.CONSUMER.CREATE.{bucket}", f"{api}.CONSUMER.CREATE.{bucket}.>"]
+        pub += [f"{api}.CONSUMER.DELETE.{bucket}.>", f"{api}.CONSUMER.INFO.{bucket}.>"]
+        pub += [f"$JS.ACK.{bucket}.>", f"$JS.FC.{bucket}.>"]
+    pub += [f"{api}.STREAM.NAMES"]  # the KV and object store clients look a bucket up by name
+    return {"publish": {"allow": pub}, "subscribe": {"allow": ["_INBOX.>"]}}
