@@ -17,9 +17,12 @@ from typing import Any
 import nats
 import pytest
 
+from hub.core.procs import die_with_parent
 from tests.console_support import aiot
-from tools.cloud.cluster import Creds, load_layout
+from tools.base.ports import free_port
+from tools.cloud.cluster import Creds, find_nats_server, load_layout
 from tools.cloud.status import tls_context
+from tools.cloud.subjects import JS_DOMAIN
 
 pytestmark = pytest.mark.cloud
 
@@ -208,3 +211,56 @@ def test_a_site_writes_only_its_own_stream_and_reads_the_down_buckets(cloud: Pat
     assert all("refused" in s for s in seen[1:3]), seen
     assert seen[3] == "policy b'P1'" and "refused" in seen[4], seen
     assert sum("permissions violation" in e.lower() for e in errors) == 3, errors
+
+
+def test_a_site_leaf_node_dials_out_and_carries_its_exports(cloud: Path) -> None:
+    added = aiot(cloud.parent, "cloud", "add-site", "leafy", "--dir", str(cloud))
+    assert added.returncode == 0, added.stderr
+    conf, port = cloud.parent / "leaf" / "leaf.conf", free_port()
+    made = aiot(
+        cloud.parent, "cloud", "leaf-config", "leafy", "--dir", str(cloud),
+        "--out", str(conf), "--port", str(port),
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    assert stat.S_IMODE(conf.stat().st_mode) == 0o600
+    assert "listen" not in conf.read_text()  # it only dials out
+    missing = aiot(cloud.parent, "cloud", "leaf-config", "nope", "--dir", str(cloud), "--out", "x")
+    assert missing.returncode == 1 and "site nope is not added" in missing.stderr
+    with subprocess.Popen(
+        [find_nats_server(), "-c", str(conf)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=die_with_parent,
+    ) as leaf:
+        try:
+            seen = asyncio.run(_through_leaf(port))
+        finally:
+            leaf.terminate()
+    assert seen[0] == "AIOT_SITE_LEAFY"
+    assert seen[1] == "other site: refused"
+    assert seen[2] == b"through the leaf"
+
+
+async def _through_leaf(port: int) -> list[Any]:
+    deadline = time.monotonic() + 30
+    while True:  # until the leaf node listens and has reached the cloud
+        try:
+            nc = await nats.connect(f"nats://127.0.0.1:{port}", allow_reconnect=False)
+            js = nc.jetstream(domain=JS_DOMAIN)
+            ack = await js.publish(
+                "aiot.leafy.readings.plug-1", b"through the leaf", headers={"Nats-Msg-Id": "1"}
+            )
+            break
+        except (OSError, nats.errors.Error):
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+    seen: list[Any] = [ack.stream]
+    try:
+        await js.publish("aiot.south.readings.plug-1", b"x", timeout=1)
+        seen.append("other site: accepted")
+    except (TimeoutError, nats.errors.Error):
+        seen.append("other site: refused")
+    seen.append((await js.get_msg(ack.stream, ack.seq)).data)
+    await nc.close()
+    return seen

@@ -19,10 +19,12 @@ from tools.cloud.cluster import (
     CloudLayout,
     CloudServers,
     Creds,
+    find_nats_server,
     init_cloud,
     load_layout,
     stop_detached,
 )
+from tools.cloud.leaf import write_leaf
 from tools.cloud.sites import DEFAULT_MAX_AGE_DAYS, add_site
 from tools.cloud.status import ServerState, StreamState, read_streams, servers_of
 
@@ -206,3 +208,23 @@ def cloud_add_site(
             {"site": added.site, "user": added.user, "stream": added.stream, "creds": added.creds}
         )
     )
+
+
+@cloud_app.command("leaf-config")
+def cloud_leaf_config(
+    site: Annotated[str, typer.Argument(help="An added site's id.")],
+    out: Annotated[Path, typer.Option("--out", help="Where to write the leaf node's config.")],
+    folder: DirOpt = Path("cloud"),
+    port: Annotated[int, typer.Option("--port", help="Its port on 127.0.0.1.")] = 4222,
+) -> None:
+    """A leaf node config for one of a site's hub nodes: it dials out to the cloud.
+
+    Run it beside the hub with `nats-server -c OUT` (the binary comes with
+    this project); the site then needs no inbound port.
+    """
+    with reported(2):
+        layout = load_layout(folder)
+    with reported(1):
+        path = write_leaf(layout, site, out, port)
+    say(f"run it with: {find_nats_server()} -c {path}")
+    typer.echo(str(path))

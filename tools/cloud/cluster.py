@@ -46,7 +46,7 @@ from hub.core.tls import ensure_ca, write_node
 from tools.base.errors import ToolError
 from tools.base.ports import free_ports
 from tools.base.procs import stop_process
-from tools.cloud.subjects import site_permissions
+from tools.cloud.subjects import JS_DOMAIN, site_permissions
 
 __all__ = [
     "CloudError",
@@ -309,6 +309,7 @@ def render_conf(layout: CloudLayout, i: int, users: dict[str, dict[str, str]]) -
         f"port: {p.client}\n"
         f'http: "{host}:{p.http}"\n'
         f"max_payload: 1MB\n" + _tls_block(layout, name, False, "") + "jetstream {\n"
+        f'  domain: "{JS_DOMAIN}"\n'
         f'  store_dir: "{layout.server_dir(i) / "jetstream"}"\n'
         "  max_memory_store: 256MB\n"
         "  max_file_store: 8GB\n"

@@ -22,6 +22,7 @@ from typing import Final
 
 MODELS_BUCKET: Final = "aiot-models"
 POLICIES_BUCKET: Final = "aiot-policies"
+JS_DOMAIN: Final = "aiot-cloud"  # the cloud's JetStream domain (a leaf node's way to its API)
 SITE_ID: Final = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
 KINDS: Final = ("readings", "decisions", "commands", "alerts", "devices", "health", "status")
 
@@ -55,9 +56,17 @@ def site_permissions(site: str) -> dict[str, dict[str, list[str]]]:
     consumer to watch them, flow control and acks of those consumers).
     Subscribe: its inboxes only.
     """
+    pub = [site_subjects(site)]
+    for api in ("$JS.API", f"$JS.{JS_DOMAIN}.API"):
+        pub += _api_permissions(site, api)
+    pub += [f"$JS.ACK.KV_{POLICIES_BUCKET}.>", f"$JS.ACK.OBJ_{MODELS_BUCKET}.>"]
+    pub += [f"$JS.FC.KV_{POLICIES_BUCKET}.>", f"$JS.FC.OBJ_{MODELS_BUCKET}.>"]
+    return {"publish": {"allow": pub}, "subscribe": {"allow": ["_INBOX.>"]}}
+
+
+def _api_permissions(site: str, api: str) -> list[str]:
     stream = site_stream(site)
-    api = "$JS.API"
-    pub = [site_subjects(site), f"{api}.INFO"]
+    pub = [f"{api}.INFO"]
     pub += [f"{api}.STREAM.INFO.{stream}", f"{api}.STREAM.MSG.GET.{stream}"]
     pub += [f"{api}.DIRECT.GET.{stream}", f"{api}.DIRECT.GET.{stream}.>"]
     for bucket in (f"KV_{POLICIES_BUCKET}", f"OBJ_{MODELS_BUCKET}"):
@@ -65,6 +74,5 @@ def site_permissions(site: str) -> dict[str, dict[str, list[str]]]:
         pub += [f"{api}.DIRECT.GET.{bucket}", f"{api}.DIRECT.GET.{bucket}.>"]
         pub += [f"{api}.CONSUMER.CREATE.{bucket}", f"{api}.CONSUMER.CREATE.{bucket}.>"]
         pub += [f"{api}.CONSUMER.DELETE.{bucket}.>", f"{api}.CONSUMER.INFO.{bucket}.>"]
-        pub += [f"$JS.ACK.{bucket}.>", f"$JS.FC.{bucket}.>"]
     pub += [f"{api}.STREAM.NAMES"]  # the KV and object store clients look a bucket up by name
-    return {"publish": {"allow": pub}, "subscribe": {"allow": ["_INBOX.>"]}}
+    return pub
