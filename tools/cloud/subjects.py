@@ -17,30 +17,26 @@ A site's login may publish only there, read only its own stream, and read
 
 from __future__ import annotations
 
-import re
 from typing import Final
+
+from protocol import cloud
 
 MODELS_BUCKET: Final = "aiot-models"
 POLICIES_BUCKET: Final = "aiot-policies"
 JS_DOMAIN: Final = "aiot-cloud"  # the cloud's JetStream domain (a leaf node's way to its API)
-SITE_ID: Final = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
-KINDS: Final = ("readings", "decisions", "commands", "alerts", "devices", "health", "status")
 
 
 def check_site(site: str) -> str:
-    if not SITE_ID.fullmatch(site):
-        raise ValueError(
-            f"site id {site!r}: 1 to 32 of a-z, 0-9 and '-', starting with a letter or digit"
-        )
-    return site
+    """``site`` when it is a valid site id; ValueError (the reason) when not."""
+    return cloud.check_site(site)
 
 
 def site_subjects(site: str) -> str:
-    return f"aiot.{check_site(site)}.>"
+    return f"{cloud.PREFIX}.{check_site(site)}.>"
 
 
 def site_stream(site: str) -> str:
-    return "AIOT_SITE_" + check_site(site).upper().replace("-", "_")
+    return cloud.stream_name(site)
 
 
 def site_user(site: str) -> str:
