@@ -89,8 +89,6 @@ class ExportStats:
     refusals: int = 0
     resumes: int = 0
     last_index: int = 0
-    lag_entries: int = 0
-    lag_s: float = 0.0
     errors: list[str] = field(default_factory=list)
 
 
@@ -166,7 +164,6 @@ class Exporter:
             self._pos = await self.resume(js)
         pos = self._pos
         entries = self.source.pending(pos.index - 1, self.entries_per_step)
-        self._lag(entries)
         if not entries:
             await self._commit(self.stats.last_index)
             return 0
@@ -254,11 +251,6 @@ class Exporter:
     async def flush(self) -> None:
         """Commit the cursor up to what JetStream has stored, now."""
         await self._commit(self.stats.last_index, force=True)
-
-    def _lag(self, entries: Sequence[PendingEntry]) -> None:
-        self.stats.lag_entries = len(entries)
-        first = entries[0].committed_ms if entries else 0
-        self.stats.lag_s = max(0.0, time.time() - first / 1000) if first else 0.0
 
 
 def describe(stats: ExportStats) -> dict[str, Any]:

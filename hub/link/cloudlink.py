@@ -1,0 +1,154 @@
+"""The site's link to the cloud: while this node leads, export (hub/link/export.py).
+
+Every node runs a ``CloudLink`` when its config has a ``[cloud]`` table
+(hub/core/cloudcfg.py); only the Raft leader's exports. It connects to the
+cloud's servers (TLS, the cloud's CA pinned, the site's login) or to the
+node's own leaf node, and steps the exporter: one batch of entries, then
+the next. When the node stops leading, or the link fails, the exporter
+forgets its position and the next start reads the stream's tail again. The
+site never waits for the cloud: entries wait in the store until they are
+exported, however long the cloud is away, and ``status()`` shows how far
+behind the export is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import time
+from collections.abc import Callable
+from typing import Any, Final
+
+import nats
+
+from hub.core.cloudcfg import CloudConfig
+from hub.link.export import Exporter, ExportRefused, ExportSource
+from protocol.cloud import stream_name
+
+log = logging.getLogger("aiot.cloud")
+
+CONNECT_S: Final = 10.0  # a first connect gives up after this
+IDLE_S: Final = 0.2  # nothing to export: look again after this
+RETRY_S: Final = (0.5, 1.0, 2.0, 5.0, 10.0)  # after a failure, then the next
+
+
+class CloudLink:
+    def __init__(
+        self,
+        cfg: CloudConfig,
+        source: ExportSource,
+        leading: Callable[[], bool],
+        node_id: str,
+    ) -> None:
+        self.cfg = cfg
+        self.leading = leading
+        self.node_id = node_id
+        self.exporter = Exporter(cfg.site, stream_name(cfg.site), source, window=cfg.window)
+        self._nc: Any = None
+        self._failures = 0
+        self.last_error: str | None = None
+        self.last_export_ms: int | None = None
+
+    async def _connect(self) -> Any:
+        opts: dict[str, Any] = {
+            "servers": list(self.cfg.servers),
+            "name": f"aiot-{self.cfg.site}-{self.node_id}",
+            "connect_timeout": 5,
+            "max_reconnect_attempts": -1,
+            "reconnect_time_wait": 1,
+            "error_cb": self._on_error,
+        }
+        if self.cfg.ca is not None:
+            ctx = ssl.create_default_context(cafile=str(self.cfg.ca))
+            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+            opts["tls"] = ctx
+        if self.cfg.login is not None:
+            opts["user"], opts["password"] = self.cfg.login.user, self.cfg.login.password
+        # nats-py keeps trying the servers of a first connect; the link gives up
+        # after CONNECT_S and tries again later, saying why in its status.
+        return await asyncio.wait_for(nats.connect(**opts), CONNECT_S)
+
+    async def _on_error(self, exc: Exception) -> None:
+        """nats-py's report of a failed (re)connect: kept for the status, logged once."""
+        why = f"cloud unreachable: {exc or type(exc).__name__}"
+        if why != self.last_error:
+            log.warning("cloud link error", extra={"reason": why})
+        self.last_error = why
+
+    async def _close(self) -> None:
+        nc, self._nc = self._nc, None
+        if nc is not None:
+            with contextlib.suppress(Exception):  # a broken link: nothing left to close
+                await nc.close()
+
+    async def run(self) -> None:
+        try:
+            while True:
+                if not self.leading():
+                    self.exporter.reset()
+                    await self._close()
+                    await asyncio.sleep(IDLE_S)
+                    continue
+                await asyncio.sleep(await self._once())
+        finally:
+            await self._close()
+
+    async def _once(self) -> float:
+        """One step; how long to wait before the next."""
+        try:
+            if self._nc is None or self._nc.is_closed:
+                self._nc = await self._connect()
+                log.info("cloud link up", extra={"servers": list(self.cfg.servers)})
+            js = self._nc.jetstream(domain=self.cfg.domain)
+            done = await self.exporter.step(js)
+        except ExportRefused as exc:
+            return self._failed(f"export refused: {exc}")
+        except (OSError, TimeoutError, nats.errors.Error) as exc:
+            await self._close()
+            return self._failed(f"cloud unreachable: {exc or type(exc).__name__}")
+        self._failures = 0
+        self.last_error = None
+        if done:
+            self.last_export_ms = int(time.time() * 1000)
+            return 0.0
+        return IDLE_S
+
+    def _failed(self, why: str) -> float:
+        self.exporter.reset()
+        wait = RETRY_S[min(self._failures, len(RETRY_S) - 1)]
+        self._failures += 1
+        if why != self.last_error:
+            log.warning("cloud export paused", extra={"reason": why, "retry_s": wait})
+        self.last_error = why
+        return wait
+
+    def lag(self) -> tuple[int, float]:
+        """(the first unexported index, or 0; its age in seconds): read from the
+        source, so it holds while the cloud is away too."""
+        src = self.exporter.source
+        first = src.pending(src.exported(), 1)
+        if not first:
+            return 0, 0.0
+        age = time.time() - first[0].committed_ms / 1000 if first[0].committed_ms else 0.0
+        return first[0].index, max(0.0, age)
+
+    def status(self) -> dict[str, Any]:
+        s = self.exporter.stats
+        waiting, lag_s = self.lag()
+        return {
+            "site": self.cfg.site,
+            "exporting": self.leading(),
+            "connected": self._nc is not None and bool(self._nc.is_connected),
+            "exported_index": s.last_index,
+            "first_unexported_index": waiting,
+            "lag_s": round(lag_s, 3),
+            "messages": s.messages,
+            "bytes": s.bytes,
+            "duplicates": s.duplicates,
+            "refusals": s.refusals,
+            "last_export_ms": self.last_export_ms,
+            "error": self.last_error,
+            "lagging": lag_s > self.cfg.lag_alert_s,
+        }

@@ -1,0 +1,121 @@
+"""The hub's cloud link (hub/link/cloudlink.py) against a real JetStream
+server: it exports only while its node leads, waits out a cloud that is
+away and carries on exactly where the stream ends, and says how far behind
+it is."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from hub.core.cloudcfg import CloudConfig, CloudLogin
+from hub.link.cloudlink import CloudLink
+from tests.cloud.test_export_engine import SITE, Entries, _ids
+from tools.cloud.cluster import CloudLayout, CloudServers, Creds, init_cloud
+from tools.cloud.sites import add_site
+from tools.cloud.status import connect
+
+pytestmark = pytest.mark.cloud
+
+
+@pytest.fixture()
+def cloud(tmp_path: Path) -> Iterator[tuple[CloudLayout, CloudServers]]:
+    layout = init_cloud(tmp_path / "c", nodes=1, port=0)
+    with CloudServers(layout) as servers:
+        servers.start_all()
+        add_site(layout, SITE)
+        yield layout, servers
+
+
+def _config(layout: CloudLayout) -> CloudConfig:
+    site = Creds.load(layout.creds(f"site-{SITE}"))
+    return CloudConfig(
+        SITE, tuple(site.servers), CloudLogin(site.user, site.password), Path(site.ca), window=8
+    )
+
+
+async def _until(what: Callable[[], bool], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not what():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+
+
+def test_only_the_leader_exports_and_a_lost_cloud_is_waited_out(
+    cloud: tuple[CloudLayout, CloudServers],
+) -> None:
+    layout, servers = cloud
+    admin = Creds.load(layout.creds("admin"))
+    src = Entries(60)
+    every = src.entries
+    src.entries = every[:20]
+    leading = [False]
+    link = CloudLink(_config(layout), src, lambda: leading[0], "hub-1")
+
+    async def run() -> tuple[list[str], list[dict[str, object]]]:
+        seen: list[dict[str, object]] = []
+        task = asyncio.create_task(link.run())
+        try:
+            await asyncio.sleep(1.0)
+            assert src.cursor == 0 and link.status()["exporting"] is False  # a follower
+            leading[0] = True
+            await _until(lambda: src.cursor == every[19].index)
+            seen.append(link.status())
+            leading[0] = False  # leadership lost: nothing more goes out
+            src.entries = every[:40]
+            await asyncio.sleep(1.0)
+            assert src.cursor == every[19].index
+            servers.kill(0)  # the cloud goes away while the node leads again
+            leading[0] = True
+            await _until(lambda: link.status()["error"] is not None)
+            seen.append(link.status())
+            src.entries = every
+            servers.start(0)
+            servers.wait_ready()
+            await _until(lambda: src.cursor == every[-1].index)
+            seen.append(link.status())
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        nc = await connect(admin)
+        ids = await _ids(nc.jetstream())
+        await nc.close()
+        return ids, seen
+
+    ids, seen = asyncio.run(run())
+    assert ids == src.expected()  # each entry once, in order, across all of it
+    assert seen[0]["exported_index"] == every[19].index and seen[0]["connected"] is True
+    assert str(seen[1]["error"]).startswith("cloud unreachable")
+    assert seen[2]["error"] is None and seen[2]["messages"] == len(ids)
+    assert seen[2]["duplicates"] == 0
+
+
+def test_lag_is_measured_from_the_oldest_unexported_entry(
+    cloud: tuple[CloudLayout, CloudServers],
+) -> None:
+    layout, servers = cloud
+    src = Entries(5)
+    old = int(time.time() * 1000) - 600_000  # committed ten minutes ago
+    src.entries = [type(e)(e.index, e.messages, old) for e in src.entries]
+    servers.kill(0)  # the cloud is away: nothing can go
+    link = CloudLink(_config(layout), src, lambda: True, "hub-1")
+
+    async def run() -> dict[str, object]:
+        task = asyncio.create_task(link.run())
+        try:
+            await _until(lambda: link.status()["error"] is not None)
+            return link.status()
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    status = asyncio.run(run())
+    assert status["exporting"] is True and status["connected"] is False
+    assert status["first_unexported_index"] == src.entries[0].index
+    assert 600 <= float(status["lag_s"]) < 700  # type: ignore[arg-type]
+    assert status["lagging"] is True  # past lag_alert_s (300 s)
+    assert src.cursor == 0
