@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import time
@@ -11,7 +12,10 @@ from typing import Annotated
 
 import typer
 
-from tools.cli.output import fail, group, reported, say
+from hub.core import keys
+from hub.decide.registry import signed_manifest
+from tools.cli.models import _inner_manifest
+from tools.cli.output import fail, group, nothing, reported, say
 from tools.cloud.buckets import ensure_buckets
 from tools.cloud.cluster import (
     LAYOUT_FILE,
@@ -25,6 +29,7 @@ from tools.cloud.cluster import (
     stop_detached,
 )
 from tools.cloud.leaf import write_leaf
+from tools.cloud.models import push_model, read_file, site_reports, target_of
 from tools.cloud.sites import DEFAULT_MAX_AGE_DAYS, add_site
 from tools.cloud.status import ServerState, StreamState, read_streams, servers_of
 
@@ -228,3 +233,71 @@ def cloud_leaf_config(
         path = write_leaf(layout, site, out, port)
     say(f"run it with: {find_nats_server()} -c {path}")
     typer.echo(str(path))
+
+
+@cloud_app.command("push-model")
+def cloud_push_model(
+    file: Annotated[Path, typer.Argument(help="The model file (.onnx or .gguf).", exists=True)],
+    name: Annotated[str, typer.Option(help="The model's name, e.g. anomaly.")],
+    sign_key: Annotated[Path, typer.Option(help="Ed25519 private key (aiot models keygen).")],
+    folder: DirOpt = Path("cloud"),
+    creds: Annotated[
+        Path | None, typer.Option("--creds", help="An admin login file (default: the --dir's).")
+    ] = None,
+    version: Annotated[
+        str | None, typer.Option(help="Default: from the manifest, or a timestamp.")
+    ] = None,
+    manifest: Annotated[
+        Path | None, typer.Option(help="The model's own manifest (default: FILE with .json).")
+    ] = None,
+    site: Annotated[
+        str | None, typer.Option("--site", help="Only this site (default: the whole fleet).")
+    ] = None,
+    activate: Annotated[
+        bool, typer.Option("--activate", help="The sites activate it as it arrives.")
+    ] = False,
+) -> None:
+    """Sign a model version and put it in the cloud; every targeted site checks
+    the signature with its own trusted keys, registers it through its own Raft
+    log and, with --activate, activates it."""
+    kind = "gguf" if file.suffix == ".gguf" else "onnx"
+    inner = _inner_manifest(file, manifest)
+    with reported(2):
+        data = read_file(file)
+        login = Creds.load(creds if creds is not None else load_layout(folder).creds("admin"))
+        target = target_of(site)
+    version = version or str(inner.get("version") or time.strftime("%Y%m%d%H%M%S"))
+    try:
+        key = keys.private_key(sign_key)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    signed = signed_manifest(name, version, kind, data, inner)
+    signature, kid = keys.sign(signed, key)
+    say(f"putting {name}@{version} ({len(data)} bytes) in the cloud for {target}")
+    with reported(1):
+        pushed = push_model(login, data, signed, signature, kid, target, activate)
+    typer.echo(json.dumps({**dataclasses.asdict(pushed), "activate": activate}))
+
+
+@cloud_app.command("sites")
+def cloud_sites(
+    folder: DirOpt = Path("cloud"),
+    creds: Annotated[
+        Path | None, typer.Option("--creds", help="An admin login file (default: the --dir's).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Each site's last report: when, from which node, the models it runs, its export."""
+    with reported(2):
+        login = Creds.load(creds if creds is not None else load_layout(folder).creds("admin"))
+    with reported(1):
+        reports = site_reports(login)
+    if as_json:
+        typer.echo(json.dumps(reports, indent=2))
+        return
+    if not reports:
+        nothing("site reports")
+    for r in reports:
+        models = ", ".join(f"{n}@{v}" for n, v in sorted((r.get("models") or {}).items()))
+        age = (time.time() * 1000 - int(r.get("at_ms") or 0)) / 1000
+        typer.echo(f"{r.get('site'):<16} {age:6.0f} s ago  from {r.get('node')}  {models or '-'}")

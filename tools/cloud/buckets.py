@@ -12,7 +12,7 @@ from nats.js.api import KeyValueConfig, ObjectStoreConfig, StorageType
 
 from tools.cloud.cluster import CloudError, Creds
 from tools.cloud.status import connect
-from tools.cloud.subjects import MODELS_BUCKET, POLICIES_BUCKET
+from tools.cloud.subjects import MODELS_BUCKET, POLICIES_BUCKET, SITES_BUCKET
 
 __all__ = ["MODELS_BUCKET", "POLICIES_BUCKET", "ensure_buckets"]
 
@@ -38,7 +38,16 @@ async def _ensure(creds: Creds, replicas: int) -> list[str]:
                 replicas=replicas,
             )
         )
-        return [MODELS_BUCKET, POLICIES_BUCKET]
+        await js.create_key_value(
+            KeyValueConfig(
+                bucket=SITES_BUCKET,
+                description="each site's last report: what it runs, its export lag",
+                history=1,
+                storage=StorageType.FILE,
+                replicas=replicas,
+            )
+        )
+        return [MODELS_BUCKET, POLICIES_BUCKET, SITES_BUCKET]
     finally:
         await nc.close()
 

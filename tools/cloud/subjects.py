@@ -23,6 +23,7 @@ from protocol import cloud
 
 MODELS_BUCKET: Final = "aiot-models"
 POLICIES_BUCKET: Final = "aiot-policies"
+SITES_BUCKET: Final = "aiot-sites"  # each site's own report, under its id
 JS_DOMAIN: Final = "aiot-cloud"  # the cloud's JetStream domain (a leaf node's way to its API)
 
 
@@ -57,6 +58,7 @@ def site_permissions(site: str) -> dict[str, dict[str, list[str]]]:
         pub += _api_permissions(site, api)
     pub += [f"$JS.ACK.KV_{POLICIES_BUCKET}.>", f"$JS.ACK.OBJ_{MODELS_BUCKET}.>"]
     pub += [f"$JS.FC.KV_{POLICIES_BUCKET}.>", f"$JS.FC.OBJ_{MODELS_BUCKET}.>"]
+    pub += [f"$KV.{SITES_BUCKET}.{check_site(site)}"]  # its own report, no other
     return {"publish": {"allow": pub}, "subscribe": {"allow": ["_INBOX.>"]}}
 
 
@@ -70,5 +72,6 @@ def _api_permissions(site: str, api: str) -> list[str]:
         pub += [f"{api}.DIRECT.GET.{bucket}", f"{api}.DIRECT.GET.{bucket}.>"]
         pub += [f"{api}.CONSUMER.CREATE.{bucket}", f"{api}.CONSUMER.CREATE.{bucket}.>"]
         pub += [f"{api}.CONSUMER.DELETE.{bucket}.>", f"{api}.CONSUMER.INFO.{bucket}.>"]
+    pub += [f"{api}.STREAM.INFO.KV_{SITES_BUCKET}"]
     pub += [f"{api}.STREAM.NAMES"]  # the KV and object store clients look a bucket up by name
     return pub
