@@ -1,6 +1,7 @@
 """`aiot models`: the model registry (hub/decide/registry.py): signing keys,
-signed uploads, hot activation on every node, and training the anomaly model
-(tools/cli/anomaly.py)."""
+signed uploads, hot activation on every node, training the anomaly model
+(tools/cli/anomaly.py), and the LLM tier's policy-following data
+(`aiot models policy-data`, tools/ml/policy)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from tools.base.hubclient import HubClient, HubError
 from tools.cli import anomaly
 from tools.cli.output import fail, group, nothing, print_json, say
 from tools.cli.remote import JsonOpt, on_hub
+from tools.ml.policy import dataset
 
 models_app = group("models", "The model registry: signed versions, hot activation.")
 
@@ -146,6 +148,29 @@ def models_list(client: HubClient, json_out: JsonOpt = False) -> None:
             f"{mark} {name}@{version:<16} {m.get('kind', '?'):<5} {sha}  "
             f"running on: {', '.join(running) or '-'}" + (f"  errors: {errors}" if errors else "")
         )
+
+
+@models_app.command("policy-data")
+def models_policy_data(
+    out: Annotated[
+        Path, typer.Option(help="Directory for train.jsonl, test.jsonl, manifest.json.")
+    ],
+    seed: Annotated[int, typer.Option(help="The same seed gives the same files.")] = 0,
+    train: Annotated[int, typer.Option(min=0, help="Examples in the training split.")] = 20000,
+    test: Annotated[int, typer.Option(min=0, help="Examples in the test split.")] = 2000,
+) -> None:
+    """Policy-following examples for the LLM tier: train/test splits with disjoint
+    layouts, wordings and policy shapes (docs/llm.md, "The data")."""
+    if out.exists() and not out.is_dir():
+        raise fail(f"{out} exists and is not a directory")
+    say(f"writing {train} training and {test} test examples ({dataset.GENERATOR}) to {out}")
+    man = dataset.write(out, seed=seed, counts={"train": train, "test": test}, progress=say)
+    for split, s in man["splits"].items():
+        say(
+            f"{split}: {s['n']} examples, majority rate {s['majority_rate']}, "
+            f"layouts {', '.join(s['layouts'])}"
+        )
+    typer.echo(str(out / "manifest.json"))
 
 
 anomaly.register_models(models_app)

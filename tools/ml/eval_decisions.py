@@ -30,6 +30,8 @@ from tools.base.paths import ROOT
 
 DEFAULT_SCENARIOS: Final = ROOT / "models" / "eval" / "decisions.jsonl"
 DEFAULT_EVAL_DEADLINE_MS: Final = 30_000.0
+# Keys a generated data line (tools/ml/policy) adds for training; the runner ignores them.
+TRAINING_KEYS: Final = ("messages", "answer", "meta")
 
 # Named capability sets a scenario may use instead of a list (protocol/profiles.py):
 # "plug" is what a model may choose on a smart plug (its operator-only OTA left out).
@@ -90,6 +92,7 @@ def _scenario(d: Any) -> Scenario:
         "policy",
         "expect_action",
         "expect_params",
+        *TRAINING_KEYS,
     }
     if unknown:
         raise ValueError(f"unknown keys {sorted(unknown)}")
@@ -107,6 +110,7 @@ def _scenario(d: Any) -> Scenario:
     policy = d["policy"]
     if not isinstance(policy, str) or not policy.strip():
         raise ValueError("policy must be a non-empty string")
+    _check_training_keys(d, caps, facts, policy, action, params)
     return Scenario(
         str(d["id"]),
         caps,
@@ -116,6 +120,29 @@ def _scenario(d: Any) -> Scenario:
         params,
         str(d.get("category", "")),
     )
+
+
+def _check_training_keys(
+    d: dict[str, Any],
+    caps: tuple[m.Capability, ...],
+    facts: list[str],
+    policy: str,
+    action: str,
+    params: dict[str, m.ParamValue] | None,
+) -> None:
+    """The keys a generated line adds for training (``aiot models policy-data``):
+    ``messages`` must be the very prompt the hub sends, ``answer`` a valid
+    decision that agrees with the expectation; ``meta`` is not read."""
+    if "messages" in d and d["messages"] != f.build_messages(
+        model_capabilities(caps), facts, policy
+    ):
+        raise ValueError(
+            f"messages are not the prompt the hub sends ({f.PROMPT_VERSION}); regenerate the file"
+        )
+    if "answer" in d:
+        got = grammar.validate(d["answer"], model_capabilities(caps))
+        if got.action != action or (params is not None and got.params_dict() != params):
+            raise ValueError("answer disagrees with expect_action/expect_params")
 
 
 def load_scenarios(path: Path) -> list[Scenario]:

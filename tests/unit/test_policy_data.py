@@ -1,0 +1,152 @@
+"""Generated policy data: the schema, the exact run-time prompt, the splits
+(disjoint layouts, exception styles, wordings and shapes), the balance of
+actions, determinism for a seed, and `aiot models policy-data`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from hub.decide import facts as hf
+from hub.decide import grammar
+from hub.decide.llm import model_capabilities
+from tools.cli import app
+from tools.ml.eval_decisions import ScenarioError, load_scenarios
+from tools.ml.policy import dataset
+from tools.ml.policy import model as pm
+from tools.ml.policy.codec import policy_from_json, world_from_json
+from tools.ml.policy.lexicon import PHRASES, indices
+
+pytestmark = pytest.mark.unit
+
+N_TRAIN, N_TEST = 600, 200
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("policy-data")
+    dataset.write(out, seed=11, counts={"train": N_TRAIN, "test": N_TEST})
+    return out
+
+
+def lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def test_every_line_is_a_scenario_with_the_hubs_prompt_and_a_checked_label(data: Path) -> None:
+    for split, n in (("train", N_TRAIN), ("test", N_TEST)):
+        path = data / f"{split}.jsonl"
+        scenarios = load_scenarios(path)  # what `aiot eval decisions --scenarios` reads
+        assert len(scenarios) == n
+        for d, s in zip(lines(path), scenarios, strict=True):
+            meta = d["meta"]
+            assert meta["schema"] == dataset.SCHEMA and meta["generator"] == dataset.GENERATOR
+            assert meta["prompt_version"] == hf.PROMPT_VERSION and meta["split"] == split
+            caps = model_capabilities(s.capabilities)
+            assert d["messages"] == hf.build_messages(caps, s.facts, s.policy)
+            assert d["messages"][-1]["content"].startswith(f"Policy: {s.policy}")
+            # The label, recomputed from the structure and the world the line records.
+            world = world_from_json(meta["world"])
+            for key in ("structure", "stated"):
+                got = pm.decide(policy_from_json(meta[key]), world)
+                assert (got.action, got.params, got.rule) == (
+                    s.expect_action,
+                    s.expect_params or {},
+                    meta["rule"],
+                )
+            answer = grammar.validate(d["answer"], caps)
+            assert answer.action == s.expect_action
+            assert answer.params_dict() == (s.expect_params or {})
+            assert 0 < len(answer.reason) <= grammar.REASON_MAX
+
+
+def test_the_splits_share_no_layout_exception_style_wording_shape_or_policy(
+    data: Path,
+) -> None:
+    seen: dict[str, dict[str, set[str]]] = {}
+    for split in ("train", "test"):
+        s = seen[split] = {"layout": set(), "exception": set(), "wording": set(), "shape": set()}
+        s["policy"] = set()
+        for d in lines(data / f"{split}.jsonl"):
+            meta = d["meta"]
+            s["layout"].add(meta["layout"])
+            s["exception"].add(meta["exception"])
+            s["wording"].update(meta["wording"])
+            s["shape"].add(meta["shape"])
+            s["policy"].add(d["policy"])
+    for key in ("layout", "exception", "wording", "shape", "policy"):
+        shared = seen["train"][key] & seen["test"][key] - {""}
+        assert not shared, f"{key} in both splits: {sorted(shared)[:5]}"
+    assert len(seen["train"]["layout"]) == 3 and len(seen["test"]["layout"]) == 2
+    assert {"unless", "and_not"} <= seen["train"]["exception"]
+    assert {"except_when", "but_not_if"} <= seen["test"]["exception"]
+    # Every phrase key has wordings for both splits, none in both.
+    for key in PHRASES:
+        train, test = set(indices(key, "train")), set(indices(key, "test"))
+        assert train and test and not train & test, key
+
+
+def test_actions_are_balanced_and_the_manifest_says_so(data: Path) -> None:
+    man = json.loads((data / "manifest.json").read_text())
+    assert man["seed"] == 11 and man["counts"] == {"train": N_TRAIN, "test": N_TEST}
+    assert man["schema"] == dataset.SCHEMA and man["generator"] == dataset.GENERATOR
+    assert man["layouts"] == {"train": ["bullets", "chain", "numbered"],
+                              "test": ["default_first", "ordinal"]}  # fmt: skip
+    for split in ("train", "test"):
+        actions = [d["expect_action"] for d in lines(data / f"{split}.jsonl")]
+        summary = man["splits"][split]
+        assert summary["majority_rate"] == dataset.majority_rate(actions)
+        assert summary["majority_rate"] < 0.35  # a constant answer scores low
+        assert len(summary["actions"]) >= 8  # actions beyond the plug's too
+        assert {"notify", "fan.speed", "relay.set", "none"} <= set(actions)
+        assert set(summary["rule_counts"]) == {"1", "2", "3", "4", "5"}
+
+
+def test_the_same_seed_writes_the_same_files_and_a_prefix_does_not_depend_on_n(
+    tmp_path: Path, data: Path
+) -> None:
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    dataset.write(a, seed=11, counts={"train": 50, "test": 20})
+    dataset.write(b, seed=11, counts={"train": 50, "test": 20})
+    dataset.write(c, seed=12, counts={"train": 50, "test": 20})
+    for name in ("train.jsonl", "test.jsonl", "manifest.json"):
+        assert (a / name).read_bytes() == (b / name).read_bytes()
+    assert (a / "train.jsonl").read_bytes() != (c / "train.jsonl").read_bytes()
+    big = (data / "test.jsonl").read_text().splitlines()
+    assert (a / "test.jsonl").read_text().splitlines() == big[:20]
+
+
+def test_the_loader_refuses_a_prompt_or_answer_that_does_not_match(
+    tmp_path: Path, data: Path
+) -> None:
+    d = lines(data / "test.jsonl")[0]
+    stale = dict(d, messages=[*d["messages"][:-1], {"role": "user", "content": "Policy: x"}])
+    wrong = dict(d, answer={**d["answer"], "action": "none", "params": {}})
+    if d["expect_action"] == "none":
+        wrong = dict(d, answer={"reason": "r", "action": "nope", "params": {}})
+    for bad, why in ((stale, "not the prompt the hub sends"), (wrong, "answer")):
+        path = tmp_path / "bad.jsonl"
+        path.write_text(json.dumps(bad) + "\n")
+        with pytest.raises(ScenarioError, match=why):
+            load_scenarios(path)
+
+
+def test_the_policy_data_command(tmp_path: Path) -> None:
+    out = tmp_path / "data"
+    res = CliRunner().invoke(
+        app, ["models", "policy-data", "--out", str(out), "--seed", "5", "--train", "30",
+              "--test", "10"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert str(out / "manifest.json") in res.stdout
+    assert "test: 10/10 examples" in res.stderr and "majority rate" in res.stderr
+    assert len((out / "train.jsonl").read_text().splitlines()) == 30
+    assert json.loads((out / "manifest.json").read_text())["seed"] == 5
+    afile = tmp_path / "file"
+    afile.write_text("")
+    res = CliRunner().invoke(app, ["models", "policy-data", "--out", str(afile)])
+    assert res.exit_code == 2 and "not a directory" in res.stderr
