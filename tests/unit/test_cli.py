@@ -138,7 +138,7 @@ def test_help_lists_exactly_the_working_groups() -> None:
         "chaos",
         "cloud",
     }
-    assert listed_commands(aiot("cloud", "--help").stdout) == {"up", "down", "status", "add-site", "leaf-config", "push-model", "sites"}
+    assert listed_commands(aiot("cloud", "--help").stdout) == {"up", "down", "status", "add-site", "leaf-config", "push-model", "sites", "query"}
     assert listed_commands(aiot("hub", "--help").stdout) == {"run", "install-service"}
     assert listed_commands(aiot("device", "--help").stdout) == {
         "add",

@@ -30,6 +30,7 @@ from tools.cloud.cluster import (
 )
 from tools.cloud.leaf import write_leaf
 from tools.cloud.models import push_model, read_file, site_reports, target_of
+from tools.cloud.query import read_readings, summary
 from tools.cloud.sites import DEFAULT_MAX_AGE_DAYS, add_site
 from tools.cloud.status import ServerState, StreamState, read_streams, servers_of
 
@@ -301,3 +302,32 @@ def cloud_sites(
         models = ", ".join(f"{n}@{v}" for n, v in sorted((r.get("models") or {}).items()))
         age = (time.time() * 1000 - int(r.get("at_ms") or 0)) / 1000
         typer.echo(f"{r.get('site'):<16} {age:6.0f} s ago  from {r.get('node')}  {models or '-'}")
+
+
+@cloud_app.command("query")
+def cloud_query(
+    site: Annotated[str, typer.Option("--site", help="The site whose exports to read.")],
+    device: Annotated[str | None, typer.Option("--device", help="Only this device.")] = None,
+    folder: DirOpt = Path("cloud"),
+    creds: Annotated[
+        Path | None, typer.Option("--creds", help="An admin login file (default: the --dir's).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """A site's readings in the cloud, per device: how many, first and last
+    seq, gaps and duplicates (the exactly-once check, read from the stream)."""
+    with reported(2):
+        login = Creds.load(creds if creds is not None else load_layout(folder).creds("admin"))
+    with reported(1):
+        found = read_readings(login, site, device)
+    out = summary(found)
+    if as_json:
+        typer.echo(json.dumps(out, indent=2))
+        return
+    if not out["devices"]:
+        nothing(f"readings of site {site} in the cloud")
+    for name, d in out["devices"].items():
+        typer.echo(
+            f"{name:<24} {d['readings']} readings  seq {d['first_seq']}..{d['last_seq']}  "
+            f"{len(d['gaps'])} gaps  {len(d['duplicates'])} duplicates"
+        )

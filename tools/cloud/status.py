@@ -102,23 +102,28 @@ async def connect(creds: Creds, name: str = "aiot-cli", timeout: float = 5.0) ->
         errors.append(str(exc) or type(exc).__name__)
 
     try:
-        return await nats.connect(
-            servers=list(creds.servers),
-            user=creds.user,
-            password=creds.password,
-            tls=tls_context(creds.ca),
-            name=name,
-            connect_timeout=timeout,
-            max_reconnect_attempts=0,
-            allow_reconnect=False,
-            error_cb=on_error,
-        )
+        # nats-py keeps retrying refused servers on a first connect: bound it.
+        return await asyncio.wait_for(_connect(creds, name, timeout, on_error), timeout + 1)
     except (OSError, TimeoutError, nats.errors.Error) as exc:
         seen = f" ({errors[-1]})" if errors else ""
         raise CloudError(
             f"no cloud server answered at {', '.join(creds.servers)}: "
-            f"{exc or type(exc).__name__}{seen}"
+            f"{exc or f'no answer within {timeout:.0f} s'}{seen}"
         ) from None
+
+
+async def _connect(creds: Creds, name: str, timeout: float, on_error: Any) -> Any:
+    return await nats.connect(
+        servers=list(creds.servers),
+        user=creds.user,
+        password=creds.password,
+        tls=tls_context(creds.ca),
+        name=name,
+        connect_timeout=timeout,
+        max_reconnect_attempts=0,
+        allow_reconnect=False,
+        error_cb=on_error,
+    )
 
 
 def _stream_state(info: StreamInfo) -> StreamState:
