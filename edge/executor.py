@@ -144,6 +144,14 @@ PLUG_CAPABILITIES = [
 ]
 
 
+# Commands the hub cluster itself sends, outside the device's advertised
+# capabilities (hub/state/entries.py SYSTEM_ACTIONS): hubs.set is the broker
+# order, "host:port,host:port" (edge/hubs.py), after a membership change.
+SYSTEM_CAPABILITIES = [
+    {"action": "hubs.set", "params": [{"name": "hubs", "kind": _TEXT, "min": 3, "max": 480}]},
+]
+
+
 def _clip(s):
     # At most _MAX_DETAIL UTF-8 bytes, cut before a character, never inside.
     b = s.encode()
@@ -157,20 +165,30 @@ def _clip(s):
 
 class Executor:
     def __init__(
-        self, device_id, hmac, meta, handlers, capabilities=PLUG_CAPABILITIES, now_ms=None
+        self,
+        device_id,
+        hmac,
+        meta,
+        handlers,
+        capabilities=PLUG_CAPABILITIES,
+        now_ms=None,
+        system=(),
     ):
         # now_ms(): the hub-synced clock in ms, or None while it is not synced
         # (commands with a deadline are then refused BUSY, not consumed).
+        # system: capabilities not advertised in the status (SYSTEM_CAPABILITIES
+        # whose handlers the device has), run like the others.
         self.device_id = device_id
         self.hmac = hmac
         self.meta = meta
         self._now = now_ms
-        for cap in capabilities:
+        for cap in capabilities + list(system):
             action = cap["action"]
             if action != "reboot" and action not in handlers:
                 raise ValueError("no handler for " + action)
         self.handlers = handlers
         self.capabilities = capabilities
+        self.system = system
         self.reboot_requested = False
         self.current_id = None  # command id while its handler runs
         # Counters for the status message.
@@ -228,9 +246,10 @@ class Executor:
                 return self._final(fields, _EXPIRED, _DEADLINE_PASSED, "deadline passed", now)
         action = fields["action"]
         specs = None
-        for cap in self.capabilities:
-            if cap["action"] == action:
-                specs = cap.get("params") or ()
+        for caps in (self.capabilities, self.system):
+            for cap in caps:
+                if cap["action"] == action:
+                    specs = cap.get("params") or ()
         if specs is None:
             return self._final(fields, _REJECTED, _UNKNOWN_ACTION, "unknown action", now)
         params = self._params(specs, fields["params"])

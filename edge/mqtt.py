@@ -9,6 +9,7 @@
 #   await c.publish("aiot/v1/plug-7/up", frame, qos=1)   # returns once PUBACKed
 #   await c.up.wait()        # and c.down: link state, no exceptions to catch
 #   c.next_server()          # give up on this broker, move on
+#   c.set_servers(servers)   # a new order: go to its first unless already there
 #   await c.disconnect()
 #
 # Over TLS: MQTTClient(..., tls=tls_context(ca_der)), one context for every
@@ -590,6 +591,7 @@ class MQTTClient(MQTTBase):
         self._tasks = []
         self._task = None
         self._stopping = False
+        self._goto = None  # set_servers(): the next attempt starts at this index
 
     # -- application API
 
@@ -694,6 +696,24 @@ class MQTTClient(MQTTBase):
                 raise OSError("subscription refused: " + topic.decode())
             return s[3]
 
+    def set_servers(self, servers):
+        # A new ordered server list (the hub cluster's membership changed).
+        # Connected to its first server: stay. Otherwise leave the current
+        # link politely and connect from the new first server on (down the
+        # list if it does not answer). Not connected: the next attempt
+        # starts from the new first server.
+        if not servers:
+            raise ValueError("no servers")
+        cur = self.servers[self.server] if self.server < len(self.servers) else None
+        here = self.up.is_set()
+        self.servers = servers
+        if here and cur is not None and list(cur) == list(servers[0]) and self.server == 0:
+            return
+        self.server = 0
+        self._goto = 0
+        if here:
+            self._lost(self._gen, _RETURN)
+
     # -- staying connected
 
     def _forget(self, topic):
@@ -734,16 +754,18 @@ class MQTTClient(MQTTBase):
         self._sub_ev.set()  # wake a SUBACK waiter
 
     async def _keep(self, i, linked):
-        n = len(self.servers)
         fails = 0
         try:
             while True:
                 if not linked:
                     if self._stopping:
                         break
+                    if self._goto is not None:  # a new list: start at its first
+                        i = self._goto
+                        self._goto = None
                     if not await self._try(i):
                         fails += 1
-                        i = (i + 1) % n
+                        i = (i + 1) % len(self.servers)
                         await self._pause(fails)
                         continue
                     fails = 0
@@ -759,10 +781,11 @@ class MQTTClient(MQTTBase):
                     break
                 if why == _RETURN:
                     i = 0
+                    self._goto = None
                 elif why == _LOST:
                     await self._pause(1)
                 else:
-                    i = (i + 1) % n
+                    i = (i + 1) % len(self.servers)
         finally:  # also when cancelled: no task or socket outlives the keeper
             self.up.clear()
             self.down.set()

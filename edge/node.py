@@ -26,9 +26,9 @@ import asyncio
 import binascii
 import gc
 
-from edge import codec
+from edge import codec, hubs
 from edge.clock import Clock, ticks_diff, ticks_ms
-from edge.executor import PLUG_CAPABILITIES, Executor
+from edge.executor import PLUG_CAPABILITIES, SYSTEM_CAPABILITIES, Executor
 from edge.meta import Meta
 from edge.mqtt import MQTTClient, tls_context
 from edge.slots import SlotStore
@@ -72,6 +72,7 @@ class Node:
             "limit.set": self._limit,
             "sample.set": self._sample_interval,
             "reboot": None,
+            "hubs.set": self._hubs,
         }
         caps = PLUG_CAPABILITIES
         if ota is None:
@@ -88,6 +89,7 @@ class Node:
             handlers,
             caps,
             now_ms=self._synced_ms,
+            system=SYSTEM_CAPABILITIES,
         )
         prefix = "aiot/v1/%s/" % self.device_id
         self.t_status = prefix + "status"
@@ -102,9 +104,12 @@ class Node:
         # pinned, and https:// bundle downloads (edge/ota.py) with the same
         # context. Absent or null: plain TCP (labs).
         self.tls = tls_context(cfg["ca"]) if cfg.get("ca") else None
+        # The broker order the cluster last set (hubs.set), else the config's.
+        self._directory = directory
+        self._new_hubs = None  # set by hubs.set; applied once its answer is out
         self.client = MQTTClient(
             self.device_id,
-            cfg["hubs"],
+            hubs.load(directory) or cfg["hubs"],
             user=cfg.get("user"),
             password=cfg.get("password"),
             keepalive=cfg.get("keepalive_s", 30),
@@ -155,6 +160,17 @@ class Node:
     def _sample_interval(self, params):
         self.sample_ms = params["interval_ms"]
         return None
+
+    def _hubs(self, params):
+        # hubs.set: a new broker order from the cluster (a node joined, left
+        # or was drained). Saved before it counts; the device moves to the
+        # new first broker once this command's answer is out (_results_out).
+        new = hubs.parse(params["hubs"])
+        if new == self.client.servers:
+            return "unchanged"
+        hubs.save(self._directory, new)
+        self._new_hubs = new
+        return "%d hubs" % len(new)
 
     def _synced_ms(self):
         return self.clock.now_ms() if self.clock.synced else None
@@ -313,6 +329,9 @@ class Node:
             except OSError:
                 continue
             self._results.pop(0)
+            if self._new_hubs is not None and not self._results:
+                self.client.set_servers(self._new_hubs)
+                self._new_hubs = None
 
     async def _janitor(self):
         last_checkpoint = ticks_ms()

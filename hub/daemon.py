@@ -54,19 +54,23 @@ from hub.decide import engine as engine_mod
 from hub.decide.engine import DecisionEngine
 from hub.decide.registry import ModelRegistry
 from hub.http import api
-from hub.http.routes import stream
+from hub.http.routes import stream, threads
 from hub.link.broker import BrokerError, BrokerLimits, BrokerUser, MosquittoSupervisor
 from hub.link.consumer import Consumer, broker_endpoint
 from hub.link.delivery import Delivery
 from hub.link.events import EventBus
 from hub.link.ingest import Ingest, mutation_from_env
 from hub.link.limits import DeviceLimits
+from hub.link.membership import DRAIN_GRACE_S, Membership
 from hub.ops import metrics
+from hub.ops.clouddown import CloudDown
 from hub.state import entries as e
 from hub.state.apply import ApplyResult, Outcome
 from hub.state.journal import JournalError
 from hub.state.raft import RaftError, RaftNode, SecretError, raft_timing, staggered
+from hub.state.retention import Housekeeper
 from hub.state.store import Store
+from hub.state.threadkeeper import ThreadKeeper
 from protocol import messages as m
 
 log = logging.getLogger("aiot.hub")
@@ -90,6 +94,7 @@ class Broker(Protocol):
     async def start(self, timeout: float = 10.0) -> None: ...
     async def supervise(self) -> None: ...
     def update_users(self, users: Iterable[BrokerUser]) -> None: ...
+    def drop_sessions(self) -> None: ...
     async def stop(self, timeout: float = 5.0) -> None: ...
     @property
     def pid(self) -> int | None: ...
@@ -134,6 +139,7 @@ class Hub:
                 snapshot_format=cfg.raft.snapshot_format,
                 timing=raft_timing(cfg.raft),
                 durable_journal=cfg.raft.durable_journal,
+                map_size=cfg.store.map_size_mb << 20,
             )
         except (SecretError, JournalError) as exc:
             raise StartupError(f"{cfg.source}: raft: {exc}") from None
@@ -143,6 +149,9 @@ class Hub:
                 loop.call_soon_threadsafe(self._applied, results)
 
         raft.on_applied = on_applied
+        # A full map or disk: apply grows the map into its reserve, then waits
+        # and retries; it never halts the node (hub/state/DESIGN.md "A full store").
+        raft.store.set_full_policy()
         return raft
 
     def _build(self) -> None:
@@ -169,18 +178,30 @@ class Hub:
         # /metrics: aiot_decisions_total, the latency histogram, aiot_model_loads_total
         self.engine.on_decision = metrics.observe_decision
         self.models.on_load = metrics.count_model_load
+        # Store usage, its alert and the leader's retention steps (hub/state/retention.py).
+        self.keeper = Housekeeper(self.node_id, raft, cfg.store, cfg.retention, self.events.publish)
+        # The leader's retention steps of conversations and invitations.
+        self.thread_keeper = ThreadKeeper(raft, cfg.threads)
         self.ingest = Ingest(
             self.node_id,
             _RegistryView(raft),
             raft,
             cfg.ingest,
             limits=DeviceLimits.of(cfg.broker),
+            full=self.keeper.refusal,
         )
         self.consumer = Consumer(self.node_id, broker_endpoint(cfg), raft, self.ingest, self.events)
         self.delivery = Delivery(
             self.node_id, raft, self.consumer.publish, retry_s=cfg.commands.retry_ms / 1000
         )
         self.consumer.on_result = self.delivery.on_result
+        # Device orders after membership changes; this node's drain (before
+        # the broker: a drained node's broker starts without device logins).
+        self.membership = Membership(self.node_id, raft, on_drain=self._drain)
+        # The cloud (docs/cloud.md): models down while this node leads, the site's report up.
+        self.clouddown = (
+            CloudDown(cfg.cloud, raft, self.models, self.node_id) if cfg.cloud.on else None
+        )
         self.broker = self._broker()
         self._http = api.Server(api.make_app(self), cfg.http.bind, cfg.tls)
 
@@ -252,10 +273,15 @@ class Hub:
         spawn = self._tasks.append
         spawn(asyncio.create_task(self.consumer.run(), name="consumer"))
         spawn(asyncio.create_task(self.delivery.run(), name="delivery"))
+        spawn(asyncio.create_task(self.membership.run(), name="membership"))
         spawn(asyncio.create_task(self.engine.run(), name="engine"))
         spawn(asyncio.create_task(self.models.run(), name="models"))
         spawn(asyncio.create_task(self._watch_registry(), name="registry"))
         spawn(asyncio.create_task(self._announce(), name="announce"))
+        spawn(asyncio.create_task(self.keeper.run(), name="housekeeping"))
+        spawn(asyncio.create_task(self.thread_keeper.run(), name="thread-retention"))
+        if self.clouddown is not None:
+            spawn(asyncio.create_task(self.clouddown.run(), name="cloud-down"))
         if self.broker is not None:
             spawn(asyncio.create_task(self.broker.supervise(), name="broker"))
 
@@ -308,6 +334,8 @@ class Hub:
             BrokerUser(auth.hub_user(self.node_id), auth.hub_password(secret, self.node_id), "hub"),
             BrokerUser(auth.MONITOR_USER, auth.monitor_password(secret), "monitor"),
         ]
+        if self.membership.drained:  # drained: no device may log in here
+            return users
         for d in self.raft.read(Store.devices):
             if not auth.reserved_name(d.device_id):
                 users.append(BrokerUser(d.device_id, auth.device_password(d.key), "device"))
@@ -322,10 +350,27 @@ class Hub:
                 self.broker.update_users(self.broker_users())
                 log.info("broker credentials reloaded")
 
+    async def _drain(self, drained: bool) -> None:
+        """This node was drained (or is back): device logins leave (return
+        to) the broker; once drained, the sessions still open after
+        DRAIN_GRACE_S (devices that did not move on their own) are dropped."""
+        if self.broker is None:
+            return
+        self.broker.update_users(self.broker_users())
+        if drained:  # in the background: the leader's reconcile must not wait
+            self._tasks.append(asyncio.create_task(self._drop_sessions(), name="drain"))
+
+    async def _drop_sessions(self) -> None:
+        await asyncio.sleep(DRAIN_GRACE_S)
+        if self.membership.drained and self.broker is not None:
+            self.broker.drop_sessions()
+            log.info("drained: the device sessions left were dropped")
+
     def _applied(self, results: list[ApplyResult]) -> None:
         """Apply results from pysyncobj's thread, now on the loop."""
         metrics.applied(self, results)
         self.delivery.notice(results)
+        self.membership.notice(results)
         self.engine.notice(results)
         self.models.notice(results)
         self.consumer.notice(results)
@@ -335,6 +380,7 @@ class Hub:
             self._registry_dirty.set()
         if self.events.listening:
             stream.publish_applied(self.events, self.raft, results)
+            threads.publish_threads(self.events, self.raft, results)
 
     async def _announce(self) -> None:
         """Propose this node's addresses until the cluster has them."""
@@ -388,6 +434,7 @@ class Hub:
                 "consumer_sessions": self.consumer.sessions,
             },
             "devices_connected": self.raft.read(connected),
+            "drained": self.membership.drained,
             "ingest": {
                 "acked": ingest.acked,
                 "rejected": dict(ingest.counters),
@@ -401,7 +448,9 @@ class Hub:
             },
             "status_rejected": dict(self.consumer.status_rejects),
             "decisions": self.engine.status(),
+            "store": self.keeper.status(),
             "models": self.models.status(),
+            "cloud": None if self.clouddown is None else self.clouddown.status(),
         }
 
 

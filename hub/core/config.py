@@ -82,6 +82,28 @@ The format, with defaults:
     batch_max_bytes = 262144          # ... or this many bytes
     max_frame_bytes = 16384           # larger MQTT payloads are rejected
 
+    [store]                           # hub/state/DESIGN.md "A full store"
+    map_size_mb = 8192                # the LMDB map (1024 on a 32-bit system: keep it
+                                      # under the address space); apply may grow it
+                                      # by a quarter when committed entries fill it
+    alert_at = 0.75                   # live data over this share of the map: alert
+    refuse_at = 0.85                  # ... over this: ingest refuses (store_full); the
+                                      # rest is the reserve for committed entries
+    min_disk_free_mb = 64             # less free disk than this: alert and refuse too
+
+    [retention]                       # hub/state/DESIGN.md "Retention and rollups"
+    raw_days = 0                      # raw readings kept this long (days, may be a fraction;
+                                      # 0: for ever, no retention step is proposed)
+    classes = { plug = 30 }           # ... per device class: a device id up to its first -
+    rollup_days = 3650                # hourly and daily rollups kept this long
+    step_records = 20000              # most records one retention step deletes
+    period_s = 60                     # the leader proposes a step this often
+
+    [threads]                         # conversations (hub/state/DESIGN.md "Conversations")
+    keep_days = 365                   # messages are kept this long (days, may be a fraction)
+    step_records = 1000               # most records one retention step deletes
+    period_s = 60                     # the leader proposes a step this often
+
     [commands]
     retry_ms = 2000                   # resend an unanswered command this often
     deadline_s = 60                   # default deadline of a command
@@ -114,6 +136,20 @@ The format, with defaults:
     files = ["rules/more.toml"]       # rules files by path
     [[rules.rule]]                    # rules in the config itself
 
+    [tariff]                          # what energy costs (hub/core/tariff.py documents it)
+    currency = "EUR"                  # required in the table
+    timezone = "Europe/Berlin"        # the local day of the overview; default UTC
+    price_per_kwh = 0.30              # a flat price, or by local time of day:
+    periods = { "22:00-06:00" = 0.18, "06:00-22:00" = 0.32 }
+                                      # on the hour or half hour, covering the day once;
+                                      # no table: energy without a price, UTC days
+
+    [cloud]                           # where the site exports to (docs/cloud.md);
+    site = "north-1"                  # hub/core/cloudcfg.py documents the table
+    servers = ["tls://cloud.example:4222"]
+    login = "cloud/site-north-1.json" # from aiot cloud add-site
+    ca = "cloud/ca.pem"               # no table: the site exports nothing
+
     [rules] and [guard] are validated by hub/decide/rules.py and hub/decide/guard.py
     (docs/decisions.md documents them). The configs `aiot cluster init` and
     `aiot hub install-service` write turn the shipped energy rules on with
@@ -142,9 +178,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final, Literal, get_args
 
-from hub.core import keys, tls
+from hub.core import cloudcfg, keys, tls
 from hub.core.fsutil import exposed
 from hub.core.paths import SHIPPED_MODELS
+from hub.core.tariff import NONE as NO_TARIFF
+from hub.core.tariff import TABLE as TARIFF
+from hub.core.tariff import Tariff
+from hub.core.tariff import read as read_tariff
 from hub.core.validate import Address as Address
 from hub.core.validate import ConfigError as ConfigError
 from hub.core.validate import (
@@ -326,6 +366,59 @@ class FirmwareConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class StoreConfig:
+    """[store]: the LMDB map and when a full store alerts and refuses ingest
+    (hub/state/DESIGN.md "A full store")."""
+
+    map_size_mb: int = 8192
+    alert_at: float = 0.75
+    refuse_at: float = 0.85
+    min_disk_free_mb: int = 64
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionConfig:
+    """[retention]: how long raw readings (per device class) and rollups are
+    kept, and the size and period of a retention step."""
+
+    raw_days: float = 0.0  # 0: raw readings are kept for ever
+    classes: tuple[tuple[str, float], ...] = ()  # (device class, raw days)
+    rollup_days: float = 3650.0
+    step_records: int = 20_000
+    period_s: int = 60
+
+    def raw_days_of(self, device_id: str) -> float:
+        """Raw days of a device: its class is its id up to the first "-"."""
+        cls = device_id.split("-", 1)[0]
+        return next((d for c, d in self.classes if c == cls), self.raw_days)
+
+
+def _classes(value: Any) -> tuple[tuple[str, float], ...]:
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a table of device class = raw days, got {value!r}")
+    days = number(0, 36500)
+    out = []
+    for name, d in sorted(value.items()):
+        if not re.fullmatch(r"[A-Za-z0-9_.]{1,64}", name):
+            raise ValueError(f"device class {name!r}: letters, digits, _ and . only")
+        try:
+            out.append((name, days(d)))
+        except ValueError as exc:
+            raise ValueError(f"{name}: {exc}") from None
+    return tuple(out)
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadsConfig:
+    """[threads]: how long conversation messages are kept, and the size and
+    period of the leader's retention step (hub/state/threads.py)."""
+
+    keep_days: float = 365.0
+    step_records: int = 1000
+    period_s: int = 60
+
+
+@dataclass(frozen=True, slots=True)
 class HubConfig:
     """A whole hub config file, validated: what the daemon is started with."""
 
@@ -342,6 +435,11 @@ class HubConfig:
     models: ModelsConfig = ModelsConfig()
     tls: TlsConfig = TlsConfig()
     firmware: FirmwareConfig = FirmwareConfig()
+    tariff: Tariff = NO_TARIFF
+    store: StoreConfig = StoreConfig()
+    retention: RetentionConfig = RetentionConfig()
+    cloud: cloudcfg.CloudConfig = cloudcfg.NONE
+    threads: ThreadsConfig = ThreadsConfig()
 
     @property
     def scheme(self) -> str:
@@ -455,6 +553,33 @@ MODELS: Final = Schema(
 )
 FIRMWARE: Final = Schema(FirmwareConfig, {"trusted_keys": list_of(_public_key)})
 TLS: Final = Schema(TlsConfig, {"ca": path, "cert": path, "key": path, "plain": boolean})
+STORE: Final = Schema(
+    StoreConfig,
+    {
+        "map_size_mb": int_range(1, 1 << 24),
+        "alert_at": number(0.05, 0.99),
+        "refuse_at": number(0.05, 0.99),
+        "min_disk_free_mb": int_range(0, 1 << 20),
+    },
+)
+RETENTION: Final = Schema(
+    RetentionConfig,
+    {
+        "raw_days": number(0, 36500),
+        "classes": _classes,
+        "rollup_days": number(1, 36500),
+        "step_records": int_range(100, 1_000_000),
+        "period_s": int_range(1, 86_400),
+    },
+)
+THREADS: Final = Schema(
+    ThreadsConfig,
+    {
+        "keep_days": number(0.0001, 36500),
+        "step_records": int_range(10, 100_000),
+        "period_s": int_range(1, 86_400),
+    },
+)
 SCHEMAS: Final[Mapping[str, Schema[Any]]] = {
     "node": NODE,
     "raft": RAFT,
@@ -467,6 +592,11 @@ SCHEMAS: Final[Mapping[str, Schema[Any]]] = {
     "models": MODELS,
     "tls": TLS,
     "firmware": FIRMWARE,
+    "tariff": TARIFF,
+    "store": STORE,
+    "retention": RETENTION,
+    "cloud": cloudcfg.TABLE,
+    "threads": THREADS,
 }
 _KNOWN: Final = {name: schema.known for name, schema in SCHEMAS.items()}
 # Tables whose own modules validate them (hub/decide/rules.py, hub/decide/guard.py).
@@ -502,7 +632,19 @@ def parse(doc: Mapping[str, Any], source: Path, env: Mapping[str, str] | None = 
         _models(tables["models"]),
         _tls(tables["tls"], "tls" in doc, source),
         firmware=FIRMWARE.read(tables["firmware"]),
+        tariff=read_tariff(tables["tariff"], "tariff" in doc),
+        store=_store(tables["store"]),
+        retention=RETENTION.read(tables["retention"]),
+        cloud=cloudcfg.read(tables["cloud"], "cloud" in doc),
+        threads=THREADS.read(tables["threads"]),
     )
+
+
+def _store(t: Table) -> StoreConfig:
+    store = STORE.read(t)
+    if store.refuse_at < store.alert_at:
+        raise t.error("refuse_at", "must be at or above store.alert_at")
+    return store
 
 
 def load(path: Path, env: Mapping[str, str] | None = None) -> HubConfig:

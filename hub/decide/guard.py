@@ -459,6 +459,10 @@ class Guard:
             return self._block(p, now_ms, "bad_origin", f"origin {show(p.origin)}")
         if device is None or device.device_id != p.device_id:
             return self._block(p, now_ms, "unknown_device", f"no device {show(p.device_id)}")
+        if p.action in e.SYSTEM_ACTIONS:  # the cluster's own (hub/link/membership.py)
+            return self._block(
+                p, now_ms, "unknown_action", f"{p.action} is sent by the cluster itself only"
+            )
         cap = next((c for c in device.capabilities if c.action == p.action), None)
         if cap is None:
             actions = ", ".join(c.action for c in device.capabilities) or "none"

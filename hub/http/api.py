@@ -21,6 +21,8 @@ one to hand out) or a user's session token (hub/http/principal.py).
     GET    /v1/cluster                        the replicated node table  routes/cluster.py
     POST   /v1/cluster/nodes {raft}           add a node (dynamic membership)
     DELETE /v1/cluster/nodes/{raft}           remove a node
+    POST   /v1/cluster/drains/{node}          drain a node: its devices move (admin)
+    DELETE /v1/cluster/drains/{node}          bring a drained node back
     POST   /v1/devices {...}                  register; answers the device's secrets
     GET    /v1/devices                        the registry                routes/devices.py
     GET    /v1/devices/{id}                   one device: progress, presence
@@ -28,6 +30,9 @@ one to hand out) or a user's session token (hub/http/principal.py).
     DELETE /v1/devices/{id}                   remove it and its data
     GET    /v1/devices/{id}/readings          from_ms, to_ms, limit, linearizable
     GET    /v1/devices/{id}/energy            day=YYYY-MM-DD: hourly Wh
+    GET    /v1/devices/{id}/rollups           period=hour|day, from_ms, to_ms, sensor
+    GET    /v1/devices/{id}/week              day=: Wh and cost of seven days  routes/overview.py
+    GET    /v1/overview                       day=: power now, energy, cost, alerts
     POST   /v1/commands {device, action, params, deadline_s}   routes/commands.py
     GET    /v1/commands?device=ID             the device's ledger
     GET    /v1/commands/{id}                  one command with its history
@@ -37,6 +42,8 @@ one to hand out) or a user's session token (hub/http/principal.py).
     POST   /v1/ask {question}                 answers from the ledger     routes/ask.py
     *      /v1/login, /v1/me, /v1/users...    users and sessions          routes/users.py
     *      /v1/tokens/revocations             admin token revocations     routes/tokens.py
+    *      /v1/threads..., /v1/inbox          conversations, the admins' inbox  routes/threads.py
+    *      /v1/invites...                     one-time invitation links   routes/invites.py
     GET    /v1/backup                         a snapshot of the store     routes/backup.py
     *      /v1/firmware...                    firmware bundles            firmware.py
     GET    /metrics, /healthz, /readyz        Prometheus, probes          routes/probes.py
@@ -79,9 +86,12 @@ from hub.http.routes import (
     decisions,
     devices,
     health,
+    invites,
     models,
+    overview,
     probes,
     stream,
+    threads,
     tokens,
     users,
 )
@@ -122,6 +132,9 @@ def make_app(node: Node) -> FastAPI:
     routers = (health, cluster, devices, commands, decisions, stream, models, ask, users, tokens)
     for module in routers:
         app.include_router(module.router)
+    app.include_router(overview.router)
+    app.include_router(threads.router)
+    app.include_router(invites.router)
     app.add_exception_handler(ValueError, _bad_value)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _invalid)  # type: ignore[arg-type]
     app.add_middleware(BodyLimit, limits=app.state.limits)  # inside the request counter

@@ -13,11 +13,10 @@ from typing import Any
 
 from hub.core import auth
 from hub.core.validate import address
-from hub.link import rendezvous
+from hub.link import membership, rendezvous
 from hub.state import entries as e
 from hub.state.raft import RaftNode
 from hub.state.records import LedgerRecord
-from hub.state.store import Store
 from protocol import messages as m
 
 
@@ -44,7 +43,8 @@ def device_config(raft: RaftNode, d: e.Device, ca: bytes | None = None) -> dict[
     """What the device needs: id, key, its broker list in its own order, and
     the cluster CA it pins (``ca``: DER; base64 in ``"ca"``, absent for a
     plain-TCP lab)."""
-    nodes = {n.node_id: n for n in raft.read(Store.nodes)}
+    # The serving nodes only: a drained node is left out (hub/link/membership.py).
+    nodes = {n.node_id: n for n in raft.read(membership.serving)}
     hubs = []
     for node_id in rendezvous.order(d.device_id, nodes):
         a = address(nodes[node_id].broker)

@@ -343,6 +343,14 @@ class MosquittoSupervisor:
             self.proc.send_signal(signal.SIGHUP)
             self.reloads += 1
 
+    def drop_sessions(self) -> None:
+        """Close every session (a reload keeps the open ones): the broker is
+        stopped, and ``supervise`` starts it again with the current users.
+        Devices reconnect, the hub's consumer too; what was in flight is
+        resent by its sender (QoS 1, commit-acks)."""
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.terminate()
+
     async def stop(self, timeout: float = 5.0) -> None:
         self._stopping = True
         proc = self.proc

@@ -18,7 +18,7 @@ import contextlib
 import logging
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import nats
@@ -32,6 +32,29 @@ log = logging.getLogger("aiot.cloud")
 CONNECT_S: Final = 10.0  # a first connect gives up after this
 IDLE_S: Final = 0.2  # nothing to export: look again after this
 RETRY_S: Final = (0.5, 1.0, 2.0, 5.0, 10.0)  # after a failure, then the next
+
+
+async def open_link(
+    cfg: CloudConfig, name: str, on_error: Callable[[Exception], Awaitable[None]]
+) -> Any:
+    """A nats-py connection to the cloud (or the node's leaf node): the cloud's
+    CA pinned, the site's login; it reconnects by itself once up. A first
+    connect gives up after CONNECT_S (nats-py would keep trying)."""
+    opts: dict[str, Any] = {
+        "servers": list(cfg.servers),
+        "name": name,
+        "connect_timeout": 5,
+        "max_reconnect_attempts": -1,
+        "reconnect_time_wait": 1,
+        "error_cb": on_error,
+    }
+    if cfg.ca is not None:
+        ctx = ssl.create_default_context(cafile=str(cfg.ca))
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        opts["tls"] = ctx
+    if cfg.login is not None:
+        opts["user"], opts["password"] = cfg.login.user, cfg.login.password
+    return await asyncio.wait_for(nats.connect(**opts), CONNECT_S)
 
 
 class CloudLink:
@@ -52,23 +75,7 @@ class CloudLink:
         self.last_export_ms: int | None = None
 
     async def _connect(self) -> Any:
-        opts: dict[str, Any] = {
-            "servers": list(self.cfg.servers),
-            "name": f"aiot-{self.cfg.site}-{self.node_id}",
-            "connect_timeout": 5,
-            "max_reconnect_attempts": -1,
-            "reconnect_time_wait": 1,
-            "error_cb": self._on_error,
-        }
-        if self.cfg.ca is not None:
-            ctx = ssl.create_default_context(cafile=str(self.cfg.ca))
-            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-            opts["tls"] = ctx
-        if self.cfg.login is not None:
-            opts["user"], opts["password"] = self.cfg.login.user, self.cfg.login.password
-        # nats-py keeps trying the servers of a first connect; the link gives up
-        # after CONNECT_S and tries again later, saying why in its status.
-        return await asyncio.wait_for(nats.connect(**opts), CONNECT_S)
+        return await open_link(self.cfg, f"aiot-{self.cfg.site}-{self.node_id}", self._on_error)
 
     async def _on_error(self, exc: Exception) -> None:
         """nats-py's report of a failed (re)connect: kept for the status, logged once."""

@@ -637,6 +637,14 @@ class EmbeddedBroker:
             )
             self.reloads += 1
 
+    def drop_sessions(self) -> None:
+        """Close the sessions of users who may no longer log in (as
+        ``update_users`` does): after a drain, the devices' sessions."""
+        broker = self._broker
+        if broker is not None:
+            names = {u.name for u in self.users}
+            self.stats["kicked"] += broker.disconnect_users(lambda name: name in names)
+
     async def stop(self, timeout: float = 5.0) -> None:
         self._stopping = True
         self._stop.set()

@@ -24,8 +24,10 @@ Per message (hub/state/DESIGN.md "Ingest" has the reasons behind each step):
    message must be a TelemetryBatch naming the topic's device;
 5. sequence numbers against the device's watermark and the batches of that
    device still in flight on this node;
-6. the batcher groups valid batches into one GROUP entry and proposes it;
-7. after the proposer returns (committed, and applied on this node), each
+6. the store's room on this node (``full``): over [store] refuse_at the batch
+   is refused (store_full), unproposed and unacked, so the device keeps it;
+7. the batcher groups valid batches into one GROUP entry and proposes it;
+8. after the proposer returns (committed, and applied on this node), each
    caller gets its part's ApplyResult and acks the device's watermark from it
    (docs/ARCHITECTURE.md invariant 1).
 
@@ -107,6 +109,8 @@ REASONS: Final = (
     "replayed",  # every reading is at or below the watermark; re-ack it
     "gap",  # first_seq beyond watermark + 1 without lost_before covering it; re-ack
     "apply_rejected",  # the store refused the committed entry (detail: its reason)
+    "store_full",  # this node's store is over [store] refuse_at (or its disk nearly full):
+    #                nothing proposed, no ack; the device keeps the batch and resends
 )
 
 # Proposal failures that mean the entry met no leader (or a leader that went
@@ -511,8 +515,12 @@ class Ingest:
         retry_s: float = RETRY_S,
         mutation: str | None = None,
         limits: DeviceLimits | None = None,
+        full: Callable[[], str] | None = None,
     ) -> None:
         self.node_id = node_id
+        # Why this node's store refuses new readings now ("" when it takes
+        # them): hub/state/retention.py Housekeeper.refusal.
+        self._full = full
         # Per-device token buckets (hub/link/limits.py); the consumer asks
         # ``admit`` for every message of every channel, before anything else.
         self.limits = DeviceLimits({}) if limits is None else limits
@@ -588,6 +596,11 @@ class Ingest:
             valid = self.validate(topic, payload)
         except Rejected as rej:
             return self._refused(rej)
+        full = self._full() if self._full is not None else ""
+        if full:
+            # Admission, before proposing: entries already committed (commands,
+            # deletes, retention, other nodes' batches) keep the reserve.
+            return self._refused(Rejected("store_full", valid.device_id, full))
         try:
             fut = self._batcher.submit(valid.entry)
         except NotReady as exc:
@@ -666,7 +679,8 @@ class Ingest:
 
     def _refused(self, rej: Rejected, result: ApplyResult | None = None) -> Outcome:
         self._rejects[rej.reason] += 1
-        level = logging.INFO if rej.reason == "replayed" else logging.WARNING
+        # A full store refuses every batch: the housekeeper says so once, loudly.
+        level = logging.INFO if rej.reason in ("replayed", "store_full") else logging.WARNING
         log.log(
             level,
             "ingest rejected device=%s reason=%s detail=%s",

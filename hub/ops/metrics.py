@@ -553,6 +553,52 @@ class _HubCollector(Collector):
         yield GaugeMetricFamily(
             "aiot_store_scan_seconds", "Duration of the last store scan.", c.took_s
         )
+        yield from _space(hub)
+
+
+def _space(hub: Observed) -> Iterator[Metric]:
+    """This node's store usage, its alert and retention (hub/state/retention.py)."""
+    keeper = getattr(hub, "keeper", None)
+    if keeper is None:
+        return
+    st, store = keeper.status(), hub.raft.store
+    for name, doc, key in (
+        ("aiot_store_used_bytes", "Bytes in the store's live LMDB pages.", "used_bytes"),
+        ("aiot_store_file_bytes", "How far the store's LMDB file reaches.", "file_bytes"),
+        ("aiot_store_map_bytes", "The LMDB map size.", "map_bytes"),
+        ("aiot_store_disk_free_bytes", "Free bytes on the store's filesystem.", "disk_free_bytes"),
+        ("aiot_store_used_ratio", "Live bytes over the map ([store] thresholds).", "used_fraction"),
+    ):
+        if st[key] is not None:
+            yield GaugeMetricFamily(name, doc, float(st[key]))
+    yield GaugeMetricFamily(
+        "aiot_store_alert",
+        "1 while the store is over [store] alert_at (or refusing).",
+        float(bool(st["alert"])),
+    )
+    yield GaugeMetricFamily(
+        "aiot_store_refusing",
+        "1 while ingest refuses batches (store_full).",
+        float(bool(st["refusing"])),
+    )
+    yield CounterMetricFamily(
+        "aiot_store_full_waits",
+        "Times apply waited for space (map or disk full).",
+        store.full_waits,
+    )
+    yield CounterMetricFamily(
+        "aiot_store_map_grown", "Times apply grew the map into its reserve.", store.grown
+    )
+    yield CounterMetricFamily(
+        "aiot_retention_steps",
+        "Retention steps this node proposed (as leader).",
+        st["retention_steps"],
+    )
+    yield CounterMetricFamily(
+        "aiot_retention_removed",
+        "Records the retention steps this node proposed deleted.",
+        st["retention_removed"],
+    )
 
 
 def _by_reason(name: str, doc: str, counts: Mapping[str, int]) -> CounterMetricFamily:

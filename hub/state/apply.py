@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from hub.state import entries as e
+from hub.state import invites, rollups, threads
 from hub.state import records as r
 from hub.state.errors import Rejected
 from hub.state.records import LedgerRecord, PresenceRecord, StateChange
@@ -65,6 +66,9 @@ class ApplyResult:
     reason: str = ""  # machine-readable, one of errors.REASONS, when REJECTED
     detail: str = ""
     decision_id: str = ""  # decisions and alert acknowledgements
+    removed: int = 0  # records a retention step (PRUNE) deleted
+    user: str = ""  # invitations: the user; conversations: the thread's owner
+    message_seq: int = 0  # THREAD_POST: the message's seq in its thread
 
     @property
     def error(self) -> Rejected | None:
@@ -186,12 +190,14 @@ def _batch(t: _Part, b: e.Batch) -> ApplyResult:
     packed, base, seq = b.packed, b.base_ts_ms, b.first_seq
     hours: dict[int, list[int]] = {}
     stored = 0
+    rolled = rollups.Pending(txn, t.dbs, prefix, b.device_id)
     for i in range(0, len(packed), 8):
         sensor, offset = struct.unpack_from(">HH", packed, i)
         ts = base + offset
         value = r.TS_SENSOR.pack(ts, sensor) + packed[i + 4 : i + 8]
         if txn.put(r.dev_key(prefix, seq), value, overwrite=False, db=readings):
             stored += 1
+            rolled.reading(seq, ts, sensor, packed[i + 4 : i + 8])
             h = hours.get(ts // r.HOUR_MS)
             if h is None:
                 hours[ts // r.HOUR_MS] = [seq, seq, 1]
@@ -201,6 +207,7 @@ def _batch(t: _Part, b: e.Batch) -> ApplyResult:
         seq += 1
     for hour, (lo, hi, n) in hours.items():
         _merge_hour(t, r.dev_key(prefix, hour), lo, hi, n)
+    rolled.flush()
     changed = _advance_watermark(t, b, prefix, stored > 0)
     return t.done(
         Outcome.APPLIED if stored or changed else Outcome.UNCHANGED,
@@ -273,9 +280,9 @@ def _remove(t: _Part, rm: e.RemoveDevice) -> ApplyResult:
     # must keep increasing for a device that comes back with its old flash.
     t.device(rm.device_id)
     key, prefix = rm.device_id.encode(), r.dev_prefix(rm.device_id)
-    for table in ("devices", "watermarks", "presence"):
+    for table in ("devices", "watermarks", "presence", "retention"):
         t.delete(table, key)
-    for table in ("readings", "hours"):
+    for table in ("readings", "hours", "energy_index", "rollup_hours", "rollup_days"):
         cur = t.txn.cursor(db=t.dbs[table])
         if cur.set_range(prefix):
             while cur.key().startswith(prefix) and cur.delete():
@@ -374,7 +381,8 @@ def _command(t: _Part, c: e.PutCommand) -> ApplyResult:
             Outcome.UNCHANGED, device_id=c.device_id, command_id=c.command_id, command_seq=old.seq
         )
     device = r.unpack_device_record(t.device(c.device_id))
-    if all(cap.action != c.action for cap in device.capabilities):
+    system = c.action in e.SYSTEM_ACTIONS  # the hub's own: any device, any firmware
+    if not system and all(cap.action != c.action for cap in device.capabilities):
         raise Rejected("unknown_action", f"{c.device_id}: {c.action}")
     prefix = r.dev_prefix(c.device_id)
     seq = _next_command_seq(t, prefix)
@@ -485,6 +493,19 @@ def _node_remove(t: _Part, rm: e.RemoveNode) -> ApplyResult:
     return t.done(Outcome.APPLIED if removed else Outcome.UNCHANGED, node_id=rm.node_id)
 
 
+def _node_drain(t: _Part, d: e.DrainNode) -> ApplyResult:
+    # drains: node_id -> u8 record version, u64 at_ms of the drain. Draining
+    # a drained node, or bringing back one that is not drained, changes nothing.
+    key = d.node_id.encode()
+    if not d.drained:
+        removed = t.delete("drains", key)
+        return t.done(Outcome.APPLIED if removed else Outcome.UNCHANGED, node_id=d.node_id)
+    if t.get("drains", key) is not None:
+        return t.done(Outcome.UNCHANGED, node_id=d.node_id)
+    t.put("drains", key, bytes(e.Packer().u8(r.RECORD_VERSION).u64(d.at_ms)))
+    return t.done(Outcome.APPLIED, node_id=d.node_id)
+
+
 def _user_put(t: _Part, user: e.User) -> ApplyResult:
     key, value = user.name.encode(), r.pack_user(user)
     old = t.get("users", key)
@@ -551,6 +572,45 @@ def _decision(t: _Part, d: e.Decision) -> ApplyResult:
     return t.done(Outcome.APPLIED, **ids)
 
 
+def _prune(t: _Part, pr: e.Prune) -> ApplyResult:
+    # A retention step: the same records go on every replica, because the
+    # cut-offs and the budget are in the entry and the walk is in key order.
+    budget = rollups.Budget(pr.max_records)
+    removed = changed = 0
+    for d in pr.devices:
+        if budget.left <= 0:
+            break
+        if t.get("devices", d.device_id.encode()) is None:
+            continue  # removed since the leader looked: nothing of it is left
+        before = rollups.cutoffs(t.txn, t.dbs, d.device_id)
+        removed += rollups.prune_device(
+            t.txn, t.dbs, d.device_id, d.raw_before_ms, d.rollup_before_ms, budget
+        )
+        changed += before != rollups.cutoffs(t.txn, t.dbs, d.device_id)
+    outcome = Outcome.APPLIED if removed or changed else Outcome.UNCHANGED
+    return t.done(outcome, removed=removed)
+
+
+def _talk(t: _Part, entry: e.TalkEntry) -> ApplyResult:
+    # Invitations and conversations: hub/state/invites.py, hub/state/threads.py.
+    fields: dict[str, Any] = {}
+    if isinstance(entry, e.Invite):
+        changed = invites.apply_invite(t.txn, t.dbs, entry)
+        fields["user"] = entry.name
+    elif isinstance(entry, e.AcceptInvite):
+        changed, fields["user"] = invites.apply_accept(t.txn, t.dbs, entry)
+    elif isinstance(entry, e.PostMessage):
+        changed, fields["message_seq"] = threads.apply_post(t.txn, t.dbs, entry)
+        fields["user"] = entry.user
+    elif isinstance(entry, e.MarkThread):
+        changed = threads.apply_mark(t.txn, t.dbs, entry)
+        fields["user"] = entry.user
+    else:
+        fields["removed"] = threads.apply_prune(t.txn, t.dbs, entry)
+        changed = fields["removed"] > 0
+    return t.done(Outcome.APPLIED if changed else Outcome.UNCHANGED, **fields)
+
+
 _HANDLERS: Final[dict[type[Any], Callable[[_Part, Any], ApplyResult]]] = {
     e.Batch: _batch,
     e.RegisterDevice: _register,
@@ -562,10 +622,13 @@ _HANDLERS: Final[dict[type[Any], Callable[[_Part, Any], ApplyResult]]] = {
     e.PutModel: _model,
     e.NodeInfo: _node_put,
     e.RemoveNode: _node_remove,
+    e.DrainNode: _node_drain,
     e.Decision: _decision,
     e.ModelVersion: _model_version,
     e.AckAlert: _ack_alert,
     e.User: _user_put,
     e.RemoveUser: _user_remove,
     e.RevokeTokens: _revoke_tokens,
+    e.Prune: _prune,
+    **{cls: _talk for cls in e.TALK_ENTRIES},
 }

@@ -22,6 +22,10 @@ NODE_REMOVE 11 (``RemoveNode``), DECISION 12 (a decision's provenance,
 ``Decision``), USER_PUT 13 (``User``), USER_REMOVE 14 (``RemoveUser``),
 ALERT_ACK 15 (``AckAlert``), MODEL_VERSION 17 (``ModelVersion``),
 TOKEN_REVOKE 18 (``RevokeTokens``: admin tokens revoked by id or by a cut-off),
+NODE_DRAIN 20 (``DrainNode``: a hub node drained for maintenance, or back),
+PRUNE 21 (``Prune``: a retention step, raw readings and rollups older than cut-offs),
+INVITE 30, INVITE_ACCEPT 31, THREAD_POST 32, THREAD_MARK 33, THREAD_PRUNE 34
+(invitations and conversations: hub/state/invites.py, hub/state/threads.py),
 GROUP 16 (several of the others in one Raft entry; groups do not nest).
 MODEL_PUT activates a registered version (``PutModel``).
 
@@ -97,6 +101,14 @@ class EntryType(enum.IntEnum):
     MODEL_VERSION = 17
     TOKEN_REVOKE = 18
     # 19 is free.
+    NODE_DRAIN = 20
+    PRUNE = 21
+    # 30-34: invitations and conversations (``Invite`` .. ``PruneThreads``).
+    INVITE = 30
+    INVITE_ACCEPT = 31
+    THREAD_POST = 32
+    THREAD_MARK = 33
+    THREAD_PRUNE = 34
     GROUP = 16
 
 
@@ -586,6 +598,223 @@ def _check_revoke(rv: RevokeTokens) -> None:
         raise EntryError("bad_value", "a revocation names a token id or a cut-off")
 
 
+# A retention step names at most this many devices, and deletes at most
+# MAX_PRUNE_RECORDS records (hub/state/DESIGN.md "Retention and rollups").
+MAX_PRUNE_DEVICES: Final = 1024
+MAX_PRUNE_RECORDS: Final = 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class PruneDevice:
+    """One device's cut-offs in a PRUNE entry: raw readings stamped before
+    ``raw_before_ms`` go, and rollup rows of hours (days) that end at or
+    before ``rollup_before_ms``."""
+
+    device_id: str
+    raw_before_ms: int
+    rollup_before_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Prune:
+    """A retention step (PRUNE), proposed by the leader: the devices' cut-offs
+    and the most records the step deletes (``max_records``). ``at_ms`` is
+    when it was proposed (the proposer's clock); apply does not use it."""
+
+    devices: tuple[PruneDevice, ...]
+    max_records: int
+    at_ms: int
+
+
+def _check_prune(pr: Prune) -> None:
+    if not 1 <= pr.max_records <= MAX_PRUNE_RECORDS:
+        raise EntryError("bad_value", f"max_records {pr.max_records}")
+    if len(pr.devices) > MAX_PRUNE_DEVICES:
+        raise EntryError("bad_value", f"{len(pr.devices)} devices in one retention step")
+    for d in pr.devices:
+        _device_id(d.device_id)
+        if d.rollup_before_ms > d.raw_before_ms:
+            raise EntryError("bad_value", f"{d.device_id}: rollups cut after raw readings")
+
+
+@dataclass(frozen=True, slots=True)
+class DrainNode:
+    """Drain a hub node for maintenance (``drained``), or bring it back
+    (NODE_DRAIN): a drained node takes no device sessions and is left out of
+    every device's broker order (hub/link/membership.py)."""
+
+    node_id: str
+    drained: bool
+    at_ms: int
+
+
+# Commands the hub itself issues to a device, outside its registered
+# capabilities (apply accepts them for any device; the guard keeps them from
+# every other origin): ``hubs.set`` gives the device its new broker order
+# (hub/link/membership.py). Part of the replicated format.
+SYSTEM_ACTIONS: Final = frozenset({"hubs.set"})
+
+
+# -- invitations and conversations (hub/state/invites.py, hub/state/threads.py) ------
+
+# An invitation's id: the first 16 bytes of the SHA-256 of its secret link
+# token, in hex. The token itself is never replicated.
+INVITE_ID: Final = re.compile(r"[0-9a-f]{32}")
+MAX_MESSAGE_BYTES: Final = 4000  # a conversation message's text (UTF-8)
+MAX_THREAD_PRUNE: Final = 100_000  # most records one THREAD_PRUNE step deletes
+
+
+@dataclass(frozen=True, slots=True)
+class Invite:
+    """An admin (``by``) invites ``name`` with ``role`` (INVITE): the user is
+    created when the invitation is accepted before ``expires_ms``, once."""
+
+    invite_id: str
+    name: str
+    role: Role
+    devices: tuple[str, ...]
+    expires_ms: int
+    by: str
+    at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptInvite:
+    """The invited user's password (hashed by the proposer) for the invitation
+    (INVITE_ACCEPT). ``at_ms`` (the proposer's clock) is checked against the
+    expiry in apply; the first acceptance in log order wins."""
+
+    invite_id: str
+    password_hash: bytes
+    at_ms: int
+
+
+class Author(enum.IntEnum):
+    """Who wrote a conversation message."""
+
+    USER = 1  # the thread's owner
+    BOT = 2  # the hub's answers (hub/decide/explain.py)
+    ADMIN = 3  # an admin's private reply
+
+
+@dataclass(frozen=True, slots=True)
+class PostMessage:
+    """A message in ``user``'s thread (THREAD_POST). ``escalate`` moves the
+    thread to the admins' inbox ("talk to a person", or a question the bot
+    could not answer). ``message_id`` makes a retried proposal harmless."""
+
+    user: str
+    author: Author
+    by: str
+    text: str
+    escalate: bool
+    message_id: str
+    at_ms: int
+
+
+class ThreadMark(enum.IntEnum):
+    ADMIN_READ = 1  # the admins read the thread up to a message
+    USER_READ = 2  # its owner read the replies up to a message
+    RESOLVE = 3  # the thread goes back to the bot (leaves the inbox)
+
+
+@dataclass(frozen=True, slots=True)
+class MarkThread:
+    user: str
+    mark: ThreadMark
+    upto_seq: int
+    by: str
+    at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class PruneThreads:
+    """A retention step of conversations (THREAD_PRUNE), proposed by the
+    leader: messages written before ``before_ms`` go, oldest first, at most
+    ``max_records``; and invitations that expired before ``invites_before_ms``."""
+
+    before_ms: int
+    invites_before_ms: int
+    max_records: int
+    at_ms: int
+
+
+TALK_ENTRIES: Final = (Invite, AcceptInvite, PostMessage, MarkThread, PruneThreads)
+TALK_TYPES: Final = frozenset(range(30, 35))
+TalkEntry = Invite | AcceptInvite | PostMessage | MarkThread | PruneThreads
+
+
+def _invite_id(invite_id: str) -> str:
+    if not INVITE_ID.fullmatch(invite_id):
+        raise EntryError("bad_value", f"invite id {invite_id[:40]!r}")
+    return invite_id
+
+
+def _message_text(text: str) -> str:
+    if not text.strip() or len(text.encode()) > MAX_MESSAGE_BYTES:
+        raise EntryError("bad_value", f"message of {len(text.encode())} bytes")
+    return text
+
+
+def pack_talk(p: Packer, entry: TalkEntry) -> None:
+    if isinstance(entry, Invite):
+        p.str8(_invite_id(entry.invite_id)).str8(_user_name(entry.name), "name")
+        p.u8(int(entry.role), "role").u16(len(entry.devices), "device count")
+        for d in entry.devices:
+            p.str8(_device_id(d))
+        p.u64(entry.expires_ms, "expires_ms").str8(_nonempty(entry.by, "by"), "by")
+        p.u64(entry.at_ms, "at_ms")
+    elif isinstance(entry, AcceptInvite):
+        if not 1 <= len(entry.password_hash) <= 255:
+            raise EntryError("bad_value", "password hash length")
+        p.str8(_invite_id(entry.invite_id)).blob8(entry.password_hash).u64(entry.at_ms, "at_ms")
+    elif isinstance(entry, PostMessage):
+        p.str8(_user_name(entry.user), "user").u8(int(entry.author), "author")
+        p.str8(_nonempty(entry.by, "by"), "by").str16(_message_text(entry.text), "text")
+        p.u8(1 if entry.escalate else 0).str8(_nonempty(entry.message_id, "message_id"))
+        p.u64(entry.at_ms, "at_ms")
+    elif isinstance(entry, MarkThread):
+        p.str8(_user_name(entry.user), "user").u8(int(entry.mark), "mark")
+        p.u64(entry.upto_seq, "upto_seq").str8(_nonempty(entry.by, "by"), "by")
+        p.u64(entry.at_ms, "at_ms")
+    else:
+        if not 1 <= entry.max_records <= MAX_THREAD_PRUNE:
+            raise EntryError("bad_value", f"max_records {entry.max_records}")
+        p.u64(entry.before_ms, "before_ms").u64(entry.invites_before_ms, "invites_before_ms")
+        p.u32(entry.max_records, "max_records").u64(entry.at_ms, "at_ms")
+
+
+def unpack_talk(kind: EntryType, u: Unpacker) -> Entry:
+    if kind is EntryType.INVITE:
+        invite_id, name = _invite_id(u.str8()), _user_name(u.str8())
+        role = Role(_enum(Role, u.u8(), "role"))
+        devices = tuple(_device_id(u.str8()) for _ in range(u.u16()))
+        expires, by = u.u64(), _nonempty(u.str8(), "by")
+        return Invite(invite_id, name, role, devices, expires, by, u.u64())
+    if kind is EntryType.INVITE_ACCEPT:
+        invite_id, pw = _invite_id(u.str8()), u.blob8()
+        if not pw:
+            raise EntryError("bad_value", "empty password hash")
+        return AcceptInvite(invite_id, pw, u.u64())
+    if kind is EntryType.THREAD_POST:
+        user = _user_name(u.str8())
+        author = Author(_enum(Author, u.u8(), "author"))
+        by, text, flag = _nonempty(u.str8(), "by"), _message_text(u.str16()), u.u8()
+        if flag > 1:
+            raise EntryError("bad_value", f"escalate flag {flag}")
+        message_id = _nonempty(u.str8(), "message_id")
+        return PostMessage(user, author, by, text, flag == 1, message_id, u.u64())
+    if kind is EntryType.THREAD_MARK:
+        user = _user_name(u.str8())
+        mark = ThreadMark(_enum(ThreadMark, u.u8(), "mark"))
+        upto, by = u.u64(), _nonempty(u.str8(), "by")
+        return MarkThread(user, mark, upto, by, u.u64())
+    before, invites_before, most = u.u64(), u.u64(), u.u32()
+    if not 1 <= most <= MAX_THREAD_PRUNE:
+        raise EntryError("bad_value", f"max_records {most}")
+    return PruneThreads(before, invites_before, most, u.u64())
+
+
 @dataclass(frozen=True, slots=True)
 class Group:
     """Several entries proposed as one Raft entry (the ingest batcher's unit).
@@ -612,6 +841,13 @@ Entry = (
     | AckAlert
     | ModelVersion
     | RevokeTokens
+    | Prune
+    | DrainNode
+    | Invite
+    | AcceptInvite
+    | PostMessage
+    | MarkThread
+    | PruneThreads
     | Group
 )
 
@@ -632,6 +868,13 @@ ENTRY_TYPES: Final[dict[type[object], EntryType]] = {
     AckAlert: EntryType.ALERT_ACK,
     ModelVersion: EntryType.MODEL_VERSION,
     RevokeTokens: EntryType.TOKEN_REVOKE,
+    Prune: EntryType.PRUNE,
+    DrainNode: EntryType.NODE_DRAIN,
+    Invite: EntryType.INVITE,
+    AcceptInvite: EntryType.INVITE_ACCEPT,
+    PostMessage: EntryType.THREAD_POST,
+    MarkThread: EntryType.THREAD_MARK,
+    PruneThreads: EntryType.THREAD_PRUNE,
     Group: EntryType.GROUP,
 }
 
@@ -806,6 +1049,9 @@ def _payload(entry: Entry, p: Packer) -> None:
         p.u64(entry.at_ms, "at_ms")
     elif isinstance(entry, RemoveNode):
         p.str8(_node_id(entry.node_id), "node_id").u64(entry.at_ms, "at_ms")
+    elif isinstance(entry, DrainNode):
+        p.str8(_node_id(entry.node_id), "node_id").u8(1 if entry.drained else 0)
+        p.u64(entry.at_ms, "at_ms")
     elif isinstance(entry, User):
         pack_user(p, entry)
     elif isinstance(entry, RemoveUser):
@@ -831,6 +1077,15 @@ def _payload(entry: Entry, p: Packer) -> None:
         _check_revoke(entry)
         p.str8(entry.token_id, "token_id").u64(entry.before_ms, "before_ms")
         p.u64(entry.at_ms, "at_ms")
+    elif isinstance(entry, Prune):
+        _check_prune(entry)
+        p.u64(entry.at_ms, "at_ms").u32(entry.max_records, "max_records")
+        p.u16(len(entry.devices), "device count")
+        for d in entry.devices:
+            p.str8(d.device_id, "device_id").u64(d.raw_before_ms, "raw_before_ms")
+            p.u64(d.rollup_before_ms, "rollup_before_ms")
+    elif isinstance(entry, TALK_ENTRIES):
+        pack_talk(p, entry)
     else:
         p.u16(len(entry.parts), "part count")
         for part in entry.parts:
@@ -965,6 +1220,11 @@ def _decode_payload(kind: EntryType, u: Unpacker) -> Entry:
         return NodeInfo(node_id, raft, broker, http, u.u64())
     if kind is EntryType.NODE_REMOVE:
         return RemoveNode(_node_id(u.str8()), u.u64())
+    if kind is EntryType.NODE_DRAIN:
+        node_id, flag = _node_id(u.str8()), u.u8()
+        if flag > 1:
+            raise EntryError("bad_value", f"drained flag {flag}")
+        return DrainNode(node_id, flag == 1, u.u64())
     if kind is EntryType.USER_PUT:
         return unpack_user(u)
     if kind is EntryType.USER_REMOVE:
@@ -997,6 +1257,14 @@ def _decode_payload(kind: EntryType, u: Unpacker) -> Entry:
         rv = RevokeTokens(u.str8(), u.u64(), u.u64())
         _check_revoke(rv)
         return rv
+    if kind is EntryType.PRUNE:
+        at_ms, most = u.u64(), u.u32()
+        devs = tuple(PruneDevice(u.str8(), u.u64(), u.u64()) for _ in range(u.u16()))
+        pr = Prune(devs, most, at_ms)
+        _check_prune(pr)
+        return pr
+    if kind in TALK_TYPES:
+        return unpack_talk(kind, u)
     parts = []
     for _ in range(u.u16()):
         part = u.raw(u.u32())

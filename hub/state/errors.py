@@ -6,8 +6,9 @@ The hierarchy (every error with a ``reason`` is a protocol.errors.ReasonError:
     StoreError                 the store cannot do what was asked
     ├── Rejected(reason)       an entry invalid at apply time; apply never raises
     │                          it, it is carried by ApplyResult (reason, detail)
-    ├── StoreFull              the LMDB map is full; the node must stop, because
-    │                          skipping an entry others applied would diverge
+    ├── StoreFull              the LMDB map (or the disk) is full and apply may not
+    │                          grow or wait (Store.set_full_policy); never skip
+    │                          the entry instead: others applied it
     ├── SnapshotError(reason)  a snapshot stream that is truncated, corrupt or
     │                          foreign; the store is left as it was
     └── IncompatibleStore      LMDB written by another store format
@@ -36,6 +37,13 @@ APPLY_REASONS: Final = (
     "unknown_decision",  # an alert acknowledgement for a decision not recorded
     "unknown_model_version",  # activation of a model version not registered (or other bytes)
     "model_version_exists",  # a version registered again with other content
+    # invitations and conversations (hub/state/invites.py, hub/state/threads.py)
+    "invite_exists",  # an invitation id already stored with other fields
+    "unknown_invite",  # an acceptance of an invitation not stored (or pruned)
+    "invite_used",  # an invitation accepted before (a link works once)
+    "invite_expired",  # an acceptance at or past the invitation's expiry
+    "user_exists",  # an invitation for (or accepted as) a name that is a user
+    "unknown_user",  # a message in the thread of a name that is not a user
 )
 # Every reason a rejected ApplyResult can carry: apply's own and the decoder's.
 REASONS: Final = APPLY_REASONS + e.REASONS
@@ -52,7 +60,7 @@ class Rejected(StoreError, ReasonError):
 
 
 class StoreFull(StoreError):
-    """The LMDB map is full. Nothing of the failed apply call was written."""
+    """The LMDB map or the disk is full. Nothing of the failed apply call was written."""
 
 
 class SnapshotError(StoreError, ReasonError):

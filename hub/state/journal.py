@@ -67,6 +67,7 @@ that one function, once, so that a ``Journal`` object passed as
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import os
@@ -296,7 +297,13 @@ class DurableJournal(Journal):  # type: ignore[misc]  # pysyncobj has no type hi
 
     def add(self, command: Any, idx: int, term: int) -> None:
         record = _record(command, idx, term)
-        os.pwrite(self._require_fd(), record, self._end)
+        fd, at = self._require_fd(), self._end
+
+        def write() -> None:
+            if os.pwrite(fd, record, at) != len(record):  # a short write: the disk filled
+                raise OSError(errno.ENOSPC, "short write")
+
+        _when_room(write, self.path)
         self._entries.append((command, idx, term))
         self._offsets.append(self._end)
         self._end += len(record)
@@ -379,6 +386,8 @@ class DurableJournal(Journal):  # type: ignore[misc]  # pysyncobj has no type hi
         self._meta["currentTerm"] = term
         self._meta["votedForNodeId"] = votedForNodeId
         self._store_meta()
+        if votedForNodeId is not None:  # the observable of every vote (tools/chaos/votes.py)
+            log.info("raft vote persisted: term %d for %s", term, votedForNodeId)
 
     def getCurrentTerm(self) -> int:
         return int(self._meta.get("currentTerm", 0))
@@ -395,13 +404,19 @@ class DurableJournal(Journal):  # type: ignore[misc]  # pysyncobj has no type hi
         in, then the directory fsynced."""
         t0 = time.perf_counter()
         tmp = Path(str(self._meta_path) + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, dumps(self._meta))
-            if self.durable:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
+        data = dumps(self._meta)
+
+        def write() -> None:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                if os.write(fd, data) != len(data):
+                    raise OSError(errno.ENOSPC, "short write")
+                if self.durable:
+                    os.fsync(fd)  # a new file: a failure here leaves the old meta
+            finally:
+                os.close(fd)
+
+        _when_room(write, tmp)
         os.replace(tmp, self._meta_path)
         self._meta_saved = True
         if self.durable:
@@ -409,6 +424,27 @@ class DurableJournal(Journal):  # type: ignore[misc]  # pysyncobj has no type hi
             self._count(t0)
             self.synced_term = self.getCurrentTerm()
             self.synced_vote = self.getVotedForNodeId()
+
+
+# A full disk: a record or the meta that cannot be written yet is written when
+# there is room again. Pysyncobj's thread waits meanwhile (the node sends
+# nothing, so it acknowledges nothing); it neither skips the write nor stops.
+ROOM_ERRNOS: Final = frozenset({errno.ENOSPC, errno.EDQUOT})
+MAX_ROOM_WAIT_S: Final = 10.0
+
+
+def _when_room(write: Callable[[], object], path: Path) -> None:
+    delay = 0.25
+    while True:
+        try:
+            write()
+            return
+        except OSError as exc:
+            if exc.errno not in ROOM_ERRNOS:
+                raise
+            log.critical("%s: disk full, write retried in %.1f s: %s", path, delay, exc)
+        time.sleep(delay)
+        delay = min(delay * 2, MAX_ROOM_WAIT_S)
 
 
 # -- wiring into pysyncobj ---------------------------------------------------------------

@@ -18,14 +18,21 @@ from typing import Any, Final
 from hub.state import entries as e
 from protocol import messages as m
 
-STORE_FORMAT: Final = 1
+# 2: the rollup tables and the energy index (hub/state/DESIGN.md "Retention and
+# rollups"). A format-1 store or snapshot is migrated when it is opened: its
+# rollups are rebuilt from its readings (rollups.rebuild).
+STORE_FORMAT: Final = 2
+READABLE_FORMATS: Final = (1, 2)
 
 TABLES: Final = (
     "alert_acks",
     "decisions",
     "decisions_by_device",
     "devices",
+    "drains",
+    "energy_index",
     "hours",
+    "invites",
     "ledger",
     "ledger_ids",
     "meta",
@@ -34,7 +41,13 @@ TABLES: Final = (
     "nodes",
     "presence",
     "readings",
+    "retention",
     "revoked_tokens",
+    "rollup_days",
+    "rollup_hours",
+    "thread_expiry",
+    "thread_msgs",
+    "threads",
     "users",
     "watermarks",
 )
@@ -47,7 +60,9 @@ NODE_LOCAL_META: Final = frozenset({META_APPLIED})
 # Tables outside the content hash: the node table is the cluster's topology
 # (where each hub listens), not content, so a cluster restored on other
 # machines (aiot restore) holds the same content hash as its source.
-UNHASHED_TABLES: Final = frozenset({"nodes"})
+# The drains table (NODE_DRAIN: which nodes are drained for maintenance)
+# is topology too.
+UNHASHED_TABLES: Final = frozenset({"nodes", "drains"})
 
 # A revoked admin token id is forgotten this long after its revocation (apply
 # compares it with a later TOKEN_REVOKE's at_ms): no admin token lives longer

@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import os
 import struct
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO, Final
 
@@ -44,10 +45,13 @@ class Snapshot(contextlib.AbstractContextManager["Snapshot"]):
     reuse pages freed after the view was taken while it is open.
     """
 
-    def __init__(self, env: Any, dbs: dict[str, Any]) -> None:
+    def __init__(
+        self, env: Any, dbs: dict[str, Any], on_close: Callable[[], None] | None = None
+    ) -> None:
         self._env = env
         self._txn = env.begin(write=False)
         self._dbs = dbs
+        self._on_close = on_close  # the store counts its open views (Store.pin)
         self.applied_index = r.applied_index(self._txn, dbs)
 
     def content_hash(self) -> str:
@@ -123,6 +127,9 @@ class Snapshot(contextlib.AbstractContextManager["Snapshot"]):
 
     def close(self) -> None:
         self._txn.abort()
+        done, self._on_close = self._on_close, None
+        if done is not None:
+            done()
 
     def __exit__(self, *exc: object) -> None:
         self.close()
@@ -158,7 +165,7 @@ class _HashingReader:
 def _check_meta(fmt: bytes | None, got: bytes, applied: int) -> None:
     """A snapshot's meta table against its header: the store format, and
     the applied index it holds (``got``)."""
-    if fmt != r.U32.pack(r.STORE_FORMAT):
+    if fmt not in [r.U32.pack(f) for f in r.READABLE_FORMATS]:
         raise SnapshotError("bad_format", f"store format {fmt!r}")
     if got != r.U64.pack(applied):
         raise SnapshotError("bad_index", "header and meta disagree on the applied index")

@@ -21,15 +21,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import heapq
-import itertools
-import math
+import logging
 import os
 import sys
 import threading
+import time as _time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from pathlib import Path
 from typing import Any, BinaryIO, Final, TypeVar
 
@@ -38,41 +35,54 @@ import lmdb
 from hub.core.fsutil import fsync_path
 from hub.state import entries as e
 from hub.state import records as r
+from hub.state import rollups, space
 from hub.state.apply import ApplyResult, apply_entries
 from hub.state.errors import IncompatibleStore, StoreFull
-from hub.state.records import LedgerRecord, ModelRecord, NodeRecord, PresenceRecord, StoredReading
+from hub.state.records import LedgerRecord, ModelRecord, NodeRecord, PresenceRecord
 from hub.state.snapshot import IMAGE_MAGIC, SNAPSHOT_MAGIC, Snapshot, restore_image, restore_stream
+from hub.state.telemetry import ENERGY_WH_SENSOR as ENERGY_WH_SENSOR
+from hub.state.telemetry import HourlyEnergy as HourlyEnergy
+from hub.state.telemetry import TelemetryReads
 
 T = TypeVar("T")
+log = logging.getLogger("hub.store")
 
 DEFAULT_MAP_SIZE: Final = (8 << 30) if sys.maxsize > 2**32 else (1 << 30)
 DATA_FILE: Final = "store.mdb"
 INSTALL_FILE: Final = "store.mdb.install"
-
-# Sensor id of the energy counter (Wh); edge/sensors.py ENERGY_WH.
-ENERGY_WH_SENSOR: Final = 1
-
-
-@dataclass(frozen=True, slots=True)
-class HourlyEnergy:
-    start_ms: int  # start of the hour, ms since the epoch
-    wh: float
 
 
 class ViewClosed(Exception):
     """A pinned view ended under a reader: the store was replaced by a snapshot."""
 
 
-class Store(contextlib.AbstractContextManager["Store"]):
+class Store(TelemetryReads, contextlib.AbstractContextManager["Store"]):
     """LMDB at ``path/store.mdb`` (a directory the store owns)."""
 
     def __init__(self, path: str | os.PathLike[str], map_size: int = DEFAULT_MAP_SIZE) -> None:
         self.path = Path(path)
         self.map_size = map_size
-        self._views = 0
+        self._views = 0  # open read transactions and pinned views
+        self._snaps = 0  # open snapshots
         self._views_done = threading.Condition()
         self._closing = False
+        self._growing = False
+        # What apply does when the map or the disk is full (set_full_policy).
+        self._growth = 0.0
+        self._wait_when_full = False
+        self.on_full: Callable[[str], None] | None = None
+        self.full_waits = 0  # times apply waited for space
+        self.waiting = ""  # why apply waits for space now ("": it does not)
+        self.grown = 0  # times apply grew the map
         self._open()
+
+    def set_full_policy(self, growth: float = space.GROWTH, wait: bool = True) -> None:
+        """When committed entries fill the map, apply grows it by up to
+        ``growth`` of its size; when that is used up too (or the disk is
+        full), it waits and retries (``wait``) instead of raising StoreFull.
+        Each wait calls ``on_full`` with the reason (hub/state/DESIGN.md
+        "A full store")."""
+        self._growth, self._wait_when_full = growth, wait
 
     def _open(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
@@ -83,10 +93,15 @@ class Store(contextlib.AbstractContextManager["Store"]):
             with self._env.begin(write=True) as txn:
                 self._dbs = {n: self._env.open_db(n.encode(), txn=txn) for n in r.TABLES}
                 fmt = txn.get(r.META_FORMAT, db=self._dbs["meta"])
-                if fmt is None:
+                if fmt == r.U32.pack(1):  # before the rollups: build them
+                    rollups.rebuild(txn, self._dbs)
+                elif fmt not in (None, r.U32.pack(r.STORE_FORMAT)):
+                    raise IncompatibleStore(
+                        f"{self.path}: store format {fmt!r}; this hub reads formats "
+                        f"{', '.join(map(str, r.READABLE_FORMATS))}"
+                    )
+                if fmt != r.U32.pack(r.STORE_FORMAT):
                     txn.put(r.META_FORMAT, r.U32.pack(r.STORE_FORMAT), db=self._dbs["meta"])
-                elif fmt != r.U32.pack(r.STORE_FORMAT):
-                    raise IncompatibleStore(f"{self.path}: store format {fmt!r}")
         except BaseException:
             self._env.close()
             raise
@@ -104,18 +119,75 @@ class Store(contextlib.AbstractContextManager["Store"]):
 
         Entries at or below the applied index are skipped; the new applied
         index is stored in the same transaction. A rejected entry changes
-        nothing and the others still apply. Raises StoreFull (nothing
-        written) when the map is full.
+        nothing and the others still apply. When the map is full it grows
+        it within the full policy (``set_full_policy``); past that, or on a
+        full disk, it raises StoreFull (nothing written), or with ``wait``
+        waits and retries the same entries: never skips them.
         """
-        try:
-            return apply_entries(self._env, self._dbs, entries)
-        except lmdb.MapFullError as exc:
-            raise StoreFull(f"{self.path}: LMDB map of {self.map_size} bytes is full") from exc
+        delay = 0.5
+        cause: BaseException
+        while True:
+            try:
+                results = apply_entries(self._env, self._dbs, entries)
+                self.waiting = ""
+                return results
+            except lmdb.MapFullError as exc:
+                if self._grow():
+                    continue
+                size = self._env.info()["map_size"]
+                full, cause = StoreFull(f"{self.path}: LMDB map of {size} bytes is full"), exc
+            except (lmdb.Error, OSError) as exc:
+                if not space.disk_full(exc, self.path):
+                    raise
+                full, cause = StoreFull(f"{self.path}: the disk is full: {exc}"), exc
+            if not self._wait_when_full:
+                raise full from cause
+            self.full_waits += 1
+            self.waiting = str(full)
+            if self.full_waits == 1 or delay >= 10:
+                log.critical("apply waits for space, retrying in %.1f s: %s", delay, full)
+            if self.on_full is not None:
+                self.on_full(str(full))
+            _time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+    def _grow(self) -> bool:
+        """Grow the map within the policy; False when it may not grow more.
+        The map moves in memory, so no read may be open meanwhile: reads
+        wait for it, and it waits for the open ones (and snapshots)."""
+        current = int(self._env.info()["map_size"])
+        limit = int(self.map_size * (1 + self._growth))
+        if current >= limit:
+            return False
+        with self._views_done:
+            self._growing = True
+            try:
+                self._views_done.wait_for(lambda: self._views == 0 and self._snaps == 0)
+                self._env.set_mapsize(limit)
+            finally:
+                self._growing = False
+                self._views_done.notify_all()
+        self.grown += 1
+        log.warning("store map full at %d bytes: grown to %d (the reserve)", current, limit)
+        return True
+
+    def usage(self) -> space.StoreUsage:
+        """This node's figures: live bytes, file, map, free disk."""
+        with self._read() as txn:
+            return space.usage(self._env, txn, self._dbs, self.path)
 
     # -- reads --
 
-    def _read(self) -> Any:
-        return self._env.begin(write=False)
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[Any]:
+        with self._views_done:
+            self._views_done.wait_for(lambda: not self._growing)
+            self._views += 1
+        try:
+            with self._env.begin(write=False) as txn:
+                yield txn
+        finally:
+            self._unpin()
 
     def _one(self, table: str, key: str, unpack: Callable[[bytes], T]) -> T | None:
         """The record of ``table`` at ``key``, decoded, or None."""
@@ -131,6 +203,12 @@ class Store(contextlib.AbstractContextManager["Store"]):
     def applied_index(self) -> int:
         with self._read() as txn:
             return r.applied_index(txn, self._dbs)
+
+    def read_tables(self, fn: Callable[[Any, dict[str, Any]], T]) -> T:
+        """``fn(txn, tables)`` in one read transaction: the reads of modules
+        that keep their own tables (hub/state/invites.py, hub/state/threads.py)."""
+        with self._read() as txn:
+            return fn(txn, self._dbs)
 
     def device(self, device_id: str) -> e.Device | None:
         return self._one("devices", device_id, r.unpack_device_record)
@@ -178,6 +256,10 @@ class Store(contextlib.AbstractContextManager["Store"]):
 
     def model(self, name: str) -> ModelRecord | None:
         return self._one("models", name, functools.partial(r.unpack_model, name))
+
+    def drained(self) -> set[str]:
+        """The ids of the nodes drained for maintenance (the ``drains`` table)."""
+        return set(self._all("drains", lambda k, _v: k))
 
     def nodes(self) -> list[NodeRecord]:
         """Every hub node's record, by node_id (ASCII, so key order)."""
@@ -245,116 +327,6 @@ class Store(contextlib.AbstractContextManager["Store"]):
                 found = cur.prev()
         return out
 
-    def readings(
-        self, device_id: str, from_seq: int = 1, to_seq: int | None = None, limit: int | None = None
-    ) -> list[StoredReading]:
-        """Stored readings with from_seq <= seq <= to_seq, in seq order."""
-        prefix = r.dev_prefix(device_id)
-        out: list[StoredReading] = []
-        with self._read() as txn:
-            for k, v in r.scan(txn, self._dbs["readings"], prefix, r.dev_key(prefix, from_seq)):
-                seq = r.seq_of(k)
-                if (to_seq is not None and seq > to_seq) or (
-                    limit is not None and len(out) >= limit
-                ):
-                    break
-                out.append(StoredReading(seq, *r.READING_VALUE.unpack(v)))
-        return out
-
-    def readings_between(
-        self,
-        device_id: str,
-        from_ms: int,
-        to_ms: int,
-        sensor: int | None = None,
-        limit: int | None = None,
-    ) -> list[StoredReading]:
-        """Stored readings with from_ms <= ts_ms < to_ms, in (ts, seq) order:
-        the first ``limit`` of them (all when None).
-
-        The hours table gives, per hour, the lowest and highest seq stored
-        with a timestamp in that hour; only those seq ranges are scanned.
-        Without a limit the ranges are merged and scanned once; with one the
-        hours are scanned in order, keeping at most ``limit`` readings, and
-        the scan stops at the end of the first hour that fills them (the
-        readings of later hours come after all of its own).
-        """
-        if to_ms <= from_ms or (limit is not None and limit <= 0):
-            return []
-        prefix = r.dev_prefix(device_id)
-        with self._read() as txn:
-            hours: list[tuple[int, int, int]] = []  # (hour, lo, hi)
-            last_hour = (to_ms - 1) // r.HOUR_MS
-            start = r.dev_key(prefix, max(from_ms, 0) // r.HOUR_MS)
-            for k, v in r.scan(txn, self._dbs["hours"], prefix, start):
-                hour = r.seq_of(k)
-                if hour > last_hour:
-                    break
-                lo, hi, _ = r.HOUR_VALUE.unpack(v)
-                hours.append((hour, lo, hi))
-            if limit is None:
-                out = [
-                    x
-                    for lo, hi in _merge_ranges([(lo, hi) for _, lo, hi in hours])
-                    for x in self._scan(txn, prefix, lo, hi)
-                    if from_ms <= x.ts_ms < to_ms and sensor in (None, x.sensor)
-                ]
-                out.sort(key=lambda rd: (rd.ts_ms, rd.seq))
-                return out
-            out = []
-            for hour, lo, hi in hours:
-                first = max(from_ms, hour * r.HOUR_MS)
-                end = min(to_ms, (hour + 1) * r.HOUR_MS)
-                found = (
-                    x
-                    for x in self._scan(txn, prefix, lo, hi)
-                    if first <= x.ts_ms < end and sensor in (None, x.sensor)
-                )
-                out += heapq.nsmallest(limit - len(out), found, key=lambda rd: (rd.ts_ms, rd.seq))
-                if len(out) >= limit:
-                    break
-            return out
-
-    def _scan(self, txn: Any, prefix: bytes, lo: int, hi: int) -> Iterator[StoredReading]:
-        """The device's stored readings with lo <= seq <= hi, in seq order."""
-        for k, v in r.scan(txn, self._dbs["readings"], prefix, r.dev_key(prefix, lo)):
-            seq = r.seq_of(k)
-            if seq > hi:
-                return
-            yield StoredReading(seq, *r.READING_VALUE.unpack(v))
-
-    def hourly_energy(
-        self, device_id: str, day: date, tz: tzinfo = UTC
-    ) -> tuple[HourlyEnergy, ...]:
-        """Energy (Wh) per hour of ``day`` in ``tz``, from the energy counter.
-
-        From sensor 1 (energy_wh, a counter): the increase between each pair
-        of consecutive readings (a decrease is a counter reset at boot, so it
-        counts the new value), spread linearly over the time between them
-        and split at hour boundaries. Readings up to an hour outside the day
-        interpolate its first and last hour. A DST day has 23 or 25 hours.
-        """
-        start = _epoch_ms(datetime.combine(day, time(), tzinfo=tz))
-        end = _epoch_ms(datetime.combine(day + timedelta(days=1), time(), tzinfo=tz))
-        bounds = [*range(start, end, r.HOUR_MS), end]
-        wh = [0.0] * (len(bounds) - 1)
-        rs = self.readings_between(device_id, start - r.HOUR_MS, end + r.HOUR_MS, ENERGY_WH_SENSOR)
-        for a, b in itertools.pairwise(rs):
-            delta = b.value - a.value if b.value >= a.value else b.value
-            if delta <= 0 or not math.isfinite(delta):
-                continue
-            if b.ts_ms == a.ts_ms:
-                i = _bucket(bounds, b.ts_ms)
-                if i is not None:
-                    wh[i] += delta
-                continue
-            span = b.ts_ms - a.ts_ms
-            for i in range(len(wh)):
-                lo, hi = max(a.ts_ms, bounds[i]), min(b.ts_ms, bounds[i + 1])
-                if hi > lo:
-                    wh[i] += delta * (hi - lo) / span
-        return tuple(HourlyEnergy(bounds[i], wh[i]) for i in range(len(wh)))
-
     # -- convergence and snapshots --
 
     def content_hash(self) -> str:
@@ -371,6 +343,7 @@ class Store(contextlib.AbstractContextManager["Store"]):
         with self._views_done:
             if self._closing:
                 raise ViewClosed("the store is being replaced")
+            self._views_done.wait_for(lambda: not self._growing)
             self._views += 1
         try:
             return PinnedView(self, self._env.begin(write=False))
@@ -384,7 +357,19 @@ class Store(contextlib.AbstractContextManager["Store"]):
             self._views_done.notify_all()
 
     def snapshot(self) -> Snapshot:
-        return Snapshot(self._env, self._dbs)
+        with self._views_done:
+            self._views_done.wait_for(lambda: not self._growing)
+            self._snaps += 1
+        try:
+            return Snapshot(self._env, self._dbs, self._snapshot_closed)
+        except BaseException:
+            self._snapshot_closed()
+            raise
+
+    def _snapshot_closed(self) -> None:
+        with self._views_done:
+            self._snaps -= 1
+            self._views_done.notify_all()
 
     def snapshot_to(self, out: BinaryIO) -> int:
         """Write a consistent snapshot; returns its applied index."""
@@ -518,27 +503,3 @@ def _unlink(*paths: Path) -> None:
 
 def _lock_of(data: Path) -> Path:
     return data.with_name(data.name + "-lock")
-
-
-# -- hourly energy ------------------------------------------------------------------
-
-
-def _merge_ranges(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    out: list[tuple[int, int]] = []
-    for lo, hi in sorted(ranges):
-        if out and lo <= out[-1][1] + 1:
-            out[-1] = (out[-1][0], max(out[-1][1], hi))
-        else:
-            out.append((lo, hi))
-    return out
-
-
-def _epoch_ms(dt: datetime) -> int:
-    return (dt - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
-
-
-def _bucket(bounds: list[int], ts: int) -> int | None:
-    for i in range(len(bounds) - 1):
-        if bounds[i] <= ts < bounds[i + 1]:
-            return i
-    return None

@@ -2,12 +2,16 @@
 a MicroPython plug: an admin logs in, sees the device and its live chart, gets
 the red overconsumption toast when the alert comes (over the live stream:
 the page was live before the overload began), and switches the relay back on
-with the button until the command is DONE; a viewer sees no action button
-anywhere, and the API refuses their command with 403."""
+with the button until the command is DONE; a viewer lands on the home
+overview, whose figures are the API's and `aiot overview --json`'s, sees
+no action button anywhere, and the API refuses their command with 403."""
 
 from __future__ import annotations
 
+import json
 import math
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -52,6 +56,14 @@ alert = true
 """
 
 
+TARIFF = """
+[tariff]
+currency = "EUR"
+timezone = "Europe/Berlin"
+periods = { "22:00-06:00" = 0.18, "06:00-22:00" = 0.32 }
+"""
+
+
 def first_event_after_s(device_id: str, every_s: int) -> float:
     """When the simulated plug's first overconsumption starts, in seconds
     after it boots (firmware/main.py seeds the plug from its id)."""
@@ -81,7 +93,7 @@ class Site:
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     root = tmp_path_factory.mktemp("dashboard")
-    with running_cluster(root, extra=RULES) as cluster:
+    with running_cluster(root, extra=RULES + TARIFF) as cluster:
         admin = cluster.any_client()
         plug = admin.post("/v1/devices", {"device_id": PLUG, "limit_w": LIMIT_W})
         admin.post("/v1/devices", {"device_id": OTHER, "limit_w": LIMIT_W})
@@ -276,6 +288,9 @@ def test_a_viewer_sees_no_action_buttons_and_the_api_refuses_them(
     try:
         log_in(page, site.url, VIEWER)
         assert page.locator("#role").inner_text() == "viewer"
+        token = page.evaluate("JSON.parse(sessionStorage.getItem('aiot.session')).token")
+        home_page_is_the_apis_overview(page, site, token, artifacts)
+        page.goto(f"{site.url}/#/devices")
         page.locator(f"#devices-table tr[data-device='{PLUG}']").wait_for()
         assert page.locator(f"#devices-table tr[data-device='{OTHER}']").count() == 0
         page.screenshot(path=artifacts / "01-viewer-devices.png")
@@ -288,7 +303,6 @@ def test_a_viewer_sees_no_action_buttons_and_the_api_refuses_them(
             page.screenshot(path=artifacts / f"02-viewer-{view.replace('/', '-')}.png")
 
         # The API refuses the viewer's own session token.
-        token = page.evaluate("JSON.parse(sessionStorage.getItem('aiot.session')).token")
         headers = {"Authorization": f"Bearer {token}"}
         body = {"device": PLUG, "action": "relay.set", "params": {"on": False}}
         refused = httpx.post(f"{site.url}/v1/commands", json=body, headers=headers, timeout=10)
@@ -300,6 +314,67 @@ def test_a_viewer_sees_no_action_buttons_and_the_api_refuses_them(
         raise
     finally:
         context.close()
+
+
+def home_page_is_the_apis_overview(page: Any, site: Site, token: str, artifacts: Path) -> None:
+    """A viewer's first page is the home overview: once the plug is stopped
+    and its figures settle, the page shows what `aiot overview --json`
+    prints (the viewer's devices only), and the device page's week view the
+    week the API sums."""
+    page.locator(".view-overview[data-ready]").wait_for()  # where a viewer lands
+    for d in site.devices:
+        d.stop()  # the figures stop moving; power stays fresh for a while
+    aiot = [sys.executable, "-m", "tools.cli", "overview", "--json"]
+    aiot += ["--hub", site.url, "--token", token]
+
+    def printed() -> dict[str, Any]:
+        run = subprocess.run(aiot, capture_output=True, text=True, timeout=60, check=True)
+        out: dict[str, Any] = json.loads(run.stdout)
+        out.pop("now_ms")
+        return out
+
+    settled: list[dict[str, Any]] = [printed()]
+    wait_until(lambda: settled.append(printed()) or settled[-1] == settled[-2], 30, "settled")
+    cli = settled[-1]
+    page.reload()
+    page.locator(".view-overview[data-ready]").wait_for()
+    cards = page.locator("#overview-cards")
+    assert cards.get_attribute("data-day") == cli["day"]
+    for attr, key in (
+        ("data-today-wh", "today_wh"),
+        ("data-today-cost", "today_cost"),
+        ("data-yesterday-wh", "yesterday_wh"),
+        ("data-power-w-now", "power_w_now"),
+        ("data-open-alerts", "open_alerts"),
+    ):
+        shown = cards.get_attribute(attr)
+        assert (None if shown == "" else float(shown or "nan")) == cli[key], (key, shown)
+    rows = page.locator("#overview-devices tr[data-device]")
+    assert rows.evaluate_all("rs => rs.map(r => r.dataset.device)") == [PLUG]
+    assert [d["device_id"] for d in cli["devices"]] == [PLUG]
+    (mine,) = cli["devices"]
+    assert float(rows.first.get_attribute("data-wh") or -1) == mine["wh"]
+    assert float(rows.first.get_attribute("data-cost") or -1) == mine["cost"]
+    if mine["wh"] > 0:  # the plug ran (the admin's test): energy, cost, a top bar
+        assert mine["cost"] > 0 and cli["top"] == [PLUG]
+        assert page.locator("#overview-top").get_attribute("data-bars") == "1"
+    assert "Europe/Berlin" in page.locator("#overview-tariff").inner_text()
+    page.screenshot(path=artifacts / "00-viewer-home.png")
+
+    page.goto(f"{site.url}/#/device/{PLUG}")
+    page.locator(".view-device[data-ready]").wait_for()
+    chart = page.locator("#week-chart")
+    assert chart.get_attribute("data-bars") == "7"
+    day = page.locator("#energy-day").input_value()
+    api = httpx.get(
+        f"{site.url}/v1/devices/{PLUG}/week",
+        params={"day": day},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=10,
+    ).json()
+    assert float(chart.get_attribute("data-wh") or -1) == api["wh"]
+    page.locator("#week-chart").scroll_into_view_if_needed()
+    page.screenshot(path=artifacts / "00-viewer-device-week.png")
 
 
 def test_the_live_stream_reconnects_after_its_node_restarts(

@@ -64,7 +64,11 @@ def test_up_forms_a_jetstream_cluster_with_the_down_buckets(cloud: Path) -> None
     for s in doc["servers"]:
         assert s["peers"] == sorted(set(names) - {s["name"]})
     kinds = {st["name"]: (st["kind"], st["replicas"]) for st in doc["streams"]}
-    assert kinds == {"KV_aiot-policies": ("kv", 3), "OBJ_aiot-models": ("objects", 3)}
+    assert kinds == {
+        "KV_aiot-policies": ("kv", 3),
+        "KV_aiot-sites": ("kv", 3),
+        "OBJ_aiot-models": ("objects", 3),
+    }
 
 
 def test_logins_are_secret_and_tls_is_required(cloud: Path) -> None:
@@ -118,7 +122,11 @@ def test_a_killed_server_shows_down_and_the_rest_still_serve(cloud: Path) -> Non
         if not doc["errors"] or time.monotonic() > deadline:
             break
     assert doc["errors"] == []
-    assert {st["name"] for st in doc["streams"]} == {"KV_aiot-policies", "OBJ_aiot-models"}
+    assert {st["name"] for st in doc["streams"]} == {
+        "KV_aiot-policies",
+        "KV_aiot-sites",
+        "OBJ_aiot-models",
+    }
 
     # `up` on the same folder starts the cluster again with its data.
     down = aiot(cloud.parent, "cloud", "down", "--dir", str(cloud))
@@ -126,8 +134,13 @@ def test_a_killed_server_shows_down_and_the_rest_still_serve(cloud: Path) -> Non
     up = aiot(cloud.parent, "cloud", "up", "--dir", str(cloud), "--detach")
     assert up.returncode == 0, up.stderr
     assert json.loads(up.stdout)["servers"] == layout.urls()
-    code, doc = _status(cloud)
-    assert code == 0 and all(s["up"] for s in doc["servers"])
+    deadline = time.monotonic() + 60  # the streams elect their leaders again
+    while True:
+        code, doc = _status(cloud)
+        if code == 0 or time.monotonic() > deadline:
+            break
+        assert all(s["up"] for s in doc["servers"]) and doc["errors"], doc
+    assert code == 0 and all(s["up"] for s in doc["servers"]), doc
 
 
 def test_bad_folders_and_counts_are_refused(tmp_path: Path) -> None:

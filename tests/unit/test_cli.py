@@ -137,8 +137,21 @@ def test_help_lists_exactly_the_working_groups() -> None:
         "firmware",
         "chaos",
         "cloud",
+        "overview",
+        "inbox",
+        "reply",
     }
-    assert listed_commands(aiot("cloud", "--help").stdout) == {"up", "down", "status", "add-site", "leaf-config", "push-model", "sites", "query"}
+    assert listed_commands(aiot("user", "--help").stdout) == {"add", "list", "remove", "invite"}
+    assert listed_commands(aiot("cloud", "--help").stdout) == {
+        "up",
+        "down",
+        "status",
+        "add-site",
+        "leaf-config",
+        "push-model",
+        "sites",
+        "query",
+    }
     assert listed_commands(aiot("hub", "--help").stdout) == {"run", "install-service"}
     assert listed_commands(aiot("device", "--help").stdout) == {
         "add",
@@ -155,6 +168,8 @@ def test_help_lists_exactly_the_working_groups() -> None:
         "status",
         "add-node",
         "remove-node",
+        "drain",
+        "undrain",
     }
     assert listed_commands(aiot("bench", "--help").stdout) == {
         "codec",

@@ -43,6 +43,7 @@ from tools.bench.figures import committed, merge_events, percentile, slices
 from tools.bench.frames import BATCH_READINGS
 from tools.bench.load import WINDOW, Fleet, Generators, closed_loop
 from tools.bench.standin import stand_ins
+from tools.bench.store import store
 from tools.bench.watch import CpuMeter, RaftWatch, machine
 from tools.lab.cluster import LocalCluster
 
@@ -146,6 +147,9 @@ def ingest(
             durable_journal=False,
         )
         result.update(journal_report(result, undurable))
+    # What the readings take in the store: bytes per reading, days of raw
+    # data per GiB per plug, a retention step (tools/bench/store.py).
+    result.update({f"store_{k}": v for k, v in store(6.0, say=say).items()})
     return result
 
 

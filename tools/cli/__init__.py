@@ -21,8 +21,10 @@ from tools.cli import (
     evaluate,
     firmware,
     hub,
+    inbox,
     models,
     ops,
+    overview,
     protocol,
     query,
     tokens,
@@ -40,6 +42,9 @@ app = typer.Typer(
 # `aiot --help` lists the single commands, then the groups, in this order.
 for single in (decisions.ask, demo.demo, query.query, ops.backup, ops.restore, chaos.chaos):
     app.command()(single)
+app.command()(overview.overview)
+app.command()(inbox.inbox)
+app.command()(inbox.reply)
 for group in (
     bench.bench_app,
     protocol.protocol_app,

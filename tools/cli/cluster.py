@@ -84,6 +84,7 @@ def _node_status(client: HubClient, node: dict[str, Any]) -> dict[str, Any]:
         lag=st["lag"],
         broker=st["broker"],
         devices=len(st["devices_connected"]),
+        drained=bool(node.get("drained")),
     )
     return row
 
@@ -145,6 +146,8 @@ def cluster_status(
         b = r["broker"]
         broker = f"{b['mode']} {b['address']}" + ("" if b["consumer_connected"] else " (down)")
         role = "leader" if r["leader"] else "follower"
+        if r["drained"]:
+            broker += " (drained)"
         typer.echo(
             f"{r['node_id']:<10} {'yes':<4} {role:<9} {r['term']:>5} {r['commit_index']:>8} "
             f"{r['applied_index']:>8} {r['lag']:>5}  {broker:<22} {r['devices']}"
@@ -171,3 +174,53 @@ def cluster_remove_node(
     """Remove a node from the cluster."""
     client.delete(f"/v1/cluster/nodes/{raft_address}")
     typer.echo(f"removed {raft_address}")
+
+
+def _node(client: HubClient, node_id: str) -> dict[str, Any]:
+    for n in client.get("/v1/cluster")["nodes"]:
+        if n["node_id"] == node_id:
+            return dict(n)
+    raise fail(f"no node {node_id!r} in the cluster", 1)
+
+
+def _wait_empty(client: HubClient, node_id: str, seconds: float) -> None:
+    """Wait until the node holds no device session (as presence says)."""
+    end = time.monotonic() + seconds
+    while True:
+        row = _node_status(client, _node(client, node_id))
+        if row["up"] and row["devices"] == 0:
+            return
+        if time.monotonic() >= end:
+            held = row.get("devices", "?")
+            raise fail(f"{node_id} still holds {held} devices after {seconds:g} s", 1)
+        time.sleep(0.5)
+
+
+@cluster_app.command("drain")
+@on_hub
+def cluster_drain(
+    client: HubClient,
+    node_id: Annotated[str, typer.Argument(help="The node to drain (its node id).")],
+    wait: Annotated[
+        float, typer.Option(min=0, help="Wait up to this long for its devices to leave (0: no).")
+    ] = 0,
+) -> None:
+    """Drain a node for maintenance: it takes no new device sessions, every
+    device gets a broker order without it, and its devices move away."""
+    client.post(f"/v1/cluster/drains/{node_id}", {})
+    typer.echo(f"drained {node_id}")
+    if wait:
+        _wait_empty(client, node_id, wait)
+        typer.echo(f"{node_id} holds no devices")
+
+
+@cluster_app.command("undrain")
+@on_hub
+def cluster_undrain(
+    client: HubClient,
+    node_id: Annotated[str, typer.Argument(help="The drained node to bring back.")],
+) -> None:
+    """Bring a drained node back: it takes devices again, and the devices
+    whose order puts it first move back to it."""
+    client.delete(f"/v1/cluster/drains/{node_id}")
+    typer.echo(f"undrained {node_id}")

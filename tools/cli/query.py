@@ -1,4 +1,6 @@
 """`aiot query`: readings, or hourly energy, from a hub node's local store.
+Hourly energy comes from the hourly rollups, so it outlives the raw readings
+(hub/state/DESIGN.md "Retention and rollups").
 
 Readings go to stdout as JSON lines, hourly energy as one line per hour.
 When there are none (no reading in the range, or on the day) a line on
@@ -19,7 +21,6 @@ from tools.base.hubclient import HubClient
 from tools.cli.output import fail, nothing
 from tools.cli.remote import on_hub, utc_ms
 
-_DAY_MS = 86_400_000
 _END = 2**63 - 1
 
 
@@ -97,8 +98,10 @@ def _hourly(client: HubClient, device_id: str, day: str | None, lin: str | None)
     for h in out["hours"]:
         typer.echo(f"{utc_ms(h['start_ms'])[:16]}  {h['wh']:10.3f} Wh")
     start = int(datetime.combine(d, datetime.min.time(), UTC).timestamp() * 1000)
+    # The day's rollups, not its raw readings: those may be gone already
+    # ([retention]), and the energy above comes from the rollups.
     seen = client.get(
-        f"/v1/devices/{device_id}/readings", from_ms=start, to_ms=start + _DAY_MS, limit=1
+        f"/v1/devices/{device_id}/rollups", period="day", from_ms=start, to_ms=start + 1
     )
-    if not seen["readings"]:
+    if not any(r["count"] for r in seen["rows"]):
         nothing(f"readings from {device_id} on {d.isoformat()} (UTC)")

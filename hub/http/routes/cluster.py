@@ -1,8 +1,13 @@
 """The cluster's members.
 
-GET    /v1/cluster                  the replicated node table
+GET    /v1/cluster                  the replicated node table (with each node's drain)
 POST   /v1/cluster/nodes {raft}     add a node (dynamic membership; admin)
 DELETE /v1/cluster/nodes/{raft}     remove a node (admin)
+POST   /v1/cluster/drains/{node_id} drain a node: no new device sessions, its devices move (admin)
+DELETE /v1/cluster/drains/{node_id} bring a drained node back (admin)
+
+A drain is replicated (NODE_DRAIN); hub/link/membership.py sends every
+device its new broker order and the drained node drops its device sessions.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from hub.core.validate import address
 from hub.http.bodies import NodeIn
 from hub.http.principal import Admin, Raft, ThisNode, Viewer
 from hub.http.replica import commit
+from hub.link.membership import drained, serving
 from hub.state import entries as e
 from hub.state.raft import RaftError, RaftNode
 from hub.state.store import Store
@@ -44,13 +50,20 @@ def _refused(exc: RaftError) -> HTTPException:
 @router.get("/v1/cluster")
 async def cluster(_: Viewer, r: Raft, node: ThisNode) -> dict[str, Any]:
     st = r.status()
+    nodes, out = r.read(lambda s: (s.nodes(), drained(s)))
     return {
         "node_id": node.node_id,
         "leader": st.leader,
         "term": st.term,
         "nodes": [
-            {"node_id": n.node_id, "raft": n.raft, "broker": n.broker, "http": n.http}
-            for n in r.read(Store.nodes)
+            {
+                "node_id": n.node_id,
+                "raft": n.raft,
+                "broker": n.broker,
+                "http": n.http,
+                "drained": n.node_id in out,
+            }
+            for n in nodes
         ],
     }
 
@@ -80,3 +93,24 @@ async def remove_node(raft_address: str, _: Admin, r: Raft) -> dict[str, Any]:
         if n.raft == raft_address:
             await commit(r, e.encode(e.RemoveNode(n.node_id, wall_ms())))
     return {"removed": raft_address}
+
+
+@router.post("/v1/cluster/drains/{node_id}")
+async def drain_node(node_id: str, _: Admin, r: Raft) -> dict[str, Any]:
+    """Drain a node: 404 for a node not in the table, 409 for the last node
+    that serves devices (they would have nowhere to go)."""
+    nodes, active = r.read(lambda s: ({n.node_id for n in s.nodes()}, serving(s)))
+    if node_id not in nodes:
+        raise HTTPException(404, f"no node {node_id!r} in the node table")
+    if [n.node_id for n in active] == [node_id]:
+        raise HTTPException(409, f"{node_id} is the last node serving devices")
+    await commit(r, e.encode(e.DrainNode(node_id, True, wall_ms())))
+    return {"drained": node_id}
+
+
+@router.delete("/v1/cluster/drains/{node_id}")
+async def undrain_node(node_id: str, _: Admin, r: Raft) -> dict[str, Any]:
+    if r.read(lambda s: s.node(node_id)) is None:
+        raise HTTPException(404, f"no node {node_id!r} in the node table")
+    await commit(r, e.encode(e.DrainNode(node_id, False, wall_ms())))
+    return {"undrained": node_id}

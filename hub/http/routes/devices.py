@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from datetime import date
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, Literal
 
 from fastapi import APIRouter, HTTPException, Query
 
@@ -143,6 +143,46 @@ async def readings(
         "truncated": truncated,
         "readings": [
             {"seq": x.seq, "ts_ms": x.ts_ms, "sensor": x.sensor, "value": x.value} for x in rows
+        ],
+    }
+
+
+@router.get("/v1/devices/{device_id}/rollups")
+async def rollups(
+    device_id: str,
+    who: Viewer,
+    r: Raft,
+    period: Annotated[Literal["hour", "day"], Query()] = "hour",
+    from_ms: Annotated[int, Query(ge=0, le=MAX_MS)] = 0,
+    to_ms: Annotated[int, Query(ge=0, le=MAX_MS)] = MAX_MS,
+    sensor: Annotated[int | None, Query(ge=0, le=65535)] = None,
+    linearizable: bool = False,
+) -> dict[str, Any]:
+    """Hourly or daily (UTC) figures per sensor, kept long after the raw
+    readings (hub/state/DESIGN.md "Retention and rollups")."""
+    if linearizable:
+        await barrier(r)
+    known(r, device_id, who)
+    if to_ms <= from_ms:
+        raise HTTPException(422, "to_ms must be above from_ms")
+    rows = await asyncio.to_thread(
+        r.read, lambda s: s.rollups(device_id, from_ms, to_ms, sensor, period=period)
+    )
+    unit = 3_600_000 if period == "hour" else 86_400_000
+    return {
+        "device_id": device_id,
+        "period": period,
+        "rows": [
+            {
+                "start_ms": n * unit,
+                "sensor": s,
+                "count": x.count,
+                "min": x.min if x.count and x.min <= x.max else None,
+                "max": x.max if x.count and x.min <= x.max else None,
+                "mean": x.mean,
+                "wh": round(x.wh, 9),
+            }
+            for n, s, x in rows
         ],
     }
 

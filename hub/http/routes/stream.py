@@ -105,6 +105,9 @@ async def stream(request: Request, who: Viewer, node: ThisNode) -> StreamingResp
                         return
                     yield b": keep-alive\n\n"
                     continue
+                owner = event.get("thread")  # a conversation: its owner's and the admins'
+                if owner is not None and who.role is not e.Role.ADMIN and owner != who.name:
+                    continue
                 dev_id = event.get("device_id")
                 if who.devices is not None and dev_id is not None:
                     dev = raft.read(partial(Store.device, device_id=str(dev_id)))

@@ -16,9 +16,15 @@ import * as decisions from "./views/decisions.js";
 import * as device from "./views/device.js";
 import * as devices from "./views/devices.js";
 import * as models from "./views/models.js";
+import * as overview from "./views/overview.js";
+import * as chat from "./views/chat.js";
+import * as inbox from "./views/inbox.js";
+import * as invites from "./views/invite.js";
 
-const VIEWS = { cluster, devices, device, alerts, commands, decisions, models, ask };
+const VIEWS = { overview, cluster, devices, device, alerts, commands, decisions, models, ask };
+Object.assign(VIEWS, { chat, inbox, invites }); // conversations and invitations
 const DEFAULT_ROUTE = "#/devices";
+const HOME_ROUTE = "#/overview"; // a viewer's first page
 
 const $ = (id) => document.getElementById(id);
 
@@ -102,10 +108,13 @@ async function enter() {
   stream = new Stream({ onEvent, onState: liveState });
   stream.start();
   refreshAlertCount();
+  for (const a of document.querySelectorAll("#nav a.admin-only")) a.hidden = me.role !== "admin";
+  inbox.refreshInboxCount();
   clearInterval(alertTimer);
   alertTimer = setInterval(refreshAlertCount, 30000); // others acknowledge too
-  if (!location.hash || location.hash === "#" || location.hash === "#/") location.hash = DEFAULT_ROUTE;
-  else route();
+  if (!location.hash || location.hash === "#" || location.hash === "#/") {
+    location.hash = me.role === "viewer" ? HOME_ROUTE : DEFAULT_ROUTE;
+  } else route();
 }
 
 function replaceWho() {
@@ -135,6 +144,7 @@ function onEvent(type, data) {
     if (current && current.handle.refresh) current.handle.refresh().catch(() => {});
     return;
   }
+  if (type === "thread") inbox.onThreadEvent(data); // the inbox badge
   if (current && current.handle.event) current.handle.event(type, data);
 }
 
@@ -224,6 +234,16 @@ async function start() {
     document.title = `aiot hub ${health.node_id}`;
   } catch (_) {
     // the login still works if the health check does not
+  }
+  // An invitation's link (#/invite/{token}): its page comes before any login.
+  const invited = /^#\/invite\/([A-Za-z0-9_-]+)$/.exec(location.hash);
+  if (invited) {
+    await invites.acceptPage(invited[1], async (out) => {
+      saveSession({ token: out.token, name: out.name, role: out.role, devices: out.devices, expiresMs: out.expires_ms });
+      location.hash = "#/chat";
+      await enter();
+    });
+    return;
   }
   if (loadSession()) await enter();
   else showLogin();

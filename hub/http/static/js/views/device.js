@@ -1,7 +1,9 @@
 // One device: a live power chart (the last minutes from
 // GET /v1/devices/{id}/readings?sensor=0, then every "reading" event),
-// hourly energy bars for a chosen day (GET /v1/devices/{id}/energy), its
-// last status, and its recent commands and decisions; relay buttons for
+// hourly energy bars for a chosen day (GET /v1/devices/{id}/energy) and,
+// beside them, daily bars for the week ending on that day with its cost
+// (GET /v1/devices/{id}/week, days of the tariff's time zone), its last
+// status, and its recent commands and decisions; relay buttons for
 // operators and admins.
 
 import { api, canOperate, query } from "../api.js";
@@ -11,6 +13,7 @@ import {
   todayUTC,
 } from "../util.js";
 import { relayButtons } from "./commands.js";
+import { fmtMoney } from "./overview.js";
 
 const POWER_W = 0; // edge/sensors.py
 const WINDOW_MS = 5 * 60000;
@@ -31,6 +34,8 @@ export async function mount(root, [id]) {
   const dayInput = h("input", { type: "date", id: "energy-day", value: todayUTC(), max: todayUTC() });
   const energyTotal = h("span", { class: "muted", id: "energy-total" });
   const bars = h("canvas", { id: "energy-chart", class: "chart short", role: "img", "aria-label": `energy of ${id} per hour` });
+  const weekTotal = h("span", { class: "muted", id: "week-total" });
+  const weekBars = h("canvas", { id: "week-chart", class: "chart short", role: "img", "aria-label": `energy of ${id} per day` });
   const cmdBox = h("div", { id: "device-commands" });
   const decBox = h("div", { id: "device-decisions" });
 
@@ -61,16 +66,26 @@ export async function mount(root, [id]) {
       h("section", { class: "card" }, h("h3", {}, "Last status"), statusBox),
     ),
     h(
-      "section",
-      { class: "card" },
+      "div",
+      { class: "columns" },
       h(
-        "div",
-        { class: "card-head" },
-        h("h3", {}, "Energy by hour"),
-        h("label", { class: "inline" }, "Day (UTC) ", dayInput),
-        energyTotal,
+        "section",
+        { class: "card" },
+        h(
+          "div",
+          { class: "card-head" },
+          h("h3", {}, "Energy by hour"),
+          h("label", { class: "inline" }, "Day (UTC) ", dayInput),
+          energyTotal,
+        ),
+        bars,
       ),
-      bars,
+      h(
+        "section",
+        { class: "card" },
+        h("div", { class: "card-head" }, h("h3", {}, "The week to that day"), weekTotal),
+        weekBars,
+      ),
     ),
     h(
       "div",
@@ -152,7 +167,28 @@ export async function mount(root, [id]) {
     );
     energyTotal.textContent = `total ${fmtWh(total)}`;
   }
-  dayInput.addEventListener("change", () => loadEnergy().catch((e) => errorToast(e, "Energy")));
+  dayInput.addEventListener("change", () => {
+    loadEnergy().catch((e) => errorToast(e, "Energy"));
+    loadWeek().catch((e) => errorToast(e, "Week"));
+  });
+
+  // -- the week: seven local days of the tariff's time zone, with their cost --
+  const week = new BarChart(weekBars);
+  async function loadWeek() {
+    const day = dayInput.value || todayUTC();
+    const out = await api("GET", `/v1/devices/${encodeURIComponent(id)}/week${query({ day })}`);
+    const names = ["Su", "Mo", "Tu", "We", "Th", "Fr", "Sa"];
+    week.set(
+      out.days.map((x) => {
+        const d = new Date(`${x.day}T12:00:00Z`);
+        const label = `${names[d.getUTCDay()]} ${x.day.slice(8)}`;
+        const hours = x.hours === 24 ? "" : ` (${x.hours} h)`;
+        return { label, value: x.wh, title: `${x.day}${hours}: ${fmtWh(x.wh)}, ${fmtMoney(x.cost, out.currency)}` };
+      }),
+    );
+    weekBars.dataset.wh = String(out.wh);
+    weekTotal.textContent = `total ${fmtWh(out.wh)} · ${fmtMoney(out.cost, out.currency)} · days in ${out.timezone}`;
+  }
 
   // -- commands and decisions --
   async function loadCommands() {
@@ -192,11 +228,14 @@ export async function mount(root, [id]) {
   }
 
   async function refresh() {
-    await Promise.all([loadWindow(), loadEnergy(), loadCommands(), loadDecisions()]);
+    await Promise.all([loadWindow(), loadEnergy(), loadWeek(), loadCommands(), loadDecisions()]);
   }
   await refresh();
   const energyTimer = setInterval(() => {
-    if (dayInput.value === todayUTC()) loadEnergy().catch(() => {});
+    if (dayInput.value === todayUTC()) {
+      loadEnergy().catch(() => {});
+      loadWeek().catch(() => {});
+    }
   }, 60000);
 
   return {
@@ -228,6 +267,7 @@ export async function mount(root, [id]) {
     dispose() {
       chart.destroy();
       energy.destroy();
+      week.destroy();
       clearInterval(energyTimer);
     },
   };

@@ -1,0 +1,120 @@
+"""Models down from the cloud: one push reaches every site, each site checks
+the signature with its own keys, registers and activates through its own
+Raft log, and reports what it runs up into the cloud. Real JetStream, real
+hub clusters (three nodes and one), the real onnxruntime load."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hub.core import keys
+from hub.decide.registry import SHIPPED
+from tests.cluster.hubs import running_cluster
+from tests.console_support import aiot
+from tools.cloud.buckets import ensure_buckets
+from tools.cloud.cluster import CloudLayout, CloudServers, Creds, init_cloud
+from tools.cloud.sites import add_site
+from tools.lab.cluster import LocalCluster
+
+pytestmark = [pytest.mark.cloud, pytest.mark.cluster]
+
+ONNX = SHIPPED.parent / "anomaly.onnx"
+
+
+def _key(folder: Path, name: str) -> tuple[Path, str]:
+    private, public = keys.keygen()
+    path = folder / f"{name}.key"
+    path.write_text(private + "\n")
+    return path, public
+
+
+def _extra(layout: CloudLayout, site: str, trusted: str) -> str:
+    login = layout.creds(f"site-{site}")
+    return (
+        "[cloud]\n"
+        f'site = "{site}"\n'
+        f"servers = {json.dumps(layout.urls())}\n"
+        f'login = "{login}"\n'
+        f'ca = "{layout.ca}"\n'
+        "[models]\n"
+        f'trusted_keys = ["{trusted}"]\n'
+    )
+
+
+def _until(what: Callable[[], Any], timeout: float = 90.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = what()
+        if got:
+            return got
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.3)
+
+
+def _runs(cluster: LocalCluster, name: str, version: str) -> bool:
+    for i in range(cluster.n):
+        rows = cluster.client(i).get("/v1/models")
+        if not any(
+            r["name"] == name
+            and r["activated"]
+            and r["active_on"].get(cluster.node_id(i)) == version
+            for r in rows
+        ):
+            return False
+    return True
+
+
+def test_one_push_reaches_every_site_and_each_checks_it(tmp_path: Path) -> None:
+    layout = init_cloud(tmp_path / "cloud", nodes=1, port=0)
+    trusted_key, trusted = _key(tmp_path, "fleet")
+    rogue_key, _ = _key(tmp_path, "rogue")
+    with CloudServers(layout) as servers:
+        servers.start_all()
+        ensure_buckets(Creds.load(layout.creds("admin")), 1)
+        for site in ("north", "south"):
+            add_site(layout, site)
+        with (
+            running_cluster(tmp_path / "north", 3, extra=_extra(layout, "north", trusted)) as north,
+            running_cluster(tmp_path / "south", 1, extra=_extra(layout, "south", trusted)) as south,
+        ):
+            push = aiot(
+                tmp_path, "cloud", "push-model", str(ONNX), "--name", "anomaly",
+                "--version", "7", "--sign-key", str(trusted_key), "--activate",
+                "--dir", str(layout.root),
+            )  # fmt: skip
+            assert push.returncode == 0, push.stderr
+            assert json.loads(push.stdout)["target"] == "fleet"
+            _until(lambda: _runs(north, "anomaly", "7") and _runs(south, "anomaly", "7"))
+
+            # Signed by a key no site trusts, for north only: refused there,
+            # never registered; south is not even asked.
+            rogue = aiot(
+                tmp_path, "cloud", "push-model", str(ONNX), "--name", "anomaly",
+                "--version", "8", "--sign-key", str(rogue_key), "--activate",
+                "--site", "north", "--dir", str(layout.root),
+            )  # fmt: skip
+            assert rogue.returncode == 0, rogue.stderr
+
+            def reports() -> dict[str, Any] | None:
+                out = aiot(tmp_path, "cloud", "sites", "--json", "--dir", str(layout.root))
+                assert out.returncode == 0, out.stderr
+                got = {r["site"]: r for r in json.loads(out.stdout)}
+                done = "anomaly@8" in got.get("north", {}).get("refused", {})
+                return got if done and "south" in got else None
+
+            got = _until(reports)
+            assert got["north"]["models"] == {"anomaly": "7"}
+            assert got["south"]["models"] == {"anomaly": "7"}
+            assert "untrusted_key" in got["north"]["refused"]["anomaly@8"]
+            assert got["south"]["refused"] == {}
+            assert got["north"]["received"] == ["anomaly@7"]
+            for cluster in (north, south):
+                versions = {r["version"] for r in cluster.client(0).get("/v1/models")}
+                assert "8" not in versions
+            assert _runs(north, "anomaly", "7")
