@@ -8,7 +8,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: demo test check lint protocol bench mosquitto socat chromium systemd guide tcpdump clean
+.PHONY: demo test check lint protocol bench mosquitto socat chromium systemd guide tcpdump fuse clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -67,7 +67,12 @@ guide:
 tcpdump:
 	$(call apt_need,tcpdump,tcpdump)
 
-test: $(STAMP) mosquitto socat chromium systemd guide tcpdump
+# fuse3 (fusermount3 and libfuse3, which mfusepy loads): the lazy file system
+# of the power-cut tests and `aiot chaos --power-cuts` (tools/lab/lazyfs.py).
+fuse:
+	$(call apt_need,fusermount3,fuse3)
+
+test: $(STAMP) mosquitto socat chromium systemd guide tcpdump fuse
 	$(PY) -m pytest --durations=30
 
 # mypy strict on hub/, tools/, protocol/; the import contracts of the layers

@@ -274,6 +274,24 @@ def test_storage_check_tells_readings_that_only_share_a_timestamp_apart() -> Non
 
 
 @pytest.mark.unit
+def test_storage_check_accepts_two_alike_readings_the_device_recorded_itself() -> None:
+    # A resync stepped the clock back 100 ms: two samples share a timestamp,
+    # and sensors whose values did not change read the same. The flash holds
+    # both under their own numbers, so the hub stored each once. Not on the
+    # flash (erased, or never recorded so), the same pair is reported.
+    alike = _reading(7)._replace(seq=10)
+    h = _device()
+    h.recorded = {s: _reading(s) for s in range(1, 10)} | {10: alike}
+    stored = {"hub-1": {"plug-01": [*_stored(*range(1, 10)), alike]}}
+    res = check_storage([h], stored)
+    assert res.violations == [] and res.duplicates_stored == 0
+    del h.recorded[10]
+    res = check_storage([h], stored)
+    assert [(v["check"], v["node"]) for v in res.violations] == [("E", "hub-1")]
+    assert "seq 7 again as 10" in res.violations[0]["detail"] and res.duplicates_stored == 1
+
+
+@pytest.mark.unit
 def test_storage_check_reports_a_reading_stored_otherwise_than_the_device_recorded_it() -> None:
     h = _device()
     h.recorded = {s: _reading(s) for s in range(1, 11)}

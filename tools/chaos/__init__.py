@@ -2,9 +2,11 @@
 
     schedule.py    every fault and command of a campaign, from the seed alone
     checks.py      the checks, pure functions over what was recorded
+    votes.py       check V: no hub votes for two candidates in one term
     netns.py       one network namespace per hub, so that a partition cuts a link
     fleet.py       the hub cluster and the MicroPython devices as they run
-    injectors.py   each fault kind: how it is done, and how it is undone
+    injectors.py   each fault kind: how it is done, and how it is undone (power_cut
+                   and disk_full on a lazy file system, tools/lab/lazyfs.py)
     gather.py      what the checks read once the campaign is over
     campaign.py    the campaign: set up, inject, record, check, tear down
 

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from tools.base.hubclient import HubClient, HubError
+from tools.chaos import ChaosError
 from tools.chaos.checks import (
     CommandsResult,
     DeviceHistory,
@@ -53,9 +54,27 @@ from tools.chaos.gather import (
     log_alerts,
     stored_readings,
 )
-from tools.chaos.injectors import MEASURED_FROM_HEAL, NEEDS_READY, Heal, Injector, Skipped
+from tools.chaos.injectors import (
+    ALL_HUBS,
+    MEASURED_FROM_HEAL,
+    NEEDS_READY,
+    Heal,
+    Injector,
+    Skipped,
+)
 from tools.chaos.netns import Netns, netns_available
-from tools.chaos.schedule import HUB_KINDS, KINDS, TAIL_S, Fault, Schedule, make_schedule
+from tools.chaos.schedule import (
+    CLUSTER_KINDS,
+    HUB_KINDS,
+    KINDS,
+    TAIL_S,
+    Fault,
+    Schedule,
+    make_schedule,
+    power_cut_schedule,
+)
+from tools.chaos.votes import check_votes, parse_votes
+from tools.lab.lazyfs import LazyFSError, LazyMount
 
 RECOVERY_LIMIT_S: Final = 30.0  # R: ingest resumes for every device within this
 CONVERGE_LIMIT_S: Final = 90.0  # C: equal content hashes within this, once quiet
@@ -77,11 +96,17 @@ class Campaign:
         log: Callable[[str], None] | None = None,
         before_checks: Callable[[Campaign], None] | None = None,
         converge_limit_s: float = CONVERGE_LIMIT_S,
+        durable_journal: bool = True,
     ) -> None:
         """``before_checks`` runs once the devices have stopped, before the
         checks gather anything (the tests plant faults there that every
-        campaign must catch)."""
+        campaign must catch). The hubs' data goes on a lazy file system
+        (tools/lab/lazyfs.py) when the schedule has power_cut or disk_full;
+        ``durable_journal=False`` turns the hubs' journal syncs off (the
+        power-loss window, to see that the checks notice it)."""
         self.s = schedule
+        self.durable_journal = durable_journal
+        self.lazy: LazyMount | None = None
         self.before_checks = before_checks
         self.converge_limit = converge_limit_s
         self.workdir = workdir
@@ -126,13 +151,31 @@ class Campaign:
             if self.use_netns:
                 self.netns = Netns(self.s.hubs)
                 self.netns.up()
-            self._fleet = Fleet(self.workdir, self.s.hubs, self.ids, self.netns, self.say, self.now)
+            if self.s.needs_lazy_fs:
+                self.lazy = LazyMount(self.workdir / "disk", self.workdir / "data")
+                try:
+                    self.lazy.mount()
+                except LazyFSError as exc:
+                    msg = f"power_cut and disk_full need a lazy file system: {exc}"
+                    raise ChaosError(msg) from None
+            self._fleet = Fleet(
+                self.workdir,
+                self.s.hubs,
+                self.ids,
+                self.netns,
+                self.say,
+                self.now,
+                self.lazy,
+                self.durable_journal,
+            )
             self._fleet.start_cluster()
             yield self._fleet
         finally:
             self._stop.set()
             if self._fleet is not None:
                 self._fleet.close()
+            if self.lazy is not None:
+                self.lazy.unmount()
             if self.netns is not None:
                 self.netns.down()
 
@@ -210,11 +253,11 @@ class Campaign:
             while self.now() < f.at_s:
                 self.fleet.check_processes()
                 time.sleep(min(POLL_S, max(0.0, f.at_s - self.now())))
-            if self.now() > self.s.duration_s - TAIL_S:
+            if not self.s.until_done and self.now() > self.s.duration_s - TAIL_S:
                 self.say(f"fault {f.n} ({f.kind}) not reached: the campaign is over")
                 break
             self.events.append(self._fault(f, injector))
-        while self.now() < self.s.duration_s:
+        while not self.s.until_done and self.now() < self.s.duration_s:
             self.fleet.check_processes()
             time.sleep(POLL_S)
 
@@ -240,7 +283,10 @@ class Campaign:
         fleet = self.fleet
         ev: dict[str, Any] = {"n": f.n, "kind": f.kind, "planned_at_s": f.at_s, "hold_s": f.hold_s}
         hub: int | None = None
-        if f.kind in HUB_KINDS:
+        if f.kind in CLUSTER_KINDS or f.role == "all":
+            target = ALL_HUBS
+            ev["target"] = "all hubs"
+        elif f.kind in HUB_KINDS:
             hub, was_leader = self._resolve_hub(f)
             target = hub
             ev["target"] = fleet.cluster.node_id(hub)
@@ -263,9 +309,10 @@ class Campaign:
         ev["recovery_s"] = None if recovered is None else _round(recovered)
         if recovered is None:
             ev["stalled"] = stalled
-        if f.kind in NEEDS_READY and hub is not None:
+        if f.kind in NEEDS_READY and (hub is not None or target == ALL_HUBS):
             ev["needs_ready"] = True
-            ev["ready_s"] = fleet.wait_ready(hub)
+            waits = [fleet.wait_ready(i) for i in ([hub] if hub is not None else fleet.healthy())]
+            ev["ready_s"] = None if None in waits else max(w or 0.0 for w in waits)
         elif f.kind == "broker_kill" and hub is not None:
             ev["broker_restarted_s"] = fleet.wait_broker(hub, ev["broker_pid"], t_inject)
         self.say(
@@ -356,9 +403,17 @@ class Campaign:
         storage = check_storage(histories, stored)
         commands = check_commands(histories, ledger)
         worst, r_viol = check_recovery(self.events, self.limit)
-        violations = storage.violations + commands.violations + c_viol + r_viol + fleet.violations
+        votes = {
+            cluster.node_id(i): parse_votes(cluster.log_path(i).read_text(errors="replace"))
+            for i in range(cluster.n)
+        }
+        double_votes, v_viol = check_votes(votes)
+        violations = (
+            storage.violations + commands.violations + c_viol + r_viol + v_viol + fleet.violations
+        )
         alerts = log_alerts(cluster)
-        summary = self._summary(
+        summary = _summary(
+            self,
             storage,
             commands,
             histories,
@@ -368,6 +423,11 @@ class Campaign:
             converged=converged,
             max_recovery_s=worst,
         )
+        summary["votes_recorded"] = sum(len(v) for v in votes.values())
+        summary["double_votes"] = double_votes
+        summary["durable_journal"] = self.durable_journal
+        if self.lazy is not None:
+            summary["lazy_fs"] = _lazy_figures(self)
         history = {
             "summary": summary,
             "commands": self.commands,
@@ -382,53 +442,66 @@ class Campaign:
         )
         return summary
 
-    def _summary(
-        self,
-        storage: StorageResult,
-        commands: CommandsResult,
-        histories: list[DeviceHistory],
-        alerts: dict[str, dict[str, list[str]]],
-        violations: list[dict[str, Any]],
-        *,
-        commands_open_at_end: int,
-        converged: bool,
-        max_recovery_s: dict[str, float | None],
-    ) -> dict[str, Any]:
-        """The JSON summary (docs/chaos.md, "The JSON summary")."""
-        issued = sum(1 for c in self.commands if "command_id" in c)
-        return {
-            "seed": self.s.seed,
-            "duration_s": self.s.duration_s,
-            "hubs": self.s.hubs,
-            "devices": self.s.devices,
-            "faults_injected": {
-                k: sum(1 for e in self.events if e["kind"] == k and "skipped" not in e)
-                for k in KINDS
-            },
-            "readings_acked": storage.readings_acked,
-            "readings_lost": storage.readings_lost,
-            "duplicates_stored": storage.duplicates_stored,
-            "commands_issued": issued,
-            "commands_refused": len(self.commands) - issued,
-            "commands_executed": commands.executed,
-            "commands_executed_twice": commands.executed_twice,
-            "commands_by_state": commands.by_state,
-            "commands_open_at_end": commands_open_at_end,
-            "commands_executed_not_done": commands.executed_not_done,
-            "commands_stale_term": len(commands.stale_term),
-            "converged": converged,
-            "max_recovery_s": max_recovery_s,
-            "recovery_limit_s": self.limit,
-            "violations": violations,
-            "partition_method": self.partition_method,
-            "device_boots": sum(h.boots for h in histories),
-            "clock_jumps_applied": sum(len(h.jumps) for h in histories),
-            "hub_log_alerts": {
-                level: sum(len(a[level]) for a in alerts.values()) for level in ALERT_LEVELS
-            },
-            "schedule": self.s.to_json(),
-            "events": [_event_line(e) for e in self.events],
-        }
+
+def _summary(
+    self: Campaign,
+    storage: StorageResult,
+    commands: CommandsResult,
+    histories: list[DeviceHistory],
+    alerts: dict[str, dict[str, list[str]]],
+    violations: list[dict[str, Any]],
+    *,
+    commands_open_at_end: int,
+    converged: bool,
+    max_recovery_s: dict[str, float | None],
+) -> dict[str, Any]:
+    """The JSON summary (docs/chaos.md, "The JSON summary")."""
+    issued = sum(1 for c in self.commands if "command_id" in c)
+    return {
+        "seed": self.s.seed,
+        "duration_s": self.s.duration_s,
+        "hubs": self.s.hubs,
+        "devices": self.s.devices,
+        "faults_injected": {
+            k: sum(1 for e in self.events if e["kind"] == k and "skipped" not in e)
+            for k in self.s.kinds
+        },
+        "readings_acked": storage.readings_acked,
+        "readings_lost": storage.readings_lost,
+        "duplicates_stored": storage.duplicates_stored,
+        "commands_issued": issued,
+        "commands_refused": len(self.commands) - issued,
+        "commands_executed": commands.executed,
+        "commands_executed_twice": commands.executed_twice,
+        "commands_by_state": commands.by_state,
+        "commands_open_at_end": commands_open_at_end,
+        "commands_executed_not_done": commands.executed_not_done,
+        "commands_stale_term": len(commands.stale_term),
+        "converged": converged,
+        "max_recovery_s": max_recovery_s,
+        "recovery_limit_s": self.limit,
+        "violations": violations,
+        "partition_method": self.partition_method,
+        "device_boots": sum(h.boots for h in histories),
+        "clock_jumps_applied": sum(len(h.jumps) for h in histories),
+        "hub_log_alerts": {
+            level: sum(len(a[level]) for a in alerts.values()) for level in ALERT_LEVELS
+        },
+        "schedule": self.s.to_json(),
+        "events": [_event_line(e) for e in self.events],
+    }
+
+
+def _lazy_figures(self: Campaign) -> dict[str, int]:
+    """What the power cuts took back, summed (tools/lab/lazyfs.py)."""
+    assert self.lazy is not None
+    cuts = self.lazy.cuts
+    return {
+        "cuts": len(cuts),
+        "files_cut_back": sum(c["files"] for c in cuts),
+        "pages_restored": sum(c["pages"] for c in cuts),
+        "names_undone": sum(c["names"] for c in cuts),
+    }
 
 
 def _digest(h: DeviceHistory, final: dict[str, Any] | None) -> dict[str, Any]:
@@ -475,6 +548,11 @@ def _event_line(ev: dict[str, Any]) -> str:
     if ev.get("needs_ready"):
         ready = ev.get("ready_s")
         out += f", ready {ready:g} s after healing" if ready is not None else ", never ready"
+    if "undone" in ev:
+        u = ev["undone"]
+        out += f", cut back {u['files']} files, {u['pages']} pages, {u['names']} names"
+    if "enospc_answers" in ev:
+        out += f", {ev['enospc_answers']} ENOSPC answers"
     return out
 
 
@@ -490,12 +568,20 @@ def run(
     log: Callable[[str], None] | None = None,
     before_checks: Callable[[Campaign], None] | None = None,
     converge_limit_s: float = CONVERGE_LIMIT_S,
+    kinds: tuple[str, ...] = KINDS,
+    power_cuts: int = 0,
+    durable_journal: bool = True,
 ) -> dict[str, Any]:
     """Make the schedule, run the campaign in ``workdir`` (a new temporary
     directory if None), return the summary. The directory is removed unless
     ``keep`` is set or the campaign found a violation (then ``workdir`` is in
-    the summary)."""
-    schedule = make_schedule(seed, duration_s, hubs, devices)
+    the summary). ``kinds``: the fault kinds to draw (schedule.py);
+    ``power_cuts`` > 0: the power-cut run instead, that many cuts of every
+    hub at once and nothing else (``duration_s`` is then ignored)."""
+    if power_cuts > 0:
+        schedule = power_cut_schedule(seed, power_cuts, hubs, devices)
+    else:
+        schedule = make_schedule(seed, duration_s, hubs, devices, kinds)
     if log is not None:
         log(
             f"schedule for seed {seed}: {len(schedule.faults)} faults, "
@@ -507,7 +593,14 @@ def run(
     root = Path(tempfile.mkdtemp(prefix=f"aiot-chaos-{seed}-")) if workdir is None else workdir
     root.mkdir(parents=True, exist_ok=True)
     summary = Campaign(
-        schedule, root, use_netns, recovery_limit_s, log, before_checks, converge_limit_s
+        schedule,
+        root,
+        use_netns,
+        recovery_limit_s,
+        log,
+        before_checks,
+        converge_limit_s,
+        durable_journal,
     ).run()
     if keep or summary["violations"] or not own:
         summary["workdir"] = str(root)

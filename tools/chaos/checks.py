@@ -140,7 +140,7 @@ def check_storage(
         for node, per_device in sorted(stored.items()):
             readings = per_device.get(h.device_id, [])
             where = {"node": node, "device": h.device_id}
-            twice = _stored_twice(readings)
+            twice = _stored_twice(readings, h)
             if twice:
                 res.duplicates_stored += len(twice)
                 res.violations.append(
@@ -178,16 +178,21 @@ def check_storage(
     return res
 
 
-def _stored_twice(readings: list[Reading]) -> list[tuple[int, int]]:
+def _stored_twice(readings: list[Reading], h: DeviceHistory) -> list[tuple[int, int]]:
     """(first seq, later seq) for each reading whose content is stored again
-    under a later sequence number."""
+    under a later sequence number. Not when the device's flash holds that
+    same content under both numbers: then the device recorded two readings
+    alike (two samples its clock, stepped back by a resync, stamped with one
+    timestamp, of sensors whose values did not change), and the hub stored
+    each once."""
     seqs: dict[tuple[int, int, bytes], set[int]] = defaultdict(set)
     for r in readings:
         seqs[_content(r)].add(r.seq)
     out = []
-    for same in seqs.values():
+    for content, same in seqs.items():
         first, *later = sorted(same)
-        out += [(first, s) for s in later]
+        on_flash = {s for s in same if s in h.recorded and _content(h.recorded[s]) == content}
+        out += [(first, s) for s in later if not {first, s} <= on_flash]
     return sorted(out)
 
 

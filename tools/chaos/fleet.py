@@ -35,6 +35,7 @@ from tools.chaos.checks import READY_LIMIT_S, violation
 from tools.chaos.netns import Netns
 from tools.lab.cluster import LocalCluster
 from tools.lab.device import Device
+from tools.lab.lazyfs import LazyMount
 
 DEVICE_MAIN: Final = MPY_SCRIPTS / "chaos_device.py"
 # Devices: one sample (3 readings) every 100 ms, a record every 250 ms; acks
@@ -62,12 +63,50 @@ def _round(x: float) -> float:
 
 class ChaosCluster(LocalCluster):
     """A LocalCluster whose nodes run in their own network namespaces (when
-    ``netns`` is given), each bound to its namespace's address."""
+    ``netns`` is given), each bound to its namespace's address.
 
-    def __init__(self, root: Path, nodes: int, netns: Netns | None) -> None:
+    Given ``lazy`` (a mounted tools/lab/lazyfs.py), every node's data
+    directory is on that file system, which a power cut rolls back to what
+    was synced; the configs, the TLS files and the logs stay outside it (a
+    log is what an observer saw, not what the node's disk kept).
+    ``durable_journal=False`` turns the Raft journal's syncs off."""
+
+    def __init__(
+        self,
+        root: Path,
+        nodes: int,
+        netns: Netns | None,
+        lazy: LazyMount | None = None,
+        durable_journal: bool = True,
+    ) -> None:
         hosts = None if netns is None else [netns.ip(i) for i in range(nodes)]
         super().__init__(root, nodes, election_ms=ELECTION_MS, hosts=hosts)
         self.netns = netns
+        self.lazy = lazy
+        for i, path in enumerate(self.configs):
+            node = self.node_id(i)
+            text = path.read_text()
+            if lazy is not None:
+                text = text.replace(
+                    f'data_dir = "{node}"\n', f'data_dir = "{lazy.mountpoint / node}"\n'
+                )
+            if not durable_journal:
+                text = text.replace("[raft]\n", "[raft]\ndurable_journal = false\n", 1)
+            path.write_text(text)
+
+    def host(self, i: int) -> str:
+        """The address node i binds to."""
+        return "127.0.0.1" if self.netns is None else self.netns.ip(i)
+
+    def data_dir(self, i: int) -> Path:
+        if self.lazy is None:
+            return super().data_dir(i)
+        return self.lazy.mountpoint / self.node_id(i)
+
+    def log_path(self, i: int) -> Path:
+        if self.lazy is None:
+            return super().log_path(i)
+        return self.root / f"{self.node_id(i)}.log"
 
     def command(self, i: int) -> list[str]:
         # Through `ip netns exec`, which execs: the process keeps its pid, so
@@ -96,14 +135,17 @@ class Fleet:
         netns: Netns | None,
         say: Callable[[str], None],
         now: Callable[[], float],
+        lazy: LazyMount | None = None,
+        durable_journal: bool = True,
     ) -> None:
         """``say`` logs progress; ``now`` is the campaign's clock (seconds),
-        for the crash reports."""
+        for the crash reports; ``lazy``: the hubs' data on that lazy file
+        system (power_cut, disk_full); ``durable_journal``: the hubs' switch."""
         self.workdir = workdir
         self.netns = netns
         self.say = say
         self.now = now
-        self.cluster = ChaosCluster(workdir / "cluster", hubs, netns)
+        self.cluster = ChaosCluster(workdir / "cluster", hubs, netns, lazy, durable_journal)
         self.ids = device_ids
         self.devices: list[Device] = []
         self.api: list[HubClient] = []
@@ -294,6 +336,22 @@ class Fleet:
             if open_ids:
                 time.sleep(0.5)
         return len(open_ids)
+
+    def family(self, i: int) -> list[int]:
+        """Hub i's process and every process under it (its Mosquitto)."""
+        proc = self.cluster.procs[i]
+        if proc is None or proc.poll() is not None:
+            return []
+        parents: dict[int, int] = {}
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                with contextlib.suppress(OSError, ValueError, IndexError):
+                    stat = (entry / "stat").read_text()
+                    parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+        out = [proc.pid]
+        for pid in out:
+            out.extend(child for child, parent in parents.items() if parent == pid)
+        return out
 
     def check_processes(self) -> None:
         """A hub or device that exited on its own is a violation; it is restarted."""

@@ -21,6 +21,13 @@ and how it is undone.
     clock_jump         the device's clock moves (clock.jump in its data
                        directory, tools/mpy/chaos_device.py); nothing to undo:
                        the device resyncs from the next commit-ack
+    power_cut          SIGKILL of every hub and its Mosquitto at once, then
+                       every write no sync made durable dropped from the
+                       lazy file system their data is on (tools/lab/lazyfs.py);
+                       healed by starting every hub again
+    disk_full          the lazy file system answers ENOSPC to anything that
+                       grows a file or adds a name, under one hub's data
+                       directory or every hub's; healed by answering again
 
 What an injection did beyond its kind (the broker's pid, the command's delay,
 the jump) goes into the fault's event.
@@ -36,16 +43,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final, Protocol
 
-from tools.chaos.fleet import Fleet
+from tools.chaos.fleet import ChaosCluster, Fleet
 from tools.chaos.schedule import Fault
+from tools.chaos.votes import parse_votes
+from tools.lab.lazyfs import LazyMount
 
 Heal = Callable[[], None]
 
 # Kinds whose recovery is measured from the heal (the device's restart), not
 # from the injection: a device that is off samples nothing.
 MEASURED_FROM_HEAL: Final = frozenset({"device_power_cut"})
-# Kinds after which the hub must become ready again (check R).
-NEEDS_READY: Final = frozenset({"hub_kill", "hub_pause", "partition"})
+# Kinds after which the hub (every hub, for power_cut) must become ready again (check R).
+NEEDS_READY: Final = frozenset({"hub_kill", "hub_pause", "partition", "power_cut"})
+ALL_HUBS: Final = -1  # the target of a fault on every hub
+FIRST_BACK_S: Final = 10.0  # power_cut: the others start at the latest this long after the first
 
 
 class Skipped(Exception):
@@ -76,6 +87,8 @@ class Injector:
             "broker_kill": self._kill_broker,
             "device_power_cut": self._cut_power,
             "clock_jump": self._jump_clock,
+            "power_cut": self._cut_all_power,
+            "disk_full": self._fill_disk,
         }
 
     def inject(self, f: Fault, target: int, ev: dict[str, Any]) -> Heal | None:
@@ -124,6 +137,64 @@ class Injector:
         ev["broker_pid"] = pid
         os.kill(pid, signal.SIGKILL)
 
+    # -- the hubs' disks (a lazy file system)
+
+    def _lazy(self) -> LazyMount:
+        lazy = self.fleet.cluster.lazy
+        if lazy is None:
+            raise Skipped("the hubs' data is not on a lazy file system (tools/lab/lazyfs.py)")
+        return lazy
+
+    def _cut_all_power(self, f: Fault, _target: int, ev: dict[str, Any]) -> Heal:
+        fleet, lazy = self.fleet, self._lazy()
+        cluster = fleet.cluster
+        first = _first_back(cluster, fleet.leader(), f.pick)
+        ev["first_back"] = cluster.node_id(first)
+        pids = [pid for i in range(cluster.n) for pid in fleet.family(i)]
+        fleet.down_hubs.update(range(cluster.n))
+        for pid in pids:  # all at once, before waiting for any
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for i in range(cluster.n):
+            cluster.kill(i)  # reaps it
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(_exists(pid) for pid in pids):
+            time.sleep(0.02)
+        ev["undone"] = lazy.cut()
+
+        def heal() -> None:
+            # The power comes back to one follower of the cut first, the
+            # others once it is up (or FIRST_BACK_S passed). Its election
+            # timer has run out by the time a peer answers (pysyncobj stands
+            # for election only once connected to someone), so it is the
+            # first candidate: a node that forgot its term votes for itself
+            # in a term it has voted in already, and check V sees it.
+            up = _up_logged(cluster, first)
+            cluster.start_node(first)
+            deadline = time.monotonic() + FIRST_BACK_S
+            while time.monotonic() < deadline and cluster.alive(first):
+                if _up_logged(cluster, first) > up:
+                    break
+                time.sleep(0.05)
+            for i in range(cluster.n):
+                if i != first:
+                    cluster.start_node(i)
+            fleet.down_hubs.clear()
+
+        return heal
+
+    def _fill_disk(self, f: Fault, i: int, ev: dict[str, Any]) -> Heal:
+        lazy = self._lazy()
+        prefix = "" if i == ALL_HUBS else self.fleet.cluster.node_id(i)
+        before = int(lazy.ask("stats")["enospc"])
+        lazy.full(prefix)
+
+        def heal() -> None:
+            lazy.unfull()
+            ev["enospc_answers"] = int(lazy.ask("stats")["enospc"]) - before
+
+        return heal
+
     # -- devices
 
     def _cut_power(self, f: Fault, k: int, ev: dict[str, Any]) -> Heal:
@@ -149,6 +220,41 @@ class Injector:
         deadline = time.monotonic() + 5
         while (data / "clock.jump").exists() and time.monotonic() < deadline:
             time.sleep(0.05)
+
+
+def _first_back(cluster: ChaosCluster, leader: int | None, pick: int) -> int:
+    """Which hub gets power back first after a cut: a follower whose first
+    recorded vote went to another node, if there is one (the worst case: if
+    it forgot its term, it stands for election in a term it has already
+    voted in, and votes for itself), else a follower by ``pick``."""
+    followers = [i for i in range(cluster.n) if i != leader]
+    worst = []
+    for i in followers:
+        with contextlib.suppress(OSError):
+            votes = parse_votes(cluster.log_path(i).read_text(errors="replace"))
+            own = f"{cluster.host(i)}:{cluster.ports[i].raft}"
+            if votes and min(votes)[1] != own:
+                worst.append(i)
+    pool = worst or followers
+    return pool[pick % len(pool)]
+
+
+def _up_logged(cluster: ChaosCluster, i: int) -> int:
+    """How many times hub i's log says it is up (hub/daemon.py: "hub hub-1 up: raft ...")."""
+    try:
+        text = cluster.log_path(i).read_text(errors="replace")
+    except OSError:
+        return 0
+    return text.count(f"hub {cluster.node_id(i)} up: ")
+
+
+def _exists(pid: int) -> bool:
+    """Whether ``pid`` still runs (a zombie that init has not reaped yet does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def _taken(

@@ -15,10 +15,22 @@ tools/chaos/injectors.py):
     device_power_cut   SIGKILL of a device at a random instant; restarted after hold_s
     partition          one hub cut off the network for hold_s
     clock_jump         a device's clock moves by jump_ms
+
+Two more kinds need the hubs' data on a lazy file system (tools/lab/lazyfs.py)
+and are drawn only when asked for (``kinds``), so that the schedule of a seed
+without them stays what it was:
+
+    power_cut          every hub at once: SIGKILL and unsynced writes dropped;
+                       all restarted after hold_s
+    disk_full          ENOSPC on one hub's data (the leader or a follower) or
+                       on every hub's ("all") for hold_s
+
+``power_cut_schedule`` is the power-cut run: ``cuts`` power cuts, nothing else.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass
 from typing import Any, Final
@@ -31,7 +43,12 @@ KINDS: Final = (
     "partition",
     "clock_jump",
 )
-HUB_KINDS: Final = ("hub_kill", "hub_pause", "broker_kill", "partition")
+# Faults of the lazy file system (tools/lab/lazyfs.py), drawn only when asked for.
+LAZY_KINDS: Final = ("power_cut", "disk_full")
+ALL_KINDS: Final = KINDS + LAZY_KINDS
+HUB_KINDS: Final = ("hub_kill", "hub_pause", "broker_kill", "partition", "disk_full")
+# Kinds that hit every hub at once (their target is "all").
+CLUSTER_KINDS: Final = ("power_cut",)
 WARMUP_S: Final = 4.0
 TAIL_S: Final = 4.0  # no fault is planned to start in the last seconds
 # Seconds a fault is expected to take after its hold, for planning only.
@@ -42,6 +59,8 @@ _AFTER_HOLD_S: Final = {
     "device_power_cut": 3.0,
     "partition": 4.0,
     "clock_jump": 3.0,
+    "power_cut": 10.0,
+    "disk_full": 6.0,
 }
 
 
@@ -52,7 +71,7 @@ class Fault:
     n: int
     at_s: float  # planned start, seconds after the fleet came online
     kind: str
-    role: str | None  # hub faults: "leader" or "follower"
+    role: str | None  # hub faults: "leader" or "follower" ("all": disk_full on every hub)
     device: int  # device faults: the device's index; -1 otherwise
     pick: int  # which follower (by rank in node order); for a command: via which node
     hold_s: float  # hub down, paused or cut off; device off; 0 otherwise
@@ -100,6 +119,15 @@ class Schedule:
     devices: int
     faults: tuple[Fault, ...]
     commands: tuple[CommandPlan, ...]
+    kinds: tuple[str, ...] = KINDS
+    # Every fault is injected, however long the earlier ones took, and the
+    # campaign ends after the last one (the power-cut run); otherwise a fault
+    # not started before the end is left out.
+    until_done: bool = False
+
+    @property
+    def needs_lazy_fs(self) -> bool:
+        return any(k in LAZY_KINDS for k in self.kinds)
 
     def to_json(self) -> dict[str, Any]:
         """One line per fault and command (make_schedule(seed, ...) gives the
@@ -116,25 +144,38 @@ def _hold(rng: random.Random, kind: str) -> float:
         "hub_pause": (2.0, 4.0),  # the election timeout is at most 0.9 s
         "partition": (3.0, 6.0),
         "device_power_cut": (1.0, 3.0),
+        "power_cut": (1.0, 3.0),
+        "disk_full": (3.0, 8.0),
     }.get(kind, (0.0, 0.0))
     return round(rng.uniform(lo, hi), 1) if hi else 0.0
 
 
-def make_schedule(seed: int, duration_s: float, hubs: int = 3, devices: int = 10) -> Schedule:
+def make_schedule(
+    seed: int,
+    duration_s: float,
+    hubs: int = 3,
+    devices: int = 10,
+    kinds: tuple[str, ...] = KINDS,
+) -> Schedule:
     """Every fault and command of a campaign, from the seed alone.
 
     The first faults are every kind once, in a seeded order; then kinds are
     drawn at random. Hub faults name a role (and a rank among followers),
-    not a node: which node leads is only known when the fault starts."""
+    not a node: which node leads is only known when the fault starts.
+    ``kinds``: the kinds to draw from (KINDS, the default, keeps every
+    seed's schedule as it was; ALL_KINDS adds power_cut and disk_full)."""
+    unknown = sorted(set(kinds) - set(ALL_KINDS))
+    if unknown or not kinds:
+        raise ValueError(f"fault kinds: unknown {unknown}, expected some of {list(ALL_KINDS)}")
     rng = random.Random(seed)
     faults: list[Fault] = []
     t = WARMUP_S
-    cycle = list(KINDS)
+    cycle = list(kinds)
     rng.shuffle(cycle)
     while True:
-        kind = cycle.pop(0) if cycle else rng.choice(KINDS)
+        kind = cycle.pop(0) if cycle else rng.choice(kinds)
         hold = _hold(rng, kind)
-        role = rng.choice(("leader", "follower")) if kind in HUB_KINDS else None
+        role = _role(rng, kind)
         pick = rng.randrange(1 << 16)
         device = rng.randrange(devices) if kind not in HUB_KINDS else -1
         jump = 0
@@ -166,4 +207,24 @@ def make_schedule(seed: int, duration_s: float, hubs: int = 3, devices: int = 10
                 round(c_rng.uniform(3.0, 30.0), 1),
             )
         )
-    return Schedule(seed, duration_s, hubs, devices, tuple(faults), tuple(commands))
+    return Schedule(seed, duration_s, hubs, devices, tuple(faults), tuple(commands), kinds)
+
+
+def _role(rng: random.Random, kind: str) -> str | None:
+    if kind == "disk_full":
+        return rng.choice(("leader", "follower", "all"))
+    if kind in CLUSTER_KINDS:
+        return "all"
+    return rng.choice(("leader", "follower")) if kind in HUB_KINDS else None
+
+
+def power_cut_schedule(seed: int, cuts: int, hubs: int = 3, devices: int = 10) -> Schedule:
+    """``cuts`` power cuts of every hub at once, and commands throughout:
+    every cut is injected (``until_done``), each once the previous one has
+    recovered; ``duration_s`` is what the plan expects them to take."""
+    per_cut = 3.0 + _AFTER_HOLD_S["power_cut"] + 3.0
+    plan = make_schedule(seed, WARMUP_S + TAIL_S + cuts * per_cut, hubs, devices, ("power_cut",))
+    faults = plan.faults[:cuts]
+    if len(faults) < cuts:
+        raise ValueError(f"planned {len(faults)} power cuts, not {cuts}")
+    return dataclasses.replace(plan, faults=faults, until_done=True)

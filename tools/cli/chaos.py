@@ -2,6 +2,8 @@
 
     aiot chaos --duration 60 --seed 7              # progress, then a summary
     aiot chaos --duration 600 --seed 7 --json      # one JSON object on stdout
+    aiot chaos --duration 300 --faults all         # power_cut and disk_full too
+    aiot chaos --power-cuts 20 --json              # 20 cuts of every hub at once
 
 Exit status: 0 when every check held, 1 when the campaign found a violation,
 2 when it could not run (no Mosquitto, no MicroPython, a cluster that did not
@@ -21,7 +23,9 @@ import typer
 from hub.link.broker import INSTALL_HINT, find_mosquitto
 from tools.chaos import campaign as chaos_mod
 from tools.chaos.netns import netns_available
+from tools.chaos.schedule import ALL_KINDS, KINDS, LAZY_KINDS
 from tools.cli.output import fail, print_fields
+from tools.lab.lazyfs import mount_available
 
 _SUMMARY_KEYS = (
     "seed",
@@ -36,6 +40,8 @@ _SUMMARY_KEYS = (
     "commands_executed_twice",
     "commands_by_state",
     "converged",
+    "votes_recorded",
+    "double_votes",
     "max_recovery_s",
 )
 
@@ -63,6 +69,29 @@ def chaos(
     recovery_limit: Annotated[
         float, typer.Option(min=1.0, help="R: seconds within which ingest must resume.")
     ] = 30.0,
+    faults: Annotated[
+        str,
+        typer.Option(
+            help="Fault kinds to draw, comma-separated; 'all' adds power_cut and disk_full "
+            "(the hubs' data on a lazy FUSE file system)."
+        ),
+    ] = ",".join(KINDS),
+    power_cuts: Annotated[
+        int,
+        typer.Option(
+            "--power-cuts",
+            min=0,
+            help="Instead of a schedule: this many power cuts of every hub at once, "
+            "each once the last has recovered (--duration is ignored).",
+        ),
+    ] = 0,
+    durable_journal: Annotated[
+        bool,
+        typer.Option(
+            help="The hubs' [raft] durable_journal; --no-durable-journal opens the "
+            "power-loss window (a power cut should then show loss)."
+        ),
+    ] = True,
 ) -> None:
     """Inject faults into a local hub cluster and MicroPython devices; check
     that nothing acknowledged is lost or stored twice, no command runs twice,
@@ -71,6 +100,11 @@ def chaos(
         raise fail("--partition: expected auto, netns or sigstop")
     if find_mosquitto() is None:
         raise fail(f"mosquitto not found: {INSTALL_HINT}")
+    kinds = _kinds(faults)
+    if power_cuts or any(k in LAZY_KINDS for k in kinds):
+        missing = mount_available()
+        if missing is not None:
+            raise fail(f"power_cut and disk_full need a FUSE mount: {missing}")
     use_netns = None if partition == "auto" else partition == "netns"
     if use_netns and not netns_available():
         raise fail("--partition netns: cannot create network namespaces here")
@@ -96,6 +130,9 @@ def chaos(
             use_netns=use_netns,
             recovery_limit_s=recovery_limit,
             log=log,
+            kinds=kinds,
+            power_cuts=power_cuts,
+            durable_journal=durable_journal,
         )
     except KeyboardInterrupt:
         raise fail("chaos: interrupted; everything it started is stopped", 130) from None
@@ -106,6 +143,17 @@ def chaos(
     else:
         _print(summary)
     raise typer.Exit(1 if summary["violations"] else 0)
+
+
+def _kinds(text: str) -> tuple[str, ...]:
+    """--faults: 'all', or kinds separated by commas."""
+    if text.strip() == "all":
+        return ALL_KINDS
+    kinds = tuple(k.strip() for k in text.split(",") if k.strip())
+    unknown = [k for k in kinds if k not in ALL_KINDS]
+    if unknown or not kinds:
+        raise fail(f"--faults: unknown {unknown or 'empty'}; expected 'all' or some of {ALL_KINDS}")
+    return kinds
 
 
 def _print(s: dict[str, Any]) -> None:
