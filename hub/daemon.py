@@ -56,6 +56,7 @@ from hub.decide.registry import ModelRegistry
 from hub.http import api
 from hub.http.routes import stream, threads
 from hub.link.broker import BrokerError, BrokerLimits, BrokerUser, MosquittoSupervisor
+from hub.link.cloudlink import CloudLink, OutboxSource, keep_export_off
 from hub.link.consumer import Consumer, broker_endpoint
 from hub.link.delivery import Delivery
 from hub.link.events import EventBus
@@ -199,8 +200,21 @@ class Hub:
         # the broker: a drained node's broker starts without device logins).
         self.membership = Membership(self.node_id, raft, on_drain=self._drain)
         # The cloud (docs/cloud.md): models down while this node leads, the site's report up.
+        self.cloudlink = (
+            CloudLink(cfg.cloud, OutboxSource(raft, cfg.cloud.site), self._leads, self.node_id)
+            if cfg.cloud.on
+            else None
+        )
         self.clouddown = (
-            CloudDown(cfg.cloud, raft, self.models, self.node_id) if cfg.cloud.on else None
+            CloudDown(
+                cfg.cloud,
+                raft,
+                self.models,
+                self.node_id,
+                export_status=self.cloudlink.status if self.cloudlink is not None else lambda: None,
+            )
+            if cfg.cloud.on
+            else None
         )
         self.broker = self._broker()
         self._http = api.Server(api.make_app(self), cfg.http.bind, cfg.tls)
@@ -282,6 +296,10 @@ class Hub:
         spawn(asyncio.create_task(self.thread_keeper.run(), name="thread-retention"))
         if self.clouddown is not None:
             spawn(asyncio.create_task(self.clouddown.run(), name="cloud-down"))
+        if self.cloudlink is not None:
+            spawn(asyncio.create_task(self.cloudlink.run(), name="cloud-export"))
+        else:
+            spawn(asyncio.create_task(keep_export_off(self.raft), name="cloud-export-off"))
         if self.broker is not None:
             spawn(asyncio.create_task(self.broker.supervise(), name="broker"))
 
@@ -406,6 +424,9 @@ class Hub:
 
     # -- status ------------------------------------------------------------------------
 
+    def _leads(self) -> bool:
+        return self.raft.status().is_leader
+
     def status(self) -> dict[str, Any]:
         """This node's view, for the API and `aiot cluster status`."""
         raft = self.raft.status()
@@ -450,7 +471,9 @@ class Hub:
             "decisions": self.engine.status(),
             "store": self.keeper.status(),
             "models": self.models.status(),
-            "cloud": None if self.clouddown is None else self.clouddown.status(),
+            "cloud": None
+            if self.clouddown is None or self.cloudlink is None
+            else {"export": self.cloudlink.status(), "down": self.clouddown.status()},
         }
 
 

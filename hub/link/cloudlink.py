@@ -15,16 +15,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final
 
 import nats
 
+from hub.core.clock import wall_ms
 from hub.core.cloudcfg import CloudConfig
-from hub.link.export import Exporter, ExportRefused, ExportSource
+from hub.link.export import Exporter, ExportRefused, ExportSource, Outgoing, PendingEntry
+from hub.state import entries as e
+from hub.state import outbox
+from hub.state.raft import RaftError, RaftNode
+from protocol import cloud
 from protocol.cloud import stream_name
 
 log = logging.getLogger("aiot.cloud")
@@ -109,12 +115,17 @@ class CloudLink:
                 self._nc = await self._connect()
                 log.info("cloud link up", extra={"servers": list(self.cfg.servers)})
             js = self._nc.jetstream(domain=self.cfg.domain)
+            source = self.exporter.source
+            if isinstance(source, OutboxSource) and not source.switched_on():
+                await source.switch(True)  # from the next entry on, the outbox keeps
             done = await self.exporter.step(js)
         except ExportRefused as exc:
             return self._failed(f"export refused: {exc}")
         except (OSError, TimeoutError, nats.errors.Error) as exc:
             await self._close()
             return self._failed(f"cloud unreachable: {exc or type(exc).__name__}")
+        except RaftError as exc:  # the cursor could not be committed: lost the lead?
+            return self._failed(f"raft: {exc}")
         self._failures = 0
         self.last_error = None
         if done:
@@ -159,3 +170,58 @@ class CloudLink:
             "error": self.last_error,
             "lagging": lag_s > self.cfg.lag_alert_s,
         }
+
+
+class OutboxSource:
+    """The exporter's source on a hub: the replicated outbox and cursor
+    (hub/state/outbox.py), read from this node's store, moved through Raft."""
+
+    def __init__(self, raft: RaftNode, site: str) -> None:
+        self.raft = raft
+        self.site = site
+
+    def exported(self) -> int:
+        return self.raft.read(lambda s: s.export_cursor()) or 0
+
+    def switched_on(self) -> bool:
+        return self.raft.read(lambda s: s.export_cursor()) is not None
+
+    def pending(self, after: int, limit: int) -> Sequence[PendingEntry]:
+        records = self.raft.read(lambda s: s.outbox(after, limit))
+        out: list[PendingEntry] = []
+        for index, group in itertools.groupby(records, key=lambda x: x[0]):
+            messages: list[Outgoing] = []
+            newest = 0
+            for _, _, value in group:
+                kind, device_id, rows = outbox.decode(value)
+                if kind != outbox.READINGS or not rows:
+                    continue
+                subject = cloud.subject(self.site, "readings", device_id)
+                for payload in cloud.readings_payloads(self.site, index, device_id, rows):
+                    messages.append(Outgoing(subject, payload))
+                newest = max(newest, max(row[1] for row in rows))
+            if messages:
+                out.append(PendingEntry(index, tuple(messages), newest))
+        return out
+
+    async def commit(self, index: int) -> None:
+        await self.raft.propose(e.encode(e.Export(True, index, wall_ms())), timeout=10.0)
+
+    async def switch(self, on: bool) -> int:
+        """Turn the export on or off; the outbox records still to drop."""
+        (res,) = await self.raft.propose(e.encode(e.Export(on, 0, wall_ms())), timeout=10.0)
+        return res.removed
+
+
+async def keep_export_off(raft: RaftNode, every_s: float = 10.0) -> None:
+    """On a node without ``[cloud]``: while it leads and the export is on (a
+    table removed from the config), switch it off and drop the outbox."""
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            if raft.status().is_leader and raft.read(lambda s: s.export_cursor()) is not None:
+                log.info("no [cloud] table: switching the export off")
+                while await OutboxSource(raft, "x").switch(False) > 0:
+                    pass
+        except RaftError as exc:
+            log.warning("export switch-off failed", extra={"reason": str(exc)})

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from hub.state import entries as e
-from hub.state import invites, rollups, threads
+from hub.state import invites, outbox, rollups, threads
 from hub.state import records as r
 from hub.state.errors import Rejected
 from hub.state.records import LedgerRecord, PresenceRecord, StateChange
@@ -191,6 +191,7 @@ def _batch(t: _Part, b: e.Batch) -> ApplyResult:
     hours: dict[int, list[int]] = {}
     stored = 0
     rolled = rollups.Pending(txn, t.dbs, prefix, b.device_id)
+    export: list[outbox.Row] | None = [] if outbox.cursor(txn, t.dbs) is not None else None
     for i in range(0, len(packed), 8):
         sensor, offset = struct.unpack_from(">HH", packed, i)
         ts = base + offset
@@ -198,6 +199,8 @@ def _batch(t: _Part, b: e.Batch) -> ApplyResult:
         if txn.put(r.dev_key(prefix, seq), value, overwrite=False, db=readings):
             stored += 1
             rolled.reading(seq, ts, sensor, packed[i + 4 : i + 8])
+            if export is not None:
+                export.append((seq, ts, sensor, packed[i + 4 : i + 8]))
             h = hours.get(ts // r.HOUR_MS)
             if h is None:
                 hours[ts // r.HOUR_MS] = [seq, seq, 1]
@@ -208,6 +211,8 @@ def _batch(t: _Part, b: e.Batch) -> ApplyResult:
     for hour, (lo, hi, n) in hours.items():
         _merge_hour(t, r.dev_key(prefix, hour), lo, hi, n)
     rolled.flush()
+    if export:  # the cloud export is on: keep what this batch stored (hub/state/outbox.py)
+        t.put("outbox", outbox.key(t.index, t.part), outbox.readings_record(b.device_id, export))
     changed = _advance_watermark(t, b, prefix, stored > 0)
     return t.done(
         Outcome.APPLIED if stored or changed else Outcome.UNCHANGED,
@@ -611,6 +616,13 @@ def _talk(t: _Part, entry: e.TalkEntry) -> ApplyResult:
     return t.done(Outcome.APPLIED if changed else Outcome.UNCHANGED, **fields)
 
 
+def _export(t: _Part, ex: e.Export) -> ApplyResult:
+    # The cloud export's switch and cursor (hub/state/outbox.py); ``removed``:
+    # outbox records still to drop after a switch-off.
+    changed, left = outbox.apply_export(t.txn, t.dbs, t.index, ex)
+    return t.done(Outcome.APPLIED if changed else Outcome.UNCHANGED, removed=left)
+
+
 _HANDLERS: Final[dict[type[Any], Callable[[_Part, Any], ApplyResult]]] = {
     e.Batch: _batch,
     e.RegisterDevice: _register,
@@ -630,5 +642,6 @@ _HANDLERS: Final[dict[type[Any], Callable[[_Part, Any], ApplyResult]]] = {
     e.RemoveUser: _user_remove,
     e.RevokeTokens: _revoke_tokens,
     e.Prune: _prune,
+    e.Export: _export,
     **{cls: _talk for cls in e.TALK_ENTRIES},
 }

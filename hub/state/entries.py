@@ -26,6 +26,7 @@ NODE_DRAIN 20 (``DrainNode``: a hub node drained for maintenance, or back),
 PRUNE 21 (``Prune``: a retention step, raw readings and rollups older than cut-offs),
 INVITE 30, INVITE_ACCEPT 31, THREAD_POST 32, THREAD_MARK 33, THREAD_PRUNE 34
 (invitations and conversations: hub/state/invites.py, hub/state/threads.py),
+EXPORT 40 (``Export``: the cloud export's switch and cursor, hub/state/outbox.py),
 GROUP 16 (several of the others in one Raft entry; groups do not nest).
 MODEL_PUT activates a registered version (``PutModel``).
 
@@ -109,6 +110,8 @@ class EntryType(enum.IntEnum):
     THREAD_POST = 32
     THREAD_MARK = 33
     THREAD_PRUNE = 34
+    # 40: the cloud export's switch and cursor (``Export``; hub/state/outbox.py).
+    EXPORT = 40
     GROUP = 16
 
 
@@ -739,6 +742,18 @@ class PruneThreads:
     at_ms: int
 
 
+@dataclass(frozen=True, slots=True)
+class Export:
+    """The cloud export (EXPORT, hub/state/outbox.py). ``on``: start keeping
+    what commits in the outbox (when off), or move the export cursor to
+    ``cursor`` and drop the outbox up to it (the leader, after JetStream
+    acknowledged it). Not ``on``: stop, and drop the outbox."""
+
+    on: bool
+    cursor: int
+    at_ms: int
+
+
 TALK_ENTRIES: Final = (Invite, AcceptInvite, PostMessage, MarkThread, PruneThreads)
 TALK_TYPES: Final = frozenset(range(30, 35))
 TalkEntry = Invite | AcceptInvite | PostMessage | MarkThread | PruneThreads
@@ -848,6 +863,7 @@ Entry = (
     | PostMessage
     | MarkThread
     | PruneThreads
+    | Export
     | Group
 )
 
@@ -875,6 +891,7 @@ ENTRY_TYPES: Final[dict[type[object], EntryType]] = {
     PostMessage: EntryType.THREAD_POST,
     MarkThread: EntryType.THREAD_MARK,
     PruneThreads: EntryType.THREAD_PRUNE,
+    Export: EntryType.EXPORT,
     Group: EntryType.GROUP,
 }
 
@@ -1084,6 +1101,8 @@ def _payload(entry: Entry, p: Packer) -> None:
         for d in entry.devices:
             p.str8(d.device_id, "device_id").u64(d.raw_before_ms, "raw_before_ms")
             p.u64(d.rollup_before_ms, "rollup_before_ms")
+    elif isinstance(entry, Export):
+        p.u8(1 if entry.on else 0).u64(entry.cursor, "cursor").u64(entry.at_ms, "at_ms")
     elif isinstance(entry, TALK_ENTRIES):
         pack_talk(p, entry)
     else:
@@ -1263,6 +1282,11 @@ def _decode_payload(kind: EntryType, u: Unpacker) -> Entry:
         pr = Prune(devs, most, at_ms)
         _check_prune(pr)
         return pr
+    if kind is EntryType.EXPORT:
+        flag = u.u8()
+        if flag > 1:
+            raise EntryError("bad_value", f"export flag {flag}")
+        return Export(flag == 1, u.u64(), u.u64())
     if kind in TALK_TYPES:
         return unpack_talk(kind, u)
     parts = []

@@ -39,6 +39,7 @@ TABLES: Final = (
     "model_versions",
     "models",
     "nodes",
+    "outbox",
     "presence",
     "readings",
     "retention",

@@ -34,8 +34,8 @@ import lmdb
 
 from hub.core.fsutil import fsync_path
 from hub.state import entries as e
+from hub.state import outbox, rollups, space
 from hub.state import records as r
-from hub.state import rollups, space
 from hub.state.apply import ApplyResult, apply_entries
 from hub.state.errors import IncompatibleStore, StoreFull
 from hub.state.records import LedgerRecord, ModelRecord, NodeRecord, PresenceRecord
@@ -256,6 +256,20 @@ class Store(TelemetryReads, contextlib.AbstractContextManager["Store"]):
 
     def model(self, name: str) -> ModelRecord | None:
         return self._one("models", name, functools.partial(r.unpack_model, name))
+
+    def export_cursor(self) -> int | None:
+        """The cloud export's cursor; None while the export is off (hub/state/outbox.py)."""
+        with self._read() as txn:
+            return outbox.cursor(txn, self._dbs)
+
+    def outbox(self, after: int, limit: int) -> list[tuple[int, int, bytes]]:
+        """The outbox records of up to ``limit`` raft indexes after ``after``."""
+        with self._read() as txn:
+            return outbox.pending(txn, self._dbs, after, limit)
+
+    def outbox_size(self) -> int:
+        with self._read() as txn:
+            return int(txn.stat(self._dbs["outbox"])["entries"])
 
     def drained(self) -> set[str]:
         """The ids of the nodes drained for maintenance (the ``drains`` table)."""

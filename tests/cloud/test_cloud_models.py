@@ -34,7 +34,8 @@ def _key(folder: Path, name: str) -> tuple[Path, str]:
     return path, public
 
 
-def _extra(layout: CloudLayout, site: str, trusted: str) -> str:
+def _extra_cloud(layout: CloudLayout, site: str) -> str:
+    """The [cloud] table of a site's hubs on the local cloud ``layout``."""
     login = layout.creds(f"site-{site}")
     return (
         "[cloud]\n"
@@ -42,9 +43,11 @@ def _extra(layout: CloudLayout, site: str, trusted: str) -> str:
         f"servers = {json.dumps(layout.urls())}\n"
         f'login = "{login}"\n'
         f'ca = "{layout.ca}"\n'
-        "[models]\n"
-        f'trusted_keys = ["{trusted}"]\n'
     )
+
+
+def _extra(layout: CloudLayout, site: str, trusted: str) -> str:
+    return _extra_cloud(layout, site) + f'[models]\ntrusted_keys = ["{trusted}"]\n'
 
 
 def _until(what: Callable[[], Any], timeout: float = 90.0) -> Any:
