@@ -17,7 +17,9 @@ with ``Retry-After``.
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import contextlib
 import json
 import math
 import re
@@ -33,6 +35,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from hub.core.config import HttpConfig
 from hub.state import entries as e
 
+# Seconds spent reading an unwanted body before answering (BodyLimit).
+DRAIN_S: Final = 2.0
 MAX_KEYS: Final = 10_000  # buckets kept per limiter (the fullest are dropped first)
 # A model's manifest may be MAX_MODEL_MANIFEST bytes, and JSON escapes it.
 MODEL_BODY_MIN: Final = 4 * e.MAX_MODEL_MANIFEST
@@ -205,6 +209,10 @@ class BodyLimit:
     counted: the message that takes the body over the limit raises
     ``BodyTooLarge`` (an HTTPException: FastAPI answers it 413 before it
     parses anything), and any later ``receive`` says the client went away.
+    A body within the limit that the app did not read (a 405, a GET sent one)
+    is read to its end, for at most ``DRAIN_S``, before the answer starts:
+    closing a socket with unread bytes resets it, and the client can lose the
+    answer.
     """
 
     def __init__(self, app: ASGIApp, limits: Limits) -> None:
@@ -224,7 +232,7 @@ class BodyLimit:
         seen = 0
         tripped = False
         # A body the app did not read to its end (a GET that was sent one) is
-        # not drained either: the connection closes after the answer.
+        # drained before the answer, and the connection closes after it.
         unread = bool(length) or _chunked(scope)
 
         async def counted() -> Message:
@@ -242,10 +250,22 @@ class BodyLimit:
 
         async def answer(message: Message) -> None:
             if message["type"] == "http.response.start" and unread:
+                await drain()
                 headers = list(message.get("headers", ()))
                 if not any(name.lower() == b"connection" for name, _ in headers):
                     message["headers"] = [*headers, (b"connection", b"close")]
             await send(message)
+
+        async def drain() -> None:
+            # Read what is left of a body the app did not want (a 405 answer,
+            # a GET sent one) before answering: closing a socket with unread
+            # bytes resets it, and the client may lose the answer. Within the
+            # body limit and DRAIN_S only; past them the socket closes as it is.
+            with contextlib.suppress(BodyTooLarge, TimeoutError):
+                async with asyncio.timeout(DRAIN_S):
+                    while unread and not tripped:
+                        if (await counted())["type"] != "http.request":
+                            return
 
         await self.app(scope, counted, answer)
 
