@@ -35,6 +35,12 @@ LAZY_ALLOWED = (
     "micropython_run",  # the MicroPython wheel's in-process runner
     "hub.daemon",  # the web stack, only for `aiot hub run`
     "hub.link.embedded",  # amqtt, only in embedded-broker mode
+    "mfusepy",  # libfuse3, only in the lazy file system's process (tools/lab/lazyfs.py)
+    "torch",  # the finetune extra (aiot models finetune)
+    "transformers",
+    "peft",
+    "gguf",
+    "tools.ml.finetune",  # the finetune extra's code, only for that command
 )
 CODE = ("hub", "tools", "protocol")
 SKIP = ("tools/mpy", "protocol/generated")  # MicroPython scripts; generated code

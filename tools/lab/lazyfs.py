@@ -59,6 +59,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from tools.base.paths import ROOT
+
 PAGE: Final = 4096
 TRASH: Final = ".lazyfs-trash"
 # Flags the kernel has already acted on (truncation is sent as its own call,
@@ -473,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("mountpoint", type=Path)
     ap.add_argument("--control", type=Path, required=True, help="the control socket's path")
     args = ap.parse_args(argv)
-    import mfusepy
+    import mfusepy  # lazy: libfuse3 is loaded only in the file system's own process
 
     state = LazyState(args.backing.resolve())
     threading.Thread(
@@ -504,7 +506,7 @@ def mount_available() -> str | None:
     if not Path("/dev/fuse").exists():
         return "/dev/fuse is missing (a container without FUSE)"
     try:
-        import mfusepy  # noqa: F401
+        import mfusepy  # noqa: F401  # lazy: only to tell whether FUSE can work here
     except (ImportError, OSError) as exc:
         return f"mfusepy or libfuse3 is missing ({exc}): apt-get install fuse3; pip install mfusepy"
     if shutil.which("fusermount3") is None:
@@ -528,8 +530,6 @@ class LazyMount:
         self.backing.mkdir(parents=True, exist_ok=True)
         self.mountpoint.mkdir(parents=True, exist_ok=True)
         self.control.unlink(missing_ok=True)  # the last mount's: not an answer from this one
-        from tools.base.paths import ROOT
-
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [
