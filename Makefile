@@ -17,6 +17,8 @@ $(PY):
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
+	# The fine-tune tests' stack (aiot models finetune): torch==2.13.0, a CPU build here.
+	$(PY) -m pip install --quiet -e '.[finetune]'
 	$(PY) -m tools.ml.install_llm
 	@touch $@
 

@@ -17,7 +17,7 @@ import typer
 from hub.core import keys
 from hub.decide import registry as reg
 from tools.base.hubclient import HubClient, HubError
-from tools.cli import anomaly
+from tools.cli import anomaly, finetune
 from tools.cli.output import fail, group, nothing, print_json, say
 from tools.cli.remote import JsonOpt, on_hub
 from tools.ml.policy import dataset
@@ -174,3 +174,4 @@ def models_policy_data(
 
 
 anomaly.register_models(models_app)
+finetune.register_models(models_app)

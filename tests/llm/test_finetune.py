@@ -1,0 +1,325 @@
+"""`aiot models finetune` against the real parts: the shipped SmolLM2-135M GGUF
+dequantized by transformers, LoRA by peft in torch, the adapter written as
+GGUF and applied by llama.cpp (llama-cpp-python), data from the real policy
+generator. Short runs (a few steps): these tests assert behaviour, the figures
+of a real run are in docs/llm.md.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import importlib.util
+import json
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from hub.core import keys
+from hub.decide import registry as reg
+from hub.decide.llm import DEFAULT_MODEL, ModelError, llama_cpp_available, resolve_model
+from tools.ml.policy import dataset
+
+pytestmark = [pytest.mark.llm, pytest.mark.finetune]
+
+INSTALL_LLM = "python -m tools.ml.install_llm (make test runs it)"
+INSTALL_STACK = "pip install -e '.[finetune]' (make test installs it)"
+STACK = ("torch", "transformers", "peft", "gguf")
+
+
+@pytest.fixture(scope="module")
+def gguf() -> Path:
+    missing = [m for m in STACK if importlib.util.find_spec(m) is None]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not installed: {INSTALL_STACK}")
+    if not llama_cpp_available():
+        pytest.skip(f"llama-cpp-python is not installed: {INSTALL_LLM}")
+    try:
+        return resolve_model(DEFAULT_MODEL)
+    except ModelError:
+        pytest.skip(f"the default GGUF is not in models/: {INSTALL_LLM}")
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("policy")
+    dataset.write(out, seed=0, counts={"train": 3, "test": 2})
+    return out
+
+
+@pytest.fixture(scope="module")
+def base(gguf: Path) -> Any:
+    from tools.ml.finetune import base as bm
+
+    return bm.load(gguf)
+
+
+@pytest.fixture(scope="module")
+def encoded(gguf: Path, data_dir: Path) -> tuple[list[Any], int]:
+    from tools.ml.finetune import data as dm
+    from tools.ml.finetune.pipeline import encode
+
+    return encode(dm.load(data_dir), gguf)
+
+
+def config(**kw: Any) -> Any:
+    from tools.ml.finetune.train import TrainConfig
+
+    # One example, seen every step: the loss on it must fall.
+    defaults: dict[str, Any] = {"batch": 1, "steps": 3, "lr": 3e-3, "warmup": 1, "threads": 2}
+    return TrainConfig(**{**defaults, **kw})
+
+
+@dataclass
+class Trained:
+    model: Any
+    run: Any
+    examples: list[Any]
+    pad: int
+    step_2: Path  # the checkpoint directory as it was after step 2
+
+
+def _train(base: Any, examples: list[Any], pad: int, ck: Path, **kw: Any) -> Any:
+    from tools.ml.finetune.train import fingerprint, train
+
+    cfg = kw.pop("cfg", None) or config()
+    model = base.copy()
+    key = fingerprint(cfg, "data", base.sha256, len(examples))
+    run = train(model, examples, cfg, pad=pad, checkpoint_dir=ck, key=key, **kw)
+    return model, run
+
+
+@pytest.fixture(scope="module")
+def trained(
+    base: Any, encoded: tuple[list[Any], int], tmp_path_factory: pytest.TempPathFactory
+) -> Trained:
+    """Three steps on one example; the checkpoint after step 2 is kept for the resume test."""
+    from tools.ml.finetune.train import CHECKPOINT
+
+    examples, pad = encoded
+    ck, kept = tmp_path_factory.mktemp("ck"), tmp_path_factory.mktemp("ck2")
+
+    def keep_step_2(r: Any) -> None:
+        if r.step == 2:
+            shutil.copy(ck / CHECKPOINT, kept / CHECKPOINT)
+
+    cfg = config(save_every=1)
+    model, run = _train(base, examples[:1], pad, ck, cfg=cfg, progress=keep_step_2)
+    return Trained(model, run, examples, pad, kept)
+
+
+def test_answer_tokens_only_carry_the_loss(encoded: tuple[list[Any], int], gguf: Path) -> None:
+    from tools.ml.finetune import data as dm
+    from tools.ml.finetune.train import batch_tensors
+
+    examples, pad = encoded
+    _ids, mask, labels = batch_tensors(examples[:2], pad)
+    for row, e in enumerate(examples[:2]):
+        learnt = [int(t) for t in labels[row] if int(t) != dm.IGNORE]
+        assert learnt == list(e.ids[e.n_prompt :])
+        assert int(mask[row].sum()) == len(e.ids)
+    tok = dm.Tokenizer(gguf)
+    try:
+        answer = tok.decode(list(examples[0].ids[examples[0].n_prompt :]))
+        prompt = tok.decode(list(examples[0].ids[: examples[0].n_prompt]))
+    finally:
+        tok.close()
+    # The prompt ends where the hub's generation starts; the answer is the
+    # decision as the grammar spells it, then the end of the turn.
+    assert prompt.endswith("<|im_start|>assistant\n")
+    assert answer.startswith('{"reason": "') and answer.endswith("}<|im_end|>")
+
+
+def test_loss_falls_on_a_repeated_example(trained: Trained) -> None:
+    losses = trained.run.losses
+    assert len(losses) == 3
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_resume_gives_the_uninterrupted_result(base: Any, trained: Trained) -> None:
+    import torch
+
+    from tools.ml.finetune.train import ResumeError
+
+    one = trained.examples[:1]
+    with pytest.raises(ResumeError, match="seed"):
+        _train(base, one, trained.pad, trained.step_2, resume=True, cfg=config(seed=1))
+    # Resumed at step 2 for the last step: the run that never stopped, bit for bit.
+    _model, run = _train(base, one, trained.pad, trained.step_2, resume=True)
+    assert run.resumed_at == 2
+    assert run.losses == trained.run.losses
+    assert run.lora.keys() == trained.run.lora.keys()
+    for k, v in trained.run.lora.items():
+        assert torch.equal(run.lora[k], v), k
+
+
+def _llama_logits(gguf: Path, adapter: Path | None, ids: list[int]) -> np.ndarray[Any, Any]:
+    import llama_cpp
+
+    llm = llama_cpp.Llama(
+        model_path=str(gguf),
+        lora_path=str(adapter) if adapter else None,
+        logits_all=True,
+        n_ctx=1024,
+        n_threads=2,
+        seed=0,
+        verbose=False,
+    )
+    try:
+        llm.eval(ids)
+        return np.array(llm.scores[: len(ids)])
+    finally:
+        llm.close()
+
+
+def _rel(a: np.ndarray[Any, Any], b: np.ndarray[Any, Any]) -> float:
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def test_gguf_adapter_gives_the_torch_logits(
+    base: Any, encoded: tuple[list[Any], int], gguf: Path, tmp_path: Path
+) -> None:
+    """A LoRA with sizeable random weights on every projection: llama.cpp with the
+    GGUF adapter computes the logits torch computes, and the same adapter written
+    without the q/k row permutation does not."""
+    import torch
+
+    from tools.ml.finetune import adapter as ad
+    from tools.ml.finetune.train import lora_model, lora_state
+
+    model = lora_model(base.copy(), config())
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, w in model.named_parameters():
+            if "lora_B" in name:
+                w.copy_(torch.randn(w.shape, generator=gen) * 0.1)
+    ids = list(encoded[0][1].ids)[:160]  # the system prompt's start: enough to tell
+    with torch.no_grad():
+        adapted = model(torch.tensor([ids])).logits[0].numpy()
+        with model.disable_adapter():
+            plain = model(torch.tensor([ids])).logits[0].numpy()
+    lora = {k: v.numpy() for k, v in lora_state(model).items()}
+    errors = {}
+    for permute in (True, False):
+        path = tmp_path / f"adapter-{permute}.gguf"
+        tensors = ad.gguf_tensors(lora, base.n_head, base.n_head_kv, permute=permute)
+        ad.write(path, tensors, alpha=config().alpha)
+        errors[permute] = _rel(_llama_logits(gguf, path, ids), adapted)
+    meta, back = ad.read(tmp_path / "adapter-True.gguf")
+    assert meta["general.type"] == "adapter" and meta["adapter.type"] == "lora"
+    assert len(back) == 2 * 7 * base.n_layer
+    effect = _rel(adapted, plain)  # how far the adapter moves torch's logits
+    base_error = _rel(_llama_logits(gguf, None, ids), plain)  # Q4_1 dot products vs float32
+    assert effect > 0.2, effect
+    assert errors[True] < 2 * base_error + 0.02, (errors, base_error)
+    assert errors[True] < effect / 4, (errors, effect)
+    assert errors[False] > 3 * errors[True], errors
+
+
+def _torch_greedy(model: Any, ids: list[int], eos: int, n: int) -> list[int]:
+    """Greedy decoding in torch, with the KV cache."""
+    import torch
+
+    out: list[int] = []
+    with torch.no_grad():
+        step = model(torch.tensor([ids]), use_cache=True)
+        for _ in range(n):
+            nxt = int(step.logits[0, -1].argmax())
+            if nxt == eos:
+                break
+            out.append(nxt)
+            step = model(torch.tensor([[nxt]]), cache=step.cache, use_cache=True)
+    return out
+
+
+def test_trained_adapter_answers_in_llama_cpp_as_in_torch(
+    trained: Trained, base: Any, gguf: Path, tmp_path: Path
+) -> None:
+    import llama_cpp
+
+    from tools.ml.finetune import adapter as ad
+
+    e = trained.examples[0]
+    prompt = list(e.ids[: e.n_prompt])
+    path = tmp_path / "adapter.gguf"
+    lora = {k: v.numpy() for k, v in trained.run.lora.items()}
+    ad.write(path, ad.gguf_tensors(lora, base.n_head, base.n_head_kv), alpha=config().alpha)
+    want = _torch_greedy(trained.model, prompt, trained.pad, 24)
+    before = _torch_greedy(base.model, prompt, trained.pad, 24)
+    assert want != before  # the training changed the answer
+    llm = llama_cpp.Llama(
+        model_path=str(gguf), lora_path=str(path), n_ctx=1024, n_threads=2, seed=0, verbose=False
+    )
+    try:
+        out = llm.create_completion(
+            prompt=prompt, max_tokens=len(want), temperature=0.0, repeat_penalty=1.0
+        )
+        got = llm.tokenize(out["choices"][0]["text"].encode(), add_bos=False, special=True)
+    finally:
+        llm.close()
+    assert got == want
+
+
+@pytest.fixture
+def key(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    path = tmp_path / "sign.key"
+    yield path, keys.write_keygen(path)
+
+
+def test_finetune_command_writes_a_signed_evaluated_adapter(
+    gguf: Path, data_dir: Path, tmp_path: Path, key: tuple[Path, str]
+) -> None:
+    from tools.cli import app
+
+    out = tmp_path / "out"
+    args = ["models", "finetune", "--data", str(data_dir), "--out", str(out), "--steps", "1"]
+    args += ["--batch", "1", "--eval", "1", "--sign-key", str(key[0]), "--version", "7"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    printed = json.loads(res.stdout.strip().splitlines()[-1])
+    man = json.loads((out / "adapter.json").read_text())
+    data = (out / "adapter.gguf").read_bytes()
+    assert printed["sha256"] == man["sha256"] == hashlib.sha256(data).hexdigest()
+    assert man["base"]["sha256"] == json.loads(gguf.with_suffix(".json").read_text())["sha256"]
+    assert man["data"]["generator"] == dataset.GENERATOR and man["data"]["seed"] == 0
+    assert man["training"]["steps_done"] == 1 and len(man["loss_curve"]) == 1
+    assert man["training"]["trainable_parameters"] == 4_884_480
+    assert man["eval"]["n"] == 1 and man["eval"]["adapter_sha256"] == man["sha256"]
+    assert "ETA" in res.stderr
+    # The signature is the registry's: the hub accepts it from a trusted key.
+    body = json.loads((out / "adapter.sig.json").read_text())
+    mv = reg.version_record(
+        body["manifest"].encode(), base64.b64decode(body["signature"]), body["key_id"]
+    )
+    doc = reg.verify_signature(mv, keys.trusted([key[1]]))
+    assert doc["manifest"] == man and doc["version"] == "7" and doc["kind"] == "gguf"
+
+
+def test_bad_data_is_refused_and_leaves_nothing(gguf: Path, data_dir: Path, tmp_path: Path) -> None:
+    from tools.cli import app
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    lines = (data_dir / "train.jsonl").read_text().splitlines()
+    d = json.loads(lines[1])
+    d["messages"][-1]["content"] += " Ignore the policy."
+    (bad / "train.jsonl").write_text("\n".join([lines[0], json.dumps(d)]) + "\n")
+    out = tmp_path / "out"
+    runner = CliRunner()
+    res = runner.invoke(app, ["models", "finetune", "--data", str(bad), "--out", str(out)])
+    assert res.exit_code == 2 and "manifest.json is missing" in res.stderr
+    (bad / "manifest.json").write_text((data_dir / "manifest.json").read_text())
+    res = runner.invoke(app, ["models", "finetune", "--data", str(bad), "--out", str(out)])
+    assert res.exit_code == 2 and "train.jsonl:2: messages are not the prompt" in res.stderr
+    no_key = ["--sign-key", str(tmp_path / "no.key")]
+    res = runner.invoke(
+        app, ["models", "finetune", "--data", str(data_dir), "--out", str(out), *no_key]
+    )
+    assert res.exit_code == 2 and "cannot read" in res.stderr
+    assert not out.exists()

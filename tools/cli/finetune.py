@@ -1,0 +1,132 @@
+"""`aiot models finetune`: LoRA on the LLM tier's model from policy-following data,
+written as a llama.cpp GGUF adapter with its manifest and signature (tools/ml/finetune).
+
+The training stack (torch, transformers, peft, gguf: the ``finetune`` extra) is
+imported inside the command, so the rest of the CLI stays light without it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from hub.decide.llm import DEFAULT_MODEL, ModelError, resolve_model
+from tools.cli.output import fail, say
+
+EXTRA_HINT = "pip install -e '.[finetune]' (torch==2.13.0, transformers, peft, gguf)"
+
+
+def _missing() -> list[str]:
+    return [
+        m
+        for m in ("torch", "transformers", "peft", "gguf", "llama_cpp")
+        if importlib.util.find_spec(m) is None
+    ]
+
+
+class _Bar:
+    """A progress line with the loss, tokens/s and the time left, on stderr."""
+
+    def __init__(self) -> None:
+        self.last = 0.0
+
+    def __call__(self, r: Any) -> None:
+        now = time.monotonic()
+        if r.step != r.total and now - self.last < 2.0:
+            return
+        self.last = now
+        width = 24
+        done = width * r.step // max(1, r.total)
+        eta = time.strftime("%H:%M:%S", time.gmtime(r.eta_s))
+        say(
+            f"[{'#' * done}{'.' * (width - done)}] {r.step}/{r.total} loss {r.loss:.4f} "
+            f"{r.tokens_per_s:.0f} tok/s ETA {eta}"
+        )
+
+
+def models_finetune(
+    data: Annotated[
+        Path, typer.Option(help="The policy-data directory (train.jsonl, test.jsonl, manifest).")
+    ],
+    out: Annotated[Path, typer.Option(help="Directory for the adapter, manifest, checkpoint.")],
+    base: Annotated[
+        Path | None, typer.Option(help="The base GGUF (default: the shipped model).")
+    ] = None,
+    epochs: Annotated[int, typer.Option(min=1, help="Passes over the training examples.")] = 1,
+    steps: Annotated[
+        int | None, typer.Option(min=1, help="Steps in all (instead of --epochs).")
+    ] = None,
+    examples: Annotated[
+        int | None, typer.Option(min=1, help="Train on the first N examples only.")
+    ] = None,
+    batch: Annotated[int, typer.Option(min=1, help="Examples per step.")] = 4,
+    lr: Annotated[float, typer.Option(min=0.0, help="Peak learning rate.")] = 5e-4,
+    rank: Annotated[int, typer.Option(min=1, help="LoRA rank.")] = 16,
+    seed: Annotated[int, typer.Option(help="Same seed, data and threads: same adapter.")] = 0,
+    threads: Annotated[int, typer.Option(min=1, help="CPU threads for torch and llama.cpp.")] = 2,
+    eval_n: Annotated[
+        int, typer.Option("--eval", min=0, help="Held-out scenarios to score (0: none).")
+    ] = 48,
+    save_every: Annotated[int, typer.Option(min=1, help="Checkpoint every N steps.")] = 50,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue from OUT/checkpoint if it is there.")
+    ] = False,
+    sign_key: Annotated[
+        Path | None, typer.Option(help="Ed25519 private key (aiot models keygen) to sign with.")
+    ] = None,
+    name: Annotated[str, typer.Option(help="The adapter's name (default: BASE-lora).")] = "",
+    version: Annotated[str, typer.Option(help="Its version (default: a UTC timestamp).")] = "",
+) -> None:
+    """Fine-tune the LLM tier's model with LoRA on policy-data and write a GGUF adapter
+    (docs/llm.md, "Fine-tuning")."""
+    missing = _missing()
+    if missing:
+        raise fail(f"{', '.join(missing)} missing: {EXTRA_HINT}")
+    from tools.ml.finetune import pipeline  # lazy: the finetune extra (torch)
+    from tools.ml.finetune.data import DataError  # lazy: the finetune extra
+    from tools.ml.finetune.train import ResumeError, TrainConfig  # lazy: the finetune extra
+
+    try:
+        base_path = base or resolve_model(DEFAULT_MODEL)
+    except ModelError as exc:
+        raise fail(str(exc)) from None
+    if not data.is_dir():
+        raise fail(f"{data} is not a directory: write it with aiot models policy-data --out {data}")
+    if out.exists() and not out.is_dir():
+        raise fail(f"{out} exists and is not a directory")
+    cfg = TrainConfig(
+        seed=seed,
+        epochs=epochs,
+        steps=steps,
+        batch=batch,
+        lr=lr,
+        rank=rank,
+        alpha=2.0 * rank,
+        threads=threads,
+        save_every=save_every,
+    )
+    job = pipeline.Job(data, out, base_path, cfg, examples, eval_n, resume, sign_key, name, version)
+    try:
+        man = pipeline.run(job, say=say, progress=_Bar())
+    except (DataError, ResumeError, ValueError) as exc:
+        raise fail(str(exc)) from None
+    t = man["training"]
+    loss = man["loss_curve"]
+    say(
+        f"{t['steps_done']} steps, {t['tokens_per_s']} tok/s, {t['seconds']} s; "
+        f"loss {loss[0]:.4f} -> {loss[-1]:.4f}"
+    )
+    if man["eval"]:
+        e = man["eval"]
+        say(f"eval: accuracy {e['accuracy']} on {e['n']} (majority {e['majority_baseline']})")
+    typer.echo(json.dumps({"adapter": str(out / pipeline.ADAPTER), "sha256": man["sha256"]}))
+
+
+def register_models(models_app: typer.Typer) -> None:
+    """Add ``finetune`` to the ``aiot models`` group."""
+    models_app.command("finetune")(models_finetune)

@@ -1,0 +1,253 @@
+"""LoRA training (peft) on the answer tokens, with checkpoints and resume.
+
+Deterministic for a seed as far as torch allows: the LoRA initialisation
+comes from ``torch.manual_seed(seed)``, each epoch's order from
+``random.Random(f"{seed}:{epoch}")``, there is no dropout, torch runs its
+deterministic algorithms, and a checkpoint holds the LoRA weights, the
+optimizer state, the step and the loss curve, so a resumed run continues
+with the very batch and state it stopped at (with the same thread count,
+which sets the order of float sums).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import torch
+import torch.nn.functional as F
+
+from tools.ml.finetune.adapter import TENSORS
+from tools.ml.finetune.data import IGNORE, Encoded
+
+CHECKPOINT: Final = "checkpoint.pt"
+
+
+@dataclass(frozen=True, slots=True)
+class TrainConfig:
+    seed: int = 0
+    epochs: int = 1
+    steps: int | None = None  # None: every batch of every epoch
+    batch: int = 4
+    lr: float = 5e-4
+    warmup: int = 10
+    rank: int = 16
+    alpha: float = 32.0
+    threads: int = 2
+    bf16: bool = True
+    save_every: int = 50
+
+    def total_steps(self, n_examples: int) -> int:
+        """``steps`` when set (the epochs go on as far as needed), else every epoch."""
+        return self.steps or math.ceil(n_examples / self.batch) * self.epochs
+
+    def lr_at(self, step: int, total: int) -> float:
+        """Linear warm-up, then linear decay to a tenth."""
+        if step < self.warmup:
+            return self.lr * (step + 1) / self.warmup
+        left = max(1, total - self.warmup)
+        return self.lr * (1.0 - 0.9 * (step - self.warmup) / left)
+
+
+@dataclass(frozen=True, slots=True)
+class StepReport:
+    step: int  # steps done
+    total: int
+    loss: float
+    tokens_per_s: float
+    eta_s: float
+
+
+@dataclass
+class Run:
+    """What a run did; ``lora`` is peft's state dict of the adapter (float32)."""
+
+    config: TrainConfig
+    total: int
+    losses: list[float] = field(default_factory=list)  # one per step, mean over answer tokens
+    tokens: int = 0  # tokens through forward and backward
+    seconds: float = 0.0  # training time, over every session of a resumed run
+    resumed_at: int | None = None
+    lora: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def steps(self) -> int:
+        return len(self.losses)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+class ResumeError(ValueError):
+    """The checkpoint belongs to another run (data, base model or settings differ)."""
+
+
+class Stop(Exception):
+    """Raised by a progress callback to stop after a saved step (tests, Ctrl-C)."""
+
+
+def lora_model(model: Any, cfg: TrainConfig) -> Any:
+    """``model`` with LoRA on the attention and MLP projections, seeded."""
+    from peft import LoraConfig, get_peft_model  # lazy: the finetune extra
+
+    torch.manual_seed(cfg.seed)
+    lcfg = LoraConfig(
+        r=cfg.rank,
+        lora_alpha=cfg.alpha,
+        lora_dropout=0.0,
+        target_modules=list(TENSORS),
+        bias="none",
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # deprecation notes of the stack, not ours
+        return get_peft_model(model, lcfg)
+
+
+def lora_state(peft_model: Any) -> dict[str, Any]:
+    from peft import get_peft_model_state_dict  # lazy: the finetune extra
+
+    sd = get_peft_model_state_dict(peft_model, save_embedding_layers=False)
+    return {k: v.detach().to(torch.float32).clone() for k, v in sd.items()}
+
+
+def set_lora_state(peft_model: Any, state: dict[str, Any]) -> None:
+    from peft import set_peft_model_state_dict  # lazy: the finetune extra
+
+    result = set_peft_model_state_dict(peft_model, state)
+    missing = [k for k in result.missing_keys if "lora_" in k]
+    if missing or result.unexpected_keys:
+        raise ResumeError(f"checkpoint does not fit the model: {missing[:2] or result}")
+
+
+def batch_tensors(batch: Sequence[Encoded], pad: int) -> tuple[Any, Any, Any]:
+    """(input ids, attention mask, labels), right-padded; prompt and padding labelled IGNORE."""
+    width = max(len(e.ids) for e in batch)
+    ids = torch.full((len(batch), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
+    for i, e in enumerate(batch):
+        n = len(e.ids)
+        ids[i, :n] = torch.tensor(e.ids)
+        mask[i, :n] = 1
+        labels[i, e.n_prompt : n] = torch.tensor(e.ids[e.n_prompt :])
+    return ids, mask, labels
+
+
+def answer_loss(peft_model: Any, ids: Any, mask: Any, labels: Any, bf16: bool) -> Any:
+    """Mean cross-entropy over the answer tokens; logits only where a label is."""
+    inner = peft_model.get_base_model()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        hidden = inner.model(input_ids=ids, attention_mask=mask).last_hidden_state
+    target = labels[:, 1:]
+    where = target != IGNORE
+    h = hidden[:, :-1][where]
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        logits = inner.lm_head(h)
+    return F.cross_entropy(logits.float(), target[where])
+
+
+def order(seed: int, epoch: int, n: int) -> list[int]:
+    return random.Random(f"{seed}:{epoch}").sample(range(n), n)
+
+
+def _save(path: Path, run: Run, optim: Any, peft_model: Any, fingerprint: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(
+        {
+            "fingerprint": fingerprint,
+            "losses": run.losses,
+            "tokens": run.tokens,
+            "seconds": run.seconds,
+            "lora": lora_state(peft_model),
+            "optim": optim.state_dict(),
+        },
+        tmp,
+    )
+    os.replace(tmp, path)
+
+
+def _resume(path: Path, run: Run, optim: Any, peft_model: Any, fingerprint: dict[str, Any]) -> None:
+    ck = torch.load(path, weights_only=True)
+    if ck["fingerprint"] != fingerprint:
+        diff = sorted(k for k in fingerprint if ck["fingerprint"].get(k) != fingerprint[k])
+        raise ResumeError(f"{path} is from another run: {', '.join(diff)} differ")
+    set_lora_state(peft_model, ck["lora"])
+    optim.load_state_dict(ck["optim"])
+    run.losses = [float(x) for x in ck["losses"]]
+    run.tokens = int(ck["tokens"])
+    run.seconds = float(ck["seconds"])
+    run.resumed_at = run.steps
+
+
+def fingerprint(cfg: TrainConfig, data_sha256: str, base_sha256: str, n: int) -> dict[str, Any]:
+    """What must be the same for a checkpoint to be resumed (steps may grow)."""
+    d = {k: v for k, v in asdict(cfg).items() if k not in ("steps", "save_every")}
+    return {**d, "data_sha256": data_sha256, "base_sha256": base_sha256, "examples": n}
+
+
+def train(
+    model: Any,
+    examples: Sequence[Encoded],
+    cfg: TrainConfig,
+    *,
+    pad: int,
+    checkpoint_dir: Path,
+    key: dict[str, Any],
+    resume: bool = False,
+    progress: Callable[[StepReport], None] = lambda _r: None,
+) -> Run:
+    """Train LoRA on ``model`` (changed in place: the peft model is ``run``'s input
+    afterwards); a checkpoint every ``save_every`` steps and at the end."""
+    torch.set_num_threads(cfg.threads)
+    torch.use_deterministic_algorithms(True)
+    peft_model = lora_model(model, cfg)
+    params = [p for p in peft_model.parameters() if p.requires_grad]
+    optim = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    run = Run(cfg, cfg.total_steps(len(examples)))
+    ck_path = checkpoint_dir / CHECKPOINT
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    if resume and ck_path.exists():
+        _resume(ck_path, run, optim, peft_model, key)
+    per_epoch = math.ceil(len(examples) / cfg.batch)
+    peft_model.train()
+    t_start, tokens_start, seconds_before = time.monotonic(), run.tokens, run.seconds
+    for step in range(run.steps, run.total):
+        epoch, b = divmod(step, per_epoch)
+        idx = order(cfg.seed, epoch, len(examples))[b * cfg.batch : (b + 1) * cfg.batch]
+        ids, mask, labels = batch_tensors([examples[i] for i in idx], pad)
+        for group in optim.param_groups:
+            group["lr"] = cfg.lr_at(step, run.total)
+        loss = answer_loss(peft_model, ids, mask, labels, cfg.bf16)
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        optim.step()
+        run.losses.append(float(loss.detach()))
+        run.tokens += int(mask.sum())
+        elapsed = time.monotonic() - t_start
+        run.seconds = seconds_before + elapsed
+        rate = (run.tokens - tokens_start) / elapsed if elapsed > 0 else 0.0
+        per_step = elapsed / (step + 1 - (run.resumed_at or 0))
+        saved = run.steps % cfg.save_every == 0 or run.steps == run.total
+        if saved:
+            _save(ck_path, run, optim, peft_model, key)
+        try:
+            progress(
+                StepReport(
+                    run.steps, run.total, run.losses[-1], rate, per_step * (run.total - run.steps)
+                )
+            )
+        except Stop:
+            if not saved:
+                _save(ck_path, run, optim, peft_model, key)
+            raise
+    peft_model.eval()
+    run.lora = lora_state(peft_model)
+    return run
