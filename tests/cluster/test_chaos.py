@@ -195,6 +195,17 @@ def test_a_schedule_starts_with_every_kind_and_keeps_to_the_campaign(seed: int) 
     assert all(3.0 <= c.deadline_s <= 30.0 for c in s.commands)
 
 
+@pytest.mark.unit
+def test_node_drain_is_drawn_only_when_asked_for_and_targets_a_hub() -> None:
+    assert all(
+        f.kind != "node_drain" for seed in range(20) for f in make_schedule(seed, 600).faults
+    )
+    s = make_schedule(5, 300, hubs=3, devices=4, kinds=("node_drain", "hub_kill"))
+    drains = [f for f in s.faults if f.kind == "node_drain"]
+    assert drains and all(f.role in ("leader", "follower") and f.device == -1 for f in drains)
+    assert all(4.0 <= f.hold_s <= 10.0 for f in drains)
+
+
 # -- the checks, each made to fail ---------------------------------------------------------
 
 

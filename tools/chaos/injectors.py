@@ -43,6 +43,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final, Protocol
 
+from tools.base.errors import ToolError
 from tools.chaos.fleet import ChaosCluster, Fleet
 from tools.chaos.schedule import Fault
 from tools.chaos.votes import parse_votes
@@ -89,6 +90,7 @@ class Injector:
             "clock_jump": self._jump_clock,
             "power_cut": self._cut_all_power,
             "disk_full": self._fill_disk,
+            "node_drain": self._drain_hub,
         }
 
     def inject(self, f: Fault, target: int, ev: dict[str, Any]) -> Heal | None:
@@ -136,6 +138,30 @@ class Injector:
             raise Skipped(f"{ev['target']} did not say its broker's pid")
         ev["broker_pid"] = pid
         os.kill(pid, signal.SIGKILL)
+
+    def _drain_hub(self, f: Fault, i: int, ev: dict[str, Any]) -> Heal:
+        # Drained through another hub's API; back (undrained) after the hold.
+        fleet = self.fleet
+        cluster = fleet.cluster
+        node = cluster.node_id(i)
+        via = [
+            j for j in range(cluster.n) if j != i and j not in fleet.down_hubs | fleet.frozen_hubs
+        ]
+        if not via:
+            raise Skipped("no other hub answers to drain it through")
+        try:
+            cluster.client(via[0]).post(f"/v1/cluster/drains/{node}", {})
+        except ToolError as exc:  # the last serving node (409), no leader, ...
+            raise Skipped(f"drain refused: {exc}") from None
+        ev["via"] = cluster.node_id(via[0])
+
+        def undrain() -> None:
+            for j in [*via, i]:
+                with contextlib.suppress(ToolError):
+                    cluster.client(j).delete(f"/v1/cluster/drains/{node}")
+                    return
+
+        return undrain
 
     # -- the hubs' disks (a lazy file system)
 

@@ -45,8 +45,10 @@ KINDS: Final = (
 )
 # Faults of the lazy file system (tools/lab/lazyfs.py), drawn only when asked for.
 LAZY_KINDS: Final = ("power_cut", "disk_full")
-ALL_KINDS: Final = KINDS + LAZY_KINDS
-HUB_KINDS: Final = ("hub_kill", "hub_pause", "broker_kill", "partition", "disk_full")
+# Membership faults (hub/link/membership.py), drawn only when asked for.
+MEMBERSHIP_KINDS: Final = ("node_drain",)
+ALL_KINDS: Final = KINDS + LAZY_KINDS + MEMBERSHIP_KINDS
+HUB_KINDS: Final = ("hub_kill", "hub_pause", "broker_kill", "partition", "disk_full", "node_drain")
 # Kinds that hit every hub at once (their target is "all").
 CLUSTER_KINDS: Final = ("power_cut",)
 WARMUP_S: Final = 4.0
@@ -61,6 +63,7 @@ _AFTER_HOLD_S: Final = {
     "clock_jump": 3.0,
     "power_cut": 10.0,
     "disk_full": 6.0,
+    "node_drain": 6.0,
 }
 
 
@@ -146,6 +149,7 @@ def _hold(rng: random.Random, kind: str) -> float:
         "device_power_cut": (1.0, 3.0),
         "power_cut": (1.0, 3.0),
         "disk_full": (3.0, 8.0),
+        "node_drain": (4.0, 10.0),
     }.get(kind, (0.0, 0.0))
     return round(rng.uniform(lo, hi), 1) if hi else 0.0
 

@@ -2,7 +2,7 @@
 
     aiot chaos --duration 60 --seed 7              # progress, then a summary
     aiot chaos --duration 600 --seed 7 --json      # one JSON object on stdout
-    aiot chaos --duration 300 --faults all         # power_cut and disk_full too
+    aiot chaos --duration 300 --faults all         # power_cut, disk_full, node_drain too
     aiot chaos --power-cuts 20 --json              # 20 cuts of every hub at once
 
 Exit status: 0 when every check held, 1 when the campaign found a violation,
@@ -72,8 +72,8 @@ def chaos(
     faults: Annotated[
         str,
         typer.Option(
-            help="Fault kinds to draw, comma-separated; 'all' adds power_cut and disk_full "
-            "(the hubs' data on a lazy FUSE file system)."
+            help="Fault kinds to draw, comma-separated; 'all' adds node_drain, and power_cut "
+            "and disk_full (the hubs' data on a lazy FUSE file system)."
         ),
     ] = ",".join(KINDS),
     power_cuts: Annotated[
