@@ -38,6 +38,10 @@ from typing import Any, Final
 import numpy as np
 
 SCHEMA: Final = 1
+# The cloud's buckets for what flows down and the sites' reports (docs/cloud.md).
+MODELS_BUCKET: Final = "aiot-models"  # object store: signed model versions
+POLICIES_BUCKET: Final = "aiot-policies"  # key-value: signed policies and rule files
+SITES_BUCKET: Final = "aiot-sites"  # key-value: each site's last report, under its id
 PREFIX: Final = "aiot"
 KINDS: Final = ("readings", "decisions", "commands", "alerts", "devices", "health", "status")
 SITE_ID: Final = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")

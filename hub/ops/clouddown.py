@@ -48,11 +48,10 @@ from hub.decide.registry import (
 from hub.link.cloudlink import open_link
 from hub.state import entries as e
 from hub.state.raft import RaftError, RaftNode
+from protocol.cloud import MODELS_BUCKET, SITES_BUCKET
 
 log = logging.getLogger("aiot.cloud")
 
-MODELS_BUCKET: Final = "aiot-models"
-SITES_BUCKET: Final = "aiot-sites"
 REPORT_S: Final = 10.0
 WAIT_S: Final = 1.0  # how long one wait for the next object lasts
 

@@ -6,15 +6,21 @@ key-value bucket. `aiot cloud up` makes both; making them again is a no-op.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Final
 
 from nats.js.api import KeyValueConfig, ObjectStoreConfig, StorageType
 
+from protocol.cloud import MODELS_BUCKET, POLICIES_BUCKET, SITES_BUCKET
 from tools.cloud.cluster import CloudError, Creds
 from tools.cloud.status import connect
-from tools.cloud.subjects import MODELS_BUCKET, POLICIES_BUCKET, SITES_BUCKET
 
-__all__ = ["MODELS_BUCKET", "POLICIES_BUCKET", "ensure_buckets"]
+__all__ = ["ensure_buckets"]
+
+# The key-value buckets: name, description, revisions kept per key.
+_KEY_VALUES: Final = (
+    (POLICIES_BUCKET, "signed policies and rule files for the sites", 16),
+    (SITES_BUCKET, "each site's last report: what it runs, its export lag", 1),
+)
 
 
 async def _ensure(creds: Creds, replicas: int) -> list[str]:
@@ -29,24 +35,16 @@ async def _ensure(creds: Creds, replicas: int) -> list[str]:
                 replicas=replicas,
             ),
         )
-        await js.create_key_value(
-            KeyValueConfig(
-                bucket=POLICIES_BUCKET,
-                description="signed policies and rule files for the sites",
-                history=16,
-                storage=StorageType.FILE,
-                replicas=replicas,
+        for bucket, what, history in _KEY_VALUES:
+            await js.create_key_value(
+                KeyValueConfig(
+                    bucket=bucket,
+                    description=what,
+                    history=history,
+                    storage=StorageType.FILE,
+                    replicas=replicas,
+                )
             )
-        )
-        await js.create_key_value(
-            KeyValueConfig(
-                bucket=SITES_BUCKET,
-                description="each site's last report: what it runs, its export lag",
-                history=1,
-                storage=StorageType.FILE,
-                replicas=replicas,
-            )
-        )
         return [MODELS_BUCKET, POLICIES_BUCKET, SITES_BUCKET]
     finally:
         await nc.close()

@@ -41,6 +41,7 @@ from typing import Any, Final
 
 import bcrypt
 
+from hub.core.fsutil import write_atomic
 from hub.core.procs import die_with_parent
 from hub.core.tls import ensure_ca, write_node
 from tools.base.errors import ToolError
@@ -102,11 +103,7 @@ class Creds:
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump({**asdict(self), "servers": list(self.servers)}, f, indent=2)
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps({**asdict(self), "servers": list(self.servers)}, indent=2))
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,14 +237,6 @@ def init_cloud(root: Path, nodes: int = 3, port: int | None = None) -> CloudLayo
     return layout
 
 
-def _write_private(path: Path, text: str) -> None:
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def load_users(layout: CloudLayout) -> dict[str, dict[str, str]]:
     """users.json: each login's bcrypt hash, account and (a site's) site id."""
     path = layout.root / USERS_FILE
@@ -263,14 +252,14 @@ def load_users(layout: CloudLayout) -> dict[str, dict[str, str]]:
 
 
 def save_users(layout: CloudLayout, users: dict[str, dict[str, str]]) -> None:
-    _write_private(layout.root / USERS_FILE, json.dumps(users, indent=2) + "\n")
+    write_atomic(layout.root / USERS_FILE, json.dumps(users, indent=2) + "\n")
 
 
 def write_confs(layout: CloudLayout) -> None:
     """(Re)write every server's nats.conf from the layout and users.json."""
     users = load_users(layout)
     for i in range(len(layout.names)):
-        _write_private(layout.conf(i), render_conf(layout, i, users))
+        write_atomic(layout.conf(i), render_conf(layout, i, users))
 
 
 def _tls_block(layout: CloudLayout, name: str, verify: bool, indent: str) -> str:
@@ -460,11 +449,8 @@ def stop_detached(layout: CloudLayout, timeout: float = 10.0) -> list[str]:
     stopped = []
     for i, name in enumerate(layout.names):
         pid_file = layout.server_dir(i) / "nats.pid"
-        try:
-            pid = int(pid_file.read_text().strip())
-        except (OSError, ValueError):
-            continue
-        if not is_nats(pid):
+        pid = running_pid(layout, i)
+        if pid is None:
             pid_file.unlink(missing_ok=True)
             continue
         os.kill(pid, signal.SIGTERM)
@@ -476,6 +462,15 @@ def stop_detached(layout: CloudLayout, timeout: float = 10.0) -> list[str]:
         pid_file.unlink(missing_ok=True)
         stopped.append(name)
     return stopped
+
+
+def running_pid(layout: CloudLayout, i: int) -> int | None:
+    """The pid in server i's pid file, if that process is a running nats-server."""
+    try:
+        pid = int((layout.server_dir(i) / "nats.pid").read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if is_nats(pid) else None
 
 
 def is_nats(pid: int) -> bool:

@@ -9,10 +9,10 @@ reaches the cloud's JetStream in the domain ``aiot-cloud``
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from urllib.parse import quote
 
+from hub.core.fsutil import write_atomic
 from tools.cloud.cluster import CloudError, CloudLayout, Creds
 from tools.cloud.subjects import check_site, site_user
 
@@ -44,7 +44,5 @@ def write_leaf(layout: CloudLayout, site: str, out: Path, port: int = 4222) -> P
         raise CloudError(f"site {site} is not added: run aiot cloud add-site {site}")
     text = leaf_conf(site, Creds.load(path), layout.leaf_urls(), port)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
+    write_atomic(out, text)  # 0600: it holds the site's login
     return out

@@ -22,10 +22,9 @@ from typing import Any
 from nats.js.api import ObjectMeta
 from nats.js.errors import NoKeysError
 
-from protocol.cloud import check_site
+from protocol.cloud import MODELS_BUCKET, SITES_BUCKET, check_site
 from tools.cloud.cluster import CloudError, Creds
 from tools.cloud.status import connect
-from tools.cloud.subjects import MODELS_BUCKET, SITES_BUCKET
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,8 +26,8 @@ from tools.cloud.cluster import (
     Creds,
     get_json,
     hash_password,
-    is_nats,
     load_users,
+    running_pid,
     save_users,
     write_confs,
 )
@@ -104,7 +104,7 @@ def reload_servers(layout: CloudLayout, timeout: float = 20.0) -> list[str]:
     its config again; the names of those reloaded."""
     before: dict[int, str] = {}
     for i in range(len(layout.names)):
-        pid = _pid(layout, i)
+        pid = running_pid(layout, i)
         if pid is None:
             continue
         before[i] = _load_time(layout, i) or ""
@@ -116,14 +116,6 @@ def reload_servers(layout: CloudLayout, timeout: float = 20.0) -> list[str]:
                 raise CloudError(f"{layout.names[i]} did not reload its config in {timeout:.0f} s")
             time.sleep(0.05)
     return [layout.names[i] for i in before]
-
-
-def _pid(layout: CloudLayout, i: int) -> int | None:
-    try:
-        pid = int((layout.server_dir(i) / "nats.pid").read_text().strip())
-    except (OSError, ValueError):
-        return None
-    return pid if is_nats(pid) else None
 
 
 def _load_time(layout: CloudLayout, i: int) -> str | None:

@@ -20,10 +20,8 @@ from __future__ import annotations
 from typing import Final
 
 from protocol import cloud
+from protocol.cloud import MODELS_BUCKET, POLICIES_BUCKET, SITES_BUCKET
 
-MODELS_BUCKET: Final = "aiot-models"
-POLICIES_BUCKET: Final = "aiot-policies"
-SITES_BUCKET: Final = "aiot-sites"  # each site's own report, under its id
 JS_DOMAIN: Final = "aiot-cloud"  # the cloud's JetStream domain (a leaf node's way to its API)
 
 
