@@ -13,7 +13,7 @@ from typing import Any
 
 from hub.core import auth
 from hub.core.validate import address
-from hub.link import membership, rendezvous
+from hub.link import membership
 from hub.state import entries as e
 from hub.state.raft import RaftNode
 from hub.state.records import LedgerRecord
@@ -43,11 +43,11 @@ def device_config(raft: RaftNode, d: e.Device, ca: bytes | None = None) -> dict[
     """What the device needs: id, key, its broker list in its own order, and
     the cluster CA it pins (``ca``: DER; base64 in ``"ca"``, absent for a
     plain-TCP lab)."""
-    # The serving nodes only: a drained node is left out (hub/link/membership.py).
-    nodes = {n.node_id: n for n in raft.read(membership.serving)}
+    # The serving nodes only (a drained node is left out), in the device's
+    # balanced order among the registered devices (hub/link/membership.py).
     hubs = []
-    for node_id in rendezvous.order(d.device_id, nodes):
-        a = address(nodes[node_id].broker)
+    for node in raft.read(lambda s: membership.device_order(s, d.device_id)):
+        a = address(node.broker)
         hubs.append([a.host, a.port])
     return {
         "device_id": d.device_id,

@@ -10,9 +10,13 @@ Every node runs one ``Membership``::
 **Which nodes serve devices.** The node table (``NODE_PUT`` records, which
 each node proposes at startup, and ``NODE_REMOVE``) minus the drained nodes
 (the ``drains`` table, ``NODE_DRAIN`` entries from ``aiot cluster drain`` /
-``undrain``). A device's order is the rendezvous order
-(hub/link/rendezvous.py) of the serving nodes' brokers, as "host:port,..."
-(``hubs_text``).
+``undrain``). A device's order is its balanced rendezvous order
+(``rendezvous.balanced``, hub/link/rendezvous.py) among the serving nodes,
+computed over every registered device in registration order (the time in
+its record, then its id), so each serving node is first for a near-equal
+share of them. It is sent as the brokers' "host:port,..." (``hubs_text``).
+A device that registers between changes is given the first node with the
+fewest devices so far (``device_order``), so the shares stay even.
 
 **Noticing a change.** A ``NODE_PUT`` that changes the table (a new node, new
 addresses; a restart re-proposes the same record, which changes nothing), a
@@ -91,17 +95,51 @@ def serving(s: Store) -> list[NodeRecord]:
     return [n for n in s.nodes() if n.node_id not in out]
 
 
-def broker_order(device_id: str, nodes: Sequence[NodeRecord]) -> list[str]:
-    """The nodes' broker addresses in the device's rendezvous order."""
+def orders(device_ids: Iterable[str], nodes: Sequence[NodeRecord]) -> dict[str, list[NodeRecord]]:
+    """Each device's serving nodes in its balanced rendezvous order."""
     by_id = {n.node_id: n for n in nodes}
-    return [by_id[i].broker for i in rendezvous.order(device_id, by_id)]
+    return {d: [by_id[i] for i in ids] for d, ids in rendezvous.balanced(device_ids, by_id).items()}
 
 
-def hubs_text(device_id: str, nodes: Sequence[NodeRecord]) -> str:
-    """The ``hubs`` parameter of the device's ``hubs.set``: "host:port,..."."""
+def device_order(s: Store, device_id: str) -> list[NodeRecord]:
+    """The serving nodes in the order a device is given when it registers
+    (its config): the highest in its rendezvous order among the nodes that
+    are first for the fewest devices so far, so that registrations keep the
+    shares even between membership changes. Each device registered before
+    it counts for the first node of its latest ``hubs.set``, or, without
+    one, for the node this same rule gave it (the devices in registration
+    order; the k-th goes to a node first for fewer than ``ceil(k / N)``).
+    A device with a ``hubs.set`` whose first node serves keeps that node
+    first (a config fetched again after a reconcile matches it)."""
+    nodes = serving(s)
+    if not nodes:
+        return []
+    by_id = {n.node_id: n for n in nodes}
+    by_broker = {hubs_text([n]): n.node_id for n in nodes}
+    ids = s.device_ids_registered()
+    if device_id not in ids:
+        ids.append(device_id)
+    load = dict.fromkeys(by_id, 0)
+    for k, d in enumerate(ids, start=1):
+        ranked = rendezvous.order(d, by_id)
+        hubs = latest_hubs(s.commands(d))
+        if hubs is not None and hubs.split(",")[0] in by_broker:
+            first = by_broker[hubs.split(",")[0]]
+        else:
+            cap = -(-k // len(by_id))  # ceil(k / N): some node has fewer
+            first = next(n for n in ranked if load[n] < cap)
+        if d == device_id:
+            return [by_id[first], *(by_id[n] for n in ranked if n != first)]
+        load[first] += 1
+    raise AssertionError("unreachable: the device is in the list")
+
+
+def hubs_text(nodes: Sequence[NodeRecord]) -> str:
+    """The ``hubs`` parameter of a ``hubs.set``: the nodes' brokers, in the
+    given order, as "host:port,..."."""
     out = []
-    for b in broker_order(device_id, nodes):
-        a = address(b)
+    for n in nodes:
+        a = address(n.broker)
         out.append(f"[{a.host}]:{a.port}" if ":" in a.host else f"{a.host}:{a.port}")
     return ",".join(out)
 
@@ -124,12 +162,14 @@ def plan(s: Store, fresh: Collection[str] = ()) -> list[tuple[str, str]]:
     nodes = serving(s)
     if not nodes:
         return []
+    devices = s.device_ids_registered()
+    wanted = orders(devices, nodes)
     out = []
-    for d in s.devices():
-        want = hubs_text(d.device_id, nodes)
-        have = latest_hubs(s.commands(d.device_id))
-        if have != want and not (have is None and d.device_id in fresh):
-            out.append((d.device_id, want))
+    for device_id in devices:
+        want = hubs_text(wanted[device_id])
+        have = latest_hubs(s.commands(device_id))
+        if have != want and not (have is None and device_id in fresh):
+            out.append((device_id, want))
     return out
 
 

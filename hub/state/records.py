@@ -184,6 +184,13 @@ def device_fields(device: e.Device) -> bytes:
     return bytes(p)
 
 
+def registered_ms(value: bytes) -> int:
+    """The time in a device record: its registering entry's ``at_ms``."""
+    u = e.Unpacker(bytes(value), 1)
+    e.unpack_device(u)
+    return u.u64()
+
+
 @functools.lru_cache(maxsize=4096)
 def unpack_device_record(value: bytes) -> e.Device:
     # Memoized on the record's bytes (a Device is immutable): ingest reads the

@@ -216,6 +216,12 @@ class Store(TelemetryReads, contextlib.AbstractContextManager["Store"]):
     def devices(self) -> list[e.Device]:
         return self._all("devices", lambda _, v: r.unpack_device_record(v))
 
+    def device_ids_registered(self) -> list[str]:
+        """Every device id in registration order: by the time in its record
+        (the registering entry's), then by id."""
+        found = self._all("devices", lambda k, v: (r.registered_ms(v), k))
+        return [k for _, k in sorted(found)]
+
     def watermark(self, device_id: str) -> int:
         """Highest seq up to which every reading is stored or declared lost."""
         return self.progress(device_id)[0]

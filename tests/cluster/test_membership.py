@@ -1,6 +1,6 @@
 """Membership that devices follow, with real hub processes (Mosquitto each)
-and twelve MicroPython plugs: a fourth node joins and takes the devices
-whose rendezvous order now puts it first; a drained node's devices move
+and twelve MicroPython plugs: a fourth node joins and takes a quarter of
+the devices (their balanced rendezvous orders put it first); a drained node's devices move
 away and no new session lands on it; the four nodes restart one by one
 under load. Then the plugs reboot (their order comes from flash) and empty
 their flash: every reading sampled is stored exactly once on every node,
@@ -41,9 +41,22 @@ def aiot(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
 
 
 def expected(cluster: LocalCluster, serving: list[int]) -> dict[str, int]:
-    """Each device's first node (an index) among the serving ones."""
+    """Each device's first node (an index) among the serving ones, in the
+    balanced orders of all twelve devices."""
     ids = {cluster.node_id(i): i for i in serving}
-    return {d: ids[rendezvous.order(d, ids)[0]] for d in DEVICES}
+    return {d: ids[order[0]] for d, order in rendezvous.balanced(DEVICES, ids).items()}
+
+
+def configured(cluster: LocalCluster, devices: dict[str, Device]) -> dict[str, int]:
+    """Each device's first node (an index) in the config it was given at
+    registration."""
+    ports = {p.broker: i for i, p in enumerate(cluster.ports)}
+    return {d: ports[int(dev.config["hubs"][0][1])] for d, dev in devices.items()}
+
+
+def shares(placement: dict[str, int], n: int) -> list[int]:
+    """How many devices each of nodes 0..n-1 is first for."""
+    return [sum(1 for i in placement.values() if i == k) for k in range(n)]
 
 
 def where(cluster: LocalCluster, devices: dict[str, Device]) -> dict[str, set[int]]:
@@ -173,16 +186,19 @@ def test_devices_follow_node_add_drain_and_rolling_restart(tmp_path: Path) -> No
         start_three_of_four(cluster)
         for d in DEVICES:
             devices[d] = provision(cluster, tmp_path, d, **TUNING).start()
-        wait_placed(cluster, devices, expected(cluster, [0, 1, 2]), 30)
+        # Registered one by one, each got a balanced order among those before it.
+        initial = configured(cluster, devices)
+        assert shares(initial, 3) == [4, 4, 4], initial
+        wait_placed(cluster, devices, initial, 30)
 
-        # A fourth node joins: its share of the devices moves to it.
+        # A fourth node joins: a quarter of the devices moves to it.
         fourth = f"127.0.0.1:{cluster.ports[3].raft}"
         r = aiot("cluster", "add-node", fourth, "--config", str(cluster.configs[0]))
         assert r.returncode == 0, r.stderr
         cluster.start_node(3)
         cluster.wait_ready(60)
         four = expected(cluster, [0, 1, 2, 3])
-        assert 0 < sum(1 for i in four.values() if i == 3) < len(DEVICES)
+        assert shares(four, 4) == [3, 3, 3, 3]
         wait_placed(cluster, devices, four, 30)
 
         # Drain the node holding the most devices: they move within 10 s.

@@ -3,6 +3,7 @@ command in the ledger, and the reconcile plan (hub/link/membership.py)."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -81,13 +82,15 @@ def test_drain_is_idempotent_and_outside_the_content_hash(log: Log) -> None:
     assert mb.drained(log.store) == set()
 
 
-def test_hubs_text_is_the_rendezvous_order_of_brokers() -> None:
-    nodes = [node(1), node(2), node(3)]
-    text = mb.hubs_text("plug-1", nodes)
-    order = rendezvous.order("plug-1", ["hub-1", "hub-2", "hub-3"])
-    assert text == ",".join(f"10.0.0.{n[-1]}:8883" for n in order)
+def test_hubs_text_lists_the_brokers_in_the_given_order() -> None:
+    assert mb.hubs_text([node(2), node(1), node(3)]) == "10.0.0.2:8883,10.0.0.1:8883,10.0.0.3:8883"
     v6 = e.NodeInfo("hub-9", "[::1]:1", "[::1]:8883", "[::1]:2", 1)
-    assert mb.hubs_text("plug-1", [v6]) == "[::1]:8883"
+    assert mb.hubs_text([v6]) == "[::1]:8883"
+
+
+def firsts(sent: list[tuple[str, str]]) -> dict[str, str]:
+    """Each device's first node id, from the hubs parameters sent."""
+    return {d: "hub-" + h.split(",")[0].split(":")[0][-1] for d, h in sent}
 
 
 def test_a_new_node_reconfigures_every_device_once(log: Log) -> None:
@@ -99,12 +102,50 @@ def test_a_new_node_reconfigures_every_device_once(log: Log) -> None:
     log.apply(node(4))
     sent = log.send_plan()
     assert sorted(d for d, _ in sent) == sorted(DEVICES)  # every list gains the new node
-    firsts = [h.split(",")[0] for _, h in sent]
-    expect = [rendezvous.order(d, ["hub-1", "hub-2", "hub-3", "hub-4"])[0][-1] for d, _ in sent]
-    assert [f.split(":")[0][-1] for f in firsts] == expect
+    nodes = ["hub-1", "hub-2", "hub-3", "hub-4"]
+    want = rendezvous.balanced(log.store.device_ids_registered(), nodes)
+    assert firsts(sent) == {d: order[0] for d, order in want.items()}
+    assert sorted(Counter(firsts(sent).values()).values()) == [3, 3, 3, 3]  # a quarter each
+    for d, hubs in sent:  # after the first, the device's own rendezvous order
+        rest = [n for n in rendezvous.order(d, nodes) if n != want[d][0]]
+        assert hubs.split(",")[1:] == [f"10.0.0.{n[-1]}:8883" for n in rest]
     assert mb.plan(log.store) == []  # a second reconcile (a new leader) sends nothing
     ledger = [r for d in DEVICES for r in log.store.commands(d)]
     assert len(ledger) == 24 and all(r.command.deadline_ms == 0 for r in ledger)
+
+
+def register(log: Log, device_id: str, at_ms: int) -> str:
+    """Register a plug and return the first node id of the order its config gets."""
+    assert log.apply(e.RegisterDevice(e.Device(device_id, b"k" * 32, PLUG_CAPABILITIES), at_ms))
+    return mb.device_order(log.store, device_id)[0].node_id
+
+
+def test_registrations_keep_the_shares_even(tmp_path: Path) -> None:
+    s = Store(tmp_path / "store", map_size=MAP)
+    try:
+        lg = Log(s)
+        lg.apply(node(1), node(2), node(3))
+        got = Counter(register(lg, f"dev-{k}", 10 + k) for k in range(30))
+        assert sorted(got.values()) == [10, 10, 10]
+        # A device's order does not change when others register after it.
+        before = {f"dev-{k}": mb.device_order(s, f"dev-{k}") for k in range(30)}
+        register(lg, "late", 99)
+        assert {d: mb.device_order(s, d) for d in before} == before
+        # After a reconcile (a fourth node), registrations follow the orders sent.
+        lg.apply(node(4))
+        sent = lg.send_plan()
+        assert sorted(Counter(firsts(sent).values()).values()) == [7, 8, 8, 8]
+        more = Counter(register(lg, f"new-{k}", 200 + k) for k in range(9))
+        loads = Counter(firsts(sent).values()) + more
+        assert sorted(loads.values()) == [10, 10, 10, 10]
+        # A config fetched again gives the order the reconcile sent.
+        for d, hubs in sent:
+            assert mb.hubs_text(mb.device_order(s, d)) == hubs
+        # Without a serving node, no order.
+        lg.apply(*(e.DrainNode(f"hub-{i}", True, 300) for i in (1, 2, 3, 4)))
+        assert mb.device_order(s, "new-0") == []
+    finally:
+        s.close()
 
 
 def test_a_drained_node_leaves_every_order_and_comes_back(log: Log) -> None:

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hub.link.rendezvous import order, weight
+from hub.link.rendezvous import balanced, order, weight
 
 pytestmark = pytest.mark.unit
 
@@ -108,3 +108,30 @@ def test_load_spreads_evenly() -> None:
         after = Counter(o[1] for o in orders if o[0] == failed)
         share = min(after.values()) / sum(after.values())
         assert 0.40 <= share <= 0.50, (failed, after)
+
+
+@settings(max_examples=200)
+@given(st.lists(device_ids, max_size=60), node_ids.filter(lambda ns: len(ns) > 0))
+def test_balanced_firsts_are_shared_evenly(devices: list[str], nodes: list[str]) -> None:
+    got = balanced(devices, nodes)
+    assert list(got) == list(dict.fromkeys(devices))
+    share, extra = divmod(len(got), len(set(nodes)))
+    loads = Counter(order[0] for order in got.values())
+    counts = [loads.get(n, 0) for n in set(nodes)]
+    assert all(c in (share, share + 1) for c in counts)
+    assert sum(1 for c in counts if c == share + 1) == extra
+    for d, order_ in got.items():  # a permutation: the first, then its rendezvous order
+        assert order_[1:] == [n for n in order(d, nodes) if n != order_[0]]
+    assert balanced(devices, reversed(nodes)) == got  # the nodes' order does not matter
+
+
+def test_balanced_gives_a_fourth_node_its_quarter() -> None:
+    devices = [f"plug-{k}" for k in range(12)]
+    four = [*NODES, "hub-4"]
+    plain = Counter(order(d, four)[0] for d in devices)
+    assert plain["hub-4"] == 2  # what independent draws give these ids
+    got = balanced(devices, four)
+    assert sorted(Counter(o[0] for o in got.values()).values()) == [3, 3, 3, 3]
+    # Most devices keep their rendezvous first: only the overflow moves.
+    assert sum(1 for d in devices if got[d][0] != order(d, four)[0]) <= 3
+    assert balanced([], NODES) == {} and balanced(["a"], []) == {"a": []}
