@@ -201,7 +201,13 @@ class Hub:
         self.membership = Membership(self.node_id, raft, on_drain=self._drain)
         # The cloud (docs/cloud.md): models down while this node leads, the site's report up.
         self.cloudlink = (
-            CloudLink(cfg.cloud, OutboxSource(raft, cfg.cloud.site), self._leads, self.node_id)
+            CloudLink(
+                cfg.cloud,
+                OutboxSource(raft, cfg.cloud.site),
+                self._leads,
+                self.node_id,
+                publish=self.events.publish,
+            )
             if cfg.cloud.on
             else None
         )

@@ -9,6 +9,13 @@ forgets its position and the next start reads the stream's tail again. The
 site never waits for the cloud: entries wait in the store until they are
 exported, however long the cloud is away, and ``status()`` shows how far
 behind the export is.
+
+**The lag alert.** Every node with a ``[cloud]`` table, leader or not (the
+cursor is replicated), checks the lag once a second: when the oldest entry
+not yet exported is older than ``lag_alert_s``, it logs a warning and
+publishes an ``alert`` event of kind ``cloud_export`` on its live stream
+(the dashboard shows it as a toast), and again, inactive, once the export
+has caught up. ``/metrics`` has the same figures (``aiot_cloud_export_*``).
 """
 
 from __future__ import annotations
@@ -63,6 +70,11 @@ async def open_link(
     return await asyncio.wait_for(nats.connect(**opts), CONNECT_S)
 
 
+LAG_CHECK_S: Final = 1.0  # how often the lag alert is checked
+
+Publish = Callable[[dict[str, Any]], None]
+
+
 class CloudLink:
     def __init__(
         self,
@@ -70,10 +82,15 @@ class CloudLink:
         source: ExportSource,
         leading: Callable[[], bool],
         node_id: str,
+        publish: Publish | None = None,
     ) -> None:
         self.cfg = cfg
         self.leading = leading
         self.node_id = node_id
+        self._publish = publish
+        self.lag_alert = ""  # why the lag alert is up ("" while it is not)
+        self.lag_alerts = 0  # times it was raised
+        self._lag_checked = 0.0
         self.exporter = Exporter(cfg.site, stream_name(cfg.site), source, window=cfg.window)
         self._nc: Any = None
         self._failures = 0
@@ -99,6 +116,7 @@ class CloudLink:
     async def run(self) -> None:
         try:
             while True:
+                self._check_lag()
                 if not self.leading():
                     self.exporter.reset()
                     await self._close()
@@ -152,6 +170,44 @@ class CloudLink:
         age = time.time() - first[0].committed_ms / 1000 if first[0].committed_ms else 0.0
         return first[0].index, max(0.0, age)
 
+    def _check_lag(self) -> None:
+        """Raise or clear the lag alert (at most once a LAG_CHECK_S)."""
+        now = time.monotonic()
+        if now - self._lag_checked < LAG_CHECK_S:
+            return
+        self._lag_checked = now
+        try:
+            index, lag_s = self.lag()
+        except RaftError:  # a halted or closing store: keep the last state
+            return
+        alert = (
+            f"cloud export {lag_s:.0f} s behind (lag_alert_s {self.cfg.lag_alert_s})"
+            if lag_s > self.cfg.lag_alert_s
+            else ""
+        )
+        if bool(alert) == bool(self.lag_alert):  # no change (the text follows the lag)
+            self.lag_alert = alert
+            return
+        if alert:
+            self.lag_alerts += 1
+            log.warning("cloud export alert: %s", alert, extra={"first_unexported": index})
+        else:
+            log.info("cloud export alert cleared: caught up")
+        self.lag_alert = alert
+        if self._publish is not None:
+            self._publish(
+                {
+                    "type": "alert",
+                    "device_id": "",
+                    "node": self.node_id,
+                    "kind": "cloud_export",
+                    "active": bool(alert),
+                    "reason": alert,
+                    "lag_s": round(lag_s, 3),
+                    "first_unexported_index": index,
+                }
+            )
+
     def status(self) -> dict[str, Any]:
         s = self.exporter.stats
         waiting, lag_s = self.lag()
@@ -169,6 +225,9 @@ class CloudLink:
             "last_export_ms": self.last_export_ms,
             "error": self.last_error,
             "lagging": lag_s > self.cfg.lag_alert_s,
+            "lag_alert_s": self.cfg.lag_alert_s,
+            "alert": self.lag_alert,
+            "alerts": self.lag_alerts,
         }
 
 

@@ -554,6 +554,57 @@ class _HubCollector(Collector):
             "aiot_store_scan_seconds", "Duration of the last store scan.", c.took_s
         )
         yield from _space(hub)
+        yield from _cloud(hub)
+
+
+def _cloud(hub: Observed) -> Iterator[Metric]:
+    """The site's export to the cloud (hub/link/cloudlink.py), when [cloud] is set."""
+    link = getattr(hub, "cloudlink", None)
+    if link is None:
+        return
+    st = link.status()
+    for name, doc, key in (
+        (
+            "aiot_cloud_export_lag_seconds",
+            "Age of the oldest committed entry not yet exported (0: none waits).",
+            "lag_s",
+        ),
+        (
+            "aiot_cloud_exported_index",
+            "The export cursor: the last Raft index exported.",
+            "exported_index",
+        ),
+        (
+            "aiot_cloud_export_first_unexported_index",
+            "The Raft index of the oldest entry waiting for export (0: none).",
+            "first_unexported_index",
+        ),
+    ):
+        yield GaugeMetricFamily(name, doc, float(st[key] or 0))
+    yield GaugeMetricFamily(
+        "aiot_cloud_export_alert",
+        "1 while the export lag is over [cloud] lag_alert_s.",
+        float(bool(st["alert"])),
+    )
+    yield GaugeMetricFamily(
+        "aiot_cloud_connected",
+        "1 while this node is connected to the cloud.",
+        float(st["connected"]),
+    )
+    yield GaugeMetricFamily(
+        "aiot_cloud_exporting", "1 on the node that exports (the leader).", float(st["exporting"])
+    )
+    for name, doc, key in (
+        ("aiot_cloud_export_messages", "Messages this node published to JetStream.", "messages"),
+        ("aiot_cloud_export_bytes", "Payload bytes this node published to JetStream.", "bytes"),
+        (
+            "aiot_cloud_export_duplicates",
+            "Publishes JetStream acknowledged as duplicates (a resend it already had).",
+            "duplicates",
+        ),
+        ("aiot_cloud_export_alerts", "Times the export lag alert was raised.", "alerts"),
+    ):
+        yield CounterMetricFamily(name, doc, st[key])
 
 
 def _space(hub: Observed) -> Iterator[Metric]:

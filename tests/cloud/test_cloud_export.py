@@ -16,7 +16,7 @@ from protocol import topics, wire
 from tests.cloud.test_cloud_models import _extra_cloud, _until
 from tests.cluster.hubs import converged, running_cluster
 from tests.cluster.test_hub_e2e import batch
-from tests.cluster.test_hub_ops import publish
+from tests.cluster.test_hub_ops import publish, scrape
 from tests.console_support import aiot
 from tools.cloud.buckets import ensure_buckets
 from tools.cloud.cluster import CloudServers, Creds, init_cloud
@@ -84,3 +84,9 @@ def test_every_committed_reading_reaches_the_cloud_once_across_a_leader_kill(
             _until(lambda: c.status(new)["cloud"]["export"]["first_unexported_index"] == 0)
             cursors = {c.status(i)["cloud"]["export"]["exported_index"] for i in (new,)}
             assert cursors and min(cursors) > 0
+            metrics = scrape(c, new)  # the same figures in /metrics
+            assert metrics["aiot_cloud_export_lag_seconds"][()] == 0.0
+            assert metrics["aiot_cloud_export_first_unexported_index"][()] == 0.0
+            assert metrics["aiot_cloud_exporting"][()] == 1.0
+            assert metrics["aiot_cloud_export_alert"][()] == 0.0
+            assert metrics["aiot_cloud_export_messages_total"][()] > 0

@@ -94,7 +94,7 @@ def test_only_the_leader_exports_and_a_lost_cloud_is_waited_out(
     assert seen[2]["duplicates"] == 0
 
 
-def test_lag_is_measured_from_the_oldest_unexported_entry(
+def test_lag_is_measured_from_the_oldest_unexported_entry_and_alerts(
     cloud: tuple[CloudLayout, CloudServers],
 ) -> None:
     layout, servers = cloud
@@ -102,20 +102,32 @@ def test_lag_is_measured_from_the_oldest_unexported_entry(
     old = int(time.time() * 1000) - 600_000  # committed ten minutes ago
     src.entries = [type(e)(e.index, e.messages, old) for e in src.entries]
     servers.kill(0)  # the cloud is away: nothing can go
-    link = CloudLink(_config(layout), src, lambda: True, "hub-1")
+    events: list[dict[str, object]] = []
+    link = CloudLink(_config(layout), src, lambda: True, "hub-1", publish=events.append)
 
-    async def run() -> dict[str, object]:
+    async def run() -> tuple[dict[str, object], dict[str, object]]:
         task = asyncio.create_task(link.run())
         try:
-            await _until(lambda: link.status()["error"] is not None)
-            return link.status()
+            await _until(lambda: link.status()["error"] is not None and bool(events))
+            away = link.status()
+            servers.start(0)  # back: the export catches up and the alert clears
+            servers.wait_ready()
+            await _until(lambda: src.cursor == src.entries[-1].index and len(events) == 2)
+            return away, link.status()
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
 
-    status = asyncio.run(run())
-    assert status["exporting"] is True and status["connected"] is False
-    assert status["first_unexported_index"] == src.entries[0].index
-    assert 600 <= float(status["lag_s"]) < 700  # type: ignore[arg-type]
-    assert status["lagging"] is True  # past lag_alert_s (300 s)
-    assert src.cursor == 0
+    away, back = asyncio.run(run())
+    assert away["exporting"] is True and away["connected"] is False
+    assert away["first_unexported_index"] == src.entries[0].index
+    assert 600 <= float(away["lag_s"]) < 700  # type: ignore[arg-type]
+    assert away["lagging"] is True  # past lag_alert_s (300 s)
+    assert str(away["alert"]).startswith("cloud export 6") and away["alerts"] == 1
+    raised, cleared = events
+    assert raised["type"] == "alert" and raised["kind"] == "cloud_export"
+    assert raised["active"] is True and raised["node"] == "hub-1"
+    assert raised["first_unexported_index"] == src.entries[0].index
+    assert cleared["active"] is False and cleared["reason"] == ""
+    assert back["alert"] == "" and back["lag_s"] == 0.0 and back["first_unexported_index"] == 0
+    assert back["alerts"] == 1 and back["lagging"] is False

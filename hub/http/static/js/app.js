@@ -149,6 +149,7 @@ function onEvent(type, data) {
 }
 
 function alertToast(d) {
+  if (d.kind && !d.decision_id) return nodeAlertToast(d);
   if (!d.decision_id || toasted.has(d.decision_id)) return;
   toasted.add(d.decision_id);
   const facts = Array.isArray(d.facts) ? d.facts : [];
@@ -162,6 +163,16 @@ function alertToast(d) {
     dataset: { decisionId: d.decision_id, device: d.device_id },
   });
   refreshAlertCount();
+}
+
+// A node's own alert (kind "store": its store filling up; "cloud_export":
+// the site's export to the cloud falling behind): raised, then cleared.
+const NODE_ALERTS = { store: "Store", cloud_export: "Cloud export" };
+
+function nodeAlertToast(d) {
+  const what = NODE_ALERTS[d.kind] || d.kind;
+  if (d.active) toast("alert", `${what} alert on ${d.node}`, d.reason || "", { link: "#/cluster", linkText: "see the cluster", dataset: { kind: d.kind, node: d.node } });
+  else toast("info", `${what} alert cleared on ${d.node}`, "", { dataset: { kind: d.kind, node: d.node } });
 }
 
 export async function refreshAlertCount() {

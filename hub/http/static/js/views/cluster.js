@@ -100,6 +100,7 @@ export async function mount(root) {
           ["Decision engine", engine(st.decisions)],
         ]),
       ),
+      st.cloud ? cloudCard(st.cloud.export) : null,
     );
     stamp.textContent = `updated ${fmtAgo(Date.now())} from ${cl.node_id}`;
   }
@@ -122,6 +123,26 @@ export async function mount(root) {
       clearTimeout(timer);
     },
   };
+}
+
+// The site's export to the cloud (hub/link/cloudlink.py): lag and link.
+function cloudCard(x) {
+  const lag = `${x.lag_s} s` + (x.first_unexported_index ? ` (from index ${x.first_unexported_index})` : "");
+  return h(
+    "section",
+    { class: "card", id: "cloud-export" },
+    h("h3", {}, `Cloud export — site ${x.site}`),
+    facts([
+      ["Lag", x.alert ? badge(lag, "bad") : lag],
+      ["Alert", x.alert ? badge(x.alert, "bad") : `none (over ${x.lag_alert_s} s)`],
+      ["Exporting", x.exporting ? badge("this node (leader)") : badge("no (a follower)", "muted")],
+      ["Link", x.connected ? badge("connected", "ok") : x.exporting ? badge("down", "bad") : "—"],
+      ["Exported index", x.exported_index],
+      ["Messages / bytes", `${x.messages} / ${x.bytes}`],
+      ["Duplicates dropped by JetStream", x.duplicates],
+      x.error ? ["Last error", badge(x.error, "bad")] : null,
+    ]),
+  );
 }
 
 function card(label, value, tone = "") {
