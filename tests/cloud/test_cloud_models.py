@@ -117,6 +117,11 @@ def test_one_push_reaches_every_site_and_each_checks_it(tmp_path: Path) -> None:
             assert "untrusted_key" in got["north"]["refused"]["anomaly@8"]
             assert got["south"]["refused"] == {}
             assert got["north"]["received"] == ["anomaly@7"]
+            text = aiot(tmp_path, "cloud", "sites", "--dir", str(layout.root))
+            assert text.returncode == 0, text.stderr
+            lines = {line.split()[0]: line for line in text.stdout.splitlines()}
+            assert set(lines) == {"north", "south"}
+            assert all(" export lag " in line and "anomaly@7" in line for line in lines.values())
             for cluster in (north, south):
                 versions = {r["version"] for r in cluster.client(0).get("/v1/models")}
                 assert "8" not in versions

@@ -6,9 +6,10 @@ import dataclasses
 import json
 import signal
 import time
+from datetime import UTC, date, datetime
 from pathlib import Path
 from types import FrameType
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -16,6 +17,7 @@ from hub.core import keys
 from hub.decide.registry import signed_manifest
 from tools.cli.models import _inner_manifest
 from tools.cli.output import fail, group, nothing, reported, say
+from tools.cli.remote import utc_ms
 from tools.cloud.buckets import ensure_buckets
 from tools.cloud.cluster import (
     LAYOUT_FILE,
@@ -30,7 +32,7 @@ from tools.cloud.cluster import (
 )
 from tools.cloud.leaf import write_leaf
 from tools.cloud.models import push_model, read_file, site_reports, target_of
-from tools.cloud.query import read_readings, summary
+from tools.cloud.query import hourly, read_readings, summary
 from tools.cloud.sites import DEFAULT_MAX_AGE_DAYS, add_site
 from tools.cloud.status import ServerState, StreamState, read_streams, servers_of
 
@@ -301,13 +303,23 @@ def cloud_sites(
     for r in reports:
         models = ", ".join(f"{n}@{v}" for n, v in sorted((r.get("models") or {}).items()))
         age = (time.time() * 1000 - int(r.get("at_ms") or 0)) / 1000
-        typer.echo(f"{r.get('site'):<16} {age:6.0f} s ago  from {r.get('node')}  {models or '-'}")
+        export = r.get("export") or {}
+        lag = f"export lag {export['lag_s']} s" if "lag_s" in export else "no export"
+        typer.echo(
+            f"{r.get('site'):<16} {age:6.0f} s ago  from {r.get('node')}  {lag}  {models or '-'}"
+        )
 
 
 @cloud_app.command("query")
 def cloud_query(
     site: Annotated[str, typer.Option("--site", help="The site whose exports to read.")],
     device: Annotated[str | None, typer.Option("--device", help="Only this device.")] = None,
+    hourly_: Annotated[
+        bool, typer.Option("--hourly", help="Energy (Wh) per UTC hour of --day instead.")
+    ] = False,
+    day: Annotated[
+        str | None, typer.Option("--day", help="The day for --hourly, YYYY-MM-DD (UTC; today).")
+    ] = None,
     folder: DirOpt = Path("cloud"),
     creds: Annotated[
         Path | None, typer.Option("--creds", help="An admin login file (default: the --dir's).")
@@ -315,11 +327,21 @@ def cloud_query(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """A site's readings in the cloud, per device: how many, first and last
-    seq, gaps and duplicates (the exactly-once check, read from the stream)."""
+    seq, gaps and duplicates (the exactly-once check, read from the stream);
+    with --hourly, its energy per hour of a day, for the site and per device."""
     with reported(2):
+        if day is not None and not hourly_:
+            raise CloudError("--day goes with --hourly")
+        try:
+            when = date.fromisoformat(day) if day else datetime.now(UTC).date()
+        except ValueError:
+            raise CloudError(f"--day {day!r}: expected YYYY-MM-DD") from None
         login = Creds.load(creds if creds is not None else load_layout(folder).creds("admin"))
     with reported(1):
         found = read_readings(login, site, device)
+    if hourly_:
+        _print_hourly(hourly(found, when), as_json)
+        return
     out = summary(found)
     if as_json:
         typer.echo(json.dumps(out, indent=2))
@@ -331,3 +353,16 @@ def cloud_query(
             f"{name:<24} {d['readings']} readings  seq {d['first_seq']}..{d['last_seq']}  "
             f"{len(d['gaps'])} gaps  {len(d['duplicates'])} duplicates"
         )
+
+
+def _print_hourly(out: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(out, indent=2))
+        return
+    if not out["devices"]:
+        nothing(f"energy readings of site {out['site']} in the cloud")
+    for h in out["hours"]:
+        typer.echo(f"{utc_ms(h['start_ms'])[:16]}  {h['wh']:12.3f} Wh")
+    typer.echo(f"{'site ' + out['site']:<24} {out['wh']:12.3f} Wh on {out['day']}")
+    for name, d in out["devices"].items():
+        typer.echo(f"{name:<24} {d['wh']:12.3f} Wh")

@@ -5,19 +5,30 @@ stream order, through an ephemeral pull consumer filtered on their subject.
 Each message is decoded with protocol/cloud.py; a ``(device, seq)`` that
 comes twice is a duplicate, and a seq the export skipped is a gap: both are
 counted, so the same read serves a person and the exactly-once checks.
+
+``hourly`` turns the same read into energy per UTC hour of a day, per device
+and for the site, from the energy counter readings (sensor 1, Wh), computed
+the way each hub computes its rollups (hub/state/rollups.py: the counter's
+increase between consecutive readings by time, a decrease being a reset,
+spread over the time between them and split at hour bounds, summed in
+nano-Wh, on the same 32-bit values), so a device's hours equal the hub's
+``/v1/devices/{id}/energy`` for the readings the cloud holds.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import struct
 from collections import defaultdict
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
 from typing import Any
 
 import nats
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from hub.state import rollups
 from protocol import cloud
 from tools.cloud.cluster import CloudError, Creds
 from tools.cloud.status import connect
@@ -122,3 +133,57 @@ def summary(found: SiteReadings) -> dict[str, Any]:
         "devices": dict(devices),
         "bad_messages": found.bad,
     }
+
+
+HOUR_MS = 3_600_000
+_F32 = struct.Struct(">f")
+
+
+def hourly(found: SiteReadings, day: date) -> dict[str, Any]:
+    """Energy (Wh) per UTC hour of ``day``: the site's, and each device's
+    that has energy counter readings in the cloud (see the module's docstring)."""
+    first_hour = int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()) // 3600
+    devices: dict[str, Any] = {}
+    site = [0] * 24
+    for device, rows in sorted(found.rows.items()):
+        points = sorted(
+            (ts, seq, _f32(value))
+            for seq, ts, sensor, value in rows.values()
+            if sensor == rollups.ENERGY_WH_SENSOR
+        )
+        if not points:
+            continue
+        nwh = [0] * 24
+        for (a_ts, _, a_v), (b_ts, _, b_v) in itertools.pairwise(points):
+            if b_ts < first_hour * HOUR_MS or a_ts >= (first_hour + 24) * HOUR_MS:
+                continue  # a pair outside the day
+            for h, wh in rollups.energy_shares(a_ts, a_v, b_ts, b_v):
+                if 0 <= h - first_hour < 24:
+                    nwh[h - first_hour] += round(wh * rollups.NANO)
+        site = [a + b for a, b in zip(site, nwh, strict=True)]
+        devices[device] = {
+            "wh": round(sum(nwh) / rollups.NANO, 6),
+            "hours": _hours(first_hour, nwh),
+        }
+    return {
+        "site": found.site,
+        "day": day.isoformat(),
+        "wh": round(sum(site) / rollups.NANO, 6),
+        "hours": _hours(first_hour, site),
+        "devices": devices,
+        "messages": found.messages,
+        "bad_messages": found.bad,
+    }
+
+
+def _f32(value: float) -> float:
+    """The 32-bit float the hub stored: the cloud carries its shortest decimal
+    (protocol/cloud.py ``f32``), which reads back as the same float."""
+    return float(_F32.unpack(_F32.pack(value))[0])
+
+
+def _hours(first_hour: int, nwh: list[int]) -> list[dict[str, Any]]:
+    return [
+        {"start_ms": (first_hour + i) * HOUR_MS, "wh": round(n / rollups.NANO, 6)}
+        for i, n in enumerate(nwh)
+    ]
