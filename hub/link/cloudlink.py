@@ -252,13 +252,9 @@ class OutboxSource:
             messages: list[Outgoing] = []
             newest = 0
             for _, _, value in group:
-                kind, device_id, rows = outbox.decode(value)
-                if kind != outbox.READINGS or not rows:
-                    continue
-                subject = cloud.subject(self.site, "readings", device_id)
-                for payload in cloud.readings_payloads(self.site, index, device_id, rows):
-                    messages.append(Outgoing(subject, payload))
-                newest = max(newest, max(row[1] for row in rows))
+                found, at = _messages(self.site, index, value)
+                messages += found
+                newest = max(newest, at)
             if messages:
                 out.append(PendingEntry(index, tuple(messages), newest))
         return out
@@ -270,6 +266,26 @@ class OutboxSource:
         """Turn the export on or off; the outbox records still to drop."""
         (res,) = await self.raft.propose(e.encode(e.Export(on, 0, wall_ms())), timeout=10.0)
         return res.removed
+
+
+def _messages(site: str, index: int, value: bytes) -> tuple[list[Outgoing], int]:
+    """The messages of one outbox record, and the newest time in it (ms)."""
+    out: list[Outgoing] = []
+    if outbox.kind_of(value) == outbox.EVENTS:
+        device_id, events = outbox.decode_events(value)
+        newest = 0
+        for kind, body in events:
+            payload = cloud.event_payload(site, index, kind, {"device": device_id, **body})
+            out.append(Outgoing(cloud.subject(site, kind, device_id), payload))
+            newest = max(newest, int(body.get("at_ms") or 0))
+        return out, newest
+    record, device, rows = outbox.decode(value)
+    if record != outbox.READINGS or not rows:
+        return out, 0
+    subject = cloud.subject(site, "readings", device)
+    for payload in cloud.readings_payloads(site, index, device, rows):
+        out.append(Outgoing(subject, payload))
+    return out, max(row[1] for row in rows)
 
 
 async def keep_export_off(raft: RaftNode, every_s: float = 10.0) -> None:

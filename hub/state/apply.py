@@ -138,6 +138,8 @@ def _apply_part(
     child = env.begin(write=True, parent=txn)
     try:
         result = handler(_Part(child, dbs, index, part, e.ENTRY_TYPES[type(entry)]), entry)
+        if isinstance(entry, outbox.EVENT_ENTRIES) and result.outcome is Outcome.APPLIED:
+            _keep_events(child, dbs, index, part, entry, result)
     except Rejected as exc:
         child.abort()
         return _rejected(index, part, data, exc)
@@ -146,6 +148,18 @@ def _apply_part(
         raise
     child.commit()
     return result
+
+
+def _keep_events(
+    txn: Any, dbs: dict[str, Any], index: int, part: int, entry: Any, result: ApplyResult
+) -> None:
+    """While the cloud export is on, keep the events the entry gave
+    (hub/state/outbox.py) in the outbox, in the entry's own transaction."""
+    if outbox.cursor(txn, dbs) is None:
+        return
+    found = outbox.events_of(txn, dbs, entry, result.command_id or "")
+    if found is not None:
+        txn.put(outbox.key(index, part), outbox.events_record(*found), db=dbs["outbox"])
 
 
 @dataclass(slots=True)

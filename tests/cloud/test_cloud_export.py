@@ -45,6 +45,14 @@ def _query(root: Path) -> dict[str, Any]:
     return doc
 
 
+def _events(root: Path, kind: str) -> list[dict[str, Any]]:
+    out = aiot(
+        root.parent, "cloud", "events", "--site", "north", "--kind", kind, "--dir", str(root)
+    )
+    assert out.returncode == 0, out.stderr
+    return [json.loads(line) for line in out.stdout.splitlines()]
+
+
 def test_every_committed_reading_reaches_the_cloud_once_across_a_leader_kill(
     tmp_path: Path,
 ) -> None:
@@ -64,6 +72,11 @@ def test_every_committed_reading_reaches_the_cloud_once_across_a_leader_kill(
                 return doc if got == dict.fromkeys(DEVICES, want) else None
 
             _until(lambda: all_there(60))
+            # A command put into the ledger goes out too, on the commands subject.
+            cmd = c.client(0).post(
+                "/v1/commands",
+                {"device": "ann.plug", "action": "relay.set", "params": {"on": False}},
+            )
             leader = c.leader()
             c.kill(leader)
             alive = next(i for i in range(3) if i != leader)
@@ -76,6 +89,10 @@ def test_every_committed_reading_reaches_the_cloud_once_across_a_leader_kill(
                     1, 120, [], []
                 )  # fmt: skip
             assert doc["bad_messages"] == []
+            events = _events(layout.root, "commands")
+            puts = [x for x in events if x["op"] == "put"]
+            assert [x["command_id"] for x in puts] == [cmd["command_id"]]  # once
+            assert puts[0]["device"] == "ann.plug" and puts[0]["params"] == {"on": False}
             c.restart(leader)
             converged(c)
             new = c.leader()

@@ -130,3 +130,8 @@ def test_the_cli_reads_the_hours_from_the_stream(tmp_path: Path) -> None:
             assert r.returncode == 2 and why in r.stderr and "Traceback" not in r.stderr
         r = aiot(tmp_path, "cloud", "query", "--site", SITE, "--dir", root, "--day", "2025-11-20")
         assert r.returncode == 2 and "--day goes with --hourly" in r.stderr
+        events = ("cloud", "events", "--site", SITE, "--dir", root, "--kind")
+        r = aiot(tmp_path, *events, "readings")
+        assert r.returncode == 2 and "want one of decisions, commands" in r.stderr
+        r = aiot(tmp_path, *events, "commands")
+        assert r.returncode == 0 and r.stdout == "" and "no commands of site west" in r.stderr

@@ -92,3 +92,78 @@ def test_a_bad_export_entry_is_refused() -> None:
     data[-17] = 2  # the on/off flag
     with pytest.raises(e.EntryError):
         e.decode(bytes(data))
+
+
+def test_events_are_kept_once_with_the_ledger_after_each_change(
+    pair: tuple[Store, Store],
+) -> None:
+    from hub.link.cloudlink import _messages
+    from protocol import cloud
+    from protocol.profiles import PLUG_CAPABILITIES
+
+    plug = e.Device("ann.plug", b"k" * 32, PLUG_CAPABILITIES, 2000.0, "ann")
+    on = (m.Param("on", False),)
+    decision = b'{"alert":true,"description":"over 2000 W for 30 s","facts":["2400 W"]}'
+    result = m.CommandResult("c-1", "ann.plug", 1, m.CommandStatus.DONE, executed_at_ms=40)
+    entries = [
+        e.RegisterDevice(plug, 10),  # before the switch: not kept
+        e.Export(True, 0, 1),
+        e.RemoveDevice("ann.plug", 20),
+        e.RegisterDevice(plug, 30),
+        e.PutCommand("c-1", "ann.plug", 1, "relay.set", on, 31, 0),
+        e.PutCommand("c-1", "ann.plug", 1, "relay.set", on, 31, 0),  # again: UNCHANGED
+        e.Decision("d-1", "ann.plug", e.Tier.RULES, 32, "c-1", decision),
+        e.RecordResult(result, "hub-2", 41),
+        e.AckAlert("d-1", "ann", 50),
+        e.AckAlert("d-1", "bob", 60),  # the first stands: nothing new
+    ]
+    _apply(pair, [(i, e.encode(x)) for i, x in enumerate(entries, 1)])
+    a, b = pair
+    assert a.outbox(0, 100) == b.outbox(0, 100)  # the same bytes on every replica
+    got = [(i, outbox.decode_events(v)) for i, _, v in a.outbox(0, 100)]
+    assert [(i, [k for k, _ in evs]) for i, (_, evs) in got] == [
+        (3, ["devices"]),
+        (4, ["devices"]),
+        (5, ["commands"]),
+        (7, ["decisions", "alerts"]),
+        (8, ["commands"]),
+        (9, ["alerts"]),
+    ]
+    bodies = {i: evs for i, (_, evs) in got}
+    assert bodies[3][0][1] == {"op": "remove", "at_ms": 20}
+    assert bodies[4][0][1]["actions"] == [c.action for c in PLUG_CAPABILITIES]
+    put = bodies[5][0][1]
+    assert (put["op"], put["seq"], put["state"], put["params"]) == (
+        "put",
+        1,
+        "PENDING",
+        {"on": False},
+    )
+    done = bodies[8][0][1]
+    assert (done["op"], done["state"], done["node"], done["at_ms"]) == (
+        "result",
+        "DONE",
+        "hub-2",
+        41,
+    )
+    assert done["result"]["status"] == "DONE" and done["result"]["executed_at_ms"] == 40
+    assert bodies[7][0][1]["record"]["facts"] == ["2400 W"]
+    assert bodies[7][1][1] == {
+        "op": "raised", "decision_id": "d-1", "at_ms": 32, "description": "over 2000 W for 30 s",
+    }  # fmt: skip
+    assert bodies[9][0][1] == {"op": "ack", "decision_id": "d-1", "user": "ann", "at_ms": 50}
+
+    # As the exporter sends them: one message per event, on its kind's subject.
+    msgs, newest = _messages("north", 7, a.outbox(0, 100)[3][2])
+    assert [x.subject for x in msgs] == [
+        "aiot.north.decisions.ann%2Eplug",
+        "aiot.north.alerts.ann%2Eplug",
+    ]
+    assert newest == 32
+    body = cloud.decode(msgs[1].payload)
+    assert (body["kind"], body["index"], body["device"], body["op"]) == (
+        "alerts",
+        7,
+        "ann.plug",
+        "raised",
+    )

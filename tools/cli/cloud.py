@@ -32,7 +32,13 @@ from tools.cloud.cluster import (
 )
 from tools.cloud.leaf import write_leaf
 from tools.cloud.models import push_model, read_file, site_reports, target_of
-from tools.cloud.query import hourly, read_readings, summary
+from tools.cloud.query import (
+    check_event_kind,
+    hourly,
+    read_events,
+    read_readings,
+    summary,
+)
 from tools.cloud.sites import DEFAULT_MAX_AGE_DAYS, add_site
 from tools.cloud.status import ServerState, StreamState, read_streams, servers_of
 
@@ -353,6 +359,32 @@ def cloud_query(
             f"{name:<24} {d['readings']} readings  seq {d['first_seq']}..{d['last_seq']}  "
             f"{len(d['gaps'])} gaps  {len(d['duplicates'])} duplicates"
         )
+
+
+@cloud_app.command("events")
+def cloud_events(
+    site: Annotated[str, typer.Option("--site", help="The site whose exports to read.")],
+    kind: Annotated[
+        str, typer.Option("--kind", help="decisions, commands, alerts or devices.")
+    ] = "commands",
+    device: Annotated[str | None, typer.Option("--device", help="Only this device.")] = None,
+    folder: DirOpt = Path("cloud"),
+    creds: Annotated[
+        Path | None, typer.Option("--creds", help="An admin login file (default: the --dir's).")
+    ] = None,
+) -> None:
+    """A site's exported events of one kind, in stream order, as JSON lines:
+    decisions with their provenance, commands at each change, alerts raised
+    and acknowledged, the device registry's changes."""
+    with reported(2):
+        check_event_kind(kind)
+        login = Creds.load(creds if creds is not None else load_layout(folder).creds("admin"))
+    with reported(1):
+        events = read_events(login, site, kind, device)
+    for ev in events:
+        typer.echo(json.dumps(ev, separators=(",", ":")))
+    if not events:
+        nothing(f"{kind} of site {site} in the cloud")
 
 
 def _print_hourly(out: dict[str, Any], as_json: bool) -> None:

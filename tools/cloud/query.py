@@ -18,9 +18,11 @@ nano-Wh, on the same 32-bit values), so a device's hours equal the hub's
 from __future__ import annotations
 
 import asyncio
+import inspect
 import itertools
 import struct
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
@@ -57,10 +59,9 @@ class SiteReadings:
         return [(a + 1, b - 1) for a, b in itertools.pairwise(seqs) if b > a + 1]
 
 
-async def _read(creds: Creds, site: str, device: str | None) -> SiteReadings:
+async def _read(creds: Creds, site: str, subject: str, take: Callable[[Any], None]) -> None:
+    """Every message of the site's stream on ``subject`` (a filter), in stream order."""
     stream = cloud.stream_name(site)
-    subject = cloud.subject(site, "readings", device) if device else f"aiot.{site}.readings.>"
-    out = SiteReadings(site)
     nc = await connect(creds)
     try:
         js = nc.jetstream()
@@ -69,50 +70,99 @@ async def _read(creds: Creds, site: str, device: str | None) -> SiteReadings:
         except nats.js.errors.NotFoundError:
             raise CloudError(f"the cloud has no stream {stream}: is site {site} added?") from None
         if not info.state.messages:
-            return out
+            return
         sub = await js.pull_subscribe(
             subject,
             stream=stream,
             config=ConsumerConfig(ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.ALL),
         )
         try:
-            await _drain(sub, out)
+            await _drain(sub, take)
         finally:
             await sub.unsubscribe()
     finally:
         await nc.close()
-    return out
 
 
-async def _drain(sub: Any, out: SiteReadings) -> None:
+async def _drain(sub: Any, take: Callable[[Any], None]) -> None:
     while True:
         try:
             msgs = await sub.fetch(_BATCH, timeout=2)
         except nats.errors.TimeoutError:
             return  # nothing (more) on the subject
         for msg in msgs:
-            out.messages += 1
-            try:
-                out.add(cloud.decode_readings(msg.data))
-            except cloud.CloudFormatError as exc:
-                out.bad.append(f"{msg.subject}: {exc}")
+            take(msg)
         if msgs and msgs[-1].metadata.num_pending == 0:
             return
 
 
-def read_readings(
-    creds: Creds, site: str, device: str | None = None, timeout: float = 300.0
-) -> SiteReadings:
+def _run(site: str, device: str | None, timeout: float, work: Awaitable[None]) -> None:
     try:
         cloud.check_site(site)
         if device is not None:
             cloud.token(device)
     except ValueError as exc:
+        if inspect.iscoroutine(work):
+            work.close()
         raise CloudError(str(exc)) from None
     try:
-        return asyncio.run(asyncio.wait_for(_read(creds, site, device), timeout))
+        asyncio.run(asyncio.wait_for(work, timeout))
     except TimeoutError:
         raise CloudError(f"reading site {site} took over {timeout:.0f} s") from None
+
+
+def read_readings(
+    creds: Creds, site: str, device: str | None = None, timeout: float = 300.0
+) -> SiteReadings:
+    out = SiteReadings(site)
+
+    def take(msg: Any) -> None:
+        out.messages += 1
+        try:
+            out.add(cloud.decode_readings(msg.data))
+        except cloud.CloudFormatError as exc:
+            out.bad.append(f"{msg.subject}: {exc}")
+
+    subject = f"aiot.{site}.readings.>" if device is None else _subject(site, "readings", device)
+    _run(site, device, timeout, _read(creds, site, subject, take))
+    return out
+
+
+EVENT_KINDS = ("decisions", "commands", "alerts", "devices")
+
+
+def check_event_kind(kind: str) -> None:
+    if kind not in EVENT_KINDS:
+        raise CloudError(f"--kind {kind!r}: want one of {', '.join(EVENT_KINDS)}")
+
+
+def read_events(
+    creds: Creds, site: str, kind: str, device: str | None = None, timeout: float = 300.0
+) -> list[dict[str, Any]]:
+    """The site's events of one kind (decisions, commands, alerts, devices)
+    in stream order, each with its ``seq`` in the stream; a message that does
+    not decode comes as ``{"bad": reason, "subject": ...}``."""
+    check_event_kind(kind)
+    out: list[dict[str, Any]] = []
+
+    def take(msg: Any) -> None:
+        try:
+            body = cloud.decode(msg.data)
+        except cloud.CloudFormatError as exc:
+            out.append({"bad": str(exc), "subject": msg.subject})
+            return
+        out.append({**body, "stream_seq": msg.metadata.sequence.stream})
+
+    subject = f"aiot.{site}.{kind}.>" if device is None else _subject(site, kind, device)
+    _run(site, device, timeout, _read(creds, site, subject, take))
+    return out
+
+
+def _subject(site: str, kind: str, device: str) -> str:
+    try:
+        return cloud.subject(site, kind, device)
+    except ValueError as exc:
+        raise CloudError(str(exc)) from None
 
 
 def summary(found: SiteReadings) -> dict[str, Any]:
