@@ -6,6 +6,7 @@ on recorded histories, one failure at a time."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import struct
 import subprocess
@@ -80,6 +81,35 @@ def test_ci_campaign_on_a_fixed_seed_finds_no_violation(tmp_path: Path) -> None:
     expected = "netns" if netns_available() else "sigstop"
     assert summary["partition_method"] == expected
     assert (tmp_path / "history.json").exists()
+
+
+@pytest.mark.cluster
+@pytest.mark.micropython
+def test_a_spare_node_joins_the_running_cluster_and_later_rejoins(tmp_path: Path) -> None:
+    # Seed 44's node_add and hub_kill over 30 s: hub-4 joins at 4 s, the
+    # leader is killed at 13.4 s, and at 23.3 s hub-4 leaves (stopped and
+    # removed) and joins again. Every fault is injected however late
+    # (until_done), and the campaign ends after the last one.
+    _campaign_prereqs()
+    plan = make_schedule(44, 30.0, 3, 3, ("node_add", "hub_kill"))
+    assert [f.kind for f in plan.faults] == ["node_add", "hub_kill", "node_add"]
+    campaign = chaos.Campaign(dataclasses.replace(plan, until_done=True), tmp_path, log=print)
+    summary = campaign.run()
+    _show(summary)
+    assert summary["violations"] == []
+    assert summary["faults_injected"] == {"node_add": 2, "hub_kill": 1}
+    # The added node is one of the replicas checked: it holds every
+    # acknowledged reading once and has the others' content hash.
+    assert summary["hubs_checked"] == ["hub-1", "hub-2", "hub-3", "hub-4"]
+    assert summary["converged"] is True
+    assert summary["readings_lost"] == 0 and summary["duplicates_stored"] == 0
+    assert summary["commands_executed_twice"] == 0
+    events = summary["events"]
+    assert isinstance(events, list)
+    adds = [e for e in events if " node_add hub-4 " in e]
+    assert len(adds) == 2 and "(rejoin)" in adds[1], events
+    # Each time, every device ran a broker order (hubs.set) naming hub-4.
+    assert all(": resumed in " in e and "naming it run by 3/3 devices in" in e for e in adds)
 
 
 def _drop_acknowledged_readings(campaign: chaos.Campaign) -> None:

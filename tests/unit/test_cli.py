@@ -151,6 +151,7 @@ def test_help_lists_exactly_the_working_groups() -> None:
         "push-model",
         "sites",
         "query",
+        "events",
     }
     assert listed_commands(aiot("hub", "--help").stdout) == {"run", "install-service"}
     assert listed_commands(aiot("device", "--help").stdout) == {

@@ -67,6 +67,7 @@ from tools.chaos.schedule import (
     CLUSTER_KINDS,
     HUB_KINDS,
     KINDS,
+    SPARE_KINDS,
     TAIL_S,
     Fault,
     Schedule,
@@ -149,7 +150,7 @@ class Campaign:
     def _running(self) -> Iterator[Fleet]:
         try:
             if self.use_netns:
-                self.netns = Netns(self.s.hubs)
+                self.netns = Netns(self.s.hubs + self.s.spares)
                 self.netns.up()
             if self.s.needs_lazy_fs:
                 self.lazy = LazyMount(self.workdir / "disk", self.workdir / "data")
@@ -167,6 +168,7 @@ class Campaign:
                 self.now,
                 self.lazy,
                 self.durable_journal,
+                self.s.spares,
             )
             self._fleet.start_cluster()
             yield self._fleet
@@ -182,8 +184,9 @@ class Campaign:
     def run(self) -> dict[str, Any]:
         with self._running() as fleet:
             self.say(
-                f"cluster up: {fleet.cluster.n} hubs, "
-                f"leader {fleet.cluster.node_id(fleet.leader() or 0)}, "
+                f"cluster up: {len(fleet.members())} hubs"
+                + (f" and {len(fleet.outside)} spare, " if fleet.outside else ", ")
+                + f"leader {fleet.cluster.node_id(fleet.leader() or 0)}, "
                 f"partition method {self.partition_method}"
             )
             fleet.start_devices()
@@ -286,6 +289,9 @@ class Campaign:
         if f.kind in CLUSTER_KINDS or f.role == "all":
             target = ALL_HUBS
             ev["target"] = "all hubs"
+        elif f.kind in SPARE_KINDS:
+            hub = target = fleet.cluster.spares[0]
+            ev["target"] = fleet.cluster.node_id(hub)
         elif f.kind in HUB_KINDS:
             hub, was_leader = self._resolve_hub(f)
             target = hub
@@ -315,6 +321,8 @@ class Campaign:
             ev["ready_s"] = None if None in waits else max(w or 0.0 for w in waits)
         elif f.kind == "broker_kill" and hub is not None:
             ev["broker_restarted_s"] = fleet.wait_broker(hub, ev["broker_pid"], t_inject)
+        if f.kind in SPARE_KINDS and hub is not None:
+            ev.update(fleet.wait_orders(hub, t_inject))
         self.say(
             f"fault {f.n}: ingest resumed after {ev['recovery_s']} s"
             if recovered is not None
@@ -377,7 +385,8 @@ class Campaign:
         cluster = fleet.cluster
         self.say("campaign over: healing everything, letting commands finish")
         fleet.heal_everything()
-        for i in range(cluster.n):
+        members = fleet.members()  # the spare too, if a node_add joined it
+        for i in members:
             fleet.wait_ready(i)
         issued = [c for c in self.commands if "command_id" in c]
         still_open = fleet.wait_commands_final([c["command_id"] for c in issued])
@@ -385,7 +394,7 @@ class Campaign:
         if self.before_checks is not None:
             self.before_checks(self)
         self.say("devices stopped; waiting for equal content hashes")
-        hashes = content_hashes(cluster, self.converge_limit)
+        hashes = content_hashes(cluster, self.converge_limit, members)
         converged, c_viol = check_convergence(hashes)
         histories = [
             device_history(d, dev_id, finals[dev_id])
@@ -393,7 +402,7 @@ class Campaign:
         ]
         stored = {
             cluster.node_id(i): {d: stored_readings(cluster, i, d) for d in self.ids}
-            for i in range(cluster.n)
+            for i in members
         }
         ledger: dict[str, dict[str, Any]] = {}
         reader = fleet.healthy()[0]
@@ -406,6 +415,7 @@ class Campaign:
         votes = {
             cluster.node_id(i): parse_votes(cluster.log_path(i).read_text(errors="replace"))
             for i in range(cluster.n)
+            if cluster.log_path(i).exists()  # a spare never started has none
         }
         double_votes, v_viol = check_votes(votes)
         violations = (
@@ -426,6 +436,7 @@ class Campaign:
         summary["votes_recorded"] = sum(len(v) for v in votes.values())
         summary["double_votes"] = double_votes
         summary["durable_journal"] = self.durable_journal
+        summary["hubs_checked"] = [cluster.node_id(i) for i in members]
         if self.lazy is not None:
             summary["lazy_fs"] = _lazy_figures(self)
         history = {
@@ -524,6 +535,7 @@ def _injected_line(f: Fault, ev: dict[str, Any]) -> str:
     return (
         f"fault {f.n}: {f.kind} on {ev['target']}"
         + (" (leader)" if ev.get("leader") else "")
+        + (" (it left first)" if ev.get("rejoin") else "")
         + (f", hold {f.hold_s:g} s" if f.hold_s else "")
         + (f", jump {f.jump_ms / 1000:+.1f} s" if f.jump_ms else "")
         + (
@@ -542,17 +554,24 @@ def _event_line(ev: dict[str, Any]) -> str:
     out = (
         f"{ev['n']} {ev['kind']} {ev['target']}"
         + (" (leader)" if ev.get("leader") else "")
+        + (" (rejoin)" if ev.get("rejoin") else "")
         + f" at {ev['at_s']:g} s: "
         + (f"resumed in {rec:g} s" if rec is not None else "did not resume")
     )
     if ev.get("needs_ready"):
         ready = ev.get("ready_s")
-        out += f", ready {ready:g} s after healing" if ready is not None else ", never ready"
+        after = "later" if ev["kind"] in SPARE_KINDS else "after healing"  # no heal to wait for
+        out += f", ready {ready:g} s {after}" if ready is not None else ", never ready"
     if "undone" in ev:
         u = ev["undone"]
         out += f", cut back {u['files']} files, {u['pages']} pages, {u['names']} names"
     if "enospc_answers" in ev:
         out += f", {ev['enospc_answers']} ENOSPC answers"
+    if "followed" in ev:
+        took = ev["followed_s"]
+        out += f", orders naming it run by {ev['followed']} devices" + (
+            f" in {took:g} s" if took is not None else ""
+        )
     return out
 
 

@@ -3,7 +3,8 @@
     fleet = Fleet(workdir, hubs=3, device_ids=["plug-01", ...], netns=None, say=log, now=clock)
     fleet.start_cluster()       # every hub ready, a leader agreed
     fleet.start_devices()       # registered through the API, running, each acknowledged once
-    fleet.healthy()             # hubs the campaign has not taken down, and alive
+    fleet.members()             # the Raft members: every hub but a spare not added yet
+    fleet.healthy()             # members the campaign has not taken down, and alive
     fleet.progress()            # each device's committed watermark, as a healthy node sees it
     fleet.check_processes()     # a hub or device that exited by itself: a crash, restarted
     fleet.close()
@@ -15,12 +16,18 @@ tools/mpy/chaos_device.py, which keeps each device's history on its "flash"
 (its data directory). Which hubs and devices the campaign has taken down is
 kept here (``down_hubs``, ``frozen_hubs``, ``off_devices``), so that a fault
 the campaign injected is never taken for a crash.
+
+With ``spares`` (node_add), the cluster has that many nodes more than
+``hubs``: configured, with every other node as a peer, but not in the other
+nodes' peers, not started and not Raft members (``outside``) until a node_add
+joins one (tools/chaos/injectors.py).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import time
@@ -69,7 +76,11 @@ class ChaosCluster(LocalCluster):
     directory is on that file system, which a power cut rolls back to what
     was synced; the configs, the TLS files and the logs stay outside it (a
     log is what an observer saw, not what the node's disk kept).
-    ``durable_journal=False`` turns the Raft journal's syncs off."""
+    ``durable_journal=False`` turns the Raft journal's syncs off.
+
+    The last ``spares`` of the ``nodes`` are spare nodes: the others' configs
+    do not name them as peers (a node added later, as `aiot cluster
+    add-node` adds one), their own configs name every other node."""
 
     def __init__(
         self,
@@ -78,14 +89,23 @@ class ChaosCluster(LocalCluster):
         netns: Netns | None,
         lazy: LazyMount | None = None,
         durable_journal: bool = True,
+        spares: int = 0,
     ) -> None:
         hosts = None if netns is None else [netns.ip(i) for i in range(nodes)]
         super().__init__(root, nodes, election_ms=ELECTION_MS, hosts=hosts)
         self.netns = netns
         self.lazy = lazy
+        self.spares = list(range(nodes - spares, nodes))
         for i, path in enumerate(self.configs):
             node = self.node_id(i)
             text = path.read_text()
+            if spares and i not in self.spares:
+                peers = ", ".join(
+                    f'"{self.raft_address(j)}"'
+                    for j in range(nodes)
+                    if j != i and j not in self.spares
+                )
+                text = re.sub(r"^peers = \[.*\]$", f"peers = [{peers}]", text, count=1, flags=re.M)
             if lazy is not None:
                 text = text.replace(
                     f'data_dir = "{node}"\n', f'data_dir = "{lazy.mountpoint / node}"\n'
@@ -97,6 +117,10 @@ class ChaosCluster(LocalCluster):
     def host(self, i: int) -> str:
         """The address node i binds to."""
         return "127.0.0.1" if self.netns is None else self.netns.ip(i)
+
+    def raft_address(self, i: int) -> str:
+        """Node i's raft.bind, host:port (its name in the Raft membership)."""
+        return f"{self.host(i)}:{self.ports[i].raft}"
 
     def data_dir(self, i: int) -> Path:
         if self.lazy is None:
@@ -137,15 +161,19 @@ class Fleet:
         now: Callable[[], float],
         lazy: LazyMount | None = None,
         durable_journal: bool = True,
+        spares: int = 0,
     ) -> None:
         """``say`` logs progress; ``now`` is the campaign's clock (seconds),
         for the crash reports; ``lazy``: the hubs' data on that lazy file
-        system (power_cut, disk_full); ``durable_journal``: the hubs' switch."""
+        system (power_cut, disk_full); ``durable_journal``: the hubs' switch;
+        ``spares``: nodes configured beyond ``hubs``, outside the cluster."""
         self.workdir = workdir
         self.netns = netns
         self.say = say
         self.now = now
-        self.cluster = ChaosCluster(workdir / "cluster", hubs, netns, lazy, durable_journal)
+        self.cluster = ChaosCluster(
+            workdir / "cluster", hubs + spares, netns, lazy, durable_journal, spares
+        )
         self.ids = device_ids
         self.devices: list[Device] = []
         self.api: list[HubClient] = []
@@ -153,12 +181,16 @@ class Fleet:
         self.frozen_hubs: set[int] = set()  # paused or cut off
         self.off_devices: set[int] = set()
         self.stopped_brokers: set[int] = set()  # pids (partitions by SIGSTOP)
+        self.outside: set[int] = set(self.cluster.spares)  # not Raft members
         self.violations: list[dict[str, Any]] = []  # crashes
 
     # -- set-up and tear-down
 
     def start_cluster(self) -> None:
-        self.cluster.start(120)
+        """Every member started, ready, and agreed on a leader."""
+        for i in self.members():
+            self.cluster.start_node(i)
+        self.cluster.wait_ready(120)
         self.api = [HubClient.from_config(c, timeout=3.0) for c in self.cluster.configs]
 
     def start_devices(self, timeout: float = 120.0) -> None:
@@ -219,10 +251,14 @@ class Fleet:
 
     # -- observing
 
+    def members(self) -> list[int]:
+        """The hubs in the cluster: all but the spares not added (``outside``)."""
+        return [i for i in range(self.cluster.n) if i not in self.outside]
+
     def healthy(self) -> list[int]:
         return [
             i
-            for i in range(self.cluster.n)
+            for i in self.members()
             if i not in self.down_hubs and i not in self.frozen_hubs and self.cluster.alive(i)
         ]
 
@@ -319,6 +355,37 @@ class Fleet:
             time.sleep(POLL_S)
         return None
 
+    def wait_orders(self, i: int, since: float, timeout: float = 30.0) -> dict[str, Any]:
+        """After hub i joined: wait until every running device ran (DONE) a
+        broker order (``hubs.set``, hub/link/membership.py) that names hub
+        i's broker. ``followed``: how many did, of how many; ``followed_s``:
+        seconds from ``since`` until all had (None: not within ``timeout``)."""
+        broker = f"{self.cluster.host(i)}:{self.cluster.ports[i].broker}"
+        todo = {d for k, d in enumerate(self.ids) if k not in self.off_devices}
+        total = len(todo)
+        deadline = time.monotonic() + timeout
+        while todo and time.monotonic() < deadline:
+            for d in sorted(todo):
+                for j in self.healthy():
+                    try:
+                        cmds = self.api[j].get("/v1/commands", device=d)
+                    except HubError:
+                        continue
+                    orders = sorted(
+                        (c for c in cmds if c["action"] == "hubs.set"), key=lambda c: c["seq"]
+                    )
+                    last = orders[-1] if orders else {"state": None, "params": {}}
+                    named = broker in str(last["params"].get("hubs", "")).split(",")
+                    if last["state"] == "DONE" and named:
+                        todo.discard(d)
+                    break
+            if todo:
+                time.sleep(POLL_S)
+        return {
+            "followed": f"{total - len(todo)}/{total}",
+            "followed_s": None if todo else _round(time.monotonic() - since),
+        }
+
     def wait_commands_final(self, command_ids: list[str], timeout: float = 40.0) -> int:
         """Let the fleet answer what was issued; the number still open."""
         open_ids = set(command_ids)
@@ -356,7 +423,7 @@ class Fleet:
     def check_processes(self) -> None:
         """A hub or device that exited on its own is a violation; it is restarted."""
         cluster = self.cluster
-        for i in range(cluster.n):
+        for i in self.members():
             if i not in self.down_hubs and not cluster.alive(i):
                 proc = cluster.procs[i]
                 code = None if proc is None else proc.returncode

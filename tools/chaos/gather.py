@@ -4,7 +4,7 @@ hashes, and the hubs' alert lines.
 
     stored_readings(cluster, i, "plug-01")   # [Reading(seq, ts_ms, sensor, value), ...]
     device_history(device, "plug-01", final) # DeviceHistory, flash readings included
-    content_hashes(cluster, 90.0)            # node id -> hash (None: no answer)
+    content_hashes(cluster, 90.0, [0, 1, 2]) # node id -> hash (None: no answer)
     log_alerts(cluster)                      # node id -> level -> lines
 
 A device's flash is read on CPython with the device's own code (edge/meta.py,
@@ -36,7 +36,8 @@ _FLASH_FILES: Final = ("meta.a", "meta.b", "slot.a", "slot.b")
 
 def stored_readings(cluster: LocalCluster, i: int, device_id: str) -> list[Reading]:
     """Every reading node i stores for the device (time ranges are split
-    until none is truncated)."""
+    until none is truncated); none when the node does not know the device
+    (a node that never caught up: L reports what it misses)."""
     # Reading a large store takes a while on a busy machine.
     client = HubClient.from_config(cluster.configs[i], timeout=60.0)
     out: list[Reading] = []
@@ -44,9 +45,14 @@ def stored_readings(cluster: LocalCluster, i: int, device_id: str) -> list[Readi
         todo = [(0, 2**62)]
         while todo:
             lo, hi = todo.pop()
-            got = client.get(
-                f"/v1/devices/{device_id}/readings", from_ms=lo, to_ms=hi, limit=100_000
-            )
+            try:
+                got = client.get(
+                    f"/v1/devices/{device_id}/readings", from_ms=lo, to_ms=hi, limit=100_000
+                )
+            except HubError as exc:
+                if exc.status == 404 and "no device" in str(exc):
+                    return []
+                raise
             if got["truncated"] and hi - lo > 1:
                 mid = (lo + hi) // 2
                 todo += [(lo, mid), (mid, hi)]
@@ -111,17 +117,19 @@ def _flash_readings(directory: str, meta: Any, config: dict[str, Any]) -> dict[i
     return out
 
 
-def content_hashes(cluster: LocalCluster, limit_s: float) -> dict[str, str | None]:
-    """Each node's content hash, polled until all are equal or ``limit_s``
-    has passed (None: the node did not answer)."""
+def content_hashes(
+    cluster: LocalCluster, limit_s: float, nodes: list[int]
+) -> dict[str, str | None]:
+    """The content hash of each of ``nodes`` (indexes), polled until all are
+    equal or ``limit_s`` has passed (None: the node did not answer)."""
     # Hashing a large store takes a while on a busy machine.
-    clients = [HubClient.from_config(c, timeout=60.0) for c in cluster.configs]
+    clients = {i: HubClient.from_config(cluster.configs[i], timeout=60.0) for i in nodes}
     deadline = time.monotonic() + limit_s
     hashes: dict[str, str | None] = {}
     try:
         while time.monotonic() < deadline:
             hashes = {}
-            for i, client in enumerate(clients):
+            for i, client in clients.items():
                 try:
                     st = client.get("/v1/status", hash="true")
                     hashes[cluster.node_id(i)] = str(st["content_hash"])
@@ -131,7 +139,7 @@ def content_hashes(cluster: LocalCluster, limit_s: float) -> dict[str, str | Non
                 return hashes
             time.sleep(1.0)
     finally:
-        for client in clients:
+        for client in clients.values():
             client.close()
     return hashes
 
@@ -141,6 +149,8 @@ def log_alerts(cluster: LocalCluster) -> dict[str, dict[str, list[str]]]:
     record, not violations: the checks judge the outcome)."""
     out: dict[str, dict[str, list[str]]] = {}
     for i in range(cluster.n):
+        if not cluster.log_path(i).exists():  # a spare never started
+            continue
         found: dict[str, list[str]] = {level: [] for level in ALERT_LEVELS}
         with contextlib.suppress(OSError):
             for line in cluster.log_path(i).read_text(errors="replace").splitlines():

@@ -28,6 +28,15 @@ and how it is undone.
     disk_full          the lazy file system answers ENOSPC to anything that
                        grows a file or adds a name, under one hub's data
                        directory or every hub's; healed by answering again
+    node_drain         the hub drained through another hub's API; healed by
+                       undraining it
+    node_add           the spare node joins: POST /v1/cluster/nodes through a
+                       member's API, then started (`aiot cluster add-node`,
+                       then `aiot hub run`); it stays, nothing to heal. If an
+                       earlier node_add joined it, it leaves first: stopped
+                       (SIGTERM) and removed (DELETE /v1/cluster/nodes/...,
+                       which also removes its node record); it keeps its data
+                       and rejoins as a node that was away
 
 What an injection did beyond its kind (the broker's pid, the command's delay,
 the jump) goes into the fault's event.
@@ -44,9 +53,11 @@ from pathlib import Path
 from typing import Any, Final, Protocol
 
 from tools.base.errors import ToolError
+from tools.base.hubclient import HubClient, HubError
 from tools.chaos.fleet import ChaosCluster, Fleet
 from tools.chaos.schedule import Fault
 from tools.chaos.votes import parse_votes
+from tools.lab.cluster import ClusterError
 from tools.lab.lazyfs import LazyMount
 
 Heal = Callable[[], None]
@@ -55,9 +66,10 @@ Heal = Callable[[], None]
 # from the injection: a device that is off samples nothing.
 MEASURED_FROM_HEAL: Final = frozenset({"device_power_cut"})
 # Kinds after which the hub (every hub, for power_cut) must become ready again (check R).
-NEEDS_READY: Final = frozenset({"hub_kill", "hub_pause", "partition", "power_cut"})
+NEEDS_READY: Final = frozenset({"hub_kill", "hub_pause", "partition", "power_cut", "node_add"})
 ALL_HUBS: Final = -1  # the target of a fault on every hub
 FIRST_BACK_S: Final = 10.0  # power_cut: the others start at the latest this long after the first
+MEMBERSHIP_TRY_S: Final = 20.0  # node_add: how long a refused membership change is retried
 
 
 class Skipped(Exception):
@@ -91,6 +103,7 @@ class Injector:
             "power_cut": self._cut_all_power,
             "disk_full": self._fill_disk,
             "node_drain": self._drain_hub,
+            "node_add": self._add_node,
         }
 
     def inject(self, f: Fault, target: int, ev: dict[str, Any]) -> Heal | None:
@@ -144,9 +157,7 @@ class Injector:
         fleet = self.fleet
         cluster = fleet.cluster
         node = cluster.node_id(i)
-        via = [
-            j for j in range(cluster.n) if j != i and j not in fleet.down_hubs | fleet.frozen_hubs
-        ]
+        via = [j for j in fleet.healthy() if j != i]
         if not via:
             raise Skipped("no other hub answers to drain it through")
         try:
@@ -163,6 +174,32 @@ class Injector:
 
         return undrain
 
+    def _add_node(self, f: Fault, i: int, ev: dict[str, Any]) -> None:
+        # Through a member's API (by pick); the node stays once it has joined.
+        fleet = self.fleet
+        cluster = fleet.cluster
+        via = [j for j in fleet.healthy() if j != i]
+        if not via:
+            raise Skipped("no member answers to add the node through")
+        j = via[f.pick % len(via)]
+        ev["via"] = cluster.node_id(j)
+        address = cluster.raft_address(i)
+        if i not in fleet.outside:
+            ev["rejoin"] = True
+            fleet.outside.add(i)  # from now on its exit is no crash
+            with contextlib.suppress(ClusterError):  # killed when it does not stop
+                cluster.stop_node(i)
+            err = _membership(cluster.client(j), "delete", address)
+            if err:
+                fleet.outside.discard(i)
+                cluster.start_node(i)
+                raise Skipped(f"removing {ev['target']} was refused: {err}")
+        err = _membership(cluster.client(j), "post", address)
+        if err:
+            raise Skipped(f"adding {ev['target']} was refused: {err}")
+        cluster.start_node(i)
+        fleet.outside.discard(i)
+
     # -- the hubs' disks (a lazy file system)
 
     def _lazy(self) -> LazyMount:
@@ -174,14 +211,15 @@ class Injector:
     def _cut_all_power(self, f: Fault, _target: int, ev: dict[str, Any]) -> Heal:
         fleet, lazy = self.fleet, self._lazy()
         cluster = fleet.cluster
-        first = _first_back(cluster, fleet.leader(), f.pick)
+        first = _first_back(cluster, fleet.members(), fleet.leader(), f.pick)
         ev["first_back"] = cluster.node_id(first)
-        pids = [pid for i in range(cluster.n) for pid in fleet.family(i)]
-        fleet.down_hubs.update(range(cluster.n))
+        members = fleet.members()
+        pids = [pid for i in members for pid in fleet.family(i)]
+        fleet.down_hubs.update(members)
         for pid in pids:  # all at once, before waiting for any
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        for i in range(cluster.n):
+        for i in members:
             cluster.kill(i)  # reaps it
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and any(_exists(pid) for pid in pids):
@@ -202,7 +240,7 @@ class Injector:
                 if _up_logged(cluster, first) > up:
                     break
                 time.sleep(0.05)
-            for i in range(cluster.n):
+            for i in members:
                 if i != first:
                     cluster.start_node(i)
             fleet.down_hubs.clear()
@@ -248,12 +286,34 @@ class Injector:
             time.sleep(0.05)
 
 
-def _first_back(cluster: ChaosCluster, leader: int | None, pick: int) -> int:
+def _membership(client: HubClient, method: str, address: str) -> str:
+    """Add ("post") or remove ("delete") the Raft member ``address`` through
+    ``client``'s node, retried while it is refused for a while (no leader,
+    another change not committed yet, a timeout that may or may not have
+    applied): "" once done (or already so), else the last refusal."""
+    deadline = time.monotonic() + MEMBERSHIP_TRY_S
+    while True:
+        try:
+            if method == "post":
+                client.post("/v1/cluster/nodes", {"raft": address})
+            else:
+                client.delete(f"/v1/cluster/nodes/{address}")
+            return ""
+        except HubError as exc:
+            # "already a member" (409) to an add, "not a member" (404) to a removal: done.
+            if "already a member" in str(exc) if method == "post" else exc.status == 404:
+                return ""
+            if exc.status == 422 or time.monotonic() > deadline:
+                return str(exc)[:200]
+        time.sleep(0.5)
+
+
+def _first_back(cluster: ChaosCluster, members: list[int], leader: int | None, pick: int) -> int:
     """Which hub gets power back first after a cut: a follower whose first
     recorded vote went to another node, if there is one (the worst case: if
     it forgot its term, it stands for election in a term it has already
     voted in, and votes for itself), else a follower by ``pick``."""
-    followers = [i for i in range(cluster.n) if i != leader]
+    followers = [i for i in members if i != leader]
     worst = []
     for i in followers:
         with contextlib.suppress(OSError):

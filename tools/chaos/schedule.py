@@ -16,7 +16,7 @@ tools/chaos/injectors.py):
     partition          one hub cut off the network for hold_s
     clock_jump         a device's clock moves by jump_ms
 
-Two more kinds need the hubs' data on a lazy file system (tools/lab/lazyfs.py)
+Two kinds need the hubs' data on a lazy file system (tools/lab/lazyfs.py)
 and are drawn only when asked for (``kinds``), so that the schedule of a seed
 without them stays what it was:
 
@@ -24,6 +24,14 @@ without them stays what it was:
                        all restarted after hold_s
     disk_full          ENOSPC on one hub's data (the leader or a follower) or
                        on every hub's ("all") for hold_s
+
+Two membership kinds (hub/link/membership.py), also drawn only when asked for:
+
+    node_drain         one hub (the leader or a follower) drained for hold_s
+    node_add           the spare node (configured, not a member at the start)
+                       joins the running cluster and stays; a later node_add
+                       first takes it out again (stopped and removed), then
+                       adds it back
 
 ``power_cut_schedule`` is the power-cut run: ``cuts`` power cuts, nothing else.
 """
@@ -46,11 +54,13 @@ KINDS: Final = (
 # Faults of the lazy file system (tools/lab/lazyfs.py), drawn only when asked for.
 LAZY_KINDS: Final = ("power_cut", "disk_full")
 # Membership faults (hub/link/membership.py), drawn only when asked for.
-MEMBERSHIP_KINDS: Final = ("node_drain",)
+MEMBERSHIP_KINDS: Final = ("node_drain", "node_add")
 ALL_KINDS: Final = KINDS + LAZY_KINDS + MEMBERSHIP_KINDS
 HUB_KINDS: Final = ("hub_kill", "hub_pause", "broker_kill", "partition", "disk_full", "node_drain")
 # Kinds that hit every hub at once (their target is "all").
 CLUSTER_KINDS: Final = ("power_cut",)
+# Kinds whose target is the spare node: no role, no device.
+SPARE_KINDS: Final = ("node_add",)
 WARMUP_S: Final = 4.0
 TAIL_S: Final = 4.0  # no fault is planned to start in the last seconds
 # Seconds a fault is expected to take after its hold, for planning only.
@@ -64,6 +74,7 @@ _AFTER_HOLD_S: Final = {
     "power_cut": 10.0,
     "disk_full": 6.0,
     "node_drain": 6.0,
+    "node_add": 8.0,
 }
 
 
@@ -76,7 +87,8 @@ class Fault:
     kind: str
     role: str | None  # hub faults: "leader" or "follower" ("all": disk_full on every hub)
     device: int  # device faults: the device's index; -1 otherwise
-    pick: int  # which follower (by rank in node order); for a command: via which node
+    # which follower (by rank in node order); for a command, or node_add: via which node
+    pick: int
     hold_s: float  # hub down, paused or cut off; device off; 0 otherwise
     jump_ms: int = 0  # clock_jump
     # device_power_cut: -1, or send the device a command and cut the power
@@ -85,9 +97,15 @@ class Fault:
 
     def describe(self) -> str:
         """'12.3 s hub_kill leader pick 1725 hold 3.9 s'"""
+        if self.role:
+            what = f"{self.role} pick {self.pick}"
+        elif self.device >= 0:
+            what = f"plug-{self.device + 1:02d}"
+        else:  # the spare node
+            what = f"pick {self.pick}"
         return (
             f"{self.at_s:g} s {self.kind} "
-            + (f"{self.role} pick {self.pick}" if self.role else f"plug-{self.device + 1:02d}")
+            + what
             + (f" hold {self.hold_s:g} s" if self.hold_s else "")
             + (f" jump {self.jump_ms} ms" if self.jump_ms else "")
             + (f" command +{self.command_kill_ms} ms" if self.command_kill_ms >= 0 else "")
@@ -132,6 +150,12 @@ class Schedule:
     def needs_lazy_fs(self) -> bool:
         return any(k in LAZY_KINDS for k in self.kinds)
 
+    @property
+    def spares(self) -> int:
+        """Nodes configured beyond ``hubs`` but not members at the start: one
+        when some fault adds a node (node_add), else none."""
+        return 1 if any(f.kind in SPARE_KINDS for f in self.faults) else 0
+
     def to_json(self) -> dict[str, Any]:
         """One line per fault and command (make_schedule(seed, ...) gives the
         records themselves)."""
@@ -167,7 +191,8 @@ def make_schedule(
     drawn at random. Hub faults name a role (and a rank among followers),
     not a node: which node leads is only known when the fault starts.
     ``kinds``: the kinds to draw from (KINDS, the default, keeps every
-    seed's schedule as it was; ALL_KINDS adds power_cut and disk_full)."""
+    seed's schedule as it was; ALL_KINDS adds power_cut, disk_full,
+    node_drain and node_add)."""
     unknown = sorted(set(kinds) - set(ALL_KINDS))
     if unknown or not kinds:
         raise ValueError(f"fault kinds: unknown {unknown}, expected some of {list(ALL_KINDS)}")
@@ -181,7 +206,7 @@ def make_schedule(
         hold = _hold(rng, kind)
         role = _role(rng, kind)
         pick = rng.randrange(1 << 16)
-        device = rng.randrange(devices) if kind not in HUB_KINDS else -1
+        device = rng.randrange(devices) if kind not in HUB_KINDS + SPARE_KINDS else -1
         jump = 0
         if kind == "clock_jump":
             jump = rng.choice((-1, 1)) * rng.randrange(5_000, 7_200_000)

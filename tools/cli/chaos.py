@@ -2,7 +2,8 @@
 
     aiot chaos --duration 60 --seed 7              # progress, then a summary
     aiot chaos --duration 600 --seed 7 --json      # one JSON object on stdout
-    aiot chaos --duration 300 --faults all         # power_cut, disk_full, node_drain too
+    aiot chaos --duration 300 --faults all         # power_cut, disk_full, node_drain, node_add too
+    aiot chaos --duration 60 --faults node_add,hub_kill   # a spare node joins the running cluster
     aiot chaos --power-cuts 20 --json              # 20 cuts of every hub at once
 
 Exit status: 0 when every check held, 1 when the campaign found a violation,
@@ -40,6 +41,7 @@ _SUMMARY_KEYS = (
     "commands_executed_twice",
     "commands_by_state",
     "converged",
+    "hubs_checked",
     "votes_recorded",
     "double_votes",
     "max_recovery_s",
@@ -72,8 +74,9 @@ def chaos(
     faults: Annotated[
         str,
         typer.Option(
-            help="Fault kinds to draw, comma-separated; 'all' adds node_drain, and power_cut "
-            "and disk_full (the hubs' data on a lazy FUSE file system)."
+            help="Fault kinds to draw, comma-separated; 'all' adds node_drain, node_add (a "
+            "spare node joins), and power_cut and disk_full (the hubs' data on a lazy FUSE "
+            "file system)."
         ),
     ] = ",".join(KINDS),
     power_cuts: Annotated[
