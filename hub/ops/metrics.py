@@ -491,6 +491,11 @@ class _HubCollector(Collector):
                 "Entries the store applied that the journal lost (power-loss window).",
                 st.journal_behind_store,
             ),
+            (
+                "aiot_raft_journal_room",
+                "0 while a journal write waits for disk space (the disk is full).",
+                float(st.journal_room),
+            ),
         ]
         for name, doc, value in gauges:
             yield GaugeMetricFamily(name, doc, value)
@@ -511,6 +516,11 @@ class _HubCollector(Collector):
             "aiot_raft_journal_flush_seconds_total",
             "Seconds spent in those syncs.",
             st.journal_flush_seconds,
+        )
+        yield CounterMetricFamily(
+            "aiot_raft_disk_full_step_downs",
+            "Times this node stepped down as leader because its disk or store was full.",
+            st.disk_full_step_downs,
         )
         files = GaugeMetricFamily(
             "aiot_data_file_bytes", "Size of this node's data files.", labels=["file"]

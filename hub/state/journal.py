@@ -24,6 +24,13 @@ committed and acknowledged, or let a node vote twice in one term
 - **A failed sync is final** (``JournalError("sync_failed")``): after a
   failed fsync the kernel may have dropped the pages, and a retry could
   succeed without them; so the node sends nothing more and its apply halts.
+- **A full disk waits** (``ENOSPC``, ``EDQUOT``, a short write): the record
+  or the meta is written again until there is room, never skipped, while
+  pysyncobj's thread waits (so the node sends and acknowledges nothing).
+  ``on_no_room`` runs before the wait and ``on_room`` after it:
+  ``DurableSyncObj`` steps down as leader in the first, so the nodes with
+  room elect another and keep committing, and restarts its election timer
+  in the second (hub/state/DESIGN.md, "A full store").
 
 Records are written with ``pwrite``, not through a memory map: an ``msync``
 is a ranged ``fdatasync`` anyway, and plain writes let the header reach the
@@ -89,6 +96,7 @@ from pysyncobj.journal import (
     Journal,
 )
 from pysyncobj.pickle import dumps, loads, to_bytes
+from pysyncobj.syncobj import _RAFT_STATE
 from pysyncobj.transport import TCPTransport
 
 from hub.core.fsutil import fsync_dir
@@ -145,6 +153,13 @@ class DurableJournal(Journal):  # type: ignore[misc]  # pysyncobj has no type hi
         self._meta_saved = True
         self._fd: int | None = None
         self._failed: OSError | None = None
+        # A full disk (see _when_room): False while a write waits for room.
+        self.room = True
+        self.room_waits = 0  # writes that found the disk full
+        # Called on pysyncobj's thread, inside the write: when it finds the
+        # disk full (before it waits) and when it got written after waiting.
+        self.on_no_room: Callable[[], None] | None = None
+        self.on_room: Callable[[], None] | None = None
         self._open()
         self._meta = self._read_meta()
         # What the last sync made durable (as opened, when not durable).
@@ -303,7 +318,7 @@ class DurableJournal(Journal):  # type: ignore[misc]  # pysyncobj has no type hi
             if os.pwrite(fd, record, at) != len(record):  # a short write: the disk filled
                 raise OSError(errno.ENOSPC, "short write")
 
-        _when_room(write, self.path)
+        self._when_room(write, self.path)
         self._entries.append((command, idx, term))
         self._offsets.append(self._end)
         self._end += len(record)
@@ -416,7 +431,7 @@ class DurableJournal(Journal):  # type: ignore[misc]  # pysyncobj has no type hi
             finally:
                 os.close(fd)
 
-        _when_room(write, tmp)
+        self._when_room(write, tmp)
         os.replace(tmp, self._meta_path)
         self._meta_saved = True
         if self.durable:
@@ -425,46 +440,91 @@ class DurableJournal(Journal):  # type: ignore[misc]  # pysyncobj has no type hi
             self.synced_term = self.getCurrentTerm()
             self.synced_vote = self.getVotedForNodeId()
 
+    # -- a full disk -------------------------------------------------------------------
 
-# A full disk: a record or the meta that cannot be written yet is written when
-# there is room again. Pysyncobj's thread waits meanwhile (the node sends
-# nothing, so it acknowledges nothing); it neither skips the write nor stops.
-ROOM_ERRNOS: Final = frozenset({errno.ENOSPC, errno.EDQUOT})
-MAX_ROOM_WAIT_S: Final = 10.0
+    def _when_room(self, write: Callable[[], object], path: Path) -> None:
+        """Run ``write`` until it finds room: a record or the meta that cannot
+        be written yet (``ENOSPC``, ``EDQUOT``, a short write) is written when
+        there is room again, never skipped. Pysyncobj's thread waits meanwhile,
+        so the node sends nothing and acknowledges nothing it does not hold;
+        ``on_no_room`` runs first (DurableSyncObj: a leader steps down),
+        ``on_room`` once the write went through."""
+        delay, tries = ROOM_FIRST_WAIT_S, 0
+        while True:
+            try:
+                write()
+                break
+            except OSError as exc:
+                if exc.errno not in ROOM_ERRNOS:
+                    raise
+                if tries == 0:
+                    self.room = False
+                    self.room_waits += 1
+                    log.critical("%s: disk full, write retried until there is room: %s", path, exc)
+                    self._call(self.on_no_room)
+                elif tries % ROOM_LOG_EVERY == 0:
+                    log.critical("%s: disk full, write retried %d times: %s", path, tries, exc)
+            tries += 1
+            time.sleep(delay)
+            delay = min(delay * 2, MAX_ROOM_WAIT_S)
+        if tries:
+            self.room = True
+            log.warning("%s: room again, written after %d retries", path, tries)
+            self._call(self.on_room)
 
-
-def _when_room(write: Callable[[], object], path: Path) -> None:
-    delay = 0.25
-    while True:
-        try:
-            write()
+    @staticmethod
+    def _call(hook: Callable[[], None] | None) -> None:
+        if hook is None:
             return
-        except OSError as exc:
-            if exc.errno not in ROOM_ERRNOS:
-                raise
-            log.critical("%s: disk full, write retried in %.1f s: %s", path, delay, exc)
-        time.sleep(delay)
-        delay = min(delay * 2, MAX_ROOM_WAIT_S)
+        try:
+            hook()
+        except Exception:  # the write must still be retried, whatever the hook did
+            log.exception("journal room hook failed")
+
+
+ROOM_ERRNOS: Final = frozenset({errno.ENOSPC, errno.EDQUOT})
+ROOM_FIRST_WAIT_S: Final = 0.25
+# A retry is one write: cheap, so the node rejoins within a second of room.
+MAX_ROOM_WAIT_S: Final = 1.0
+ROOM_LOG_EVERY: Final = 60  # retries between two log lines while the disk stays full
 
 
 # -- wiring into pysyncobj ---------------------------------------------------------------
 
 
 class SyncingTransport(TCPTransport):  # type: ignore[misc]  # pysyncobj has no type hints
-    """pysyncobj's TCP transport; every message waits for the journal's sync."""
+    """pysyncobj's TCP transport; every message waits for the journal's sync,
+    and only a leader sends ``append_entries``."""
 
     def __init__(self, journal: Journal, syncObj: Any, selfNode: Any, otherNodes: Any) -> None:
         self.journal = journal
         super().__init__(syncObj, selfNode, otherNodes)
 
     def send(self, node: Any, message: Any) -> bool:
+        # A leader that stepped down for a full disk returns, once the record
+        # it waited on is written, into pysyncobj code that goes on sending
+        # as the leader it was: dropped, as a lost message would be.
+        if _kind(message) == "append_entries" and not self._syncObj._isLeader():
+            return False
         self.journal.sync()
         return bool(super().send(node, message))
 
 
+def _kind(message: Any) -> Any:
+    return message.get("type") if isinstance(message, dict) else None
+
+
 class DurableSyncObj(SyncObj):  # type: ignore[misc]  # pysyncobj has no type hints
     """A SyncObj over ``journal``: it syncs before every message it sends
-    (``transport_class``, a SyncingTransport) and at the start of every tick."""
+    (``transport_class``, a SyncingTransport) and at the start of every tick.
+
+    A full disk: when a journal write finds no room, a leader hands over
+    (pysyncobj's ``transferLeadership``: the most caught-up follower stands
+    at once) and steps down before its thread waits for room; a follower or
+    candidate just waits (it can neither store entries nor persist a term
+    or vote, so it acknowledges nothing and wins nothing). Once the write
+    went through, the node hears from the leader before it may stand: its
+    election timer restarts."""
 
     def __init__(
         self,
@@ -475,14 +535,49 @@ class DurableSyncObj(SyncObj):  # type: ignore[misc]  # pysyncobj has no type hi
         transport_class: Callable[..., TCPTransport] = SyncingTransport,
     ) -> None:
         self.journal = journal
+        self.disk_full_step_downs = 0
         conf.journalFile = journal  # taken as it is by _create_journal below
         super().__init__(
             address, list(peers), conf, transportClass=functools.partial(transport_class, journal)
         )
+        if isinstance(journal, DurableJournal):
+            journal.on_no_room = self._no_room
+            journal.on_room = self._room_again
 
     def _onTick(self, timeToWait: float = 0.0) -> None:
         self.journal.sync()
         super()._onTick(timeToWait)
+
+    def _no_room(self) -> None:
+        """pysyncobj's thread, before the journal waits for room."""
+        if not self.step_down("the journal cannot write"):
+            log.critical("disk full: this node stores and acknowledges nothing until there is room")
+
+    def step_down(self, why: str) -> bool:
+        """On pysyncobj's thread only, before it waits for room (here, or in
+        the store's apply): a leader hands over and becomes a follower. False
+        when it did not lead."""
+        if not self._isLeader():
+            return False
+        self.transferLeadership()  # denied (silently) when no follower is caught up
+        self._SyncObj__setState(_RAFT_STATE.FOLLOWER)
+        self._SyncObj__raftLeader = None
+        self.disk_full_step_downs += 1
+        log.critical(
+            "no room (%s): the leader steps down in term %d; the others elect one with room",
+            why,
+            self.raftCurrentTerm,
+        )
+        return True
+
+    def _room_again(self) -> None:
+        """pysyncobj's thread, once the write that waited went through. The
+        node may have waited past its election timeout: standing at once
+        would depose the leader the others elected meanwhile (a higher term),
+        with a log that cannot win."""
+        self._SyncObj__raftElectionDeadline = (
+            time.monotonic() + self._SyncObj__generateRaftTimeout()
+        )
 
 
 _stock_create_journal: Callable[[Any], Any] = _syncobj.createJournal

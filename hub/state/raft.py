@@ -167,6 +167,8 @@ class RaftStatus:
     journal_behind_store: int = 0  # > 0: the journal lost entries LMDB applied
     journal_flushes: int = 0  # journal syncs (hub/state/journal.py)
     journal_flush_seconds: float = 0.0  # their total time
+    journal_room: bool = True  # False while a journal write waits for disk space
+    disk_full_step_downs: int = 0  # times this node stepped down as leader for want of room
 
 
 # -- the dump file (pysyncobj's fullDumpFile) --------------------------------------------
@@ -338,6 +340,9 @@ class RaftNode:
             self.journal._destroy()
             self.store.close()
             raise
+        # Apply waiting for space (a full map or disk, under the daemon's full
+        # policy) holds pysyncobj's thread: a leader steps down first.
+        self.store.on_full = self._store_full
         make_private(self.data_dir)  # what older releases or pysyncobj made 0644
         self.journal_behind_store = self._check_journal()
 
@@ -380,6 +385,9 @@ class RaftNode:
             raise
         self._notify(results)
         return results
+
+    def _store_full(self, why: str) -> None:
+        self._machine.step_down(why)
 
     def _notify(self, results: list[ApplyResult]) -> None:
         hook = self.on_applied
@@ -504,6 +512,8 @@ class RaftNode:
             journal_behind_store=self.journal_behind_store,
             journal_flushes=self.journal.flushes,
             journal_flush_seconds=self.journal.flush_seconds,
+            journal_room=self.journal.room,
+            disk_full_step_downs=m.disk_full_step_downs,
         )
 
     @property

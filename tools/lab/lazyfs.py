@@ -161,12 +161,15 @@ class LazyState:
         os.rename(path, kept)
         return kept
 
-    def check_space(self, path: str) -> None:
+    def full_at(self, path: str) -> bool:
+        """Whether ``path`` (a backing path) is under a full prefix."""
         rel = os.path.relpath(path, self.root)
-        for prefix in self.full:
-            if prefix == "" or rel == prefix or rel.startswith(prefix.rstrip("/") + "/"):
-                self.counters.enospc += 1
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return any(p == "" or rel == p or rel.startswith(p.rstrip("/") + "/") for p in self.full)
+
+    def check_space(self, path: str) -> None:
+        if self.full_at(path):
+            self.counters.enospc += 1
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     # -- the cut
 
@@ -264,7 +267,7 @@ class LazyOps:
     def statfs(self, path: str) -> dict[str, int]:
         sv = os.statvfs(self._p(path))
         out = {k: getattr(sv, k) for k in dir(sv) if k.startswith("f_")}
-        if self.s.full:
+        if self.s.full_at(self._p(path)):  # one hub's disk, not its neighbours'
             out["f_bfree"] = out["f_bavail"] = 0
         return out
 
