@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Final
 from hub.core.clock import wall_ms
 from hub.core.config import DecisionsConfig
 from hub.core.fsutil import sha256_file
+from hub.core.validate import ConfigError
 from hub.decide import facts as f
 from hub.decide import llm
 from hub.decide import rules as r
@@ -69,6 +70,10 @@ class DecisionEngine:
     ) -> None:
         self._raft = raft
         self.rules = r.Engine(ruleset)
+        self._config_rules = ruleset  # the hub config's; rule sets from the registry add to them
+        self.rule_sets: tuple[str, ...] = ()  # the active ones in use ("rules-x@3", ...)
+        self.rules_error = ""  # why the active rule sets are not in use ("": they are)
+        self._refused: tuple[str, ...] = ()  # the rule sets rules_error is about
         self.guard = guard
         self.cfg = cfg
         self._clock = clock
@@ -123,7 +128,33 @@ class DecisionEngine:
                 log.info("decisions paused: %s", exc)
                 await asyncio.sleep(0.5)
 
+    def follow_rule_sets(self) -> None:
+        """Run the config's rules plus the registry's active rule sets (kind
+        "rules", hub/decide/registry.py) once they change: the rules are
+        replaced and every known device rebound; a rule that stays (same id
+        and stream) keeps its state. A rule id defined twice keeps the rules
+        as they were and says why (``rules_error``, the status)."""
+        if self._models is None:
+            return
+        sets = self._models.rule_sets()
+        names = tuple(name for name, _ in sets)
+        if names == self.rule_sets or (self.rules_error and names == self._refused):
+            return
+        merged = self._config_rules
+        try:
+            for _, rs in sets:
+                merged = merged + rs
+        except ConfigError as exc:
+            self._refused, self.rules_error = names, f"{', '.join(names)}: {exc}"
+            log.error("rule sets not in use: %s", self.rules_error)
+            return
+        self.rule_sets, self.rules_error = names, ""
+        for problem in self.rules.load(merged):
+            log.warning("rule cannot run: %s", problem)
+        log.info("rules in use: the config's and %s", ", ".join(names) or "no rule set")
+
     async def step(self) -> None:
+        self.follow_rule_sets()
         leader = self._raft.status().is_leader
         dirty, self._dirty = self._dirty, set()
         if leader and not self._was_leader:
@@ -282,6 +313,8 @@ class DecisionEngine:
             "failed": self.failed,
             "guard": self.guard.stats(),
             "rule_problems": [str(p) for p in self.rules.problems()],
+            "rule_sets": list(self.rule_sets),
+            "rules_error": self.rules_error or None,
             "windows_scored": self.scored,
             "score_errors": self.score_errors,
             "llm": None if self.llm is None else self.llm.status(),

@@ -44,6 +44,7 @@ import os
 import re
 import ssl
 import time
+import tomllib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,7 +57,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from hub.core.clock import wall_ms
 from hub.core.keys import canonical
 from hub.core.paths import SHIPPED_MODELS
+from hub.core.validate import ConfigError
 from hub.decide.anomaly import AnomalyError, AnomalyModel, Manifest
+from hub.decide.rules import RuleSet, parse_rules_file
 from hub.state import entries as e
 from hub.state.apply import ApplyResult, Outcome
 from hub.state.raft import RaftError, RaftNode
@@ -151,12 +154,49 @@ def load_bytes(mv: e.ModelVersion, data: bytes, doc: dict[str, Any]) -> Any:
         raise ModelRefused("sha256_mismatch", f"{mv.name}@{mv.version}: the bytes differ")
     if mv.kind == FIRMWARE:
         raise ModelRefused("not_a_model", f"{mv.name}@{mv.version} is a firmware release")
+    check_kind(mv)
+    if mv.kind == RULES:
+        return parse_rule_set(mv, data)
     if mv.kind != "onnx":
         return None  # GGUF models are loaded by the LLM worker from the blob path
     try:
         inner = Manifest.from_dict(doc.get("manifest") or {})
         return AnomalyModel.from_bytes(data, inner)
     except AnomalyError as exc:
+        raise ModelRefused("load_failed", str(exc)) from None
+
+
+# A rules file as a model version of kind "rules": the same signed records,
+# fetched between hubs and activated like any model. Loading parses it as a
+# rules file (hub/decide/rules.py); the decision engine runs the config's
+# rules plus every active rule set (``rule_sets``), in name order.
+RULES: Final = "rules"
+
+
+RULES_NAME: Final = re.compile(r"rules(-[A-Za-z0-9._-]+)?")
+
+
+def check_kind(mv: e.ModelVersion) -> None:
+    """A rule set is named ``rules`` or ``rules-<set>``, and only a rule set
+    is, so it never takes the place of a model the tiers load by name."""
+    if (mv.kind == RULES) != bool(RULES_NAME.fullmatch(mv.name)):
+        raise ModelRefused(
+            "bad_name",
+            f"{mv.name}@{mv.version}: a version of kind rules is named rules or rules-<set>, "
+            "and only such a version",
+        )
+
+
+def parse_rule_set(mv: e.ModelVersion, data: bytes) -> RuleSet:
+    """A rules file's bytes as a RuleSet named ``name@version``. Raises ModelRefused."""
+    source = f"{mv.name}@{mv.version}"
+    try:
+        return parse_rules_file(tomllib.loads(data.decode("utf-8")), source)
+    except UnicodeDecodeError as exc:
+        raise ModelRefused("load_failed", f"{source}: not UTF-8: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ModelRefused("load_failed", f"{source}: not TOML: {exc}") from None
+    except ConfigError as exc:
         raise ModelRefused("load_failed", str(exc)) from None
 
 
@@ -254,6 +294,14 @@ class ModelRegistry:
     def current(self, name: str) -> Any:
         loaded = self.active.get(name)
         return None if loaded is None else loaded.model
+
+    def rule_sets(self) -> tuple[tuple[str, RuleSet], ...]:
+        """The active rule sets ("name@version", rules), in name order."""
+        return tuple(
+            (f"{x.name}@{x.version}", x.model)
+            for x in sorted(self.active.values(), key=lambda x: x.name)
+            if isinstance(x.model, RuleSet)
+        )
 
     def notice(self, results: Iterable[ApplyResult]) -> None:
         for r in results:

@@ -3,7 +3,9 @@ site's report up (docs/cloud.md "Down to the sites").
 
 While this node leads, it watches the cloud's object store ``aiot-models``
 (tools/cloud/models.py puts each signed version there, for the fleet or for
-one site). For a version meant for this site and not yet registered here:
+one site) and the key-value bucket ``aiot-policies`` (signed rules files,
+model versions of kind "rules", their bytes in the entry itself). For a
+version meant for this site and not yet registered here:
 
 1. it checks the signature against this hub's own ``[models] trusted_keys``
    and the manifest against the object (hub/decide/registry.py) — a version
@@ -29,7 +31,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -39,8 +41,11 @@ from hub.core.clock import wall_ms
 from hub.core.cloudcfg import CloudConfig
 from hub.decide.registry import (
     FIRMWARE,
+    RULES,
     ModelRefused,
     ModelRegistry,
+    check_kind,
+    parse_rule_set,
     propose_activation,
     verify_signature,
     version_record,
@@ -48,7 +53,7 @@ from hub.decide.registry import (
 from hub.link.cloudlink import open_link
 from hub.state import entries as e
 from hub.state.raft import RaftError, RaftNode
-from protocol.cloud import MODELS_BUCKET, SITES_BUCKET
+from protocol.cloud import MODELS_BUCKET, POLICIES_BUCKET, SITES_BUCKET
 
 log = logging.getLogger("aiot.cloud")
 
@@ -129,26 +134,61 @@ class CloudDown:
             js = nc.jetstream(domain=self.cfg.domain)
             obs = await js.object_store(MODELS_BUCKET)
             sites = await js.key_value(SITES_BUCKET)
-            watcher = await obs.watch(ignore_deletes=True)
+            policies = await js.key_value(POLICIES_BUCKET)
+            models = await obs.watch(ignore_deletes=True)
+            rules = await policies.watchall(ignore_deletes=True)
             next_report = 0.0
             while self._leading():
                 if time.monotonic() >= next_report:
                     await self._report(sites)
                     next_report = time.monotonic() + REPORT_S
-                try:
-                    info = await watcher.updates(timeout=WAIT_S)
-                except (TimeoutError, nats.errors.TimeoutError):
-                    continue
-                if info is not None and not getattr(info, "deleted", False):
-                    await self._offered(obs, info)
+                if await self._next_model(obs, models) | await self._next_policy(rules):
                     next_report = 0.0  # say what changed
         finally:
             await nc.close()
 
-    async def _offered(self, obs: Any, info: Any) -> None:
-        name = str(info.name)
+    async def _next_model(self, obs: Any, watcher: Any) -> bool:
+        """One object of the models bucket, if one comes within WAIT_S / 2."""
         try:
-            offer = Offer.parse(name, info.description)
+            info = await watcher.updates(timeout=WAIT_S / 2)
+        except (TimeoutError, nats.errors.TimeoutError):
+            return False
+        if info is None or getattr(info, "deleted", False):
+            return False
+        name = str(info.name)
+
+        async def data() -> bytes:
+            return bytes((await obs.get(name)).data or b"")
+
+        await self._offered(name, info.description, data)
+        return True
+
+    async def _next_policy(self, watcher: Any) -> bool:
+        """One entry of the policies bucket (a signed rules file, its bytes in
+        the value's ``data``), if one comes within WAIT_S / 2."""
+        try:
+            entry = await watcher.updates(timeout=WAIT_S / 2)
+        except (TimeoutError, nats.errors.TimeoutError):
+            return False
+        if entry is None or entry.value is None:
+            return False
+        name = f"{POLICIES_BUCKET}/{entry.key}"
+        value = bytes(entry.value)
+
+        async def data() -> bytes:
+            try:
+                return base64.b64decode(json.loads(value)["data"], validate=True)
+            except (ValueError, KeyError, TypeError) as exc:
+                raise ModelRefused("bad_offer", f"{name}: data: {exc}") from None
+
+        await self._offered(name, value.decode("utf-8", "replace"), data)
+        return True
+
+    async def _offered(
+        self, name: str, description: str | None, fetch: Callable[[], Awaitable[bytes]]
+    ) -> None:
+        try:
+            offer = Offer.parse(name, description)
             if not offer.for_site(self.cfg.site):
                 return
             mv = version_record(offer.manifest, offer.signature, offer.key_id)
@@ -159,9 +199,12 @@ class CloudDown:
             verify_signature(mv, self.registry.trusted)
             if mv.kind == FIRMWARE:
                 raise ModelRefused("not_a_model", f"{name} is a firmware release")
-            data = (await obs.get(name)).data or b""
+            data = await fetch()
             if hashlib.sha256(data).digest() != mv.sha256 or len(data) != mv.size:
                 raise ModelRefused("sha256_mismatch", f"{name}: the bytes differ from the manifest")
+            check_kind(mv)
+            if mv.kind == RULES:
+                parse_rule_set(mv, data)
             self.registry.store_blob(mv.sha256.hex(), [data])
             await self.raft.propose(e.encode(mv), timeout=10.0)
             if offer.activate:

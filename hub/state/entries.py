@@ -543,7 +543,9 @@ class Decision:
 
 
 MODEL_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-MODEL_KINDS: Final = ("onnx", "gguf", "firmware")  # firmware: a release (hub/decide/registry.py)
+# firmware: a release; rules: a rules file the decision engine adds to the
+# config's rules (hub/decide/registry.py)
+MODEL_KINDS: Final = ("onnx", "gguf", "firmware", "rules")
 MAX_MODEL_MANIFEST: Final = 16 * 1024
 
 

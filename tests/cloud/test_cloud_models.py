@@ -73,6 +73,55 @@ def _runs(cluster: LocalCluster, name: str, version: str) -> bool:
     return True
 
 
+RULES = """
+[[rule]]
+id = "cloud-heater-guard"
+description = "Alert when a plug draws over 3 kW for 10 s"
+devices = ["*"]
+sensor = "power_w"
+above = 3000
+for_s = 10
+action = "alert"
+"""
+
+
+def _rule_sets(cluster: LocalCluster) -> list[list[str]]:
+    return [cluster.status(i)["decisions"]["rule_sets"] for i in range(cluster.n)]
+
+
+def rules_come_down(
+    tmp: Path, root: Path, key: Path, rogue: Path, sites: tuple[LocalCluster, ...]
+) -> None:
+    """A rules file pushed once to the policies bucket runs on every node of
+    every site; one signed by a key no site trusts is refused everywhere."""
+    rules = tmp / "guard.toml"
+    rules.write_text(RULES)
+    base = ("cloud", "push-rules", str(rules), "--name", "rules-guard", "--dir", str(root))
+    out = aiot(tmp, *base, "--version", "1", "--sign-key", str(key), "--activate")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["name"] == "rules-guard"
+    _until(lambda: all(_rule_sets(c) == [["rules-guard@1"]] * c.n for c in sites))
+    for c in sites:
+        assert all(c.status(i)["decisions"]["rules_error"] is None for i in range(c.n))
+    out = aiot(tmp, *base, "--version", "2", "--sign-key", str(rogue), "--activate")
+    assert out.returncode == 0, out.stderr
+
+    def refused() -> bool:
+        downs = [c.status(c.leader())["cloud"]["down"]["refused"] for c in sites]
+        return all("untrusted_key" in str(d.get("aiot-policies/rules-guard.2")) for d in downs)
+
+    _until(refused)
+    for c in sites:
+        assert {
+            v["version"] for v in c.client(0).get("/v1/models") if v["name"] == "rules-guard"
+        } == {"1"}
+        assert _rule_sets(c) == [["rules-guard@1"]] * c.n
+    # A file that is no rules file is refused before it leaves.
+    rules.write_text("[[rule]]\nid = 3\n")
+    bad = aiot(tmp, *base, "--version", "3", "--sign-key", str(key))
+    assert bad.returncode == 2 and "rules-guard@3" in bad.stderr and "Traceback" not in bad.stderr
+
+
 def test_one_push_reaches_every_site_and_each_checks_it(tmp_path: Path) -> None:
     layout = init_cloud(tmp_path / "cloud", nodes=1, port=0)
     trusted_key, trusted = _key(tmp_path, "fleet")
@@ -117,6 +166,7 @@ def test_one_push_reaches_every_site_and_each_checks_it(tmp_path: Path) -> None:
             assert "untrusted_key" in got["north"]["refused"]["anomaly@8"]
             assert got["south"]["refused"] == {}
             assert got["north"]["received"] == ["anomaly@7"]
+            rules_come_down(tmp_path, layout.root, trusted_key, rogue_key, (north, south))
             text = aiot(tmp_path, "cloud", "sites", "--dir", str(layout.root))
             assert text.returncode == 0, text.stderr
             lines = {line.split()[0]: line for line in text.stdout.splitlines()}

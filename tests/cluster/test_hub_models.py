@@ -142,3 +142,35 @@ def test_push_activate_and_refuse_tampered_models(tmp_path: Path) -> None:
         assert err.value.status == 422 and "sha256_mismatch" in str(err.value)
         versions = {m["version"] for m in c.get("/v1/models")}
         assert "4" not in versions and "5" not in versions
+        rules_by_hand(tmp_path, cluster, key, cfg)
+
+
+def rules_by_hand(tmp_path: Path, cluster: LocalCluster, key: Path, cfg: str) -> None:
+    """A rules file is a version of kind rules: pushed and activated like a
+    model, it runs on every node beside the config's rules; a file that is
+    no rules file, or one under a model's name, is refused at registration."""
+    rules = tmp_path / "night.toml"
+    push = ("models", "push", str(rules), "--sign-key", str(key), "--config", cfg)
+    rules.write_text(
+        '[[rule]]\nid = "night-guard"\ndevices = ["*"]\nsensor = "power_w"\n'
+        'above = 4000\naction = "alert"\n'
+    )
+    r = aiot(*push, "--name", "rules-night", "--version", "1")
+    assert r.returncode == 0, r.stderr
+    assert aiot("models", "activate", "rules-night@1", "--config", cfg).returncode == 0
+    wait_until(
+        lambda: all(
+            cluster.status(i)["decisions"]["rule_sets"] == ["rules-night@1"]
+            for i in range(cluster.n)
+        ),
+        30,
+        "rules-night@1 in use on every node",
+    )
+    r = aiot(*push, "--name", "anomaly", "--version", "6")
+    assert r.returncode == 1 and "bad_name" in r.stderr, r.stderr
+    rules.write_text('[[rule]]\nid = "x"\nsensor = "power_w"\n')  # no devices, no threshold
+    r = aiot(*push, "--name", "rules-night", "--version", "2")
+    assert r.returncode == 1 and "load_failed" in r.stderr, r.stderr
+    versions = {(m["name"], m["version"]) for m in cluster.client(0).get("/v1/models")}
+    assert ("rules-night", "1") in versions and ("rules-night", "2") not in versions
+    assert ("anomaly", "6") not in versions

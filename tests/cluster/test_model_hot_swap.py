@@ -166,3 +166,90 @@ def test_signature_checks(tmp_path: Path) -> None:
     assert err.value.reason == "manifest_mismatch"
     with pytest.raises(ValueError):
         keys.public_key(base64.b64encode(b"short").decode())
+
+
+GUARD_RULES = """
+[[rule]]
+id = "guard-{n}"
+devices = ["plug-*"]
+sensor = "power_w"
+above = {watts}
+action = "alert"
+"""
+
+
+def rules_version(name: str, ver: str, text: str, key: object) -> tuple[e.ModelVersion, bytes]:
+    data = text.encode()
+    signed = reg.signed_manifest(name, ver, reg.RULES, data, {})
+    sig, kid = keys.sign(signed, key)  # type: ignore[arg-type]
+    return reg.version_record(signed, sig, kid), data
+
+
+def test_rule_sets_from_the_registry_join_the_configs_rules(tmp_path: Path) -> None:
+    from hub.core.config import DecisionsConfig
+    from hub.decide import rules as r
+    from hub.decide.engine import DecisionEngine
+    from hub.decide.guard import Guard
+    from protocol.profiles import PLUG_CAPABILITIES
+
+    priv, pub = keys.keygen()
+    key = keys.private_key(_write(tmp_path / "k", priv))
+    public = keys.public_key(pub)
+    config = r.parse_rules_file(
+        {
+            "rule": [
+                {"id": "own", "devices": ["*"], "sensor": "power_w", "above": 1, "action": "alert"}
+            ]
+        },
+        "hub.toml",
+    )
+
+    async def scenario(node: RaftNode) -> list[tuple[tuple[str, ...], str, tuple[str, ...]]]:
+        await until(lambda: node.is_ready, "the one-node replica ready", 20)
+        registry = ModelRegistry(
+            "hub-1", node, tmp_path / "blobs", {keys.key_id(public): public}, "t"
+        )
+        engine = DecisionEngine(node, config, Guard(), DecisionsConfig(), models=registry)
+        node.on_applied = registry.notice
+        plug = e.Device("plug-1", b"k" * 32, PLUG_CAPABILITIES, 2000.0)
+        await node.propose(e.encode(e.RegisterDevice(plug, 1)))
+        engine.rules.bind(plug)
+        runner = asyncio.create_task(registry.run())
+        seen = []
+
+        async def activate(name: str, ver: str, text: str) -> None:
+            mv, data = rules_version(name, ver, text, key)
+            registry.store_blob(mv.sha256.hex(), [data])
+            await node.propose(e.encode(mv))
+            await reg.propose_activation(node, name, ver)
+            await until(lambda: f"{name}@{ver}" in dict(registry.rule_sets()), f"{name}@{ver}")
+            engine.follow_rule_sets()
+            seen.append((engine.rule_sets, engine.rules_error, engine.rules.rules_of("plug-1")))
+
+        try:
+            await activate("rules-a", "1", GUARD_RULES.format(n="a", watts=3000))
+            await activate("rules-b", "1", GUARD_RULES.format(n="b", watts=2500))
+            await activate("rules-a", "2", GUARD_RULES.format(n="a2", watts=3500))  # a swap
+            await activate("rules-b", "2", GUARD_RULES.format(n="a2", watts=1))  # an id twice
+            # A version of kind rules under a model's name never loads.
+            mv, data = rules_version("anomaly", "9", GUARD_RULES.format(n="x", watts=1), key)
+            with pytest.raises(reg.ModelRefused) as err:
+                reg.load_bytes(mv, data, json.loads(mv.manifest))
+            assert err.value.reason == "bad_name"
+        finally:
+            runner.cancel()
+            await asyncio.gather(runner, return_exceptions=True)
+        return seen
+
+    node = RaftNode(f"127.0.0.1:{free_port()}", [], tmp_path / "n", SECRET)
+    try:
+        seen = asyncio.run(scenario(node))
+    finally:
+        node.close()
+    assert seen[0] == (("rules-a@1",), "", ("own", "guard-a"))
+    assert seen[1] == (("rules-a@1", "rules-b@1"), "", ("own", "guard-a", "guard-b"))
+    assert seen[2] == (("rules-a@2", "rules-b@1"), "", ("own", "guard-a2", "guard-b"))
+    # guard-a2 twice: the rules stay as they were, and the status says why.
+    names, error, bound = seen[3]
+    assert names == ("rules-a@2", "rules-b@1") and bound == ("own", "guard-a2", "guard-b")
+    assert "rules-b@2" in error and "'guard-a2' is already defined in rules-a@2" in error

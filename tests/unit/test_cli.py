@@ -149,6 +149,7 @@ def test_help_lists_exactly_the_working_groups() -> None:
         "add-site",
         "leaf-config",
         "push-model",
+        "push-rules",
         "sites",
         "query",
         "events",

@@ -14,7 +14,14 @@ from typing import Annotated, Any
 import typer
 
 from hub.core import keys
-from hub.decide.registry import signed_manifest
+from hub.decide.registry import (
+    RULES,
+    ModelRefused,
+    check_kind,
+    parse_rule_set,
+    signed_manifest,
+    version_record,
+)
 from tools.cli.models import _inner_manifest
 from tools.cli.output import fail, group, nothing, reported, say
 from tools.cli.remote import utc_ms
@@ -31,7 +38,7 @@ from tools.cloud.cluster import (
     stop_detached,
 )
 from tools.cloud.leaf import write_leaf
-from tools.cloud.models import push_model, read_file, site_reports, target_of
+from tools.cloud.models import push_model, push_policy, read_file, site_reports, target_of
 from tools.cloud.query import (
     check_event_kind,
     hourly,
@@ -285,6 +292,50 @@ def cloud_push_model(
     say(f"putting {name}@{version} ({len(data)} bytes) in the cloud for {target}")
     with reported(1):
         pushed = push_model(login, data, signed, signature, kid, target, activate)
+    typer.echo(json.dumps({**dataclasses.asdict(pushed), "activate": activate}))
+
+
+@cloud_app.command("push-rules")
+def cloud_push_rules(
+    file: Annotated[Path, typer.Argument(help="A rules file (TOML, [[rule]] tables).")],
+    sign_key: Annotated[Path, typer.Option(help="Ed25519 private key (aiot models keygen).")],
+    name: Annotated[str, typer.Option(help="The rule set: rules or rules-<set>.")] = "rules",
+    folder: DirOpt = Path("cloud"),
+    creds: Annotated[
+        Path | None, typer.Option("--creds", help="An admin login file (default: the --dir's).")
+    ] = None,
+    version: Annotated[str | None, typer.Option(help="Default: a timestamp.")] = None,
+    site: Annotated[
+        str | None, typer.Option("--site", help="Only this site (default: the whole fleet).")
+    ] = None,
+    activate: Annotated[
+        bool, typer.Option("--activate", help="The sites activate it as it arrives.")
+    ] = False,
+) -> None:
+    """Sign a rules file and put it in the cloud's policies bucket; every
+    targeted site checks the signature with its own trusted keys, registers it
+    through its own Raft log (a model version of kind rules) and, with
+    --activate, runs it with its own rules."""
+    version = version or time.strftime("%Y%m%d%H%M%S")
+    with reported(2):
+        data = read_file(file)
+        signed = signed_manifest(name, version, RULES, data, {})
+        mv = version_record(signed, b"\0" * 64, "check")
+        try:
+            check_kind(mv)
+            rules = parse_rule_set(mv, data)
+        except ModelRefused as exc:
+            raise CloudError(str(exc)) from None
+        login = Creds.load(creds if creds is not None else load_layout(folder).creds("admin"))
+        target = target_of(site)
+    try:
+        key = keys.private_key(sign_key)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    signature, kid = keys.sign(signed, key)
+    say(f"putting {name}@{version} ({len(rules.rules)} rules) in the cloud for {target}")
+    with reported(1):
+        pushed = push_policy(login, data, signed, signature, kid, target, activate)
     typer.echo(json.dumps({**dataclasses.asdict(pushed), "activate": activate}))
 
 

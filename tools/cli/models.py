@@ -56,8 +56,10 @@ def _inner_manifest(file: Path, manifest: Path | None) -> dict[str, Any]:
 @on_hub
 def models_push(
     client: HubClient,
-    file: Annotated[Path, typer.Argument(help="The model file (.onnx or .gguf).", exists=True)],
-    name: Annotated[str, typer.Option(help="The model's name, e.g. anomaly.")],
+    file: Annotated[
+        Path, typer.Argument(help="The model file (.onnx, .gguf, or .toml rules).", exists=True)
+    ],
+    name: Annotated[str, typer.Option(help="The model's name, e.g. anomaly, or rules-<set>.")],
     sign_key: Annotated[Path, typer.Option(help="Ed25519 private key (aiot models keygen).")],
     version: Annotated[
         str | None, typer.Option(help="Default: from the manifest, or a timestamp.")
@@ -66,8 +68,9 @@ def models_push(
         Path | None, typer.Option(help="The model's own manifest (default: FILE with .json).")
     ] = None,
 ) -> None:
-    """Sign a model version and upload it to one hub; the others fetch it by sha256."""
-    kind = "gguf" if file.suffix == ".gguf" else "onnx"
+    """Sign a model version (or a rules file, named rules or rules-<set>) and
+    upload it to one hub; the others fetch it by sha256."""
+    kind = {".gguf": "gguf", ".toml": reg.RULES}.get(file.suffix, "onnx")
     inner = _inner_manifest(file, manifest)
     data = file.read_bytes()
     version = version or str(inner.get("version") or time.strftime("%Y%m%d%H%M%S"))

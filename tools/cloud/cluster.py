@@ -316,7 +316,10 @@ def render_conf(layout: CloudLayout, i: int, users: dict[str, dict[str, str]]) -
 
 def _cluster_block(layout: CloudLayout, i: int) -> str:
     """Routes to the other servers, TLS both ways (a single server has none:
-    JetStream then runs standalone)."""
+    JetStream then runs standalone). ``no_advertise``: clients are not told
+    the other servers' addresses, so a site keeps to the ones its ``[cloud]
+    servers`` lists (every server of the cluster, or the proxies or NAT
+    addresses in front of them)."""
     host = layout.host
     routes = ", ".join(
         f'"nats-route://{host}:{q.cluster}"' for j, q in enumerate(layout.ports) if j != i
@@ -326,7 +329,8 @@ def _cluster_block(layout: CloudLayout, i: int) -> str:
         f'  name: "{CLUSTER_NAME}"\n'
         f'  host: "{host}"\n'
         f"  port: {layout.ports[i].cluster}\n"
-        f"  routes: [{routes}]\n" + _tls_block(layout, layout.names[i], True, "  ") + "}\n"
+        f"  routes: [{routes}]\n"
+        "  no_advertise: true\n" + _tls_block(layout, layout.names[i], True, "  ") + "}\n"
     )
 
 

@@ -1,6 +1,6 @@
 """Down to the sites: signed model versions into the cloud's object store,
-and the sites' own reports read back (`aiot cloud push-model`, `aiot cloud
-sites`).
+signed rules files into its policies bucket, and the sites' own reports read
+back (`aiot cloud push-model`, `aiot cloud push-rules`, `aiot cloud sites`).
 
 An object in ``aiot-models`` is named ``<name>@<version>``; its bytes are the
 model's, and its description is a JSON object with the signed manifest and
@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from typing import Any
 from nats.js.api import ObjectMeta
 from nats.js.errors import NoKeysError
 
-from protocol.cloud import MODELS_BUCKET, SITES_BUCKET, check_site
+from protocol.cloud import MODELS_BUCKET, POLICIES_BUCKET, SITES_BUCKET, check_site
 from tools.cloud.cluster import CloudError, Creds
 from tools.cloud.status import connect
 
@@ -77,6 +78,49 @@ def push_model(
             await nc.close()
 
     _run(put(), 120.0)
+    return Pushed(doc["name"], doc["version"], doc["sha256"], int(doc["size"]), target)
+
+
+POLICY_KEY = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+
+
+def push_policy(
+    creds: Creds,
+    data: bytes,
+    manifest: bytes,
+    signature: bytes,
+    key_id: str,
+    target: str,
+    activate: bool,
+) -> Pushed:
+    """Put one signed rules file into the policies bucket, under
+    ``<name>.<version>``: the same description as a model's, with the bytes
+    in ``data`` (base64)."""
+    doc = json.loads(manifest)
+    key = f"{doc['name']}.{doc['version']}"
+    if not POLICY_KEY.fullmatch(key):
+        raise CloudError(f"{key!r} cannot be a key of the policies bucket")
+    value = json.dumps(
+        {
+            "manifest": base64.b64encode(manifest).decode(),
+            "signature": base64.b64encode(signature).decode(),
+            "key_id": key_id,
+            "target": target,
+            "activate": activate,
+            "data": base64.b64encode(data).decode(),
+        },
+        separators=(",", ":"),
+    ).encode()
+
+    async def put() -> None:
+        nc = await connect(creds)
+        try:
+            kv = await nc.jetstream().key_value(POLICIES_BUCKET)
+            await kv.put(key, value)
+        finally:
+            await nc.close()
+
+    _run(put(), 60.0)
     return Pushed(doc["name"], doc["version"], doc["sha256"], int(doc["size"]), target)
 
 

@@ -91,6 +91,13 @@ async def register_model(body: ModelIn, _: Operator, r: Raft, node: ThisNode) ->
         )
     if not reg.has_blob(mv.sha256.hex()):
         raise HTTPException(409, f"upload the bytes first: PUT /v1/models/blobs/{mv.sha256.hex()}")
+    try:
+        models_mod.check_kind(mv)
+        if mv.kind == models_mod.RULES:  # refused now rather than at activation
+            data = await asyncio.to_thread(reg.blob_path(mv.sha256.hex()).read_bytes)
+            models_mod.parse_rule_set(mv, data)
+    except ModelRefused as exc:
+        raise HTTPException(422, f"model refused: {exc}") from None
     check(await commit(r, e.encode(mv)))
     return {"name": mv.name, "version": mv.version, "sha256": mv.sha256.hex()}
 

@@ -1,0 +1,192 @@
+"""Two sites report to one cloud exactly once: two hub clusters of three
+nodes with MicroPython plugs, a JetStream cluster of three servers. Under
+load, the north site's exporting leader is killed in the middle of its
+export, a cloud server is killed, and the south site loses the cloud (its
+links go through TCP proxies that are stopped) for OUTAGE_S, then gets it
+back. Every reading each plug saw acknowledged is then in its site's stream
+once, read back by site, device and sequence number.
+
+``AIOT_CLOUD_OUTAGE_S`` sets the outage (CI: 20 s; run it with 120 for the
+two minutes of the acceptance run)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.cloud.test_cloud_models import _extra_cloud, _until
+from tests.cluster.hubs import assert_exactly_once, need_mosquitto, provision, running_cluster
+from tests.cluster.test_membership import empty_flash
+from tests.device import Device
+from tools.cloud.buckets import ensure_buckets
+from tools.cloud.cluster import CloudLayout, CloudServers, Creds, init_cloud
+from tools.cloud.query import read_readings, summary
+from tools.cloud.sites import add_site
+from tools.lab.cluster import LocalCluster
+
+pytestmark = [pytest.mark.cloud, pytest.mark.cluster]
+
+OUTAGE_S = float(os.environ.get("AIOT_CLOUD_OUTAGE_S", "20"))
+TUNING: dict[str, Any] = {"sample_ms": 100, "return_after_s": 5}
+PLUGS = {"north": ("n-plug-1", "n-plug-2"), "south": ("s-plug-1", "s-plug-2")}
+
+
+class Proxies:
+    """One socat TCP proxy per cloud server, on its own port: the south
+    site's only way to the cloud. ``stop`` kills them and every connection
+    through them; ``start`` listens again on the same ports."""
+
+    def __init__(self, layout: CloudLayout) -> None:
+        self.targets = [p.client for p in layout.ports]
+        self.ports = [_free_port() for _ in self.targets]
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def urls(self) -> list[str]:
+        return [f"tls://127.0.0.1:{p}" for p in self.ports]
+
+    def start(self) -> None:
+        for port, target in zip(self.ports, self.targets, strict=True):
+            self.procs.append(
+                subprocess.Popen(
+                    [
+                        "socat",
+                        f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork",
+                        f"TCP:127.0.0.1:{target}",
+                    ],
+                    start_new_session=True,  # its forked children die with it
+                )
+            )
+        for port in self.ports:
+            _until(lambda p=port: _listening(p), 10)
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            with suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        self.procs.clear()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), 0.5).close()
+    except OSError:
+        return False
+    return True
+
+
+@contextmanager
+def proxies_for(layout: CloudLayout) -> Iterator[Proxies]:
+    p = Proxies(layout)
+    p.start()
+    try:
+        yield p
+    finally:
+        p.stop()
+
+
+def export(c: LocalCluster) -> dict[str, Any]:
+    """The export status of the site's leader."""
+    status: dict[str, Any] = c.status(c.leader())["cloud"]["export"]
+    return status
+
+
+def caught_up(c: LocalCluster) -> bool:
+    try:
+        x = export(c)
+    except Exception:  # a node between leaders
+        return False
+    return bool(x["exported_index"]) and x["first_unexported_index"] == 0
+
+
+def test_two_sites_export_every_reading_once_across_faults(tmp_path: Path) -> None:
+    need_mosquitto()
+    layout = init_cloud(tmp_path / "cloud", nodes=3, port=0)
+    admin = Creds.load(layout.creds("admin"))
+    plugs: dict[str, Device] = {}
+    with ExitStack() as stack:
+        servers = stack.enter_context(CloudServers(layout))
+        servers.start_all()
+        ensure_buckets(admin, 3)
+        for site in PLUGS:
+            add_site(layout, site)
+        proxies = stack.enter_context(proxies_for(layout))
+        south_cloud = _extra_cloud(layout, "south").replace(
+            f"servers = {json.dumps(layout.urls())}", f"servers = {json.dumps(proxies.urls)}"
+        )
+        sites = {
+            "north": stack.enter_context(
+                running_cluster(tmp_path / "north", 3, extra=_extra_cloud(layout, "north"))
+            ),
+            "south": stack.enter_context(
+                running_cluster(tmp_path / "south", 3, extra=south_cloud + "lag_alert_s = 5\n")
+            ),
+        }
+        stack.callback(lambda: [d.stop() for d in plugs.values()])
+        for site, names in PLUGS.items():
+            for d in names:
+                plugs[d] = provision(sites[site], tmp_path / site, d, **TUNING).start()
+        north, south = sites["north"], sites["south"]
+        _until(lambda: caught_up(north) and caught_up(south), 90)
+
+        # 1. The north site's exporting leader dies in the middle of its export.
+        leader = north.leader()
+        sent = export(north)["messages"]
+        _until(lambda: north.status(leader)["cloud"]["export"]["messages"] > sent + 5, 30)
+        north.kill(leader)
+        time.sleep(2)
+        north.restart(leader)
+
+        # 2. A cloud server dies, and comes back.
+        servers.kill(1)
+        time.sleep(5)
+        servers.start(1)
+        servers.wait_ready()
+
+        # 3. The south site loses the cloud: its export stops, the site goes on,
+        #    the lag alert fires; then the cloud is back and the backlog drains.
+        proxies.stop()
+        _until(lambda: export(south)["error"] is not None, 30)
+        time.sleep(OUTAGE_S)
+        away = export(south)
+        assert away["first_unexported_index"] > 0 and away["lag_s"] > 5, away
+        assert away["alert"].startswith("cloud export"), away
+        proxies.start()
+
+        acked = empty_flash(plugs)
+        for site, c in sites.items():
+            mine = {d: acked[d] for d in PLUGS[site]}
+            assert_exactly_once(c, mine)
+            try:
+                _until(lambda c=c: caught_up(c), 120)
+            except AssertionError:
+                raise AssertionError(f"{site} never caught up: {export(c)}") from None
+        back = export(south)
+        assert back["alert"] == "" and back["alerts"] >= 1, back
+
+        # Read back from the cloud by site, device and seq: each reading once.
+        for site, names in PLUGS.items():
+            doc = summary(read_readings(admin, site))
+            assert sorted(doc["devices"]) == sorted(names)
+            for d in names:
+                want = {"readings": acked[d], "first_seq": 1, "last_seq": acked[d]}
+                assert doc["devices"][d] == {**want, "gaps": [], "duplicates": []}, (site, d)
+            assert doc["bad_messages"] == []
+            assert sum(acked[d] for d in names) > 0
