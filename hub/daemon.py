@@ -56,6 +56,7 @@ from hub.decide.registry import ModelRegistry
 from hub.http import api
 from hub.http.routes import stream, threads
 from hub.link.broker import BrokerError, BrokerLimits, BrokerUser, MosquittoSupervisor
+from hub.link.cloudhealth import CloudHealth
 from hub.link.cloudlink import CloudLink, OutboxSource, keep_export_off
 from hub.link.consumer import Consumer, broker_endpoint
 from hub.link.delivery import Delivery
@@ -211,6 +212,9 @@ class Hub:
             if cfg.cloud.on
             else None
         )
+        self.cloudhealth = (
+            CloudHealth(cfg.cloud, self.node_id, self._health) if cfg.cloud.on else None
+        )
         self.clouddown = (
             CloudDown(
                 cfg.cloud,
@@ -302,6 +306,8 @@ class Hub:
         spawn(asyncio.create_task(self.thread_keeper.run(), name="thread-retention"))
         if self.clouddown is not None:
             spawn(asyncio.create_task(self.clouddown.run(), name="cloud-down"))
+        if self.cloudhealth is not None:
+            spawn(asyncio.create_task(self.cloudhealth.run(), name="cloud-health"))
         if self.cloudlink is not None:
             spawn(asyncio.create_task(self.cloudlink.run(), name="cloud-export"))
         else:
@@ -433,6 +439,27 @@ class Hub:
     def _leads(self) -> bool:
         return self.raft.status().is_leader
 
+    def _health(self) -> tuple[int, dict[str, Any]]:
+        """This node's health for the cloud (hub/link/cloudhealth.py): small,
+        what a fleet view needs."""
+        raft = self.raft.status()
+        store = self.keeper.status()
+        export = self.cloudlink.status() if self.cloudlink is not None else None
+        return raft.applied_index, {
+            "role": "leader" if raft.is_leader else "follower",
+            "ready": raft.ready,
+            "halted": raft.halted or None,
+            "term": raft.term,
+            "commit_index": raft.commit_index,
+            "lag": max(0, raft.commit_index - raft.applied_index),
+            "uptime_s": round(time.time() - self.started_at, 1),
+            "drained": self.membership.drained,
+            "broker_connected": self.consumer.connected,
+            "store_used_fraction": store["used_fraction"],
+            "store_alert": store["alert"] or None,
+            "export_lag_s": None if export is None else export["lag_s"],
+        }
+
     def status(self) -> dict[str, Any]:
         """This node's view, for the API and `aiot cluster status`."""
         raft = self.raft.status()
@@ -479,7 +506,11 @@ class Hub:
             "models": self.models.status(),
             "cloud": None
             if self.clouddown is None or self.cloudlink is None
-            else {"export": self.cloudlink.status(), "down": self.clouddown.status()},
+            else {
+                "export": self.cloudlink.status(),
+                "down": self.clouddown.status(),
+                "health": None if self.cloudhealth is None else self.cloudhealth.status(),
+            },
         }
 
 

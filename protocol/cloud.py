@@ -44,6 +44,9 @@ POLICIES_BUCKET: Final = "aiot-policies"  # key-value: signed policies and rule 
 SITES_BUCKET: Final = "aiot-sites"  # key-value: each site's last report, under its id
 PREFIX: Final = "aiot"
 KINDS: Final = ("readings", "decisions", "commands", "alerts", "devices", "health", "status")
+# What the exporter sends exactly once, into the site's stream; health and
+# status are last values, in the site's health stream (``health_stream_name``).
+EXPORT_KINDS: Final = ("readings", "decisions", "commands", "alerts", "devices")
 SITE_ID: Final = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
 _MSG_ID: Final = re.compile(r"([a-z0-9][a-z0-9-]{0,31}):([0-9]{1,19}):([0-9]{1,6})/([0-9]{1,6})")
 
@@ -85,6 +88,28 @@ def subject(site: str, kind: str, key: str | None = None) -> str:
 def stream_name(site: str) -> str:
     """The site's stream in the cloud: ``AIOT_SITE_<SITE>``."""
     return "AIOT_SITE_" + check_site(site).upper().replace("-", "_")
+
+
+def stream_subjects(site: str) -> list[str]:
+    """What the site's stream holds: the exported kinds."""
+    return [f"{PREFIX}.{check_site(site)}.{kind}.>" for kind in EXPORT_KINDS]
+
+
+def health_stream_name(site: str) -> str:
+    """The site's health stream: ``AIOT_HEALTH_<SITE>``, each node's health
+    (and the site's status) as last values, outside the exactly-once chain."""
+    return "AIOT_HEALTH_" + check_site(site).upper().replace("-", "_")
+
+
+def health_subjects(site: str) -> list[str]:
+    return [f"{PREFIX}.{check_site(site)}.health.>", f"{PREFIX}.{site}.status"]
+
+
+def health_payload(site: str, node_id: str, index: int, body: dict[str, Any]) -> bytes:
+    """A node's health: ``index`` is its applied Raft index when it reported."""
+    return _dump(
+        {"v": SCHEMA, "kind": "health", "site": site, "index": index, "node": node_id, **body}
+    )
 
 
 @dataclass(frozen=True, slots=True, order=True)

@@ -167,11 +167,20 @@ def test_one_push_reaches_every_site_and_each_checks_it(tmp_path: Path) -> None:
             assert got["south"]["refused"] == {}
             assert got["north"]["received"] == ["anomaly@7"]
             rules_come_down(tmp_path, layout.root, trusted_key, rogue_key, (north, south))
+            # Each node's own health, newest first per node, from the health stream.
+            north_nodes = got["north"]["nodes"]
+            assert sorted(north_nodes) == ["hub-1", "hub-2", "hub-3"]
+            assert sorted(h["role"] for h in north_nodes.values()) == [
+                "follower", "follower", "leader",
+            ]  # fmt: skip
+            assert all(h["kind"] == "health" and h["site"] == "north" for h in north_nodes.values())
+            assert list(got["south"]["nodes"]) == ["hub-1"]
             text = aiot(tmp_path, "cloud", "sites", "--dir", str(layout.root))
             assert text.returncode == 0, text.stderr
-            lines = {line.split()[0]: line for line in text.stdout.splitlines()}
+            lines = {line.split()[0]: line for line in text.stdout.splitlines() if line[0] != " "}
             assert set(lines) == {"north", "south"}
             assert all(" export lag " in line and "anomaly@7" in line for line in lines.values())
+            assert sum(1 for line in text.stdout.splitlines() if line.startswith("  hub-")) == 4
             for cluster in (north, south):
                 versions = {r["version"] for r in cluster.client(0).get("/v1/models")}
                 assert "8" not in versions

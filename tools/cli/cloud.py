@@ -43,6 +43,7 @@ from tools.cloud.query import (
     check_event_kind,
     hourly,
     read_events,
+    read_health,
     read_readings,
     summary,
 )
@@ -347,11 +348,14 @@ def cloud_sites(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Each site's last report: when, from which node, the models it runs, its export."""
+    """Each site's last report: when, from which node, the models it runs, its
+    export; and the newest health report of each of its nodes."""
     with reported(2):
         login = Creds.load(creds if creds is not None else load_layout(folder).creds("admin"))
     with reported(1):
         reports = site_reports(login)
+        for r in reports:
+            r["nodes"] = read_health(login, str(r.get("site")))
     if as_json:
         typer.echo(json.dumps(reports, indent=2))
         return
@@ -365,6 +369,14 @@ def cloud_sites(
         typer.echo(
             f"{r.get('site'):<16} {age:6.0f} s ago  from {r.get('node')}  {lag}  {models or '-'}"
         )
+        for node, h in r["nodes"].items():
+            ago = (time.time() * 1000 - int(h.get("at_ms") or 0)) / 1000
+            typer.echo(
+                f"  {node:<14} {ago:6.0f} s ago  {h.get('role')}, term {h.get('term')}, "
+                f"applied {h.get('index')}, lag {h.get('lag')}"
+                + ("" if h.get("ready") else ", not ready")
+                + (f", store alert: {h['store_alert']}" if h.get("store_alert") else "")
+            )
 
 
 @cloud_app.command("query")

@@ -128,6 +128,44 @@ def read_readings(
     return out
 
 
+def read_health(creds: Creds, site: str, timeout: float = 30.0) -> dict[str, dict[str, Any]]:
+    """The newest health report of each node of ``site`` (hub/link/cloudhealth.py),
+    by node id; empty when the site has none (or no health stream)."""
+    out: dict[str, dict[str, Any]] = {}
+
+    def take(msg: Any) -> None:
+        try:
+            body = cloud.decode(msg.data)
+        except cloud.CloudFormatError:
+            return
+        out[str(body.get("node"))] = body
+
+    async def read() -> None:
+        stream = cloud.health_stream_name(site)
+        nc = await connect(creds)
+        try:
+            js = nc.jetstream()
+            try:
+                info = await js.stream_info(stream)
+            except nats.js.errors.NotFoundError:
+                return
+            if not info.state.messages:
+                return
+            config = ConsumerConfig(
+                ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.LAST_PER_SUBJECT
+            )
+            sub = await js.pull_subscribe(f"aiot.{site}.health.>", stream=stream, config=config)
+            try:
+                await _drain(sub, take)
+            finally:
+                await sub.unsubscribe()
+        finally:
+            await nc.close()
+
+    _run(site, None, timeout, read())
+    return dict(sorted(out.items()))
+
+
 EVENT_KINDS = ("decisions", "commands", "alerts", "devices")
 
 

@@ -3,7 +3,9 @@
 Adding a site writes its login into every server's config (a bcrypt hash;
 tools/cloud/subjects.py says what it may touch), reloads the servers that
 run (SIGHUP, then waits until each has loaded the new config), and makes the
-site's stream ``AIOT_SITE_<SITE>`` over ``aiot.<site>.>``. The login file
+site's stream ``AIOT_SITE_<SITE>`` over the exported kinds
+(``aiot.<site>.readings.>`` and the rest) and its health stream
+``AIOT_HEALTH_<SITE>`` over ``aiot.<site>.health.>``. The login file
 ``creds/site-<site>.json`` is what the site's hubs need, beside the CA.
 """
 
@@ -19,6 +21,7 @@ from typing import Any, Final
 
 from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 
+from protocol import cloud
 from tools.cloud.cluster import (
     ACCOUNT,
     CloudError,
@@ -32,12 +35,16 @@ from tools.cloud.cluster import (
     write_confs,
 )
 from tools.cloud.status import connect
-from tools.cloud.subjects import check_site, site_stream, site_subjects, site_user
+from tools.cloud.subjects import check_site, site_stream, site_user
 
 # A resend within this window is dropped by its Nats-Msg-Id; a later one is
 # caught by the expected-last-message-id chain (docs/cloud.md "Exactly once").
 DEDUP_WINDOW_S: Final = 600.0
 DEFAULT_MAX_AGE_DAYS: Final = 400
+# Each node reports its health every 10 s (hub/link/cloudhealth.py): an hour
+# of it per node, for two days at most.
+HEALTH_KEEP: Final = 360
+HEALTH_MAX_AGE_S: Final = 2 * 86_400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,12 +93,25 @@ async def _make_stream(admin: Creds, site: str, replicas: int, max_age_days: int
             StreamConfig(
                 name=site_stream(site),
                 description=f"everything site {site} exports",
-                subjects=[site_subjects(site)],
+                subjects=cloud.stream_subjects(site),
                 num_replicas=replicas,
                 storage=StorageType.FILE,
                 discard=DiscardPolicy.OLD,
                 duplicate_window=DEDUP_WINDOW_S,
                 max_age=max_age_days * 86_400.0,
+                allow_direct=True,
+            )
+        )
+        await js.add_stream(
+            StreamConfig(
+                name=cloud.health_stream_name(site),
+                description=f"the health of site {site}'s nodes, last values",
+                subjects=cloud.health_subjects(site),
+                num_replicas=replicas,
+                storage=StorageType.FILE,
+                discard=DiscardPolicy.OLD,
+                max_msgs_per_subject=HEALTH_KEEP,
+                max_age=HEALTH_MAX_AGE_S,
                 allow_direct=True,
             )
         )

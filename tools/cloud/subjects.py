@@ -1,7 +1,8 @@
 """The cloud's names: sites, subjects, streams, and what a site may touch.
 
 Everything a site exports lies under ``aiot.<site>.``, in the site's own
-stream ``AIOT_SITE_<SITE>`` (docs/cloud.md "Subjects"):
+stream ``AIOT_SITE_<SITE>`` (health and status in ``AIOT_HEALTH_<SITE>``;
+docs/cloud.md "Subjects"):
 
     aiot.<site>.readings.<device>    committed readings
     aiot.<site>.decisions.<device>   decisions with their provenance
