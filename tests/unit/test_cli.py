@@ -180,6 +180,7 @@ def test_help_lists_exactly_the_working_groups() -> None:
         "failover",
         "decide",
         "soak",
+        "cloud",
         "all",
     }
     assert listed_commands(aiot("protocol", "--help").stdout) == {"decode", "walkthrough"}

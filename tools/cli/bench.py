@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
+from tools.bench.cloud import cloud
 from tools.bench.codec import codec
 from tools.bench.decide import decide
 from tools.bench.edge import edge
@@ -190,6 +191,38 @@ def bench_soak(
 ) -> None:
     """Hub cluster at half the maximum rate for a long while: RSS, descriptors, convergence."""
     measure(ctx, soak, quiet=False)
+
+
+@bench_app.command("cloud")
+def bench_cloud(
+    ctx: typer.Context,
+    json_out: JsonOut = False,
+    duration_s: Annotated[
+        float,
+        typer.Option(
+            "--seconds", min=1, help="Measured seconds of the maximum-rate and half-rate phases."
+        ),
+    ] = 30.0,
+    outage_s: Annotated[
+        float, typer.Option("--outage-s", min=1, help="Seconds the cloud's servers are stopped.")
+    ] = 120.0,
+    devices: Devices = 48,
+    cloud_nodes: Annotated[
+        int, typer.Option(min=1, help="nats-server processes in the JetStream cluster.")
+    ] = 3,
+    warmup_s: Annotated[
+        float,
+        typer.Option(
+            "--warmup", min=0, help="Seconds of load before the maximum-rate clock starts."
+        ),
+    ] = 5.0,
+    generators: Generators = 1,
+    baseline: Annotated[
+        bool, typer.Option(help="Also measure the ingest rate with no [cloud] table.")
+    ] = True,
+) -> None:
+    """Cloud export: rate at half the ingest, device-to-cloud latency, catch-up, bytes."""
+    measure(ctx, cloud, quiet=False)
 
 
 @bench_app.command("all")
