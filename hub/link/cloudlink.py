@@ -44,7 +44,9 @@ log = logging.getLogger("aiot.cloud")
 
 CONNECT_S: Final = 10.0  # a first connect gives up after this
 IDLE_S: Final = 0.2  # nothing to export: look again after this
-RETRY_S: Final = (0.5, 1.0, 2.0, 5.0, 10.0)  # after a failure, then the next
+# After a failure, then the next: short, so the export resumes within a
+# couple of seconds of the cloud's return (a try costs one connect).
+RETRY_S: Final = (0.5, 1.0, 2.0)
 
 
 async def open_link(
@@ -208,11 +210,17 @@ class CloudLink:
                 }
             )
 
+    def _switched_on(self) -> bool:
+        """Whether the site keeps what it commits for the cloud (the outbox)."""
+        src = self.exporter.source
+        return not isinstance(src, OutboxSource) or src.switched_on()
+
     def status(self) -> dict[str, Any]:
         s = self.exporter.stats
         waiting, lag_s = self.lag()
         return {
             "site": self.cfg.site,
+            "on": self._switched_on(),
             "exporting": self.leading(),
             "connected": self._nc is not None and bool(self._nc.is_connected),
             "exported_index": s.last_index,

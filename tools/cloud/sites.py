@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from nats.js.api import DiscardPolicy, StorageType, StreamConfig
+from nats.js.errors import BadRequestError
 
 from protocol import cloud
 from tools.cloud.cluster import (
@@ -45,6 +46,7 @@ DEFAULT_MAX_AGE_DAYS: Final = 400
 # of it per node, for two days at most.
 HEALTH_KEEP: Final = 360
 HEALTH_MAX_AGE_S: Final = 2 * 86_400.0
+NO_PEERS: Final = 10005  # JetStream: no suitable peers for placement
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +91,8 @@ async def _make_stream(admin: Creds, site: str, replicas: int, max_age_days: int
     nc = await connect(admin)
     try:
         js = nc.jetstream()
-        await js.add_stream(
+        await _add_stream(
+            js,
             StreamConfig(
                 name=site_stream(site),
                 description=f"everything site {site} exports",
@@ -100,9 +103,10 @@ async def _make_stream(admin: Creds, site: str, replicas: int, max_age_days: int
                 duplicate_window=DEDUP_WINDOW_S,
                 max_age=max_age_days * 86_400.0,
                 allow_direct=True,
-            )
+            ),
         )
-        await js.add_stream(
+        await _add_stream(
+            js,
             StreamConfig(
                 name=cloud.health_stream_name(site),
                 description=f"the health of site {site}'s nodes, last values",
@@ -113,10 +117,25 @@ async def _make_stream(admin: Creds, site: str, replicas: int, max_age_days: int
                 max_msgs_per_subject=HEALTH_KEEP,
                 max_age=HEALTH_MAX_AGE_S,
                 allow_direct=True,
-            )
+            ),
         )
     finally:
         await nc.close()
+
+
+async def _add_stream(js: Any, config: StreamConfig, wait_s: float = 20.0) -> None:
+    """Add a stream, waiting while the cluster has too few servers up for its
+    replicas (10005, "no suitable peers for placement": a server that has
+    just started or restarted and not yet rejoined)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            await js.add_stream(config)
+            return
+        except BadRequestError as exc:
+            if exc.err_code != NO_PEERS or time.monotonic() > deadline:
+                raise
+        await asyncio.sleep(0.5)
 
 
 def reload_servers(layout: CloudLayout, timeout: float = 20.0) -> list[str]:
