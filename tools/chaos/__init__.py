@@ -5,6 +5,7 @@
     votes.py       check V: no hub votes for two candidates in one term
     netns.py       one network namespace per hub, so that a partition cuts a link
     fleet.py       the hub cluster and the MicroPython devices as they run
+    cloud.py       with --cloud: the site's JetStream cloud, its proxies, its copy
     injectors.py   each fault kind: how it is done, and how it is undone (power_cut
                    and disk_full on a lazy file system, tools/lab/lazyfs.py)
     gather.py      what the checks read once the campaign is over

@@ -21,6 +21,12 @@ power cut) is committed. At the end everything is healed, the devices are
 stopped, and the checks (tools/chaos/checks.py, docs/chaos.md) judge what was
 gathered (tools/chaos/gather.py). A crashed process (a hub or a device that
 exits without being killed) is a violation too.
+
+With ``cloud_nodes`` (`aiot chaos --cloud`) the site also exports to a
+JetStream cloud of that many servers (tools/chaos/cloud.py): every hub gets
+the site's [cloud] table, the schedule may hold cloud_kill and
+cloud_partition, and check X compares the cloud's copy with what the hubs
+store once the export has caught up.
 """
 
 from __future__ import annotations
@@ -38,14 +44,18 @@ from typing import Any, Final
 from tools.base.hubclient import HubClient, HubError
 from tools.chaos import ChaosError
 from tools.chaos.checks import (
+    CloudResult,
     CommandsResult,
     DeviceHistory,
+    Reading,
     StorageResult,
+    check_cloud,
     check_commands,
     check_convergence,
     check_recovery,
     check_storage,
 )
+from tools.chaos.cloud import ChaosCloud, wait_exported
 from tools.chaos.fleet import POLL_S, ChaosCluster, Fleet
 from tools.chaos.gather import (
     ALERT_LEVELS,
@@ -64,6 +74,7 @@ from tools.chaos.injectors import (
 )
 from tools.chaos.netns import Netns, netns_available
 from tools.chaos.schedule import (
+    CLOUD_KINDS,
     CLUSTER_KINDS,
     HUB_KINDS,
     KINDS,
@@ -79,6 +90,7 @@ from tools.lab.lazyfs import LazyFSError, LazyMount
 
 RECOVERY_LIMIT_S: Final = 30.0  # R: ingest resumes for every device within this
 CONVERGE_LIMIT_S: Final = 90.0  # C: equal content hashes within this, once quiet
+EXPORT_LIMIT_S: Final = 120.0  # X: the export catches up within this, once the devices stop
 
 
 def _round(x: float) -> float:
@@ -98,14 +110,21 @@ class Campaign:
         before_checks: Callable[[Campaign], None] | None = None,
         converge_limit_s: float = CONVERGE_LIMIT_S,
         durable_journal: bool = True,
+        cloud_nodes: int = 0,
     ) -> None:
         """``before_checks`` runs once the devices have stopped, before the
         checks gather anything (the tests plant faults there that every
         campaign must catch). The hubs' data goes on a lazy file system
         (tools/lab/lazyfs.py) when the schedule has power_cut or disk_full;
         ``durable_journal=False`` turns the hubs' journal syncs off (the
-        power-loss window, to see that the checks notice it)."""
+        power-loss window, to see that the checks notice it); ``cloud_nodes``:
+        a JetStream cloud of that many servers that the site exports to (0:
+        none; the cloud kinds need one)."""
+        if schedule.needs_cloud and cloud_nodes < 1:
+            raise ChaosError("cloud_kill and cloud_partition need a cloud (aiot chaos --cloud)")
         self.s = schedule
+        self.cloud_nodes = cloud_nodes
+        self.cloud: ChaosCloud | None = None
         self.durable_journal = durable_journal
         self.lazy: LazyMount | None = None
         self.before_checks = before_checks
@@ -152,6 +171,10 @@ class Campaign:
             if self.use_netns:
                 self.netns = Netns(self.s.hubs + self.s.spares)
                 self.netns.up()
+            if self.cloud_nodes:
+                listen = "127.0.0.1" if self.netns is None else self.netns.gateway
+                self.cloud = ChaosCloud(self.workdir / "cloud", self.cloud_nodes, listen)
+                self.cloud.up()
             if self.s.needs_lazy_fs:
                 self.lazy = LazyMount(self.workdir / "disk", self.workdir / "data")
                 try:
@@ -169,6 +192,7 @@ class Campaign:
                 self.lazy,
                 self.durable_journal,
                 self.s.spares,
+                "" if self.cloud is None else self.cloud.table,
             )
             self._fleet.start_cluster()
             yield self._fleet
@@ -176,6 +200,8 @@ class Campaign:
             self._stop.set()
             if self._fleet is not None:
                 self._fleet.close()
+            if self.cloud is not None:
+                self.cloud.close()
             if self.lazy is not None:
                 self.lazy.unmount()
             if self.netns is not None:
@@ -188,6 +214,7 @@ class Campaign:
                 + (f" and {len(fleet.outside)} spare, " if fleet.outside else ", ")
                 + f"leader {fleet.cluster.node_id(fleet.leader() or 0)}, "
                 f"partition method {self.partition_method}"
+                + (f", a cloud of {self.cloud.nodes} servers" if self.cloud else "")
             )
             fleet.start_devices()
             self.t0 = time.monotonic()
@@ -195,7 +222,7 @@ class Campaign:
             issuer = threading.Thread(target=self._issue_commands, name="commands", daemon=True)
             issuer.start()
             try:
-                self._inject_all(Injector(fleet, self._fault_command))
+                self._inject_all(Injector(fleet, self._fault_command, self.cloud))
             finally:
                 self._stop.set()
                 issuer.join(30)
@@ -254,14 +281,14 @@ class Campaign:
     def _inject_all(self, injector: Injector) -> None:
         for f in self.s.faults:
             while self.now() < f.at_s:
-                self.fleet.check_processes()
+                self._check_processes()
                 time.sleep(min(POLL_S, max(0.0, f.at_s - self.now())))
             if not self.s.until_done and self.now() > self.s.duration_s - TAIL_S:
                 self.say(f"fault {f.n} ({f.kind}) not reached: the campaign is over")
                 break
             self.events.append(self._fault(f, injector))
         while not self.s.until_done and self.now() < self.s.duration_s:
-            self.fleet.check_processes()
+            self._check_processes()
             time.sleep(POLL_S)
 
     def _resolve_hub(self, f: Fault) -> tuple[int, bool]:
@@ -280,6 +307,19 @@ class Campaign:
         target = followers[f.pick % len(followers)]
         return target, target == leader
 
+    def _cloud_target(self, f: Fault) -> tuple[int, str]:
+        """A cloud fault's target: the server cloud_kill kills (by pick), or
+        the whole cloud (ALL_HUBS) for cloud_partition."""
+        if f.kind == "cloud_kill" and self.cloud is not None:
+            i = f.pick % self.cloud.nodes
+            return i, self.cloud.name(i)
+        return ALL_HUBS, "the cloud"
+
+    def _check_processes(self) -> None:
+        self.fleet.check_processes()
+        if self.cloud is not None:
+            self.cloud.check_servers(self.now())
+
     def _fault(self, f: Fault, injector: Injector) -> dict[str, Any]:
         """Inject ``f``, heal it after its hold, and measure the recovery: the
         fault's event."""
@@ -292,6 +332,8 @@ class Campaign:
         elif f.kind in SPARE_KINDS:
             hub = target = fleet.cluster.spares[0]
             ev["target"] = fleet.cluster.node_id(hub)
+        elif f.kind in CLOUD_KINDS:
+            target, ev["target"] = self._cloud_target(f)
         elif f.kind in HUB_KINDS:
             hub, was_leader = self._resolve_hub(f)
             target = hub
@@ -385,6 +427,8 @@ class Campaign:
         cluster = fleet.cluster
         self.say("campaign over: healing everything, letting commands finish")
         fleet.heal_everything()
+        if self.cloud is not None:
+            self.cloud.heal_everything(self.now())
         members = fleet.members()  # the spare too, if a node_add joined it
         for i in members:
             fleet.wait_ready(i)
@@ -393,6 +437,7 @@ class Campaign:
         finals = fleet.stop_devices()
         if self.before_checks is not None:
             self.before_checks(self)
+        caught_up_s = self._wait_export()
         self.say("devices stopped; waiting for equal content hashes")
         hashes = content_hashes(cluster, self.converge_limit, members)
         converged, c_viol = check_convergence(hashes)
@@ -410,6 +455,7 @@ class Campaign:
             for rec in fleet.api[reader].get("/v1/commands", device=dev_id):
                 ledger[rec["command_id"]] = rec
         storage = check_storage(histories, stored)
+        cloud = self._check_cloud(stored, caught_up_s)
         commands = check_commands(histories, ledger)
         worst, r_viol = check_recovery(self.events, self.limit)
         votes = {
@@ -421,6 +467,8 @@ class Campaign:
         violations = (
             storage.violations + commands.violations + c_viol + r_viol + v_viol + fleet.violations
         )
+        if self.cloud is not None and cloud is not None:
+            violations += cloud.violations + self.cloud.violations
         alerts = log_alerts(cluster)
         summary = _summary(
             self,
@@ -437,6 +485,8 @@ class Campaign:
         summary["double_votes"] = double_votes
         summary["durable_journal"] = self.durable_journal
         summary["hubs_checked"] = [cluster.node_id(i) for i in members]
+        if cloud is not None:
+            summary.update(_cloud_figures(self.cloud_nodes, cloud, caught_up_s))
         if self.lazy is not None:
             summary["lazy_fs"] = _lazy_figures(self)
         history = {
@@ -452,6 +502,47 @@ class Campaign:
             f"{len(issued)} commands, {len(violations)} violations"
         )
         return summary
+
+    def _wait_export(self) -> float | None:
+        """With a cloud: seconds until the leader's export caught up once the
+        devices stopped (None: not within EXPORT_LIMIT_S)."""
+        if self.cloud is None:
+            return None
+        self.say("devices stopped; waiting for the cloud export to catch up")
+        took, last = wait_exported(self.fleet, EXPORT_LIMIT_S)
+        self.say(
+            f"cloud export caught up in {took:g} s"
+            if took is not None
+            else f"cloud export did NOT catch up in {EXPORT_LIMIT_S:g} s: {last}"
+        )
+        return took
+
+    def _check_cloud(
+        self, stored: dict[str, dict[str, list[Reading]]], caught_up_s: float | None
+    ) -> CloudResult | None:
+        """X: once the hubs are quiet, the export caught up (again: a record
+        committed while the hashes converged is exported too) and the
+        cloud's copy read back and compared with what the hubs store."""
+        if self.cloud is None:
+            return None
+        if caught_up_s is not None:
+            again, _ = wait_exported(self.fleet, EXPORT_LIMIT_S)
+            caught_up_s = caught_up_s if again is not None else None
+        in_cloud = self.cloud.readings()
+        return check_cloud(stored, in_cloud, caught_up_s, EXPORT_LIMIT_S)
+
+
+def _cloud_figures(nodes: int, cloud: CloudResult, caught_up_s: float | None) -> dict[str, Any]:
+    """The cloud's part of the JSON summary (docs/chaos.md)."""
+    return {
+        "cloud_nodes": nodes,
+        "cloud_readings": cloud.readings,
+        "cloud_readings_lost": cloud.lost,
+        "cloud_duplicates": cloud.duplicates,
+        "cloud_readings_differ": cloud.differ,
+        "cloud_readings_unknown": cloud.unknown,
+        "cloud_catch_up_s": caught_up_s,
+    }
 
 
 def _summary(
@@ -565,6 +656,11 @@ def _event_line(ev: dict[str, Any]) -> str:
     if "undone" in ev:
         u = ev["undone"]
         out += f", cut back {u['files']} files, {u['pages']} pages, {u['names']} names"
+    if "export_at_heal" in ev:
+        out += f", export at heal: {ev['export_at_heal']}"
+    if ev.get("kind") == "cloud_kill":
+        ready = ev.get("cloud_ready_s")
+        out += f", cloud ready {ready:g} s after" if ready is not None else ", cloud never ready"
     if "enospc_answers" in ev:
         out += f", {ev['enospc_answers']} ENOSPC answers"
     if "followed" in ev:
@@ -590,13 +686,16 @@ def run(
     kinds: tuple[str, ...] = KINDS,
     power_cuts: int = 0,
     durable_journal: bool = True,
+    cloud_nodes: int = 0,
 ) -> dict[str, Any]:
     """Make the schedule, run the campaign in ``workdir`` (a new temporary
     directory if None), return the summary. The directory is removed unless
     ``keep`` is set or the campaign found a violation (then ``workdir`` is in
     the summary). ``kinds``: the fault kinds to draw (schedule.py);
     ``power_cuts`` > 0: the power-cut run instead, that many cuts of every
-    hub at once and nothing else (``duration_s`` is then ignored)."""
+    hub at once and nothing else (``duration_s`` is then ignored);
+    ``cloud_nodes``: the site exports to a JetStream cloud of that many
+    servers (0: none)."""
     if power_cuts > 0:
         schedule = power_cut_schedule(seed, power_cuts, hubs, devices)
     else:
@@ -620,6 +719,7 @@ def run(
         before_checks,
         converge_limit_s,
         durable_journal,
+        cloud_nodes,
     ).run()
     if keep or summary["violations"] or not own:
         summary["workdir"] = str(root)

@@ -6,6 +6,7 @@
     commands = check_commands([h, ...], ledger) # D
     converged, v = check_convergence(hashes)    # C
     worst, v = check_recovery(events, 30.0)     # R
+    cloud = check_cloud(stored, in_cloud, 4.2)  # X (with --cloud)
 
     L  every reading a device saw acknowledged is stored on every node
     E  no reading is stored twice on a node (its content under two sequence
@@ -15,6 +16,8 @@
     C  every node's content hash is equal after quiescence
     R  after each fault, ingest resumes within the recovery limit; a
        restarted hub becomes ready
+    X  (with a cloud) the export catches up once the devices stop, and every
+       reading stored on a node is in the site's cloud stream once, as stored
 
 Each finding is a violation: a dict with its check, where it applies (node,
 device, fault) and a detail that says what was missing or wrong.
@@ -27,7 +30,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple
 
-CHECKS: Final = ("L", "E", "D", "C", "R", "crash")
+CHECKS: Final = ("L", "E", "D", "C", "R", "X", "crash")
 READY_LIMIT_S: Final = 90.0  # R: a restarted hub is ready within this
 
 
@@ -315,3 +318,61 @@ def check_recovery(
                 )
             )
     return {k: worst[k] for k in sorted(worst)}, violations
+
+
+@dataclass(slots=True)
+class CloudResult:
+    readings: int = 0  # distinct readings in the cloud's stream
+    lost: int = 0  # stored on a node, not in the cloud
+    duplicates: int = 0  # copies beyond the first of a (device, seq) in the cloud
+    differ: int = 0  # in the cloud with other content than stored
+    unknown: int = 0  # in the cloud, stored on no node
+    violations: list[dict[str, Any]] = field(default_factory=list)
+
+
+def check_cloud(
+    stored: dict[str, dict[str, list[Reading]]],
+    in_cloud: dict[str, list[Reading]],
+    caught_up_s: float | None,
+    limit_s: float = 0.0,
+) -> CloudResult:
+    """X. ``stored``: node id -> device id -> the readings it stores;
+    ``in_cloud``: device id -> the readings of the site's stream, one entry
+    per copy; ``caught_up_s``: seconds the export took to catch up once the
+    devices stopped (None: it did not within ``limit_s``)."""
+    res = CloudResult()
+    if caught_up_s is None:
+        res.violations.append(
+            violation("X", f"the cloud export did not catch up within {limit_s:g} s")
+        )
+    hubs: dict[str, dict[int, Reading]] = defaultdict(dict)
+    for per_device in stored.values():
+        for device, readings in per_device.items():
+            for r in readings:
+                hubs[device].setdefault(r.seq, r)
+    for device in sorted(set(hubs) | set(in_cloud)):
+        have = hubs.get(device, {})
+        copies = Counter(r.seq for r in in_cloud.get(device, []))
+        got = {r.seq: r for r in in_cloud.get(device, [])}
+        res.readings += len(got)
+        missing = sorted(set(have) - set(got))
+        twice = sorted(s for s, n in copies.items() if n > 1)
+        unknown = sorted(set(got) - set(have))
+        differ = sorted(s for s in set(got) & set(have) if _content(got[s]) != _content(have[s]))
+        res.lost += len(missing)
+        res.duplicates += sum(copies[s] - 1 for s in twice)
+        res.unknown += len(unknown)
+        res.differ += len(differ)
+        for seqs, what in (
+            (missing, f"stored on the hubs but not in the cloud (of {len(have)} stored)"),
+            (twice, "in the cloud more than once"),
+            (unknown, "in the cloud but stored on no hub"),
+            (differ, "in the cloud otherwise than the hubs store them"),
+        ):
+            if seqs:
+                res.violations.append(
+                    violation(
+                        "X", f"{len(seqs)} readings {what}: seq {_ranges(seqs)}", device=device
+                    )
+                )
+    return res

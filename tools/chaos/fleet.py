@@ -80,7 +80,8 @@ class ChaosCluster(LocalCluster):
 
     The last ``spares`` of the ``nodes`` are spare nodes: the others' configs
     do not name them as peers (a node added later, as `aiot cluster
-    add-node` adds one), their own configs name every other node."""
+    add-node` adds one), their own configs name every other node.
+    ``extra``: TOML tables every config gets (the site's [cloud] table)."""
 
     def __init__(
         self,
@@ -90,9 +91,10 @@ class ChaosCluster(LocalCluster):
         lazy: LazyMount | None = None,
         durable_journal: bool = True,
         spares: int = 0,
+        extra: str = "",
     ) -> None:
         hosts = None if netns is None else [netns.ip(i) for i in range(nodes)]
-        super().__init__(root, nodes, election_ms=ELECTION_MS, hosts=hosts)
+        super().__init__(root, nodes, extra=extra, election_ms=ELECTION_MS, hosts=hosts)
         self.netns = netns
         self.lazy = lazy
         self.spares = list(range(nodes - spares, nodes))
@@ -162,17 +164,19 @@ class Fleet:
         lazy: LazyMount | None = None,
         durable_journal: bool = True,
         spares: int = 0,
+        extra: str = "",
     ) -> None:
         """``say`` logs progress; ``now`` is the campaign's clock (seconds),
         for the crash reports; ``lazy``: the hubs' data on that lazy file
         system (power_cut, disk_full); ``durable_journal``: the hubs' switch;
-        ``spares``: nodes configured beyond ``hubs``, outside the cluster."""
+        ``spares``: nodes configured beyond ``hubs``, outside the cluster;
+        ``extra``: TOML tables for every hub's config."""
         self.workdir = workdir
         self.netns = netns
         self.say = say
         self.now = now
         self.cluster = ChaosCluster(
-            workdir / "cluster", hubs + spares, netns, lazy, durable_journal, spares
+            workdir / "cluster", hubs + spares, netns, lazy, durable_journal, spares, extra
         )
         self.ids = device_ids
         self.devices: list[Device] = []

@@ -37,6 +37,11 @@ and how it is undone.
                        (SIGTERM) and removed (DELETE /v1/cluster/nodes/...,
                        which also removes its node record); it keeps its data
                        and rejoins as a node that was away
+    cloud_kill         kill -9 of one cloud server (tools/chaos/cloud.py);
+                       healed by starting it again (it rejoins the cluster)
+    cloud_partition    the proxies the site reaches the cloud through stop:
+                       every hub's link and connection to the cloud is gone;
+                       healed by starting them again on the same ports
 
 What an injection did beyond its kind (the broker's pid, the command's delay,
 the jump) goes into the fault's event.
@@ -54,6 +59,7 @@ from typing import Any, Final, Protocol
 
 from tools.base.errors import ToolError
 from tools.base.hubclient import HubClient, HubError
+from tools.chaos.cloud import ChaosCloud, export_status
 from tools.chaos.fleet import ChaosCluster, Fleet
 from tools.chaos.schedule import Fault
 from tools.chaos.votes import parse_votes
@@ -90,9 +96,12 @@ class SendCommand(Protocol):
 class Injector:
     """Does the faults of a schedule to one fleet."""
 
-    def __init__(self, fleet: Fleet, send_command: SendCommand) -> None:
+    def __init__(
+        self, fleet: Fleet, send_command: SendCommand, cloud: ChaosCloud | None = None
+    ) -> None:
         self.fleet = fleet
         self.send_command = send_command
+        self.cloud = cloud
         self._kinds: dict[str, Callable[[Fault, int, dict[str, Any]], Heal | None]] = {
             "hub_kill": self._kill_hub,
             "hub_pause": self._pause_hub,
@@ -104,6 +113,8 @@ class Injector:
             "disk_full": self._fill_disk,
             "node_drain": self._drain_hub,
             "node_add": self._add_node,
+            "cloud_kill": self._kill_cloud_server,
+            "cloud_partition": self._cut_cloud,
         }
 
     def inject(self, f: Fault, target: int, ev: dict[str, Any]) -> Heal | None:
@@ -199,6 +210,33 @@ class Injector:
             raise Skipped(f"adding {ev['target']} was refused: {err}")
         cluster.start_node(i)
         fleet.outside.discard(i)
+
+    # -- the cloud
+
+    def _cloud(self) -> ChaosCloud:
+        if self.cloud is None:
+            raise Skipped("the campaign runs no cloud (aiot chaos --cloud)")
+        return self.cloud
+
+    def _kill_cloud_server(self, f: Fault, i: int, ev: dict[str, Any]) -> Heal:
+        cloud = self._cloud()
+        cloud.kill(i)
+
+        def heal() -> None:
+            ev["export_at_heal"] = _export_line(self.fleet)
+            ev["cloud_ready_s"] = cloud.start(i)
+
+        return heal
+
+    def _cut_cloud(self, f: Fault, _target: int, ev: dict[str, Any]) -> Heal:
+        cloud = self._cloud()
+        cloud.cut()
+
+        def heal() -> None:
+            ev["export_at_heal"] = _export_line(self.fleet)
+            cloud.heal()
+
+        return heal
 
     # -- the hubs' disks (a lazy file system)
 
@@ -306,6 +344,16 @@ def _membership(client: HubClient, method: str, address: str) -> str:
             if exc.status == 422 or time.monotonic() > deadline:
                 return str(exc)[:200]
         time.sleep(0.5)
+
+
+def _export_line(fleet: Fleet) -> str:
+    """The leader's export as the fault ends: 'connected' or its error."""
+    x = export_status(fleet)
+    if x is None:
+        return "no leader answered"
+    if x.get("error"):
+        return f"error: {str(x['error'])[:120]}"
+    return "connected" if x.get("connected") else "not connected"
 
 
 def _first_back(cluster: ChaosCluster, members: list[int], leader: int | None, pick: int) -> int:

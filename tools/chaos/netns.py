@@ -4,6 +4,7 @@ cuts the hub off the network instead of stopping it.
     netns = Netns(hubs=3)
     netns.up()                  # a bridge here, a namespace and a veth pair per hub
     netns.ip(0)                 # '10.123.45.10': where hub-1 binds
+    netns.gateway               # '10.123.45.1': this side of the bridge
     netns.cut(0); netns.heal(0) # hub-1's veth down, and up again
     netns.down()
 
@@ -103,6 +104,11 @@ class Netns:
 
     def ip(self, i: int) -> str:
         return f"{self.prefix}.{10 + i}"
+
+    @property
+    def gateway(self) -> str:
+        """The bridge's address: where the hubs reach this namespace (the cloud)."""
+        return f"{self.prefix}.1"
 
     def up(self) -> None:
         self.down()  # leftovers of an earlier run with the same pid

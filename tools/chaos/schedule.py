@@ -33,6 +33,14 @@ Two membership kinds (hub/link/membership.py), also drawn only when asked for:
                        first takes it out again (stopped and removed), then
                        adds it back
 
+Two cloud kinds, for a campaign with a JetStream cloud (`aiot chaos --cloud`),
+drawn only when asked for too:
+
+    cloud_kill         kill -9 of one cloud server (by pick); started again
+                       after hold_s
+    cloud_partition    the site loses the cloud (the proxies its hubs reach
+                       the cloud through stop) for hold_s
+
 ``power_cut_schedule`` is the power-cut run: ``cuts`` power cuts, nothing else.
 """
 
@@ -56,6 +64,10 @@ LAZY_KINDS: Final = ("power_cut", "disk_full")
 # Membership faults (hub/link/membership.py), drawn only when asked for.
 MEMBERSHIP_KINDS: Final = ("node_drain", "node_add")
 ALL_KINDS: Final = KINDS + LAZY_KINDS + MEMBERSHIP_KINDS
+# Faults of the site's cloud (a campaign with --cloud), drawn only when asked
+# for; not in ALL_KINDS, so that `--faults all` without a cloud stays as it was.
+CLOUD_KINDS: Final = ("cloud_kill", "cloud_partition")
+EVERY_KIND: Final = ALL_KINDS + CLOUD_KINDS
 HUB_KINDS: Final = ("hub_kill", "hub_pause", "broker_kill", "partition", "disk_full", "node_drain")
 # Kinds that hit every hub at once (their target is "all").
 CLUSTER_KINDS: Final = ("power_cut",)
@@ -75,6 +87,8 @@ _AFTER_HOLD_S: Final = {
     "disk_full": 6.0,
     "node_drain": 6.0,
     "node_add": 8.0,
+    "cloud_kill": 4.0,
+    "cloud_partition": 4.0,
 }
 
 
@@ -87,7 +101,8 @@ class Fault:
     kind: str
     role: str | None  # hub faults: "leader" or "follower" ("all": disk_full on every hub)
     device: int  # device faults: the device's index; -1 otherwise
-    # which follower (by rank in node order); for a command, or node_add: via which node
+    # which follower (by rank in node order); for a command, or node_add: via
+    # which node; cloud_kill: which server
     pick: int
     hold_s: float  # hub down, paused or cut off; device off; 0 otherwise
     jump_ms: int = 0  # clock_jump
@@ -101,7 +116,7 @@ class Fault:
             what = f"{self.role} pick {self.pick}"
         elif self.device >= 0:
             what = f"plug-{self.device + 1:02d}"
-        else:  # the spare node
+        else:  # the spare node, or the cloud (pick: which server)
             what = f"pick {self.pick}"
         return (
             f"{self.at_s:g} s {self.kind} "
@@ -156,6 +171,11 @@ class Schedule:
         when some fault adds a node (node_add), else none."""
         return 1 if any(f.kind in SPARE_KINDS for f in self.faults) else 0
 
+    @property
+    def needs_cloud(self) -> bool:
+        """Some kind to draw is a fault of the cloud (the campaign must run one)."""
+        return any(k in CLOUD_KINDS for k in self.kinds)
+
     def to_json(self) -> dict[str, Any]:
         """One line per fault and command (make_schedule(seed, ...) gives the
         records themselves)."""
@@ -174,6 +194,8 @@ def _hold(rng: random.Random, kind: str) -> float:
         "power_cut": (1.0, 3.0),
         "disk_full": (3.0, 8.0),
         "node_drain": (4.0, 10.0),
+        "cloud_kill": (3.0, 8.0),
+        "cloud_partition": (4.0, 10.0),
     }.get(kind, (0.0, 0.0))
     return round(rng.uniform(lo, hi), 1) if hi else 0.0
 
@@ -192,10 +214,10 @@ def make_schedule(
     not a node: which node leads is only known when the fault starts.
     ``kinds``: the kinds to draw from (KINDS, the default, keeps every
     seed's schedule as it was; ALL_KINDS adds power_cut, disk_full,
-    node_drain and node_add)."""
-    unknown = sorted(set(kinds) - set(ALL_KINDS))
+    node_drain and node_add; CLOUD_KINDS are the cloud's)."""
+    unknown = sorted(set(kinds) - set(EVERY_KIND))
     if unknown or not kinds:
-        raise ValueError(f"fault kinds: unknown {unknown}, expected some of {list(ALL_KINDS)}")
+        raise ValueError(f"fault kinds: unknown {unknown}, expected some of {list(EVERY_KIND)}")
     rng = random.Random(seed)
     faults: list[Fault] = []
     t = WARMUP_S
@@ -206,7 +228,7 @@ def make_schedule(
         hold = _hold(rng, kind)
         role = _role(rng, kind)
         pick = rng.randrange(1 << 16)
-        device = rng.randrange(devices) if kind not in HUB_KINDS + SPARE_KINDS else -1
+        device = rng.randrange(devices) if kind not in HUB_KINDS + SPARE_KINDS + CLOUD_KINDS else -1
         jump = 0
         if kind == "clock_jump":
             jump = rng.choice((-1, 1)) * rng.randrange(5_000, 7_200_000)
