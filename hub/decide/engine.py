@@ -31,6 +31,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -44,7 +45,7 @@ from hub.decide import llm
 from hub.decide import rules as r
 from hub.decide.anomaly import AnomalyError, DeviceWindows
 from hub.decide.guard import Guard, Proposal, Verdict, load_guard
-from hub.decide.registry import ModelRegistry
+from hub.decide.registry import LLM_ADAPTER, Adapter, ModelRegistry
 from hub.state import entries as e
 from hub.state.apply import ApplyResult, Outcome
 from hub.state.raft import RaftError
@@ -153,8 +154,22 @@ class DecisionEngine:
             log.warning("rule cannot run: %s", problem)
         log.info("rules in use: the config's and %s", ", ".join(names) or "no rule set")
 
+    def follow_adapter(self) -> None:
+        """Have the LLM tier run the registry's active LoRA adapter (kind
+        "lora", named llm-adapter) on its base; the tier's own model is a base
+        an adapter may name."""
+        if self.llm is None or self._models is None:
+            return
+        self._models.bases.setdefault(self.llm.model_sha256, self.llm.model_path)
+        loaded = self._models.active.get(LLM_ADAPTER)
+        want = loaded.model if loaded is not None and isinstance(loaded.model, Adapter) else None
+        base = None if want is None else self._models.base_path(want.base_sha256)
+        path = None if want is None else self._models.blob_path(want.sha256)
+        self.llm.follow(want, base, path)
+
     async def step(self) -> None:
         self.follow_rule_sets()
+        self.follow_adapter()
         leader = self._raft.status().is_leader
         dirty, self._dirty = self._dirty, set()
         if leader and not self._was_leader:
@@ -326,6 +341,25 @@ def load(config_source: Any, cfg: DecisionsConfig) -> tuple[r.RuleSet, Guard]:
     return r.load_rules(config_source), Guard(load_guard(config_source))
 
 
+@dataclass(frozen=True)
+class LlmSetup:
+    """What the LLM tier runs: a base GGUF, maybe a LoRA adapter, and the trust
+    its eval report earns that pair."""
+
+    base: Path
+    base_sha256: str
+    adapter: Adapter | None
+    adapter_path: Path | None
+    trust: llm.Trust
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.base_sha256, self.adapter.sha256 if self.adapter else ""
+
+
+_RETRY_FAILED_S: Final = 30.0
+
+
 class LlmTier:
     """The LLM tier: consulted after a lower tier fires, off the ingest path.
 
@@ -339,6 +373,11 @@ class LlmTier:
     recommendation is recorded and the tiers below keep acting. A missed
     deadline or an invalid answer is recorded as a fallback and changes
     nothing.
+
+    It follows the registry's active LoRA adapter (``follow``): a second
+    worker loads base + adapter while the first keeps answering, then takes
+    its place; a consultation in flight finishes on the old one, which is
+    closed after it. An adapter that does not load leaves the running pair.
     """
 
     def __init__(self, model_path: Any, cfg: DecisionsConfig, report_path: Any) -> None:
@@ -346,30 +385,109 @@ class LlmTier:
         self.cfg = cfg
         self.model_path = model_path
         self.model_sha256 = sha256_file(model_path)
-        self.trust = llm.trust(
-            llm.load_report(report_path),
-            model_sha256=self.model_sha256,
-            threshold=cfg.llm_trust_threshold,
-        )
+        self._report_path = report_path
+        self.setup = self.plan(None, None)
         self.worker: Any = None
         self._starting: asyncio.Task[None] | None = None
+        self._switching: asyncio.Task[None] | None = None
+        self._failed: tuple[tuple[str, str], float] | None = None  # (key, when)
         self._busy = False
+        self._current: tuple[Any, asyncio.Task[None]] | None = None  # (worker, consultation)
         self.consulted = 0
         self.skipped = 0
+        self.swaps = 0
         self.outcomes: dict[str, int] = {}
         self.error = ""
+        self.adapter_error = ""
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def _start(self) -> None:
-        worker = self._llm.LlmWorker(self.model_path, expected_sha256=self.model_sha256)
+    @property
+    def trust(self) -> llm.Trust:
+        return self.setup.trust
+
+    def plan(
+        self, adapter: Adapter | None, base: Path | None, path: Path | None = None
+    ) -> LlmSetup:
+        """The setup for ``adapter`` (None: the configured model alone) on ``base``;
+        its eval report is the one in the adapter's signed manifest."""
+        if adapter is None or base is None:
+            report = llm.load_report(self._report_path)
+            base_path, base_sha, adapter = self.model_path, self.model_sha256, None
+        else:
+            report, base_path, base_sha = adapter.report, base, adapter.base_sha256
+        t = llm.trust(
+            report,
+            model_sha256=base_sha,
+            adapter_sha256=adapter.sha256 if adapter else "",
+            threshold=self.cfg.llm_trust_threshold,
+        )
+        return LlmSetup(base_path, base_sha, adapter, path if adapter else None, t)
+
+    def follow(self, adapter: Adapter | None, base: Path | None, path: Path | None) -> None:
+        """Run ``adapter`` on ``base`` from now on (None: the configured model
+        alone); the engine calls it each step, on every node."""
+        if adapter is None or base is None:
+            key = (self.model_sha256, "")
+        else:
+            key = (adapter.base_sha256, adapter.sha256)
+        if key == self.setup.key or self._switching is not None or self._starting_now():
+            return
+        failed = self._failed
+        if failed and failed[0] == key and time.monotonic() - failed[1] < _RETRY_FAILED_S:
+            return
+        want = self.plan(adapter, base, path)
+        if self.worker is None:  # not loaded yet: the first use loads this one
+            self.setup, self.error, self._starting = want, "", None
+            return
+        self._switching = asyncio.create_task(self._switch(want))
+
+    def _starting_now(self) -> bool:
+        return self._starting is not None and not self._starting.done()
+
+    async def _spawn(self, s: LlmSetup) -> Any:
+        worker = self._llm.LlmWorker(
+            s.base,
+            expected_sha256=s.base_sha256,
+            lora_path=s.adapter_path,
+            lora_sha256=s.adapter.sha256 if s.adapter else "",
+        )
+        await worker.start()
+        return worker
+
+    async def _switch(self, new: LlmSetup) -> None:
         try:
-            await worker.start()
+            try:
+                worker = await self._spawn(new)
+            except Exception as exc:  # the running pair stays
+                self._failed = (new.key, time.monotonic())
+                self.adapter_error = f"{self._describe(new)}: {exc}"
+                log.error("LLM tier keeps %s: %s", self._describe(self.setup), self.adapter_error)
+                return
+            old, self.worker, self.setup = self.worker, worker, new
+            self.adapter_error, self._failed = "", None
+            self.swaps += 1
+            log.info("LLM tier runs %s (%s)", self._describe(new), new.trust.reason)
+            cur = self._current
+            if cur is not None and cur[0] is old and not cur[1].done():
+                await asyncio.wait({cur[1]})  # the consultation in flight ends on the old one
+            if old is not None:
+                await old.aclose()
+        finally:
+            self._switching = None
+
+    @staticmethod
+    def _describe(s: LlmSetup) -> str:
+        return f"{s.base.name}" + (f" + {s.adapter.name}" if s.adapter else "")
+
+    async def _start(self) -> None:
+        try:
+            worker = await self._spawn(self.setup)
         except Exception as exc:  # a model that does not load: the tier stays off
             self.error = str(exc)
             log.error("the LLM tier is off: %s", exc)
             return
         self.worker = worker
-        log.info("LLM tier ready: %s (%s)", self.model_path.name, self.trust.reason)
+        log.info("LLM tier ready: %s (%s)", self._describe(self.setup), self.trust.reason)
 
     def consult(
         self, engine: DecisionEngine, device: e.Device, d: r.Decision, tier: e.Tier
@@ -385,7 +503,9 @@ class LlmTier:
             self.skipped += 1
             return
         self._busy = True
-        task = asyncio.create_task(self._consult(engine, device, d, tier))
+        worker, setup = self.worker, self.setup
+        task = asyncio.create_task(self._consult(engine, device, d, tier, worker, setup))
+        self._current = (worker, task)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -403,17 +523,23 @@ class LlmTier:
         return out
 
     async def _consult(
-        self, engine: DecisionEngine, device: e.Device, d: r.Decision, tier: e.Tier
+        self,
+        engine: DecisionEngine,
+        device: e.Device,
+        d: r.Decision,
+        tier: e.Tier,
+        worker: Any,
+        setup: LlmSetup,
     ) -> None:
         try:
             facts = self.facts(engine, device, d)
-            result = await self.worker.decide(
+            result = await worker.decide(
                 device.capabilities, facts, self.cfg.policy, deadline_ms=self.cfg.llm_deadline_ms
             )
             self.consulted += 1
             outcome = str(result.outcome)
             self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
-            await self._record(engine, device, d, tier, facts, result)
+            await self._record(engine, device, d, tier, facts, result, setup)
         except RaftError as exc:
             log.info("LLM decision not recorded: %s", exc.reason)
         finally:
@@ -427,18 +553,23 @@ class LlmTier:
         tier: e.Tier,
         facts: list[str],
         result: Any,
+        setup: LlmSetup,
     ) -> None:
         now = engine._clock()
+        adapter = setup.adapter
         record: dict[str, Any] = {
             "facts": facts,
             "after": {"tier": tier.name.lower(), "rule": d.rule_id},
             "policy": self.cfg.policy,
-            "mode": str(self.trust.mode),
-            "trust": self.trust.reason,
+            "mode": str(setup.trust.mode),
+            "trust": setup.trust.reason,
             "llm": result.provenance.to_json(),
             "model": {
                 "name": result.provenance.model_name,
                 "sha256": result.provenance.model_sha256,
+                "adapter": None
+                if adapter is None
+                else {"name": adapter.name, "sha256": result.provenance.adapter_sha256},
             },
             "latency_ms": result.provenance.latency_ms,
             "alert": False,
@@ -454,7 +585,7 @@ class LlmTier:
                 "params": {p.name: p.value for p in dec.params},
                 "reason": dec.reason,
             }
-            if not dec.is_none and self.trust.may_actuate:
+            if not dec.is_none and setup.trust.may_actuate:
                 proposal = Proposal(device.device_id, dec.action, dec.params, "llm")
                 verdict = engine.guard.check(proposal, device, now)
                 record["action"] = {
@@ -484,11 +615,17 @@ class LlmTier:
                 engine.on_decision("llm", result.provenance.latency_ms / 1000)
 
     def status(self) -> dict[str, Any]:
+        s = self.setup
         return {
-            "model": self.model_path.name,
+            "model": s.base.name,
             "ready": self.worker is not None,
-            "mode": str(self.trust.mode),
-            "trust": self.trust.reason,
+            "mode": str(s.trust.mode),
+            "trust": s.trust.reason,
+            "base_sha256": s.base_sha256,
+            "adapter": None if s.adapter is None else s.adapter.name,
+            "adapter_sha256": None if s.adapter is None else s.adapter.sha256,
+            "adapter_error": self.adapter_error or None,
+            "swaps": self.swaps,
             "consulted": self.consulted,
             "skipped": self.skipped,
             "outcomes": dict(self.outcomes),
@@ -498,6 +635,10 @@ class LlmTier:
     async def aclose(self) -> None:
         for t in list(self._tasks):
             t.cancel()
+        if self._switching is not None:
+            self._switching.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._switching
         if self.worker is not None:
             await self.worker.aclose()
 

@@ -104,6 +104,7 @@ class Provenance:
     completion_tokens: int
     outcome: Outcome
     detail: str = ""  # why invalid / error
+    adapter_sha256: str = ""  # the LoRA adapter applied to the model ("": none)
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -194,12 +195,17 @@ def _serve(
     n_ctx: int,
     seed: int,
     expected_sha256: str,
+    lora: str = "",
+    lora_sha256: str = "",
 ) -> None:
-    """The child: load the model, then answer requests until "stop" or EOF."""
+    """The child: load the model (and its adapter), then answer requests until "stop" or EOF."""
     try:
         digest = sha256_file(Path(path))
         if expected_sha256 and digest != expected_sha256:
             conn.send(("failed", f"sha256 {digest} differs from the expected {expected_sha256}"))
+            return
+        if lora and lora_sha256 and (got := sha256_file(Path(lora))) != lora_sha256:
+            conn.send(("failed", f"adapter sha256 {got} differs from the expected {lora_sha256}"))
             return
         # Imported by name: llama_cpp is only partly typed, and the hub must
         # import without it (the model tier is optional).
@@ -208,6 +214,7 @@ def _serve(
         logging.getLogger("llama-cpp-python").setLevel(logging.CRITICAL)
         llm = llama_cpp.Llama(
             model_path=path,
+            lora_path=lora or None,
             n_ctx=n_ctx,
             n_threads=threads,
             n_threads_batch=threads,
@@ -324,7 +331,16 @@ def _child_main(fd: int, args_json: str) -> None:
     a = json.loads(args_json)
     conn = multiprocessing.connection.Connection(fd)
     try:
-        _serve(conn, a["path"], a["threads"], a["n_ctx"], a["seed"], a["expected_sha256"])
+        _serve(
+            conn,
+            a["path"],
+            a["threads"],
+            a["n_ctx"],
+            a["seed"],
+            a["expected_sha256"],
+            a.get("lora", ""),
+            a.get("lora_sha256", ""),
+        )
     finally:
         conn.close()
 
@@ -396,6 +412,8 @@ class LlmWorker:
     so a decision is never cut short. ``seed``: sampling is greedy, the seed
     only matters for models that need one. ``expected_sha256``: refuse any
     other file (the model registry passes its manifest's hash).
+    ``lora_path``: a GGUF LoRA adapter llama.cpp applies to the model, checked
+    against ``lora_sha256`` when given (a registered adapter's hash).
     ``restarts`` counts model processes replaced after a crash or a missed
     kill deadline.
     """
@@ -410,6 +428,8 @@ class LlmWorker:
         seed: int = 0,
         expected_sha256: str = "",
         load_timeout_s: float = 120.0,
+        lora_path: Path | None = None,
+        lora_sha256: str = "",
     ) -> None:
         if threads < 1:
             raise ValueError("threads must be at least 1")
@@ -422,6 +442,8 @@ class LlmWorker:
         self.seed = seed
         self.expected_sha256 = expected_sha256
         self.load_timeout_s = load_timeout_s
+        self.lora_path = None if lora_path is None else Path(lora_path)
+        self.adapter_sha256 = lora_sha256 if lora_path is not None else ""
         self._child: _Child | None = None
         self._lock: asyncio.Lock | None = None
         self._ids = itertools.count(1)
@@ -448,6 +470,8 @@ class LlmWorker:
         # don't always allow.
         if not self.model_path.is_file():
             raise ModelError(f"{self.model_path}: no such model file; {INSTALL_HINT}")
+        if self.lora_path is not None and not self.lora_path.is_file():
+            raise ModelError(f"{self.lora_path}: no such adapter file")
         ours, theirs = socket.socketpair()
         args = {
             "path": str(self.model_path),
@@ -455,6 +479,8 @@ class LlmWorker:
             "n_ctx": self.n_ctx,
             "seed": self.seed,
             "expected_sha256": self.expected_sha256,
+            "lora": str(self.lora_path or ""),
+            "lora_sha256": self.adapter_sha256,
         }
         code = (
             "import sys; from hub.decide.llm import _child_main as m; "
@@ -492,6 +518,8 @@ class LlmWorker:
             c.kill()
             raise ModelError(f"{self.model_path.name}: {detail}")
         self.model_sha256 = detail
+        if self.lora_path is not None and not self.adapter_sha256:
+            self.adapter_sha256 = sha256_file(self.lora_path)
         c.reader.start()
         return c
 
@@ -566,6 +594,7 @@ class LlmWorker:
                     completion_tokens=reply.completion_tokens if reply else 0,
                     outcome=outcome,
                     detail=detail,
+                    adapter_sha256=self.adapter_sha256,
                 ),
             )
 
@@ -673,16 +702,20 @@ def trust(
     report: dict[str, Any] | None,
     *,
     model_sha256: str,
+    adapter_sha256: str = "",
     threshold: float = DEFAULT_TRUST_THRESHOLD,
     min_scenarios: int = MIN_EVAL_SCENARIOS,
 ) -> Trust:
     """May this model actuate? Only with an eval report for this very model and prompt.
 
-    ``report`` is what ``aiot eval decisions --json`` printed. It counts only
-    when it was measured on the same GGUF (sha256) with the running prompt
-    version, over at least ``min_scenarios`` scenarios, and its accuracy
-    (with invalid outputs and missed deadlines counted as wrong) reaches
-    ``threshold``. Anything else keeps the model advisory.
+    ``report`` is what ``aiot eval decisions --json`` printed (or the
+    ``eval`` of a fine-tuned adapter's manifest). It counts only when it was
+    measured on the same GGUF (sha256) with the same LoRA adapter applied
+    (``adapter_sha256``; "" for the base alone: a report for the base keeps
+    an adapter advisory, and one for an adapter keeps the base advisory) and
+    the running prompt version, over at least ``min_scenarios`` scenarios,
+    and its accuracy (with invalid outputs and missed deadlines counted as
+    wrong) reaches ``threshold``. Anything else keeps the model advisory.
     """
     if report is None:
         return Trust(Mode.ADVISORY, "no evaluation report")
@@ -692,6 +725,16 @@ def trust(
     accuracy = float(acc)
     if report.get("model_sha256") != model_sha256:
         return Trust(Mode.ADVISORY, "evaluation report is for another model", accuracy)
+    measured = report.get("adapter_sha256") or ""
+    if measured != adapter_sha256:
+        why = (
+            "for the base model alone, an adapter runs"
+            if not measured
+            else "for another adapter"
+            if adapter_sha256
+            else "for an adapter, the base model runs alone"
+        )
+        return Trust(Mode.ADVISORY, f"evaluation report is {why}", accuracy)
     if report.get("prompt_version") != f.PROMPT_VERSION:
         return Trust(Mode.ADVISORY, "evaluation report is for another prompt version", accuracy)
     n = report.get("n")

@@ -143,7 +143,7 @@ class Loaded:
     name: str
     version: str
     sha256: str
-    model: Any  # an AnomalyModel (or a GGUF path for kind gguf)
+    model: Any  # an AnomalyModel, a RuleSet, an Adapter (None for kind gguf)
     loaded_at: float
     load_ms: float
 
@@ -157,6 +157,8 @@ def load_bytes(mv: e.ModelVersion, data: bytes, doc: dict[str, Any]) -> Any:
     check_kind(mv)
     if mv.kind == RULES:
         return parse_rule_set(mv, data)
+    if mv.kind == LORA:
+        return adapter(mv, data, doc)
     if mv.kind != "onnx":
         return None  # GGUF models are loaded by the LLM worker from the blob path
     try:
@@ -178,13 +180,92 @@ RULES_NAME: Final = re.compile(r"rules(-[A-Za-z0-9._-]+)?")
 
 def check_kind(mv: e.ModelVersion) -> None:
     """A rule set is named ``rules`` or ``rules-<set>``, and only a rule set
-    is, so it never takes the place of a model the tiers load by name."""
+    is, so it never takes the place of a model the tiers load by name; the
+    same for a LoRA adapter, named ``llm-adapter``. A fine-tuned adapter's
+    manifest signed as kind gguf is refused: it is no base model."""
     if (mv.kind == RULES) != bool(RULES_NAME.fullmatch(mv.name)):
         raise ModelRefused(
             "bad_name",
             f"{mv.name}@{mv.version}: a version of kind rules is named rules or rules-<set>, "
             "and only such a version",
         )
+    if (mv.kind == LORA) != (mv.name == LLM_ADAPTER):
+        raise ModelRefused(
+            "bad_name",
+            f"{mv.name}@{mv.version}: a version of kind lora is named {LLM_ADAPTER}, "
+            "and only such a version",
+        )
+    if mv.kind == "gguf" and _inner(mv).get("kind") == "lora-adapter":
+        raise ModelRefused(
+            "bad_kind", f"{mv.name}@{mv.version} is a LoRA adapter: register it as kind lora"
+        )
+
+
+def _inner(mv: e.ModelVersion) -> dict[str, Any]:
+    with contextlib.suppress(ValueError, AttributeError):
+        inner = json.loads(mv.manifest).get("manifest")
+        if isinstance(inner, dict):
+            return inner
+    return {}
+
+
+# A LoRA adapter (kind "lora", a GGUF adapter llama.cpp applies to its base
+# model) named "llm-adapter": the LLM tier runs the activated one on its base
+# (hub/decide/engine.py LlmTier). Its own manifest (what `aiot models
+# finetune` writes) names the base's sha256 (``base_sha256``, or
+# ``base.sha256``), which must be a known base: a shipped GGUF, the LLM
+# tier's model, or a registered gguf version; its ``eval`` (the eval report
+# of base + adapter) is what the trust gate reads.
+LORA: Final = "lora"
+LLM_ADAPTER: Final = "llm-adapter"
+_GGUF_MAGIC: Final = b"GGUF"
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """A loaded LoRA version: what the LLM tier needs to run it."""
+
+    name: str  # name@version
+    sha256: str
+    base_sha256: str
+    report: dict[str, Any] | None  # the signed manifest's eval report
+
+
+def base_sha256(mv: e.ModelVersion) -> str:
+    """The base model's sha256 an adapter's manifest names (ModelRefused if none)."""
+    inner = _inner(mv)
+    base = inner.get("base")
+    sha = inner.get("base_sha256") or (base.get("sha256") if isinstance(base, dict) else None)
+    if not isinstance(sha, str) or not re.fullmatch(r"[0-9a-f]{64}", sha):
+        raise ModelRefused(
+            "no_base", f"{mv.name}@{mv.version}: the manifest names no base_sha256 (hex)"
+        )
+    return sha
+
+
+def adapter(mv: e.ModelVersion, data: bytes, doc: dict[str, Any]) -> Adapter:
+    if not data.startswith(_GGUF_MAGIC):
+        raise ModelRefused("load_failed", f"{mv.name}@{mv.version}: not a GGUF file")
+    report = (doc.get("manifest") or {}).get("eval")
+    return Adapter(
+        f"{mv.name}@{mv.version}",
+        mv.sha256.hex(),
+        base_sha256(mv),
+        report if isinstance(report, dict) else None,
+    )
+
+
+def shipped_bases(models_dir: Path) -> dict[str, Path]:
+    """The GGUFs shipped in ``models_dir`` by their manifests' sha256 (``NAME.json``
+    next to ``NAME.gguf``; the worker checks the bytes when it loads one)."""
+    out: dict[str, Path] = {}
+    for man in sorted(models_dir.glob("*.json")) if models_dir.is_dir() else []:
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            doc = json.loads(man.read_text())
+            path = models_dir / str(doc.get("file") or "")
+            if doc.get("kind") == "gguf" and path.suffix == ".gguf" and path.is_file():
+                out[str(doc["sha256"])] = path
+    return out
 
 
 def parse_rule_set(mv: e.ModelVersion, data: bytes) -> RuleSet:
@@ -225,6 +306,11 @@ class ModelRegistry:
         self.loads = 0
         self.refused = 0
         self.on_load: Callable[[str, bool], None] | None = None
+        # Base models an adapter may name besides registered gguf versions:
+        # the shipped GGUFs, and the LLM tier's own model (engine.py adds it).
+        self.bases: dict[str, Path] = {}
+        if shipped is not None:
+            self.bases.update(shipped_bases(shipped.parent.parent))
         self._wake = asyncio.Event()
         self._wake.set()
         blob_dir.mkdir(parents=True, exist_ok=True)
@@ -288,6 +374,25 @@ class ModelRegistry:
 
     def _peer_token(self) -> str:
         return self._token if isinstance(self._token, str) else self._token()
+
+    def base_path(self, sha_hex: str) -> Path | None:
+        """Where the base model with this sha256 is (None: not a known base)."""
+        if sha_hex in self.bases:
+            return self.bases[sha_hex]
+        for v in self._raft.read(lambda s: s.model_versions()):
+            if v.kind == "gguf" and v.sha256.hex() == sha_hex:
+                return self.blob_path(sha_hex)
+        return None
+
+    def check_base(self, mv: e.ModelVersion) -> None:
+        """An adapter's base must be known (ModelRefused says which it names)."""
+        sha = base_sha256(mv)
+        if self.base_path(sha) is None:
+            raise ModelRefused(
+                "unknown_base",
+                f"{mv.name}@{mv.version} is for base model {sha}, which is neither a shipped "
+                "GGUF, the LLM tier's model nor a registered gguf version",
+            )
 
     # -- activation --
 
@@ -374,6 +479,8 @@ class ModelRegistry:
                 raise ModelRefused("no_bytes", "not fetched yet")
             data = await asyncio.to_thread(path.read_bytes)
             model = await asyncio.to_thread(load_bytes, mv, data, doc)
+            if mv.kind == LORA:
+                self.check_base(mv)
         except ModelRefused as exc:
             self.refused += 1
             self.errors[mv.name] = f"{mv.version}: {exc}"

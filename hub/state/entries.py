@@ -544,8 +544,9 @@ class Decision:
 
 MODEL_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 # firmware: a release; rules: a rules file the decision engine adds to the
-# config's rules (hub/decide/registry.py)
-MODEL_KINDS: Final = ("onnx", "gguf", "firmware", "rules")
+# config's rules (hub/decide/registry.py); lora: a GGUF LoRA adapter the LLM
+# tier applies to its base model
+MODEL_KINDS: Final = ("onnx", "gguf", "firmware", "rules", "lora")
 MAX_MODEL_MANIFEST: Final = 16 * 1024
 
 

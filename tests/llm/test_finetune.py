@@ -298,7 +298,9 @@ def test_finetune_command_writes_a_signed_evaluated_adapter(
         body["manifest"].encode(), base64.b64decode(body["signature"]), body["key_id"]
     )
     doc = reg.verify_signature(mv, keys.trusted([key[1]]))
-    assert doc["manifest"] == man and doc["version"] == "7" and doc["kind"] == "gguf"
+    assert doc["manifest"] == man and doc["version"] == "7" and doc["kind"] == "lora"
+    assert doc["name"] == "llm-adapter"
+    reg.check_kind(mv)  # a version the registry takes as an adapter
 
 
 def test_bad_data_is_refused_and_leaves_nothing(gguf: Path, data_dir: Path, tmp_path: Path) -> None:

@@ -79,7 +79,9 @@ def models_finetune(
     sign_key: Annotated[
         Path | None, typer.Option(help="Ed25519 private key (aiot models keygen) to sign with.")
     ] = None,
-    name: Annotated[str, typer.Option(help="The adapter's name (default: BASE-lora).")] = "",
+    name: Annotated[
+        str, typer.Option(help="The adapter's name in the registry (default: llm-adapter).")
+    ] = "",
     version: Annotated[str, typer.Option(help="Its version (default: a UTC timestamp).")] = "",
 ) -> None:
     """Fine-tune the LLM tier's model with LoRA on policy-data and write a GGUF adapter

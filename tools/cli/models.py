@@ -52,6 +52,32 @@ def _inner_manifest(file: Path, manifest: Path | None) -> dict[str, Any]:
     return {}
 
 
+KINDS = ("onnx", "gguf", reg.RULES, reg.LORA)
+
+
+def _kind(file: Path, inner: dict[str, Any], kind: str | None) -> str:
+    """--kind, else a fine-tuned adapter's manifest says lora, else the suffix."""
+    if kind is not None:
+        if kind not in KINDS:
+            raise fail(f"--kind {kind}: one of {', '.join(KINDS)}")
+        return kind
+    if inner.get("kind") == "lora-adapter":  # adapter.json of aiot models finetune
+        return reg.LORA
+    return {".gguf": "gguf", ".toml": reg.RULES}.get(file.suffix, "onnx")
+
+
+def _with_eval(inner: dict[str, Any], report: Path | None) -> dict[str, Any]:
+    if report is None:
+        return inner
+    try:
+        doc = json.loads(report.read_text())
+    except (OSError, ValueError) as exc:
+        raise fail(f"{report}: {exc}") from None
+    if not isinstance(doc, dict) or "accuracy" not in doc:
+        raise fail(f"{report}: not an eval report (aiot eval decisions --json)")
+    return {**inner, "eval": doc}
+
+
 @models_app.command("push")
 @on_hub
 def models_push(
@@ -59,19 +85,47 @@ def models_push(
     file: Annotated[
         Path, typer.Argument(help="The model file (.onnx, .gguf, or .toml rules).", exists=True)
     ],
-    name: Annotated[str, typer.Option(help="The model's name, e.g. anomaly, or rules-<set>.")],
     sign_key: Annotated[Path, typer.Option(help="Ed25519 private key (aiot models keygen).")],
+    name: Annotated[
+        str | None,
+        typer.Option(help="The model's name, e.g. anomaly, or rules-<set> (lora: llm-adapter)."),
+    ] = None,
     version: Annotated[
         str | None, typer.Option(help="Default: from the manifest, or a timestamp.")
     ] = None,
     manifest: Annotated[
         Path | None, typer.Option(help="The model's own manifest (default: FILE with .json).")
     ] = None,
+    kind: Annotated[
+        str | None,
+        typer.Option(
+            help="onnx, gguf, rules or lora (a LoRA adapter); default: lora when the "
+            "manifest is a fine-tuned adapter's, else from the suffix."
+        ),
+    ] = None,
+    base_sha256: Annotated[
+        str | None, typer.Option(help="lora: the base GGUF's sha256 (default: the manifest's).")
+    ] = None,
+    eval_report: Annotated[
+        Path | None,
+        typer.Option(
+            "--eval",
+            help="An eval report (aiot eval decisions --json) to sign in as the manifest's "
+            "eval: the trust gate reads it.",
+        ),
+    ] = None,
 ) -> None:
-    """Sign a model version (or a rules file, named rules or rules-<set>) and
-    upload it to one hub; the others fetch it by sha256."""
-    kind = {".gguf": "gguf", ".toml": reg.RULES}.get(file.suffix, "onnx")
-    inner = _inner_manifest(file, manifest)
+    """Sign a model version (a rules file named rules or rules-<set>, a LoRA
+    adapter named llm-adapter) and upload it to one hub; the others fetch it
+    by sha256."""
+    inner = _with_eval(_inner_manifest(file, manifest), eval_report)
+    kind = _kind(file, inner, kind)
+    if kind == reg.LORA:
+        name = name or reg.LLM_ADAPTER
+        if base_sha256:
+            inner = {**inner, "base_sha256": base_sha256}
+    if not name:
+        raise fail("--name is needed (e.g. anomaly, rules-<set>)")
     data = file.read_bytes()
     version = version or str(inner.get("version") or time.strftime("%Y%m%d%H%M%S"))
     try:

@@ -96,6 +96,11 @@ async def register_model(body: ModelIn, _: Operator, r: Raft, node: ThisNode) ->
         if mv.kind == models_mod.RULES:  # refused now rather than at activation
             data = await asyncio.to_thread(reg.blob_path(mv.sha256.hex()).read_bytes)
             models_mod.parse_rule_set(mv, data)
+        if mv.kind == models_mod.LORA:  # an adapter for a base no node can run
+            reg.check_base(mv)
+            with reg.blob_path(mv.sha256.hex()).open("rb") as f:
+                if f.read(4) != b"GGUF":
+                    raise ModelRefused("not_gguf", f"{mv.name}@{mv.version}: not a GGUF file")
     except ModelRefused as exc:
         raise HTTPException(422, f"model refused: {exc}") from None
     check(await commit(r, e.encode(mv)))

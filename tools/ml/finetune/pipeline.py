@@ -81,7 +81,7 @@ def encode(ds: dm.Dataset, base: Path) -> tuple[list[dm.Encoded], int]:
 def sign(out: Path, name: str, version: str, manifest: dict[str, Any], key_path: Path) -> str:
     """``adapter.sig.json``: the registry's signed manifest of the adapter; the key id."""
     data = (out / ADAPTER).read_bytes()
-    signed = reg.signed_manifest(name, version, "gguf", data, manifest)
+    signed = reg.signed_manifest(name, version, reg.LORA, data, manifest)
     signature, kid = keys.sign(signed, keys.private_key(key_path))
     body = {
         "manifest": signed.decode(),
@@ -172,7 +172,7 @@ def run(
     tensors = ad.gguf_tensors(
         {k: v.numpy() for k, v in result.lora.items()}, base.n_head, base.n_head_kv
     )
-    name = job.name or f"{job.base.stem}-lora"
+    name = job.name or reg.LLM_ADAPTER  # the name the LLM tier runs (hub/decide/registry.py)
     version = job.version or time.strftime("%Y%m%d%H%M%S", time.gmtime())
     ad.write(
         job.out / ADAPTER,
