@@ -95,3 +95,44 @@ def test_worker_runs_the_adapter_and_refuses_other_bytes(tmp_path: Path) -> None
 
     asyncio.run(run())
     assert json.loads((tmp_path / "a" / "adapter.json").read_text())["kind"] == "lora-adapter"
+
+
+@pytest.mark.llm
+def test_eval_puts_the_base_and_the_adapter_side_by_side(tmp_path: Path) -> None:
+    """`aiot eval decisions --adapter` on held-out generated lines: both
+    reports on the same scenarios, by category and by policy shape, the
+    adapter's report naming the adapter's sha256 (the trust gate's key)."""
+    from typer.testing import CliRunner
+
+    from tools.cli import app
+
+    base = base_model()
+    path, man = write_adapter(tmp_path / "a", base, seed=2, layers=2)
+    data = tmp_path / "data"
+    res = CliRunner().invoke(
+        app, ["models", "policy-data", "--out", str(data), "--seed", "3", "--train", "4",
+              "--test", "4"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    test = data / "test.jsonl"
+    lines = test.read_text().splitlines()[:2]
+    shapes = {json.loads(line)["meta"]["shape"] for line in lines}
+    res = CliRunner().invoke(
+        app,
+        ["eval", "decisions", "--scenarios", str(test), "--limit", "2", "--adapter", str(path),
+         "--json"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["n"] == 2 and set(out["by_shape"]) == shapes
+    assert out["base"]["n"] == out["adapter"]["n"] == 2
+    assert out["accuracy"] == {
+        "base": out["base"]["accuracy"],
+        "adapter": out["adapter"]["accuracy"],
+    }
+    assert out["adapter"]["adapter_sha256"] == man["sha256"] and "adapter_sha256" not in out["base"]
+    assert out["base"]["model_sha256"] == out["adapter"]["model_sha256"] == base_sha256(base)
+    for pair in out["by_shape"].values():
+        assert set(pair) == {"base", "adapter"}
+    res = CliRunner().invoke(app, ["eval", "decisions", "--adapter", str(tmp_path / "none.gguf")])
+    assert res.exit_code == 2 and "no such file" in res.stderr

@@ -1,6 +1,7 @@
 """`aiot eval`: measure models before they are trusted.
 
     aiot eval decisions [--model NAME_OR_PATH] [--scenarios FILE] [--json] [--limit N]
+                        [--adapter GGUF]       (the base, then base + adapter, side by side)
     aiot eval anomaly [--model MANIFEST] [--seed N] [--json]    (tools/cli/anomaly.py)
 
 ``register(app)`` adds the ``eval`` group to an application.
@@ -22,6 +23,7 @@ from tools.ml.eval_decisions import (
     ScenarioError,
     evaluate,
     load_scenarios,
+    side_by_side,
 )
 
 eval_app = group("eval", "Measure models before they are trusted.")
@@ -50,16 +52,33 @@ def decisions(
         typer.Option(min=1, help="Deadline per decision; a miss counts as wrong."),
     ] = DEFAULT_EVAL_DEADLINE_MS,
     models_dir: Annotated[Path, typer.Option(help="Where model names are looked up.")] = MODELS_DIR,
+    adapter: Annotated[
+        Path | None,
+        typer.Option(
+            help="A GGUF LoRA adapter (aiot models finetune): the base alone, then with it, "
+            "side by side."
+        ),
+    ] = None,
 ) -> None:
-    """Run the LLM on every scenario: accuracy, invalid_rate, latency_ms_p50/p95, n."""
+    """Run the LLM on every scenario: accuracy, invalid_rate, latency_ms_p50/p95, n;
+    by category and, for generated lines, by policy shape. With --adapter, the
+    base model and the adapter on the same scenarios, side by side."""
     with reported(2, ModelError, ScenarioError):
         path = resolve_model(model, models_dir)
         cases = load_scenarios(scenarios)
+        if adapter is not None and not adapter.is_file():
+            raise ModelError(f"--adapter {adapter}: no such file")
     if limit is not None:
         cases = cases[:limit]
     say(f"evaluating {path.name} on {len(cases)} scenarios from {scenarios}")
     with reported(1, ModelError):
         result = evaluate(path, cases, threads=threads, deadline_ms=deadline_ms, progress=say)
+        if adapter is not None:
+            say(f"evaluating {path.name} with the adapter {adapter.name}")
+            tuned = evaluate(
+                path, cases, threads=threads, deadline_ms=deadline_ms, progress=say, adapter=adapter
+            )
+            result = side_by_side(result, tuned)
     emit(result, json_out, width=24)
 
 

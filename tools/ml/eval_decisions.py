@@ -55,6 +55,7 @@ class Scenario:
     expect_action: str
     expect_params: dict[str, m.ParamValue] | None = None
     category: str = ""
+    shape: str = ""  # a generated line's policy shape (its ``meta.shape``), else ""
 
 
 def _caps(value: Any) -> tuple[m.Capability, ...]:
@@ -119,6 +120,7 @@ def _scenario(d: Any) -> Scenario:
         action,
         params,
         str(d.get("category", "")),
+        str((d.get("meta") or {}).get("shape", "")) if isinstance(d.get("meta"), dict) else "",
     )
 
 
@@ -228,10 +230,31 @@ def evaluate(
     threads: int = 1,
     deadline_ms: float = DEFAULT_EVAL_DEADLINE_MS,
     progress: Callable[[str], None] | None = None,
+    adapter: Path | None = None,
 ) -> dict[str, Any]:
-    """Run every scenario through a fresh worker and summarise (keys in the module doc)."""
+    """Run every scenario through a fresh worker and summarise (keys in the
+    module doc); with ``adapter``, the base model with that GGUF LoRA adapter
+    applied (the report then names ``adapter_sha256``, the trust gate's key)."""
     prog = Progress(progress or (lambda _line: None), len(scenarios))
-    return asyncio.run(_run(model_path, scenarios, threads, deadline_ms, prog))
+    return asyncio.run(_run(model_path, scenarios, threads, deadline_ms, prog, adapter))
+
+
+def side_by_side(base: dict[str, Any], tuned: dict[str, Any]) -> dict[str, Any]:
+    """The base model's report and the adapter's on the same scenarios, and
+    their accuracies per category and per policy shape next to each other."""
+
+    def pairs(key: str) -> dict[str, dict[str, float | None]]:
+        names = sorted(set(base[key]) | set(tuned[key]))
+        return {k: {"base": base[key].get(k), "adapter": tuned[key].get(k)} for k in names}
+
+    return {
+        "n": base["n"],
+        "accuracy": {"base": base["accuracy"], "adapter": tuned["accuracy"]},
+        "by_category": pairs("by_category"),
+        "by_shape": pairs("by_shape"),
+        "base": base,
+        "adapter": tuned,
+    }
 
 
 async def _run(
@@ -240,9 +263,10 @@ async def _run(
     threads: int,
     deadline_ms: float,
     prog: Progress,
+    adapter: Path | None = None,
 ) -> dict[str, Any]:
     results: list[tuple[Scenario, LlmResult, bool]] = []
-    async with LlmWorker(model_path, threads=threads) as worker:
+    async with LlmWorker(model_path, threads=threads, lora_path=adapter) as worker:
         for s in scenarios:
             r = await worker.decide(s.capabilities, s.facts, s.policy, deadline_ms=deadline_ms)
             ok = correct(r, s)
@@ -250,9 +274,12 @@ async def _run(
             prog.step(s, r, ok)
         sha = worker.model_sha256
         name = worker.model_name
-    return summarise(
-        results, model=name, model_sha256=sha, threads=threads, deadline_ms=deadline_ms
-    )
+        adapter_sha = worker.adapter_sha256
+    out = summarise(results, model=name, model_sha256=sha, threads=threads, deadline_ms=deadline_ms)
+    if adapter is not None:
+        out["adapter"] = adapter.name
+        out["adapter_sha256"] = adapter_sha
+    return out
 
 
 def summarise(
@@ -269,8 +296,11 @@ def summarise(
     prompt_tokens = sum(r.provenance.prompt_tokens for _, r, _ok in results)
     completion_tokens = sum(r.provenance.completion_tokens for _, r, _ok in results)
     by_cat: dict[str, list[bool]] = {}
+    by_shape: dict[str, list[bool]] = {}
     for s, _r, ok in results:
         by_cat.setdefault(s.category or "-", []).append(ok)
+        if s.shape:
+            by_shape.setdefault(s.shape, []).append(ok)
     expected = Counter(s.expect_action for s, _r, _ok in results)
     chosen = Counter(r.decision.action if r.decision else f"<{r.outcome}>" for _, r, _ok in results)
 
@@ -291,6 +321,8 @@ def summarise(
         "prompt_tokens_mean": round(prompt_tokens / n, 1) if n else 0.0,
         "completion_tokens_mean": round(completion_tokens / n, 1) if n else 0.0,
         "by_category": {k: rate_of(v) for k, v in sorted(by_cat.items())},
+        # Generated (held-out) lines only: accuracy per policy shape (tools/ml/policy).
+        "by_shape": {k: rate_of(v) for k, v in sorted(by_shape.items())},
         "actions_chosen": dict(sorted(chosen.items())),
         "model": model,
         "model_sha256": model_sha256,
