@@ -15,7 +15,10 @@ model states which policy sentence applies before it names the action; the model
 (read from the GGUF) turns them into text, so any instruction-tuned GGUF
 works. The static part (what the device can do, the answer format) comes
 first and the facts last, so llama.cpp reuses the cached prefix from one
-call to the next. ``PROMPT_VERSION`` changes whenever the wording changes:
+call to the next. A fine-tuned adapter gets the compact prompt
+(``compact=True``, ``ADAPTER_PROMPT_VERSION``): no worked examples, and the
+policy in the system message, so the cached prefix holds the policy too.
+``PROMPT_VERSION`` changes whenever the wording changes:
 eval reports and provenance carry it, and the trust gate accepts only a
 report measured with the running version.
 """
@@ -31,7 +34,18 @@ from typing import Final
 from hub.decide.grammar import NONE_ACTION
 from protocol import messages as m
 
-PROMPT_VERSION: Final = "decide-v1"
+PROMPT_VERSION: Final = "decide-v1"  # the base model's: two worked examples
+# A fine-tuned adapter's: no worked examples (it learnt the format), and the
+# policy in the system message, so that the static part (the device's
+# actions, the policy) is one prefix llama.cpp keeps from call to call and
+# only the facts are new (``build_messages(..., compact=True)``).
+ADAPTER_PROMPT_VERSION: Final = "decide-v2-compact"
+
+
+def prompt_version(compact: bool) -> str:
+    """The version of the prompt ``build_messages(..., compact=compact)`` writes."""
+    return ADAPTER_PROMPT_VERSION if compact else PROMPT_VERSION
+
 
 # What the known actions do, in words the model can use. Unknown actions are
 # listed by name only.
@@ -124,14 +138,19 @@ EXAMPLES: Final[tuple[tuple[tuple[str, ...], dict[str, object]], ...]] = (
 
 
 def _question(facts: Iterable[str], policy: str) -> str:
-    lines = "\n".join(f"- {x.strip()}" for x in facts if x.strip()) or "- nothing to report"
-    return f"Policy: {policy.strip()}\nFacts:\n{lines}\nWhat is the action now?"
+    return f"Policy: {policy.strip()}\nFacts:\n{_facts(facts)}\nWhat is the action now?"
+
+
+def _facts(facts: Iterable[str]) -> str:
+    return "\n".join(f"- {x.strip()}" for x in facts if x.strip()) or "- nothing to report"
 
 
 def build_messages(
-    caps: Sequence[m.Capability], facts: Iterable[str], policy: str
+    caps: Sequence[m.Capability], facts: Iterable[str], policy: str, *, compact: bool = False
 ) -> list[dict[str, str]]:
-    """Chat messages asking for one decision: system, two worked examples, the question."""
+    """Chat messages asking for one decision: system, two worked examples, the
+    question; ``compact`` (a fine-tuned adapter's prompt): the system message
+    with the policy, then the facts, and no examples."""
     system = (
         "You are the decision module of a home energy hub. You choose the one action to "
         "take now for one device, following the operator's policy exactly and using only "
@@ -142,6 +161,11 @@ def build_messages(
         "In the reason, first quote the sentence of the policy that applies to the facts; "
         "then give the action it asks for."
     )
+    if compact:
+        return [
+            {"role": "system", "content": f"{system}\nPolicy: {policy.strip()}"},
+            {"role": "user", "content": f"Facts:\n{_facts(facts)}\nWhat is the action now?"},
+        ]
     messages = [{"role": "system", "content": system}]
     for example_facts, answer in EXAMPLES:
         question = _question(example_facts, _EXAMPLE_POLICY)

@@ -570,7 +570,9 @@ class LlmWorker:
         t0 = time.monotonic()
         caps = model_capabilities(caps)
         deadline = t0 + max(0.0, deadline_ms) / 1000.0
-        messages = f.build_messages(caps, facts, policy)
+        # An adapter was fine-tuned on the compact prompt (hub/decide/facts.py).
+        compact = self.lora_path is not None
+        messages = f.build_messages(caps, facts, policy, compact=compact)
         prompt_hash = f.prompt_sha256(messages)
 
         def result(
@@ -586,7 +588,7 @@ class LlmWorker:
                 Provenance(
                     model_name=self.model_name,
                     model_sha256=self.model_sha256,
-                    prompt_version=f.PROMPT_VERSION,
+                    prompt_version=f.prompt_version(compact),
                     prompt_sha256=prompt_hash,
                     raw_output=reply.text if reply else "",
                     latency_ms=round((time.monotonic() - t0) * 1000.0, 3),
@@ -735,7 +737,8 @@ def trust(
             else "for an adapter, the base model runs alone"
         )
         return Trust(Mode.ADVISORY, f"evaluation report is {why}", accuracy)
-    if report.get("prompt_version") != f.PROMPT_VERSION:
+    # A base model runs the prompt with worked examples, an adapter the compact one.
+    if report.get("prompt_version") != f.prompt_version(bool(adapter_sha256)):
         return Trust(Mode.ADVISORY, "evaluation report is for another prompt version", accuracy)
     n = report.get("n")
     if not isinstance(n, int) or n < min_scenarios:

@@ -24,7 +24,12 @@ ADAPTER = "cd" * 32
 
 
 def report(**over: Any) -> dict[str, Any]:
-    r = {"accuracy": 0.95, "n": 69, "model_sha256": BASE, "prompt_version": f.PROMPT_VERSION}
+    r = {
+        "accuracy": 0.95,
+        "n": 69,
+        "model_sha256": BASE,
+        "prompt_version": f.ADAPTER_PROMPT_VERSION,
+    }
     return {**r, "adapter_sha256": ADAPTER, **over}
 
 
@@ -38,7 +43,15 @@ def report(**over: Any) -> dict[str, Any]:
         (report(), "", Mode.ADVISORY, "for an adapter, the base model runs alone"),
         (report(model_sha256="ef" * 32), ADAPTER, Mode.ADVISORY, "another model"),
         (report(prompt_version="decide-v0"), ADAPTER, Mode.ADVISORY, "another prompt"),
-        (report(adapter_sha256=None), "", Mode.ACTUATE, "reaches"),
+        # An adapter runs the compact prompt, the base alone the one with examples.
+        (report(prompt_version=f.PROMPT_VERSION), ADAPTER, Mode.ADVISORY, "another prompt"),
+        (report(adapter_sha256=None), "", Mode.ADVISORY, "another prompt"),
+        (
+            report(adapter_sha256=None, prompt_version=f.PROMPT_VERSION),
+            "",
+            Mode.ACTUATE,
+            "reaches",
+        ),
     ],
 )
 def test_the_report_must_be_for_this_base_adapter_and_prompt(
@@ -132,6 +145,8 @@ def test_eval_puts_the_base_and_the_adapter_side_by_side(tmp_path: Path) -> None
     }
     assert out["adapter"]["adapter_sha256"] == man["sha256"] and "adapter_sha256" not in out["base"]
     assert out["base"]["model_sha256"] == out["adapter"]["model_sha256"] == base_sha256(base)
+    assert out["base"]["prompt_version"] == f.PROMPT_VERSION
+    assert out["adapter"]["prompt_version"] == f.ADAPTER_PROMPT_VERSION
     for pair in out["by_shape"].values():
         assert set(pair) == {"base", "adapter"}
     res = CliRunner().invoke(app, ["eval", "decisions", "--adapter", str(tmp_path / "none.gguf")])

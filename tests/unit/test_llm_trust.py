@@ -207,6 +207,23 @@ def test_the_prompt_holds_facts_policy_and_every_allowed_action() -> None:
     )
 
 
+def test_the_compact_prompt_keeps_actions_and_policy_in_one_prefix() -> None:
+    policy = "Switch off when over the limit."
+    facts = (f.power_fact(over_for_s=12.4), f.relay_fact(True))
+    msgs = f.build_messages(PLUG_CAPABILITIES, facts, policy, compact=True)
+    other = f.build_messages(PLUG_CAPABILITIES, ["relay is off"], policy, compact=True)
+    # Only the facts differ from one call to the next: the system message
+    # (the actions and the policy) is the prefix llama.cpp keeps.
+    assert [m_["role"] for m_ in msgs] == ["system", "user"] and msgs[0] == other[0]
+    assert msgs[0]["content"].endswith(f"Policy: {policy}")
+    assert msgs[1]["content"] == (
+        "Facts:\n- power is over the limit for 12 s\n- relay is on\nWhat is the action now?"
+    )
+    full = f.build_messages(PLUG_CAPABILITIES, facts, policy)
+    assert len(json.dumps(msgs)) < len(json.dumps(full)) and "water pump" not in json.dumps(msgs)
+    assert f.prompt_version(True) == f.ADAPTER_PROMPT_VERSION != f.prompt_version(False)
+
+
 def test_facts_are_words_not_numbers() -> None:
     assert f.power_fact() == "power is under the limit"
     assert f.power_fact(near=True) == "power is near the limit"

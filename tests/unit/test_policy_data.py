@@ -45,10 +45,12 @@ def test_every_line_is_a_scenario_with_the_hubs_prompt_and_a_checked_label(data:
         for d, s in zip(lines(path), scenarios, strict=True):
             meta = d["meta"]
             assert meta["schema"] == dataset.SCHEMA and meta["generator"] == dataset.GENERATOR
-            assert meta["prompt_version"] == hf.PROMPT_VERSION and meta["split"] == split
+            assert meta["prompt_version"] == hf.ADAPTER_PROMPT_VERSION and meta["split"] == split
             caps = model_capabilities(s.capabilities)
-            assert d["messages"] == hf.build_messages(caps, s.facts, s.policy)
-            assert d["messages"][-1]["content"].startswith(f"Policy: {s.policy}")
+            # The compact prompt an adapter is sent: the policy in the system message.
+            assert d["messages"] == hf.build_messages(caps, s.facts, s.policy, compact=True)
+            assert d["messages"][0]["content"].endswith(f"Policy: {s.policy}")
+            assert d["messages"][-1]["content"].startswith("Facts:\n")
             # The label, recomputed from the structure and the world the line records.
             world = world_from_json(meta["world"])
             for key in ("structure", "stated"):

@@ -136,10 +136,11 @@ def _check_training_keys(
     ``messages`` must be the very prompt the hub sends, ``answer`` a valid
     decision that agrees with the expectation; ``meta`` is not read."""
     if "messages" in d and d["messages"] != f.build_messages(
-        model_capabilities(caps), facts, policy
+        model_capabilities(caps), facts, policy, compact=True
     ):
         raise ValueError(
-            f"messages are not the prompt the hub sends ({f.PROMPT_VERSION}); regenerate the file"
+            "messages are not the prompt the hub sends an adapter "
+            f"({f.ADAPTER_PROMPT_VERSION}); regenerate the file"
         )
     if "answer" in d:
         got = grammar.validate(d["answer"], model_capabilities(caps))
@@ -275,7 +276,14 @@ async def _run(
         sha = worker.model_sha256
         name = worker.model_name
         adapter_sha = worker.adapter_sha256
-    out = summarise(results, model=name, model_sha256=sha, threads=threads, deadline_ms=deadline_ms)
+    out = summarise(
+        results,
+        model=name,
+        model_sha256=sha,
+        threads=threads,
+        deadline_ms=deadline_ms,
+        prompt_version=f.prompt_version(adapter is not None),
+    )
     if adapter is not None:
         out["adapter"] = adapter.name
         out["adapter_sha256"] = adapter_sha
@@ -289,6 +297,7 @@ def summarise(
     model_sha256: str,
     threads: int,
     deadline_ms: float,
+    prompt_version: str = f.PROMPT_VERSION,
 ) -> dict[str, Any]:
     n = len(results)
     outcomes = Counter(r.outcome for _, r, _ok in results)
@@ -326,7 +335,7 @@ def summarise(
         "actions_chosen": dict(sorted(chosen.items())),
         "model": model,
         "model_sha256": model_sha256,
-        "prompt_version": f.PROMPT_VERSION,
+        "prompt_version": prompt_version,
         "threads": threads,
         "deadline_ms": deadline_ms,
         "machine": f"{platform.machine()}, {platform.system()}",

@@ -79,10 +79,10 @@ def _read_manifest(directory: Path) -> dict[str, Any]:
         raise DataError(f"{path}: {exc}") from None
     if manifest.get("schema") != DATA_SCHEMA:
         raise DataError(f"{path}: schema {manifest.get('schema')!r}, expected {DATA_SCHEMA!r}")
-    if manifest.get("prompt_version") != hf.PROMPT_VERSION:
+    if manifest.get("prompt_version") != hf.ADAPTER_PROMPT_VERSION:
         raise DataError(
             f"{path}: written for prompt {manifest.get('prompt_version')!r}, the hub sends "
-            f"{hf.PROMPT_VERSION!r}: regenerate the data"
+            f"{hf.ADAPTER_PROMPT_VERSION!r}: regenerate the data"
         )
     return manifest
 

@@ -50,7 +50,7 @@ def decide(llm: Any, render: Any, s: Scenario, name: str, sha: str) -> LlmResult
     """One scenario as the hub's worker answers it (no deadline)."""
     llama_cpp: Any = importlib.import_module("llama_cpp")
     caps = model_capabilities(s.capabilities)
-    messages = hf.build_messages(caps, s.facts, s.policy)
+    messages = hf.build_messages(caps, s.facts, s.policy, compact=True)
     req = _Request(0, messages, grammar.gbnf(caps), grammar.max_chars(caps) + 1, math.inf)
     t0 = time.monotonic()
     reply = _answer(llama_cpp, llm, render, {}, req, 0)
@@ -65,7 +65,7 @@ def decide(llm: Any, render: Any, s: Scenario, name: str, sha: str) -> LlmResult
     prov = Provenance(
         model_name=name,
         model_sha256=sha,
-        prompt_version=hf.PROMPT_VERSION,
+        prompt_version=hf.ADAPTER_PROMPT_VERSION,
         prompt_sha256=hf.prompt_sha256(messages),
         raw_output=reply.text,
         latency_ms=round((time.monotonic() - t0) * 1000.0, 3),
@@ -102,7 +102,14 @@ def evaluate(
             progress(f"eval [{i}/{len(scenarios)}] {s.id}: {'right' if ok else 'WRONG'} ({got})")
     finally:
         llm.close()
-    report = summarise(results, model=base.stem, model_sha256=sha, threads=threads, deadline_ms=0.0)
+    report = summarise(
+        results,
+        model=base.stem,
+        model_sha256=sha,
+        threads=threads,
+        deadline_ms=0.0,
+        prompt_version=hf.ADAPTER_PROMPT_VERSION,
+    )
     report["adapter"] = adapter.name if adapter else None
     report["adapter_sha256"] = sha256_file(adapter) if adapter else None
     report["scenarios"] = str(scenarios_path)

@@ -110,12 +110,15 @@ def to_json(ex: Example) -> dict[str, Any]:
     }
     if params:
         d["expect_params"] = params
-    d["messages"] = hf.build_messages(model_capabilities(caps), ex.facts, ex.rendering.text)
+    # The prompt a fine-tuned adapter is sent (the compact one, hub/decide/facts.py).
+    d["messages"] = hf.build_messages(
+        model_capabilities(caps), ex.facts, ex.rendering.text, compact=True
+    )
     d["answer"] = {"reason": reason(ex), "action": ex.outcome.action, "params": params}
     d["meta"] = {
         "schema": SCHEMA,
         "generator": GENERATOR,
-        "prompt_version": hf.PROMPT_VERSION,
+        "prompt_version": hf.ADAPTER_PROMPT_VERSION,
         "split": ex.split,
         "layout": ex.rendering.layout,
         "exception": ex.rendering.exception,
@@ -149,7 +152,7 @@ def write(
     manifest: dict[str, Any] = {
         "schema": SCHEMA,
         "generator": GENERATOR,
-        "prompt_version": hf.PROMPT_VERSION,
+        "prompt_version": hf.ADAPTER_PROMPT_VERSION,
         "seed": seed,
         "counts": dict(counts),
         "splits": {},
