@@ -213,7 +213,7 @@ class Hub:
             else None
         )
         self.cloudhealth = (
-            CloudHealth(cfg.cloud, self.node_id, self._health) if cfg.cloud.on else None
+            CloudHealth(cfg.cloud, self.node_id, lambda: _health(self)) if cfg.cloud.on else None
         )
         self.clouddown = (
             CloudDown(
@@ -439,27 +439,6 @@ class Hub:
     def _leads(self) -> bool:
         return self.raft.status().is_leader
 
-    def _health(self) -> tuple[int, dict[str, Any]]:
-        """This node's health for the cloud (hub/link/cloudhealth.py): small,
-        what a fleet view needs."""
-        raft = self.raft.status()
-        store = self.keeper.status()
-        export = self.cloudlink.status() if self.cloudlink is not None else None
-        return raft.applied_index, {
-            "role": "leader" if raft.is_leader else "follower",
-            "ready": raft.ready,
-            "halted": raft.halted or None,
-            "term": raft.term,
-            "commit_index": raft.commit_index,
-            "lag": max(0, raft.commit_index - raft.applied_index),
-            "uptime_s": round(time.time() - self.started_at, 1),
-            "drained": self.membership.drained,
-            "broker_connected": self.consumer.connected,
-            "store_used_fraction": store["used_fraction"],
-            "store_alert": store["alert"] or None,
-            "export_lag_s": None if export is None else export["lag_s"],
-        }
-
     def status(self) -> dict[str, Any]:
         """This node's view, for the API and `aiot cluster status`."""
         raft = self.raft.status()
@@ -512,6 +491,28 @@ class Hub:
                 "health": None if self.cloudhealth is None else self.cloudhealth.status(),
             },
         }
+
+
+def _health(hub: Hub) -> tuple[int, dict[str, Any]]:
+    """This node's health for the cloud (hub/link/cloudhealth.py): small,
+    what a fleet view needs."""
+    raft = hub.raft.status()
+    store = hub.keeper.status()
+    export = hub.cloudlink.status() if hub.cloudlink is not None else None
+    return raft.applied_index, {
+        "role": "leader" if raft.is_leader else "follower",
+        "ready": raft.ready,
+        "halted": raft.halted or None,
+        "term": raft.term,
+        "commit_index": raft.commit_index,
+        "lag": max(0, raft.commit_index - raft.applied_index),
+        "uptime_s": round(time.time() - hub.started_at, 1),
+        "drained": hub.membership.drained,
+        "broker_connected": hub.consumer.connected,
+        "store_used_fraction": store["used_fraction"],
+        "store_alert": store["alert"] or None,
+        "export_lag_s": None if export is None else export["lag_s"],
+    }
 
 
 class _RegistryView:

@@ -47,15 +47,13 @@ from tools.chaos.checks import (
     CloudResult,
     CommandsResult,
     DeviceHistory,
-    Reading,
     StorageResult,
-    check_cloud,
     check_commands,
     check_convergence,
     check_recovery,
     check_storage,
 )
-from tools.chaos.cloud import ChaosCloud, wait_exported
+from tools.chaos.cloud import ChaosCloud, cloud_target, compare_cloud, wait_for_export
 from tools.chaos.fleet import POLL_S, ChaosCluster, Fleet
 from tools.chaos.gather import (
     ALERT_LEVELS,
@@ -307,14 +305,6 @@ class Campaign:
         target = followers[f.pick % len(followers)]
         return target, target == leader
 
-    def _cloud_target(self, f: Fault) -> tuple[int, str]:
-        """A cloud fault's target: the server cloud_kill kills (by pick), or
-        the whole cloud (ALL_HUBS) for cloud_partition."""
-        if f.kind == "cloud_kill" and self.cloud is not None:
-            i = f.pick % self.cloud.nodes
-            return i, self.cloud.name(i)
-        return ALL_HUBS, "the cloud"
-
     def _check_processes(self) -> None:
         self.fleet.check_processes()
         if self.cloud is not None:
@@ -333,7 +323,7 @@ class Campaign:
             hub = target = fleet.cluster.spares[0]
             ev["target"] = fleet.cluster.node_id(hub)
         elif f.kind in CLOUD_KINDS:
-            target, ev["target"] = self._cloud_target(f)
+            target, ev["target"] = cloud_target(self.cloud, f, ALL_HUBS)
         elif f.kind in HUB_KINDS:
             hub, was_leader = self._resolve_hub(f)
             target = hub
@@ -437,7 +427,10 @@ class Campaign:
         finals = fleet.stop_devices()
         if self.before_checks is not None:
             self.before_checks(self)
-        caught_up_s = self._wait_export()
+        # With a cloud: how long until the leader's export caught up.
+        caught_up_s = (
+            None if self.cloud is None else wait_for_export(fleet, self.say, EXPORT_LIMIT_S)
+        )
         self.say("devices stopped; waiting for equal content hashes")
         hashes = content_hashes(cluster, self.converge_limit, members)
         converged, c_viol = check_convergence(hashes)
@@ -449,20 +442,13 @@ class Campaign:
             cluster.node_id(i): {d: stored_readings(cluster, i, d) for d in self.ids}
             for i in members
         }
-        ledger: dict[str, dict[str, Any]] = {}
-        reader = fleet.healthy()[0]
-        for dev_id in self.ids:
-            for rec in fleet.api[reader].get("/v1/commands", device=dev_id):
-                ledger[rec["command_id"]] = rec
         storage = check_storage(histories, stored)
-        cloud = self._check_cloud(stored, caught_up_s)
-        commands = check_commands(histories, ledger)
+        cloud = None  # X: the cloud's copy against what the hubs store
+        if self.cloud is not None:
+            cloud = compare_cloud(self.cloud, fleet, stored, caught_up_s, EXPORT_LIMIT_S)
+        commands = check_commands(histories, _ledger(fleet, self.ids))
         worst, r_viol = check_recovery(self.events, self.limit)
-        votes = {
-            cluster.node_id(i): parse_votes(cluster.log_path(i).read_text(errors="replace"))
-            for i in range(cluster.n)
-            if cluster.log_path(i).exists()  # a spare never started has none
-        }
+        votes = _votes(cluster)
         double_votes, v_viol = check_votes(votes)
         violations = (
             storage.violations + commands.violations + c_viol + r_viol + v_viol + fleet.violations
@@ -503,33 +489,24 @@ class Campaign:
         )
         return summary
 
-    def _wait_export(self) -> float | None:
-        """With a cloud: seconds until the leader's export caught up once the
-        devices stopped (None: not within EXPORT_LIMIT_S)."""
-        if self.cloud is None:
-            return None
-        self.say("devices stopped; waiting for the cloud export to catch up")
-        took, last = wait_exported(self.fleet, EXPORT_LIMIT_S)
-        self.say(
-            f"cloud export caught up in {took:g} s"
-            if took is not None
-            else f"cloud export did NOT catch up in {EXPORT_LIMIT_S:g} s: {last}"
-        )
-        return took
 
-    def _check_cloud(
-        self, stored: dict[str, dict[str, list[Reading]]], caught_up_s: float | None
-    ) -> CloudResult | None:
-        """X: once the hubs are quiet, the export caught up (again: a record
-        committed while the hashes converged is exported too) and the
-        cloud's copy read back and compared with what the hubs store."""
-        if self.cloud is None:
-            return None
-        if caught_up_s is not None:
-            again, _ = wait_exported(self.fleet, EXPORT_LIMIT_S)
-            caught_up_s = caught_up_s if again is not None else None
-        in_cloud = self.cloud.readings()
-        return check_cloud(stored, in_cloud, caught_up_s, EXPORT_LIMIT_S)
+def _ledger(fleet: Fleet, ids: list[str]) -> dict[str, dict[str, Any]]:
+    """Every device's commands as a healthy hub's API lists them, by command id."""
+    reader = fleet.healthy()[0]
+    return {
+        rec["command_id"]: rec
+        for dev_id in ids
+        for rec in fleet.api[reader].get("/v1/commands", device=dev_id)
+    }
+
+
+def _votes(cluster: ChaosCluster) -> dict[str, Any]:
+    """The votes each hub's log recorded (a spare never started has none)."""
+    return {
+        cluster.node_id(i): parse_votes(cluster.log_path(i).read_text(errors="replace"))
+        for i in range(cluster.n)
+        if cluster.log_path(i).exists()
+    }
 
 
 def _cloud_figures(nodes: int, cloud: CloudResult, caught_up_s: float | None) -> dict[str, Any]:

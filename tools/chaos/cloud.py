@@ -25,13 +25,14 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
 from hub.core.tls import write_node
 from tools.base.hubclient import HubError
 from tools.chaos import ChaosError
-from tools.chaos.checks import Reading, violation
+from tools.chaos.checks import CloudResult, Reading, check_cloud, violation
 from tools.chaos.fleet import POLL_S, Fleet
 from tools.cloud.buckets import ensure_buckets
 from tools.cloud.cluster import CloudError, CloudLayout, CloudServers, Creds, init_cloud
@@ -212,3 +213,41 @@ def wait_exported(fleet: Fleet, limit_s: float) -> tuple[float | None, dict[str,
         if time.monotonic() - t > limit_s:
             return None, last
         time.sleep(POLL_S)
+
+
+def cloud_target(cloud: ChaosCloud | None, f: Any, whole: int) -> tuple[int, str]:
+    """A cloud fault's target: the server cloud_kill kills (by pick), or
+    the whole cloud (``whole``) for cloud_partition."""
+    if f.kind == "cloud_kill" and cloud is not None:
+        i = f.pick % cloud.nodes
+        return i, cloud.name(i)
+    return whole, "the cloud"
+
+
+def wait_for_export(fleet: Fleet, say: Callable[[str], None], limit_s: float) -> float | None:
+    """Seconds until the leader's export caught up once the devices stopped
+    (None: not within ``limit_s``), said as it goes."""
+    say("devices stopped; waiting for the cloud export to catch up")
+    took, last = wait_exported(fleet, limit_s)
+    say(
+        f"cloud export caught up in {took:g} s"
+        if took is not None
+        else f"cloud export did NOT catch up in {limit_s:g} s: {last}"
+    )
+    return took
+
+
+def compare_cloud(
+    cloud: ChaosCloud,
+    fleet: Fleet,
+    stored: dict[str, dict[str, list[Reading]]],
+    caught_up_s: float | None,
+    limit_s: float,
+) -> CloudResult:
+    """Check X: once the hubs are quiet, the export caught up (again: a
+    record committed while the hashes converged is exported too), and the
+    cloud's copy read back and compared with what the hubs store."""
+    if caught_up_s is not None:
+        again, _ = wait_exported(fleet, limit_s)
+        caught_up_s = caught_up_s if again is not None else None
+    return check_cloud(stored, cloud.readings(), caught_up_s, limit_s)
