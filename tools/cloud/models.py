@@ -46,6 +46,19 @@ def target_of(site: str | None) -> str:
         raise CloudError(str(exc)) from None
 
 
+def _offer(
+    manifest: bytes, signature: bytes, key_id: str, target: str, activate: bool
+) -> dict[str, Any]:
+    """What a site reads about a version it is offered (hub/ops/clouddown.py Offer)."""
+    return {
+        "manifest": base64.b64encode(manifest).decode(),
+        "signature": base64.b64encode(signature).decode(),
+        "key_id": key_id,
+        "target": target,
+        "activate": activate,
+    }
+
+
 def push_model(
     creds: Creds,
     data: bytes,
@@ -58,14 +71,7 @@ def push_model(
     """Put one signed model version into the object store."""
     doc = json.loads(manifest)
     description = json.dumps(
-        {
-            "manifest": base64.b64encode(manifest).decode(),
-            "signature": base64.b64encode(signature).decode(),
-            "key_id": key_id,
-            "target": target,
-            "activate": activate,
-        },
-        separators=(",", ":"),
+        _offer(manifest, signature, key_id, target, activate), separators=(",", ":")
     )
     name = f"{doc['name']}@{doc['version']}"
 
@@ -100,23 +106,14 @@ def push_policy(
     key = f"{doc['name']}.{doc['version']}"
     if not POLICY_KEY.fullmatch(key):
         raise CloudError(f"{key!r} cannot be a key of the policies bucket")
-    value = json.dumps(
-        {
-            "manifest": base64.b64encode(manifest).decode(),
-            "signature": base64.b64encode(signature).decode(),
-            "key_id": key_id,
-            "target": target,
-            "activate": activate,
-            "data": base64.b64encode(data).decode(),
-        },
-        separators=(",", ":"),
-    ).encode()
+    offer = _offer(manifest, signature, key_id, target, activate)
+    value = json.dumps({**offer, "data": base64.b64encode(data).decode()}, separators=(",", ":"))
 
     async def put() -> None:
         nc = await connect(creds)
         try:
             kv = await nc.jetstream().key_value(POLICIES_BUCKET)
-            await kv.put(key, value)
+            await kv.put(key, value.encode())
         finally:
             await nc.close()
 

@@ -59,22 +59,34 @@ class SiteReadings:
         return [(a + 1, b - 1) for a, b in itertools.pairwise(seqs) if b > a + 1]
 
 
-async def _read(creds: Creds, site: str, subject: str, take: Callable[[Any], None]) -> None:
-    """Every message of the site's stream on ``subject`` (a filter), in stream order."""
-    stream = cloud.stream_name(site)
+async def _read(
+    creds: Creds,
+    site: str,
+    subject: str,
+    take: Callable[[Any], None],
+    stream: str = "",
+    deliver: DeliverPolicy = DeliverPolicy.ALL,
+) -> None:
+    """Every message of the site's stream (or ``stream``) on ``subject`` (a
+    filter), in stream order; with ``LAST_PER_SUBJECT``, the newest of each
+    subject. A site with no such stream is an error only for its own stream."""
+    own = not stream
+    stream = stream or cloud.stream_name(site)
     nc = await connect(creds)
     try:
         js = nc.jetstream()
         try:
             info = await js.stream_info(stream)
         except nats.js.errors.NotFoundError:
+            if not own:
+                return
             raise CloudError(f"the cloud has no stream {stream}: is site {site} added?") from None
         if not info.state.messages:
             return
         sub = await js.pull_subscribe(
             subject,
             stream=stream,
-            config=ConsumerConfig(ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.ALL),
+            config=ConsumerConfig(ack_policy=AckPolicy.NONE, deliver_policy=deliver),
         )
         try:
             await _drain(sub, take)
@@ -140,29 +152,10 @@ def read_health(creds: Creds, site: str, timeout: float = 30.0) -> dict[str, dic
             return
         out[str(body.get("node"))] = body
 
-    async def read() -> None:
-        stream = cloud.health_stream_name(site)
-        nc = await connect(creds)
-        try:
-            js = nc.jetstream()
-            try:
-                info = await js.stream_info(stream)
-            except nats.js.errors.NotFoundError:
-                return
-            if not info.state.messages:
-                return
-            config = ConsumerConfig(
-                ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.LAST_PER_SUBJECT
-            )
-            sub = await js.pull_subscribe(f"aiot.{site}.health.>", stream=stream, config=config)
-            try:
-                await _drain(sub, take)
-            finally:
-                await sub.unsubscribe()
-        finally:
-            await nc.close()
-
-    _run(site, None, timeout, read())
+    health = cloud.health_stream_name(site)
+    subject = f"aiot.{site}.health.>"
+    work = _read(creds, site, subject, take, health, DeliverPolicy.LAST_PER_SUBJECT)
+    _run(site, None, timeout, work)
     return dict(sorted(out.items()))
 
 
