@@ -208,7 +208,11 @@ class Server(uvicorn.Server):
         """Listening when it returns; OSError when the address is taken."""
         bind = self.bind
         family = socket.AF_INET6 if ":" in bind.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on accepted connections
+        # only when the listening socket says TCP; without it each response
+        # after the first on a kept-open connection waited ~40 ms for the
+        # client's delayed ACK (Nagle).
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((bind.host, bind.port))

@@ -41,6 +41,11 @@ def test_no_server_errors_and_no_schema_violations(tmp_path: Path) -> None:
                 str(EXAMPLES),
                 "--seed",
                 "1",
+                # Four operations at a time: the same operations, phases,
+                # examples per operation and checks; the node answers one
+                # while the others wait on the network.
+                "--workers",
+                "4",
                 "--exclude-path-regex",
                 "/v1/stream",  # an endless event stream
                 "--request-timeout",

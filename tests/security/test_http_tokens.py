@@ -6,6 +6,7 @@ like any other."""
 from __future__ import annotations
 
 import random
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -25,6 +26,7 @@ from tests.security.http_hubs import (
 
 # Routes that check a session token, and one that takes only the admin token.
 CHECKED = ("/v1/me", "/v1/devices/plug-1", "/v1/status", "/v1/firmware")
+WORKERS = 8
 
 
 def malformed(valid: str) -> list[bytes]:
@@ -123,15 +125,25 @@ def test_malformed_tokens_answer_401_and_leave_no_traceback(tmp_path: Path) -> N
         shapes = malformed(valid) + malformed_admin(admin)
         assert len(shapes) > 250
         answers: dict[int, int] = {}
-        with httpx.Client(base_url=url, timeout=15) as c:
-            for token in shapes:
-                for path in CHECKED:
-                    r = c.get(path, headers={b"Authorization": b"Bearer " + token})
-                    answers[r.status_code] = answers.get(r.status_code, 0) + 1
-                    assert r.status_code == 401, (token[:80], path, r.status_code, r.text)
-                    assert isinstance(detail(r), str) and "token" in detail(r), r.text
-                    challenge = r.headers["www-authenticate"]
-                    assert challenge == 'Bearer error="invalid_token"', (token[:80], challenge)
+        # Eight requests at a time: each answer is checked on its own, and
+        # the node answers them in any order.
+        limits = httpx.Limits(max_connections=WORKERS, max_keepalive_connections=WORKERS)
+        with httpx.Client(base_url=url, timeout=15, limits=limits) as c:
+
+            def ask(pair: tuple[bytes, str]) -> httpx.Response:
+                token, path = pair
+                return c.get(path, headers={b"Authorization": b"Bearer " + token})
+
+            pairs = [(token, path) for token in shapes for path in CHECKED]
+            with ThreadPoolExecutor(WORKERS) as pool:
+                replies = list(pool.map(ask, pairs))
+            assert len(replies) == len(pairs)
+            for (token, path), r in zip(pairs, replies, strict=True):
+                answers[r.status_code] = answers.get(r.status_code, 0) + 1
+                assert r.status_code == 401, (token[:80], path, r.status_code, r.text)
+                assert isinstance(detail(r), str) and "token" in detail(r), r.text
+                challenge = r.headers["www-authenticate"]
+                assert challenge == 'Bearer error="invalid_token"', (token[:80], challenge)
             # No token at all, or another scheme: 401 that says to log in.
             for header in ({}, {"Authorization": "Basic dmljOnB3"}, {"Authorization": "Bearer"}):
                 r = c.get("/v1/me", headers=header)

@@ -92,12 +92,13 @@ def parameters(quick: bool, soak_minutes: float) -> dict[str, dict[str, Any]]:
                 "observe_s": 20.0,
             },
             "decide": {"loops": 10, "background": 1, "llm_cases": 2},
+            # Four samples after the warmup, as in 30 s at 5 s with 10 s of warmup.
             "soak": {
-                "minutes": min(soak_minutes, 0.5),
+                "minutes": min(soak_minutes, 0.25),
                 "devices": 6,
                 "micropython_devices": 1,
-                "sample_s": 5.0,
-                "warmup_s": 10.0,
+                "sample_s": 2.5,
+                "warmup_s": 5.0,
             },
         }
     return {
