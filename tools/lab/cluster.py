@@ -411,9 +411,21 @@ class LocalCluster:
         raise ClusterError("no node answers")
 
     def add_device(self, device_id: str, **fields: Any) -> dict[str, Any]:
+        """Register a device; return once every running node's broker takes
+        its login (each node reloads its broker's credentials when it applies
+        the registration, a moment after the API answered)."""
         out: dict[str, Any] = self.any_client().post(
             "/v1/devices", {"device_id": device_id, **fields}
         )
+        deadline = time.monotonic() + LOGIN_WAIT_S
+        for i in range(self.n):
+            while self.alive(i) and time.monotonic() < deadline:
+                code = mqtt_connack(
+                    self.ports[i].broker, device_id, out["password"], self.mqtt_tls()
+                )
+                if code in (0, None):  # taken, or no broker answers there
+                    break
+                time.sleep(0.05)
         return out
 
     def tail(self, i: int, lines: int = 15) -> str:
@@ -430,6 +442,40 @@ class LocalCluster:
             for i in range(self.n)
             if self.alive(i)
         }
+
+
+LOGIN_WAIT_S: Final = 10.0
+
+
+def mqtt_connack(
+    port: int, user: str, password: str, tls: ssl.SSLContext | None = None
+) -> int | None:
+    """The return code a broker on 127.0.0.1:port gives an MQTT 3.1.1 CONNECT
+    (clean session, client id = user) with this login: 0 accepted, 4 or 5
+    refused; None when nothing answers. It publishes nothing, so the hub
+    sees no presence; the session ends with the socket."""
+
+    def field(text: str) -> bytes:
+        raw = text.encode()
+        return len(raw).to_bytes(2, "big") + raw
+
+    body = field("MQTT") + bytes([4, 0xC2]) + (30).to_bytes(2, "big")
+    body += field(user) + field(user) + field(password)
+    size, length = len(body), b""
+    while True:  # the remaining length, as MQTT's variable-length integer
+        size, digit = divmod(size, 128)
+        length += bytes([digit | (0x80 if size else 0)])
+        if not size:
+            break
+    packet = b"\x10" + length + body
+    try:
+        with socket.create_connection(("127.0.0.1", port), 5) as raw:
+            sock = raw if tls is None else tls.wrap_socket(raw, server_hostname="127.0.0.1")
+            sock.sendall(packet)
+            reply = sock.recv(4)
+    except OSError:
+        return None
+    return reply[3] if len(reply) == 4 and reply[:2] == b"\x20\x02" else None
 
 
 def main_init(
