@@ -469,8 +469,10 @@ def mqtt_connack(
             break
     packet = b"\x10" + length + body
     try:
-        with socket.create_connection(("127.0.0.1", port), 5) as raw:
-            sock = raw if tls is None else tls.wrap_socket(raw, server_hostname="127.0.0.1")
+        with contextlib.ExitStack() as stack:
+            sock = stack.enter_context(socket.create_connection(("127.0.0.1", port), 5))
+            if tls is not None:  # the wrapper is a socket of its own, closed too
+                sock = stack.enter_context(tls.wrap_socket(sock, server_hostname="127.0.0.1"))
             sock.sendall(packet)
             reply = sock.recv(4)
     except OSError:
