@@ -32,14 +32,19 @@ ENERGY_WH_SENSOR: Final = 1  # the energy counter (Wh); edge/sensors.py ENERGY_W
 # A pair of counter readings further apart than this is a gap, not energy
 # that can be placed in hours: it counts nowhere (raw and rollups alike).
 MAX_PAIR_SPAN_MS: Final = 7 * DAY_MS
+# A pair whose increase reaches this is a counter fault (or a hostile value),
+# not energy: it counts nowhere either. It bounds every share, so a rollup's
+# sum of nano-Wh fits its 128 bits whatever the readings hold.
+MAX_PAIR_WH: Final = 1e9
 NANO: Final = 1e9  # energy unit of the rollups: nano-Wh
 MICRO: Final = 1e6  # sum unit of the rollups: micro-units of the sensor
 # Values whose magnitude reaches this stay out of the sum (not out of the count).
 MAX_SUMMED: Final = 1e15
 
 _HEAD: Final = struct.Struct(">IIff")  # count, summed, min, max
-_TAIL: Final = struct.Struct(">q")  # energy, nano-Wh
-ROLLUP_BYTES: Final = _HEAD.size + 16 + _TAIL.size  # + i128 sum of micro-units
+_I128: Final = 16  # the sum of micro-units, then the energy in nano-Wh, each i128
+ROLLUP_BYTES: Final = _HEAD.size + 2 * _I128
+_OLD_TAIL: Final = struct.Struct(">q")  # rows written before the energy was i128
 RETENTION_VALUE: Final = struct.Struct(">QQ")  # raw_before_ms, rollup_before_ms
 _F32: Final = struct.Struct(">f")
 _HOURS_PER_STEP: Final = 256  # hours of one device a PRUNE step looks at, at most
@@ -82,13 +87,22 @@ class Rollup:
 
 def pack_rollup(x: Rollup) -> bytes:
     head = _HEAD.pack(x.count, x.summed, x.min, x.max)
-    return head + x.sum_micro.to_bytes(16, "big", signed=True) + _TAIL.pack(x.energy_nwh)
+    return (
+        head
+        + x.sum_micro.to_bytes(_I128, "big", signed=True)
+        + x.energy_nwh.to_bytes(_I128, "big", signed=True)
+    )
 
 
 def unpack_rollup(raw: bytes) -> Rollup:
     count, summed, lo, hi = _HEAD.unpack_from(raw)
-    s = int.from_bytes(raw[_HEAD.size : _HEAD.size + 16], "big", signed=True)
-    return Rollup(count, summed, lo, hi, s, _TAIL.unpack_from(raw, _HEAD.size + 16)[0])
+    at = _HEAD.size + _I128
+    s = int.from_bytes(raw[_HEAD.size : at], "big", signed=True)
+    if len(raw) == at + _OLD_TAIL.size:
+        energy = _OLD_TAIL.unpack_from(raw, at)[0]
+    else:
+        energy = int.from_bytes(raw[at : at + _I128], "big", signed=True)
+    return Rollup(count, summed, lo, hi, s, energy)
 
 
 def rollup_key(prefix: bytes, period: int, sensor: int) -> bytes:
@@ -109,12 +123,23 @@ def energy_key(prefix: bytes, ts: int, seq: int) -> bytes:
 # -- energy shares ------------------------------------------------------------------
 
 
+def pair_increase(a_ts: int, a_v: float, b_ts: int, b_v: float) -> float | None:
+    """The energy (Wh) between two consecutive counter readings, or None when
+    the pair counts nowhere: the increase (a decrease is a reset at boot, so
+    the new value counts); none, not finite, ``MAX_PAIR_WH`` or more, or the
+    two further apart than ``MAX_PAIR_SPAN_MS``."""
+    delta = b_v - a_v if b_v >= a_v else b_v
+    if not 0 < delta < MAX_PAIR_WH or b_ts - a_ts > MAX_PAIR_SPAN_MS:
+        return None
+    return delta
+
+
 def energy_shares(a_ts: int, a_v: float, b_ts: int, b_v: float) -> Iterator[tuple[int, float]]:
     """The pair's energy per hour (hour, Wh): the counter's increase (a
     decrease is a reset at boot, so the new value counts), spread linearly
     over the time between the two and split at hour bounds."""
-    delta = b_v - a_v if b_v >= a_v else b_v
-    if delta <= 0 or not math.isfinite(delta) or b_ts - a_ts > MAX_PAIR_SPAN_MS:
+    delta = pair_increase(a_ts, a_v, b_ts, b_v)
+    if delta is None:
         return
     if b_ts == a_ts:
         yield b_ts // r.HOUR_MS, delta

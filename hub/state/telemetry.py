@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import math
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -153,8 +152,8 @@ class TelemetryReads:
         rs = self._energy_neighbours(device_id, start, end, rs)
         for (a_ts, a_v), (b_ts, b_v) in itertools.pairwise(rs):
             # rollups.energy_shares, split at this day's bounds
-            delta = b_v - a_v if b_v >= a_v else b_v
-            if delta <= 0 or not math.isfinite(delta) or b_ts - a_ts > rollups.MAX_PAIR_SPAN_MS:
+            delta = rollups.pair_increase(a_ts, a_v, b_ts, b_v)
+            if delta is None:
                 continue
             if b_ts == a_ts:
                 i = _bucket(bounds, b_ts)

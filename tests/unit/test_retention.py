@@ -22,7 +22,7 @@ from hub.state import entries as e
 from hub.state.apply import Outcome
 from hub.state.records import HOUR_MS
 from hub.state.retention import Housekeeper
-from hub.state.rollups import DAY_MS
+from hub.state.rollups import DAY_MS, ROLLUP_BYTES, Rollup, pack_rollup, unpack_rollup
 from hub.state.store import ENERGY_WH_SENSOR, Store
 from protocol import messages as m
 from tests.unit import test_ingest as ti
@@ -123,6 +123,38 @@ def test_rollups_equal_the_raw_energy_whatever_the_commit_order(
     # Integer rollups: the same bits whatever the order, so the same hash.
     assert a.content_hash() == b.content_hash()
     assert a.watermark(DEVICE) == b.watermark(DEVICE) == 3 * len(samples)
+
+
+def test_a_counter_jump_of_any_size_counts_nowhere_and_never_fails_apply(
+    stores: tuple[Store, Store],
+) -> None:
+    # The largest f32s, infinities and NaN in the energy counter: pairs that
+    # are no plug's energy. Apply stores every reading, the energy of those
+    # pairs counts nowhere (rollup and raw alike), the rest still counts.
+    hostile = (3.4e38, 5e9, 34359738368.0, float("inf"), float("nan"), 2e9)
+    samples = [(START + i * STEP_MS, 5.0, float(i), 230.0) for i in range(60)]
+    for k, v in enumerate(hostile):
+        samples[10 + 6 * k] = (samples[10 + 6 * k][0], 5.0, v, 230.0)
+    a, b = stores
+    batches = _batches(samples)
+    a.apply(_numbered([_register(), *batches]))
+    b.apply(_numbered([_register(), *reversed(batches)]))
+    assert a.content_hash() == b.content_hash()
+    assert a.watermark(DEVICE) == 3 * len(samples)
+    hours = [h.wh for h in a.hourly_energy(DEVICE, DAY0)]
+    raw = [h.wh for h in a.raw_hourly_energy(DEVICE, DAY0)]
+    assert hours == pytest.approx(raw, abs=1e-6)
+    assert 0 < sum(hours) < 1e6
+
+
+def test_rollup_rows_of_the_older_layout_still_read() -> None:
+    row = Rollup(count=3, summed=3, min=1.0, max=2.0, sum_micro=4_500_000, energy_nwh=-7)
+    new = pack_rollup(row)
+    assert len(new) == ROLLUP_BYTES == 48 and unpack_rollup(new) == row
+    old = new[:32] + struct.pack(">q", row.energy_nwh)  # an i64 energy: 40 bytes
+    assert unpack_rollup(old) == row
+    big = Rollup(1, 1, 0.0, 0.0, 10**30, 10**35)  # past an i64: kept whole
+    assert unpack_rollup(pack_rollup(big)) == big
 
 
 def test_hourly_and_daily_figures_per_sensor(stores: tuple[Store, Store]) -> None:

@@ -7,7 +7,7 @@ uplink batch, 100 batches per apply. The live bytes it gains (every table:
 readings, their hours index, the energy index, the hourly and daily rollups)
 divided by the readings stored is the cost of one reading; a GiB over the
 bytes of one plug-day is the days of raw data a GiB holds per plug (its
-rollups included: a day's are 75 rows of 40 bytes and keys). Then the
+rollups included: a day's are 75 rows of 48 bytes and keys). Then the
 retention steps that delete the first half, ``step_records`` at most each,
 are timed one by one: the longest step is how long apply is busy with one.
 """
