@@ -213,7 +213,14 @@ class Hub:
             else None
         )
         self.cloudhealth = (
-            CloudHealth(cfg.cloud, self.node_id, lambda: _health(self)) if cfg.cloud.on else None
+            CloudHealth(
+                cfg.cloud,
+                self.node_id,
+                lambda: _health(self),
+                watch=lambda: self.raft.status().is_leader,
+            )
+            if cfg.cloud.on
+            else None
         )
         self.clouddown = (
             CloudDown(

@@ -72,6 +72,30 @@ async def open_link(
     return await asyncio.wait_for(nats.connect(**opts), CONNECT_S)
 
 
+CLOSE_S: Final = 5.0  # closing a link gives up after this and drops its socket
+# One export step (connect, resume, publish a batch, settle its acks, commit
+# the cursor) never takes this long on a working link: past it the link is
+# dropped and made again. nats-py's client can wait without end on a socket
+# (a flush or a drain), and the exporter must not wait with it.
+STEP_S: Final = 60.0
+
+
+async def close_link(nc: Any, timeout: float = CLOSE_S) -> None:
+    """Close a nats-py connection, at most ``timeout`` s: a close that hangs on
+    a dead socket (a drain that never returns) is cut, and its transport
+    aborted, so nothing of the link stays behind."""
+    try:
+        await asyncio.wait_for(nc.close(), timeout)
+    except TimeoutError:
+        transport: Any = getattr(nc, "_transport", None)  # nats-py's, no public handle
+        if transport is not None:
+            with contextlib.suppress(Exception):
+                transport.close()
+        log.warning("cloud link close timed out: socket dropped", extra={"timeout_s": timeout})
+    except Exception:  # a broken link: nothing left to close
+        pass
+
+
 LAG_CHECK_S: Final = 1.0  # how often the lag alert is checked
 
 Publish = Callable[[dict[str, Any]], None]
@@ -98,6 +122,8 @@ class CloudLink:
         self._failures = 0
         self.last_error: str | None = None
         self.last_export_ms: int | None = None
+        self.step_s = STEP_S
+        self.stuck_steps = 0  # steps cut at step_s (the link dropped and made again)
 
     async def _connect(self) -> Any:
         return await open_link(self.cfg, f"aiot-{self.cfg.site}-{self.node_id}", self._on_error)
@@ -112,8 +138,7 @@ class CloudLink:
     async def _close(self) -> None:
         nc, self._nc = self._nc, None
         if nc is not None:
-            with contextlib.suppress(Exception):  # a broken link: nothing left to close
-                await nc.close()
+            await close_link(nc)
 
     async def run(self) -> None:
         try:
@@ -124,7 +149,13 @@ class CloudLink:
                     await self._close()
                     await asyncio.sleep(IDLE_S)
                     continue
-                await asyncio.sleep(await self._once())
+                try:
+                    wait = await asyncio.wait_for(self._once(), self.step_s)
+                except TimeoutError:
+                    self.stuck_steps += 1
+                    await self._close()
+                    wait = self._failed(f"cloud link stuck for {self.step_s:.0f} s: dropped")
+                await asyncio.sleep(wait)
         finally:
             await self._close()
 
@@ -236,6 +267,7 @@ class CloudLink:
             "lag_alert_s": self.cfg.lag_alert_s,
             "alert": self.lag_alert,
             "alerts": self.lag_alerts,
+            "stuck_steps": self.stuck_steps,
         }
 
 

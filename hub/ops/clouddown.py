@@ -50,7 +50,7 @@ from hub.decide.registry import (
     verify_signature,
     version_record,
 )
-from hub.link.cloudlink import open_link
+from hub.link.cloudlink import close_link, open_link
 from hub.state import entries as e
 from hub.state.raft import RaftError, RaftNode
 from protocol.cloud import MODELS_BUCKET, POLICIES_BUCKET, SITES_BUCKET
@@ -145,7 +145,7 @@ class CloudDown:
                 if await self._next_model(obs, models) | await self._next_policy(rules):
                     next_report = 0.0  # say what changed
         finally:
-            await nc.close()
+            await close_link(nc)
 
     async def _next_model(self, obs: Any, watcher: Any) -> bool:
         """One object of the models bucket, if one comes within WAIT_S / 2."""

@@ -131,3 +131,47 @@ def test_lag_is_measured_from_the_oldest_unexported_entry_and_alerts(
     assert cleared["active"] is False and cleared["reason"] == ""
     assert back["alert"] == "" and back["lag_s"] == 0.0 and back["first_unexported_index"] == 0
     assert back["alerts"] == 1 and back["lagging"] is False
+
+
+class _HangsOnce(Entries):
+    """A source whose first cursor commit never returns: the stand-in for a
+    step stuck inside the NATS client (a flush or a drain on a dead socket
+    waits without end), which no real server can be made to cause on demand."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__(n)
+        self.hung = 0
+
+    async def commit(self, index: int) -> None:
+        if not self.hung:
+            self.hung += 1
+            await asyncio.Event().wait()
+        await super().commit(index)
+
+
+def test_a_stuck_step_is_cut_and_the_link_made_again(
+    cloud: tuple[CloudLayout, CloudServers],
+) -> None:
+    layout, _ = cloud
+    admin = Creds.load(layout.creds("admin"))
+    src = _HangsOnce(30)
+    link = CloudLink(_config(layout), src, lambda: True, "hub-1")
+    link.step_s = 2.0
+
+    async def run() -> tuple[list[str], dict[str, object]]:
+        task = asyncio.create_task(link.run())
+        try:
+            await _until(lambda: src.cursor == src.entries[-1].index)
+            status = link.status()
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        nc = await connect(admin)
+        ids = await _ids(nc.jetstream())
+        await nc.close()
+        return ids, status
+
+    ids, status = asyncio.run(run())
+    assert src.hung == 1 and status["stuck_steps"] == 1
+    assert ids == src.expected()  # resumed from the stream's tail: each message once
+    assert status["duplicates"] == 0 and status["error"] is None
