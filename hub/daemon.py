@@ -177,6 +177,8 @@ class Hub:
         )
         self.engine = DecisionEngine(raft, ruleset, guard, cfg.decisions, models=self.models)
         self.engine.llm = engine_mod.llm_tier(cfg.decisions, cfg.models.shipped_dir)
+        if self.engine.llm is not None:
+            self.engine.llm.tariff = cfg.tariff  # the local time and tariff period it states
         # /metrics: aiot_decisions_total, the latency histogram, aiot_model_loads_total
         self.engine.on_decision = metrics.observe_decision
         self.models.on_load = metrics.count_model_load

@@ -133,6 +133,15 @@ class Tariff:
         t = self.local(ms)
         return self._prices[(t.hour * 60 + t.minute) // 30]
 
+    def period_at(self, ms: int) -> str | None:
+        """``"peak"`` when the price at ``ms`` is the day's highest, else
+        ``"off-peak"``; None for a flat price or no tariff (no periods to name).
+        This is the word the LLM tier states (hub/decide/facts.tariff_fact)."""
+        price = self.price_at(ms)
+        if price is None or len(set(self._prices)) < 2:
+            return None
+        return "peak" if price == max(self._prices) else "off-peak"
+
     def hour_cost(self, start_ms: int, wh: float) -> float | None:
         """The cost of ``wh`` in the hour from ``start_ms``: each half priced
         at its own local time, the energy split evenly when they differ."""

@@ -39,6 +39,8 @@ from typing import TYPE_CHECKING, Any, Final
 from hub.core.clock import wall_ms
 from hub.core.config import DecisionsConfig
 from hub.core.fsutil import sha256_file
+from hub.core.tariff import NONE as NO_TARIFF
+from hub.core.tariff import Tariff
 from hub.core.validate import ConfigError
 from hub.decide import facts as f
 from hub.decide import llm
@@ -386,6 +388,7 @@ class LlmTier:
         self.model_path = model_path
         self.model_sha256 = sha256_file(model_path)
         self._report_path = report_path
+        self.tariff: Tariff = NO_TARIFF  # the hub's [tariff]: local time and period facts
         self.setup = self.plan(None, None)
         self.worker: Any = None
         self._starting: asyncio.Task[None] | None = None
@@ -510,9 +513,20 @@ class LlmTier:
         task.add_done_callback(self._tasks.discard)
 
     def facts(self, engine: DecisionEngine, device: e.Device, d: r.Decision) -> list[str]:
+        """What the lower tiers state about the device now, in the hub's own
+        sentences (hub/decide/facts.py): power against the limit and the
+        rule's grace period, the anomaly score, the relay, critical, the local
+        time and the tariff period (``[tariff]``: its zone; a period only with
+        time-of-use prices)."""
         out = []
         if d.sensor == r.POWER_W and device.limit_w is not None and d.value > device.limit_w:
-            out.append(f.power_fact(over_for_s=(d.ts_ms - d.since_ms) / 1000))
+            held_ms = d.ts_ms - d.since_ms
+            out.append(f.power_fact(over_for_s=held_ms / 1000))
+            grace_ms = next(
+                (x.for_ms for x in engine.rules.ruleset.rules if x.rule_id == d.rule_id), 0
+            )
+            if grace_ms:
+                out.append(f.grace_fact(longer=held_ms >= grace_ms))
         elif d.sensor == r.POWER_W:
             out.append(f.power_fact(near=True))
         if d.sensor == r.ANOMALY:
@@ -520,6 +534,11 @@ class LlmTier:
         out.append(f.relay_fact(True))  # it draws power, so its relay is on
         if engine.guard.is_critical(device.device_id):
             out.append(f.critical_fact())
+        local = self.tariff.local(d.ts_ms)
+        out.append(f.time_fact(local.hour * 60 + local.minute))
+        period = self.tariff.period_at(d.ts_ms)
+        if period is not None:
+            out.append(f.tariff_fact(period))
         return out
 
     async def _consult(

@@ -83,6 +83,31 @@ def critical_fact() -> str:
     return "device is marked critical"
 
 
+LONGER_THAN_GRACE: Final = "this is longer than the grace period"
+WITHIN_GRACE: Final = "this is within the grace period"
+
+
+def grace_fact(*, longer: bool) -> str:
+    """How long power has been over the limit against the rule's grace period
+    (its ``for_s``); it follows the power fact it refers to."""
+    return LONGER_THAN_GRACE if longer else WITHIN_GRACE
+
+
+def occupancy_fact(occupied: bool) -> str:
+    return "someone is at home" if occupied else "nobody is at home"
+
+
+def time_fact(minute_of_day: int) -> str:
+    """The local time (the hub's ``[tariff] timezone``), to the minute."""
+    h, mi = divmod(minute_of_day % 1440, 60)
+    return f"the local time is {h:02d}:{mi:02d}"
+
+
+def tariff_fact(period: str) -> str:
+    """The tariff period now: ``peak`` or ``off-peak`` (``Tariff.period_at``)."""
+    return f"the tariff period is {period}"
+
+
 # -- the prompt -------------------------------------------------------------------------
 
 

@@ -127,6 +127,17 @@ periods = {{ "22:00-06:00" = {NIGHT}, "06:00-07:00" = {PEAK}, "07:00-22:00" = {D
 """
 
 
+def test_the_period_word_the_llm_tier_states(tmp_path: Path) -> None:
+    tou = load(tmp_path, GOOD + TOU).tariff
+    at = {h: tou.period_at(ms(datetime(2025, 1, 15, h, 10, tzinfo=BERLIN))) for h in (5, 6, 21, 22)}
+    assert at == {5: "off-peak", 6: "peak", 21: "peak", 22: "off-peak"}
+    three = load(tmp_path, GOOD + MORNING_PEAK).tariff  # only the dearest price is peak
+    assert three.period_at(ms(datetime(2025, 1, 15, 6, 30, tzinfo=BERLIN))) == "peak"
+    assert three.period_at(ms(datetime(2025, 1, 15, 12, 0, tzinfo=BERLIN))) == "off-peak"
+    flat = load(tmp_path, GOOD + '[tariff]\ncurrency = "CHF"\nprice_per_kwh = 0.25\n').tariff
+    assert flat.period_at(0) is None and t.NONE.period_at(0) is None
+
+
 @pytest.mark.parametrize(
     ("day", "clock"),
     [

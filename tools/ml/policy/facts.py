@@ -1,8 +1,8 @@
 """A ``World`` as the symbolic facts the lower tiers state, in the hub's own wording.
 
-Power, anomaly, relay and critical are worded by ``hub.decide.facts`` itself;
-the other sentences are those of ``models/eval/decisions.jsonl`` (grace,
-request) or new ones in the same style (occupancy, local time, tariff).
+Power, anomaly, relay, critical, grace, occupancy, local time and tariff are
+worded by ``hub.decide.facts`` itself (the sentences the hub states); the
+operator's requests are those of ``models/eval/decisions.jsonl``.
 Facts have one wording each: the hub writes them, not the operator. Their
 order is shuffled.
 """
@@ -16,23 +16,17 @@ from hub.decide import facts as hf
 from tools.ml.policy.devices import REQUEST_BY_TARGET
 from tools.ml.policy.model import World
 
-LONGER_THAN_GRACE: Final = "this is longer than the grace period"
-WITHIN_GRACE: Final = "this is within the grace period"
+LONGER_THAN_GRACE: Final = hf.LONGER_THAN_GRACE
+WITHIN_GRACE: Final = hf.WITHIN_GRACE
 TOO_HIGH: Final = "the request is above what the device accepts"
-OCCUPIED: Final = "someone is at home"
-EMPTY: Final = "nobody is at home"
+OCCUPIED: Final = hf.occupancy_fact(True)
+EMPTY: Final = hf.occupancy_fact(False)
+time_fact = hf.time_fact
+tariff_fact = hf.tariff_fact
 
 
 def clock(minute: int) -> str:
     return f"{minute // 60:02d}:{minute % 60:02d}"
-
-
-def time_fact(minute: int) -> str:
-    return f"the local time is {clock(minute)}"
-
-
-def tariff_fact(period: str) -> str:
-    return f"the tariff period is {period}"
 
 
 def groups(w: World) -> list[list[str]]:
