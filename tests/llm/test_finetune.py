@@ -292,6 +292,7 @@ def test_finetune_command_writes_a_signed_evaluated_adapter(
     assert man["training"]["trainable_parameters"] == 4_884_480
     assert man["eval"]["n"] == 1 and man["eval"]["adapter_sha256"] == man["sha256"]
     assert "ETA" in res.stderr
+    assert "fewer than the 60 scenarios the trust gate needs" in res.stderr
     # The signature is the registry's: the hub accepts it from a trusted key.
     body = json.loads((out / "adapter.sig.json").read_text())
     mv = reg.version_record(

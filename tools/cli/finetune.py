@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
-from hub.decide.llm import DEFAULT_MODEL, ModelError, resolve_model
+from hub.decide.llm import DEFAULT_MODEL, MIN_EVAL_SCENARIOS, ModelError, resolve_model
 from tools.cli.output import fail, say
 
 EXTRA_HINT = "pip install -e '.[finetune]' (torch==2.13.0, transformers, peft, gguf)"
@@ -70,8 +70,13 @@ def models_finetune(
     seed: Annotated[int, typer.Option(help="Same seed, data and threads: same adapter.")] = 0,
     threads: Annotated[int, typer.Option(min=1, help="CPU threads for torch and llama.cpp.")] = 2,
     eval_n: Annotated[
-        int, typer.Option("--eval", min=0, help="Held-out scenarios to score (0: none).")
-    ] = 48,
+        int,
+        typer.Option(
+            "--eval",
+            min=0,
+            help="Held-out scenarios to score (0: none; the trust gate needs 60 or more).",
+        ),
+    ] = 300,
     save_every: Annotated[int, typer.Option(min=1, help="Checkpoint every N steps.")] = 50,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue from OUT/checkpoint if it is there.")
@@ -112,6 +117,11 @@ def models_finetune(
         threads=threads,
         save_every=save_every,
     )
+    if 0 < eval_n < MIN_EVAL_SCENARIOS:
+        say(
+            f"warning: --eval {eval_n} scores fewer than the {MIN_EVAL_SCENARIOS} scenarios the "
+            "trust gate needs: the adapter's report will keep the LLM tier advisory"
+        )
     job = pipeline.Job(data, out, base_path, cfg, examples, eval_n, resume, sign_key, name, version)
     try:
         man = pipeline.run(job, say=say, progress=_Bar())
