@@ -152,3 +152,26 @@ def test_the_policy_data_command(tmp_path: Path) -> None:
     afile.write_text("")
     res = CliRunner().invoke(app, ["models", "policy-data", "--out", str(afile)])
     assert res.exit_code == 2 and "not a directory" in res.stderr
+
+
+def test_the_shipped_held_out_set_is_the_test_split_the_command_writes(tmp_path: Path) -> None:
+    shipped = Path(__file__).parents[2] / "models" / "eval" / "heldout.jsonl"
+    out = tmp_path / "heldout.jsonl"
+    res = CliRunner().invoke(
+        app, ["models", "policy-data", "--scenarios", str(out), "--seed", "0", "--test", "300"]
+    )
+    assert res.exit_code == 0, res.output
+    assert out.read_bytes() == shipped.read_bytes()  # rebuilt byte for byte
+    scenarios = load_scenarios(out)
+    assert len(scenarios) == 300
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert all(not set(dataset.TRAINING_KEYS) & set(d) for d in lines)
+    assert all(d["meta"]["split"] == "test" and d["meta"]["shape"] for d in lines)
+    # The lines are the test split's, whatever the training split's size.
+    full = tmp_path / "data"
+    dataset.write(full, seed=0, counts={"train": 0, "test": 3})
+    for a, b in zip(full.joinpath("test.jsonl").read_text().splitlines(), lines, strict=False):
+        d = json.loads(a)
+        for key in dataset.TRAINING_KEYS:
+            d.pop(key)
+        assert d == b

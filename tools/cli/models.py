@@ -211,13 +211,25 @@ def models_list(client: HubClient, json_out: JsonOpt = False) -> None:
 def models_policy_data(
     out: Annotated[
         Path, typer.Option(help="Directory for train.jsonl, test.jsonl, manifest.json.")
-    ],
+    ] = Path("policy-data"),
     seed: Annotated[int, typer.Option(help="The same seed gives the same files.")] = 0,
     train: Annotated[int, typer.Option(min=0, help="Examples in the training split.")] = 20000,
     test: Annotated[int, typer.Option(min=0, help="Examples in the test split.")] = 2000,
+    scenarios: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write only the test split, as an eval scenario file (no training keys): "
+            "models/eval/heldout.jsonl is --seed 0 --test 300."
+        ),
+    ] = None,
 ) -> None:
     """Policy-following examples for the LLM tier: train/test splits with disjoint
     layouts, wordings and policy shapes (docs/llm.md, "The data")."""
+    if scenarios is not None:
+        digest = dataset.write_scenarios(scenarios, seed=seed, n=test)
+        say(f"{test} held-out scenarios (seed {seed}) in {scenarios}, sha256 {digest}")
+        typer.echo(str(scenarios))
+        return
     if out.exists() and not out.is_dir():
         raise fail(f"{out} exists and is not a directory")
     say(f"writing {train} training and {test} test examples ({dataset.GENERATOR}) to {out}")

@@ -133,6 +133,25 @@ def to_json(ex: Example) -> dict[str, Any]:
     return d
 
 
+TRAINING_KEYS: Final = ("messages", "answer")
+
+
+def write_scenarios(path: Path, *, seed: int, n: int) -> str:
+    """The first ``n`` test-split examples as an eval scenario file (the lines
+    without their training keys: ``aiot eval decisions --scenarios``); its
+    sha256. ``models/eval/heldout.jsonl`` is this file for seed 0, n 300."""
+    lines = []
+    for i in range(n):
+        d = to_json(example(seed, "test", i))
+        for key in TRAINING_KEYS:
+            d.pop(key)
+        lines.append(json.dumps(d, ensure_ascii=False, separators=(",", ":")) + "\n")
+    data = "".join(lines).encode()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
+
+
 def majority_rate(actions: Sequence[str]) -> float:
     """What always answering the most frequent action would score."""
     if not actions:
