@@ -55,6 +55,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from hub.core.clock import wall_ms
+from hub.core.fsutil import sha256_file
 from hub.core.keys import canonical
 from hub.core.paths import SHIPPED_MODELS
 from hub.core.validate import ConfigError
@@ -229,6 +230,31 @@ class Adapter:
     sha256: str
     base_sha256: str
     report: dict[str, Any] | None  # the signed manifest's eval report
+    path: Path | None = None  # the shipped adapter's file (None: the blob of its sha256)
+
+
+def shipped_adapter(models_dir: Path) -> tuple[Adapter, str] | None:
+    """The adapter shipped in ``models_dir`` (``llm-adapter/llm-adapter.gguf``
+    and its manifest ``llm-adapter.json``, as `aiot models finetune` writes it),
+    and its version; None when none is shipped. ModelRefused when the file is
+    not the one its manifest names (sha256) or the manifest names no base."""
+    man = models_dir / LLM_ADAPTER / f"{LLM_ADAPTER}.json"
+    gguf = man.with_suffix(".gguf")
+    if not man.is_file() or not gguf.is_file():
+        return None
+    try:
+        doc = json.loads(man.read_text())
+        sha, base = str(doc["sha256"]), doc["base"]["sha256"]
+        version = str(doc.get("version") or "shipped")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ModelRefused("load_failed", f"{man}: not an adapter manifest ({exc})") from None
+    if sha256_file(gguf) != sha:
+        raise ModelRefused("sha256_mismatch", f"{gguf}: its sha256 is not the manifest's {sha}")
+    if not isinstance(base, str) or not re.fullmatch(r"[0-9a-f]{64}", base):
+        raise ModelRefused("no_base", f"{man}: names no base sha256")
+    report = doc.get("eval")
+    name = f"{LLM_ADAPTER}@shipped-{version}"
+    return Adapter(name, sha, base, report if isinstance(report, dict) else None, gguf), version
 
 
 def base_sha256(mv: e.ModelVersion) -> str:
@@ -430,7 +456,34 @@ class ModelRegistry:
                 await asyncio.sleep(1)
                 self._wake.set()
 
+    def _load_shipped_adapter(self) -> None:
+        """The shipped LoRA adapter runs unless the registry says otherwise:
+        a version activated (or the adapter switched off) through Raft wins."""
+        if self._shipped is None or LLM_ADAPTER in self.active:
+            return
+        if self._raft.read(lambda s: s.model(LLM_ADAPTER)) is not None:
+            return
+        try:
+            found = shipped_adapter(self._shipped.parent.parent)
+            if found is None:
+                return
+            adapter, version = found
+            if adapter.base_sha256 not in self.bases:
+                raise ModelRefused(
+                    "unknown_base", f"{adapter.name} is for base {adapter.base_sha256}"
+                )
+        except ModelRefused as exc:
+            log.error("the shipped LLM adapter is not used: %s", exc)
+            self.errors[LLM_ADAPTER] = f"shipped: {exc}"
+            return
+        self.active[LLM_ADAPTER] = Loaded(
+            LLM_ADAPTER, f"shipped-{version}", adapter.sha256, adapter, time.time(), 0.0
+        )
+        log.info("LLM adapter %s (shipped) on %s", adapter.name, self.node_id)
+
     async def _load_shipped(self) -> None:
+        with contextlib.suppress(RaftError):
+            self._load_shipped_adapter()
         if self._shipped is None or "anomaly" in self.active or not self._shipped.exists():
             return
         t0 = time.monotonic()
@@ -459,6 +512,10 @@ class ModelRegistry:
                 missing = True
         for want in self._raft.read(Store.models):
             have = self.active.get(want.name)
+            if not want.version:  # switched off (``propose_deactivation``)
+                if self.active.pop(want.name, None) is not None:
+                    log.info("model %s switched off on %s", want.name, self.node_id)
+                continue
             if have is not None and have.version == want.version:
                 continue
             chosen = next(

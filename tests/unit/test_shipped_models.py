@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import shutil
@@ -12,6 +14,7 @@ import pytest
 from hub.core.config import DecisionsConfig
 from hub.core.paths import SHIPPED_MODELS
 from hub.decide import engine, llm
+from hub.decide import registry as reg
 
 pytestmark = pytest.mark.unit
 
@@ -40,3 +43,37 @@ def test_a_model_and_its_report_in_another_folder_are_found_there(tmp_path: Path
     tier = engine.llm_tier(DecisionsConfig(), tmp_path)
     assert tier is not None
     assert tier.model_path == (tmp_path / f"{name}.gguf").resolve()
+
+
+def _ship_adapter(models_dir: Path, data: bytes, **manifest: object) -> Path:
+    d = models_dir / "llm-adapter"
+    d.mkdir(parents=True)
+    (d / "llm-adapter.gguf").write_bytes(data)
+    doc = {
+        "schema": "finetune/1",
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "base": {"sha256": "ab" * 32},
+        "version": "20261205",
+        "eval": {"accuracy": 0.5, "n": 300},
+        **manifest,
+    }
+    (d / "llm-adapter.json").write_text(json.dumps(doc))
+    return d
+
+
+def test_the_shipped_adapter_is_found_and_checked(tmp_path: Path) -> None:
+    assert reg.shipped_adapter(tmp_path) is None  # none shipped
+    d = _ship_adapter(tmp_path, b"GGUF adapter bytes")
+    found = reg.shipped_adapter(tmp_path)
+    assert found is not None
+    adapter, version = found
+    assert version == "20261205" and adapter.name == "llm-adapter@shipped-20261205"
+    assert adapter.base_sha256 == "ab" * 32 and adapter.report == {"accuracy": 0.5, "n": 300}
+    assert adapter.path == d / "llm-adapter.gguf"
+    (d / "llm-adapter.gguf").write_bytes(b"GGUF other bytes")  # not the manifest's file
+    with pytest.raises(reg.ModelRefused, match="sha256"):
+        reg.shipped_adapter(tmp_path)
+    other = tmp_path / "other"
+    _ship_adapter(other, b"GGUF", base={"sha256": "no"})
+    with pytest.raises(reg.ModelRefused, match="no base"):
+        reg.shipped_adapter(other)
