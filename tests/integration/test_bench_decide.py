@@ -25,6 +25,9 @@ KEYS = {
     "hot_swap_ms",
     "llm_accuracy",
     "llm_invalid_rate",
+    "base_llm_accuracy",
+    "llm_accuracy_hand_written",
+    "base_llm_accuracy_hand_written",
     "swap_decisions_per_s",
     "swap_baseline_decisions_per_s",
     "swap_count",
@@ -65,6 +68,8 @@ def test_bench_decide_prints_every_figure() -> None:
     assert result["control_loops"] == 10 and result["llm_cases"] == 2
     assert result["control_loop_ms_p50"] <= result["control_loop_ms_p99"]
     assert 0.0 <= result["llm_accuracy"] <= 1.0 and 0.0 <= result["llm_invalid_rate"] <= 1.0
+    assert 0.0 <= result["base_llm_accuracy"] <= 1.0
+    assert result["llm_split"] == "heldout.jsonl" and result["llm_cases_hand_written"] == 2
     assert result["rules_fired"] > 0
     # Ten hot swaps under load: every window judged, none failed, the engine saw each model.
     assert result["swap_count"] == 10 and result["swap_seen_by_engine"] == 10

@@ -77,3 +77,26 @@ def test_the_shipped_adapter_is_found_and_checked(tmp_path: Path) -> None:
     _ship_adapter(other, b"GGUF", base={"sha256": "no"})
     with pytest.raises(reg.ModelRefused, match="no base"):
         reg.shipped_adapter(other)
+
+
+def test_eval_resolves_the_default_to_the_shipped_adapter_on_its_base(tmp_path: Path) -> None:
+    from tools.ml import eval_decisions as ev
+
+    name = DecisionsConfig().llm
+    gguf = SHIPPED_MODELS / f"{name}.gguf"
+    if not gguf.exists():
+        pytest.skip(f"the default model is missing: {llm.INSTALL_HINT}")
+    try:  # a hard link: resolve() must not lead back to the default folder
+        os.link(gguf, tmp_path / f"{name}.gguf")
+    except OSError:
+        shutil.copy(gguf, tmp_path)
+    shutil.copy(SHIPPED_MODELS / f"{name}.json", tmp_path)
+    base = (tmp_path / f"{name}.gguf").resolve()
+    assert ev.resolve("default", tmp_path) == (base, None)
+    with pytest.raises(llm.ModelError, match="no adapter is shipped"):
+        ev.resolve("llm-adapter", tmp_path)
+    base_sha = json.loads((SHIPPED_MODELS / f"{name}.json").read_text())["sha256"]
+    d = _ship_adapter(tmp_path, b"GGUF adapter", base={"sha256": base_sha})
+    for model in ("default", "llm-adapter"):
+        assert ev.resolve(model, tmp_path) == (tmp_path / f"{name}.gguf", d / "llm-adapter.gguf")
+    assert ev.resolve(name, tmp_path) == (base, None)  # a base by name: that model alone

@@ -31,8 +31,11 @@
   (ingest, Raft, apply, rules, guard, Raft again, delivery); the MicroPython
   handler that then flips the relay adds its own time on a board.
 - LLM figures (``llm_*``) come from hub/decide/llm.py when the LLM tier is
-  installed; ``llm_accuracy`` and ``llm_invalid_rate`` from the evaluation
-  set (``aiot eval decisions``).
+  installed, on 1 thread, over the held-out split (``models/eval/heldout.jsonl``):
+  ``llm_accuracy``, ``llm_invalid_rate`` and the latencies are those of what
+  the hub runs by default (the shipped adapter on its base, else the base),
+  ``base_llm_accuracy`` the base model's on the same scenarios; the
+  ``*_hand_written`` figures are both on ``models/eval/decisions.jsonl``.
 """
 
 from __future__ import annotations
@@ -440,19 +443,34 @@ def control_loop(loops: int, background: int, say: Say) -> dict[str, Any]:
     }
 
 
+def _llm_run(base: Path, adapter: Path | None, cases: list[Any], label: str, say: Say) -> Any:
+    say(f"  {label}: {len(cases)} scenarios, 1 thread...")
+    t0 = time.perf_counter()
+    report = ev.evaluate(base, cases, threads=1, progress=None, adapter=adapter)
+    return report, time.perf_counter() - t0
+
+
 def llm_figures(cases: int, say: Say) -> dict[str, Any]:
-    """The LLM tier on the evaluation set (the first ``cases`` scenarios), 1 thread."""
+    """The LLM tier on the held-out split (models/eval/heldout.jsonl, its first
+    ``cases`` scenarios), 1 thread: the pair the hub runs by default (the
+    shipped adapter on its base, or the base alone) and the base by itself,
+    on the same scenarios; and both on the hand-written set (at most ``cases``
+    of it too)."""
     if not llm.llama_cpp_available():
         return {"llm_missing": f"llama-cpp-python is not installed: {llm.INSTALL_HINT}"}
     try:
-        path = llm.resolve_model(llm.DEFAULT_MODEL)
+        base, adapter = ev.resolve(ev.DEFAULT, llm.MODELS_DIR)
     except llm.ModelError as exc:
         return {"llm_missing": str(exc)}
-    scenarios = ev.load_scenarios(ev.DEFAULT_SCENARIOS)[:cases]
-    say(f"  {len(scenarios)} scenarios through {path.name}, 1 thread...")
-    t0 = time.perf_counter()
-    report = ev.evaluate(path, scenarios, threads=1, progress=None)
-    elapsed = time.perf_counter() - t0
+    heldout = ev.load_scenarios(ev.HELDOUT_SCENARIOS)[:cases]
+    hand = ev.load_scenarios(ev.DEFAULT_SCENARIOS)[:cases]
+    name = base.name if adapter is None else f"{base.name} + {adapter.name}"
+    report, elapsed = _llm_run(base, adapter, heldout, f"held-out, {name}", say)
+    hand_report, _ = _llm_run(base, adapter, hand, f"hand-written, {name}", say)
+    base_report, base_hand = report, hand_report
+    if adapter is not None:
+        base_report, _ = _llm_run(base, None, heldout, f"held-out, {base.name}", say)
+        base_hand, _ = _llm_run(base, None, hand, f"hand-written, {base.name}", say)
     tokens = report["completion_tokens_mean"] * report["n"]
     prompt_tokens = report["prompt_tokens_mean"] * report["n"]
     return {
@@ -464,13 +482,21 @@ def llm_figures(cases: int, say: Say) -> dict[str, Any]:
         "llm_prompt_tokens_mean": round(prompt_tokens / report["n"], 1) if report["n"] else 0,
         "llm_accuracy": report["accuracy"],
         "llm_invalid_rate": report["invalid_rate"],
+        "base_llm_accuracy": base_report["accuracy"],
+        "base_llm_invalid_rate": base_report["invalid_rate"],
+        "llm_majority_baseline": report["majority_baseline"],
+        "llm_accuracy_hand_written": hand_report["accuracy"],
+        "base_llm_accuracy_hand_written": base_hand["accuracy"],
         "llm_cases": report["n"],
+        "llm_cases_hand_written": hand_report["n"],
+        "llm_split": ev.HELDOUT_SCENARIOS.name,
         "llm_model": report["model"],
+        "llm_adapter": None if adapter is None else report.get("adapter_sha256"),
     }
 
 
 def decide(
-    loops: int = 300, background: int = 5, llm_cases: int = 60, say: Say = print
+    loops: int = 300, background: int = 5, llm_cases: int = 300, say: Say = print
 ) -> dict[str, Any]:
     say("rules tier...")
     result: dict[str, Any] = {**rules_rate()}

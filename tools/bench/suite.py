@@ -113,7 +113,7 @@ def parameters(quick: bool, soak_minutes: float) -> dict[str, dict[str, Any]]:
             "pre_s": 5.0,
             "observe_s": 30.0,
         },
-        "decide": {"loops": 300, "background": 5, "llm_cases": 60},
+        "decide": {"loops": 300, "background": 5, "llm_cases": 300},
         "soak": {
             "minutes": soak_minutes,
             "devices": 48,

@@ -130,7 +130,9 @@ def bench_decide(
     json_out: JsonOut = False,
     loops: Annotated[int, typer.Option(min=10, help="Control loops on the cluster.")] = 300,
     background: Annotated[int, typer.Option(min=0, help="Background devices.")] = 5,
-    llm_cases: Annotated[int, typer.Option(min=1, help="Evaluation cases for the LLM.")] = 60,
+    llm_cases: Annotated[
+        int, typer.Option(min=1, help="Held-out scenarios for the LLM (models/eval/heldout.jsonl).")
+    ] = 300,
 ) -> None:
     """Decision tiers: rules rate, ONNX latency, hot swap, control loop, LLM figures."""
     with reported():

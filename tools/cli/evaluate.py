@@ -1,7 +1,8 @@
 """`aiot eval`: measure models before they are trusted.
 
-    aiot eval decisions [--model NAME_OR_PATH] [--scenarios FILE] [--json] [--limit N]
-                        [--adapter GGUF]       (the base, then base + adapter, side by side)
+    aiot eval decisions [--model default|llm-adapter|NAME_OR_PATH] [--scenarios FILE]
+                        [--json] [--limit N] [--adapter GGUF]
+                        (with an adapter: the base, then base + adapter, side by side)
     aiot eval anomaly [--model MANIFEST] [--seed N] [--json]    (tools/cli/anomaly.py)
 
 ``register(app)`` adds the ``eval`` group to an application.
@@ -14,15 +15,17 @@ from typing import Annotated
 
 import typer
 
-from hub.decide.llm import DEFAULT_MODEL, MODELS_DIR, ModelError, resolve_model
+from hub.decide.llm import MODELS_DIR, ModelError
 from tools.cli import anomaly
 from tools.cli.output import emit, group, reported, say
 from tools.ml.eval_decisions import (
+    DEFAULT,
     DEFAULT_EVAL_DEADLINE_MS,
     DEFAULT_SCENARIOS,
     ScenarioError,
     evaluate,
     load_scenarios,
+    resolve,
     side_by_side,
 )
 
@@ -37,8 +40,12 @@ def register(app: typer.Typer) -> None:
 def decisions(
     model: Annotated[
         str,
-        typer.Option(help="A GGUF path, or a model name or file name in --models-dir."),
-    ] = DEFAULT_MODEL,
+        typer.Option(
+            help="default: what the hub runs by default (the shipped adapter on its base, "
+            "side by side with the base; else the default model); llm-adapter: the shipped "
+            "adapter; or a GGUF path, model name or file name in --models-dir (that model alone)."
+        ),
+    ] = DEFAULT,
     scenarios: Annotated[
         Path, typer.Option(help="Scenario file (JSON Lines, format in models/eval/README.md).")
     ] = DEFAULT_SCENARIOS,
@@ -61,13 +68,15 @@ def decisions(
     ] = None,
 ) -> None:
     """Run the LLM on every scenario: accuracy, invalid_rate, latency_ms_p50/p95, n;
-    by category and, for generated lines, by policy shape. With --adapter, the
-    base model and the adapter on the same scenarios, side by side."""
+    by category and, for generated lines, by policy shape. With an adapter (the
+    shipped one by default, or --adapter), the base model and the adapter on the
+    same scenarios, side by side."""
     with reported(2, ModelError, ScenarioError):
-        path = resolve_model(model, models_dir)
+        path, shipped = resolve(model, models_dir)
         cases = load_scenarios(scenarios)
         if adapter is not None and not adapter.is_file():
             raise ModelError(f"--adapter {adapter}: no such file")
+        adapter = adapter or shipped
     if limit is not None:
         cases = cases[:limit]
     say(f"evaluating {path.name} on {len(cases)} scenarios from {scenarios}")

@@ -23,7 +23,16 @@ from typing import Any, Final
 
 from hub.decide import facts as f
 from hub.decide import grammar
-from hub.decide.llm import LlmResult, LlmWorker, Outcome, model_capabilities
+from hub.decide import registry as reg
+from hub.decide.llm import (
+    DEFAULT_MODEL,
+    LlmResult,
+    LlmWorker,
+    ModelError,
+    Outcome,
+    model_capabilities,
+    resolve_model,
+)
 from protocol import messages as m
 from protocol import profiles
 from tools.base.paths import ROOT
@@ -238,6 +247,33 @@ def evaluate(
     applied (the report then names ``adapter_sha256``, the trust gate's key)."""
     prog = Progress(progress or (lambda _line: None), len(scenarios))
     return asyncio.run(_run(model_path, scenarios, threads, deadline_ms, prog, adapter))
+
+
+HELDOUT_SCENARIOS: Final = ROOT / "models" / "eval" / "heldout.jsonl"
+DEFAULT: Final = "default"  # the pair the hub runs by default
+
+
+def resolve(model: str, models_dir: Path) -> tuple[Path, Path | None]:
+    """(base GGUF, adapter GGUF or None) of ``--model``: ``default`` is what a
+    hub with this models folder runs by default (the shipped adapter on its
+    base, else the default model alone); ``llm-adapter`` the shipped adapter
+    (ModelError when none is shipped); anything else a base model alone."""
+    if model not in (DEFAULT, reg.LLM_ADAPTER):
+        return resolve_model(model, models_dir), None
+    try:
+        found = reg.shipped_adapter(models_dir)
+    except reg.ModelRefused as exc:
+        raise ModelError(f"the shipped adapter: {exc}") from None
+    if found is None:
+        if model == reg.LLM_ADAPTER:
+            raise ModelError(f"no adapter is shipped in {models_dir / reg.LLM_ADAPTER}")
+        return resolve_model(DEFAULT_MODEL, models_dir), None
+    adapter, _ = found
+    base = reg.shipped_bases(models_dir).get(adapter.base_sha256)
+    if base is None:
+        raise ModelError(f"{adapter.name} is for base {adapter.base_sha256}, not shipped here")
+    assert adapter.path is not None
+    return base, adapter.path
 
 
 def side_by_side(base: dict[str, Any], tuned: dict[str, Any]) -> dict[str, Any]:
