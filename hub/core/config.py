@@ -117,6 +117,12 @@ The format, with defaults:
     llm_report = ""                   # its `aiot eval decisions --json` report; default
                                       # models/eval/results/<model>.json
     policy = "When power is over the limit, switch the relay off. ..."
+                                      # the LLM tier's policy in words for every device class
+    policies = { heater = "Never switch a heater off between 06:00 and 09:00. ..." }
+                                      # ... per device class (a device id up to its first -):
+                                      # 1-4000 characters, no control characters but newline;
+                                      # `aiot policy set` overrides a class at run time
+                                      # (replicated; docs/llm.md "Operator policies")
 
     [models]
     trusted_keys = ["base64 Ed25519 public key", ...]   # who may sign models
@@ -215,6 +221,10 @@ SnapshotFormat = Literal["image", "stream"]  # hub/state/DESIGN.md "Snapshots"
 log = logging.getLogger("aiot.config")
 
 NODE_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+# A device class ([retention] classes, [decisions] policies; ``device_class``),
+# and the longest operator policy in words (characters).
+DEVICE_CLASS: Final = re.compile(r"[A-Za-z0-9_.]{1,64}")
+MAX_POLICY_CHARS: Final = 4000
 ENV_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 MIN_SECRET_BYTES: Final = 16
 BROKER_BIND: Final = Address("127.0.0.1", 1883)
@@ -345,6 +355,11 @@ class DecisionsConfig:
         "marked critical: for a critical device do nothing, the operator decides. When "
         "power is under the limit, do nothing."
     )
+    policies: tuple[tuple[str, str], ...] = ()  # (device class, policy in words)
+
+    def policy_of_class(self, device_class: str) -> str | None:
+        """The config's policy for a device class, or None (then ``policy``)."""
+        return next((t for c, t in self.policies if c == device_class), None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -388,9 +403,21 @@ class RetentionConfig:
     period_s: int = 60
 
     def raw_days_of(self, device_id: str) -> float:
-        """Raw days of a device: its class is its id up to the first "-"."""
-        cls = device_id.split("-", 1)[0]
+        """Raw days of a device, by its class (``device_class``)."""
+        cls = device_class(device_id)
         return next((d for c, d in self.classes if c == cls), self.raw_days)
+
+
+def device_class(device_id: str) -> str:
+    """A device's class: its id up to the first "-" (``plug-7``: ``plug``;
+    an id without "-" is its own class). [retention] classes and
+    [decisions] policies are keyed by it."""
+    return device_id.split("-", 1)[0]
+
+
+def _class_name(name: str) -> None:
+    if not DEVICE_CLASS.fullmatch(name):
+        raise Invalid(f"device class {shown(name)!r}: 1-64 letters, digits, _ and . only", (name,))
 
 
 def _classes(value: Any) -> tuple[tuple[str, float], ...]:
@@ -399,12 +426,48 @@ def _classes(value: Any) -> tuple[tuple[str, float], ...]:
     days = number(0, 36500)
     out = []
     for name, d in sorted(value.items()):
-        if not re.fullmatch(r"[A-Za-z0-9_.]{1,64}", name):
-            raise ValueError(f"device class {name!r}: letters, digits, _ and . only")
+        _class_name(name)
         try:
             out.append((name, days(d)))
         except ValueError as exc:
             raise ValueError(f"{name}: {exc}") from None
+    return tuple(out)
+
+
+def policy_problem(text: str) -> str | None:
+    """What is wrong with an operator's policy in words, or None: it must
+    hold a visible character, have at most MAX_POLICY_CHARS characters and
+    no control character but newline (hub/state/entries.py keeps the same
+    limits for the replicated entry)."""
+    if not text.strip():
+        return "the policy is empty"
+    if len(text) > MAX_POLICY_CHARS:
+        return f"the policy has {len(text)} characters, at most {MAX_POLICY_CHARS}"
+    bad = next((c for c in text if _control(c)), None)
+    if bad is not None:
+        return f"the policy holds the control character U+{ord(bad):04X} (only newlines)"
+    return None
+
+
+def _control(c: str) -> bool:
+    # C0 and C1 controls but newline, and lone surrogates (not UTF-8).
+    n = ord(c)
+    return (n < 0x20 and c != "\n") or 0x7F <= n <= 0x9F or 0xD800 <= n <= 0xDFFF
+
+
+def _policies(value: Any) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a table of device class = policy in words, got {value!r}")
+    out = []
+    for name, words in sorted(value.items()):
+        _class_name(name)
+        if not isinstance(words, str):
+            raise Invalid(f"expected the policy in words (a string), got {words!r}", (name,))
+        words = words.replace("\r\n", "\n")
+        problem = policy_problem(words)
+        if problem is not None:
+            raise Invalid(problem, (name,))
+        out.append((name, words))
     return tuple(out)
 
 
@@ -546,6 +609,7 @@ DECISIONS: Final = Schema(
         "llm_trust_threshold": number(0, 1),
         "llm_report": path,
         "policy": text,
+        "policies": _policies,
     },
 )
 MODELS: Final = Schema(

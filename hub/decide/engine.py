@@ -47,6 +47,7 @@ from hub.decide import llm
 from hub.decide import rules as r
 from hub.decide.anomaly import AnomalyError, DeviceWindows
 from hub.decide.guard import Guard, Proposal, Verdict, load_guard
+from hub.decide.policies import Policies, Policy
 from hub.decide.registry import LLM_ADAPTER, Adapter, ModelRegistry
 from hub.state import entries as e
 from hub.state.apply import ApplyResult, Outcome
@@ -166,7 +167,7 @@ class DecisionEngine:
         loaded = self._models.active.get(LLM_ADAPTER)
         want = loaded.model if loaded is not None and isinstance(loaded.model, Adapter) else None
         base = None if want is None else self._models.base_path(want.base_sha256)
-        path = None if want is None else self._models.blob_path(want.sha256)
+        path = None if want is None else (want.path or self._models.blob_path(want.sha256))
         self.llm.follow(want, base, path)
 
     async def step(self) -> None:
@@ -552,13 +553,15 @@ class LlmTier:
     ) -> None:
         try:
             facts = self.facts(engine, device, d)
+            # The device class's policy in words (docs/llm.md "Operator policies").
+            policy = engine._raft.read(lambda s: Policies(self.cfg).of_device(s, device.device_id))
             result = await worker.decide(
-                device.capabilities, facts, self.cfg.policy, deadline_ms=self.cfg.llm_deadline_ms
+                device.capabilities, facts, policy.text, deadline_ms=self.cfg.llm_deadline_ms
             )
             self.consulted += 1
             outcome = str(result.outcome)
             self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
-            await self._record(engine, device, d, tier, facts, result, setup)
+            await self._record(engine, device, d, tier, facts, result, setup, policy)
         except RaftError as exc:
             log.info("LLM decision not recorded: %s", exc.reason)
         finally:
@@ -573,13 +576,15 @@ class LlmTier:
         facts: list[str],
         result: Any,
         setup: LlmSetup,
+        policy: Policy,
     ) -> None:
         now = engine._clock()
         adapter = setup.adapter
         record: dict[str, Any] = {
             "facts": facts,
             "after": {"tier": tier.name.lower(), "rule": d.rule_id},
-            "policy": self.cfg.policy,
+            "policy": policy.text,
+            "policy_source": policy.source,
             "mode": str(setup.trust.mode),
             "trust": setup.trust.reason,
             "llm": result.provenance.to_json(),
@@ -617,15 +622,10 @@ class LlmTier:
                     deadline = now + engine.cfg.command_deadline_s * 1000
                     term = engine._raft.status().term
                     parts.append(e.encode(verdict.command(command_id, term, now, deadline)))
-        body = json.dumps(record, sort_keys=True, separators=(",", ":"), default=str).encode()
         decision = e.Decision(
-            "d-" + uuid.uuid4().hex[:16],
-            device.device_id,
-            e.Tier.LLM,
-            now,
-            command_id,
-            body[:30000],
-        )
+            "d-" + uuid.uuid4().hex[:16], device.device_id, e.Tier.LLM, now, command_id,
+            _record_body(record),
+        )  # fmt: skip
         parts.append(e.encode(decision))
         results = await engine._raft.propose(e.group(parts))
         if all(x.error is None for x in results):
@@ -660,6 +660,27 @@ class LlmTier:
                 await self._switching
         if self.worker is not None:
             await self.worker.aclose()
+
+
+_RECORD_MAX: Final = 30_000  # bytes of an LLM decision's record (e.Decision's limit is larger)
+
+
+def _record_body(record: dict[str, Any]) -> bytes:
+    """The record as JSON within _RECORD_MAX: a long policy is cut (and said so),
+    never the JSON itself."""
+
+    def dumps(x: dict[str, Any]) -> bytes:
+        return json.dumps(
+            x, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
+        ).encode()
+
+    body = dumps(record)
+    if len(body) > _RECORD_MAX:
+        text = str(record.get("policy", ""))
+        body = dumps({**record, "policy": text[:1000] + " ...", "policy_cut": len(text)})
+    if len(body) > _RECORD_MAX:  # facts and the answer are bounded: not expected
+        body = dumps({"error": "record too long", "mode": record.get("mode")})
+    return body
 
 
 def llm_tier(cfg: DecisionsConfig, models_dir: Path = llm.MODELS_DIR) -> LlmTier | None:

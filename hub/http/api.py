@@ -44,6 +44,7 @@ one to hand out) or a user's session token (hub/http/principal.py).
     *      /v1/tokens/revocations             admin token revocations     routes/tokens.py
     *      /v1/threads..., /v1/inbox          conversations, the admins' inbox  routes/threads.py
     *      /v1/invites...                     one-time invitation links   routes/invites.py
+    *      /v1/policies[/{class}]             LLM policies per device class  routes/policies.py
     GET    /v1/backup                         a snapshot of the store     routes/backup.py
     *      /v1/firmware...                    firmware bundles            firmware.py
     GET    /metrics, /healthz, /readyz        Prometheus, probes          routes/probes.py
@@ -89,6 +90,7 @@ from hub.http.routes import (
     invites,
     models,
     overview,
+    policies,
     probes,
     stream,
     threads,
@@ -135,6 +137,7 @@ def make_app(node: Node) -> FastAPI:
     app.include_router(overview.router)
     app.include_router(threads.router)
     app.include_router(invites.router)
+    app.include_router(policies.router)
     app.add_exception_handler(ValueError, _bad_value)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _invalid)  # type: ignore[arg-type]
     app.add_middleware(BodyLimit, limits=app.state.limits)  # inside the request counter

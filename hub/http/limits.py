@@ -40,6 +40,8 @@ DRAIN_S: Final = 2.0
 MAX_KEYS: Final = 10_000  # buckets kept per limiter (the fullest are dropped first)
 # A model's manifest may be MAX_MODEL_MANIFEST bytes, and JSON escapes it.
 MODEL_BODY_MIN: Final = 4 * e.MAX_MODEL_MANIFEST
+# A policy of 4000 characters, each JSON-escaped as a surrogate pair (12 bytes).
+POLICY_BODY_MIN: Final = 12 * 4000 + 1024
 
 
 class TooMany(HTTPException):
@@ -177,6 +179,8 @@ class Limits:
                 return int(getattr(self.cfg, route.key)), route.key
         if method == "POST" and path == "/v1/models":
             return max(self.cfg.max_body_bytes, MODEL_BODY_MIN), "max_body_bytes"
+        if method == "PUT" and path.startswith("/v1/policies/"):
+            return max(self.cfg.max_body_bytes, POLICY_BODY_MIN), "max_body_bytes"
         return self.cfg.max_body_bytes, "max_body_bytes"
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from hub.core import auth
 from hub.core.validate import address
+from hub.decide.policies import Policy
 from hub.link import membership
 from hub.state import entries as e
 from hub.state.raft import RaftNode
@@ -104,3 +105,13 @@ def decision_json(d: e.Decision, ack: tuple[str, int] | None) -> dict[str, Any]:
 
 def user_json(u: e.User) -> dict[str, Any]:
     return {"name": u.name, "role": u.role.name.lower(), "devices": list(u.devices)}
+
+
+def policy_json(p: Policy) -> dict[str, Any]:
+    """A policy in words and where it comes from: ``"api"`` (with when and by
+    whom it was set), ``"config"`` (the class's in ``[decisions.policies]``)
+    or ``"default"`` (``[decisions] policy``)."""
+    out: dict[str, Any] = {"policy": p.text, "source": p.source}
+    if p.source == "api":
+        out |= {"at_ms": p.at_ms, "by": p.by}
+    return out

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from hub.state import entries as e
-from hub.state import invites, outbox, rollups, threads
+from hub.state import invites, outbox, policies, rollups, threads
 from hub.state import records as r
 from hub.state.errors import Rejected
 from hub.state.records import LedgerRecord, PresenceRecord, StateChange
@@ -525,6 +525,13 @@ def _node_drain(t: _Part, d: e.DrainNode) -> ApplyResult:
     return t.done(Outcome.APPLIED, node_id=d.node_id)
 
 
+def _set_policy(t: _Part, sp: e.SetPolicy) -> ApplyResult:
+    # An operator's policy in words for a device class (hub/state/policies.py);
+    # decoding has refused a bad class name, length or control character.
+    changed = policies.apply_set(t.txn, t.dbs, sp)
+    return t.done(Outcome.APPLIED if changed else Outcome.UNCHANGED)
+
+
 def _user_put(t: _Part, user: e.User) -> ApplyResult:
     key, value = user.name.encode(), r.pack_user(user)
     old = t.get("users", key)
@@ -649,6 +656,7 @@ _HANDLERS: Final[dict[type[Any], Callable[[_Part, Any], ApplyResult]]] = {
     e.NodeInfo: _node_put,
     e.RemoveNode: _node_remove,
     e.DrainNode: _node_drain,
+    e.SetPolicy: _set_policy,
     e.Decision: _decision,
     e.ModelVersion: _model_version,
     e.AckAlert: _ack_alert,

@@ -24,6 +24,7 @@ ALERT_ACK 15 (``AckAlert``), MODEL_VERSION 17 (``ModelVersion``),
 TOKEN_REVOKE 18 (``RevokeTokens``: admin tokens revoked by id or by a cut-off),
 NODE_DRAIN 20 (``DrainNode``: a hub node drained for maintenance, or back),
 PRUNE 21 (``Prune``: a retention step, raw readings and rollups older than cut-offs),
+POLICY_SET 22 (``SetPolicy``: an operator's LLM policy in words for a device class),
 INVITE 30, INVITE_ACCEPT 31, THREAD_POST 32, THREAD_MARK 33, THREAD_PRUNE 34
 (invitations and conversations: hub/state/invites.py, hub/state/threads.py),
 EXPORT 40 (``Export``: the cloud export's switch and cursor, hub/state/outbox.py),
@@ -104,6 +105,7 @@ class EntryType(enum.IntEnum):
     # 19 is free.
     NODE_DRAIN = 20
     PRUNE = 21
+    POLICY_SET = 22
     # 30-34: invitations and conversations (``Invite`` .. ``PruneThreads``).
     INVITE = 30
     INVITE_ACCEPT = 31
@@ -654,6 +656,55 @@ class DrainNode:
     at_ms: int
 
 
+# A device class (hub/core/config.py DEVICE_CLASS: a device id up to its first
+# "-") and the longest policy in words, in characters (MAX_POLICY_CHARS).
+# Kept here, like NODE_ID: what decodes is part of the replicated format (a
+# unit test checks that the two agree).
+DEVICE_CLASS: Final = re.compile(r"[A-Za-z0-9_.]{1,64}")
+MAX_POLICY_CHARS: Final = 4000
+
+
+@dataclass(frozen=True, slots=True)
+class SetPolicy:
+    """An operator's policy in words for the LLM tier on every device of
+    ``device_class`` (POLICY_SET), or, with an empty ``text``, the class
+    back to the config's policy. ``by`` is who set it, ``at_ms`` when (the
+    proposer's clock)."""
+
+    device_class: str
+    text: str
+    at_ms: int
+    by: str
+
+
+def policy_text_problem(text: str) -> str | None:
+    """What makes ``text`` no policy, or None. Empty is valid (the override
+    removed); otherwise not only spaces and newlines, at most
+    MAX_POLICY_CHARS characters, and no C0 or C1 control character but
+    newline. Code points are compared, never Unicode categories, so every
+    Python version decodes the same entries alike."""
+    if not text:
+        return None
+    if not text.strip(" \n"):  # spaces and newlines (others are refused below)
+        return "a policy of blanks only"
+    if len(text) > MAX_POLICY_CHARS:
+        return f"a policy of {len(text)} characters, at most {MAX_POLICY_CHARS}"
+    for c in text:
+        n = ord(c)
+        if (n < 0x20 and c != "\n") or 0x7F <= n <= 0x9F or 0xD800 <= n <= 0xDFFF:
+            return f"a policy with the control character U+{n:04X} (only newlines)"
+    return None
+
+
+def _check_policy(sp: SetPolicy) -> None:
+    if not DEVICE_CLASS.fullmatch(sp.device_class):
+        raise EntryError("bad_value", f"device class {sp.device_class[:80]!r}")
+    problem = policy_text_problem(sp.text)
+    if problem is not None:
+        raise EntryError("bad_value", problem)
+    _nonempty(sp.by, "by")
+
+
 # Commands the hub itself issues to a device, outside its registered
 # capabilities (apply accepts them for any device; the guard keeps them from
 # every other origin): ``hubs.set`` gives the device its new broker order
@@ -861,6 +912,7 @@ Entry = (
     | RevokeTokens
     | Prune
     | DrainNode
+    | SetPolicy
     | Invite
     | AcceptInvite
     | PostMessage
@@ -889,6 +941,7 @@ ENTRY_TYPES: Final[dict[type[object], EntryType]] = {
     RevokeTokens: EntryType.TOKEN_REVOKE,
     Prune: EntryType.PRUNE,
     DrainNode: EntryType.NODE_DRAIN,
+    SetPolicy: EntryType.POLICY_SET,
     Invite: EntryType.INVITE,
     AcceptInvite: EntryType.INVITE_ACCEPT,
     PostMessage: EntryType.THREAD_POST,
@@ -1104,6 +1157,10 @@ def _payload(entry: Entry, p: Packer) -> None:
         for d in entry.devices:
             p.str8(d.device_id, "device_id").u64(d.raw_before_ms, "raw_before_ms")
             p.u64(d.rollup_before_ms, "rollup_before_ms")
+    elif isinstance(entry, SetPolicy):
+        _check_policy(entry)
+        p.str8(entry.device_class, "device_class").str16(entry.text, "text")
+        p.u64(entry.at_ms, "at_ms").str8(entry.by, "by")
     elif isinstance(entry, Export):
         p.u8(1 if entry.on else 0).u64(entry.cursor, "cursor").u64(entry.at_ms, "at_ms")
     elif isinstance(entry, TALK_ENTRIES):
@@ -1285,6 +1342,10 @@ def _decode_payload(kind: EntryType, u: Unpacker) -> Entry:
         pr = Prune(devs, most, at_ms)
         _check_prune(pr)
         return pr
+    if kind is EntryType.POLICY_SET:
+        sp = SetPolicy(u.str8(), u.str16(), u.u64(), u.str8())
+        _check_policy(sp)
+        return sp
     if kind is EntryType.EXPORT:
         flag = u.u8()
         if flag > 1:

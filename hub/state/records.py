@@ -40,6 +40,7 @@ TABLES: Final = (
     "models",
     "nodes",
     "outbox",
+    "policies",  # operators' LLM policies per device class (hub/state/policies.py)
     "presence",
     "readings",
     "retention",

@@ -204,9 +204,57 @@ def test_api_refuses_bad_requests_with_4xx(tmp_path: Path) -> None:
 
 # -- the commands --------------------------------------------------------------------------
 
+HEATER_POLICY = '[decisions.policies]\nheater = "Never switch a heater off."\n'
+
+
+def check_policy_commands(cluster: LocalCluster, cfg: str, tmp_path: Path) -> None:
+    """`aiot policy` through one node; every node's API answers the change."""
+    words = tmp_path / "meter-policy.txt"
+    words.write_bytes("Alert when a meter is over its limit.\r\nNever switch it off ✓\r\n".encode())
+    r = aiot("policy", "set", "meter", "--file", str(words), "--config", cfg)
+    assert (r.returncode, r.stdout) == (0, "meter: set\n"), r.stderr
+    want = {"policy": "Alert when a meter is over its limit.\nNever switch it off ✓"}
+
+    def meters() -> list[dict[str, object] | None]:
+        return [cluster.client(i).get("/v1/policies")["classes"].get("meter") for i in range(3)]
+
+    wait_until(
+        lambda: all(m is not None and m["policy"] == want["policy"] for m in meters()),
+        15,
+        "the meter policy on every node",
+    )
+    assert {(m or {})["source"] for m in meters()} == {"api"}
+    assert {(m or {})["by"] for m in meters()} == {"admin"}  # the config's cluster admin token
+    r = aiot("policy", "list", "--config", cfg)
+    assert "meter (set by admin at " in r.stdout and "  Never switch it off ✓\n" in r.stdout
+    assert "heater (from the config):\n  Never switch a heater off.\n" in r.stdout
+    r = aiot("policy", "set", "meter", "--text", "tab\there", "--config", cfg)
+    assert r.returncode == 1
+    assert r.stderr == "aiot: 400: the policy holds the control character U+0009 (only newlines)\n"
+    r = aiot("policy", "set", "meter", "--config", cfg)
+    assert r.returncode == 2 and "give the policy with --text or --file" in r.stderr
+    api = cluster.client(0)
+    for status, path, body, said in (
+        (400, "meter", {"policy": "w" * 4001}, "the policy has 4001 characters, at most 4000"),
+        (400, "meter", {"policy": " \n"}, "the policy is empty (DELETE removes"),
+        (400, "meter", {"policy": "a\u0085b"}, "control character U+0085"),
+        (400, "plug-1", {"policy": "x"}, "device class 'plug-1'"),
+        (400, "a%20b", {"policy": "x"}, "device class 'a b'"),
+        (422, "meter", {"words": "x"}, "policy"),
+        (422, "meter", {"policy": 3}, "policy"),
+    ):
+        assert said in expect(status, api.request, "PUT", f"/v1/policies/{path}", json=body)
+    assert "device class" in expect(400, api.delete, "/v1/policies/a-b")
+    assert [(m or {})["policy"] for m in meters()] == [want["policy"]] * 3  # bad input: no trace
+    r = aiot("policy", "unset", "meter", "--config", cfg)
+    assert r.returncode == 0 and r.stdout.startswith("meter ([decisions] policy):\n"), r.stderr
+    wait_until(lambda: meters() == [None] * 3, 15, "the meter policy gone from every node")
+    heater = cluster.client(2).get("/v1/policies")["classes"]["heater"]
+    assert heater == {"policy": "Never switch a heater off.", "source": "config"}
+
 
 def test_aiot_commands_against_a_running_cluster(tmp_path: Path) -> None:
-    with running_cluster(tmp_path, nodes=3) as cluster:
+    with running_cluster(tmp_path, nodes=3, extra=HEATER_POLICY) as cluster:
         cfg = str(cluster.configs[1])
         caps = tmp_path / "caps.json"
         caps.write_text(
@@ -279,6 +327,8 @@ def test_aiot_commands_against_a_running_cluster(tmp_path: Path) -> None:
         assert sum(n["leader"] for n in status["nodes"]) == 1
         r = aiot("cluster", "status", "--config", cfg)
         assert "leader" in r.stdout and "follower" in r.stdout
+
+        check_policy_commands(cluster, cfg, tmp_path)
 
         r = aiot("device", "remove", "meter-1", "--config", cfg)
         assert r.returncode == 0

@@ -131,6 +131,7 @@ def test_help_lists_exactly_the_working_groups() -> None:
         "alerts",
         "ask",
         "models",
+        "policy",
         "eval",
         "backup",
         "restore",

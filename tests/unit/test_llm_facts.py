@@ -81,3 +81,15 @@ def test_the_tier_states_grace_time_and_tariff_in_the_training_data_s_words(
         engine, plug, _decision("at-once", datetime(2025, 1, 15, 7, 5, tzinfo=BERLIN), 3)
     )
     assert plain == ["power is over the limit for 3 s", "relay is on", "the local time is 06:05"]
+
+
+def test_a_long_policy_is_cut_in_the_record_never_the_json() -> None:
+    import json
+
+    record = {"facts": ["relay is on"], "policy": "⚡" * 4000 + "é" * 10000, "mode": "advisory"}
+    body = eng._record_body(record)
+    assert len(body) <= 30_000
+    doc = json.loads(body)
+    assert doc["policy_cut"] == 14000 and doc["policy"].endswith(" ...")
+    short = json.loads(eng._record_body({"policy": "Switch off when over."}))
+    assert short == {"policy": "Switch off when over."}
