@@ -590,6 +590,16 @@ async def propose_activation(raft: RaftNode, name: str, version: str) -> ApplyRe
     return res
 
 
+async def propose_deactivation(raft: RaftNode, name: str) -> ApplyResult:
+    """Switch model ``name`` off on every node (the LLM tier back to its plain
+    base for ``llm-adapter``); activating a version switches it on again."""
+    known = {v.name for v in raft.read(lambda s: s.model_versions()) if v.kind != FIRMWARE}
+    if name not in known and name != LLM_ADAPTER and name != "anomaly":
+        raise ModelRefused("unknown_model", name)
+    (res,) = await raft.propose(e.encode(e.switched_off(name, wall_ms())), timeout=10.0)
+    return res
+
+
 # -- firmware releases ------------------------------------------------------------------
 #
 # A firmware release is a MODEL_VERSION of kind "firmware": name

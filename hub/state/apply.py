@@ -479,10 +479,15 @@ def _model_version(t: _Part, mv: e.ModelVersion) -> ApplyResult:
 
 def _model(t: _Part, pm: e.PutModel) -> ApplyResult:
     # The activation of a registered version (MODEL_PUT): the version and
-    # its sha256 must match a MODEL_VERSION record.
-    raw = t.get("model_versions", r.model_version_key(pm.name, pm.version))
-    if raw is None or r.unpack_model_version(raw).sha256 != pm.sha256:
-        raise Rejected("unknown_model_version", f"{pm.name}@{pm.version}")
+    # its sha256 must match a MODEL_VERSION record. No version switches the
+    # model off (``e.switched_off``): sha256 all zero, size 0.
+    if not pm.version:
+        if pm.sha256 != e.NO_SHA256 or pm.size:
+            raise Rejected("bad_value", f"{pm.name}: switched off with a sha256 or a size")
+    else:
+        raw = t.get("model_versions", r.model_version_key(pm.name, pm.version))
+        if raw is None or r.unpack_model_version(raw).sha256 != pm.sha256:
+            raise Rejected("unknown_model_version", f"{pm.name}@{pm.version}")
     key, value = pm.name.encode(), r.pack_model(pm)
     if t.get("models", key) == value:
         return t.done(Outcome.UNCHANGED)

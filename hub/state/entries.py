@@ -451,7 +451,9 @@ class MarkCommand:
 
 @dataclass(frozen=True, slots=True)
 class PutModel:
-    """The model registry's record for ``name`` (latest wins)."""
+    """The model registry's record for ``name`` (latest wins). An empty
+    ``version`` (sha256 all zero, size 0) switches the model off: no version
+    runs, not even a shipped one (``switched_off``)."""
 
     name: str
     version: str
@@ -459,6 +461,14 @@ class PutModel:
     size: int
     source: str
     at_ms: int
+
+
+NO_SHA256: Final = bytes(32)
+
+
+def switched_off(name: str, at_ms: int) -> PutModel:
+    """The record that switches model ``name`` off on every node."""
+    return PutModel(name, "", NO_SHA256, 0, f"switched off {name}", at_ms)
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,8 @@ alert rule, the LLM tier (real llama.cpp) is consulted after each firing, and
 the adapter is hot-swapped under it. Each LLM decision's provenance names
 the base and the adapter it ran with; an adapter for an unknown base is
 refused at the door, a tampered one at load while the running one stays;
-rollback is activating the earlier version. Adapters: tests/llm/adapters.py."""
+rollback is activating the earlier version, and switching the adapter off
+goes back to the plain base. Adapters: tests/llm/adapters.py."""
 
 from __future__ import annotations
 
@@ -104,6 +105,16 @@ def test_adapters_swap_under_consultations(tmp_path: Path) -> None:
             assert aiot("models", "activate", "llm-adapter@1", "--config", cfg).returncode == 0
             seen = len(llm_rows(cluster))
             wait_until(lambda: decided_with(cluster, sha[1], seen), 120, "adapter 1 again")
+            # Back to the plain base: the adapter switched off.
+            assert aiot("models", "deactivate", "llm-adapter", "--config", cfg).returncode == 0
+            seen = len(llm_rows(cluster))
+
+            def on_the_base() -> bool:
+                rows = sorted(llm_rows(cluster), key=lambda d: d["at_ms"])[seen:]
+                return any(d["model"]["adapter"] is None for d in rows)
+
+            wait_until(on_the_base, 120, "a decision on the plain base")
+            assert llm_status(cluster)["adapter"] is None
         finally:
             dev.stop()
         rows = llm_rows(cluster)

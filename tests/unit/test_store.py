@@ -824,6 +824,21 @@ def test_model_registry_versions_and_activation(store: Store) -> None:
         )
 
 
+def test_a_model_is_switched_off_and_on_again(store: Store) -> None:
+    mv1 = model_version("1", b"\x01" * 32)
+    v1 = e.PutModel("anomaly", "1", b"\x01" * 32, 10, "a.onnx", 1)
+    off = e.switched_off("anomaly", 5)
+    results = store.apply(numbered([e.encode(mv1), e.encode(v1), e.encode(off), e.encode(off)]))
+    assert [r.outcome for r in results][2:] == [Outcome.APPLIED, Outcome.UNCHANGED]
+    assert store.model("anomaly") == off and off.version == "" and e.decode(e.encode(off)) == off
+    before = store.content_hash()
+    bad = e.PutModel("anomaly", "", b"\x01" * 32, 0, "", 6)  # no version but a sha256
+    (refused,) = store.apply([(5, e.encode(bad))])
+    assert refused.reason == "bad_value" and store.content_hash() == before
+    (on,) = store.apply([(6, e.encode(v1))])  # activating a version switches it on
+    assert on.outcome is Outcome.APPLIED and store.model("anomaly") == v1
+
+
 # -- hub nodes ------------------------------------------------------------------------------
 
 

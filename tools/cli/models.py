@@ -161,6 +161,16 @@ def models_activate(
     typer.echo(f"activating {name}@{version} on every hub; see aiot models list")
 
 
+@models_app.command("deactivate")
+@on_hub
+def models_deactivate(
+    client: HubClient, name: Annotated[str, typer.Argument(help="NAME, e.g. llm-adapter")]
+) -> None:
+    """Switch a model off on every hub (llm-adapter: back to the plain base model)."""
+    client.post(f"/v1/models/{name}/deactivate", {})
+    typer.echo(f"switching {name} off on every hub; aiot models activate NAME@VERSION undoes it")
+
+
 def _versions(client: HubClient, nodes: list[dict[str, Any]]) -> dict[tuple[str, str], Any]:
     """Every node's model list merged: (name, version) -> the model, with
     ``active_on`` and ``error_on`` gathered from all nodes. A node that does

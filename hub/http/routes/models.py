@@ -136,7 +136,7 @@ async def list_models(_: Viewer, r: Raft, node: ThisNode) -> list[dict[str, Any]
                 {
                     "name": name,
                     "version": st["version"],
-                    "kind": "onnx",
+                    "kind": models_mod.LORA if name == models_mod.LLM_ADAPTER else "onnx",
                     "sha256": st["sha256"],
                     "activated": True,
                     "active_on": {node.node_id: st["version"]},
@@ -144,6 +144,22 @@ async def list_models(_: Viewer, r: Raft, node: ThisNode) -> list[dict[str, Any]
                 }
             )
     return out
+
+
+@router.post("/v1/models/{name}/deactivate")
+async def deactivate_model(name: str, _: Operator, r: Raft) -> dict[str, Any]:
+    """Switch a model off on every node: for llm-adapter, the LLM tier runs its
+    plain base model again (the shipped adapter too is left aside)."""
+    if not e.MODEL_NAME.fullmatch(name):
+        raise HTTPException(404, f"no model {name[:80]!r}")
+    try:
+        res = await models_mod.propose_deactivation(r, name)
+    except ModelRefused as exc:
+        raise HTTPException(404, str(exc)) from None
+    except RaftError as exc:
+        raise HTTPException(503, f"the cluster did not commit: {exc.reason}") from None
+    check(res)
+    return {"name": name, "activated": False}
 
 
 @router.post("/v1/models/{name}/activate")
