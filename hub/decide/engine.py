@@ -30,7 +30,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -46,6 +46,7 @@ from hub.decide import facts as f
 from hub.decide import llm
 from hub.decide import rules as r
 from hub.decide.anomaly import AnomalyError, DeviceWindows
+from hub.decide.factwatch import FactWatch, State, power_state
 from hub.decide.guard import Guard, Proposal, Verdict, load_guard
 from hub.decide.policies import Policies, Policy
 from hub.decide.registry import LLM_ADAPTER, Adapter, ModelRegistry
@@ -183,6 +184,8 @@ class DecisionEngine:
 
             self._seen = self._raft.read(positions)
             self._was_leader = True
+            if self.llm is not None:  # each device's state seen from here is its baseline
+                self.llm.factwatch.forget()
             log.info("decision engine active (this node leads)")
             return
         self._was_leader = leader
@@ -221,6 +224,8 @@ class DecisionEngine:
                 fired.extend(self._score(windows, device, x.ts_ms, x.sensor, x.value))
         for d in fired:
             await self._act(device, d, t0)
+        if self.llm is not None:  # its facts changed with no rule firing
+            self.llm.watch(self, device, rows)
 
     def _anomaly_windows(self) -> Any:
         """The ONNX tier's windows, with the registry's current model (the
@@ -361,13 +366,16 @@ class LlmSetup:
 
 
 _RETRY_FAILED_S: Final = 30.0
+_MAX_WAITING: Final = 1024  # devices whose consultation waits, at most
 
 
 class LlmTier:
-    """The LLM tier: consulted after a lower tier fires, off the ingest path.
+    """The LLM tier: consulted after a lower tier fires, or when a device's
+    facts changed with no rule firing (``watch``), off the ingest path.
 
-    One consultation at a time (the worker answers one request at a time; a
-    firing while one is running is counted as skipped). The model gets
+    One consultation at a time (the worker answers one request at a time):
+    meanwhile the newest request of each device waits, and one that waited
+    past the deadline is dropped (``missed``). The model gets
     symbolic facts (hub/decide/facts.py: "power is over the limit for 12 s"), the
     policy and the device's actions; its answer is grammar-constrained and
     validated (hub/decide/llm.py). It is recorded as an LLM decision with its
@@ -404,6 +412,12 @@ class LlmTier:
         self.error = ""
         self.adapter_error = ""
         self._tasks: set[asyncio.Task[None]] = set()
+        self.factwatch = FactWatch()
+        self._over_since: dict[str, int] = {}  # device -> when its power went over the limit
+        # device -> (engine, device, decision, tier, since): the newest request
+        # of each device while a consultation runs (insertion order: oldest first)
+        self._waiting: dict[str, tuple[Any, e.Device, r.Decision, e.Tier | None, float]] = {}
+        self.missed = 0
 
     @property
     def trust(self) -> llm.Trust:
@@ -493,9 +507,38 @@ class LlmTier:
         self.worker = worker
         log.info("LLM tier ready: %s (%s)", self._describe(self.setup), self.trust.reason)
 
+    def watch(self, engine: DecisionEngine, device: e.Device, rows: Sequence[Any]) -> None:
+        """After the engine read a device's new readings: consult the LLM when
+        the device's state (hub/decide/factwatch.py) changed, though no rule
+        fired: its policy in words may ask for what no rule does."""
+        power = next((x for x in reversed(rows) if x.sensor == r.POWER_W), None)
+        if power is None:
+            return
+        state = power_state(power.value, device.limit_w)
+        since = self._over_since.pop(device.device_id, power.ts_ms)
+        if state == "over":
+            self._over_since[device.device_id] = since
+        score = engine._last_score.get(device.device_id)
+        now = State(
+            state,
+            None if score is None else score.score >= f.ANOMALY_HIGH,
+            self.tariff.period_at(power.ts_ms),
+            engine.guard.is_critical(device.device_id),
+        )
+        if self.factwatch.observe(device.device_id, now, power.ts_ms):
+            d = r.Decision(
+                "", device.device_id, None, (), (), power.ts_ms, False, r.POWER_W,
+                power.value, device.limit_w or 0.0, since,
+            )  # fmt: skip
+            self.consult(engine, device, d, None)
+
     def consult(
-        self, engine: DecisionEngine, device: e.Device, d: r.Decision, tier: e.Tier
+        self, engine: DecisionEngine, device: e.Device, d: r.Decision, tier: e.Tier | None
     ) -> None:
+        """Ask the LLM about ``d`` (after ``tier`` fired; None: the device's
+        facts changed). While a consultation runs, the newest request of each
+        device waits; one that waited past the deadline is dropped (``missed``:
+        the tiers below stand)."""
         if self.error:
             return
         if self.worker is None:
@@ -504,7 +547,11 @@ class LlmTier:
             self.skipped += 1
             return
         if self._busy:
-            self.skipped += 1
+            self._waiting.pop(device.device_id, None)  # the newest goes last
+            self._waiting[device.device_id] = (engine, device, d, tier, time.monotonic())
+            if len(self._waiting) > _MAX_WAITING:
+                self._waiting.pop(next(iter(self._waiting)))
+                self.missed += 1
             return
         self._busy = True
         worker, setup = self.worker, self.setup
@@ -520,7 +567,8 @@ class LlmTier:
         time and the tariff period (``[tariff]``: its zone; a period only with
         time-of-use prices)."""
         out = []
-        if d.sensor == r.POWER_W and device.limit_w is not None and d.value > device.limit_w:
+        power = power_state(d.value, device.limit_w) if d.sensor == r.POWER_W else None
+        if power == "over":
             held_ms = d.ts_ms - d.since_ms
             out.append(f.power_fact(over_for_s=held_ms / 1000))
             grace_ms = next(
@@ -528,8 +576,8 @@ class LlmTier:
             )
             if grace_ms:
                 out.append(f.grace_fact(longer=held_ms >= grace_ms))
-        elif d.sensor == r.POWER_W:
-            out.append(f.power_fact(near=True))
+        elif d.sensor == r.POWER_W:  # near or under the limit (no limit: near)
+            out.append(f.power_fact(near=power != "under"))
         if d.sensor == r.ANOMALY:
             out.append(f.anomaly_fact(d.value))
         out.append(f.relay_fact(True))  # it draws power, so its relay is on
@@ -547,7 +595,7 @@ class LlmTier:
         engine: DecisionEngine,
         device: e.Device,
         d: r.Decision,
-        tier: e.Tier,
+        tier: e.Tier | None,
         worker: Any,
         setup: LlmSetup,
     ) -> None:
@@ -566,13 +614,24 @@ class LlmTier:
             log.info("LLM decision not recorded: %s", exc.reason)
         finally:
             self._busy = False
+            self._next()
+
+    def _next(self) -> None:
+        """Start the oldest waiting consultation still within its deadline."""
+        while self._waiting:
+            engine, device, d, tier, since = self._waiting.pop(next(iter(self._waiting)))
+            if (time.monotonic() - since) * 1000 > self.cfg.llm_deadline_ms:
+                self.missed += 1
+                continue
+            self.consult(engine, device, d, tier)
+            return
 
     async def _record(
         self,
         engine: DecisionEngine,
         device: e.Device,
         d: r.Decision,
-        tier: e.Tier,
+        tier: e.Tier | None,
         facts: list[str],
         result: Any,
         setup: LlmSetup,
@@ -582,7 +641,9 @@ class LlmTier:
         adapter = setup.adapter
         record: dict[str, Any] = {
             "facts": facts,
-            "after": {"tier": tier.name.lower(), "rule": d.rule_id},
+            "after": {"tier": "facts", "rule": None}
+            if tier is None
+            else {"tier": tier.name.lower(), "rule": d.rule_id},
             "policy": policy.text,
             "policy_source": policy.source,
             "mode": str(setup.trust.mode),
@@ -647,6 +708,9 @@ class LlmTier:
             "swaps": self.swaps,
             "consulted": self.consulted,
             "skipped": self.skipped,
+            "fact_changes": self.factwatch.changes,
+            "waiting": len(self._waiting),
+            "missed": self.missed,
             "outcomes": dict(self.outcomes),
             "error": self.error or None,
         }

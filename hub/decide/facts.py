@@ -68,7 +68,10 @@ def power_fact(*, over_for_s: float | None = None, near: bool = False) -> str:
     return "power is near the limit" if near else "power is under the limit"
 
 
-def anomaly_fact(score: float, high: float = 0.8) -> str:
+ANOMALY_HIGH: Final = 0.8  # an anomaly score from here up is stated as high
+
+
+def anomaly_fact(score: float, high: float = ANOMALY_HIGH) -> str:
     """The ONNX anomaly score as a word (scores in 0..1; NaN counts as unknown)."""
     if math.isnan(score):
         return "anomaly score is unknown"

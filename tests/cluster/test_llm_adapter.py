@@ -54,12 +54,40 @@ def llm_status(cluster: LocalCluster) -> dict[str, Any]:
     return st
 
 
+HEAT_POLICY = "When power is over the limit, notify nobody and do nothing. Otherwise do nothing."
+
+
+def facts_change_is_consulted(cluster: LocalCluster, tmp_path: Path) -> None:
+    """No rule covers heat-1: when its power goes over its limit (an appliance
+    event of the simulated plug), the LLM tier is consulted all the same, with
+    the heat class's policy from the config; advisory, so nothing is sent."""
+    secrets = cluster.client(0).post("/v1/devices", {"device_id": "heat-1", "limit_w": 500.0})
+    dev = Device(tmp_path / "heat-1", {**secrets, **DEVICE_TUNING, "sample_ms": 200}).start()
+    try:
+
+        def consulted() -> list[dict[str, Any]]:
+            rows = cluster.client(0).get("/v1/decisions", device="heat-1", limit=100)
+            return [d for d in rows if d["tier"] == "llm" and d["after"]["tier"] == "facts"]
+
+        wait_until(lambda: bool(consulted()), 150, "an LLM decision on a change of heat-1's facts")
+    finally:
+        dev.stop()
+    d = consulted()[0]
+    assert d["after"] == {"tier": "facts", "rule": None}
+    assert d["policy"] == HEAT_POLICY and d["policy_source"] == "config"
+    # Power went over the limit, or came back under it: either is a change.
+    assert d["facts"][0].startswith(("power is over the limit", "power is under")), d["facts"]
+    assert d["mode"] == "advisory" and not d.get("command_id")
+    assert cluster.client(0).get("/v1/status")["decisions"]["llm"]["fact_changes"] >= 1
+
+
 def test_adapters_swap_under_consultations(tmp_path: Path) -> None:
     base = base_model()
     key = tmp_path / "signing.key"
     r = aiot("models", "keygen", "--out", str(key))
     assert r.returncode == 0, r.stderr
     extra = f'[models]\ntrusted_keys = ["{r.stdout.strip()}"]\n' + EXTRA
+    extra += f'\n[decisions.policies]\nheat = "{HEAT_POLICY}"\n'
     files = {v: write_adapter(tmp_path / f"a{v}", base, seed=v, layers=2) for v in (1, 2, 3)}
     sha = {v: man["sha256"] for v, (_, man) in files.items()}
     with running_cluster(tmp_path, nodes=1, extra=extra, llm=True) as cluster:
@@ -117,6 +145,7 @@ def test_adapters_swap_under_consultations(tmp_path: Path) -> None:
             assert llm_status(cluster)["adapter"] is None
         finally:
             dev.stop()
+        facts_change_is_consulted(cluster, tmp_path)
         rows = llm_rows(cluster)
         status = cluster.client(0).get("/v1/status")["decisions"]
         assert status["failed"] == 0 and status["llm"]["swaps"] >= 2, status
