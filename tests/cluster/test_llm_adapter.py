@@ -152,4 +152,6 @@ def test_adapters_swap_under_consultations(tmp_path: Path) -> None:
         for d in rows:  # every consultation recorded, on the base, never a worker error
             assert d["model"]["sha256"] == base_sha256(base)
             assert d["llm"]["outcome"] != "error", d["llm"]
-        assert "3" not in {d["model"]["adapter"]["name"][-1] for d in rows if d["model"]["adapter"]}
+        assert "llm-adapter@3" not in {
+            d["model"]["adapter"]["name"] for d in rows if d["model"]["adapter"]
+        }

@@ -305,7 +305,8 @@ def test_eval_decisions_json_has_the_trust_gate_keys(model: Path, tmp_path: Path
 
     app = typer.Typer()
     cli_models.register(app)
-    res = CliRunner().invoke(app, ["eval", "decisions", "--limit", "3", "--json"])
+    args = ["eval", "decisions", "--model", DEFAULT_MODEL, "--limit", "3", "--json"]
+    res = CliRunner().invoke(app, args)  # the base alone (default: the shipped adapter too)
     assert res.exit_code == 0, res.output
     report = json.loads(res.stdout.strip().splitlines()[-1])
     for key in ("accuracy", "invalid_rate", "latency_ms_p50", "latency_ms_p95", "n"):
