@@ -119,6 +119,7 @@ class CloudLink:
         self._lag_checked = 0.0
         self.exporter = Exporter(cfg.site, stream_name(cfg.site), source, window=cfg.window)
         self._nc: Any = None
+        self._js: Any = None  # the JetStream context of _nc
         self._failures = 0
         self.last_error: str | None = None
         self.last_export_ms: int | None = None
@@ -136,7 +137,7 @@ class CloudLink:
         self.last_error = why
 
     async def _close(self) -> None:
-        nc, self._nc = self._nc, None
+        nc, self._nc, self._js = self._nc, None, None
         if nc is not None:
             await close_link(nc)
 
@@ -164,8 +165,11 @@ class CloudLink:
         try:
             if self._nc is None or self._nc.is_closed:
                 self._nc = await self._connect()
+                # One JetStream context per connection: each context subscribes
+                # an inbox for its publish acks on first use, never removed.
+                self._js = self._nc.jetstream(domain=self.cfg.domain)
                 log.info("cloud link up", extra={"servers": list(self.cfg.servers)})
-            js = self._nc.jetstream(domain=self.cfg.domain)
+            js = self._js
             source = self.exporter.source
             if isinstance(source, OutboxSource) and not source.switched_on():
                 await source.switch(True)  # from the next entry on, the outbox keeps
