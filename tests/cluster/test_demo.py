@@ -26,6 +26,7 @@ KEYS = {
     "readings_committed",
     "readings_acked_by_devices",
     "commands_executed",
+    "commands_executed_by_tier",
     "decisions_by_tier",
     "alerts",
     "metrics",
@@ -76,6 +77,10 @@ def test_demo_runs_the_energy_scenario_and_summarizes_it(tmp_path: Path) -> None
     # after the plugs stop).
     assert summary["readings_committed"] >= summary["readings_acked_by_devices"]
     assert summary["alerts"] >= 1 and summary["commands_executed"] >= 1, summary
+    by_tier = summary["commands_executed_by_tier"]  # each executed command's issuing tier
+    assert sum(by_tier.values()) <= summary["commands_executed"] and set(by_tier) <= {
+        "rules", "onnx", "llm",
+    }, summary  # fmt: skip
     assert summary["errors"] == []
     # Every hub's /metrics, scraped at the start and the end and parsed with
     # prometheus-client's parser (a failure would be in errors): each counter

@@ -263,24 +263,30 @@ class Demo:
         rows = client.get("/v1/devices")
         committed = sum(r["watermark"] for r in rows)
         online = sum(1 for r in rows if r["online"])
-        done = 0
+        done_ids: set[str] = set()
         for r in rows:
-            done += sum(
-                1 for c in client.get("/v1/commands", device=r["device_id"]) if c["state"] == "DONE"
-            )
+            done_ids |= {
+                c["command_id"]
+                for c in client.get("/v1/commands", device=r["device_id"])
+                if c["state"] == "DONE"
+            }
         by_tier: Counter[str] = Counter()
+        done_by_tier: Counter[str] = Counter()  # executed commands, by the tier that issued them
         alerts = 0
         try:
             for d in client.get("/v1/decisions", limit=10_000):
                 by_tier[d["tier"]] += 1
                 alerts += bool(d.get("alert"))
+                if d.get("command_id") in done_ids:
+                    done_by_tier[d["tier"]] += 1
         except HubError as exc:
             if exc.status != 404:
                 raise
         return {
             "readings_committed": committed,
             "devices_online": online,
-            "commands_executed": done,
+            "commands_executed": len(done_ids),
+            "commands_executed_by_tier": dict(done_by_tier),
             "decisions_by_tier": dict(by_tier),
             "alerts": alerts,
         }
@@ -366,6 +372,7 @@ class Demo:
             "readings_committed": final.get("readings_committed", 0),
             "readings_acked_by_devices": sum(self.acked.values()),
             "commands_executed": final.get("commands_executed", 0),
+            "commands_executed_by_tier": final.get("commands_executed_by_tier", {}),
             "decisions_by_tier": final.get("decisions_by_tier", {}),
             "alerts": final.get("alerts", 0),
             "metrics": self.metrics,
