@@ -79,7 +79,7 @@ def test_demo_runs_the_energy_scenario_and_summarizes_it(tmp_path: Path) -> None
     assert summary["alerts"] >= 1 and summary["commands_executed"] >= 1, summary
     by_tier = summary["commands_executed_by_tier"]  # each executed command's issuing tier
     assert sum(by_tier.values()) <= summary["commands_executed"] and set(by_tier) <= {
-        "rules", "onnx", "llm",
+        "rules", "onnx", "llm", "operator",
     }, summary  # fmt: skip
     assert summary["errors"] == []
     # Every hub's /metrics, scraped at the start and the end and parsed with
