@@ -86,8 +86,17 @@ def test_a_full_store_refuses_ingest_keeps_serving_and_drains_after_retention(
                 st = _store(cluster, i)
                 assert st["refusing"].startswith("store ") and "refuse_at 15%" in st["refusing"]
                 assert st["alert"] and st["used_fraction"] >= 0.15
-            rejected = [cluster.status(i)["ingest"]["rejected"]["store_full"] for i in range(3)]
-            assert sum(rejected) > 0
+            # A plug's next batch after the refusal began is refused with the
+            # reason (it may arrive a moment after the nodes switched).
+            rejected: list[int] = []
+
+            def _refused() -> bool:
+                rejected[:] = [
+                    cluster.status(i)["ingest"]["rejected"]["store_full"] for i in range(3)
+                ]
+                return sum(rejected) > 0
+
+            wait_until(_refused, 60, "a batch refused with store_full")
             # The plugs keep what was not acknowledged: the watermark stands still.
             marks = {d: cluster.client(0).get(f"/v1/devices/{d}")["watermark"] for d in PLUGS}
             assert all(0 < w < READINGS for w in marks.values()), marks
