@@ -16,8 +16,10 @@ model states which policy sentence applies before it names the action; the model
 works. The static part (what the device can do, the answer format) comes
 first and the facts last, so llama.cpp reuses the cached prefix from one
 call to the next. A fine-tuned adapter gets the compact prompt
-(``compact=True``, ``ADAPTER_PROMPT_VERSION``): no worked examples, and the
-policy in the system message, so the cached prefix holds the policy too.
+(``compact=True``, ``ADAPTER_PROMPT_VERSION``): no worked examples, the
+policy in the system message, so the cached prefix holds the policy too,
+and a reason that checks each rule's conditions in order ("1: time no. 2:
+home yes. Rule 2.") before the action.
 ``PROMPT_VERSION`` changes whenever the wording changes:
 eval reports and provenance carry it, and the trust gate accepts only a
 report measured with the running version.
@@ -35,11 +37,12 @@ from hub.decide.grammar import NONE_ACTION
 from protocol import messages as m
 
 PROMPT_VERSION: Final = "decide-v1"  # the base model's: two worked examples
-# A fine-tuned adapter's: no worked examples (it learnt the format), and the
+# A fine-tuned adapter's: no worked examples (it learnt the format), the
 # policy in the system message, so that the static part (the device's
 # actions, the policy) is one prefix llama.cpp keeps from call to call and
-# only the facts are new (``build_messages(..., compact=True)``).
-ADAPTER_PROMPT_VERSION: Final = "decide-v2-compact"
+# only the facts are new (``build_messages(..., compact=True)``), and a
+# reason that checks the rules in order before the action.
+ADAPTER_PROMPT_VERSION: Final = "decide-v3-trace"
 
 
 def prompt_version(compact: bool) -> str:
@@ -179,6 +182,21 @@ def build_messages(
     """Chat messages asking for one decision: system, two worked examples, the
     question; ``compact`` (a fine-tuned adapter's prompt): the system message
     with the policy, then the facts, and no examples."""
+    if compact:
+        # A fine-tuned adapter learnt the task: a short instruction, the
+        # device's actions and the policy (the cached prefix), then the facts.
+        system = (
+            "Choose the one action to take now for one device by its operator's policy.\n"
+            f"Actions:\n{describe_actions(caps)}\n"
+            'Answer with one JSON object: {"reason": ..., "action": ..., "params": {...}}. '
+            "In the reason, check the rules in order, each condition yes or no, up to "
+            "the first rule that applies.\n"
+            f"Policy: {policy.strip()}"
+        )
+        return [
+            {"role": "system", "content": system},
+            {"role": "user", "content": f"Facts:\n{_facts(facts)}"},
+        ]
     system = (
         "You are the decision module of a home energy hub. You choose the one action to "
         "take now for one device, following the operator's policy exactly and using only "
@@ -189,11 +207,6 @@ def build_messages(
         "In the reason, first quote the sentence of the policy that applies to the facts; "
         "then give the action it asks for."
     )
-    if compact:
-        return [
-            {"role": "system", "content": f"{system}\nPolicy: {policy.strip()}"},
-            {"role": "user", "content": f"Facts:\n{_facts(facts)}\nWhat is the action now?"},
-        ]
     messages = [{"role": "system", "content": system}]
     for example_facts, answer in EXAMPLES:
         question = _question(example_facts, _EXAMPLE_POLICY)

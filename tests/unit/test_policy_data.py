@@ -175,3 +175,34 @@ def test_the_shipped_held_out_set_is_the_test_split_the_command_writes(tmp_path:
         for key in dataset.TRAINING_KEYS:
             d.pop(key)
         assert d == b
+
+
+def test_the_reason_traces_the_rules_in_order_up_to_the_one_that_applies() -> None:
+    home, peak = pm.Lit(pm.Occupied()), pm.Lit(pm.TariffIs("peak"))
+    night = pm.Lit(pm.Window(22 * 60, 6 * 60))
+    off = pm.ActionSpec("relay.set", (("on", False),))
+    policy = pm.Policy(
+        (
+            pm.Rule((night,), off),
+            pm.Rule((pm.Lit(pm.Occupied(), False), pm.Lit(pm.Power("over"))), off, (peak,)),
+            pm.Rule((home,), pm.ActionSpec("notify", (("urgent", True),))),
+        )
+    )
+    world = pm.World(power="over", occupied=False, minute=12 * 60, tariff="peak")
+    # Rule 1 fails on the time; rule 2's conditions hold but its exception
+    # too; rule 3 fails ("home no"); so the default.
+    assert dataset.trace(policy, world) == (
+        "1: time no. 2: home yes, power yes, unless tariff yes. 3: home no. Default."
+    )
+    world = pm.World(power="over", occupied=False, minute=12 * 60, tariff="off-peak")
+    assert dataset.trace(policy, world) == (
+        "1: time no. 2: home yes, power yes, unless tariff no. Rule 2."
+    )
+
+
+def test_every_trace_ends_at_the_rule_the_interpreter_chose(data: Path) -> None:
+    for split in ("train", "test"):
+        for d in lines(data / f"{split}.jsonl"):
+            rule = d["meta"]["rule"]
+            end = "Default." if rule == -1 else f"Rule {rule + 1}."
+            assert d["answer"]["reason"].endswith(end), (d["answer"]["reason"], rule)
