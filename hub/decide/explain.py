@@ -145,6 +145,35 @@ def _action(name: str, params: Iterable[tuple[str, Any]]) -> str:
     return name + (f" {shown}" if shown else "")
 
 
+def _llm_parts(rec: dict[str, Any]) -> list[str]:
+    """What an LLM decision adds: the policy it followed, the model (and
+    adapter) that read it, the model's reason, and whether it could act."""
+    parts = []
+    policy = rec.get("policy")
+    if policy:
+        source = rec.get("policy_source") or "?"
+        parts.append(f'Policy ({source}): "{policy}".')
+    model = rec.get("model") or {}
+    if model.get("name"):
+        who = f"The model {model['name']}"
+        adapter = model.get("adapter") or {}
+        if adapter.get("name"):
+            who += f" with adapter {adapter['name']}"
+        rec_ = rec.get("recommendation") or {}
+        if rec_.get("reason"):
+            parts.append(f'{who} reasoned: "{rec_["reason"]}".')
+        else:
+            parts.append(f"{who} was consulted.")
+    if rec.get("fallback"):
+        parts.append(f"It gave no decision ({rec['fallback']}).")
+    elif rec.get("mode") == "advisory" and rec.get("recommendation"):
+        r = rec["recommendation"]
+        what = _action(str(r.get("action")), (r.get("params") or {}).items())
+        trust = rec.get("trust") or "no passing evaluation report"
+        parts.append(f"It recommended {what}; advisory ({trust}), so nothing was sent.")
+    return parts
+
+
 def _describe(view: View, d: e.Decision) -> tuple[str, list[str]]:
     rec = _record(d)
     parts = [f"At {_when(d.at_ms)} the {d.tier.name.lower()} tier decided about {d.device_id}"]
@@ -155,6 +184,8 @@ def _describe(view: View, d: e.Decision) -> tuple[str, list[str]]:
     facts = rec.get("facts") or []
     if facts:
         parts.append("Facts: " + "; ".join(str(f) for f in facts) + ".")
+    if d.tier is e.Tier.LLM:
+        parts += _llm_parts(rec)
     action = rec.get("action")
     if isinstance(action, dict):
         params = (action.get("params") or {}).items()

@@ -107,3 +107,55 @@ def test_validate_and_mentioned() -> None:
         "plug-8",
     ]
     assert mentioned("nothing here", ["plug-7"]) == []
+
+
+def _llm_view(tmp_path: Path, mode: str) -> Iterator[_StoreView]:
+    rec: dict[str, Any] = {
+        "facts": ["power is over the limit for 4 s", "relay is on"],
+        "after": {"tier": "facts", "rule": None},
+        "policy": "If power is over the limit, switch the relay off. Otherwise do nothing.",
+        "policy_source": "config",
+        "mode": mode,
+        "trust": "accuracy 0.412 below the threshold 0.9",
+        "model": {
+            "name": "smollm2-135m-instruct-q4_1",
+            "sha256": "ab" * 32,
+            "adapter": {"name": "llm-adapter@3", "sha256": "cd" * 32},
+        },
+        "recommendation": {
+            "action": "relay.set",
+            "params": {"on": False},
+            "reason": "1: power yes. Rule 1.",
+        },
+    }
+    entries: list[Any] = [e.RegisterDevice(e.Device("heat-1", b"k" * 32, (RELAY,), 500.0), 1)]
+    command_id = ""
+    if mode == "actuate":
+        rec["action"] = {"name": "relay.set", "params": {"on": False}}
+        rec["guard"] = {"outcome": "allowed"}
+        command_id = "c-9"
+        entries.append(
+            e.PutCommand("c-9", "heat-1", 1, "relay.set", (m.Param("on", False),), T0, T0 + 60_000)
+        )
+    entries.append(
+        e.Decision("d-9", "heat-1", e.Tier.LLM, T0, command_id, json.dumps(rec).encode())
+    )
+    with Store(tmp_path / mode) as s:
+        s.apply([(i + 1, e.encode(x)) for i, x in enumerate(entries)])
+        yield _StoreView(Reader(s), Principal("admin", e.Role.ADMIN, None))  # type: ignore[arg-type]
+
+
+def test_an_llm_decision_is_explained_with_its_policy_model_and_reason(tmp_path: Path) -> None:
+    for view in _llm_view(tmp_path, "actuate"):
+        a = explain("why did heat-1 switch off?", view)
+        assert a.sources == ["d-9", "c-9"], a
+        assert 'Policy (config): "If power is over the limit' in a.text
+        assert 'with adapter llm-adapter@3 reasoned: "1: power yes. Rule 1."' in a.text
+        assert "Action: relay.set on=False." in a.text and "nothing was sent" not in a.text
+    for view in _llm_view(tmp_path, "advisory"):
+        # Advisory: a recommendation, no switch-off, so "why did it switch
+        # off" finds nothing; what happened to it tells the advice.
+        assert explain("why did heat-1 switch off?", view).sources == []
+        a = explain("what happened to heat-1?", view)
+        assert "It recommended relay.set on=False; advisory (accuracy 0.412 below" in a.text
+        assert "nothing was sent" in a.text and "d-9" in a.sources
