@@ -1,13 +1,16 @@
-"""LoRA adapters on a real hub: a MicroPython plug keeps tripping an
-alert rule, the LLM tier (real llama.cpp) is consulted after each firing, and
-the adapter is hot-swapped under it. Each LLM decision's provenance names
-the base and the adapter it ran with; an adapter for an unknown base is
-refused at the door, a tampered one at load while the running one stays;
+"""LoRA adapters on three real hubs: a MicroPython plug keeps tripping an
+alert rule, the leader's LLM tier (real llama.cpp) is consulted after each
+firing, and the adapter is hot-swapped under it on every hub, with no failed
+or dropped decision. Each LLM decision's provenance names the base and the
+adapter it ran with; an adapter for an unknown base, signed by an untrusted
+key or unsigned is refused at the door, a tampered one at load on every node
+while the running one stays;
 rollback is activating the earlier version, and switching the adapter off
 goes back to the plain base. Adapters: tests/llm/adapters.py."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,7 @@ from tests.cluster.test_hub_daemon import aiot
 from tests.device import Device
 from tests.llm.adapters import base_model, base_sha256, write_adapter
 from tests.support import wait_until
+from tools.base.hubclient import HubError
 from tools.lab.cluster import LocalCluster
 
 pytestmark = [pytest.mark.cluster, pytest.mark.micropython, pytest.mark.llm]
@@ -49,11 +53,6 @@ def decided_with(cluster: LocalCluster, adapter_sha: str, after: int) -> bool:
     return any((d["model"].get("adapter") or {}).get("sha256") == adapter_sha for d in rows)
 
 
-def llm_status(cluster: LocalCluster) -> dict[str, Any]:
-    st: dict[str, Any] = cluster.client(0).get("/v1/status")["decisions"]["llm"]
-    return st
-
-
 HEAT_POLICY = "When power is over the limit, notify nobody and do nothing. Otherwise do nothing."
 
 
@@ -81,7 +80,27 @@ def facts_change_is_consulted(cluster: LocalCluster, tmp_path: Path) -> None:
     assert cluster.client(0).get("/v1/status")["decisions"]["llm"]["fact_changes"] >= 1
 
 
+def adapter_rows(cluster: LocalCluster, i: int) -> dict[str, Any]:
+    """Node i's view of each llm-adapter version: (active here, its error here)."""
+    node = cluster.node_id(i)
+    return {
+        str(m["version"]): (m["active_on"].get(node), m["error_on"].get(node))
+        for m in cluster.client(i).get("/v1/models")
+        if m["name"] == "llm-adapter"
+    }
+
+
+def runs_everywhere(cluster: LocalCluster, sha: str) -> bool:
+    """Every node's LLM tier is set to run this adapter."""
+    return all(
+        cluster.client(i).get("/v1/status")["decisions"]["llm"]["adapter_sha256"] == sha
+        for i in range(cluster.n)
+    )
+
+
 def test_adapters_swap_under_consultations(tmp_path: Path) -> None:
+    """Three hubs; the leader consults the LLM on every firing of the plug's
+    alert rule while adapters 1 and 2 are activated in turn."""
     base = base_model()
     key = tmp_path / "signing.key"
     r = aiot("models", "keygen", "--out", str(key))
@@ -90,19 +109,34 @@ def test_adapters_swap_under_consultations(tmp_path: Path) -> None:
     extra += f'\n[decisions.policies]\nheat = "{HEAT_POLICY}"\n'
     files = {v: write_adapter(tmp_path / f"a{v}", base, seed=v, layers=2) for v in (1, 2, 3)}
     sha = {v: man["sha256"] for v, (_, man) in files.items()}
-    with running_cluster(tmp_path, nodes=1, extra=extra, llm=True) as cluster:
+    with running_cluster(tmp_path, nodes=3, extra=extra, llm=True) as cluster:
         cfg = str(cluster.configs[0])
 
-        def push(v: int, *more: str) -> Any:
-            args = ("models", "push", str(files[v][0]), "--sign-key", str(key))
+        def push(v: int, *more: str, sign: Path = key) -> Any:
+            args = ("models", "push", str(files[v][0]), "--sign-key", str(sign))
             return aiot(*args, "--version", str(v), "--config", cfg, *more)
 
         for v in (1, 2, 3):  # kind lora and name llm-adapter from adapter.json
             r = push(v)
             assert r.returncode == 0 and f"llm-adapter@{v}" in r.stdout, r.stderr
+        # Refused at the door: built for another base, signed by an untrusted
+        # key, or not signed at all.
         r = push(1, "--version", "9", "--base-sha256", "ff" * 32)
         assert r.returncode == 1 and "unknown_base" in r.stderr, r.stderr
-        assert all(m["version"] != "9" for m in cluster.client(0).get("/v1/models"))
+        other = tmp_path / "other.key"
+        assert aiot("models", "keygen", "--out", str(other)).returncode == 0
+        r = push(1, "--version", "8", sign=other)
+        assert r.returncode == 1 and "untrusted_key" in r.stderr, r.stderr
+        unsigned = {"name": "llm-adapter", "version": "7", "kind": "lora", "manifest": {}}
+        with pytest.raises(HubError) as err:
+            cluster.client(1).post(
+                "/v1/models",
+                {"manifest": json.dumps({**unsigned, "sha256": sha[1], "size": 1}),
+                 "signature": "", "key_id": ""},
+            )  # fmt: skip
+        assert err.value.status == 422, err.value
+        for i in range(cluster.n):
+            assert set(adapter_rows(cluster, i)) == {"1", "2", "3"}
 
         secrets = cluster.client(0).post("/v1/devices", {"device_id": "plug-d", "limit_w": 1.0})
         tuning = {**DEVICE_TUNING, "sample_ms": 200, "flush_ms": 200}
@@ -113,22 +147,29 @@ def test_adapters_swap_under_consultations(tmp_path: Path) -> None:
                 assert (
                     aiot("models", "activate", f"llm-adapter@{v}", "--config", cfg).returncode == 0
                 )
+                wait_until(lambda v=v: runs_everywhere(cluster, sha[v]), 60, f"{v} everywhere")
                 wait_until(
                     lambda v=v, s=seen: decided_with(cluster, sha[v], s), 120, f"adapter {v}"
                 )
                 seen = len(llm_rows(cluster))
-            # Tampered on disk after registration: refused at load, 2 keeps running.
-            blob = cluster.data_dir(0) / "models" / sha[3]
-            data = bytearray(blob.read_bytes())
-            data[-1] ^= 0xFF
-            blob.write_bytes(bytes(data))
+            # Tampered on every node's disk after registration: refused at
+            # load on every node, and 2 keeps running.
+            for i in range(cluster.n):
+                blob = cluster.data_dir(i) / "models" / sha[3]
+                data = bytearray(blob.read_bytes())
+                data[-1] ^= 0xFF
+                blob.write_bytes(bytes(data))
             assert aiot("models", "activate", "llm-adapter@3", "--config", cfg).returncode == 0
             wait_until(
-                lambda: "sha256_mismatch" in str(cluster.client(0).get("/v1/status")["models"]),
+                lambda: all(adapter_rows(cluster, i)["3"][1] for i in range(cluster.n)),
                 60,
-                "llm-adapter@3 refused",
+                "every node to report why llm-adapter@3 is refused",
             )
-            assert llm_status(cluster)["adapter_sha256"] == sha[2]
+            for i in range(cluster.n):
+                assert "sha256_mismatch" in adapter_rows(cluster, i)["3"][1]
+            assert runs_everywhere(cluster, sha[2])
+            seen = len(llm_rows(cluster))
+            wait_until(lambda: decided_with(cluster, sha[2], seen), 120, "adapter 2 serving")
             # Rollback: the earlier version again.
             assert aiot("models", "activate", "llm-adapter@1", "--config", cfg).returncode == 0
             seen = len(llm_rows(cluster))
@@ -142,13 +183,19 @@ def test_adapters_swap_under_consultations(tmp_path: Path) -> None:
                 return any(d["model"]["adapter"] is None for d in rows)
 
             wait_until(on_the_base, 120, "a decision on the plain base")
-            assert llm_status(cluster)["adapter"] is None
+            for i in range(cluster.n):
+                assert cluster.client(i).get("/v1/status")["decisions"]["llm"]["adapter"] is None
         finally:
             dev.stop()
         facts_change_is_consulted(cluster, tmp_path)
         rows = llm_rows(cluster)
-        status = cluster.client(0).get("/v1/status")["decisions"]
-        assert status["failed"] == 0 and status["llm"]["swaps"] >= 2, status
+        leader = cluster.leader()
+        status = cluster.client(leader).get("/v1/status")["decisions"]
+        llm = status["llm"]
+        # No failed or dropped decision: every consultation recorded, none
+        # an error of the worker, none dropped while it waited.
+        assert status["failed"] == 0 and llm["swaps"] >= 4, status
+        assert "error" not in llm["outcomes"] and llm["missed"] == 0, llm
         for d in rows:  # every consultation recorded, on the base, never a worker error
             assert d["model"]["sha256"] == base_sha256(base)
             assert d["llm"]["outcome"] != "error", d["llm"]
