@@ -111,7 +111,7 @@ The format, with defaults:
     [decisions]
     enabled = true                    # the leader's decision engine (hub/decide/engine.py)
     command_deadline_s = 30           # deadline of the commands it issues
-    llm = "smollm2-135m-instruct-q4_1"  # a GGUF in models/ or a path; "" turns the tier off
+    llm = "smollm2-135m-instruct-q4_0"  # a GGUF in models/ or a path; "" turns the tier off
     llm_deadline_ms = 5000            # a later answer falls back to the tiers below
     llm_trust_threshold = 0.9         # eval accuracy needed before the LLM may actuate
     llm_report = ""                   # its `aiot eval decisions --json` report; default
@@ -346,7 +346,7 @@ class CommandsConfig:
 class DecisionsConfig:
     enabled: bool = True
     command_deadline_s: int = 30
-    llm: str = "smollm2-135m-instruct-q4_1"
+    llm: str = "smollm2-135m-instruct-q4_0"
     llm_deadline_ms: int = 5000
     llm_trust_threshold: float = 0.9
     llm_report: Path | None = None

@@ -1,6 +1,6 @@
 """The LLM tier: one decision per call from a small local model, or a fallback marker.
 
-    async with LlmWorker(resolve_model("smollm2-135m-instruct-q4_1")) as worker:
+    async with LlmWorker(resolve_model("smollm2-135m-instruct-q4_0")) as worker:
         result = await worker.decide(caps, facts, policy, deadline_ms=1500)
         if result.fallback:       # deadline missed, invalid output or worker error
             ...                   # the engine uses the tier below (ONNX, rules)
@@ -73,7 +73,7 @@ from protocol import messages as m
 log = logging.getLogger("hub.llm")
 
 MODELS_DIR: Final = SHIPPED_MODELS
-DEFAULT_MODEL: Final = "smollm2-135m-instruct-q4_1"
+DEFAULT_MODEL: Final = "smollm2-135m-instruct-q4_0"
 INSTALL_HINT: Final = "python -m tools.ml.install_llm (make test runs it)"
 KILL_GRACE_S: Final = 5.0
 DEFAULT_DEADLINE_MS: Final = 3000.0
@@ -133,7 +133,7 @@ class LlmResult:
 def resolve_model(name_or_path: str | Path, models_dir: Path = MODELS_DIR) -> Path:
     """A GGUF path from a path, a file name in ``models_dir``, or a model name there.
 
-    ``smollm2-135m-instruct-q4_1`` finds ``models/smollm2-135m-instruct-q4_1.gguf``
+    ``smollm2-135m-instruct-q4_0`` finds ``models/smollm2-135m-instruct-q4_0.gguf``
     (or the file its manifest ``models/NAME.json`` names). Any GGUF dropped
     into ``models_dir`` is found by its name with or without ``.gguf``.
     """
@@ -626,6 +626,24 @@ class LlmWorker:
         except grammar.InvalidOutput as exc:
             return result(Outcome.INVALID, exc.reason, reply)
         return result(Outcome.OK, "", reply, decision)
+
+    async def prime(
+        self, caps: tuple[m.Capability, ...], policy: str, *, timeout_s: float = 120.0
+    ) -> float:
+        """Evaluate the static part of a prompt for a device with ``caps`` and
+        ``policy`` (the actions, the policy: everything before the facts), so
+        that the next decision for it evaluates only its facts, as a hub that
+        consults the LLM about the same kind of device again does. The
+        seconds it took; nothing is decided. Raises ModelError when the
+        model cannot run."""
+        t0 = time.monotonic()
+        caps = model_capabilities(caps)
+        messages = f.build_messages(caps, (), policy, compact=self.lora_path is not None)
+        req = _Request(next(self._ids), messages, grammar.gbnf(caps), 1, t0 + timeout_s)
+        reply, outcome, detail = await self._run(req)
+        if reply is None or reply.error:
+            raise ModelError(f"priming failed: {detail or (reply.error if reply else outcome)}")
+        return time.monotonic() - t0
 
     async def _run(self, req: _Request) -> tuple[_Reply | None, Outcome, str]:
         if self._lock is None:

@@ -20,6 +20,12 @@ KEYS = {
     "llm_decision_latency_ms_p50",
     "llm_decision_latency_ms_p95",
     "llm_tokens_per_s",
+    "llm_prime_ms_p50",
+    "llm_prime_ms_p95",
+    "llm_prompt_ms_per_token",
+    "llm_generate_ms_per_token",
+    "q4_1_prompt_ms_per_token",
+    "q4_1_generate_ms_per_token",
     "control_loop_ms_p50",
     "control_loop_ms_p99",
     "hot_swap_ms",
@@ -71,6 +77,9 @@ def test_bench_decide_prints_every_figure() -> None:
     assert 0.0 <= result["base_llm_accuracy"] <= 1.0
     assert result["llm_split"] == "heldout.jsonl" and result["llm_cases_hand_written"] == 2
     assert result["rules_fired"] > 0
+    # The default GGUF against its Q4_1 source, measured in the same run.
+    for key in ("llm_prompt_ms_per_token", "q4_1_generate_ms_per_token"):
+        assert result[key] > 0, key
     # Ten hot swaps under load: every window judged, none failed, the engine saw each model.
     assert result["swap_count"] == 10 and result["swap_seen_by_engine"] == 10
     assert result["swap_failed"] == 0 and result["swap_dropped"] == 0

@@ -46,6 +46,7 @@ def test_an_installed_hub_finds_its_models_and_dashboard(tmp_path: Path) -> None
     for shipped in (
         "models/anomaly/anomaly.onnx",
         "models/anomaly/anomaly.json",
+        "models/eval/results/smollm2-135m-instruct-q4_0.json",
         "models/eval/results/smollm2-135m-instruct-q4_1.json",
         "models/rules/energy.toml",
         "hub/http/static/index.html",

@@ -215,7 +215,7 @@ def test_gguf_adapter_gives_the_torch_logits(
     assert meta["general.type"] == "adapter" and meta["adapter.type"] == "lora"
     assert len(back) == 2 * 7 * base.n_layer
     effect = _rel(adapted, plain)  # how far the adapter moves torch's logits
-    base_error = _rel(_llama_logits(gguf, None, ids), plain)  # Q4_1 dot products vs float32
+    base_error = _rel(_llama_logits(gguf, None, ids), plain)  # Q4_0 dot products vs float32
     assert effect > 0.2, effect
     assert errors[True] < 2 * base_error + 0.02, (errors, base_error)
     assert errors[True] < effect / 4, (errors, effect)

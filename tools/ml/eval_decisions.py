@@ -241,12 +241,18 @@ def evaluate(
     deadline_ms: float = DEFAULT_EVAL_DEADLINE_MS,
     progress: Callable[[str], None] | None = None,
     adapter: Path | None = None,
+    primed: bool = False,
 ) -> dict[str, Any]:
     """Run every scenario through a fresh worker and summarise (keys in the
     module doc); with ``adapter``, the base model with that GGUF LoRA adapter
-    applied (the report then names ``adapter_sha256``, the trust gate's key)."""
+    applied (the report then names ``adapter_sha256``, the trust gate's key).
+    ``primed``: before each scenario, untimed, the prompt's static part (the
+    device's actions and the policy) is evaluated, so the latency is a
+    decision's as a hub consulting about the same kind of device again sees
+    it (only the facts are new); ``prime_ms_p50``/``_p95`` give what the
+    priming took, about a first decision's extra."""
     prog = Progress(progress or (lambda _line: None), len(scenarios))
-    return asyncio.run(_run(model_path, scenarios, threads, deadline_ms, prog, adapter))
+    return asyncio.run(_run(model_path, scenarios, threads, deadline_ms, prog, adapter, primed))
 
 
 HELDOUT_SCENARIOS: Final = ROOT / "models" / "eval" / "heldout.jsonl"
@@ -301,10 +307,14 @@ async def _run(
     deadline_ms: float,
     prog: Progress,
     adapter: Path | None = None,
+    primed: bool = False,
 ) -> dict[str, Any]:
     results: list[tuple[Scenario, LlmResult, bool]] = []
+    primes: list[float] = []
     async with LlmWorker(model_path, threads=threads, lora_path=adapter) as worker:
         for s in scenarios:
+            if primed:
+                primes.append(await worker.prime(s.capabilities, s.policy) * 1000.0)
             r = await worker.decide(s.capabilities, s.facts, s.policy, deadline_ms=deadline_ms)
             ok = correct(r, s)
             results.append((s, r, ok))
@@ -323,6 +333,10 @@ async def _run(
     if adapter is not None:
         out["adapter"] = adapter.name
         out["adapter_sha256"] = adapter_sha
+    out["primed"] = primed
+    if primed:
+        out["prime_ms_p50"] = round(percentile(primes, 50), 1)
+        out["prime_ms_p95"] = round(percentile(primes, 95), 1)
     return out
 
 

