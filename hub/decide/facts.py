@@ -18,8 +18,9 @@ first and the facts last, so llama.cpp reuses the cached prefix from one
 call to the next. A fine-tuned adapter gets the compact prompt
 (``compact=True``, ``ADAPTER_PROMPT_VERSION``): no worked examples, the
 policy in the system message, so the cached prefix holds the policy too,
-and a reason that checks each rule's conditions in order ("1: time no. 2:
-home yes. Rule 2.") before the action.
+each fact labelled with what it is about ("- home: nobody is at home"), and
+a reason that checks each rule's conditions in order, by those labels ("1:
+time no. 2: home yes. Rule 2."), before the action.
 ``PROMPT_VERSION`` changes whenever the wording changes:
 eval reports and provenance carry it, and the trust gate accepts only a
 report measured with the running version.
@@ -40,9 +41,10 @@ PROMPT_VERSION: Final = "decide-v1"  # the base model's: two worked examples
 # A fine-tuned adapter's: no worked examples (it learnt the format), the
 # policy in the system message, so that the static part (the device's
 # actions, the policy) is one prefix llama.cpp keeps from call to call and
-# only the facts are new (``build_messages(..., compact=True)``), and a
-# reason that checks the rules in order before the action.
-ADAPTER_PROMPT_VERSION: Final = "decide-v3-trace"
+# only the facts are new (``build_messages(..., compact=True)``), each fact
+# with its label (``FACT_LABELS``), and a reason that checks the rules in
+# order, by those labels, before the action.
+ADAPTER_PROMPT_VERSION: Final = "decide-v4-labelled"
 
 
 def prompt_version(compact: bool) -> str:
@@ -114,6 +116,33 @@ def tariff_fact(period: str) -> str:
     return f"the tariff period is {period}"
 
 
+# What each fact is about, by the way the hub words it: the compact prompt
+# writes "- home: someone is at home", and an adapter's trace of the rules
+# names the same labels ("2: home yes"), so a condition is checked by finding
+# its label among the facts. Sentences the hub did not word get no label.
+REQUEST_TOO_HIGH: Final = "the request is above what the device accepts"
+FACT_LABELS: Final[tuple[tuple[str, str], ...]] = (
+    ("power is ", "power"),
+    (LONGER_THAN_GRACE, "power"),
+    (WITHIN_GRACE, "power"),
+    ("anomaly score is ", "anomaly"),
+    ("someone is at home", "home"),
+    ("nobody is at home", "home"),
+    ("device is marked critical", "critical"),
+    ("relay is ", "relay"),
+    ("the local time is ", "time"),
+    ("the tariff period is ", "tariff"),
+    ("operator asks to ", "request"),
+    (REQUEST_TOO_HIGH, "request"),
+)
+
+
+def fact_label(sentence: str) -> str | None:
+    """The label of a fact the hub worded (``FACT_LABELS``), else None."""
+    s = sentence.strip()
+    return next((label for prefix, label in FACT_LABELS if s.startswith(prefix)), None)
+
+
 # -- the prompt -------------------------------------------------------------------------
 
 
@@ -172,8 +201,15 @@ def _question(facts: Iterable[str], policy: str) -> str:
     return f"Policy: {policy.strip()}\nFacts:\n{_facts(facts)}\nWhat is the action now?"
 
 
-def _facts(facts: Iterable[str]) -> str:
-    return "\n".join(f"- {x.strip()}" for x in facts if x.strip()) or "- nothing to report"
+def _facts(facts: Iterable[str], *, labelled: bool = False) -> str:
+    lines = []
+    for x in facts:
+        x = x.strip()
+        if not x:
+            continue
+        label = fact_label(x) if labelled else None
+        lines.append(f"- {label}: {x}" if label else f"- {x}")
+    return "\n".join(lines) or "- nothing to report"
 
 
 def build_messages(
@@ -195,7 +231,7 @@ def build_messages(
         )
         return [
             {"role": "system", "content": system},
-            {"role": "user", "content": f"Facts:\n{_facts(facts)}"},
+            {"role": "user", "content": f"Facts:\n{_facts(facts, labelled=True)}"},
         ]
     system = (
         "You are the decision module of a home energy hub. You choose the one action to "

@@ -326,3 +326,26 @@ def test_bad_data_is_refused_and_leaves_nothing(gguf: Path, data_dir: Path, tmp_
     )
     assert res.exit_code == 2 and "cannot read" in res.stderr
     assert not out.exists()
+
+
+def test_with_no_data_the_command_writes_the_recipes_data_itself(
+    gguf: Path, tmp_path: Path
+) -> None:
+    """Without --data the policy data is written into OUT/data (the shipped
+    recipe's seed and counts by default: one command rebuilds the adapter),
+    and a second run finds it in place."""
+    from tools.cli import app
+    from tools.cli.finetune import RECIPE_EXAMPLES
+
+    out = tmp_path / "out"
+    args = ["models", "finetune", "--out", str(out), "--examples", "6", "--data-seed", "5"]
+    args += ["--steps", "1", "--batch", "1", "--eval", "0"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    made = json.loads((out / "data" / "manifest.json").read_text())
+    assert made["seed"] == 5 and made["counts"] == {"train": 6, "test": 0}
+    man = json.loads((out / "adapter.json").read_text())
+    assert man["data"]["seed"] == 5 and man["data"]["examples"] == 6
+    res = CliRunner().invoke(app, [*args, "--resume"])
+    assert res.exit_code == 0 and "is in place" in res.stderr, res.output
+    assert RECIPE_EXAMPLES >= 1000  # the default is the shipped recipe, not a test size

@@ -216,7 +216,9 @@ def test_the_compact_prompt_keeps_actions_and_policy_in_one_prefix() -> None:
     # (the actions and the policy) is the prefix llama.cpp keeps.
     assert [m_["role"] for m_ in msgs] == ["system", "user"] and msgs[0] == other[0]
     assert msgs[0]["content"].endswith(f"Policy: {policy}")
-    assert msgs[1]["content"] == "Facts:\n- power is over the limit for 12 s\n- relay is on"
+    assert msgs[1]["content"] == (
+        "Facts:\n- power: power is over the limit for 12 s\n- relay: relay is on"
+    )
     # The adapter's reason is a trace of the rules, not a quote.
     assert "check the rules in order" in msgs[0]["content"]
     full = f.build_messages(PLUG_CAPABILITIES, facts, policy)

@@ -206,3 +206,19 @@ def test_every_trace_ends_at_the_rule_the_interpreter_chose(data: Path) -> None:
             rule = d["meta"]["rule"]
             end = "Default." if rule == -1 else f"Rule {rule + 1}."
             assert d["answer"]["reason"].endswith(end), (d["answer"]["reason"], rule)
+
+
+def test_every_fact_the_data_states_has_the_label_its_conditions_trace() -> None:
+    # The trace's labels are the labels the prompt puts on the facts.
+    assert set(dataset.LABELS.values()) == {label for _p, label in hf.FACT_LABELS}
+    for split in ("train", "test"):
+        for i in range(200):
+            ex = dataset.example(3, split, i)
+            for fact in ex.facts:
+                assert hf.fact_label(fact) is not None, fact
+            user = hf.build_messages((), ex.facts, "p", compact=True)[-1]["content"]
+            assert all(": " in line for line in user.splitlines()[1:]), user
+    assert hf.fact_label("the tank is full") is None
+    assert hf._facts(["the tank is full", "relay is on"], labelled=True) == (
+        "- the tank is full\n- relay: relay is on"
+    )

@@ -49,11 +49,57 @@ class _Bar:
         )
 
 
+# The recipe of the shipped adapter (models/llm-adapter/llm-adapter.json records
+# it too): the defaults of the command, so that with no options it rebuilds it.
+RECIPE_EXAMPLES = 1800
+RECIPE_LR = 8e-4
+RECIPE_TEST = 300
+
+
+def _data_for(out: Path, seed: int, train: int, test: int) -> Path:
+    """OUT/data: the policy data of ``seed`` with ``train`` and ``test`` examples,
+    written unless a previous run left exactly that there."""
+    from tools.ml.policy import dataset  # light: no training stack
+
+    d = out / "data"
+    want = {"generator": dataset.GENERATOR, "seed": seed, "counts": {"train": train, "test": test}}
+    try:
+        have = json.loads((d / "manifest.json").read_text())
+        if all(have.get(k) == v for k, v in want.items()):
+            say(f"policy data in {d} (seed {seed}, {train} train, {test} test) is in place")
+            return d
+    except (OSError, ValueError):
+        pass
+    say(f"writing policy data into {d}: seed {seed}, {train} train, {test} test examples")
+    dataset.write(d, seed=seed, counts={"train": train, "test": test}, progress=say)
+    return d
+
+
+def _shipped_accuracy() -> float | None:
+    from hub.decide import registry as reg
+    from hub.decide.llm import MODELS_DIR
+
+    try:
+        found = reg.shipped_adapter(MODELS_DIR)
+    except reg.ModelRefused:
+        return None
+    if found is None or not found[0].report:
+        return None
+    return float(found[0].report["accuracy"])
+
+
 def models_finetune(
-    data: Annotated[
-        Path, typer.Option(help="The policy-data directory (train.jsonl, test.jsonl, manifest).")
-    ],
     out: Annotated[Path, typer.Option(help="Directory for the adapter, manifest, checkpoint.")],
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            help="The policy-data directory (train.jsonl, test.jsonl, manifest); default: "
+            "write it into OUT/data with --data-seed, --examples and --eval."
+        ),
+    ] = None,
+    data_seed: Annotated[
+        int, typer.Option(help="The policy data's seed when the command writes it.")
+    ] = 0,
     base: Annotated[
         Path | None, typer.Option(help="The base GGUF (default: the shipped model).")
     ] = None,
@@ -62,10 +108,10 @@ def models_finetune(
         int | None, typer.Option(min=1, help="Steps in all (instead of --epochs).")
     ] = None,
     examples: Annotated[
-        int | None, typer.Option(min=1, help="Train on the first N examples only.")
-    ] = None,
+        int, typer.Option(min=1, help="Train on the first N examples.")
+    ] = RECIPE_EXAMPLES,
     batch: Annotated[int, typer.Option(min=1, help="Examples per step.")] = 4,
-    lr: Annotated[float, typer.Option(min=0.0, help="Peak learning rate.")] = 5e-4,
+    lr: Annotated[float, typer.Option(min=0.0, help="Peak learning rate.")] = RECIPE_LR,
     rank: Annotated[int, typer.Option(min=1, help="LoRA rank.")] = 16,
     seed: Annotated[int, typer.Option(help="Same seed, data and threads: same adapter.")] = 0,
     threads: Annotated[int, typer.Option(min=1, help="CPU threads for torch and llama.cpp.")] = 2,
@@ -102,10 +148,12 @@ def models_finetune(
         base_path = base or resolve_model(DEFAULT_MODEL)
     except ModelError as exc:
         raise fail(str(exc)) from None
-    if not data.is_dir():
-        raise fail(f"{data} is not a directory: write it with aiot models policy-data --out {data}")
     if out.exists() and not out.is_dir():
         raise fail(f"{out} exists and is not a directory")
+    if data is None:
+        data = _data_for(out, data_seed, examples, max(eval_n, RECIPE_TEST if eval_n else 0))
+    elif not data.is_dir():
+        raise fail(f"{data} is not a directory: write it with aiot models policy-data --out {data}")
     cfg = TrainConfig(
         seed=seed,
         epochs=epochs,
@@ -133,10 +181,17 @@ def models_finetune(
         f"{t['steps_done']} steps, {t['tokens_per_s']} tok/s, {t['seconds']} s; "
         f"loss {loss[0]:.4f} -> {loss[-1]:.4f}"
     )
+    result: dict[str, Any] = {"adapter": str(out / pipeline.ADAPTER), "sha256": man["sha256"]}
     if man["eval"]:
         e = man["eval"]
         say(f"eval: accuracy {e['accuracy']} on {e['n']} (majority {e['majority_baseline']})")
-    typer.echo(json.dumps({"adapter": str(out / pipeline.ADAPTER), "sha256": man["sha256"]}))
+        result["accuracy"] = e["accuracy"]
+        shipped = _shipped_accuracy()
+        if shipped is not None:
+            result["shipped_accuracy"] = shipped
+            result["accuracy_minus_shipped"] = round(e["accuracy"] - shipped, 4)
+            say(f"the shipped adapter's report: accuracy {shipped}")
+    typer.echo(json.dumps(result))
 
 
 def register_models(models_app: typer.Typer) -> None:

@@ -33,7 +33,7 @@ from tools.ml.policy.render import EXCEPTIONS, LAYOUTS, Rendering, render
 from tools.ml.policy.worlds import world_for
 
 SCHEMA: Final = "policy-data/1"
-GENERATOR: Final = "policygen-2"
+GENERATOR: Final = "policygen-3"
 SPLITS: Final[tuple[Split, ...]] = ("train", "test")
 NONE_SHARE: Final = 0.2
 
@@ -88,7 +88,8 @@ def example(seed: int, split: Split, index: int) -> Example:
     raise DataError(f"no example for {split} {index} with seed {seed}")
 
 
-# How the trace names each fact a condition is about (``generate.group``).
+# How the trace names the fact a condition is about (``generate.group``): the
+# labels the compact prompt puts on the facts (``hub.decide.facts.FACT_LABELS``).
 LABELS: Final = {
     "power": "power",
     "anomaly": "anomaly",

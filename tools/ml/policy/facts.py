@@ -18,7 +18,7 @@ from tools.ml.policy.model import World
 
 LONGER_THAN_GRACE: Final = hf.LONGER_THAN_GRACE
 WITHIN_GRACE: Final = hf.WITHIN_GRACE
-TOO_HIGH: Final = "the request is above what the device accepts"
+TOO_HIGH: Final = hf.REQUEST_TOO_HIGH
 OCCUPIED: Final = hf.occupancy_fact(True)
 EMPTY: Final = hf.occupancy_fact(False)
 time_fact = hf.time_fact
