@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import json
 import math
 import secrets
@@ -511,8 +512,6 @@ def _speed(path: Path, prompt_tokens: int = 256, decode_tokens: int = 32) -> tup
     """(prompt, generation) milliseconds per token of the GGUF at ``path`` on 1
     llama.cpp thread: a batch of ``prompt_tokens``, then ``decode_tokens``
     one at a time; the best of three rounds."""
-    import importlib
-
     llama_cpp: Any = importlib.import_module("llama_cpp")
     m = llama_cpp.Llama(
         model_path=str(path), n_ctx=512, n_threads=1, n_threads_batch=1, seed=0, verbose=False

@@ -15,8 +15,10 @@ from typing import Annotated, Any
 
 import typer
 
-from hub.decide.llm import DEFAULT_MODEL, MIN_EVAL_SCENARIOS, ModelError, resolve_model
+from hub.decide import registry as reg
+from hub.decide.llm import DEFAULT_MODEL, MIN_EVAL_SCENARIOS, MODELS_DIR, ModelError, resolve_model
 from tools.cli.output import fail, say
+from tools.ml.policy import dataset
 
 EXTRA_HINT = "pip install -e '.[finetune]' (torch==2.13.0, transformers, peft, gguf)"
 
@@ -59,8 +61,6 @@ RECIPE_TEST = 300
 def _data_for(out: Path, seed: int, train: int, test: int) -> Path:
     """OUT/data: the policy data of ``seed`` with ``train`` and ``test`` examples,
     written unless a previous run left exactly that there."""
-    from tools.ml.policy import dataset  # light: no training stack
-
     d = out / "data"
     want = {"generator": dataset.GENERATOR, "seed": seed, "counts": {"train": train, "test": test}}
     try:
@@ -76,9 +76,6 @@ def _data_for(out: Path, seed: int, train: int, test: int) -> Path:
 
 
 def _shipped_accuracy() -> float | None:
-    from hub.decide import registry as reg
-    from hub.decide.llm import MODELS_DIR
-
     try:
         found = reg.shipped_adapter(MODELS_DIR)
     except reg.ModelRefused:
