@@ -13,8 +13,8 @@ STAMP  := $(VENV)/.installed-dev
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-# Reinstall whenever pyproject.toml changes.
-$(STAMP): pyproject.toml | $(PY)
+# Reinstall whenever pyproject.toml or a model manifest changes.
+$(STAMP): pyproject.toml $(wildcard models/*.json) | $(PY)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
 	# The fine-tune tests' stack (aiot models finetune): torch==2.13.0, a CPU build here.
