@@ -18,9 +18,11 @@ first and the facts last, so llama.cpp reuses the cached prefix from one
 call to the next. A fine-tuned adapter gets the compact prompt
 (``compact=True``, ``ADAPTER_PROMPT_VERSION``): no worked examples, the
 policy in the system message, so the cached prefix holds the policy too,
-each fact labelled with what it is about ("- home: nobody is at home"), and
-a reason that checks each rule's conditions in order, by those labels ("1:
-time no. 2: home yes. Rule 2."), before the action.
+each fact keyed with what it is about and its value ("- home=no: nobody is
+at home"), and a reason that checks each rule's conditions in order, written
+as the keys they need, then the action of the rule that applies in the
+policy's words ("1: time in 22:00-06:00 (17:20) no. 2: not home=yes yes.
+Rule 2: cut the power."), before the action.
 ``PROMPT_VERSION`` changes whenever the wording changes:
 eval reports and provenance carry it, and the trust gate accepts only a
 report measured with the running version.
@@ -31,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from collections.abc import Iterable, Sequence
 from typing import Final
 
@@ -42,9 +45,10 @@ PROMPT_VERSION: Final = "decide-v1"  # the base model's: two worked examples
 # policy in the system message, so that the static part (the device's
 # actions, the policy) is one prefix llama.cpp keeps from call to call and
 # only the facts are new (``build_messages(..., compact=True)``), each fact
-# with its label (``FACT_LABELS``), and a reason that checks the rules in
-# order, by those labels, before the action.
-ADAPTER_PROMPT_VERSION: Final = "decide-v4-labelled"
+# with its key (``fact_keys``), and a reason that checks the rules in order,
+# each condition as the key it needs, then copies the action of the rule
+# that applies as the policy words it, before the action.
+ADAPTER_PROMPT_VERSION: Final = "decide-v6-act"
 
 
 def prompt_version(compact: bool) -> str:
@@ -116,31 +120,86 @@ def tariff_fact(period: str) -> str:
     return f"the tariff period is {period}"
 
 
-# What each fact is about, by the way the hub words it: the compact prompt
-# writes "- home: someone is at home", and an adapter's trace of the rules
-# names the same labels ("2: home yes"), so a condition is checked by finding
-# its label among the facts. Sentences the hub did not word get no label.
 REQUEST_TOO_HIGH: Final = "the request is above what the device accepts"
-FACT_LABELS: Final[tuple[tuple[str, str], ...]] = (
-    ("power is ", "power"),
-    (LONGER_THAN_GRACE, "power"),
-    (WITHIN_GRACE, "power"),
-    ("anomaly score is ", "anomaly"),
-    ("someone is at home", "home"),
-    ("nobody is at home", "home"),
-    ("device is marked critical", "critical"),
-    ("relay is ", "relay"),
-    ("the local time is ", "time"),
-    ("the tariff period is ", "tariff"),
-    ("operator asks to ", "request"),
-    (REQUEST_TOO_HIGH, "request"),
+
+# What each fact says, as a key the adapter's trace can match: the compact
+# prompt writes "- home=no: nobody is at home", and the trace writes each
+# condition of the policy as the key it needs ("2: not home=yes yes"), so a
+# condition holds when its key is among the facts; comparing two short
+# strings is what a small model does reliably, judging a sentence against a
+# condition in other words is not. Sentences the hub did not word get no key.
+_KEYED: Final[tuple[tuple[re.Pattern[str], str], ...]] = tuple(
+    (re.compile(pattern), key)
+    for pattern, key in (
+        (r"power is over the limit\b", "power=over"),
+        (r"power is near the limit$", "power=near"),
+        (r"power is under the limit$", "power=under"),
+        (re.escape(LONGER_THAN_GRACE) + "$", "grace=out"),
+        (re.escape(WITHIN_GRACE) + "$", "grace=within"),
+        (r"anomaly score is (high|normal|unknown)$", "anomaly={0}"),
+        (r"someone is at home$", "home=yes"),
+        (r"nobody is at home$", "home=no"),
+        (r"device is marked critical$", "critical=yes"),
+        (r"relay is (on|off)$", "relay={0}"),
+        (r"the local time is (\d\d:\d\d)$", "time={0}"),
+        (r"the tariff period is (peak|off-peak)$", "tariff={0}"),
+    )
+)
+_REQUEST: Final = re.compile(r"operator asks to set the (.+?) to ")
+# The label of each key: what a fact is about.
+FACT_LABELS: Final = (
+    "power",
+    "grace",
+    "anomaly",
+    "home",
+    "critical",
+    "relay",
+    "time",
+    "tariff",
+    "request",
 )
 
 
+def request_key(sentence: str, *, too_high: bool) -> str | None:
+    """The key of an operator's request ("operator asks to set the fan speed to
+    4" -> ``request=fan-speed ok``): what it asks to set, and whether the hub
+    found it above what the device accepts."""
+    hit = _REQUEST.match(sentence.strip())
+    if hit is None:
+        return None
+    what = "-".join(hit.group(1).split())
+    return f"request={what} {'too-high' if too_high else 'ok'}"
+
+
+def fact_keys(facts: Sequence[str]) -> list[str | None]:
+    """The key of each fact the hub worded, in order (None where it has none). A
+    request's key depends on whether the hub also states it is too high; that
+    statement carries the request's key too (the hub states one request at
+    most: a second would take the first one's key)."""
+    facts = [x.strip() for x in facts]
+    too_high = REQUEST_TOO_HIGH in facts
+    request = next((k for x in facts if (k := request_key(x, too_high=too_high)) is not None), None)
+    out: list[str | None] = []
+    for x in facts:
+        if x == REQUEST_TOO_HIGH or request_key(x, too_high=too_high) is not None:
+            out.append(request)
+            continue
+        key = None
+        for pattern, template in _KEYED:
+            hit = pattern.match(x)
+            if hit is not None:
+                key = template.format(*hit.groups())
+                break
+        out.append(key)
+    return out
+
+
 def fact_label(sentence: str) -> str | None:
-    """The label of a fact the hub worded (``FACT_LABELS``), else None."""
-    s = sentence.strip()
-    return next((label for prefix, label in FACT_LABELS if s.startswith(prefix)), None)
+    """What a fact the hub worded is about (a ``FACT_LABELS`` entry), else None."""
+    key = fact_keys([sentence])[0]
+    if key is None and sentence.strip() == REQUEST_TOO_HIGH:
+        return "request"
+    return key.split("=", 1)[0] if key else None
 
 
 # -- the prompt -------------------------------------------------------------------------
@@ -201,14 +260,10 @@ def _question(facts: Iterable[str], policy: str) -> str:
     return f"Policy: {policy.strip()}\nFacts:\n{_facts(facts)}\nWhat is the action now?"
 
 
-def _facts(facts: Iterable[str], *, labelled: bool = False) -> str:
-    lines = []
-    for x in facts:
-        x = x.strip()
-        if not x:
-            continue
-        label = fact_label(x) if labelled else None
-        lines.append(f"- {label}: {x}" if label else f"- {x}")
+def _facts(facts: Iterable[str], *, keyed: bool = False) -> str:
+    xs = [x.strip() for x in facts if x.strip()]
+    keys = fact_keys(xs) if keyed else [None] * len(xs)
+    lines = [f"- {k}: {x}" if k else f"- {x}" for x, k in zip(xs, keys, strict=True)]
     return "\n".join(lines) or "- nothing to report"
 
 
@@ -225,13 +280,13 @@ def build_messages(
             "Choose the one action to take now for one device by its operator's policy.\n"
             f"Actions:\n{describe_actions(caps)}\n"
             'Answer with one JSON object: {"reason": ..., "action": ..., "params": {...}}. '
-            "In the reason, check the rules in order, each condition yes or no, up to "
-            "the first rule that applies.\n"
+            "In the reason, check the rules in order, each condition as the fact key it "
+            "needs, yes or no, up to the first rule that applies, and quote its action.\n"
             f"Policy: {policy.strip()}"
         )
         return [
             {"role": "system", "content": system},
-            {"role": "user", "content": f"Facts:\n{_facts(facts, labelled=True)}"},
+            {"role": "user", "content": f"Facts:\n{_facts(facts, keyed=True)}"},
         ]
     system = (
         "You are the decision module of a home energy hub. You choose the one action to "

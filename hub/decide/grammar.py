@@ -39,7 +39,7 @@ from protocol.errors import ReasonError
 
 NONE_ACTION: Final = "none"
 KEYS: Final = ("reason", "action", "params")
-REASON_MAX: Final = 160  # characters (a fine-tuned adapter writes a trace of the rules)
+REASON_MAX: Final = 360  # characters (a fine-tuned adapter writes a trace of the rules)
 TEXT_MAX: Final = 200  # characters, cap for Text params whose max is larger
 _FRACTION_DIGITS: Final = 3
 

@@ -217,7 +217,7 @@ def test_the_compact_prompt_keeps_actions_and_policy_in_one_prefix() -> None:
     assert [m_["role"] for m_ in msgs] == ["system", "user"] and msgs[0] == other[0]
     assert msgs[0]["content"].endswith(f"Policy: {policy}")
     assert msgs[1]["content"] == (
-        "Facts:\n- power: power is over the limit for 12 s\n- relay: relay is on"
+        "Facts:\n- power=over: power is over the limit for 12 s\n- relay=on: relay is on"
     )
     # The adapter's reason is a trace of the rules, not a quote.
     assert "check the rules in order" in msgs[0]["content"]

@@ -19,6 +19,7 @@ from tools.ml.eval_decisions import ScenarioError, load_scenarios
 from tools.ml.policy import dataset
 from tools.ml.policy import model as pm
 from tools.ml.policy.codec import policy_from_json, world_from_json
+from tools.ml.policy.facts import clock
 from tools.ml.policy.lexicon import PHRASES, indices
 
 pytestmark = pytest.mark.unit
@@ -83,7 +84,7 @@ def test_the_splits_share_no_layout_exception_style_wording_shape_or_policy(
     for key in ("layout", "exception", "wording", "shape", "policy"):
         shared = seen["train"][key] & seen["test"][key] - {""}
         assert not shared, f"{key} in both splits: {sorted(shared)[:5]}"
-    assert len(seen["train"]["layout"]) == 3 and len(seen["test"]["layout"]) == 2
+    assert len(seen["train"]["layout"]) == 7 and len(seen["test"]["layout"]) == 2
     assert {"unless", "and_not"} <= seen["train"]["exception"]
     assert {"except_when", "but_not_if"} <= seen["test"]["exception"]
     # Every phrase key has wordings for both splits, none in both.
@@ -96,7 +97,8 @@ def test_actions_are_balanced_and_the_manifest_says_so(data: Path) -> None:
     man = json.loads((data / "manifest.json").read_text())
     assert man["seed"] == 11 and man["counts"] == {"train": N_TRAIN, "test": N_TEST}
     assert man["schema"] == dataset.SCHEMA and man["generator"] == dataset.GENERATOR
-    assert man["layouts"] == {"train": ["bullets", "chain", "numbered"],
+    assert man["layouts"] == {"train": ["action_first", "bullets", "chain", "else_if",
+                                        "labelled", "lettered", "numbered"],
                               "test": ["default_first", "ordinal"]}  # fmt: skip
     for split in ("train", "test"):
         actions = [d["expect_action"] for d in lines(data / f"{split}.jsonl")]
@@ -190,13 +192,15 @@ def test_the_reason_traces_the_rules_in_order_up_to_the_one_that_applies() -> No
     )
     world = pm.World(power="over", occupied=False, minute=12 * 60, tariff="peak")
     # Rule 1 fails on the time; rule 2's conditions hold but its exception
-    # too; rule 3 fails ("home no"); so the default.
+    # too; rule 3 fails ("home=yes no"); so the default.
     assert dataset.trace(policy, world) == (
-        "1: time no. 2: home yes, power yes, unless tariff yes. 3: home no. Default."
+        "1: time in 22:00-06:00 (12:00) no. 2: not home=yes yes, power=over yes, "
+        "unless tariff=peak yes. 3: home=yes no. Default."
     )
     world = pm.World(power="over", occupied=False, minute=12 * 60, tariff="off-peak")
     assert dataset.trace(policy, world) == (
-        "1: time no. 2: home yes, power yes, unless tariff no. Rule 2."
+        "1: time in 22:00-06:00 (12:00) no. 2: not home=yes yes, power=over yes, "
+        "unless tariff=peak no. Rule 2."
     )
 
 
@@ -204,21 +208,84 @@ def test_every_trace_ends_at_the_rule_the_interpreter_chose(data: Path) -> None:
     for split in ("train", "test"):
         for d in lines(data / f"{split}.jsonl"):
             rule = d["meta"]["rule"]
-            end = "Default." if rule == -1 else f"Rule {rule + 1}."
-            assert d["answer"]["reason"].endswith(end), (d["answer"]["reason"], rule)
+            # The conclusion names the rule and copies its action as worded.
+            stated = d["meta"]["stated"]
+            end = "Default: " if rule == -1 else f"Rule {rule + 1}: "
+            reason = d["answer"]["reason"]
+            assert end in reason and reason.endswith("."), (reason, rule)
+            phrase = reason.split(end)[-1][:-1]
+            assert phrase and phrase.lower() in d["policy"].lower(), (phrase, d["policy"])
+            assert len(stated["rules"]) >= rule + 1
 
 
-def test_every_fact_the_data_states_has_the_label_its_conditions_trace() -> None:
-    # The trace's labels are the labels the prompt puts on the facts.
-    assert set(dataset.LABELS.values()) == {label for _p, label in hf.FACT_LABELS}
+def test_a_condition_holds_exactly_when_its_key_is_among_the_facts_keys() -> None:
+    # The trace writes each condition as the key the prompt puts on the fact
+    # it needs: the check is a match, and the match is the interpreter's answer.
+    seen: set[str] = set()
     for split in ("train", "test"):
-        for i in range(200):
+        for i in range(300):
             ex = dataset.example(3, split, i)
-            for fact in ex.facts:
-                assert hf.fact_label(fact) is not None, fact
+            keys = hf.fact_keys(list(ex.facts))
+            assert None not in keys, ex.facts
+            for rule in ex.policy.rules:
+                for lit in (*rule.when, *rule.unless):
+                    k = dataset.key(lit, ex.world)
+                    want = k.removeprefix("not ")
+                    seen.add(want.split("=")[0].split(" ")[0])
+                    if want.startswith("time in "):
+                        assert want.endswith(
+                            f"({clock(ex.world.minute)})"
+                            if ex.world.minute is not None
+                            else "(none)"
+                        ), k
+                        continue
+                    assert ((want in keys) == lit.positive) == lit.holds(ex.world), (k, ex.facts)
             user = hf.build_messages((), ex.facts, "p", compact=True)[-1]["content"]
-            assert all(": " in line for line in user.splitlines()[1:]), user
+            assert all("=" in line.split(": ")[0] for line in user.splitlines()[1:]), user
+    assert seen == set(hf.FACT_LABELS)
     assert hf.fact_label("the tank is full") is None
-    assert hf._facts(["the tank is full", "relay is on"], labelled=True) == (
-        "- the tank is full\n- relay: relay is on"
+    assert hf._facts(["the tank is full", "relay is on"], keyed=True) == (
+        "- the tank is full\n- relay=on: relay is on"
     )
+
+
+def test_a_request_is_keyed_by_what_it_sets_and_whether_the_device_accepts_it() -> None:
+    asks = "operator asks to set the charging current to 63 A"
+    assert hf.fact_keys([asks, "relay is on"]) == ["request=charging-current ok", "relay=on"]
+    assert hf.fact_keys([hf.REQUEST_TOO_HIGH, asks]) == ["request=charging-current too-high"] * 2
+    assert hf.fact_keys(["operator asks to open the window"]) == [None]
+
+
+def test_a_group_shares_one_policy_and_wording_with_a_world_for_each_member() -> None:
+    # policy-data --group 4: runs of four lines with one device, policy and
+    # words, each with its own world; the prompts differ only in the facts.
+    lines = [dataset.to_json(dataset.example(7, "train", i, group=4)) for i in range(40)]
+    for g in range(10):
+        members = lines[4 * g : 4 * g + 4]
+        assert len({json.dumps(m["messages"][:-1]) for m in members}) == 1
+        assert len({m["policy"] for m in members}) == 1
+        assert len({json.dumps(m["meta"]["world"], sort_keys=True) for m in members}) == 4
+        for m in members:
+            rule = m["meta"]["rule"]
+            assert ("Default: " if rule == -1 else f"Rule {rule + 1}: ") in m["answer"]["reason"]
+    assert len({m["policy"] for m in lines}) == 10
+    # Rules of their own where the policy has enough: most groups end at
+    # three or four different rules.
+    varied = [len({m["meta"]["rule"] for m in lines[4 * g : 4 * g + 4]}) for g in range(10)]
+    assert sum(v >= 3 for v in varied) >= 6, varied
+    # The same seed and index give the same line; group 1 is the ungrouped split.
+    assert dataset.to_json(dataset.example(7, "train", 5, group=4)) == lines[5]
+    assert dataset.to_json(dataset.example(7, "train", 5, group=1)) == dataset.to_json(
+        dataset.example(7, "train", 5)
+    )
+
+
+def test_the_manifest_records_the_group_and_the_test_split_has_one_line_per_policy(
+    tmp_path: Path,
+) -> None:
+    man = dataset.write(tmp_path, seed=2, counts={"train": 8, "test": 8}, group=4)
+    assert man["group"] == 4
+    train = lines(tmp_path / "train.jsonl")
+    test = lines(tmp_path / "test.jsonl")
+    assert len({d["policy"] for d in train}) == 2
+    assert len({d["policy"] for d in test}) == 8

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
+from hub.decide import facts as hf
 from hub.decide import registry as reg
 from hub.decide.llm import DEFAULT_MODEL, MIN_EVAL_SCENARIOS, MODELS_DIR, ModelError, resolve_model
 from tools.cli.output import fail, say
@@ -53,16 +54,24 @@ class _Bar:
 
 # The recipe of the shipped adapter (models/llm-adapter/llm-adapter.json records
 # it too): the defaults of the command, so that with no options it rebuilds it.
-RECIPE_EXAMPLES = 1800
+RECIPE_EXAMPLES = 2000
 RECIPE_LR = 8e-4
 RECIPE_TEST = 300
+RECIPE_GROUP = 4  # training examples per policy (aiot models policy-data --group)
 
 
-def _data_for(out: Path, seed: int, train: int, test: int) -> Path:
+def _data_for(out: Path, seed: int, train: int, test: int, group: int) -> Path:
     """OUT/data: the policy data of ``seed`` with ``train`` and ``test`` examples,
-    written unless a previous run left exactly that there."""
+    ``group`` training examples per policy, written unless a previous run left
+    exactly that there."""
     d = out / "data"
-    want = {"generator": dataset.GENERATOR, "seed": seed, "counts": {"train": train, "test": test}}
+    want = {
+        "generator": dataset.GENERATOR,
+        "prompt_version": hf.ADAPTER_PROMPT_VERSION,
+        "seed": seed,
+        "counts": {"train": train, "test": test},
+        "group": group,
+    }
     try:
         have = json.loads((d / "manifest.json").read_text())
         if all(have.get(k) == v for k, v in want.items()):
@@ -71,7 +80,7 @@ def _data_for(out: Path, seed: int, train: int, test: int) -> Path:
     except (OSError, ValueError):
         pass
     say(f"writing policy data into {d}: seed {seed}, {train} train, {test} test examples")
-    dataset.write(d, seed=seed, counts={"train": train, "test": test}, progress=say)
+    dataset.write(d, seed=seed, counts={"train": train, "test": test}, group=group, progress=say)
     return d
 
 
@@ -108,6 +117,14 @@ def models_finetune(
         int, typer.Option(min=1, help="Train on the first N examples.")
     ] = RECIPE_EXAMPLES,
     batch: Annotated[int, typer.Option(min=1, help="Examples per step.")] = 4,
+    group: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="When the command writes the data: training examples per policy, "
+            "each with a world of its own (their shared prompt is evaluated once).",
+        ),
+    ] = RECIPE_GROUP,
     lr: Annotated[float, typer.Option(min=0.0, help="Peak learning rate.")] = RECIPE_LR,
     rank: Annotated[int, typer.Option(min=1, help="LoRA rank.")] = 16,
     seed: Annotated[int, typer.Option(help="Same seed, data and threads: same adapter.")] = 0,
@@ -148,7 +165,8 @@ def models_finetune(
     if out.exists() and not out.is_dir():
         raise fail(f"{out} exists and is not a directory")
     if data is None:
-        data = _data_for(out, data_seed, examples, max(eval_n, RECIPE_TEST if eval_n else 0))
+        test = max(eval_n, RECIPE_TEST) if eval_n else 0
+        data = _data_for(out, data_seed, examples, test, group)
     elif not data.is_dir():
         raise fail(f"{data} is not a directory: write it with aiot models policy-data --out {data}")
     cfg = TrainConfig(
@@ -172,13 +190,18 @@ def models_finetune(
         man = pipeline.run(job, say=say, progress=_Bar())
     except (DataError, ResumeError, ValueError) as exc:
         raise fail(str(exc)) from None
+    _report(man, out / pipeline.ADAPTER)
+
+
+def _report(man: dict[str, Any], adapter: Path) -> None:
+    """The run's figures on stderr, then its JSON line on stdout."""
     t = man["training"]
     loss = man["loss_curve"]
     say(
         f"{t['steps_done']} steps, {t['tokens_per_s']} tok/s, {t['seconds']} s; "
         f"loss {loss[0]:.4f} -> {loss[-1]:.4f}"
     )
-    result: dict[str, Any] = {"adapter": str(out / pipeline.ADAPTER), "sha256": man["sha256"]}
+    result: dict[str, Any] = {"adapter": str(adapter), "sha256": man["sha256"]}
     if man["eval"]:
         e = man["eval"]
         say(f"eval: accuracy {e['accuracy']} on {e['n']} (majority {e['majority_baseline']})")

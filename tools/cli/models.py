@@ -225,6 +225,14 @@ def models_policy_data(
     seed: Annotated[int, typer.Option(help="The same seed gives the same files.")] = 0,
     train: Annotated[int, typer.Option(min=0, help="Examples in the training split.")] = 20000,
     test: Annotated[int, typer.Option(min=0, help="Examples in the test split.")] = 2000,
+    group: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Training examples per policy, each with a world of its own (a fine-tune "
+            "evaluates their shared prompt once); the test split has one per policy.",
+        ),
+    ] = 1,
     scenarios: Annotated[
         Path | None,
         typer.Option(
@@ -243,7 +251,9 @@ def models_policy_data(
     if out.exists() and not out.is_dir():
         raise fail(f"{out} exists and is not a directory")
     say(f"writing {train} training and {test} test examples ({dataset.GENERATOR}) to {out}")
-    man = dataset.write(out, seed=seed, counts={"train": train, "test": test}, progress=say)
+    man = dataset.write(
+        out, seed=seed, counts={"train": train, "test": test}, group=group, progress=say
+    )
     for split, s in man["splits"].items():
         say(
             f"{split}: {s['n']} examples, majority rate {s['majority_rate']}, "

@@ -46,6 +46,10 @@ class Example:
 class Encoded:
     ids: tuple[int, ...]
     n_prompt: int  # the first n_prompt ids carry no loss
+    # Examples next to each other with the same group share their prompt up
+    # to the last message (one policy, worlds of their own: policy-data
+    # --group); "" for none.
+    group: str = ""
 
     @property
     def n_answer(self) -> int:
@@ -132,7 +136,12 @@ class Tokenizer:
 
     def encode(self, ex: Example) -> Encoded:
         prompt = self.prompt(ex.messages)
-        return Encoded(tuple(prompt + self.text(ex.answer) + [self.eos]), len(prompt))
+        shared = json.dumps(ex.messages[:-1], sort_keys=True).encode()
+        return Encoded(
+            tuple(prompt + self.text(ex.answer) + [self.eos]),
+            len(prompt),
+            hashlib.sha256(shared).hexdigest()[:16],
+        )
 
     def decode(self, ids: list[int]) -> str:
         out: bytes = self._llm.detokenize(ids, special=True)

@@ -118,6 +118,7 @@ def _manifest(
             "schema": ds.manifest.get("schema"),
             "generator": ds.manifest.get("generator"),
             "seed": ds.manifest.get("seed"),
+            "group": ds.manifest.get("group", 1),
             "prompt_version": ds.manifest.get("prompt_version"),
         },
         "training": {

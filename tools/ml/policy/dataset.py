@@ -16,7 +16,7 @@ import json
 import random
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -25,15 +25,15 @@ from hub.decide.grammar import REASON_MAX
 from hub.decide.llm import model_capabilities
 from tools.ml.policy import model as pm
 from tools.ml.policy.codec import policy_json, world_json
-from tools.ml.policy.devices import KINDS, DeviceKind, caps_json
-from tools.ml.policy.facts import shuffled
-from tools.ml.policy.generate import ROOMS, group, random_policy, shape, shape_split
+from tools.ml.policy.devices import KINDS, REQUEST_BY_TARGET, DeviceKind, caps_json
+from tools.ml.policy.facts import clock, shuffled
+from tools.ml.policy.generate import ROOMS, random_policy, shape, shape_split
 from tools.ml.policy.lexicon import Split
 from tools.ml.policy.render import EXCEPTIONS, LAYOUTS, Rendering, render
 from tools.ml.policy.worlds import world_for
 
 SCHEMA: Final = "policy-data/1"
-GENERATOR: Final = "policygen-3"
+GENERATOR: Final = "policygen-4"
 SPLITS: Final[tuple[Split, ...]] = ("train", "test")
 NONE_SHARE: Final = 0.2
 
@@ -65,9 +65,55 @@ def device_name(kind: DeviceKind, rng: random.Random) -> str:
     return f"{kind.name}-{rng.randrange(1, 40)}"
 
 
-def example(seed: int, split: Split, index: int) -> Example:
-    """Example ``index`` of ``split``: depends on nothing else than these three."""
-    rng = random.Random(f"{GENERATOR}:{seed}:{split}:{index}")
+def example(seed: int, split: Split, index: int, group: int = 1) -> Example:
+    """Example ``index`` of ``split``: depends on nothing else than these and
+    ``group``. With ``group`` k > 1, each run of k examples (from an index
+    divisible by k) shares one device, policy and wording, each member with a
+    world of its own, in which a rule of its own choosing (or the default)
+    applies: a fine-tune evaluates the shared prompt once for all of them
+    (``tools.ml.finetune.train``)."""
+    if group <= 1:
+        return _first(split, index, f"{GENERATOR}:{seed}:{split}:{index}")
+    g, j = divmod(index, group)
+    tag = f"{GENERATOR}:{seed}:{split}:g{group}:{g}"
+    first = _first(split, index - j, tag)
+    if j == 0:
+        return first
+    # The members' rules differ where they can: the positions other than the
+    # first member's, in an order the group shares; a position that does
+    # nothing gives way, more often than not, to one that acts (policies say
+    # "do nothing" often; the first member keeps the balance of actions).
+    rules = first.policy.rules
+    others = [p for p in range(-1, len(rules)) if p != first.outcome.rule]
+    random.Random(f"{tag}:order").shuffle(others)
+    acting = [
+        p for p in others if (rules[p].act if p >= 0 else first.policy.default).action != "none"
+    ]
+    rng = random.Random(f"{tag}:{j}")
+    pos = others[(j - 1) % len(others)]
+    if pos not in acting and acting and rng.random() < 0.7:
+        pos = acting[(j - 1) % len(acting)]
+    for attempt in range(50):
+        if attempt:
+            pos = rng.choice(others)
+        world = world_for(first.kind, first.policy, pos, rng, tries=60)
+        if world is None or not _fits(first.rendering, world):
+            continue
+        return replace(
+            first,
+            index=index,
+            world=world,
+            facts=tuple(shuffled(world, rng)),
+            outcome=pm.decide(first.policy, world),
+        )
+    raise DataError(
+        f"no world for {split} example {index} (member {j} of group {g}, {group} a policy) "
+        f"with seed {seed}"
+    )
+
+
+def _first(split: Split, index: int, tag: str) -> Example:
+    rng = random.Random(tag)
     for _ in range(200):
         kind = rng.choice(KINDS)
         # none is an answer of every device: a fifth of the examples, so
@@ -81,70 +127,99 @@ def example(seed: int, split: Split, index: int) -> Example:
             continue
         dev = device_name(kind, rng)
         rendering = render(policy, dev, split, rng)
+        if not _fits(rendering, world):
+            continue
         outcome = pm.decide(policy, world)
         return Example(
             split, index, kind, dev, policy, rendering, world, tuple(shuffled(world, rng)), outcome
         )
-    raise DataError(f"no example for {split} {index} with seed {seed}")
+    raise DataError(f"no example for {split} {index} ({tag})")
 
 
-# How the trace names the fact a condition is about (``generate.group``): the
-# labels the compact prompt puts on the facts (``hub.decide.facts.FACT_LABELS``).
-LABELS: Final = {
-    "power": "power",
-    "anomaly": "anomaly",
-    "occupancy": "home",
-    "critical": "critical",
-    "relay": "relay",
-    "time": "time",
-    "tariff": "tariff",
-    "request": "request",
-}
+def _fits(rendering: Rendering, world: pm.World) -> bool:
+    """Whether the trace of ``world`` fits the grammar's reason (a long policy
+    whose last rule applies can outgrow it: another world or policy is drawn)."""
+    return len(trace(rendering.policy, world, rendering.actions)) <= REASON_MAX
 
 
-def _label(lit: pm.Lit) -> str:
-    return LABELS[group(lit.atom)]
+def key(lit: pm.Lit, world: pm.World) -> str:
+    """A condition as the trace writes it: the fact key it needs
+    (``hub.decide.facts.fact_keys``), "not" before it for a negated one. It
+    holds when that key is among the facts (is not, when negated). A time
+    window is the one check by value: the trace copies the clock beside it,
+    "time in 22:00-06:00 (23:15)"."""
+    a = lit.atom
+    if isinstance(a, pm.Window):
+        now = clock(world.minute) if world.minute is not None else "none"
+        k = f"time in {clock(a.start)}-{clock(a.end)} ({now})"
+    elif isinstance(a, pm.Power):
+        k = f"power={a.level}"
+    elif isinstance(a, pm.Grace):
+        k = "grace=out" if a.beyond else "grace=within"
+    elif isinstance(a, pm.Anomaly):
+        k = "anomaly=high" if a.high else "anomaly=normal"
+    elif isinstance(a, pm.Occupied):
+        k = "home=yes"
+    elif isinstance(a, pm.Critical):
+        k = "critical=yes"
+    elif isinstance(a, pm.Relay):
+        k = "relay=on" if a.on else "relay=off"
+    elif isinstance(a, pm.TariffIs):
+        k = f"tariff={a.period}"
+    else:
+        sentence = REQUEST_BY_TARGET[a.target].fact.format(v=0)
+        req = hf.request_key(sentence, too_high=not a.acceptable)
+        if req is None:
+            raise DataError(f"{sentence!r}: a request the hub cannot key")
+        k = req
+    return k if lit.positive else f"not {k}"
 
 
-def trace(policy: pm.Policy, world: pm.World) -> str:
+def trace(policy: pm.Policy, world: pm.World, actions: Sequence[str] = ()) -> str:
     """The answer's reason: the rules checked in order, as stated, up to the first
-    that applies. Each condition is "yes" when it holds for the facts ("home
-    yes" for "if the home is empty" means the home is empty), a rule's check
-    stops at its first condition that fails or exception that holds, and the
-    conclusion names the rule or the default:
+    that applies. Each condition is written as the fact key it needs (``key``)
+    and "yes" when it holds for the facts, a rule's check stops at its first
+    condition that fails or exception that holds, and the conclusion names the
+    rule or the default, with its action as the policy words it (``actions``:
+    each rule's, then the default's; none: the conclusion alone):
 
-        1: time no. 2: anomaly yes, home yes, unless tariff no. Rule 2.
+        1: time in 22:00-06:00 (17:20) no. 2: anomaly=high yes, not home=yes yes,
+        unless tariff=peak no. Rule 2: cut the power to the heater.
 
     A small model that writes each check before the action follows long
-    policies far better than one that must pick the rule at once."""
+    policies far better than one that must pick the rule at once, one that
+    matches a key among the facts checks a condition far better than one that
+    judges a sentence, and one that copies the rule's words for its action
+    before naming it picks the action of that rule, not of another one the
+    policy mentions."""
     parts = []
     for i, rule in enumerate(policy.rules, 1):
         checks = []
         ok = True
         for lit in rule.when:
             holds = lit.holds(world)
-            checks.append(f"{_label(lit)} {'yes' if holds else 'no'}")
+            checks.append(f"{key(lit, world)} {'yes' if holds else 'no'}")
             if not holds:
                 ok = False
                 break
         if ok:
             for lit in rule.unless:
                 holds = lit.holds(world)
-                checks.append(f"unless {_label(lit)} {'yes' if holds else 'no'}")
+                checks.append(f"unless {key(lit, world)} {'yes' if holds else 'no'}")
                 if holds:
                     ok = False
                     break
         parts.append(f"{i}: {', '.join(checks)}.")
         if ok:
-            parts.append(f"Rule {i}.")
+            parts.append(f"Rule {i}: {actions[i - 1]}." if actions else f"Rule {i}.")
             return " ".join(parts)
-    parts.append("Default.")
+    parts.append(f"Default: {actions[-1]}." if actions else "Default.")
     return " ".join(parts)
 
 
 def reason(ex: Example) -> str:
     """The answer's reason: the trace of the policy as its text states it."""
-    out = trace(ex.rendering.policy, ex.world)
+    out = trace(ex.rendering.policy, ex.world, ex.rendering.actions)
     if len(out) > REASON_MAX:
         raise DataError(f"{ex.id}: a trace of {len(out)} characters (most {REASON_MAX})")
     return out
@@ -217,9 +292,12 @@ def write(
     *,
     seed: int,
     counts: dict[Split, int],
+    group: int = 1,
     progress: Callable[[str], None] = lambda _line: None,
 ) -> dict[str, Any]:
-    """Write ``train.jsonl``, ``test.jsonl`` and ``manifest.json`` into ``out``; the manifest."""
+    """Write ``train.jsonl``, ``test.jsonl`` and ``manifest.json`` into ``out``; the
+    manifest. ``group``: training examples per policy (``example``); the test
+    split always has one per policy."""
     out.mkdir(parents=True, exist_ok=True)
     manifest: dict[str, Any] = {
         "schema": SCHEMA,
@@ -227,6 +305,7 @@ def write(
         "prompt_version": hf.ADAPTER_PROMPT_VERSION,
         "seed": seed,
         "counts": dict(counts),
+        "group": group,
         "splits": {},
     }
     for split in SPLITS:
@@ -236,7 +315,7 @@ def write(
         digest = hashlib.sha256()
         with path.open("w", encoding="utf-8") as fh:
             for i in range(n):
-                d = to_json(example(seed, split, i))
+                d = to_json(example(seed, split, i, group if split == "train" else 1))
                 line = json.dumps(d, ensure_ascii=False, sort_keys=False) + "\n"
                 fh.write(line)
                 digest.update(line.encode())

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 from tools.ml.policy import model as pm
@@ -26,12 +26,19 @@ LAYOUTS: Final[dict[str, Split]] = {
     "numbered": "train",
     "chain": "train",
     "bullets": "train",
+    "labelled": "train",
+    "else_if": "train",
+    "action_first": "train",
+    "lettered": "train",
     "ordinal": "test",
     "default_first": "test",
 }
 EXCEPTIONS: Final[dict[str, Split]] = {
     "unless": "train",
     "and_not": "train",
+    "except_if": "train",
+    "unless_first": "train",
+    "but_not_when": "train",
     "except_when": "test",
     "but_not_if": "test",
 }
@@ -46,6 +53,7 @@ class Rendering:
     layout: str
     exception: str  # "" when no rule has an exception
     wording: tuple[str, ...]  # the ids of the wordings used
+    actions: tuple[str, ...] = ()  # each rule's action as the text words it, then the default's
 
 
 def lit_key(lit: pm.Lit) -> tuple[str, dict[str, object]]:
@@ -102,6 +110,8 @@ def _cap(s: str) -> str:
 @dataclass
 class _Words:
     w: Wording
+    acts: list[str] = field(default_factory=list)  # each rule's action, as worded
+    default_act: str = ""
 
     def cond(self, lits: tuple[pm.Lit, ...]) -> str:
         parts = []
@@ -111,8 +121,16 @@ class _Words:
         return " and ".join(parts)
 
     def act(self, spec: pm.ActionSpec) -> str:
+        """A rule's action in words (the layouts word the rules in order)."""
         key, fmt = action_key(spec)
-        return self.w.pick(key, **fmt)
+        phrase = self.w.pick(key, **fmt)
+        self.acts.append(phrase)
+        return phrase
+
+    def default(self, spec: pm.ActionSpec) -> str:
+        key, fmt = action_key(spec)
+        self.default_act = self.w.pick(key, **fmt)
+        return self.default_act
 
 
 def _restate(policy: pm.Policy, style: str, rng: random.Random) -> pm.Policy:
@@ -129,17 +147,27 @@ def _restate(policy: pm.Policy, style: str, rng: random.Random) -> pm.Policy:
     return pm.Policy(tuple(rules), policy.default)
 
 
-def _clause(words: _Words, rule: pm.Rule, style: str, lead: str) -> str:
-    """One rule as '<lead> <condition>, <action>[ exception]'; lead '' for bullets."""
+def _clause(words: _Words, rule: pm.Rule, style: str, lead: str, *, act_first: bool = False) -> str:
+    """One rule as '<lead> <condition>, <action>[ exception]'; lead '' for bullets;
+    ``act_first``: '<action> <lead> <condition>[ exception]'."""
     cond, act = words.cond(rule.when), words.act(rule.act)
     exc = " or ".join(words.cond((x,)) for x in rule.unless)
-    head = f"{lead} {cond}, {act}" if lead else f"{cond}: {act}"
+    if act_first:
+        head = f"{act} {lead.lower()} {cond}"
+    else:
+        head = f"{lead} {cond}, {act}" if lead else f"{cond}: {act}"
     if not exc:
         return head
     if style == "except_when":
         return f"{head}, except when {exc}"
     if style == "but_not_if":
         return f"{head}, but not if {exc}"
+    if style == "except_if":
+        return f"{head}, except if {exc}"
+    if style == "but_not_when":
+        return f"{head}, but not when {exc}"
+    if style == "unless_first" and not act_first:
+        return f"unless {exc}, {head[:1].lower() + head[1:]}"
     return f"{head}, unless {exc}"
 
 
@@ -155,7 +183,7 @@ def _numbered(words: _Words, p: pm.Policy, style: str, rng: random.Random) -> tu
     ).format(dev=words.w.dev)
     lead = rng.choice(("When", "If"))
     segs = [_cap(_clause(words, r, style, lead)) + "." for r in p.rules]
-    segs.append(f"Otherwise, {words.act(p.default)}.")
+    segs.append(f"Otherwise, {words.default(p.default)}.")
     lines = [f"{i}. {s}" for i, s in enumerate(segs, 1)]
     return "\n".join([head, *lines]), segs
 
@@ -165,7 +193,7 @@ def _chain(words: _Words, p: pm.Policy, style: str, rng: random.Random) -> tuple
     for i, r in enumerate(p.rules):
         clause = _clause(words, r, style, "if")
         segs.append(_cap(clause) + "." if i == 0 else f"Otherwise, {clause}.")
-    segs.append(f"Otherwise, {words.act(p.default)}.")
+    segs.append(f"Otherwise, {words.default(p.default)}.")
     return " ".join(segs), segs
 
 
@@ -177,20 +205,73 @@ def _bullets(words: _Words, p: pm.Policy, style: str, rng: random.Random) -> tup
         )
     ).format(dev=words.w.dev)
     segs = [_clause(words, r, style, "") for r in p.rules]
-    segs.append(f"in any other case: {words.act(p.default)}")
+    segs.append(f"in any other case: {words.default(p.default)}")
     return "\n".join([head, *(f"- {s}" for s in segs)]), segs
+
+
+def _labelled(words: _Words, p: pm.Policy, style: str, rng: random.Random) -> tuple[str, list[str]]:
+    head = rng.choice(
+        (
+            "The {dev} follows these rules, checked from the top:",
+            "Decide for the {dev} with the first rule that matches:",
+            "",
+        )
+    ).format(dev=words.w.dev)
+    lead = rng.choice(("if", "when", "whenever"))
+    segs = [_cap(_clause(words, r, style, lead)) + "." for r in p.rules]
+    segs.append(_cap(f"{words.default(p.default)}."))
+    lines = [f"Rule {i}: {s}" for i, s in enumerate(segs[:-1], 1)]
+    lines.append(f"{rng.choice(('Default', 'Fallback', 'Else'))}: {segs[-1]}")
+    return "\n".join([x for x in (head, *lines) if x]), segs
+
+
+def _else_if(words: _Words, p: pm.Policy, style: str, rng: random.Random) -> tuple[str, list[str]]:
+    segs = []
+    for i, r in enumerate(p.rules):
+        clause = _clause(words, r, style, "if")
+        segs.append(_cap(clause) + "." if i == 0 else f"Else {clause}.")
+    segs.append(
+        f"{rng.choice(('Else', 'In every other case', 'If not'))}, {words.default(p.default)}."
+    )
+    return " ".join(segs), segs
+
+
+def _action_first(
+    words: _Words, p: pm.Policy, style: str, rng: random.Random
+) -> tuple[str, list[str]]:
+    head = rng.choice(
+        (
+            "For the {dev}, in order of priority:",
+            "What to do with the {dev} (the first line that applies counts):",
+        )
+    ).format(dev=words.w.dev)
+    lead = rng.choice(("when", "if"))
+    segs = [_cap(_clause(words, r, style, lead, act_first=True)) + "." for r in p.rules]
+    segs.append(f"{rng.choice(('In all other cases', 'Otherwise'))}, {words.default(p.default)}.")
+    lines = [f"{i}) {s}" for i, s in enumerate(segs, 1)]
+    return "\n".join([head, *lines]), segs
+
+
+def _lettered(words: _Words, p: pm.Policy, style: str, rng: random.Random) -> tuple[str, list[str]]:
+    head = f"Go through these for the {words.w.dev} and act on the first that is true."
+    lead = rng.choice(("if", "when"))
+    segs = [_clause(words, r, style, lead) + ";" for r in p.rules]
+    segs.append(_cap(f"{words.default(p.default)} if none is true."))
+    letters = "abcdefgh"
+    lines = [f"({letters[i]}) {s}" for i, s in enumerate(segs[:-1])]
+    return " ".join([head, *lines, segs[-1]]), segs
 
 
 def _ordinal(words: _Words, p: pm.Policy, style: str, rng: random.Random) -> tuple[str, list[str]]:
     segs = [f"{ORDINALS[i]}, {_clause(words, r, style, 'when')}." for i, r in enumerate(p.rules)]
-    segs.append(f"If none of these applies, {words.act(p.default)}.")
+    segs.append(f"If none of these applies, {words.default(p.default)}.")
     return " ".join(segs), segs
 
 
 def _default_first(
     words: _Words, p: pm.Policy, style: str, rng: random.Random
 ) -> tuple[str, list[str]]:
-    default = f"Normally, {words.act(p.default)}."
+    default = f"Normally, {words.default(p.default)}."
     intro = (
         f"The exceptions for the {words.w.dev}, in order of priority "
         "(the earliest that applies wins):"
@@ -204,6 +285,10 @@ LAYOUT_FUNCS: Final[dict[str, Layout]] = {
     "numbered": _numbered,
     "chain": _chain,
     "bullets": _bullets,
+    "labelled": _labelled,
+    "else_if": _else_if,
+    "action_first": _action_first,
+    "lettered": _lettered,
     "ordinal": _ordinal,
     "default_first": _default_first,
 }
@@ -223,4 +308,7 @@ def render(
     stated = _restate(policy, style, rng)
     words = _Words(Wording(split, rng, dev))
     text, segs = LAYOUT_FUNCS[layout](words, stated, style, rng)
-    return Rendering(text, tuple(segs), stated, layout, style, tuple(words.w.used))
+    if len(words.acts) != len(stated.rules) or not words.default_act:
+        raise ValueError(f"{layout}: {len(words.acts)} actions worded for {len(stated.rules)}")
+    actions = (*words.acts, words.default_act)
+    return Rendering(text, tuple(segs), stated, layout, style, tuple(words.w.used), actions)
