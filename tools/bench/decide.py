@@ -79,6 +79,7 @@ from tools.bench.codec import BenchError
 from tools.bench.watch import machine
 from tools.lab.cluster import LocalCluster
 from tools.ml import eval_decisions as ev
+from tools.ml import install_llm
 
 Say = Callable[[str], None]
 
@@ -539,8 +540,11 @@ def quant_figures(say: Say) -> dict[str, Any]:
         return {}
     try:
         default = llm.resolve_model(llm.DEFAULT_MODEL)
-        source = llm.resolve_model("smollm2-135m-instruct-q4_1")
-    except llm.ModelError as exc:
+        man = install_llm.Manifest.load(llm.MODELS_DIR / f"{llm.DEFAULT_MODEL}.json")
+        if not man.derived_from:
+            return {}
+        source = llm.resolve_model(man.derived_from)
+    except (llm.ModelError, install_llm.InstallError) as exc:
         return {"llm_speed_missing": str(exc)}
     say(f"  speed of {default.name} and {source.name}, 1 thread...")
     p, d = _speed(default)
