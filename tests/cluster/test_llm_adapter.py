@@ -194,7 +194,9 @@ def test_adapters_swap_under_consultations(tmp_path: Path) -> None:
         llm = status["llm"]
         # No failed or dropped decision: every consultation recorded, none
         # an error of the worker, none dropped while it waited.
-        assert status["failed"] == 0 and llm["swaps"] >= 4, status
+        # Four switches (1, 2, 1 again, off); the first is a swap only when the
+        # leader's worker had started before it (else it loads adapter 1).
+        assert status["failed"] == 0 and llm["swaps"] >= 3, status
         assert "error" not in llm["outcomes"] and llm["missed"] == 0, llm
         for d in rows:  # every consultation recorded, on the base, never a worker error
             assert d["model"]["sha256"] == base_sha256(base)
