@@ -118,6 +118,7 @@ The format, with defaults:
                                       # models/eval/results/<model>.json
     policy = "When power is over the limit, switch the relay off. ..."
                                       # the LLM tier's policy in words for every device class
+                                      # (1-4000 characters, as for a class below)
     policies = { heater = "Never switch a heater off between 06:00 and 09:00. ..." }
                                       # ... per device class (a device id up to its first -):
                                       # 1-4000 characters, no control characters but newline;
@@ -455,6 +456,14 @@ def _control(c: str) -> bool:
     return (n < 0x20 and c != "\n") or 0x7F <= n <= 0x9F or 0xD800 <= n <= 0xDFFF
 
 
+def _policy(value: Any) -> str:
+    words = text(value).replace("\r\n", "\n")
+    problem = policy_problem(words)
+    if problem is not None:
+        raise ValueError(problem)
+    return words
+
+
 def _policies(value: Any) -> tuple[tuple[str, str], ...]:
     if not isinstance(value, dict):
         raise ValueError(f"expected a table of device class = policy in words, got {value!r}")
@@ -608,7 +617,7 @@ DECISIONS: Final = Schema(
         "llm_deadline_ms": int_range(10, 600_000),
         "llm_trust_threshold": number(0, 1),
         "llm_report": path,
-        "policy": text,
+        "policy": _policy,
         "policies": _policies,
     },
 )

@@ -146,7 +146,7 @@ _KEYED: Final[tuple[tuple[re.Pattern[str], str], ...]] = tuple(
     )
 )
 _REQUEST: Final = re.compile(r"operator asks to set the (.+?) to ")
-# The label of each key: what a fact is about.
+# The label of each key (before its "="): what a fact is about.
 FACT_LABELS: Final = (
     "power",
     "grace",
@@ -192,14 +192,6 @@ def fact_keys(facts: Sequence[str]) -> list[str | None]:
                 break
         out.append(key)
     return out
-
-
-def fact_label(sentence: str) -> str | None:
-    """What a fact the hub worded is about (a ``FACT_LABELS`` entry), else None."""
-    key = fact_keys([sentence])[0]
-    if key is None and sentence.strip() == REQUEST_TOO_HIGH:
-        return "request"
-    return key.split("=", 1)[0] if key else None
 
 
 # -- the prompt -------------------------------------------------------------------------

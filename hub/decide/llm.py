@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import importlib
 import importlib.util
 import itertools
@@ -62,6 +63,9 @@ from dataclasses import asdict, dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
 
 from hub.core.fsutil import sha256_file
 from hub.core.paths import SHIPPED_MODELS, SOURCE_ROOT
@@ -256,40 +260,123 @@ def _serve(
 def _answer(
     llama_cpp: Any, llm: Any, render: Any, grammars: dict[str, Any], msg: _Request, seed: int
 ) -> _Reply:
-    def past_deadline(_ids: Any = None, _logits: Any = None) -> bool:
+    def past_deadline() -> bool:
         return time.monotonic() >= msg.deadline
 
     if past_deadline():  # waited in the pipe for too long: don't start
         return _Reply(msg.req_id, "", 0, 0, True, "")
     try:
-        g = grammars.get(msg.grammar)
-        if g is None:
-            g = llama_cpp.LlamaGrammar.from_string(msg.grammar, verbose=False)
+        sampler = grammars.get(msg.grammar)
+        if sampler is None:
+            sampler = _GrammarSampler(llama_cpp, llm, msg.grammar)
             if len(grammars) > 64:
+                for old in grammars.values():
+                    old.close()
                 grammars.clear()
-            grammars[msg.grammar] = g
-        out = llm.create_completion(
-            prompt=render(msg.messages),
-            grammar=g,
-            max_tokens=msg.max_tokens,
-            temperature=0.0,
-            repeat_penalty=1.0,
-            seed=seed,
-            stopping_criteria=llama_cpp.StoppingCriteriaList([past_deadline]),
-        )
-        usage = out.get("usage") or {}
-        return _Reply(
-            msg.req_id,
-            out["choices"][0].get("text") or "",
-            int(usage.get("prompt_tokens", 0)),
-            int(usage.get("completion_tokens", 0)),
-            past_deadline(),
-            "",
-        )
+            grammars[msg.grammar] = sampler
+        prompt = render(msg.messages)
+        text, n_out = _greedy(llm, sampler, prompt, msg.max_tokens, past_deadline)
+        return _Reply(msg.req_id, text, len(prompt), n_out, past_deadline(), "")
     except Exception as exc:  # one bad request never ends the worker
         if past_deadline():  # aborted at the deadline
             return _Reply(msg.req_id, "", 0, 0, True, "")
         return _Reply(msg.req_id, "", 0, 0, False, f"{type(exc).__name__}: {exc}")
+
+
+_VOCAB_BUFFER: list[Any] = []  # [llama_token_data array, token ids] for _GrammarSampler
+
+
+class _GrammarSampler:
+    """A llama.cpp grammar sampler that checks the greedy token first.
+
+    Applying a grammar to the whole vocabulary costs more than the model's
+    own step for a model this small. The greedy choice under a grammar is the
+    highest logit among the tokens the grammar allows, so the highest logit
+    overall is checked alone and taken when it is allowed; only when it is
+    not is the grammar applied to every token. The result is the token that
+    greedy sampling over the grammar-masked logits would give.
+    """
+
+    def __init__(self, llama_cpp: Any, llm: Any, gbnf: str) -> None:
+        self._lib = llama_cpp
+        self._vocab = llama_cpp.llama_model_get_vocab(llm._model.model)
+        self._n_vocab = int(llm.n_vocab())
+        self._ptr = llama_cpp.llama_sampler_init_grammar(self._vocab, gbnf.encode("utf-8"), b"root")
+        if not self._ptr:
+            raise ValueError("the grammar does not parse")
+        self._one = (llama_cpp.llama_token_data * 1)()
+        # One buffer for the whole vocabulary, shared by every grammar's sampler.
+        if not _VOCAB_BUFFER or len(_VOCAB_BUFFER[1]) != self._n_vocab:
+            ids = np.arange(self._n_vocab, dtype=np.intc)
+            _VOCAB_BUFFER[:] = [(llama_cpp.llama_token_data * self._n_vocab)(), ids]
+        self._all, self._all_ids = _VOCAB_BUFFER
+        self.checked = 0  # tokens chosen, and of those,
+        self.masked = 0  # how many needed the grammar over the whole vocabulary
+
+    def reset(self) -> None:
+        self._lib.llama_sampler_reset(self._ptr)
+
+    def close(self) -> None:
+        if self._ptr:
+            self._lib.llama_sampler_free(self._ptr)
+            self._ptr = None
+
+    def _apply(self, data: Any, size: int) -> None:
+        arr = self._lib.llama_token_data_array(data, size, -1, False)
+        self._lib.llama_sampler_apply(self._ptr, ctypes.byref(arr))
+
+    def choose(self, logits: npt.NDArray[np.float32]) -> int:
+        """The greedy token the grammar allows next, accepted into its state."""
+        best = int(np.argmax(logits))
+        self.checked += 1
+        self._one[0].id, self._one[0].logit, self._one[0].p = best, float(logits[best]), 0.0
+        self._apply(self._one, 1)
+        if not math.isinf(self._one[0].logit):
+            token = best
+        else:
+            self.masked += 1
+            rec = np.ctypeslib.as_array(self._all)
+            rec["id"] = self._all_ids
+            rec["logit"] = logits
+            rec["p"] = 0.0
+            self._apply(self._all, self._n_vocab)
+            token = int(np.argmax(rec["logit"]))
+            if math.isinf(float(rec["logit"][token])):
+                raise ValueError("the grammar allows no token")
+        self._lib.llama_sampler_accept(self._ptr, token)
+        return token
+
+
+def _greedy(
+    llm: Any, sampler: _GrammarSampler, prompt: list[int], max_tokens: int, stop: Any
+) -> tuple[str, int]:
+    """Greedy decoding of ``prompt`` under ``sampler``'s grammar, reusing the
+    KV cache for the prefix it shares with the last call (the static part of
+    the prompt). Ends at an end-of-generation token, ``max_tokens`` or when
+    ``stop()`` says so. The text and the number of tokens generated."""
+    n_ctx = llm.n_ctx()
+    if len(prompt) + 1 > n_ctx:
+        raise ValueError(f"a prompt of {len(prompt)} tokens does not fit the context of {n_ctx}")
+    cached = llm.input_ids[: llm.n_tokens]
+    same = 0
+    for a, b in zip(cached, prompt, strict=False):
+        if a != b:
+            break
+        same += 1
+    llm.n_tokens = min(same, len(prompt) - 1)  # the last prompt token runs again for its logits
+    llm.eval(prompt[llm.n_tokens :])
+    sampler.reset()
+    lib, ctx, vocab, n_vocab = sampler._lib, llm._ctx.ctx, sampler._vocab, sampler._n_vocab
+    out: list[int] = []
+    while len(out) < max_tokens and llm.n_tokens < n_ctx and not stop():
+        logits = np.ctypeslib.as_array(lib.llama_get_logits_ith(ctx, -1), shape=(n_vocab,))
+        token = sampler.choose(logits)
+        if lib.llama_vocab_is_eog(vocab, token):
+            break
+        out.append(token)
+        llm.eval([token])
+    text = llm.detokenize(out, prev_tokens=prompt).decode("utf-8", errors="ignore")
+    return text, len(out)
 
 
 _FALLBACK_TEMPLATE: Final = (
@@ -303,8 +390,8 @@ def _renderer(llm: Any) -> Any:
 
     llama-cpp-python's chat API takes no stopping criterion, which the
     deadline needs, so the prompt is rendered here the way its chat handler
-    does, and generated with the plain completion API. No stop strings: the
-    grammar ends the output, and a stop string inside a reason would cut it.
+    does, and decoded by ``_greedy``. No stop strings: the grammar ends the
+    output, and a stop string inside a reason would cut it.
     """
     llama_chat_format: Any = importlib.import_module("llama_cpp.llama_chat_format")
     template = llm.metadata.get("tokenizer.chat_template") or _FALLBACK_TEMPLATE

@@ -357,3 +357,43 @@ def test_a_primed_eval_evaluates_the_static_prompt_first(model: Path) -> None:
             assert r.outcome is Outcome.OK and r.decision is not None
 
     asyncio.run(run())
+
+
+def test_greedy_decoding_checks_the_grammar_as_llama_cpp_does(model: Path) -> None:
+    """The worker's decoding (``_greedy``: the highest logit checked alone
+    against the grammar, the whole vocabulary masked only when it is refused)
+    writes, token for token, what llama-cpp-python's own grammar sampling
+    writes at temperature 0, and both of its paths run."""
+    import llama_cpp
+
+    from hub.decide import facts as f
+    from hub.decide.llm import _GrammarSampler, _greedy, _renderer
+
+    llm = llama_cpp.Llama(model_path=str(model), n_ctx=2048, n_threads=2, verbose=False)
+    render = _renderer(llm)
+    scenarios = load_scenarios(DEFAULT_SCENARIOS)[:6]
+    samplers: dict[str, _GrammarSampler] = {}
+    for s in scenarios:
+        caps = model_capabilities(s.capabilities)
+        gbnf = grammar.gbnf(caps)
+        prompt = render(f.build_messages(caps, s.facts, s.policy))
+        # Each from an empty cache: the prompt then runs in the same batches
+        # for both (other batch sizes round differently, enough to turn a near tie).
+        llm.reset()
+        theirs = llm.create_completion(
+            prompt=prompt,
+            grammar=llama_cpp.LlamaGrammar.from_string(gbnf, verbose=False),
+            max_tokens=grammar.max_chars(caps) + 1,
+            temperature=0.0,
+            repeat_penalty=1.0,
+        )["choices"][0]["text"]
+        sampler = samplers.setdefault(gbnf, _GrammarSampler(llama_cpp, llm, gbnf))
+        llm.reset()
+        ours, n = _greedy(llm, sampler, prompt, grammar.max_chars(caps) + 1, lambda: False)
+        assert ours == theirs, s.id
+        assert n > 0 and grammar.parse(ours, caps).action
+    checked = sum(x.checked for x in samplers.values())
+    assert checked > sum(x.masked for x in samplers.values()) > 0
+    for x in samplers.values():
+        x.close()
+    llm.close()

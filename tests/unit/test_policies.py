@@ -65,6 +65,16 @@ def test_a_bad_policy_in_the_config_names_its_key(
     assert err.value.key == key and said in err.value.problem, str(err.value)
 
 
+@pytest.mark.parametrize(
+    ("value", "said"),
+    [('""', "empty"), ('"' + "x" * 4001 + '"', "4001 characters"), ('"a\\u0007b"', "U+0007")],
+)
+def test_a_bad_default_policy_names_its_key(tmp_path: Path, value: str, said: str) -> None:
+    with pytest.raises(c.ConfigError) as err:
+        load(tmp_path, GOOD + f"[decisions]\npolicy = {value}\n")
+    assert err.value.key == "decisions.policy" and said in err.value.problem, str(err.value)
+
+
 def test_policies_must_be_a_table(tmp_path: Path) -> None:
     with pytest.raises(c.ConfigError) as err:
         load(tmp_path, GOOD + '[decisions]\npolicies = "x"\n')

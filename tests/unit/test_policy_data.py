@@ -243,7 +243,7 @@ def test_a_condition_holds_exactly_when_its_key_is_among_the_facts_keys() -> Non
             user = hf.build_messages((), ex.facts, "p", compact=True)[-1]["content"]
             assert all("=" in line.split(": ")[0] for line in user.splitlines()[1:]), user
     assert seen == set(hf.FACT_LABELS)
-    assert hf.fact_label("the tank is full") is None
+    assert hf.fact_keys(["the tank is full"]) == [None]
     assert hf._facts(["the tank is full", "relay is on"], keyed=True) == (
         "- the tank is full\n- relay=on: relay is on"
     )
