@@ -54,7 +54,7 @@ class _Bar:
 
 # The recipe of the shipped adapter (models/llm-adapter/llm-adapter.json records
 # it too): the defaults of the command, so that with no options it rebuilds it.
-RECIPE_EXAMPLES = 2000
+RECIPE_EXAMPLES = 1800
 RECIPE_LR = 8e-4
 RECIPE_TEST = 300
 RECIPE_GROUP = 4  # training examples per policy (aiot models policy-data --group)

@@ -33,7 +33,12 @@ from tools.ml.policy.render import EXCEPTIONS, LAYOUTS, Rendering, render
 from tools.ml.policy.worlds import world_for
 
 SCHEMA: Final = "policy-data/1"
-GENERATOR: Final = "policygen-4"
+GENERATOR: Final = "policygen-5"
+# The tag every example's draws are seeded from. policygen-5 added training
+# wordings and exception styles only; the test split's draws are those of
+# policygen-4, so a held-out file keeps its scenarios. Change the tag when the
+# test split changes.
+SEED_TAG: Final = "policygen-4"
 SPLITS: Final[tuple[Split, ...]] = ("train", "test")
 NONE_SHARE: Final = 0.2
 
@@ -73,9 +78,9 @@ def example(seed: int, split: Split, index: int, group: int = 1) -> Example:
     applies: a fine-tune evaluates the shared prompt once for all of them
     (``tools.ml.finetune.train``)."""
     if group <= 1:
-        return _first(split, index, f"{GENERATOR}:{seed}:{split}:{index}")
+        return _first(split, index, f"{SEED_TAG}:{seed}:{split}:{index}")
     g, j = divmod(index, group)
-    tag = f"{GENERATOR}:{seed}:{split}:g{group}:{g}"
+    tag = f"{SEED_TAG}:{seed}:{split}:g{group}:{g}"
     first = _first(split, index - j, tag)
     if j == 0:
         return first

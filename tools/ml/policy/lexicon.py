@@ -455,6 +455,289 @@ PHRASES: Final[dict[str, tuple[str, ...]]] = {
     ),
 }
 
+# More training wordings, kept apart from ``PHRASES`` so that the test split's
+# wordings, their ids and its random draws stay exactly as they were. Their
+# ids continue the key's numbering after ``PHRASES[key]``.
+TRAIN_EXTRA: Final[dict[str, tuple[str, ...]]] = {
+    "power.over+": (
+        "the {dev} is above its allowed power",
+        "too much power is being drawn",
+        "the {dev} is overloaded",
+        "the draw is past the cap",
+        "the {dev} exceeds its wattage limit",
+    ),
+    "power.over-": (
+        "the {dev} is not overloaded",
+        "the draw is not past the cap",
+        "the {dev} does not exceed its wattage limit",
+    ),
+    "power.near+": (
+        "the {dev} is just under its cap",
+        "the draw is nearly at the cap",
+        "consumption is edging toward the limit",
+        "the {dev} is running close to its wattage limit",
+        "power is a little below the limit",
+    ),
+    "power.near-": (
+        "the {dev} is not just under its cap",
+        "the draw is not nearly at the cap",
+        "consumption is not edging toward the limit",
+    ),
+    "power.under+": (
+        "the {dev} draws little",
+        "the draw is far below the cap",
+        "consumption is small",
+        "the {dev} is well within its wattage limit",
+        "power use is light",
+    ),
+    "power.under-": (
+        "the draw is not far below the cap",
+        "power use is not light",
+        "the {dev} is not well within its wattage limit",
+    ),
+    "grace.beyond+": (
+        "the {dev} has been overloaded for too long",
+        "the overload has passed its allowed time",
+        "the excess has lasted past the grace time",
+        "the grace time for the {dev} has expired",
+        "the {dev} exceeded its limit for longer than allowed",
+    ),
+    "grace.within+": (
+        "the overload is still recent",
+        "the {dev} is still in its grace time",
+        "the excess has not lasted past the grace time",
+        "the grace time for the {dev} has not expired",
+        "the {dev} has been overloaded only briefly",
+    ),
+    "anomaly.high+": (
+        "the {dev} looks odd",
+        "the {dev} is misbehaving",
+        "an unusual pattern shows on the {dev}",
+        "the detector raises an anomaly for the {dev}",
+        "the {dev} reports strange values",
+    ),
+    "anomaly.high-": (
+        "the {dev} is not misbehaving",
+        "the detector raises no anomaly for the {dev}",
+        "the {dev} does not look odd",
+    ),
+    "anomaly.normal+": (
+        "the {dev} is behaving",
+        "the {dev} reports ordinary values",
+        "no unusual pattern shows on the {dev}",
+        "the detector is quiet about the {dev}",
+        "all is normal with the {dev}",
+    ),
+    "anomaly.normal-": (
+        "the {dev} is not behaving",
+        "the {dev} does not report ordinary values",
+        "all is not normal with the {dev}",
+    ),
+    "occupancy+": (
+        "the household is in",
+        "a resident is present",
+        "the home has people in it",
+        "somebody is around",
+        "the occupants are present",
+    ),
+    "occupancy-": (
+        "the household is out",
+        "no resident is present",
+        "the home has nobody in it",
+        "the occupants are gone",
+        "nobody is around",
+    ),
+    "critical+": (
+        "the {dev} is a vital device",
+        "the {dev} is listed as essential",
+        "the {dev} must stay on at all costs",
+        "the {dev} carries the critical tag",
+        "the {dev} is important and critical",
+    ),
+    "critical-": (
+        "the {dev} is not a vital device",
+        "the {dev} is not listed as essential",
+        "the {dev} carries no critical tag",
+    ),
+    "relay.on+": (
+        "the {dev} is energized",
+        "the switch of the {dev} is on",
+        "the {dev} is up",
+        "the {dev} currently gets power",
+        "the {dev} is turned on",
+    ),
+    "relay.off+": (
+        "the {dev} is de-energized",
+        "the switch of the {dev} is off",
+        "the {dev} is down",
+        "the {dev} currently gets no power",
+        "the {dev} is turned off",
+    ),
+    "time+": (
+        "the hour lies between {a} and {b}",
+        "the clock reads between {a} and {b}",
+        "it is {a} to {b} right now",
+        "the present time is within {a}-{b}",
+        "we are between {a} and {b}",
+    ),
+    "time-": (
+        "the hour does not lie between {a} and {b}",
+        "the clock does not read between {a} and {b}",
+        "we are not between {a} and {b}",
+    ),
+    "tariff.peak+": (
+        "the expensive rate is in force",
+        "it is a high-price period",
+        "power is dear right now",
+        "the high tariff is on",
+        "prices are at their highest",
+    ),
+    "tariff.peak-": (
+        "the expensive rate is not in force",
+        "it is not a high-price period",
+        "the high tariff is not on",
+    ),
+    "tariff.off-peak+": (
+        "the cheap rate is in force",
+        "it is a low-price period",
+        "power is inexpensive right now",
+        "the low tariff is on",
+        "prices are at their lowest",
+    ),
+    "tariff.off-peak-": (
+        "the cheap rate is not in force",
+        "it is not a low-price period",
+        "the low tariff is not on",
+    ),
+    "request.ok+": (
+        "a {what} was requested that the device can handle",
+        "the operator requested an allowed {what}",
+        "a permitted {what} is being asked for",
+        "the requested {what} fits the device",
+        "the operator's {what} request is within limits",
+    ),
+    "request.too_high+": (
+        "a {what} was requested that the device cannot handle",
+        "the operator requested a {what} that is not allowed",
+        "the requested {what} is too large for the device",
+        "the operator's {what} request is over the limits",
+        "someone wants more {what} than the device allows",
+    ),
+    "act.none": (
+        "do not touch the {dev}",
+        "hold off",
+        "stay idle",
+        "keep the {dev} unchanged",
+        "no action is needed",
+        "just wait",
+    ),
+    "act.relay.off": (
+        "cut the {dev} off",
+        "de-energize the {dev}",
+        "remove power from the {dev}",
+        "unpower the {dev}",
+        "take the {dev} offline",
+    ),
+    "act.relay.on": (
+        "re-energize the {dev}",
+        "give power back to the {dev}",
+        "put the {dev} back online",
+        "turn power on for the {dev}",
+        "resume power to the {dev}",
+    ),
+    "act.limit.set": (
+        "limit the {dev} to {v} W",
+        "keep the {dev} under {v} W",
+        "set a cap of {v} W",
+        "restrict the {dev} to {v} W",
+        "the power limit becomes {v} W",
+    ),
+    "act.limit.set.req": (
+        "honour the operator's limit",
+        "use the limit that was requested",
+        "take the operator's limit",
+        "adopt the requested power limit",
+        "go with the requested limit",
+    ),
+    "act.sample.set": (
+        "read every {v} ms",
+        "sample the {dev} each {v} ms",
+        "record a value every {v} ms",
+        "check the {dev} every {v} ms",
+        "measure at {v} ms intervals",
+    ),
+    "act.reboot": (
+        "restart the device",
+        "cycle the {dev}",
+        "boot the {dev} again",
+        "reset and restart the {dev}",
+        "send the {dev} a reboot",
+    ),
+    "act.notify.urgent": (
+        "alert the operator immediately",
+        "send an urgent warning",
+        "flag it to the operator as urgent",
+        "call the operator's attention urgently",
+        "issue an urgent alert",
+    ),
+    "act.notify.routine": (
+        "notify the operator when convenient",
+        "send a normal message",
+        "let the operator know, not urgent",
+        "drop the operator a low-priority message",
+        "issue a routine notice",
+    ),
+    "act.fan.speed": (
+        "fan to {v}",
+        "set the fan at {v}",
+        "adjust the fan to level {v}",
+        "let the fan spin at {v}",
+        "choose fan speed {v}",
+    ),
+    "act.fan.speed.req": (
+        "use the requested fan level",
+        "honour the fan request",
+        "take the operator's fan speed",
+        "go with the requested fan speed",
+        "adopt the fan level that was asked for",
+    ),
+    "act.heater.set": (
+        "warm to {v} degrees",
+        "adjust the heater to {v} degrees",
+        "hold the room at {v} degrees",
+        "heater to {v} degrees",
+        "make it {v} degrees",
+    ),
+    "act.heater.set.req": (
+        "honour the temperature request",
+        "take the operator's temperature",
+        "go with the requested temperature",
+        "adopt the requested heater setting",
+        "heat as requested",
+    ),
+    "act.charge.set": (
+        "charge using {v} A",
+        "adjust the charging current to {v} A",
+        "cap charging at {v} A",
+        "let the charger draw {v} A",
+        "charging current becomes {v} A",
+    ),
+    "act.charge.set.req": (
+        "honour the charging request",
+        "take the operator's charging current",
+        "go with the requested current",
+        "adopt the requested charging current",
+        "charge as requested",
+    ),
+    "act.light.dim": (
+        "dim to {v} percent",
+        "adjust the brightness to {v} percent",
+        "let the light shine at {v} percent",
+        "brightness {v} percent",
+        "lower the light to {v} percent",
+    ),
+}
+
 # What a request is for, in the operator's words.
 REQUEST_WHAT: Final = {
     "limit": "power limit",
@@ -464,11 +747,19 @@ REQUEST_WHAT: Final = {
 }
 
 
-def indices(key: str, split: Split) -> range:
-    """The wordings of ``key`` that ``split`` may use."""
+def wordings(key: str) -> tuple[str, ...]:
+    """Every wording of ``key``, by id index: ``PHRASES`` then ``TRAIN_EXTRA``."""
+    return PHRASES[key] + TRAIN_EXTRA.get(key, ())
+
+
+def indices(key: str, split: Split) -> tuple[int, ...]:
+    """The wordings of ``key`` that ``split`` may use: the test split the last
+    third of ``PHRASES[key]`` (at least one), the training split the rest."""
     n = len(PHRASES[key])
     held = max(1, n // 3)
-    return range(n - held, n) if split == "test" else range(0, n - held)
+    if split == "test":
+        return tuple(range(n - held, n))
+    return (*range(0, n - held), *range(n, n + len(TRAIN_EXTRA.get(key, ()))))
 
 
 def negatable(key: str) -> bool:
@@ -489,4 +780,4 @@ class Wording:
         wid = f"{key}#{i}"
         if wid not in self.used:
             self.used.append(wid)
-        return PHRASES[key][i].format(dev=self.dev, **fmt)
+        return wordings(key)[i].format(dev=self.dev, **fmt)

@@ -39,8 +39,33 @@ EXCEPTIONS: Final[dict[str, Split]] = {
     "except_if": "train",
     "unless_first": "train",
     "but_not_when": "train",
+    "excluding_when": "train",
+    "save_when": "train",
+    "other_than_when": "train",
+    "but_never_when": "train",
+    "except_where": "train",
+    "with_the_exception": "train",
+    "apart_from_when": "train",
+    "skip_if": "train",
+    "only_if_not": "train",
     "except_when": "test",
     "but_not_if": "test",
+}
+# exception style -> the words between a rule and its exception
+EXCEPTION_WORDS: Final[dict[str, str]] = {
+    "except_when": ", except when",
+    "but_not_if": ", but not if",
+    "except_if": ", except if",
+    "but_not_when": ", but not when",
+    "excluding_when": ", excluding when",
+    "save_when": ", save when",
+    "other_than_when": ", other than when",
+    "but_never_when": ", but never when",
+    "except_where": ", except where",
+    "with_the_exception": ", with the exception of when",
+    "apart_from_when": ", apart from when",
+    "skip_if": "; skip this if",
+    "only_if_not": ", but only if not",
 }
 ORDINALS: Final = ("First", "Second", "Third", "Fourth", "Fifth", "Sixth")
 
@@ -158,14 +183,8 @@ def _clause(words: _Words, rule: pm.Rule, style: str, lead: str, *, act_first: b
         head = f"{lead} {cond}, {act}" if lead else f"{cond}: {act}"
     if not exc:
         return head
-    if style == "except_when":
-        return f"{head}, except when {exc}"
-    if style == "but_not_if":
-        return f"{head}, but not if {exc}"
-    if style == "except_if":
-        return f"{head}, except if {exc}"
-    if style == "but_not_when":
-        return f"{head}, but not when {exc}"
+    if style in EXCEPTION_WORDS:
+        return f"{head}{EXCEPTION_WORDS[style]} {exc}"
     if style == "unless_first" and not act_first:
         return f"unless {exc}, {head[:1].lower() + head[1:]}"
     return f"{head}, unless {exc}"
