@@ -266,6 +266,56 @@ def max_chars(caps: tuple[m.Capability, ...]) -> int:
     return len('{"reason": "", "action": , "params": {}}') + longest + REASON_MAX
 
 
+# -- text the grammar forces --------------------------------------------------------------
+
+_HEAD: Final = '{"reason": "'
+_TO_ACTION: Final = ', "action": "'
+_TO_PARAMS: Final = ', "params": {'
+DONE: Final = "\x00"  # ``forced``'s answer once the output is complete
+
+
+def forced(out: str, caps: tuple[m.Capability, ...]) -> str:
+    """The text ``gbnf(caps)`` admits next, whatever the model would choose,
+    after the output so far ``out``; ``DONE`` when ``out`` is a whole
+    decision (only the end of the turn may follow). The decoder appends it
+    without asking the model: the keys and punctuation between the reason,
+    the action and the parameters, up to the first parameter's name, and the
+    end of an action without parameters. It stops before a space, which the
+    model writes with the token after it, as the data spells it ("": false").
+    """
+    if len(out) < len(_HEAD):
+        return _HEAD[len(out) :] if _HEAD.startswith(out) else ""
+    close = out.find('"', len(_HEAD))
+    if close < 0:
+        return ""  # in the reason
+    rest = out[close + 1 :]
+    if len(rest) < len(_TO_ACTION):
+        return _TO_ACTION[len(rest) :] if _TO_ACTION.startswith(rest) else ""
+    rest = rest[len(_TO_ACTION) :]
+    end = rest.find('"')
+    if end < 0:
+        return ""  # in the action's name
+    action, rest = rest[:end], rest[end + 1 :]
+    if action == NONE_ACTION:
+        cap: m.Capability | None = m.Capability(NONE_ACTION)
+    else:
+        cap = next((c for c in caps if c.action == action), None)
+    if cap is None:
+        return ""
+    tail = _TO_PARAMS + (f'"{cap.params[0].name}":' if cap.params else "}}")
+    if len(rest) < len(tail):
+        return tail[len(rest) :] if tail.startswith(rest) else ""
+    if not cap.params and rest == tail:
+        return DONE
+    if cap.params and rest.endswith("}}"):
+        try:
+            validate(json.loads(out), caps)
+        except (ValueError, InvalidOutput):
+            return ""
+        return DONE
+    return ""
+
+
 # -- validation -------------------------------------------------------------------------
 
 

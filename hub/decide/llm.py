@@ -180,6 +180,9 @@ class _Request:
     grammar: str
     max_tokens: int
     deadline: float  # time.monotonic(), system-wide on Linux
+    # A decision's: the device's capabilities, for the text the grammar forces
+    # (``grammar.forced``); None for other output.
+    caps: tuple[m.Capability, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,7 +278,9 @@ def _answer(
                 grammars.clear()
             grammars[msg.grammar] = sampler
         prompt = render(msg.messages)
-        text, n_out = _greedy(llm, sampler, prompt, msg.max_tokens, past_deadline)
+        caps = msg.caps
+        force = None if caps is None else (lambda out: grammar.forced(out, caps))
+        text, n_out = _greedy(llm, sampler, prompt, msg.max_tokens, past_deadline, force)
         return _Reply(msg.req_id, text, len(prompt), n_out, past_deadline(), "")
     except Exception as exc:  # one bad request never ends the worker
         if past_deadline():  # aborted at the deadline
@@ -325,6 +330,15 @@ class _GrammarSampler:
         arr = self._lib.llama_token_data_array(data, size, -1, False)
         self._lib.llama_sampler_apply(self._ptr, ctypes.byref(arr))
 
+    def allows(self, token: int) -> bool:
+        """Whether the grammar allows ``token`` next (its state unchanged)."""
+        self._one[0].id, self._one[0].logit, self._one[0].p = token, 0.0, 0.0
+        self._apply(self._one, 1)
+        return not math.isinf(self._one[0].logit)
+
+    def accept(self, token: int) -> None:
+        self._lib.llama_sampler_accept(self._ptr, token)
+
     def choose(self, logits: npt.NDArray[np.float32]) -> int:
         """The greedy token the grammar allows next, accepted into its state."""
         best = int(np.argmax(logits))
@@ -348,35 +362,77 @@ class _GrammarSampler:
 
 
 def _greedy(
-    llm: Any, sampler: _GrammarSampler, prompt: list[int], max_tokens: int, stop: Any
+    llm: Any,
+    sampler: _GrammarSampler,
+    prompt: list[int],
+    max_tokens: int,
+    stop: Any,
+    forced: Any = None,
 ) -> tuple[str, int]:
     """Greedy decoding of ``prompt`` under ``sampler``'s grammar, reusing the
     KV cache for the prefix it shares with the last call (the static part of
     the prompt). Ends at an end-of-generation token, ``max_tokens`` or when
-    ``stop()`` says so. The text and the number of tokens generated."""
+    ``stop()`` says so. The text and the number of tokens generated.
+
+    ``forced(text so far)`` (``grammar.forced``) gives text the grammar
+    admits whatever the model chooses: its tokens are appended without
+    asking the model, and run through it in one batch with the token before
+    them (a batch costs about what one token does); ``grammar.DONE`` ends
+    the output where only the end of the turn could follow."""
     n_ctx = llm.n_ctx()
-    if len(prompt) + 1 > n_ctx:
-        raise ValueError(f"a prompt of {len(prompt)} tokens does not fit the context of {n_ctx}")
+    sampler.reset()
+    out: list[int] = []
+    head = _forced_tokens(llm, sampler, forced, out, prompt) or []
+    out += head
+    full = prompt + head
+    if len(full) + 1 > n_ctx:
+        raise ValueError(f"a prompt of {len(full)} tokens does not fit the context of {n_ctx}")
     cached = llm.input_ids[: llm.n_tokens]
     same = 0
-    for a, b in zip(cached, prompt, strict=False):
+    for a, b in zip(cached, full, strict=False):
         if a != b:
             break
         same += 1
-    llm.n_tokens = min(same, len(prompt) - 1)  # the last prompt token runs again for its logits
-    llm.eval(prompt[llm.n_tokens :])
-    sampler.reset()
+    llm.n_tokens = min(same, len(full) - 1)  # the last prompt token runs again for its logits
+    llm.eval(full[llm.n_tokens :])
     lib, ctx, vocab, n_vocab = sampler._lib, llm._ctx.ctx, sampler._vocab, sampler._n_vocab
-    out: list[int] = []
     while len(out) < max_tokens and llm.n_tokens < n_ctx and not stop():
         logits = np.ctypeslib.as_array(lib.llama_get_logits_ith(ctx, -1), shape=(n_vocab,))
         token = sampler.choose(logits)
         if lib.llama_vocab_is_eog(vocab, token):
             break
         out.append(token)
-        llm.eval([token])
+        more = _forced_tokens(llm, sampler, forced, out, prompt)
+        if more is None:  # complete: only the end of the turn could follow
+            break
+        out += more
+        llm.eval([token, *more])
     text = llm.detokenize(out, prev_tokens=prompt).decode("utf-8", errors="ignore")
     return text, len(out)
+
+
+def _forced_tokens(
+    llm: Any, sampler: _GrammarSampler, forced: Any, out: list[int], prompt: list[int]
+) -> list[int] | None:
+    """The tokens of the text ``forced`` gives after ``out``, accepted into the
+    grammar's state ([] when there is none or the grammar would refuse one of
+    them); None when the output is complete."""
+    if forced is None:
+        return []
+    text = llm.detokenize(out, prev_tokens=prompt).decode("utf-8", errors="ignore")
+    more = forced(text)
+    if more == grammar.DONE:
+        return None
+    if not more:
+        return []
+    ids: list[int] = llm.tokenize(more.encode("utf-8"), add_bos=False, special=False)
+    taken: list[int] = []
+    for t in ids:
+        if not sampler.allows(t):
+            break
+        sampler.accept(t)
+        taken.append(t)
+    return taken
 
 
 _FALLBACK_TEMPLATE: Final = (
@@ -692,7 +748,7 @@ class LlmWorker:
         except ValueError as exc:
             return result(Outcome.ERROR, f"capabilities: {exc}")
         max_tokens = self.max_tokens or grammar.max_chars(caps) + 1
-        req = _Request(next(self._ids), messages, gbnf, max_tokens, deadline)
+        req = _Request(next(self._ids), messages, gbnf, max_tokens, deadline, caps)
         task = asyncio.ensure_future(self._run(req))
         self._background.add(task)
         task.add_done_callback(self._background.discard)

@@ -51,7 +51,7 @@ def decide(llm: Any, render: Any, s: Scenario, name: str, sha: str) -> LlmResult
     llama_cpp: Any = importlib.import_module("llama_cpp")
     caps = model_capabilities(s.capabilities)
     messages = hf.build_messages(caps, s.facts, s.policy, compact=True)
-    req = _Request(0, messages, grammar.gbnf(caps), grammar.max_chars(caps) + 1, math.inf)
+    req = _Request(0, messages, grammar.gbnf(caps), grammar.max_chars(caps) + 1, math.inf, caps)
     t0 = time.monotonic()
     reply = _answer(llama_cpp, llm, render, {}, req, 0)
     outcome, detail, decision = Outcome.OK, "", None
