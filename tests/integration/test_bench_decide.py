@@ -26,6 +26,7 @@ KEYS = {
     "llm_generate_ms_per_token",
     "q4_1_prompt_ms_per_token",
     "q4_1_generate_ms_per_token",
+    "adapter_generate_ms_per_token",
     "control_loop_ms_p50",
     "control_loop_ms_p99",
     "hot_swap_ms",
@@ -72,13 +73,20 @@ def test_bench_decide_prints_every_figure() -> None:
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert set(result) >= KEYS, KEYS - set(result)
     assert result["control_loops"] == 10 and result["llm_cases"] == 2
+    # Progress on stderr, with --json too: each LLM run's last scenario and its end.
+    assert "[2/2] test-000001" in out.stderr and "held-out" in out.stderr, out.stderr[-2000:]
     assert result["control_loop_ms_p50"] <= result["control_loop_ms_p99"]
     assert 0.0 <= result["llm_accuracy"] <= 1.0 and 0.0 <= result["llm_invalid_rate"] <= 1.0
     assert 0.0 <= result["base_llm_accuracy"] <= 1.0
     assert result["llm_split"] == "heldout.jsonl" and result["llm_cases_hand_written"] == 2
     assert result["rules_fired"] > 0
     # The default GGUF against its Q4_1 source, measured in the same run.
-    for key in ("llm_prompt_ms_per_token", "q4_1_generate_ms_per_token"):
+    # The shipped adapter's cost a token, measured in the same run.
+    for key in (
+        "llm_prompt_ms_per_token",
+        "q4_1_generate_ms_per_token",
+        "adapter_generate_ms_per_token",
+    ):
         assert result[key] > 0, key
     # Ten hot swaps under load: every window judged, none failed, the engine saw each model.
     assert result["swap_count"] == 10 and result["swap_seen_by_engine"] == 10

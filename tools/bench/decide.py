@@ -451,11 +451,29 @@ def control_loop(loops: int, background: int, say: Say) -> dict[str, Any]:
     }
 
 
+def _every(say: Say, n: int, every: int = 25) -> Callable[[str], None]:
+    """Passes on every ``every``-th of ``n`` progress lines (and the last) to
+    ``say``, indented: a run of hundreds of scenarios shows where it is
+    without a line for each."""
+    seen = [0]
+
+    def out(line: str) -> None:
+        seen[0] += 1
+        if seen[0] % every == 0 or seen[0] == n:
+            say(f"    {line}")
+
+    return out
+
+
 def _llm_run(base: Path, adapter: Path | None, cases: list[Any], label: str, say: Say) -> Any:
     say(f"  {label}: {len(cases)} scenarios, 1 thread, each primed...")
     t0 = time.perf_counter()
-    report = ev.evaluate(base, cases, threads=1, progress=None, adapter=adapter, primed=True)
-    return report, time.perf_counter() - t0
+    report = ev.evaluate(
+        base, cases, threads=1, progress=_every(say, len(cases)), adapter=adapter, primed=True
+    )
+    elapsed = time.perf_counter() - t0
+    say(f"  {label}: accuracy {report['accuracy']}, {elapsed:.0f} s")
+    return report, elapsed
 
 
 def llm_figures(cases: int, say: Say) -> dict[str, Any]:
@@ -509,13 +527,22 @@ def llm_figures(cases: int, say: Say) -> dict[str, Any]:
     }
 
 
-def _speed(path: Path, prompt_tokens: int = 256, decode_tokens: int = 32) -> tuple[float, float]:
-    """(prompt, generation) milliseconds per token of the GGUF at ``path`` on 1
-    llama.cpp thread: a batch of ``prompt_tokens``, then ``decode_tokens``
-    one at a time; the best of three rounds."""
+def _speed(
+    path: Path, prompt_tokens: int = 256, decode_tokens: int = 32, lora: Path | None = None
+) -> tuple[float, float]:
+    """(prompt, generation) milliseconds per token of the GGUF at ``path`` (with
+    the LoRA adapter ``lora`` applied) on 1 llama.cpp thread: a batch of
+    ``prompt_tokens``, then ``decode_tokens`` one at a time; the best of
+    three rounds."""
     llama_cpp: Any = importlib.import_module("llama_cpp")
     m = llama_cpp.Llama(
-        model_path=str(path), n_ctx=512, n_threads=1, n_threads_batch=1, seed=0, verbose=False
+        model_path=str(path),
+        lora_path=str(lora) if lora else None,
+        n_ctx=512,
+        n_threads=1,
+        n_threads_batch=1,
+        seed=0,
+        verbose=False,
     )
     ids = m.tokenize(b"The plug in the garage draws more power than its limit. " * 40)
     ids = ids[:prompt_tokens]
@@ -535,7 +562,8 @@ def _speed(path: Path, prompt_tokens: int = 256, decode_tokens: int = 32) -> tup
 
 def quant_figures(say: Say) -> dict[str, Any]:
     """The default GGUF's speed on 1 thread against its Q4_1 source's, measured
-    in the same run: why the default is the Q4_0 file (models/README.md)."""
+    in the same run: why the default is the Q4_0 file (models/README.md); and
+    with the shipped adapter applied, what the adapter costs a token."""
     if not llm.llama_cpp_available():
         return {}
     try:
@@ -549,13 +577,29 @@ def quant_figures(say: Say) -> dict[str, Any]:
     say(f"  speed of {default.name} and {source.name}, 1 thread...")
     p, d = _speed(default)
     sp, sd = _speed(source)
-    return {
+    out: dict[str, Any] = {
         "llm_prompt_ms_per_token": p,
         "llm_generate_ms_per_token": d,
         "q4_1_prompt_ms_per_token": sp,
         "q4_1_generate_ms_per_token": sd,
         "q4_1_over_default_generate": round(sd / d, 3) if d else None,
     }
+    try:
+        found = reg.shipped_adapter(llm.MODELS_DIR)
+    except reg.ModelRefused as exc:
+        return {**out, "adapter_speed_missing": str(exc)}
+    if found is not None and found[0].path is not None:
+        adapter = found[0]
+        base = reg.shipped_bases(llm.MODELS_DIR).get(adapter.base_sha256)
+        if base is not None and base.resolve() == default.resolve():
+            say(f"  speed of {default.name} + {adapter.name}, 1 thread...")
+            ap, ad = _speed(default, lora=adapter.path)
+            out.update(
+                adapter_prompt_ms_per_token=ap,
+                adapter_generate_ms_per_token=ad,
+                adapter_over_default_generate=round(ad / d, 3) if d else None,
+            )
+    return out
 
 
 def decide(

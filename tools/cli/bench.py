@@ -134,9 +134,10 @@ def bench_decide(
         int, typer.Option(min=1, help="Held-out scenarios for the LLM (models/eval/heldout.jsonl).")
     ] = 300,
 ) -> None:
-    """Decision tiers: rules rate, ONNX latency, hot swap, control loop, LLM figures."""
+    """Decision tiers: rules rate, ONNX latency, hot swap, control loop, LLM figures.
+    Progress goes to stderr, with --json too: the LLM part alone takes minutes."""
     with reported():
-        result = decide(loops, background, llm_cases, progress(json_out))
+        result = decide(loops, background, llm_cases, say)
     emit(result, json_out)
 
 
