@@ -367,6 +367,7 @@ class LlmSetup:
 
 _RETRY_FAILED_S: Final = 30.0
 _MAX_WAITING: Final = 1024  # devices whose consultation waits, at most
+_PRIME_S: Final = 120.0  # a new worker's priming, at most (the old one serves meanwhile)
 
 
 class LlmTier:
@@ -408,6 +409,10 @@ class LlmTier:
         self.consulted = 0
         self.skipped = 0
         self.swaps = 0
+        self.primed = 0  # new workers primed with the newest consultation's prompt
+        # (capabilities, policy text) of the newest consultation: what a new
+        # worker evaluates before it takes over
+        self._recent: tuple[tuple[Any, ...], str] | None = None
         self.outcomes: dict[str, int] = {}
         self.error = ""
         self.adapter_error = ""
@@ -481,6 +486,7 @@ class LlmTier:
                 self.adapter_error = f"{self._describe(new)}: {exc}"
                 log.error("LLM tier keeps %s: %s", self._describe(self.setup), self.adapter_error)
                 return
+            await self._prime(worker, new)
             old, self.worker, self.setup = self.worker, worker, new
             self.adapter_error, self._failed = "", None
             self.swaps += 1
@@ -492,6 +498,22 @@ class LlmTier:
                 await old.aclose()
         finally:
             self._switching = None
+
+    async def _prime(self, worker: Any, s: LlmSetup) -> None:
+        """Evaluate the newest consultation's static prompt (its device's
+        actions and policy) on ``worker`` before it takes over, while the
+        old one still answers: the first decision after a swap then
+        evaluates only its facts, as it would have on the old worker. A
+        failure only costs that first decision the whole prompt."""
+        recent = self._recent
+        if recent is None:
+            return
+        try:
+            await worker.prime(recent[0], recent[1], timeout_s=_PRIME_S)
+        except Exception as exc:  # ModelError, or a worker that died while priming
+            log.warning("LLM tier: priming %s failed: %s", self._describe(s), exc)
+            return
+        self.primed += 1
 
     @staticmethod
     def _describe(s: LlmSetup) -> str:
@@ -603,6 +625,7 @@ class LlmTier:
             facts = self.facts(engine, device, d)
             # The device class's policy in words (docs/llm.md "Operator policies").
             policy = engine._raft.read(lambda s: Policies(self.cfg).of_device(s, device.device_id))
+            self._recent = (tuple(device.capabilities), policy.text)
             result = await worker.decide(
                 device.capabilities, facts, policy.text, deadline_ms=self.cfg.llm_deadline_ms
             )
@@ -706,6 +729,7 @@ class LlmTier:
             "adapter_sha256": None if s.adapter is None else s.adapter.sha256,
             "adapter_error": self.adapter_error or None,
             "swaps": self.swaps,
+            "primed": self.primed,
             "consulted": self.consulted,
             "skipped": self.skipped,
             "fact_changes": self.factwatch.changes,
