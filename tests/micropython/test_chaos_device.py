@@ -3,6 +3,7 @@ chaos campaign reads, under the real MicroPython interpreter."""
 
 from __future__ import annotations
 
+import signal
 import time
 from pathlib import Path
 
@@ -108,3 +109,19 @@ def test_the_firmware_keeps_its_history_across_power_cuts(tmp_path: Path) -> Non
     finally:
         on.stop()
     assert stats["sampled"] > 0 and stats["watermark"] == 0
+
+
+def test_a_device_that_does_not_stop_on_sigint_says_what_it_was_doing(tmp_path: Path) -> None:
+    """A frozen process (SIGSTOP: the kernel holds SIGINT for it) fails
+    ``interrupt`` with its state and CPU time from /proc, not a bare timeout."""
+    dev = _device(tmp_path).start()
+    try:
+        _wait_lines(Path(dev.config["data_dir"]) / "history.log", "F ", 1)
+        assert dev.proc is not None
+        dev.proc.send_signal(signal.SIGSTOP)
+        with pytest.raises(AssertionError, match=r"did not stop within 1\.0 s .*after: state T"):
+            dev.interrupt(timeout=1.0)
+        dev.proc.send_signal(signal.SIGCONT)  # the held SIGINT arrives: it stops as usual
+        assert dev.proc.wait(30) is not None
+    finally:
+        dev.stop()

@@ -585,20 +585,17 @@ def quant_figures(say: Say) -> dict[str, Any]:
         "q4_1_over_default_generate": round(sd / d, 3) if d else None,
     }
     try:
-        found = reg.shipped_adapter(llm.MODELS_DIR)
-    except reg.ModelRefused as exc:
+        base, adapter = ev.resolve(ev.DEFAULT, llm.MODELS_DIR)
+    except llm.ModelError as exc:
         return {**out, "adapter_speed_missing": str(exc)}
-    if found is not None and found[0].path is not None:
-        adapter = found[0]
-        base = reg.shipped_bases(llm.MODELS_DIR).get(adapter.base_sha256)
-        if base is not None and base.resolve() == default.resolve():
-            say(f"  speed of {default.name} + {adapter.name}, 1 thread...")
-            ap, ad = _speed(default, lora=adapter.path)
-            out.update(
-                adapter_prompt_ms_per_token=ap,
-                adapter_generate_ms_per_token=ad,
-                adapter_over_default_generate=round(ad / d, 3) if d else None,
-            )
+    if adapter is not None and base.resolve() == default.resolve():
+        say(f"  speed of {default.name} + {adapter.name}, 1 thread...")
+        ap, ad = _speed(default, lora=adapter)
+        out.update(
+            adapter_prompt_ms_per_token=ap,
+            adapter_generate_ms_per_token=ad,
+            adapter_over_default_generate=round(ad / d, 3) if d else None,
+        )
     return out
 
 

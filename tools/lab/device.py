@@ -110,8 +110,18 @@ class Device:
     def interrupt(self, timeout: float = 30.0) -> dict[str, Any]:
         """Ctrl-C: the firmware closes its store and prints its counters."""
         assert self.proc is not None
+        before = _proc_state(self.proc.pid)
         self.proc.send_signal(signal.SIGINT)
-        out, _ = self.proc.communicate(timeout=timeout)
+        try:
+            out, _ = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            # Say what the process was doing: asleep in a call (wchan) or
+            # running (its CPU time grew), and the last of its log.
+            after = _proc_state(self.proc.pid)
+            raise AssertionError(
+                f"device did not stop within {timeout} s of SIGINT; "
+                f"before: {before}; after: {after}; log: {self.log.read_text()[-2000:]!r}"
+            ) from None
         self._close_log()
         lines = [ln for ln in out.strip().splitlines() if ln.startswith("{")]
         if not lines:
@@ -146,6 +156,16 @@ class Device:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _proc_state(pid: int) -> str:
+    """A process's state, CPU ticks (user, system) and wait channel, from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        wchan = Path(f"/proc/{pid}/wchan").read_text()
+    except OSError as exc:
+        return f"unreadable ({exc})"
+    return f"state {fields[0]}, utime {fields[11]}, stime {fields[12]}, wchan {wchan or '-'}"
 
 
 class Console:
