@@ -409,7 +409,7 @@ class LlmTier:
         self.consulted = 0
         self.skipped = 0
         self.swaps = 0
-        self.primed = 0  # new workers primed with the newest consultation's prompt
+        self.primed = 0  # workers primed with the newest consultation's prompt (loads, swaps)
         # (capabilities, policy text) of the newest consultation: what a new
         # worker evaluates before it takes over
         self._recent: tuple[tuple[Any, ...], str] | None = None
@@ -502,9 +502,10 @@ class LlmTier:
     async def _prime(self, worker: Any, s: LlmSetup) -> None:
         """Evaluate the newest consultation's static prompt (its device's
         actions and policy) on ``worker`` before it takes over, while the
-        old one still answers: the first decision after a swap then
-        evaluates only its facts, as it would have on the old worker. A
-        failure only costs that first decision the whole prompt."""
+        old one still answers (or, for the first worker, before it answers
+        at all): the first decision after a swap then evaluates only its
+        facts, as it would have on the old worker. A failure only costs
+        that first decision the whole prompt."""
         recent = self._recent
         if recent is None:
             return
@@ -526,6 +527,7 @@ class LlmTier:
             self.error = str(exc)
             log.error("the LLM tier is off: %s", exc)
             return
+        await self._prime(worker, self.setup)  # with the consultation that asked for it
         self.worker = worker
         log.info("LLM tier ready: %s (%s)", self._describe(self.setup), self.trust.reason)
 
@@ -565,6 +567,8 @@ class LlmTier:
             return
         if self.worker is None:
             if self._starting is None:  # loaded on first use, by the leader only
+                with contextlib.suppress(RaftError):  # then loaded unprimed
+                    self._recent = (tuple(device.capabilities), self._policy(engine, device).text)
                 self._starting = asyncio.create_task(self._start())
             self.skipped += 1
             return
@@ -624,7 +628,7 @@ class LlmTier:
         try:
             facts = self.facts(engine, device, d)
             # The device class's policy in words (docs/llm.md "Operator policies").
-            policy = engine._raft.read(lambda s: Policies(self.cfg).of_device(s, device.device_id))
+            policy = self._policy(engine, device)
             self._recent = (tuple(device.capabilities), policy.text)
             result = await worker.decide(
                 device.capabilities, facts, policy.text, deadline_ms=self.cfg.llm_deadline_ms
@@ -638,6 +642,9 @@ class LlmTier:
         finally:
             self._busy = False
             self._next()
+
+    def _policy(self, engine: DecisionEngine, device: e.Device) -> Policy:
+        return engine._raft.read(lambda s: Policies(self.cfg).of_device(s, device.device_id))
 
     def _next(self) -> None:
         """Start the oldest waiting consultation still within its deadline."""

@@ -195,6 +195,24 @@ class _Reply:
     error: str
 
 
+_LOG_SINK: Any = None  # the ctypes callback, kept alive while llama.cpp holds it
+
+
+def quiet_llama_cpp(llama_cpp: Any) -> None:
+    """Drop llama.cpp's own log lines in this process. They are not the
+    hub's, and they would break its one-JSON-object-a-line log: one warning
+    per projection at each adapter load (210 lines: a LoRA on repacked
+    weights "falls back to CPU", as expected), a line at each aborted decode.
+    ``verbose=False`` does not stop them: llama-cpp-python reads ggml's log
+    levels from an older table, in which a warning is an error. Failures
+    still reach the caller as exceptions (a model that does not load, a
+    decode that fails)."""
+    global _LOG_SINK
+    if _LOG_SINK is None:
+        _LOG_SINK = llama_cpp.llama_log_callback(lambda _level, _text, _data: None)
+        llama_cpp.llama_log_set(_LOG_SINK, ctypes.c_void_p(0))
+
+
 def _serve(
     conn: multiprocessing.connection.Connection,
     path: str,
@@ -217,8 +235,7 @@ def _serve(
         # Imported by name: llama_cpp is only partly typed, and the hub must
         # import without it (the model tier is optional).
         llama_cpp: Any = importlib.import_module("llama_cpp")
-        # llama.cpp's own log lines (an aborted decode, say) are not the hub's.
-        logging.getLogger("llama-cpp-python").setLevel(logging.CRITICAL)
+        quiet_llama_cpp(llama_cpp)
         llm = llama_cpp.Llama(
             model_path=path,
             lora_path=lora or None,

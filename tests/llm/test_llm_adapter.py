@@ -90,7 +90,9 @@ def test_registry_names_kinds_and_bases_of_adapters() -> None:
 
 
 @pytest.mark.llm
-def test_worker_runs_the_adapter_and_refuses_other_bytes(tmp_path: Path) -> None:
+def test_worker_runs_the_adapter_and_refuses_other_bytes(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
     base = base_model()
     path, man = write_adapter(tmp_path / "a", base, seed=1, layers=2)
     facts = [f.power_fact(over_for_s=12), f.relay_fact(True)]
@@ -108,6 +110,9 @@ def test_worker_runs_the_adapter_and_refuses_other_bytes(tmp_path: Path) -> None
 
     asyncio.run(run())
     assert json.loads((tmp_path / "a" / "adapter.json").read_text())["kind"] == "lora-adapter"
+    # llama.cpp's own lines (one per projection at an adapter's load) stay
+    # out of the hub's log.
+    assert "llama_adapter_lora" not in capfd.readouterr().err
 
 
 @pytest.mark.llm

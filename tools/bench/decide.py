@@ -535,6 +535,7 @@ def _speed(
     ``prompt_tokens``, then ``decode_tokens`` one at a time; the best of
     three rounds."""
     llama_cpp: Any = importlib.import_module("llama_cpp")
+    llm.quiet_llama_cpp(llama_cpp)
     m = llama_cpp.Llama(
         model_path=str(path),
         lora_path=str(lora) if lora else None,

@@ -28,6 +28,7 @@ from hub.decide.llm import (
     _renderer,
     _Request,
     model_capabilities,
+    quiet_llama_cpp,
 )
 from tools.ml.eval_decisions import Scenario, correct, load_scenarios, summarise
 
@@ -35,6 +36,7 @@ from tools.ml.eval_decisions import Scenario, correct, load_scenarios, summarise
 def load_adapted(base: Path, adapter: Path | None, threads: int, n_ctx: int = 2048) -> Any:
     """A llama.cpp model: the base GGUF, with the adapter applied when given."""
     llama_cpp: Any = importlib.import_module("llama_cpp")
+    quiet_llama_cpp(llama_cpp)
     return llama_cpp.Llama(
         model_path=str(base),
         lora_path=str(adapter) if adapter else None,
