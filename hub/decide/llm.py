@@ -269,7 +269,7 @@ def _serve(
         if not isinstance(msg, _Request):
             return
         deadline = msg.deadline
-        reply = _answer(llama_cpp, llm, render, grammars, msg, seed)
+        reply = _answer(llama_cpp, llm, render, grammars, msg)
         deadline = math.inf
         try:
             conn.send(reply)
@@ -278,7 +278,7 @@ def _serve(
 
 
 def _answer(
-    llama_cpp: Any, llm: Any, render: Any, grammars: dict[str, Any], msg: _Request, seed: int
+    llama_cpp: Any, llm: Any, render: Any, grammars: dict[str, Any], msg: _Request
 ) -> _Reply:
     def past_deadline() -> bool:
         return time.monotonic() >= msg.deadline

@@ -55,7 +55,7 @@ def decide(llm: Any, render: Any, s: Scenario, name: str, sha: str) -> LlmResult
     messages = hf.build_messages(caps, s.facts, s.policy, compact=True)
     req = _Request(0, messages, grammar.gbnf(caps), grammar.max_chars(caps) + 1, math.inf, caps)
     t0 = time.monotonic()
-    reply = _answer(llama_cpp, llm, render, {}, req, 0)
+    reply = _answer(llama_cpp, llm, render, {}, req)
     outcome, detail, decision = Outcome.OK, "", None
     if reply.error:
         outcome, detail = Outcome.ERROR, reply.error
