@@ -74,8 +74,13 @@ tcpdump:
 fuse:
 	$(call apt_need,fusermount3,fuse3)
 
+# The suite in TEST_WORKERS processes (pytest-xdist), each test file whole in
+# one of them, so a file's module fixtures (clusters, models) start once. Most
+# tests wait on processes, brokers and sockets: two workers keep both cores of
+# a 2-core machine busy. TEST_WORKERS=0 runs it in this process.
+TEST_WORKERS ?= 2
 test: $(STAMP) mosquitto socat chromium systemd guide tcpdump fuse
-	$(PY) -m pytest --durations=30
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=30
 
 # mypy strict on hub/, tools/, protocol/; the import contracts of the layers
 # (docs/ARCHITECTURE.md); then edge/ and firmware/ against the MicroPython

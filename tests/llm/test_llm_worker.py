@@ -109,10 +109,9 @@ def test_200_decisions_are_valid_json_naming_an_allowed_action(model: Path) -> N
             ]
 
     async def main() -> list[tuple[Scenario, LlmResult]]:
-        # One model process per core, each with its half of the cases:
-        # nothing else runs beside this test, and one process with two
-        # llama.cpp threads leaves a core idle while it samples under the
-        # grammar (in Python), between its decodes.
+        # One model process per core, each with its half of the cases: one
+        # process with two llama.cpp threads leaves a core idle while it
+        # samples under the grammar (in Python), between its decodes.
         done = await asyncio.gather(*(decide_all(run) for run in runs))
         return [pair for part in done for pair in part]
 
