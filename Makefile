@@ -75,7 +75,8 @@ fuse:
 	$(call apt_need,fusermount3,fuse3)
 
 # The suite in TEST_WORKERS processes (pytest-xdist), each test file whole in
-# one of them, so a file's module fixtures (clusters, models) start once. Most
+# one of them, so a file's module fixtures (clusters, models) start once, and
+# the files that use every core one after another (tests/conftest.py). Most
 # tests wait on processes, brokers and sockets: two workers keep both cores of
 # a 2-core machine busy. TEST_WORKERS=0 runs it in this process.
 TEST_WORKERS ?= 2
