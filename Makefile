@@ -74,12 +74,13 @@ tcpdump:
 fuse:
 	$(call apt_need,fusermount3,fuse3)
 
-# The suite in TEST_WORKERS processes (pytest-xdist), each test file whole in
-# one of them, so a file's module fixtures (clusters, models) start once, and
-# the files that use every core one after another (tests/conftest.py). Most
-# tests wait on processes, brokers and sockets: two workers keep both cores of
-# a 2-core machine busy. TEST_WORKERS=0 runs it in this process.
-TEST_WORKERS ?= 2
+# TEST_WORKERS=2 runs the suite in two processes (pytest-xdist), each test
+# file whole in one of them, so a file's module fixtures (clusters, models)
+# start once, and the files that use every core one after another
+# (tests/conftest.py). Not yet the default: a few tests that compare latencies
+# or wait on a loaded cloud fail when another file runs beside them
+# (docs/DEVELOPMENT.md). 0 runs it in this process.
+TEST_WORKERS ?= 0
 test: $(STAMP) mosquitto socat chromium systemd guide tcpdump fuse
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=30
 

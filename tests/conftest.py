@@ -4,7 +4,7 @@ With CI=true a skipped test fails the run: every test that needs Mosquitto or
 MicroPython must run in CI. Outside CI, such tests skip with a reason that
 says what to install.
 
-Under pytest-xdist (`make test`: `-n 2 --dist loadfile`) a worker runs each
+Under pytest-xdist (`make test TEST_WORKERS=2`: `-n 2 --dist loadfile`) a worker runs each
 test file whole, so its module fixtures start once; the files that keep every
 core busy (the local model, torch, the decision bench) are one unit, so they
 run one after another and never beside each other: torch's and llama.cpp's
