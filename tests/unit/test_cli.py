@@ -179,6 +179,7 @@ def test_help_lists_exactly_the_working_groups() -> None:
         "edge",
         "ingest",
         "failover",
+        "flood",
         "decide",
         "soak",
         "cloud",

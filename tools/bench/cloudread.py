@@ -18,7 +18,6 @@ and the bytes on the exporter's link.
 from __future__ import annotations
 
 import array
-import asyncio
 import re
 import shutil
 import subprocess
@@ -30,8 +29,8 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from protocol import cloud
 from tools.bench.codec import BenchError
-from tools.cloud.cluster import CloudLayout, Creds, get_json
-from tools.cloud.status import connect
+from tools.cloud.cluster import CloudError, CloudLayout, Creds, get_json
+from tools.cloud.status import REQUEST_S, connect, run_within
 
 FETCH: Final = 2000  # messages per pull
 
@@ -101,16 +100,16 @@ def read_arrivals(admin: Creds, site: str, batch_readings: int, timeout: float =
     """Every readings message of ``site``'s stream (see Arrivals)."""
     out = Arrivals(batch_readings)
     try:
-        asyncio.run(asyncio.wait_for(_read(admin, site, out), timeout))
-    except TimeoutError:
-        raise BenchError(f"reading the stream back took over {timeout:.0f} s") from None
+        run_within(_read(admin, site, out), timeout, "reading the stream back")
+    except CloudError as exc:
+        raise BenchError(str(exc)) from None
     return out
 
 
 async def _read(admin: Creds, site: str, out: Arrivals) -> None:
     nc = await connect(admin, name="aiot-bench-reader")
     try:
-        js = nc.jetstream()
+        js = nc.jetstream(timeout=REQUEST_S)
         sub = await js.pull_subscribe(
             f"aiot.{site}.readings.>",
             stream=cloud.stream_name(site),

@@ -17,6 +17,7 @@ from tools.bench.codec import codec
 from tools.bench.decide import decide
 from tools.bench.edge import edge
 from tools.bench.failover import failover
+from tools.bench.flood import flood
 from tools.bench.ingest import ingest
 from tools.bench.soak import soak
 from tools.bench.suite import BENCHES, attach_previous, run_all, write_report
@@ -169,6 +170,24 @@ def bench_failover(
 ) -> None:
     """Hub cluster: kill -9 the leader under load; time to the first commit and to 90% rate."""
     measure(ctx, failover, quiet=False)
+
+
+@bench_app.command("flood")
+def bench_flood(
+    ctx: typer.Context,
+    json_out: JsonOut = False,
+    devices: Annotated[
+        int, typer.Option(min=1, help="Well-behaved devices timing their commit-acks.")
+    ] = 8,
+    frames: Annotated[
+        int, typer.Option(min=1, help="Frames the flooding device publishes.")
+    ] = 10_000,
+    rounds: Annotated[
+        int, typer.Option(min=1, help="Batches per device for the baseline, before the flood.")
+    ] = 100,
+) -> None:
+    """Hub cluster: one device floods its topics; the others' commit-ack p99 against before."""
+    measure(ctx, flood, quiet=False)
 
 
 @bench_app.command("soak")

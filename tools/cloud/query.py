@@ -17,12 +17,10 @@ nano-Wh, on the same 32-bit values), so a device's hours equal the hub's
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import itertools
 import struct
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
@@ -33,7 +31,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from hub.state import rollups
 from protocol import cloud
 from tools.cloud.cluster import CloudError, Creds
-from tools.cloud.status import connect
+from tools.cloud.status import REQUEST_S, connect, run_within
 
 _BATCH = 512
 
@@ -74,7 +72,7 @@ async def _read(
     stream = stream or cloud.stream_name(site)
     nc = await connect(creds)
     try:
-        js = nc.jetstream()
+        js = nc.jetstream(timeout=REQUEST_S)
         try:
             info = await js.stream_info(stream)
         except nats.js.errors.NotFoundError:
@@ -108,19 +106,15 @@ async def _drain(sub: Any, take: Callable[[Any], None]) -> None:
             return
 
 
-def _run(site: str, device: str | None, timeout: float, work: Awaitable[None]) -> None:
+def _run(site: str, device: str | None, timeout: float, work: Coroutine[Any, Any, None]) -> None:
     try:
         cloud.check_site(site)
         if device is not None:
             cloud.token(device)
     except ValueError as exc:
-        if inspect.iscoroutine(work):
-            work.close()
+        work.close()
         raise CloudError(str(exc)) from None
-    try:
-        asyncio.run(asyncio.wait_for(work, timeout))
-    except TimeoutError:
-        raise CloudError(f"reading site {site} took over {timeout:.0f} s") from None
+    run_within(work, timeout, f"reading site {site}")
 
 
 def read_readings(

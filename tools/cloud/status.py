@@ -13,15 +13,30 @@ import asyncio
 import json
 import logging
 import ssl
+from collections.abc import Coroutine
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Final, TypeVar
 
 import nats
 from nats.js.api import StreamInfo
 
 from tools.cloud.cluster import CloudError, CloudLayout, Creds, get_json, meta_leader
 
-__all__ = ["ServerState", "StreamState", "connect", "servers_of", "streams_of"]
+__all__ = [
+    "REQUEST_S",
+    "ServerState",
+    "StreamState",
+    "connect",
+    "run_within",
+    "servers_of",
+    "streams_of",
+]
+
+# One JetStream API request (stream info, creating a consumer): nats-py's
+# default of 5 s is short for a cloud under load.
+REQUEST_S: Final = 30.0
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +125,28 @@ async def connect(creds: Creds, name: str = "aiot-cli", timeout: float = 5.0) ->
             f"no cloud server answered at {', '.join(creds.servers)}: "
             f"{exc or f'no answer within {timeout:.0f} s'}{seen}"
         ) from None
+
+
+def run_within(work: Coroutine[Any, Any, T], timeout: float, what: str) -> T:
+    """Run ``work`` to its end within ``timeout`` seconds in all.
+
+    nats-py raises TimeoutError when one request goes unanswered, as asyncio
+    does when the whole deadline passes; the CloudError says which it was."""
+
+    async def bounded() -> T:
+        async with asyncio.timeout(timeout):
+            try:
+                return await work
+            except TimeoutError as exc:  # raised by the work: the deadline cancels instead
+                detail = str(exc) or type(exc).__name__
+                raise CloudError(
+                    f"{what}: a request to the cloud went unanswered ({detail})"
+                ) from None
+
+    try:
+        return asyncio.run(bounded())
+    except TimeoutError:
+        raise CloudError(f"{what} took over {timeout:.0f} s") from None
 
 
 async def _connect(creds: Creds, name: str, timeout: float, on_error: Any) -> Any:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import signal
 import socket
@@ -30,6 +31,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
+
+import httpx
 
 from hub.core import config as hub_config
 from hub.core import tls as hub_tls
@@ -364,6 +367,14 @@ class LocalCluster:
     def status(self, i: int) -> dict[str, Any]:
         out: dict[str, Any] = self.client(i).get("/v1/status")
         return out
+
+    def metric(self, i: int, name: str, reason: str | None = None) -> float | None:
+        """One sample of node i's ``GET /metrics``: ``name``, or
+        ``name{reason="..."}``; None when the node does not export it."""
+        text = httpx.get(self.client(i).url + "/metrics", timeout=15, verify=self.verify).text
+        labels = "" if reason is None else rf'\{{reason="{re.escape(reason)}"\}}'
+        found = re.search(rf"^{re.escape(name)}{labels} (\S+)$", text, re.M)
+        return None if found is None else float(found.group(1))
 
     def wait_node(self, i: int, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
