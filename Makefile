@@ -74,13 +74,11 @@ tcpdump:
 fuse:
 	$(call apt_need,fusermount3,fuse3)
 
-# TEST_WORKERS=2 runs the suite in two processes (pytest-xdist), each test
-# file whole in one of them, so a file's module fixtures (clusters, models)
-# start once, and the files that use every core one after another
-# (tests/conftest.py). Not yet the default: a few tests that compare latencies
-# or wait on a loaded cloud fail when another file runs beside them
-# (docs/DEVELOPMENT.md). 0 runs it in this process.
-TEST_WORKERS ?= 0
+# The suite runs in TEST_WORKERS processes (pytest-xdist), each test file
+# whole in one of them, so a file's module fixtures (clusters, models) start
+# once, and the files that use every core run one after another
+# (tests/conftest.py). 0 runs it in this process (docs/DEVELOPMENT.md).
+TEST_WORKERS ?= 2
 test: $(STAMP) mosquitto socat chromium systemd guide tcpdump fuse
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=30
 
