@@ -22,11 +22,14 @@ from tests.support import IN_CI
 
 _skipped: list[str] = []
 
-# The test files that use every core: one unit of work under xdist, so they never run together.
+# The test files that use every core (the local model, torch, the decision
+# bench) and Chromium's processes: one unit of work under xdist, so they never
+# run beside each other.
 CPU_BOUND: tuple[str, ...] = (
     "tests/llm/",
     "tests/integration/test_bench_decide.py",
     "tests/integration/test_bench_all.py",
+    "tests/browser/",
 )
 
 

@@ -238,14 +238,17 @@ async function start() {
   $("login-form").addEventListener("submit", login);
   $("logout").addEventListener("click", () => logout());
   window.addEventListener("hashchange", route);
-  try {
-    const health = await api("GET", "/v1/health", undefined, { anonymous: true });
-    $("node-id").textContent = health.node_id;
-    $("login-node").textContent = `Sign in to hub node ${health.node_id}.`;
-    document.title = `aiot hub ${health.node_id}`;
-  } catch (_) {
-    // the login still works if the health check does not
-  }
+  // The node's name, for the login card and the header. Nothing waits for
+  // it: a node slow to answer must not keep the login from showing.
+  api("GET", "/v1/health", undefined, { anonymous: true })
+    .then((health) => {
+      $("node-id").textContent = health.node_id;
+      $("login-node").textContent = `Sign in to hub node ${health.node_id}.`;
+      document.title = `aiot hub ${health.node_id}`;
+    })
+    .catch(() => {
+      // the login works without it
+    });
   // An invitation's link (#/invite/{token}): its page comes before any login.
   const invited = /^#\/invite\/([A-Za-z0-9_-]+)$/.exec(location.hash);
   if (invited) {
