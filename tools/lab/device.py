@@ -125,7 +125,12 @@ class Device:
         self._close_log()
         lines = [ln for ln in out.strip().splitlines() if ln.startswith("{")]
         if not lines:
-            raise AssertionError(f"device printed no counters: {self.log.read_text()[-2000:]}")
+            # Say how it ended: a signal (negative code), exit(1), or a clean
+            # exit that printed something else.
+            raise AssertionError(
+                f"device printed no counters; exit code {self.proc.returncode}; "
+                f"stdout: {out[-1000:]!r}; log: {self.log.read_text()[-2000:]!r}"
+            )
         stats: dict[str, Any] = json.loads(lines[-1])
         return stats
 
