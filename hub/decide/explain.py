@@ -145,6 +145,22 @@ def _action(name: str, params: Iterable[tuple[str, Any]]) -> str:
     return name + (f" {shown}" if shown else "")
 
 
+def _reading_line(reason: str, reading: Any) -> str:
+    """The line of an adapter's reading of the policy that a decision's reason
+    names ("Rule 2: ..." -> the line "2: ... -> ..."; "Default: ..." -> the
+    default's; hub.decide.reading.why)."""
+    if not isinstance(reading, str) or not reading:
+        return ""
+    head = reason.strip().split(":", 1)[0]
+    if head == "Default":
+        want = "Default -> "
+    elif head.startswith("Rule ") and head[5:].isdigit():
+        want = f"{head[5:]}: "
+    else:
+        return ""
+    return next((x for x in reading.splitlines() if x.startswith(want)), "")
+
+
 def _llm_parts(rec: dict[str, Any]) -> list[str]:
     """What an LLM decision adds: the policy it followed, the model (and
     adapter) that read it, the model's reason, and whether it could act."""
@@ -160,8 +176,15 @@ def _llm_parts(rec: dict[str, Any]) -> list[str]:
         if adapter.get("name"):
             who += f" with adapter {adapter['name']}"
         rec_ = rec.get("recommendation") or {}
-        if rec_.get("reason"):
-            parts.append(f'{who} reasoned: "{rec_["reason"]}".')
+        reason = str(rec_.get("reason") or "")
+        line = _reading_line(reason, (rec.get("llm") or {}).get("reading"))
+        if line:  # an adapter's reading, checked against the facts (hub.decide.reading)
+            which = "the default" if line.startswith("Default") else reason.split(":", 1)[0]
+            parts.append(
+                f'{who} read the policy; for these facts, {which} of its reading applies: "{line}".'
+            )
+        elif reason:
+            parts.append(f'{who} reasoned: "{reason}".')
         else:
             parts.append(f"{who} was consulted.")
     if rec.get("fallback"):

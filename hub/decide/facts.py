@@ -15,14 +15,13 @@ model states which policy sentence applies before it names the action; the model
 (read from the GGUF) turns them into text, so any instruction-tuned GGUF
 works. The static part (what the device can do, the answer format) comes
 first and the facts last, so llama.cpp reuses the cached prefix from one
-call to the next. A fine-tuned adapter gets the compact prompt
-(``compact=True``, ``ADAPTER_PROMPT_VERSION``): no worked examples, the
-policy in the system message, so the cached prefix holds the policy too,
-each fact keyed with what it is about and its value ("- home=no: nobody is
-at home"), and a reason that checks each rule's conditions in order, written
-as the keys they need, then the action of the rule that applies in the
-policy's words ("1: time in 22:00-06:00 (17:20) no. 2: not home=yes yes.
-Rule 2: cut the power."), before the action.
+call to the next. A fine-tuned adapter is not asked for decisions: it
+reads the policy once (``reading_messages``, ``ADAPTER_PROMPT_VERSION``,
+under ``grammar.reading_gbnf``) into a reading, each rule as the fact keys
+its conditions need and the action it names, one line a rule ("2:
+anomaly=high, not home=yes, unless tariff=peak -> relay.set {"on": false}"),
+and the hub checks each decision's facts, as keys (``fact_keys``), against
+that reading (``hub.decide.reading``).
 ``PROMPT_VERSION`` changes whenever the wording changes:
 eval reports and provenance carry it, and the trust gate accepts only a
 report measured with the running version.
@@ -41,19 +40,14 @@ from hub.decide.grammar import NONE_ACTION
 from protocol import messages as m
 
 PROMPT_VERSION: Final = "decide-v1"  # the base model's: two worked examples
-# A fine-tuned adapter's: no worked examples (it learnt the format), the
-# policy in the system message, so that the static part (the device's
-# actions, the policy) is one prefix llama.cpp keeps from call to call and
-# only the facts are new (``build_messages(..., compact=True)``), each fact
-# with its key (``fact_keys``), and a reason that checks the rules in order,
-# each condition as the key it needs, then copies the action of the rule
-# that applies as the policy words it, before the action.
-ADAPTER_PROMPT_VERSION: Final = "decide-v6-act"
+# A fine-tuned adapter's: it reads the policy (``reading_messages``) into the
+# lines of ``grammar.reading_gbnf``; code checks the facts against them.
+ADAPTER_PROMPT_VERSION: Final = "reading-v1"
 
 
-def prompt_version(compact: bool) -> str:
-    """The version of the prompt ``build_messages(..., compact=compact)`` writes."""
-    return ADAPTER_PROMPT_VERSION if compact else PROMPT_VERSION
+def prompt_version(adapter: bool) -> str:
+    """The version of the prompt the model gets: an adapter's reading, or the base model's."""
+    return ADAPTER_PROMPT_VERSION if adapter else PROMPT_VERSION
 
 
 # What the known actions do, in words the model can use. Unknown actions are
@@ -123,8 +117,9 @@ def tariff_fact(period: str) -> str:
 REQUEST_TOO_HIGH: Final = "the request is above what the device accepts"
 
 # What each fact says, as a key the adapter's trace can match: the compact
-# prompt writes "- home=no: nobody is at home", and the trace writes each
-# condition of the policy as the key it needs ("2: not home=yes yes"), so a
+# prompt writes "- home=no" for "nobody is at home", and the reading and the
+# trace write each condition of the policy as the key it needs ("2: not
+# home=yes yes"), so a
 # condition holds when its key is among the facts; comparing two short
 # strings is what a small model does reliably, judging a sentence against a
 # condition in other words is not. Sentences the hub did not word get no key.
@@ -169,6 +164,22 @@ def request_key(sentence: str, *, too_high: bool) -> str | None:
         return None
     what = "-".join(hit.group(1).split())
     return f"request={what} {'too-high' if too_high else 'ok'}"
+
+
+_REQUEST_VALUE: Final = re.compile(
+    r"operator asks to set the .+? to (-?\d+(?:\.\d+)?)(?![\d,]|\.\d)"
+)
+
+
+def request_value(sentence: str) -> int | float | None:
+    """The value an operator's request asks for ("operator asks to set the fan
+    speed to 4" -> 4, "... heater to 21.5 degrees" -> 21.5), a whole number as
+    an int; None when ``sentence`` is not a request or states no number."""
+    hit = _REQUEST_VALUE.match(sentence.strip())
+    if hit is None:
+        return None
+    value = float(hit.group(1))
+    return int(value) if value.is_integer() else value
 
 
 def fact_keys(facts: Sequence[str]) -> list[str | None]:
@@ -252,34 +263,45 @@ def _question(facts: Iterable[str], policy: str) -> str:
     return f"Policy: {policy.strip()}\nFacts:\n{_facts(facts)}\nWhat is the action now?"
 
 
-def _facts(facts: Iterable[str], *, keyed: bool = False) -> str:
-    xs = [x.strip() for x in facts if x.strip()]
-    keys = fact_keys(xs) if keyed else [None] * len(xs)
-    lines = [f"- {k}: {x}" if k else f"- {x}" for x, k in zip(xs, keys, strict=True)]
+def _facts(facts: Iterable[str]) -> str:
+    lines = [f"- {x.strip()}" for x in facts if x.strip()]
     return "\n".join(lines) or "- nothing to report"
 
 
-def build_messages(
-    caps: Sequence[m.Capability], facts: Iterable[str], policy: str, *, compact: bool = False
+READ_ASK: Final = "Read the policy."
+
+
+def _reading_system(caps: Sequence[m.Capability], policy: str) -> str:
+    return (
+        "Read the operator's policy for one device.\n"
+        f"Actions:\n{describe_actions(caps)}\n"
+        "Write one line a rule, in the policy's order: its conditions as the fact keys "
+        "they need, then -> and its action. Last, the default.\n"
+        f"Policy: {policy.strip()}"
+    )
+
+
+def reading_messages(caps: Sequence[m.Capability], policy: str) -> list[dict[str, str]]:
+    """The messages that ask a fine-tuned adapter to read ``policy`` once; the
+    answer, under ``grammar.reading_gbnf(caps)``, is its reading (``hub.decide.reading``)."""
+    return [
+        {"role": "system", "content": _reading_system(caps, policy)},
+        {"role": "user", "content": READ_ASK},
+    ]
+
+
+def reading_conversation(
+    caps: Sequence[m.Capability], policy: str, reading: str
 ) -> list[dict[str, str]]:
-    """Chat messages asking for one decision: system, two worked examples, the
-    question; ``compact`` (a fine-tuned adapter's prompt): the system message
-    with the policy, then the facts, and no examples."""
-    if compact:
-        # A fine-tuned adapter learnt the task: a short instruction, the
-        # device's actions and the policy (the cached prefix), then the facts.
-        system = (
-            "Choose the one action to take now for one device by its operator's policy.\n"
-            f"Actions:\n{describe_actions(caps)}\n"
-            'Answer with one JSON object: {"reason": ..., "action": ..., "params": {...}}. '
-            "In the reason, check the rules in order, each condition as the fact key it "
-            "needs, yes or no, up to the first rule that applies, and quote its action.\n"
-            f"Policy: {policy.strip()}"
-        )
-        return [
-            {"role": "system", "content": system},
-            {"role": "user", "content": f"Facts:\n{_facts(facts, keyed=True)}"},
-        ]
+    """``reading_messages`` and the reading: what an adapter is trained on."""
+    return [*reading_messages(caps, policy), {"role": "assistant", "content": reading}]
+
+
+def build_messages(
+    caps: Sequence[m.Capability], facts: Iterable[str], policy: str
+) -> list[dict[str, str]]:
+    """Chat messages asking the base model for one decision: system, two
+    worked examples, the question."""
     system = (
         "You are the decision module of a home energy hub. You choose the one action to "
         "take now for one device, following the operator's policy exactly and using only "

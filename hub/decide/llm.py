@@ -38,6 +38,17 @@ capabilities (``hub.grammar.gbnf``) and then validated again
 
 ``decide`` never raises for any of these. The trust gate (``TrustGate``)
 decides separately whether an ``ok`` decision may actuate or only advises.
+
+A worker with an adapter does not ask the model for decisions. The model
+reads each policy once (``hub.decide.facts.reading_messages``, under
+``grammar.reading_gbnf``) and the worker keeps the reading (``READINGS_KEPT``
+of them, the most recently used); a decision checks the facts against it in
+code (``hub.decide.reading``), in microseconds, and carries it in its
+provenance. A reading that names an action or parameters the device does not
+accept for these facts gives ``invalid``. The reading runs in the background
+with its own time limit (``READ_TIMEOUT_S``): a decision that arrives before
+it is done waits for it within its own deadline, and falls back on a miss
+while the reading goes on for the next one. ``prime`` reads the policy.
 """
 
 from __future__ import annotations
@@ -58,6 +69,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from enum import StrEnum
@@ -71,6 +83,7 @@ from hub.core.fsutil import sha256_file
 from hub.core.paths import SHIPPED_MODELS, SOURCE_ROOT
 from hub.decide import facts as f
 from hub.decide import grammar
+from hub.decide import reading as rd
 from hub.decide.guard import OPERATOR_ONLY
 from protocol import messages as m
 
@@ -81,6 +94,9 @@ DEFAULT_MODEL: Final = "smollm2-135m-instruct-q4_0"
 INSTALL_HINT: Final = "python -m tools.ml.install_llm (make test runs it)"
 KILL_GRACE_S: Final = 5.0
 DEFAULT_DEADLINE_MS: Final = 3000.0
+READ_TIMEOUT_S: Final = 120.0  # one reading of a policy by an adapter
+READ_RETRY_S: Final = 60.0  # a reading that failed is tried again after this
+READINGS_KEPT: Final = 256
 
 
 class Outcome(StrEnum):
@@ -92,6 +108,10 @@ class Outcome(StrEnum):
 
 class ModelError(RuntimeError):
     """The model can't be found, read, verified or loaded; the message says which."""
+
+
+class _Unreadable(ModelError):
+    """An adapter wrote a reading of a policy that ``hub.decide.reading`` cannot parse."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +129,7 @@ class Provenance:
     outcome: Outcome
     detail: str = ""  # why invalid / error
     adapter_sha256: str = ""  # the LoRA adapter applied to the model ("": none)
+    reading: str = ""  # an adapter's reading of the policy the decision used ("": none)
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -180,9 +201,6 @@ class _Request:
     grammar: str
     max_tokens: int
     deadline: float  # time.monotonic(), system-wide on Linux
-    # A decision's: the device's capabilities, for the text the grammar forces
-    # (``grammar.forced``); None for other output.
-    caps: tuple[m.Capability, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,9 +313,7 @@ def _answer(
                 grammars.clear()
             grammars[msg.grammar] = sampler
         prompt = render(msg.messages)
-        caps = msg.caps
-        force = None if caps is None else (lambda out: grammar.forced(out, caps))
-        text, n_out = _greedy(llm, sampler, prompt, msg.max_tokens, past_deadline, force)
+        text, n_out = _greedy(llm, sampler, prompt, msg.max_tokens, past_deadline)
         return _Reply(msg.req_id, text, len(prompt), n_out, past_deadline(), "")
     except Exception as exc:  # one bad request never ends the worker
         if past_deadline():  # aborted at the deadline
@@ -347,15 +363,6 @@ class _GrammarSampler:
         arr = self._lib.llama_token_data_array(data, size, -1, False)
         self._lib.llama_sampler_apply(self._ptr, ctypes.byref(arr))
 
-    def allows(self, token: int) -> bool:
-        """Whether the grammar allows ``token`` next (its state unchanged)."""
-        self._one[0].id, self._one[0].logit, self._one[0].p = token, 0.0, 0.0
-        self._apply(self._one, 1)
-        return not math.isinf(self._one[0].logit)
-
-    def accept(self, token: int) -> None:
-        self._lib.llama_sampler_accept(self._ptr, token)
-
     def choose(self, logits: npt.NDArray[np.float32]) -> int:
         """The greedy token the grammar allows next, accepted into its state."""
         best = int(np.argmax(logits))
@@ -379,77 +386,37 @@ class _GrammarSampler:
 
 
 def _greedy(
-    llm: Any,
-    sampler: _GrammarSampler,
-    prompt: list[int],
-    max_tokens: int,
-    stop: Any,
-    forced: Any = None,
+    llm: Any, sampler: _GrammarSampler, prompt: list[int], max_tokens: int, stop: Any
 ) -> tuple[str, int]:
     """Greedy decoding of ``prompt`` under ``sampler``'s grammar, reusing the
     KV cache for the prefix it shares with the last call (the static part of
     the prompt). Ends at an end-of-generation token, ``max_tokens`` or when
-    ``stop()`` says so. The text and the number of tokens generated.
-
-    ``forced(text so far)`` (``grammar.forced``) gives text the grammar
-    admits whatever the model chooses: its tokens are appended without
-    asking the model, and run through it in one batch with the token before
-    them (a batch costs about what one token does); ``grammar.DONE`` ends
-    the output where only the end of the turn could follow."""
-    n_ctx = llm.n_ctx()
-    sampler.reset()
-    out: list[int] = []
-    head = _forced_tokens(llm, sampler, forced, out, prompt) or []
-    out += head
-    full = prompt + head
-    if len(full) + 1 > n_ctx:
-        raise ValueError(f"a prompt of {len(full)} tokens does not fit the context of {n_ctx}")
+    ``stop()`` says so. The text and the number of tokens generated."""
+    # llama.cpp may round the context up; llama-cpp-python's token buffer
+    # keeps the size asked for.
+    n_ctx = min(llm.n_ctx(), len(llm.input_ids))
+    if len(prompt) + 1 > n_ctx:
+        raise ValueError(f"a prompt of {len(prompt)} tokens does not fit the context of {n_ctx}")
     cached = llm.input_ids[: llm.n_tokens]
     same = 0
-    for a, b in zip(cached, full, strict=False):
+    for a, b in zip(cached, prompt, strict=False):
         if a != b:
             break
         same += 1
-    llm.n_tokens = min(same, len(full) - 1)  # the last prompt token runs again for its logits
-    llm.eval(full[llm.n_tokens :])
+    llm.n_tokens = min(same, len(prompt) - 1)  # the last prompt token runs again for its logits
+    llm.eval(prompt[llm.n_tokens :])
+    sampler.reset()
     lib, ctx, vocab, n_vocab = sampler._lib, llm._ctx.ctx, sampler._vocab, sampler._n_vocab
+    out: list[int] = []
     while len(out) < max_tokens and llm.n_tokens < n_ctx and not stop():
         logits = np.ctypeslib.as_array(lib.llama_get_logits_ith(ctx, -1), shape=(n_vocab,))
         token = sampler.choose(logits)
         if lib.llama_vocab_is_eog(vocab, token):
             break
         out.append(token)
-        more = _forced_tokens(llm, sampler, forced, out, prompt)
-        if more is None:  # complete: only the end of the turn could follow
-            break
-        out += more
-        llm.eval([token, *more])
+        llm.eval([token])
     text = llm.detokenize(out, prev_tokens=prompt).decode("utf-8", errors="ignore")
     return text, len(out)
-
-
-def _forced_tokens(
-    llm: Any, sampler: _GrammarSampler, forced: Any, out: list[int], prompt: list[int]
-) -> list[int] | None:
-    """The tokens of the text ``forced`` gives after ``out``, accepted into the
-    grammar's state ([] when there is none or the grammar would refuse one of
-    them); None when the output is complete."""
-    if forced is None:
-        return []
-    text = llm.detokenize(out, prev_tokens=prompt).decode("utf-8", errors="ignore")
-    more = forced(text)
-    if more == grammar.DONE:
-        return None
-    if not more:
-        return []
-    ids: list[int] = llm.tokenize(more.encode("utf-8"), add_bos=False, special=False)
-    taken: list[int] = []
-    for t in ids:
-        if not sampler.allows(t):
-            break
-        sampler.accept(t)
-        taken.append(t)
-    return taken
 
 
 _FALLBACK_TEMPLATE: Final = (
@@ -610,6 +577,10 @@ class LlmWorker:
         self._background: set[asyncio.Task[Any]] = set()
         self._closed = False
         self.restarts = 0
+        # An adapter's readings of policies (module doc), by capabilities and policy.
+        self._readings: OrderedDict[_ReadingKey, str] = OrderedDict()
+        self._reading: dict[_ReadingKey, asyncio.Task[str]] = {}
+        self._unread: dict[_ReadingKey, tuple[float, Outcome, str]] = {}  # failed: when, how, why
 
     # -- lifecycle
 
@@ -729,10 +700,17 @@ class LlmWorker:
         """
         t0 = time.monotonic()
         caps = model_capabilities(caps)
+        facts = tuple(facts)
         deadline = t0 + max(0.0, deadline_ms) / 1000.0
-        # An adapter was fine-tuned on the compact prompt (hub/decide/facts.py).
-        compact = self.lora_path is not None
-        messages = f.build_messages(caps, facts, policy, compact=compact)
+        # An adapter reads the policy (module doc); code checks the facts
+        # against its reading (hub/decide/reading.py).
+        reads = self.lora_path is not None
+        reading, missed, why = "", None, ""
+        if reads:
+            reading, missed, why = await self._reading_by(caps, policy, deadline)
+            messages = f.reading_messages(caps, policy)
+        else:
+            messages = f.build_messages(caps, facts, policy)
         prompt_hash = f.prompt_sha256(messages)
 
         def result(
@@ -748,7 +726,7 @@ class LlmWorker:
                 Provenance(
                     model_name=self.model_name,
                     model_sha256=self.model_sha256,
-                    prompt_version=f.prompt_version(compact),
+                    prompt_version=f.prompt_version(reads),
                     prompt_sha256=prompt_hash,
                     raw_output=reply.text if reply else "",
                     latency_ms=round((time.monotonic() - t0) * 1000.0, 3),
@@ -757,15 +735,26 @@ class LlmWorker:
                     outcome=outcome,
                     detail=detail,
                     adapter_sha256=self.adapter_sha256,
+                    reading=reading,
                 ),
             )
 
+        if missed is not None:
+            return result(missed, why)
+        if reads:
+            try:
+                match = rd.decide(rd.parse(reading), facts, caps)
+            except rd.InvalidReading as exc:
+                return result(Outcome.INVALID, f"the reading: {exc}")
+            except ValueError as exc:  # capabilities no decision can be built from
+                return result(Outcome.ERROR, f"capabilities: {exc}")
+            return result(Outcome.OK, "", None, match.decision)
         try:
             gbnf = grammar.gbnf(caps)
         except ValueError as exc:
             return result(Outcome.ERROR, f"capabilities: {exc}")
         max_tokens = self.max_tokens or grammar.max_chars(caps) + 1
-        req = _Request(next(self._ids), messages, gbnf, max_tokens, deadline, caps)
+        req = _Request(next(self._ids), messages, gbnf, max_tokens, deadline)
         task = asyncio.ensure_future(self._run(req))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
@@ -793,17 +782,106 @@ class LlmWorker:
         """Evaluate the static part of a prompt for a device with ``caps`` and
         ``policy`` (the actions, the policy: everything before the facts), so
         that the next decision for it evaluates only its facts, as a hub that
-        consults the LLM about the same kind of device again does. The
+        consults the LLM about the same kind of device again does; with an
+        adapter, read the policy (a decision then makes no model call). The
         seconds it took; nothing is decided. Raises ModelError when the
-        model cannot run."""
+        model cannot run. A reading the hub cannot check facts against is
+        kept as that, for ``READ_RETRY_S``: the decisions meanwhile say so
+        (``invalid``) at once, so the worker is primed all the same."""
         t0 = time.monotonic()
         caps = model_capabilities(caps)
-        messages = f.build_messages(caps, (), policy, compact=self.lora_path is not None)
+        if self.lora_path is not None:  # the reading is all a decision needs
+            _, missed, why = await self._reading_by(caps, policy, t0 + timeout_s)
+            if missed is not None and missed is not Outcome.INVALID:
+                raise ModelError(f"priming failed: {why}")
+            return time.monotonic() - t0
+        messages = f.build_messages(caps, (), policy)
         req = _Request(next(self._ids), messages, grammar.gbnf(caps), 1, t0 + timeout_s)
         reply, outcome, detail = await self._run(req)
         if reply is None or reply.error:
             raise ModelError(f"priming failed: {detail or (reply.error if reply else outcome)}")
         return time.monotonic() - t0
+
+    def reading(self, caps: tuple[m.Capability, ...], policy: str) -> str | None:
+        """The adapter's kept reading of ``policy`` for a device with ``caps``, if any."""
+        return self._readings.get(_reading_key(model_capabilities(caps), policy))
+
+    async def _reading_by(
+        self, caps: tuple[m.Capability, ...], policy: str, deadline: float
+    ) -> tuple[str, Outcome | None, str]:
+        """(the reading of ``policy``, None, "") when it is ready by ``deadline``;
+        ("", DEADLINE, why) when it is not yet (it goes on); ("", INVALID, why)
+        when the model wrote no reading the hub can check facts against, and
+        ("", ERROR, why) when it failed to write one."""
+        key = _reading_key(caps, policy)
+        kept = self._readings.get(key)
+        if kept is not None:
+            self._readings.move_to_end(key)
+            return kept, None, ""
+        failed = self._unread.get(key)
+        if failed is not None and time.monotonic() - failed[0] < READ_RETRY_S:
+            return "", failed[1], failed[2]  # the same model would fail the same way
+        task = self._reading.get(key)
+        if task is None:
+            task = asyncio.ensure_future(self._read(key, caps, policy))
+            self._reading[key] = task
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+            task.add_done_callback(lambda _t: self._reading.pop(key, None))
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved
+        done, _ = await asyncio.wait({task}, timeout=max(0.0, deadline - time.monotonic()))
+        if task not in done:
+            return "", Outcome.DEADLINE, "the policy is still being read"
+        if task.cancelled():
+            return "", Outcome.ERROR, "reading the policy was cancelled"
+        exc = task.exception()
+        if exc is not None:
+            why = str(exc) or type(exc).__name__
+            return "", Outcome.INVALID if isinstance(exc, _Unreadable) else Outcome.ERROR, why
+        return task.result(), None, ""
+
+    async def _read(self, key: _ReadingKey, caps: tuple[m.Capability, ...], policy: str) -> str:
+        try:
+            return await self._read_once(key, caps, policy)
+        except (ModelError, ValueError) as exc:
+            outcome = Outcome.INVALID if isinstance(exc, _Unreadable) else Outcome.ERROR
+            self._unread[key] = (time.monotonic(), outcome, str(exc) or type(exc).__name__)
+            while len(self._unread) > READINGS_KEPT:
+                self._unread.pop(next(iter(self._unread)))
+            raise
+
+    async def _read_once(
+        self, key: _ReadingKey, caps: tuple[m.Capability, ...], policy: str
+    ) -> str:
+        gbnf = grammar.reading_gbnf(caps)
+        messages = f.reading_messages(caps, policy)
+        req = _Request(
+            next(self._ids),
+            messages,
+            gbnf,
+            grammar.READING_MAX_TOKENS,
+            time.monotonic() + READ_TIMEOUT_S,
+        )
+        reply, outcome, detail = await self._run(req)
+        if reply is None:
+            raise ModelError(f"reading the policy: {detail or outcome}")
+        if reply.error or reply.stopped_at_deadline or not reply.text.strip():
+            why = reply.error or f"no reading within {READ_TIMEOUT_S:g} s"
+            raise ModelError(f"reading the policy: {why}")
+        try:
+            rd.parse(reply.text)
+        except rd.InvalidReading as exc:  # cut at READING_MAX_TOKENS, say: tried again later
+            cut = reply.completion_tokens >= grammar.READING_MAX_TOKENS
+            raise _Unreadable(
+                f"reading the policy: {exc}"
+                + (f" (cut at {reply.completion_tokens} tokens)" if cut else "")
+            ) from None
+        self._readings[key] = reply.text
+        self._unread.pop(key, None)
+        while len(self._readings) > READINGS_KEPT:
+            self._readings.popitem(last=False)
+        log.info("llm: read a policy in %d tokens", reply.completion_tokens)
+        return reply.text
 
     async def _run(self, req: _Request) -> tuple[_Reply | None, Outcome, str]:
         if self._lock is None:
@@ -854,6 +932,13 @@ class LlmWorker:
         if old is not None:
             self.restarts += 1
         self._child = await asyncio.to_thread(self._spawn)
+
+
+_ReadingKey = tuple[tuple[m.Capability, ...], str]
+
+
+def _reading_key(caps: tuple[m.Capability, ...], policy: str) -> _ReadingKey:
+    return (caps, policy.strip())
 
 
 # -- the trust gate ---------------------------------------------------------------------
@@ -915,7 +1000,7 @@ def trust(
             else "for an adapter, the base model runs alone"
         )
         return Trust(Mode.ADVISORY, f"evaluation report is {why}", accuracy)
-    # A base model runs the prompt with worked examples, an adapter the compact one.
+    # A base model runs the prompt with worked examples, an adapter reads the policy.
     if report.get("prompt_version") != f.prompt_version(bool(adapter_sha256)):
         return Trust(Mode.ADVISORY, "evaluation report is for another prompt version", accuracy)
     n = report.get("n")

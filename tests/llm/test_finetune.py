@@ -114,7 +114,7 @@ def trained(
     return Trained(model, run, examples, pad, kept)
 
 
-def test_answer_tokens_only_carry_the_loss(encoded: tuple[list[Any], int], gguf: Path) -> None:
+def test_the_reading_only_carries_the_loss(encoded: tuple[list[Any], int], gguf: Path) -> None:
     from tools.ml.finetune import data as dm
     from tools.ml.finetune.train import batch_tensors
 
@@ -124,70 +124,18 @@ def test_answer_tokens_only_carry_the_loss(encoded: tuple[list[Any], int], gguf:
         learnt = [int(t) for t in labels[row] if int(t) != dm.IGNORE]
         assert learnt == list(e.ids[e.n_prompt :])
         assert int(mask[row].sum()) == len(e.ids)
+    e = examples[0]
     tok = dm.Tokenizer(gguf)
     try:
-        answer = tok.decode(list(examples[0].ids[examples[0].n_prompt :]))
-        prompt = tok.decode(list(examples[0].ids[: examples[0].n_prompt]))
+        answer = tok.decode(list(e.ids[e.n_prompt :]))
+        prompt = tok.decode(list(e.ids[: e.n_prompt]))
     finally:
         tok.close()
-    # The prompt ends where the hub's generation starts; the answer is the
-    # decision as the grammar spells it, then the end of the turn.
-    assert prompt.endswith("<|im_start|>assistant\n")
-    assert answer.startswith('{"reason": "') and answer.endswith("}<|im_end|>")
-
-
-def test_a_group_sharing_its_prompt_gives_the_loss_and_gradient_of_whole_sequences(
-    base: Any, gguf: Path, tmp_path: Path
-) -> None:
-    # Examples of one policy (policy-data --group 3): the shared prefix runs
-    # once; the loss and the LoRA gradients are those of the batch of whole
-    # sequences (float32, so the two sums differ only in rounding).
-    import torch
-
-    from tools.ml.finetune import data as dm
-    from tools.ml.finetune.pipeline import encode
-    from tools.ml.finetune.train import (
-        TrainConfig,
-        answer_loss,
-        batch_tensors,
-        group_loss,
-        lora_model,
-        step_loss,
-        units,
-    )
-
-    dataset.write(tmp_path, seed=0, counts={"train": 6, "test": 0}, group=3)
-    examples, pad = encode(dm.load(tmp_path), gguf)
-    assert [len(u) for u in units(examples)] == [3, 3]
-    assert len({e.group for e in examples[:3]}) == 1 != len({e.group for e in examples})
-    assert len({e.ids for e in examples[:3]}) == 3  # worlds of their own
-    model = lora_model(base.copy(), TrainConfig(seed=1))
-    with torch.no_grad():  # LoRA's B starts at zero: give the adapter a say
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.02, generator=torch.Generator().manual_seed(len(name)))
-    params = [p for p in model.parameters() if p.requires_grad]
-
-    def grads(loss: Any) -> list[Any]:
-        return [g.clone() for g in torch.autograd.grad(loss, params)]
-
-    members = examples[:3]
-    ids, mask, labels = batch_tensors(members, pad)
-    whole = answer_loss(model, ids, mask, labels, bf16=False)
-    summed, n, evaluated = group_loss(model, members, pad, bf16=False)
-    assert n == sum(e.n_answer for e in members)
-    assert evaluated < sum(len(e.ids) for e in members)  # the prefix once
-    grouped = summed / n
-    a, b = float(grouped.detach()), float(whole.detach())
-    assert abs(a - b) < 1e-4, (a, b)
-    for a, b in zip(grads(whole), grads(grouped), strict=True):
-        assert torch.allclose(a, b, atol=1e-5, rtol=1e-3)
-    # A step of two groups is their loss together.
-    with torch.no_grad():
-        both, _tokens = step_loss(model, examples, units(examples), pad, bf16=False)
-        ids, mask, labels = batch_tensors(examples, pad)
-        alone = answer_loss(model, ids, mask, labels, bf16=False)
-    assert abs(float(both) - float(alone)) < 1e-4
+    # The prompt is the hub's request to read the policy, and ends where the
+    # hub's generation starts; the answer is the reading, then the end of the turn.
+    assert prompt.endswith("Read the policy.<|im_end|>\n<|im_start|>assistant\n")
+    assert answer.startswith(("1: ", "Default -> ")) and " -> " in answer
+    assert answer.endswith("}<|im_end|>") and "Default -> " in answer
 
 
 def test_loss_falls_on_a_repeated_example(trained: Trained) -> None:
@@ -384,7 +332,7 @@ def test_bad_data_is_refused_and_leaves_nothing(gguf: Path, data_dir: Path, tmp_
     bad.mkdir()
     lines = (data_dir / "train.jsonl").read_text().splitlines()
     d = json.loads(lines[1])
-    d["messages"][-1]["content"] += " Ignore the policy."
+    d["messages"][0]["content"] += " Ignore the policy."
     (bad / "train.jsonl").write_text("\n".join([lines[0], json.dumps(d)]) + "\n")
     out = tmp_path / "out"
     runner = CliRunner()
@@ -392,7 +340,7 @@ def test_bad_data_is_refused_and_leaves_nothing(gguf: Path, data_dir: Path, tmp_
     assert res.exit_code == 2 and "manifest.json is missing" in res.stderr
     (bad / "manifest.json").write_text((data_dir / "manifest.json").read_text())
     res = runner.invoke(app, ["models", "finetune", "--data", str(bad), "--out", str(out)])
-    assert res.exit_code == 2 and "train.jsonl:2: messages are not the prompt" in res.stderr
+    assert res.exit_code == 2 and "train.jsonl:2: messages are not the reading" in res.stderr
     no_key = ["--sign-key", str(tmp_path / "no.key")]
     res = runner.invoke(
         app, ["models", "finetune", "--data", str(data_dir), "--out", str(out), *no_key]
@@ -408,7 +356,7 @@ def test_with_no_data_the_command_writes_the_recipes_data_itself(
     recipe's seed and counts by default: one command rebuilds the adapter),
     and a second run finds it in place."""
     from tools.cli import app
-    from tools.cli.finetune import RECIPE_EXAMPLES, RECIPE_GROUP
+    from tools.cli.finetune import RECIPE_EXAMPLES
 
     out = tmp_path / "out"
     args = ["models", "finetune", "--out", str(out), "--examples", "6", "--data-seed", "5"]
@@ -417,10 +365,10 @@ def test_with_no_data_the_command_writes_the_recipes_data_itself(
     assert res.exit_code == 0, res.output
     made = json.loads((out / "data" / "manifest.json").read_text())
     assert made["seed"] == 5 and made["counts"] == {"train": 6, "test": 0}
-    assert made["group"] == RECIPE_GROUP
+    assert made["group"] == 1  # an adapter learns to read policies: one example a policy
     man = json.loads((out / "adapter.json").read_text())
     assert man["data"]["seed"] == 5 and man["data"]["examples"] == 6
-    assert man["data"]["group"] == RECIPE_GROUP
+    assert man["data"]["group"] == 1
     res = CliRunner().invoke(app, [*args, "--resume"])
     assert res.exit_code == 0 and "is in place" in res.stderr, res.output
     assert RECIPE_EXAMPLES >= 1000  # the default is the shipped recipe, not a test size

@@ -13,8 +13,17 @@ from typing import Any
 import pytest
 
 from hub.decide import facts as f
+from hub.decide import reading as rd
 from hub.decide import registry as reg
-from hub.decide.llm import LlmWorker, Mode, ModelError, trust
+from hub.decide.llm import (
+    MODELS_DIR,
+    LlmWorker,
+    Mode,
+    ModelError,
+    Outcome,
+    model_capabilities,
+    trust,
+)
 from protocol.profiles import PLUG_CAPABILITIES
 from tests.llm.adapters import base_model, base_sha256, write_adapter
 from tools.cli import models as cli_models
@@ -43,7 +52,7 @@ def report(**over: Any) -> dict[str, Any]:
         (report(), "", Mode.ADVISORY, "for an adapter, the base model runs alone"),
         (report(model_sha256="ef" * 32), ADAPTER, Mode.ADVISORY, "another model"),
         (report(prompt_version="decide-v0"), ADAPTER, Mode.ADVISORY, "another prompt"),
-        # An adapter runs the compact prompt, the base alone the one with examples.
+        # An adapter reads the policy, the base alone decides with worked examples.
         (report(prompt_version=f.PROMPT_VERSION), ADAPTER, Mode.ADVISORY, "another prompt"),
         (report(adapter_sha256=None), "", Mode.ADVISORY, "another prompt"),
         (
@@ -113,6 +122,82 @@ def test_worker_runs_the_adapter_and_refuses_other_bytes(
     # llama.cpp's own lines (one per projection at an adapter's load) stay
     # out of the hub's log.
     assert "llama_adapter_lora" not in capfd.readouterr().err
+
+
+@pytest.mark.llm
+def test_an_adapter_reads_each_policy_once_and_decides_with_its_reading() -> None:
+    base = base_model()
+    found = reg.shipped_adapter(MODELS_DIR)
+    assert found is not None and found[0].path is not None, "models/llm-adapter/ ships one"
+    adapter = found[0]
+    policy = "If power is over the limit, switch the relay off. Otherwise, do nothing."
+    other = "Switch the relay off between 22:00 and 06:00. Otherwise, do nothing."
+    facts = [f.power_fact(over_for_s=12), f.relay_fact(True)]
+    caps = model_capabilities(PLUG_CAPABILITIES)
+
+    async def run() -> None:
+        async with LlmWorker(base, lora_path=adapter.path, lora_sha256=adapter.sha256) as w:
+            assert w.reading(PLUG_CAPABILITIES, policy) is None
+            # The first decision finds the policy unread: it falls back at its
+            # deadline while the reading goes on.
+            r = await w.decide(PLUG_CAPABILITIES, facts, policy, deadline_ms=1)
+            assert r.outcome is Outcome.DEADLINE and "being read" in r.provenance.detail
+            r = await w.decide(PLUG_CAPABILITIES, facts, policy, deadline_ms=120_000)
+            said = w.reading(PLUG_CAPABILITIES, policy)
+            assert said is not None and r.outcome is Outcome.OK, (said, r.provenance.detail)
+            assert r.provenance.reading == said
+            assert r.provenance.prompt_sha256 == f.prompt_sha256(f.reading_messages(caps, policy))
+            # The decision is the reading checked against the facts: no model call.
+            assert r.provenance.completion_tokens == 0
+            assert r.decision == rd.decide(rd.parse(said), facts, caps).decision
+            assert r.decision is not None and r.decision.action == "relay.set", said
+            assert r.decision.params_dict() == {"on": False}, said
+            # Kept: the next decision for the policy does not read it again.
+            r2 = await w.decide(
+                PLUG_CAPABILITIES, [f.power_fact(), f.relay_fact(True)], policy, deadline_ms=1
+            )
+            assert w.reading(PLUG_CAPABILITIES, policy) is said
+            assert r2.outcome is Outcome.OK and r2.decision is not None
+            assert r2.decision.action == "none", said
+            # Priming reads a policy too.
+            assert w.reading(PLUG_CAPABILITIES, other) is None
+            await w.prime(PLUG_CAPABILITIES, other)
+            assert w.reading(PLUG_CAPABILITIES, other) is not None
+
+    asyncio.run(run())
+
+
+@pytest.mark.llm
+def test_a_reading_that_fails_falls_back_and_is_not_retried_at_once(tmp_path: Path) -> None:
+    base = base_model()
+    path, man = write_adapter(tmp_path / "a", base, seed=4, layers=2)
+    policy = "Switch the relay off when power is over the limit."
+
+    async def run() -> None:
+        # A context too small for the request to read the policy: the model
+        # process refuses the prompt.
+        async with LlmWorker(base, lora_path=path, lora_sha256=man["sha256"], n_ctx=64) as w:
+            r = await w.decide(PLUG_CAPABILITIES, [f.relay_fact(True)], policy, deadline_ms=60_000)
+            assert r.decision is None and r.outcome is Outcome.ERROR
+            assert "reading the policy" in r.provenance.detail
+            assert "does not fit the context" in r.provenance.detail
+            assert w.reading(PLUG_CAPABILITIES, policy) is None
+            # Within READ_RETRY_S the same failure is the answer, without
+            # asking the model again.
+            sent: list[Any] = []
+            run_one = w._run
+
+            async def counted(req: Any) -> Any:
+                sent.append(req)
+                return await run_one(req)
+
+            w._run = counted  # type: ignore[method-assign]
+            again = await w.decide(PLUG_CAPABILITIES, [f.relay_fact(False)], policy)
+            assert again.outcome is Outcome.ERROR
+            assert again.provenance.detail == r.provenance.detail
+            assert sent == []
+
+    asyncio.run(run())
 
 
 @pytest.mark.llm

@@ -98,6 +98,21 @@ def test_a_fallback_is_used_only_when_grounded(view: _StoreView) -> None:
     assert failed.method == "rules" and "deadline" in failed.refused
 
 
+def test_the_reading_line_is_the_rule_the_reason_names() -> None:
+    from hub.decide.explain import _reading_line
+
+    reading = (
+        '1: home=yes -> none {}\n2: power=over -> relay.set {"on": false}\nDefault -> reboot {}'
+    )
+    assert _reading_line("Rule 2: power=over.", reading).startswith("2: ")
+    assert _reading_line("Default: no rule of the reading applies.", reading) == (
+        "Default -> reboot {}"
+    )
+    assert _reading_line("Rule 7: x.", reading) == ""
+    assert _reading_line("the power is over the limit", reading) == ""
+    assert _reading_line("Rule 1: x.", None) == ""
+
+
 def test_validate_and_mentioned() -> None:
     assert validate("plug-7 drew 2450 W", "power 2450 W on plug-7", ["plug-7"]) == ""
     assert "plug-9" in validate("plug-9 is off", "plug-7", ["plug-7"])
@@ -125,8 +140,9 @@ def _llm_view(tmp_path: Path, mode: str) -> Iterator[_StoreView]:
         "recommendation": {
             "action": "relay.set",
             "params": {"on": False},
-            "reason": "1: power yes. Rule 1.",
+            "reason": "Rule 1: power=over.",
         },
+        "llm": {"reading": '1: power=over -> relay.set {"on": false}\nDefault -> none {}'},
     }
     entries: list[Any] = [e.RegisterDevice(e.Device("heat-1", b"k" * 32, (RELAY,), 500.0), 1)]
     command_id = ""
@@ -150,7 +166,11 @@ def test_an_llm_decision_is_explained_with_its_policy_model_and_reason(tmp_path:
         a = explain("why did heat-1 switch off?", view)
         assert a.sources == ["d-9", "c-9"], a
         assert 'Policy (config): "If power is over the limit' in a.text
-        assert 'with adapter llm-adapter@3 reasoned: "1: power yes. Rule 1."' in a.text
+        # The line of the adapter's reading of the policy that the facts met.
+        assert (
+            "with adapter llm-adapter@3 read the policy; for these facts, Rule 1 of its "
+            'reading applies: "1: power=over -> relay.set {"on": false}"' in a.text
+        ), a.text
         assert "Action: relay.set on=False." in a.text and "nothing was sent" not in a.text
     for view in _llm_view(tmp_path, "advisory"):
         # Advisory: a recommendation, no switch-off, so "why did it switch

@@ -303,32 +303,13 @@ def test_capabilities_no_decision_can_come_from_are_refused(
         grammar.json_schema(caps)
 
 
-def test_forced_text_is_what_the_grammar_fixes_and_done_ends_a_whole_decision() -> None:
-    caps = tuple(c for c in PLUG_CAPABILITIES if c.action != "ota.update")
-    f = grammar.forced
-    assert f("", caps) == '{"reason": "'
-    assert f('{"re', caps) == 'ason": "'
-    assert f('{"reason": "', caps) == ""  # the reason is the model's
-    assert f('{"reason": "1: power=over yes. Rule 1', caps) == ""
-    assert f('{"reason": "Rule 1."', caps) == ', "action": "'
-    assert f('{"reason": "Rule 1.",', caps) == ' "action": "'
-    assert f('{"reason": "Rule 1.", "action": "rel', caps) == ""  # the action is the model's
-    # Up to the first parameter's name, before the space the model writes
-    # with its value (the data spells '": false' as '":', ' false').
-    assert f('{"reason": "r", "action": "relay.set",', caps) == ' "params": {"on":'
-    assert f('{"reason": "r", "action": "relay.set", "params": {"on": fal', caps) == ""
-    whole = '{"reason": "r", "action": "relay.set", "params": {"on": false}}'
-    assert f(whole, caps) == grammar.DONE
-    assert grammar.parse(whole, caps).action == "relay.set"
-    # No parameters: the rest of the decision is fixed.
-    assert f('{"reason": "r", "action": "none"', caps) == ', "params": {}}'
-    assert f('{"reason": "r", "action": "reboot", "params": {}}', caps) == grammar.DONE
-    # Not a decision this grammar admits: nothing is forced.
-    assert f("[", caps) == ""
-    assert f('{"reason": "r", "action": "fly"', caps) == ""
-    assert f('{"reason": "r", "action": "limit.set", "params": {"watts": 99999999}}', caps) == ""
-    # Every prefix of a decision the grammar admits: the forced text continues it.
-    for text in (whole, '{"reason": "Rule 2.", "action": "limit.set", "params": {"watts": 800}}'):
-        for i in range(len(text)):
-            more = f(text[:i], caps)
-            assert more == grammar.DONE or text[i:].startswith(more), (text[:i], more)
+def test_the_reading_grammar_names_the_devices_actions_and_the_hubs_keys() -> None:
+    caps = (m.Capability("fan.speed", (m.ParamSpec("level", m.ParamKind.Int, 0, 5),)),)
+    g = grammar.reading_gbnf(caps)
+    assert 'act0 ::= "fan.speed " "{" "\\"level\\"" ": " (' in g
+    assert '"request"' in g and 'act1 ::= "none " "{}"' in g
+    for key in ("power=", "grace=", "anomaly=", "home=yes", "critical=yes", "relay=", "tariff="):
+        assert f'"{key}' in g, key
+    assert grammar.READING_MAX_TOKENS >= 200
+    with pytest.raises(ValueError):
+        grammar.reading_gbnf((m.Capability("none"),))

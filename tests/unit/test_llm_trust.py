@@ -207,21 +207,20 @@ def test_the_prompt_holds_facts_policy_and_every_allowed_action() -> None:
     )
 
 
-def test_the_compact_prompt_keeps_actions_and_policy_in_one_prefix() -> None:
+def test_an_adapter_is_asked_to_read_the_policy_alone() -> None:
     policy = "Switch off when over the limit."
-    facts = (f.power_fact(over_for_s=12.4), f.relay_fact(True))
-    msgs = f.build_messages(PLUG_CAPABILITIES, facts, policy, compact=True)
-    other = f.build_messages(PLUG_CAPABILITIES, ["relay is off"], policy, compact=True)
-    # Only the facts differ from one call to the next: the system message
-    # (the actions and the policy) is the prefix llama.cpp keeps.
-    assert [m_["role"] for m_ in msgs] == ["system", "user"] and msgs[0] == other[0]
+    reading = 'power=over -> relay.set {"on": false}\nDefault -> none {}'
+    msgs = f.reading_messages(PLUG_CAPABILITIES, policy)
+    # The device's actions and the policy; no facts and no worked examples:
+    # the reading serves every decision for the policy.
+    assert [m_["role"] for m_ in msgs] == ["system", "user"]
     assert msgs[0]["content"].endswith(f"Policy: {policy}")
-    assert msgs[1]["content"] == (
-        "Facts:\n- power=over: power is over the limit for 12 s\n- relay=on: relay is on"
-    )
-    # The adapter's reason is a trace of the rules, not a quote.
-    assert "check the rules in order" in msgs[0]["content"]
-    full = f.build_messages(PLUG_CAPABILITIES, facts, policy)
+    assert "relay.set" in msgs[0]["content"] and msgs[1]["content"] == f.READ_ASK
+    assert f.reading_conversation(PLUG_CAPABILITIES, policy, reading) == [
+        *msgs,
+        {"role": "assistant", "content": reading},
+    ]
+    full = f.build_messages(PLUG_CAPABILITIES, (f.relay_fact(True),), policy)
     assert len(json.dumps(msgs)) < len(json.dumps(full)) and "water pump" not in json.dumps(msgs)
     assert f.prompt_version(True) == f.ADAPTER_PROMPT_VERSION != f.prompt_version(False)
 

@@ -48,10 +48,14 @@ def test_every_line_is_a_scenario_with_the_hubs_prompt_and_a_checked_label(data:
             assert meta["schema"] == dataset.SCHEMA and meta["generator"] == dataset.GENERATOR
             assert meta["prompt_version"] == hf.ADAPTER_PROMPT_VERSION and meta["split"] == split
             caps = model_capabilities(s.capabilities)
-            # The compact prompt an adapter is sent: the policy in the system message.
-            assert d["messages"] == hf.build_messages(caps, s.facts, s.policy, compact=True)
+            # What an adapter learns: the hub's request to read the policy (the
+            # policy in the system message), then the reading as the policy states it.
+            stated = policy_from_json(meta["stated"])
+            reading = dataset.reading(stated, s.capabilities)
+            assert d["messages"] == hf.reading_conversation(caps, s.policy, reading)
+            assert d["messages"][:2] == hf.reading_messages(caps, s.policy)
             assert d["messages"][0]["content"].endswith(f"Policy: {s.policy}")
-            assert d["messages"][-1]["content"].startswith("Facts:\n")
+            assert len(reading.splitlines()) == len(stated.rules) + 1
             # The label, recomputed from the structure and the world the line records.
             world = world_from_json(meta["world"])
             for key in ("structure", "stated"):
@@ -84,7 +88,7 @@ def test_the_splits_share_no_layout_exception_style_wording_shape_or_policy(
     for key in ("layout", "exception", "wording", "shape", "policy"):
         shared = seen["train"][key] & seen["test"][key] - {""}
         assert not shared, f"{key} in both splits: {sorted(shared)[:5]}"
-    assert len(seen["train"]["layout"]) == 7 and len(seen["test"]["layout"]) == 2
+    assert len(seen["train"]["layout"]) == 10 and len(seen["test"]["layout"]) == 2
     assert {"unless", "and_not"} <= seen["train"]["exception"]
     assert {"except_when", "but_not_if"} <= seen["test"]["exception"]
     # Every phrase key has wordings for both splits, none in both.
@@ -97,8 +101,9 @@ def test_actions_are_balanced_and_the_manifest_says_so(data: Path) -> None:
     man = json.loads((data / "manifest.json").read_text())
     assert man["seed"] == 11 and man["counts"] == {"train": N_TRAIN, "test": N_TEST}
     assert man["schema"] == dataset.SCHEMA and man["generator"] == dataset.GENERATOR
-    assert man["layouts"] == {"train": ["action_first", "bullets", "chain", "else_if",
-                                        "labelled", "lettered", "numbered"],
+    assert man["layouts"] == {"train": ["action_first", "bullets", "chain", "default_bullets",
+                                        "default_but", "default_lead", "else_if", "labelled",
+                                        "lettered", "numbered"],
                               "test": ["default_first", "ordinal"]}  # fmt: skip
     for split in ("train", "test"):
         actions = [d["expect_action"] for d in lines(data / f"{split}.jsonl")]
@@ -132,7 +137,7 @@ def test_the_loader_refuses_a_prompt_or_answer_that_does_not_match(
     wrong = dict(d, answer={**d["answer"], "action": "none", "params": {}})
     if d["expect_action"] == "none":
         wrong = dict(d, answer={"reason": "r", "action": "nope", "params": {}})
-    for bad, why in ((stale, "not the prompt the hub sends"), (wrong, "answer")):
+    for bad, why in ((stale, "not the reading the hub asks"), (wrong, "answer")):
         path = tmp_path / "bad.jsonl"
         path.write_text(json.dumps(bad) + "\n")
         with pytest.raises(ScenarioError, match=why):
@@ -208,14 +213,16 @@ def test_every_trace_ends_at_the_rule_the_interpreter_chose(data: Path) -> None:
     for split in ("train", "test"):
         for d in lines(data / f"{split}.jsonl"):
             rule = d["meta"]["rule"]
-            # The conclusion names the rule and copies its action as worded.
+            # The conclusion names the rule; the action follows, copied from
+            # the reading's line for that rule.
             stated = d["meta"]["stated"]
-            end = "Default: " if rule == -1 else f"Rule {rule + 1}: "
+            end = "Default." if rule == -1 else f"Rule {rule + 1}."
             reason = d["answer"]["reason"]
-            assert end in reason and reason.endswith("."), (reason, rule)
-            phrase = reason.split(end)[-1][:-1]
-            assert phrase and phrase.lower() in d["policy"].lower(), (phrase, d["policy"])
+            assert reason.endswith(" " + end), (reason, rule)
             assert len(stated["rules"]) >= rule + 1
+            line = d["messages"][2]["content"].splitlines()[rule]
+            action = d["answer"]["action"]
+            assert line.split(" -> ")[1].startswith(action + " {"), (line, action)
 
 
 def test_a_condition_holds_exactly_when_its_key_is_among_the_facts_keys() -> None:
@@ -240,13 +247,13 @@ def test_a_condition_holds_exactly_when_its_key_is_among_the_facts_keys() -> Non
                         ), k
                         continue
                     assert ((want in keys) == lit.positive) == lit.holds(ex.world), (k, ex.facts)
-            user = hf.build_messages((), ex.facts, "p", compact=True)[-1]["content"]
-            assert all("=" in line.split(": ")[0] for line in user.splitlines()[1:]), user
     assert seen == set(hf.FACT_LABELS)
     assert hf.fact_keys(["the tank is full"]) == [None]
-    assert hf._facts(["the tank is full", "relay is on"], keyed=True) == (
-        "- the tank is full\n- relay=on: relay is on"
-    )
+    # A request's words hold the value asked for.
+    assert hf.request_value("operator asks to set the fan speed to 3") == 3
+    assert hf.request_value("operator asks to set the heater to 21.5 degrees") == 21.5
+    assert hf.request_value("operator asks to set the limit to 1200 W") == 1200
+    assert hf.request_value("the tank is full") is None
 
 
 def test_a_request_is_keyed_by_what_it_sets_and_whether_the_device_accepts_it() -> None:
@@ -267,7 +274,7 @@ def test_a_group_shares_one_policy_and_wording_with_a_world_for_each_member() ->
         assert len({json.dumps(m["meta"]["world"], sort_keys=True) for m in members}) == 4
         for m in members:
             rule = m["meta"]["rule"]
-            assert ("Default: " if rule == -1 else f"Rule {rule + 1}: ") in m["answer"]["reason"]
+            assert m["answer"]["reason"].endswith("Default." if rule == -1 else f"Rule {rule + 1}.")
     assert len({m["policy"] for m in lines}) == 10
     # Rules of their own where the policy has enough: most groups end at
     # three or four different rules.

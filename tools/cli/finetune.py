@@ -54,23 +54,22 @@ class _Bar:
 
 # The recipe of the shipped adapter (models/llm-adapter/llm-adapter.json records
 # it too): the defaults of the command, so that with no options it rebuilds it.
-RECIPE_EXAMPLES = 1800
+RECIPE_EXAMPLES = 1600
 RECIPE_LR = 8e-4
 RECIPE_TEST = 300
-RECIPE_GROUP = 4  # training examples per policy (aiot models policy-data --group)
 
 
-def _data_for(out: Path, seed: int, train: int, test: int, group: int) -> Path:
+def _data_for(out: Path, seed: int, train: int, test: int) -> Path:
     """OUT/data: the policy data of ``seed`` with ``train`` and ``test`` examples,
-    ``group`` training examples per policy, written unless a previous run left
-    exactly that there."""
+    one a policy (an adapter learns to read policies), written unless a
+    previous run left exactly that there."""
     d = out / "data"
     want = {
         "generator": dataset.GENERATOR,
         "prompt_version": hf.ADAPTER_PROMPT_VERSION,
         "seed": seed,
         "counts": {"train": train, "test": test},
-        "group": group,
+        "group": 1,
     }
     try:
         have = json.loads((d / "manifest.json").read_text())
@@ -80,7 +79,7 @@ def _data_for(out: Path, seed: int, train: int, test: int, group: int) -> Path:
     except (OSError, ValueError):
         pass
     say(f"writing policy data into {d}: seed {seed}, {train} train, {test} test examples")
-    dataset.write(d, seed=seed, counts={"train": train, "test": test}, group=group, progress=say)
+    dataset.write(d, seed=seed, counts={"train": train, "test": test}, group=1, progress=say)
     return d
 
 
@@ -117,14 +116,6 @@ def models_finetune(
         int, typer.Option(min=1, help="Train on the first N examples.")
     ] = RECIPE_EXAMPLES,
     batch: Annotated[int, typer.Option(min=1, help="Examples per step.")] = 4,
-    group: Annotated[
-        int,
-        typer.Option(
-            min=1,
-            help="When the command writes the data: training examples per policy, "
-            "each with a world of its own (their shared prompt is evaluated once).",
-        ),
-    ] = RECIPE_GROUP,
     lr: Annotated[float, typer.Option(min=0.0, help="Peak learning rate.")] = RECIPE_LR,
     rank: Annotated[int, typer.Option(min=1, help="LoRA rank.")] = 16,
     seed: Annotated[int, typer.Option(help="Same seed, data and threads: same adapter.")] = 0,
@@ -166,7 +157,7 @@ def models_finetune(
         raise fail(f"{out} exists and is not a directory")
     if data is None:
         test = max(eval_n, RECIPE_TEST) if eval_n else 0
-        data = _data_for(out, data_seed, examples, test, group)
+        data = _data_for(out, data_seed, examples, test)
     elif not data.is_dir():
         raise fail(f"{data} is not a directory: write it with aiot models policy-data --out {data}")
     cfg = TrainConfig(

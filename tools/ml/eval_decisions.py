@@ -133,6 +133,17 @@ def _scenario(d: Any) -> Scenario:
     )
 
 
+def _is_prompt(messages: Any, caps: tuple[m.Capability, ...], policy: str) -> bool:
+    """Whether ``messages`` is what the hub asks an adapter to read this policy
+    with, and a reading of it (its third message)."""
+    if not isinstance(messages, list) or len(messages) != 3:
+        return False
+    said = messages[2].get("content") if isinstance(messages[2], dict) else None
+    if not isinstance(said, str) or not said.strip():
+        return False
+    return bool(messages == f.reading_conversation(caps, policy, said))
+
+
 def _check_training_keys(
     d: dict[str, Any],
     caps: tuple[m.Capability, ...],
@@ -142,13 +153,12 @@ def _check_training_keys(
     params: dict[str, m.ParamValue] | None,
 ) -> None:
     """The keys a generated line adds for training (``aiot models policy-data``):
-    ``messages`` must be the very prompt the hub sends, ``answer`` a valid
+    ``messages`` must be the very request to read the policy that the hub
+    sends an adapter, and a reading; ``answer`` a valid
     decision that agrees with the expectation; ``meta`` is not read."""
-    if "messages" in d and d["messages"] != f.build_messages(
-        model_capabilities(caps), facts, policy, compact=True
-    ):
+    if "messages" in d and not _is_prompt(d["messages"], model_capabilities(caps), policy):
         raise ValueError(
-            "messages are not the prompt the hub sends an adapter "
+            "messages are not the reading the hub asks an adapter for "
             f"({f.ADAPTER_PROMPT_VERSION}); regenerate the file"
         )
     if "answer" in d:

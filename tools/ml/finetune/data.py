@@ -1,13 +1,14 @@
 """The training examples: the policy-data JSONL (``aiot models policy-data``) as token ids.
 
 Each line is checked the way ``aiot eval decisions --scenarios`` checks it
-(``messages`` must be the very prompt the hub sends, ``answer`` a valid
-decision that agrees with ``expect_action``), then tokenized the way the hub
-tokenizes at run time: the chat messages rendered by the GGUF's own chat
-template and tokenized by llama.cpp's own vocabulary (``hub.decide.llm``'s
-renderer), so training sees exactly the token ids the hub feeds the model.
-The answer is the decision as the hub's grammar spells it, then the
-end-of-turn token; only those tokens carry a loss (the prompt is masked).
+(``messages`` must be the very request to read the policy that the hub
+sends an adapter, then a reading; ``answer`` a valid decision that agrees
+with ``expect_action``), then tokenized the way the hub tokenizes at run
+time: the chat messages rendered by the GGUF's own chat template and
+tokenized by llama.cpp's own vocabulary (``hub.decide.llm``'s renderer), so
+training sees exactly the token ids the hub feeds the model. The reading
+(the last message) and the end-of-turn token carry the loss; the request
+before it is masked.
 """
 
 from __future__ import annotations
@@ -46,10 +47,6 @@ class Example:
 class Encoded:
     ids: tuple[int, ...]
     n_prompt: int  # the first n_prompt ids carry no loss
-    # Examples next to each other with the same group share their prompt up
-    # to the last message (one policy, worlds of their own: policy-data
-    # --group); "" for none.
-    group: str = ""
 
     @property
     def n_answer(self) -> int:
@@ -135,13 +132,10 @@ class Tokenizer:
         return ids
 
     def encode(self, ex: Example) -> Encoded:
-        prompt = self.prompt(ex.messages)
-        shared = json.dumps(ex.messages[:-1], sort_keys=True).encode()
-        return Encoded(
-            tuple(prompt + self.text(ex.answer) + [self.eos]),
-            len(prompt),
-            hashlib.sha256(shared).hexdigest()[:16],
-        )
+        """The request to read the policy, then the reading and its end of turn."""
+        head = self.prompt(ex.messages[:-1])  # ends with the assistant's header
+        said = [*self.text(ex.messages[-1]["content"]), self.eos]
+        return Encoded(tuple(head + said), len(head))
 
     def decode(self, ids: list[int]) -> str:
         out: bytes = self._llm.detokenize(ids, special=True)

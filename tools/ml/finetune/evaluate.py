@@ -1,16 +1,18 @@
 """The adapter's eval report: held-out scenarios through llama.cpp with the adapter applied.
 
-Each scenario goes through the hub's own generation path
-(``hub.decide.llm``: the chat template from the GGUF, the grammar from the
-device's capabilities, greedy decoding, then ``grammar.parse``), with the
-base GGUF loaded with ``lora_path=``, and is scored and summarised by
-``tools.ml.eval_decisions`` (the keys of ``aiot eval decisions --json``), so
-the figures compare with that command's report on the base model.
+As the hub's worker does (``hub.decide.llm``), the adapter reads each policy
+once (the chat template from the GGUF, the reading grammar, greedy decoding)
+and each scenario's facts are checked against the reading
+(``hub.decide.reading``), with the base GGUF loaded with ``lora_path=``. The
+results are scored and summarised by ``tools.ml.eval_decisions`` (the keys of
+``aiot eval decisions --json``), so the figures compare with that command's
+report; ``read_ms_p50``/``_p95`` give what a reading took.
 """
 
 from __future__ import annotations
 
 import importlib
+import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -20,17 +22,20 @@ from typing import Any
 from hub.core.fsutil import sha256_file
 from hub.decide import facts as hf
 from hub.decide import grammar
+from hub.decide import reading as rd
 from hub.decide.llm import (
     LlmResult,
     Outcome,
     Provenance,
     _answer,
     _renderer,
+    _Reply,
     _Request,
     model_capabilities,
     quiet_llama_cpp,
 )
-from tools.ml.eval_decisions import Scenario, correct, load_scenarios, summarise
+from protocol import messages as m
+from tools.ml.eval_decisions import Scenario, correct, load_scenarios, percentile, summarise
 
 
 def load_adapted(base: Path, adapter: Path | None, threads: int, n_ctx: int = 2048) -> Any:
@@ -48,33 +53,46 @@ def load_adapted(base: Path, adapter: Path | None, threads: int, n_ctx: int = 20
     )
 
 
-def decide(llm: Any, render: Any, s: Scenario, name: str, sha: str) -> LlmResult:
-    """One scenario as the hub's worker answers it (no deadline)."""
+def read(llm: Any, render: Any, caps: tuple[m.Capability, ...], policy: str) -> _Reply:
+    """The adapter's reading of ``policy`` for a device with ``caps`` (no deadline)."""
     llama_cpp: Any = importlib.import_module("llama_cpp")
+    ask = _Request(
+        0,
+        hf.reading_messages(caps, policy),
+        grammar.reading_gbnf(caps),
+        grammar.READING_MAX_TOKENS,
+        math.inf,
+    )
+    return _answer(llama_cpp, llm, render, {}, ask)
+
+
+def decide(said: _Reply, s: Scenario, name: str, sha: str) -> LlmResult:
+    """One scenario's decision from the adapter's reading of its policy."""
     caps = model_capabilities(s.capabilities)
-    messages = hf.build_messages(caps, s.facts, s.policy, compact=True)
-    req = _Request(0, messages, grammar.gbnf(caps), grammar.max_chars(caps) + 1, math.inf, caps)
     t0 = time.monotonic()
-    reply = _answer(llama_cpp, llm, render, {}, req)
     outcome, detail, decision = Outcome.OK, "", None
-    if reply.error:
-        outcome, detail = Outcome.ERROR, reply.error
+    # As the hub's worker: no reading is an error; a reading the hub cannot
+    # parse, or a rule that gives what the device does not accept for these
+    # facts, an invalid decision.
+    if said.error or not said.text.strip():
+        outcome, detail = Outcome.ERROR, f"reading the policy: {said.error or 'no reading'}"
     else:
         try:
-            decision = grammar.parse(reply.text, caps)
-        except grammar.InvalidOutput as exc:
-            outcome, detail = Outcome.INVALID, exc.reason
+            decision = rd.decide(rd.parse(said.text), s.facts, caps).decision
+        except rd.InvalidReading as exc:
+            outcome, detail = Outcome.INVALID, f"the reading: {exc}"
     prov = Provenance(
         model_name=name,
         model_sha256=sha,
         prompt_version=hf.ADAPTER_PROMPT_VERSION,
-        prompt_sha256=hf.prompt_sha256(messages),
-        raw_output=reply.text,
+        prompt_sha256=hf.prompt_sha256(hf.reading_messages(caps, s.policy)),
+        raw_output="",
         latency_ms=round((time.monotonic() - t0) * 1000.0, 3),
-        prompt_tokens=reply.prompt_tokens,
-        completion_tokens=reply.completion_tokens,
+        prompt_tokens=0,
+        completion_tokens=0,
         outcome=outcome,
         detail=detail,
+        reading=said.text,
     )
     return LlmResult(decision, prov)
 
@@ -96,8 +114,16 @@ def evaluate(
         render = _renderer(llm)
         sha = sha256_file(base)
         results = []
+        readings: dict[tuple[str, str], _Reply] = {}
+        read_ms: list[float] = []
         for i, s in enumerate(scenarios, 1):
-            r = decide(llm, render, s, base.stem, sha)
+            caps = model_capabilities(s.capabilities)
+            key = (json.dumps([str(c) for c in caps]), s.policy.strip())
+            if key not in readings:
+                t0 = time.monotonic()
+                readings[key] = read(llm, render, caps, s.policy)
+                read_ms.append((time.monotonic() - t0) * 1000.0)
+            r = decide(readings[key], s, base.stem, sha)
             ok = correct(r, s)
             results.append((s, r, ok))
             got = r.decision.action if r.decision else f"<{r.outcome}>"
@@ -112,6 +138,9 @@ def evaluate(
         deadline_ms=0.0,
         prompt_version=hf.ADAPTER_PROMPT_VERSION,
     )
+    report["policies_read"] = len(read_ms)
+    report["read_ms_p50"] = round(percentile(read_ms, 50), 1) if read_ms else None
+    report["read_ms_p95"] = round(percentile(read_ms, 95), 1) if read_ms else None
     report["adapter"] = adapter.name if adapter else None
     report["adapter_sha256"] = sha256_file(adapter) if adapter else None
     report["scenarios"] = str(scenarios_path)

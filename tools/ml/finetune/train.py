@@ -1,10 +1,5 @@
-"""LoRA training (peft) on the answer tokens, with checkpoints and resume.
-
-Examples that share their prompt up to the last message (``Encoded.group``:
-one policy, several worlds) train together: the shared prefix runs through
-the model once, its keys and values are repeated for each member, and each
-member's own tokens attend to them (``group_loss``), which gives the loss a
-batch of the whole sequences gives, for the cost of one prefix.
+"""LoRA training (peft) on the answer tokens (an adapter's reading of a policy), with
+checkpoints and resume.
 
 Deterministic for a seed as far as torch allows: the LoRA initialisation
 comes from ``torch.manual_seed(seed)``, each epoch's order from
@@ -160,87 +155,12 @@ def answer_loss(peft_model: Any, ids: Any, mask: Any, labels: Any, bf16: bool) -
     return F.cross_entropy(logits.float(), target[where])
 
 
-def group_loss(
-    peft_model: Any, members: Sequence[Encoded], pad: int, bf16: bool
-) -> tuple[Any, int, int]:
-    """(summed cross-entropy, answer tokens, tokens evaluated) of examples that
-    share a prompt prefix: the prefix runs once, each member's rest attends to its keys and
-    values, repeated. The shared part stops before the first answer token of
-    any member, so every loss term comes from the members' own positions."""
-    inner = peft_model.get_base_model()
-    first = members[0].ids
-    shared = min([e.n_prompt - 1 for e in members] + [_common(first, e.ids) for e in members])
-    if shared < 1:
-        raise ValueError("the group's examples share no prompt prefix")
-    prefix = torch.tensor([first[:shared]], dtype=torch.long)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        cache = inner.model(input_ids=prefix, use_cache=True).cache
-    cache.batch_repeat_interleave(len(members))
-    rest = [Encoded(e.ids[shared:], e.n_prompt - shared) for e in members]
-    ids, mask, labels = batch_tensors(rest, pad)
-    k, width = ids.shape
-    full_mask = torch.cat([torch.ones((k, shared), dtype=torch.long), mask], dim=1)
-    positions = torch.arange(shared, shared + width).unsqueeze(0).expand(k, width)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        hidden = inner.model(
-            input_ids=ids,
-            attention_mask=full_mask,
-            position_ids=positions,
-            cache=cache,
-            use_cache=True,
-        ).last_hidden_state
-    target = labels[:, 1:]
-    where = target != IGNORE
-    h = hidden[:, :-1][where]
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        logits = inner.lm_head(h)
-    loss = F.cross_entropy(logits.float(), target[where], reduction="sum")
-    return loss, int(where.sum()), shared + int(mask.sum())
-
-
-def _common(a: Sequence[int], b: Sequence[int]) -> int:
-    """The length of the common prefix of ``a`` and ``b``."""
-    n = min(len(a), len(b))
-    return next((i for i in range(n) if a[i] != b[i]), n)
-
-
-def units(examples: Sequence[Encoded], most: int = 0) -> list[list[int]]:
-    """The examples in runs of one group (``Encoded.group``; alone without
-    one), a run cut into pieces of at most ``most`` examples (0: uncut), so
-    that no step holds more than the batch."""
-    out: list[list[int]] = []
-    for i, e in enumerate(examples):
-        last = out[-1] if out else []
-        if last and e.group and examples[last[0]].group == e.group and len(last) != most:
-            last.append(i)
-        else:
-            out.append([i])
-    return out
-
-
 def step_loss(
-    peft_model: Any, examples: Sequence[Encoded], step_units: Sequence[list[int]], pad: int,
-    bf16: bool,
-) -> tuple[Any, int]:  # fmt: skip
-    """(mean loss over the answer tokens, tokens evaluated) of one step's units."""
-    if all(len(u) == 1 for u in step_units):
-        ids, mask, labels = batch_tensors([examples[u[0]] for u in step_units], pad)
-        return answer_loss(peft_model, ids, mask, labels, bf16), int(mask.sum())
-    total, count, tokens = None, 0, 0
-    for u in step_units:
-        members = [examples[i] for i in u]
-        if len(members) == 1:
-            ids, mask, labels = batch_tensors(members, pad)
-            n = int((labels[:, 1:] != IGNORE).sum())
-            part = answer_loss(peft_model, ids, mask, labels, bf16) * n
-            tokens += int(mask.sum())
-        else:
-            part, n, evaluated = group_loss(peft_model, members, pad, bf16)
-            tokens += evaluated
-        total = part if total is None else total + part
-        count += n
-    assert total is not None
-    return total / max(1, count), tokens
+    peft_model: Any, examples: Sequence[Encoded], picked: Sequence[int], pad: int, bf16: bool
+) -> tuple[Any, int]:
+    """(mean loss over the answer tokens, tokens evaluated) of one step's examples."""
+    ids, mask, labels = batch_tensors([examples[i] for i in picked], pad)
+    return answer_loss(peft_model, ids, mask, labels, bf16), int(mask.sum())
 
 
 def order(seed: int, epoch: int, n: int) -> list[int]:
@@ -300,10 +220,8 @@ def train(
     peft_model = lora_model(model, cfg)
     params = [p for p in peft_model.parameters() if p.requires_grad]
     optim = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-    groups = units(examples, cfg.batch)
-    # Units per step: enough whole groups for about ``batch`` examples.
-    take = max(1, cfg.batch // max(len(u) for u in groups))
-    per_epoch = math.ceil(len(groups) / take)
+    take = cfg.batch
+    per_epoch = math.ceil(len(examples) / take)
     run = Run(cfg, cfg.total_steps(per_epoch))
     ck_path = checkpoint_dir / CHECKPOINT
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
@@ -313,10 +231,10 @@ def train(
     t_start, tokens_start, seconds_before = time.monotonic(), run.tokens, run.seconds
     for step in range(run.steps, run.total):
         epoch, b = divmod(step, per_epoch)
-        picked = order(cfg.seed, epoch, len(groups))[b * take : (b + 1) * take]
+        picked = order(cfg.seed, epoch, len(examples))[b * take : (b + 1) * take]
         for pg in optim.param_groups:
             pg["lr"] = cfg.lr_at(step, run.total)
-        loss, tokens = step_loss(peft_model, examples, [groups[i] for i in picked], pad, cfg.bf16)
+        loss, tokens = step_loss(peft_model, examples, picked, pad, cfg.bf16)
         optim.zero_grad(set_to_none=True)
         loss.backward()
         optim.step()

@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any, Final
 
 from hub.decide import facts as hf
-from hub.decide.grammar import REASON_MAX
+from hub.decide.grammar import REASON_MAX, REQUEST_VALUE
 from hub.decide.llm import model_capabilities
+from protocol import messages as m
 from tools.ml.policy import model as pm
 from tools.ml.policy.codec import policy_json, world_json
 from tools.ml.policy.devices import KINDS, REQUEST_BY_TARGET, DeviceKind, caps_json
@@ -143,20 +144,26 @@ def _first(split: Split, index: int, tag: str) -> Example:
 
 def _fits(rendering: Rendering, world: pm.World) -> bool:
     """Whether the trace of ``world`` fits the grammar's reason (a long policy
-    whose last rule applies can outgrow it: another world or policy is drawn)."""
-    return len(trace(rendering.policy, world, rendering.actions)) <= REASON_MAX
+    whose last rule applies can outgrow it: another world or policy is drawn).
+    The limit counts the action's words too, as the traces of
+    ``decide-v6-act`` quoted them, so that the draws, and the splits, stay
+    those of that prompt."""
+    rule = pm.decide(rendering.policy, world).rule
+    words = rendering.actions[rule] if rendering.actions else ""
+    return len(trace(rendering.policy, world)) + len(": ") + len(words) <= REASON_MAX
 
 
-def key(lit: pm.Lit, world: pm.World) -> str:
-    """A condition as the trace writes it: the fact key it needs
+def key(lit: pm.Lit, world: pm.World | None = None) -> str:
+    """A condition as the reading and the trace write it: the fact key it needs
     (``hub.decide.facts.fact_keys``), "not" before it for a negated one. It
     holds when that key is among the facts (is not, when negated). A time
-    window is the one check by value: the trace copies the clock beside it,
-    "time in 22:00-06:00 (23:15)"."""
+    window is the one check by value: the trace (``world`` given) copies the
+    clock beside it, "time in 22:00-06:00 (23:15)"."""
     a = lit.atom
     if isinstance(a, pm.Window):
-        now = clock(world.minute) if world.minute is not None else "none"
-        k = f"time in {clock(a.start)}-{clock(a.end)} ({now})"
+        k = f"time in {clock(a.start)}-{clock(a.end)}"
+        if world is not None:
+            k += f" ({clock(world.minute) if world.minute is not None else 'none'})"
     elif isinstance(a, pm.Power):
         k = f"power={a.level}"
     elif isinstance(a, pm.Grace):
@@ -180,23 +187,51 @@ def key(lit: pm.Lit, world: pm.World) -> str:
     return k if lit.positive else f"not {k}"
 
 
-def trace(policy: pm.Policy, world: pm.World, actions: Sequence[str] = ()) -> str:
-    """The answer's reason: the rules checked in order, as stated, up to the first
-    that applies. Each condition is written as the fact key it needs (``key``)
-    and "yes" when it holds for the facts, a rule's check stops at its first
-    condition that fails or exception that holds, and the conclusion names the
-    rule or the default, with its action as the policy words it (``actions``:
-    each rule's, then the default's; none: the conclusion alone):
+def _act(spec: pm.ActionSpec, caps: Sequence[m.Capability]) -> str:
+    """An action as the reading writes it: its name, then its parameters in the
+    capability's order as JSON values, ``request`` for the value the operator
+    asks for (``grammar.reading_gbnf``)."""
+    values = dict(spec.params)
+    cap = next((c for c in caps if c.action == spec.action), m.Capability(spec.action))
+    fields = []
+    for p in cap.params:
+        v = values[p.name]
+        text = REQUEST_VALUE if v == pm.FROM_REQUEST else json.dumps(v, ensure_ascii=False)
+        fields.append(f"{json.dumps(p.name)}: {text}")
+    return f"{spec.action} {{{', '.join(fields)}}}"
+
+
+def reading(policy: pm.Policy, caps: Sequence[m.Capability]) -> str:
+    """The model's reading of a policy, as stated (``hub.decide.facts.reading_messages``):
+    a line a rule, its conditions and exceptions as keys, then its action.
+
+        1: power=over, grace=out -> relay.set {"on": false}
+        2: time in 22:00-06:00, unless not home=yes -> none {}
+        Default -> none {}
+    """
+    lines = []
+    for i, rule in enumerate(policy.rules, 1):
+        conds = [key(x) for x in rule.when] + [f"unless {key(x)}" for x in rule.unless]
+        lines.append(f"{i}: {', '.join(conds)} -> {_act(rule.act, caps)}")
+    lines.append(f"Default -> {_act(policy.default, caps)}")
+    return "\n".join(lines)
+
+
+def trace(policy: pm.Policy, world: pm.World) -> str:
+    """The answer's reason: the rules of the reading checked in order, up to the
+    first that applies. Each condition is written as the fact key it needs
+    (``key``) and "yes" when it holds for the facts, a rule's check stops at
+    its first condition that fails or exception that holds, and the
+    conclusion names the rule or the default; the action follows in the
+    answer, copied from the reading:
 
         1: time in 22:00-06:00 (17:20) no. 2: anomaly=high yes, not home=yes yes,
-        unless tariff=peak no. Rule 2: cut the power to the heater.
+        unless tariff=peak no. Rule 2.
 
     A small model that writes each check before the action follows long
-    policies far better than one that must pick the rule at once, one that
-    matches a key among the facts checks a condition far better than one that
-    judges a sentence, and one that copies the rule's words for its action
-    before naming it picks the action of that rule, not of another one the
-    policy mentions."""
+    policies far better than one that must pick the rule at once, and one
+    that matches a key among the facts checks a condition far better than one
+    that judges a sentence."""
     parts = []
     for i, rule in enumerate(policy.rules, 1):
         checks = []
@@ -216,15 +251,15 @@ def trace(policy: pm.Policy, world: pm.World, actions: Sequence[str] = ()) -> st
                     break
         parts.append(f"{i}: {', '.join(checks)}.")
         if ok:
-            parts.append(f"Rule {i}: {actions[i - 1]}." if actions else f"Rule {i}.")
+            parts.append(f"Rule {i}.")
             return " ".join(parts)
-    parts.append(f"Default: {actions[-1]}." if actions else "Default.")
+    parts.append("Default.")
     return " ".join(parts)
 
 
 def reason(ex: Example) -> str:
     """The answer's reason: the trace of the policy as its text states it."""
-    out = trace(ex.rendering.policy, ex.world, ex.rendering.actions)
+    out = trace(ex.rendering.policy, ex.world)
     if len(out) > REASON_MAX:
         raise DataError(f"{ex.id}: a trace of {len(out)} characters (most {REASON_MAX})")
     return out
@@ -243,9 +278,10 @@ def to_json(ex: Example) -> dict[str, Any]:
     }
     if params:
         d["expect_params"] = params
-    # The prompt a fine-tuned adapter is sent (the compact one, hub/decide/facts.py).
-    d["messages"] = hf.build_messages(
-        model_capabilities(caps), ex.facts, ex.rendering.text, compact=True
+    # What a fine-tuned adapter is trained on (hub/decide/facts.py): the
+    # request to read the policy, and its reading.
+    d["messages"] = hf.reading_conversation(
+        model_capabilities(caps), ex.rendering.text, reading(ex.rendering.policy, caps)
     )
     d["answer"] = {"reason": reason(ex), "action": ex.outcome.action, "params": params}
     d["meta"] = {

@@ -30,6 +30,9 @@ LAYOUTS: Final[dict[str, Split]] = {
     "else_if": "train",
     "action_first": "train",
     "lettered": "train",
+    "default_lead": "train",
+    "default_bullets": "train",
+    "default_but": "train",
     "ordinal": "test",
     "default_first": "test",
 }
@@ -300,7 +303,53 @@ def _default_first(
     return text, [*segs, default]
 
 
+def _default_lead(
+    words: _Words, p: pm.Policy, style: str, rng: random.Random
+) -> tuple[str, list[str]]:
+    default = rng.choice(("By default, {a}.", "As a rule, {a}.", "{A} by default.")).format(
+        a=(a := words.default(p.default)), A=_cap(a)
+    )
+    head = rng.choice(
+        (
+            "These come before that, the first that applies to the {dev}:",
+            "But for the {dev} these override it, top one first:",
+        )
+    ).format(dev=words.w.dev)
+    lead = rng.choice(("If", "When"))
+    segs = [_cap(_clause(words, r, style, lead)) + "." for r in p.rules]
+    lines = [f"{i}. {x}" for i, x in enumerate(segs, 1)]
+    return "\n".join([default, head, *lines]), [*segs, default]
+
+
+def _default_bullets(
+    words: _Words, p: pm.Policy, style: str, rng: random.Random
+) -> tuple[str, list[str]]:
+    default = rng.choice(
+        (
+            "Unless a line below applies, {a}.",
+            "If no line below matches, {a}.",
+        )
+    ).format(a=words.default(p.default))
+    head = f"Lines for the {words.w.dev}, the highest that matches counts:"
+    segs = [_clause(words, r, style, "") for r in p.rules]
+    return "\n".join([default, head, *(f"* {x}" for x in segs)]), [*segs, default]
+
+
+def _default_but(
+    words: _Words, p: pm.Policy, style: str, rng: random.Random
+) -> tuple[str, list[str]]:
+    default = rng.choice(("Usually {a}.", "Mostly, {a}.")).format(a=words.default(p.default))
+    segs = []
+    for i, r in enumerate(p.rules):
+        clause = _clause(words, r, style, "if")
+        segs.append(f"But {clause}." if i == 0 else f"Failing that, {clause}.")
+    return " ".join([default, *segs]), [*segs, default]
+
+
 LAYOUT_FUNCS: Final[dict[str, Layout]] = {
+    "default_lead": _default_lead,
+    "default_bullets": _default_bullets,
+    "default_but": _default_but,
     "numbered": _numbered,
     "chain": _chain,
     "bullets": _bullets,
