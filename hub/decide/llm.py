@@ -779,15 +779,10 @@ class LlmWorker:
     async def prime(
         self, caps: tuple[m.Capability, ...], policy: str, *, timeout_s: float = 120.0
     ) -> float:
-        """Evaluate the static part of a prompt for a device with ``caps`` and
-        ``policy`` (the actions, the policy: everything before the facts), so
-        that the next decision for it evaluates only its facts, as a hub that
-        consults the LLM about the same kind of device again does; with an
-        adapter, read the policy (a decision then makes no model call). The
-        seconds it took; nothing is decided. Raises ModelError when the
-        model cannot run. A reading the hub cannot check facts against is
-        kept as that, for ``READ_RETRY_S``: the decisions meanwhile say so
-        (``invalid``) at once, so the worker is primed all the same."""
+        """Evaluate the static part (actions, policy) of a base model's prompt,
+        or have an adapter read the policy, so the next decision for it is
+        quick. The seconds it took. Raises ModelError when the model cannot
+        run (a reading the hub cannot parse primes too: decisions say so)."""
         t0 = time.monotonic()
         caps = model_capabilities(caps)
         if self.lora_path is not None:  # the reading is all a decision needs
