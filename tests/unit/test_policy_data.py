@@ -20,7 +20,7 @@ from tools.ml.policy import dataset
 from tools.ml.policy import model as pm
 from tools.ml.policy.codec import policy_from_json, world_from_json
 from tools.ml.policy.facts import clock
-from tools.ml.policy.lexicon import PHRASES, indices
+from tools.ml.policy.lexicon import PHRASES, indices, wordings
 
 pytestmark = pytest.mark.unit
 
@@ -88,13 +88,18 @@ def test_the_splits_share_no_layout_exception_style_wording_shape_or_policy(
     for key in ("layout", "exception", "wording", "shape", "policy"):
         shared = seen["train"][key] & seen["test"][key] - {""}
         assert not shared, f"{key} in both splits: {sorted(shared)[:5]}"
-    assert len(seen["train"]["layout"]) == 10 and len(seen["test"]["layout"]) == 2
+    assert len(seen["train"]["layout"]) == 12 and len(seen["test"]["layout"]) == 2
     assert {"unless", "and_not"} <= seen["train"]["exception"]
     assert {"except_when", "but_not_if"} <= seen["test"]["exception"]
     # Every phrase key has wordings for both splits, none in both.
     for key in PHRASES:
         train, test = set(indices(key, "train")), set(indices(key, "test"))
         assert train and test and not train & test, key
+    # Nor does any test wording's text come back among the training wordings.
+    texts = {
+        s: {wordings(k)[i].lower() for k in PHRASES for i in indices(k, s)} for s in dataset.SPLITS
+    }
+    assert not texts["train"] & texts["test"], sorted(texts["train"] & texts["test"])[:5]
 
 
 def test_actions_are_balanced_and_the_manifest_says_so(data: Path) -> None:
@@ -102,8 +107,9 @@ def test_actions_are_balanced_and_the_manifest_says_so(data: Path) -> None:
     assert man["seed"] == 11 and man["counts"] == {"train": N_TRAIN, "test": N_TEST}
     assert man["schema"] == dataset.SCHEMA and man["generator"] == dataset.GENERATOR
     assert man["layouts"] == {"train": ["action_first", "bullets", "chain", "default_bullets",
-                                        "default_but", "default_lead", "else_if", "labelled",
-                                        "lettered", "numbered"],
+                                        "default_but", "default_lead", "default_semicolons",
+                                        "else_if", "labelled", "lettered", "numbered",
+                                        "semicolons"],
                               "test": ["default_first", "ordinal"]}  # fmt: skip
     for split in ("train", "test"):
         actions = [d["expect_action"] for d in lines(data / f"{split}.jsonl")]

@@ -33,6 +33,8 @@ LAYOUTS: Final[dict[str, Split]] = {
     "default_lead": "train",
     "default_bullets": "train",
     "default_but": "train",
+    "semicolons": "train",
+    "default_semicolons": "train",
     "ordinal": "test",
     "default_first": "test",
 }
@@ -346,7 +348,40 @@ def _default_but(
     return " ".join([default, *segs]), [*segs, default]
 
 
+def _semicolons(
+    words: _Words, p: pm.Policy, style: str, rng: random.Random
+) -> tuple[str, list[str]]:
+    head = rng.choice(("For the {dev}:", "What the {dev} does, in this order:")).format(
+        dev=words.w.dev
+    )
+    lead = rng.choice(("if", "when"))
+    segs = [_clause(words, r, style, lead) for r in p.rules]
+    last = rng.choice(("and if none of that holds, {a}", "otherwise {a}", "else {a}"))
+    segs.append(last.format(a=words.default(p.default)))
+    return f"{head} " + "; ".join(segs) + ".", segs
+
+
+def _default_semicolons(
+    words: _Words, p: pm.Policy, style: str, rng: random.Random
+) -> tuple[str, list[str]]:
+    default = rng.choice(
+        ("{A} unless something below applies.", "The usual action: {a}.", "In general, {a}.")
+    ).format(a=(a := words.default(p.default)), A=_cap(a))
+    intro = rng.choice(
+        (
+            "Overrides for the {dev}, checked in turn, the first true one deciding:",
+            "Before that, check these in turn and take the first that fits:",
+            "Special cases for the {dev}, highest priority first:",
+        )
+    ).format(dev=words.w.dev)
+    lead = rng.choice(("if", "when"))
+    segs = [_clause(words, r, style, lead) for r in p.rules]
+    return f"{default} {intro} " + "; ".join(segs) + ".", [*segs, default]
+
+
 LAYOUT_FUNCS: Final[dict[str, Layout]] = {
+    "semicolons": _semicolons,
+    "default_semicolons": _default_semicolons,
     "default_lead": _default_lead,
     "default_bullets": _default_bullets,
     "default_but": _default_but,
