@@ -368,6 +368,7 @@ class LlmSetup:
 _RETRY_FAILED_S: Final = 30.0
 _MAX_WAITING: Final = 1024  # devices whose consultation waits, at most
 _PRIME_S: Final = 120.0  # a new worker's priming, at most (the old one serves meanwhile)
+_PRIME_POLICIES: Final = 16  # the policies a new worker with an adapter reads first, at most
 
 
 class LlmTier:
@@ -410,9 +411,10 @@ class LlmTier:
         self.skipped = 0
         self.swaps = 0
         self.primed = 0  # workers primed with the newest consultation's prompt (loads, swaps)
-        # (capabilities, policy text) of the newest consultation: what a new
-        # worker evaluates before it takes over
-        self._recent: tuple[tuple[Any, ...], str] | None = None
+        self.primed_policies = 0  # policies a new worker read or evaluated before it took over
+        # (capabilities, policy text) of the newest consultations, oldest first:
+        # what a new worker evaluates before it takes over
+        self._recent: dict[str, tuple[tuple[Any, ...], str]] = {}
         self.outcomes: dict[str, int] = {}
         self.error = ""
         self.adapter_error = ""
@@ -499,22 +501,35 @@ class LlmTier:
         finally:
             self._switching = None
 
+    def _remember(self, caps: Sequence[Any], policy: str) -> None:
+        key = json.dumps([str(c) for c in caps]) + "\n" + policy
+        self._recent.pop(key, None)
+        self._recent[key] = (tuple(caps), policy)
+        while len(self._recent) > _PRIME_POLICIES:
+            self._recent.pop(next(iter(self._recent)))
+
     async def _prime(self, worker: Any, s: LlmSetup) -> None:
-        """Evaluate the newest consultation's static prompt (its device's
-        actions and policy) on ``worker`` before it takes over, while the
-        old one still answers (or, for the first worker, before it answers
-        at all): the first decision after a swap then evaluates only its
-        facts, as it would have on the old worker. A failure only costs
-        that first decision the whole prompt."""
-        recent = self._recent
-        if recent is None:
-            return
-        try:
-            await worker.prime(recent[0], recent[1], timeout_s=_PRIME_S)
-        except Exception as exc:  # ModelError, or a worker that died while priming
-            log.warning("LLM tier: priming %s failed: %s", self._describe(s), exc)
-            return
-        self.primed += 1
+        """Before ``worker`` takes over, while the old one still answers (or,
+        for the first worker, before it answers at all): with an adapter, have
+        it read the policies of the newest consultations (up to 16, newest
+        first), so none of their first decisions waits for a reading; with
+        the base alone, evaluate the newest consultation's static prompt (its
+        device's actions and policy: llama.cpp keeps one prefix). A failure
+        only costs those first decisions the time of the reading or prompt."""
+        recent = list(reversed(self._recent.values()))[: 1 if s.adapter is None else None]
+        deadline = time.monotonic() + _PRIME_S
+        for i, (caps, policy) in enumerate(recent):
+            left = deadline - time.monotonic()
+            try:
+                if left <= 0:
+                    raise TimeoutError(f"{len(recent) - i} policies left unread")
+                await worker.prime(caps, policy, timeout_s=left)
+            except Exception as exc:  # ModelError, a worker that died, no time left
+                log.warning("LLM tier: priming %s failed: %s", self._describe(s), exc)
+                return
+            self.primed_policies += 1
+            if i == 0:
+                self.primed += 1
 
     @staticmethod
     def _describe(s: LlmSetup) -> str:
@@ -568,7 +583,7 @@ class LlmTier:
         if self.worker is None:
             if self._starting is None:  # loaded on first use, by the leader only
                 with contextlib.suppress(RaftError):  # then loaded unprimed
-                    self._recent = (tuple(device.capabilities), self._policy(engine, device).text)
+                    self._remember(device.capabilities, self._policy(engine, device).text)
                 self._starting = asyncio.create_task(self._start())
             self.skipped += 1
             return
@@ -629,7 +644,7 @@ class LlmTier:
             facts = self.facts(engine, device, d)
             # The device class's policy in words (docs/llm.md "Operator policies").
             policy = self._policy(engine, device)
-            self._recent = (tuple(device.capabilities), policy.text)
+            self._remember(device.capabilities, policy.text)
             result = await worker.decide(
                 device.capabilities, facts, policy.text, deadline_ms=self.cfg.llm_deadline_ms
             )
@@ -737,6 +752,7 @@ class LlmTier:
             "adapter_error": self.adapter_error or None,
             "swaps": self.swaps,
             "primed": self.primed,
+            "primed_policies": self.primed_policies,
             "consulted": self.consulted,
             "skipped": self.skipped,
             "fact_changes": self.factwatch.changes,

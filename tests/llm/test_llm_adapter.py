@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from hub.core.config import DecisionsConfig
+from hub.decide import engine as eng
 from hub.decide import facts as f
 from hub.decide import reading as rd
 from hub.decide import registry as reg
@@ -241,3 +243,40 @@ def test_eval_puts_the_base_and_the_adapter_side_by_side(tmp_path: Path) -> None
         assert set(pair) == {"base", "adapter"}
     res = CliRunner().invoke(app, ["eval", "decisions", "--adapter", str(tmp_path / "none.gguf")])
     assert res.exit_code == 2 and "no such file" in res.stderr
+
+
+@pytest.mark.llm
+def test_a_new_worker_with_an_adapter_reads_the_recent_policies_before_it_takes_over() -> None:
+    found = reg.shipped_adapter(MODELS_DIR)
+    assert found is not None, "models/llm-adapter/ ships one"
+    adapter = found[0]
+    tier = eng.llm_tier(DecisionsConfig(), MODELS_DIR)
+    assert tier is not None
+    policies = [
+        "If power is over the limit, switch the relay off. Otherwise, do nothing.",
+        "Switch the relay off between 22:00 and 06:00. Otherwise, do nothing.",
+        "If the plug is critical, do nothing. Otherwise, switch the relay off.",
+    ]
+    for p in [policies[0], *policies]:  # seen twice: remembered once, as the newest
+        tier._remember(PLUG_CAPABILITIES, p)
+    with_adapter = tier.plan(adapter, base_model(), adapter.path)
+    alone = tier.plan(None, None)
+
+    async def run() -> None:
+        w = await tier._spawn(with_adapter)
+        try:
+            await tier._prime(w, with_adapter)
+            # Every recent policy is read before the worker answers.
+            assert all(w.reading(PLUG_CAPABILITIES, p) is not None for p in policies)
+            assert tier.primed == 1 and tier.primed_policies == 3
+        finally:
+            await w.aclose()
+        # The base alone keeps one prompt's prefix: it evaluates the newest only.
+        b = await tier._spawn(alone)
+        try:
+            await tier._prime(b, alone)
+            assert tier.primed == 2 and tier.primed_policies == 4
+        finally:
+            await b.aclose()
+
+    asyncio.run(run())
