@@ -120,7 +120,7 @@ def _scenario(d: Any) -> Scenario:
     policy = d["policy"]
     if not isinstance(policy, str) or not policy.strip():
         raise ValueError("policy must be a non-empty string")
-    _check_training_keys(d, caps, facts, policy, action, params)
+    _check_training_keys(d, caps, policy, action, params)
     return Scenario(
         str(d["id"]),
         caps,
@@ -147,7 +147,6 @@ def _is_prompt(messages: Any, caps: tuple[m.Capability, ...], policy: str) -> bo
 def _check_training_keys(
     d: dict[str, Any],
     caps: tuple[m.Capability, ...],
-    facts: list[str],
     policy: str,
     action: str,
     params: dict[str, m.ParamValue] | None,
