@@ -312,6 +312,12 @@ def test_finetune_command_writes_a_signed_evaluated_adapter(
     assert man["training"]["steps_done"] == 1 and len(man["loss_curve"]) == 1
     assert man["training"]["trainable_parameters"] == 4_884_480
     assert man["eval"]["n"] == 1 and man["eval"]["adapter_sha256"] == man["sha256"]
+    # Each scenario's reading, to see what the adapter misread.
+    (line,) = (out / "eval-readings.jsonl").read_text().splitlines()
+    said = json.loads(line)
+    assert said["id"].startswith("test-") and isinstance(said["reading"], str)
+    assert said["right"] is (man["eval"]["correct"] == 1)
+    assert said["chose"] == said["expect"] or not said["right"]
     assert "ETA" in res.stderr
     assert "fewer than the 60 scenarios the trust gate needs" in res.stderr
     # The signature is the registry's: the hub accepts it from a trusted key.

@@ -105,9 +105,12 @@ def evaluate(
     limit: int,
     threads: int,
     progress: Callable[[str], None] = lambda _line: None,
+    readings_out: Path | None = None,
 ) -> dict[str, Any]:
     """The report of ``aiot eval decisions`` for base + adapter on the first ``limit``
-    scenarios, with ``adapter`` and ``adapter_sha256`` added."""
+    scenarios, with ``adapter`` and ``adapter_sha256`` added; ``readings_out``:
+    a JSON line per scenario there (its id, the reading of its policy, the
+    expected and the chosen action, right or not), to see what was misread."""
     scenarios: Sequence[Scenario] = load_scenarios(scenarios_path)[:limit]
     llm = load_adapted(base, adapter, threads)
     try:
@@ -144,4 +147,23 @@ def evaluate(
     report["adapter"] = adapter.name if adapter else None
     report["adapter_sha256"] = sha256_file(adapter) if adapter else None
     report["scenarios"] = str(scenarios_path)
+    if readings_out is not None:
+        readings_out.write_text("".join(_reading_line(x, readings) for x in results))
     return report
+
+
+def _reading_line(
+    row: tuple[Scenario, LlmResult, bool], readings: dict[tuple[str, str], _Reply]
+) -> str:
+    s, r, ok = row
+    caps = model_capabilities(s.capabilities)
+    said = readings[(json.dumps([str(c) for c in caps]), s.policy.strip())]
+    d = {
+        "id": s.id,
+        "right": ok,
+        "expect": s.expect_action,
+        "chose": r.decision.action if r.decision else f"<{r.outcome}>",
+        "reading": said.text,
+        "policy": s.policy,
+    }
+    return json.dumps(d) + "\n"

@@ -9,6 +9,8 @@ Files written into the output directory:
 - ``adapter.sig.json`` (with a signing key): the signed manifest of the model
   registry (``hub.decide.registry.signed_manifest``) and its Ed25519
   signature, the body ``POST /v1/models`` takes
+- ``eval-readings.jsonl`` (with an eval): each held-out scenario's id, the
+  adapter's reading of its policy, the expected and the chosen action
 - ``checkpoint/checkpoint.pt``: the state ``--resume`` continues from
 """
 
@@ -37,6 +39,7 @@ SCHEMA: Final = "finetune/1"
 ADAPTER: Final = "adapter.gguf"
 MANIFEST: Final = "adapter.json"
 SIGNATURE: Final = "adapter.sig.json"
+READINGS: Final = "eval-readings.jsonl"
 MAX_TOKENS: Final = 2048  # the hub's context (LlmWorker n_ctx)
 _STACK: Final = ("torch", "transformers", "peft", "gguf", "llama_cpp_python")
 
@@ -192,6 +195,7 @@ def run(
             limit=job.eval_n,
             threads=job.config.threads,
             progress=say,
+            readings_out=job.out / READINGS,
         )
     manifest = _manifest(job, name, version, base.sha256, ds, result, report)
     (job.out / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
