@@ -433,7 +433,7 @@ def test_the_grammars_admit_every_reading_and_answer_the_data_writes(model: Path
                 admits(grammar.reading_gbnf(caps), d["messages"][2]["content"])
                 admits(grammar.gbnf(caps), answer_text(d["answer"]))
                 seen.add(d["meta"]["layout"])
-        assert len(seen) == 12  # every layout of both splits
+        assert len(seen) == 14  # every layout of both splits
         # Not admitted: a rule out of order, and the request's value in a rule
         # that needs no request.
         caps = model_capabilities(dataset.example(5, "train", 0).kind.caps)
