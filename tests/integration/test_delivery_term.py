@@ -120,6 +120,9 @@ async def converse(
                 await asyncio.sleep(0.05)
         finally:
             task.cancel()
+        # The device's answers to what delivery sent last, before it stopped.
+        while plug.answers:
+            await delivery.on_result(DEV, plug.answers.pop(0))
         return plug, delivery, records()
     finally:
         node.on_applied = None
