@@ -121,7 +121,7 @@ def evaluate(
         read_ms: list[float] = []
         for i, s in enumerate(scenarios, 1):
             caps = model_capabilities(s.capabilities)
-            key = (json.dumps([str(c) for c in caps]), s.policy.strip())
+            key = _policy_key(s)
             if key not in readings:
                 t0 = time.monotonic()
                 readings[key] = read(llm, render, caps, s.policy)
@@ -152,12 +152,17 @@ def evaluate(
     return report
 
 
+def _policy_key(s: Scenario) -> tuple[str, str]:
+    """What a reading is kept by: the device's actions and the policy's words."""
+    caps = model_capabilities(s.capabilities)
+    return json.dumps([str(c) for c in caps]), s.policy.strip()
+
+
 def _reading_line(
     row: tuple[Scenario, LlmResult, bool], readings: dict[tuple[str, str], _Reply]
 ) -> str:
     s, r, ok = row
-    caps = model_capabilities(s.capabilities)
-    said = readings[(json.dumps([str(c) for c in caps]), s.policy.strip())]
+    said = readings[_policy_key(s)]
     d = {
         "id": s.id,
         "right": ok,
