@@ -17,10 +17,11 @@ from hub.decide.llm import model_capabilities
 from tools.cli import app
 from tools.ml.eval_decisions import ScenarioError, load_scenarios
 from tools.ml.policy import dataset
+from tools.ml.policy import grammar as pg
 from tools.ml.policy import model as pm
 from tools.ml.policy.codec import policy_from_json, world_from_json
 from tools.ml.policy.facts import clock
-from tools.ml.policy.lexicon import PHRASES, indices, wordings
+from tools.ml.policy.lexicon import COMPOSED, PHRASES, TRAIN_EXTRA, indices, wordings
 
 pytestmark = pytest.mark.unit
 
@@ -100,6 +101,40 @@ def test_the_splits_share_no_layout_exception_style_wording_shape_or_policy(
         s: {wordings(k)[i].lower() for k in PHRASES for i in indices(k, s)} for s in dataset.SPLITS
     }
     assert not texts["train"] & texts["test"], sorted(texts["train"] & texts["test"])[:5]
+
+
+def test_composed_wordings_are_training_only_and_no_test_phrasing_reordered() -> None:
+    test = {wordings(k)[i] for k in PHRASES for i in indices(k, "test")}
+    owner: dict[str, str] = {}
+    for key in PHRASES:
+        # No training wording of a key, written or composed, reorders one of its test wordings.
+        held = {pg._norm(wordings(key)[i]) for i in indices(key, "test")}
+        train = [wordings(key)[i] for i in indices(key, "train")]
+        same = [t for t in train if pg._norm(t) in held]
+        assert not same, (key, same)
+        composed = COMPOSED[key]
+        assert composed, f"{key}: no composed wordings"
+        ids = set(indices(key, "train"))
+        start = len(PHRASES[key]) + len(TRAIN_EXTRA.get(key, ()))
+        assert set(range(start, start + len(composed))) <= ids
+        for text in composed:
+            # Neither a test wording nor one in another order or with other articles.
+            assert pg._norm(text) not in {pg._norm(t) for t in test}, (key, text)
+            assert owner.setdefault(text.lower(), key) == key, (text, owner[text.lower()], key)
+            # Every placeholder is one that the key's renderer fills in.
+            text.format(dev="plug", a="07:00", b="09:00", v=5, what="power limit")
+    # The filter works: a reordered test wording is dropped, a new one kept.
+    kept = pg.composed(["the relay of the {dev} is open"], [])
+    assert "the {dev}'s relay is open" not in kept["relay.off+"]
+    assert "its relay is released" in kept["relay.off+"]
+
+
+def test_training_picks_mix_written_and_composed_wordings(data: Path) -> None:
+    composed = {f"{k}#{i}" for k in PHRASES for i in indices(k, "train")
+                if i >= len(PHRASES[k]) + len(TRAIN_EXTRA.get(k, ()))}  # fmt: skip
+    used = [w for d in lines(data / "train.jsonl") for w in d["meta"]["wording"]]
+    share = sum(w in composed for w in used) / len(used)
+    assert 0.35 < share < 0.65, share
 
 
 def test_actions_are_balanced_and_the_manifest_says_so(data: Path) -> None:

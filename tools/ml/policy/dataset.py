@@ -34,11 +34,12 @@ from tools.ml.policy.render import EXCEPTIONS, LAYOUTS, Rendering, render
 from tools.ml.policy.worlds import world_for
 
 SCHEMA: Final = "policy-data/1"
-GENERATOR: Final = "policygen-6"
+GENERATOR: Final = "policygen-7"
 # The tag every example's draws are seeded from. policygen-5 added training
 # wordings and exception styles only, policygen-6 training wordings and
-# layouts; the test split's draws are those of policygen-4, so a held-out file
-# keeps its scenarios. Change the tag when the test split changes.
+# layouts, policygen-7 composed training wordings; the test split's draws are
+# those of policygen-4, so a held-out file keeps its scenarios. Change the tag
+# when the test split changes.
 SEED_TAG: Final = "policygen-4"
 SPLITS: Final[tuple[Split, ...]] = ("train", "test")
 NONE_SHARE: Final = 0.2

@@ -12,6 +12,8 @@ import random
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
+from tools.ml.policy import grammar
+
 Split = Literal["train", "test"]
 
 # {dev}: the device's name; {a}, {b}: clock times; {v}: a value.
@@ -344,7 +346,7 @@ PHRASES: Final[dict[str, tuple[str, ...]]] = {
         "log a reading each {v} ms",
     ),
     "act.reboot": (
-        "reboot the device",
+        "reboot the unit",
         "restart the {dev}",
         "power-cycle the {dev}",
         "reset the {dev}",
@@ -787,7 +789,7 @@ TRAIN_EXTRA: Final[dict[str, tuple[str, ...]]] = {
         "unpower the {dev}",
         "take the {dev} offline",
         "switch off the {dev}",
-        "turn off the {dev}",
+        "turn off the supply to the {dev}",
         "cut the {dev}'s power",
         "disconnect power from the {dev}",
         "shut down the {dev}",
@@ -848,7 +850,7 @@ TRAIN_EXTRA: Final[dict[str, tuple[str, ...]]] = {
         "reset and restart the {dev}",
         "send the {dev} a reboot",
         "restart it",
-        "reboot it",
+        "reboot it now",
         "power-cycle the device",
         "perform a restart of the {dev}",
         "make the {dev} reboot",
@@ -969,19 +971,48 @@ REQUEST_WHAT: Final = {
 }
 
 
+def _held(key: str) -> int:
+    """How many of ``PHRASES[key]``, at its end, the test split keeps."""
+    return max(1, len(PHRASES[key]) // 3)
+
+
+def _composed() -> dict[str, tuple[str, ...]]:
+    test = [t for k, ws in PHRASES.items() for t in ws[len(ws) - _held(k) :]]
+    train = [t for k, ws in PHRASES.items() for t in ws[: len(ws) - _held(k)]]
+    train += [t for ws in TRAIN_EXTRA.values() for t in ws]
+    return grammar.composed(test, train)
+
+
+# Composed training wordings (``grammar``); their ids follow ``TRAIN_EXTRA``'s.
+COMPOSED: Final[dict[str, tuple[str, ...]]] = _composed()
+# The share of training picks drawn from ``COMPOSED`` (the rest: hand-written).
+COMPOSED_SHARE: Final = 0.5
+
+
 def wordings(key: str) -> tuple[str, ...]:
-    """Every wording of ``key``, by id index: ``PHRASES`` then ``TRAIN_EXTRA``."""
-    return PHRASES[key] + TRAIN_EXTRA.get(key, ())
+    """Every wording of ``key``, by id index: ``PHRASES``, ``TRAIN_EXTRA``, ``COMPOSED``."""
+    return PHRASES[key] + TRAIN_EXTRA.get(key, ()) + COMPOSED.get(key, ())
+
+
+def _written(key: str) -> tuple[int, ...]:
+    """The hand-written training wordings of ``key``."""
+    n = len(PHRASES[key])
+    return (*range(0, n - _held(key)), *range(n, n + len(TRAIN_EXTRA.get(key, ()))))
+
+
+def _composed_ids(key: str) -> tuple[int, ...]:
+    start = len(PHRASES[key]) + len(TRAIN_EXTRA.get(key, ()))
+    return tuple(range(start, start + len(COMPOSED.get(key, ()))))
 
 
 def indices(key: str, split: Split) -> tuple[int, ...]:
     """The wordings of ``key`` that ``split`` may use: the test split the last
-    third of ``PHRASES[key]`` (at least one), the training split the rest."""
+    third of ``PHRASES[key]`` (at least one), the training split the rest,
+    ``TRAIN_EXTRA`` and ``COMPOSED``."""
     n = len(PHRASES[key])
-    held = max(1, n // 3)
     if split == "test":
-        return tuple(range(n - held, n))
-    return (*range(0, n - held), *range(n, n + len(TRAIN_EXTRA.get(key, ()))))
+        return tuple(range(n - _held(key), n))
+    return _written(key) + _composed_ids(key)
 
 
 def negatable(key: str) -> bool:
@@ -998,7 +1029,12 @@ class Wording:
     used: list[str] = field(default_factory=list)
 
     def pick(self, key: str, **fmt: object) -> str:
-        i = self.rng.choice(indices(key, self.split))
+        if self.split == "test":  # these draws are the held-out files': keep them
+            i = self.rng.choice(indices(key, "test"))
+        else:
+            extra = _composed_ids(key)
+            pool = extra if extra and self.rng.random() < COMPOSED_SHARE else _written(key)
+            i = self.rng.choice(pool)
         wid = f"{key}#{i}"
         if wid not in self.used:
             self.used.append(wid)
