@@ -138,6 +138,27 @@ def test_the_reading_only_carries_the_loss(encoded: tuple[list[Any], int], gguf:
     assert answer.endswith("}<|im_end|>") and "Default -> " in answer
 
 
+def test_batches_cover_each_example_once_and_bucket_by_length(gguf: Path) -> None:
+    import random
+
+    from tools.ml.finetune.train import batches
+
+    rng = random.Random(5)
+    lengths = [rng.randrange(100, 900) for _ in range(203)]
+    epoch = batches(3, 0, lengths, 4, 16)
+    assert sorted(i for b in epoch for i in b) == list(range(203))
+    assert len(epoch) == -(-203 // 4) and all(len(b) <= 4 for b in epoch)
+    assert epoch == batches(3, 0, lengths, 4, 16) != batches(3, 1, lengths, 4, 16)
+    # bucket 1 is the plain random order, cut into batches.
+    plain = random.Random("3:0").sample(range(203), 203)
+    assert batches(3, 0, lengths, 4, 1) == [plain[k : k + 4] for k in range(0, 203, 4)]
+
+    def padded(bs: list[list[int]]) -> int:
+        return sum(max(lengths[i] for i in b) * len(b) for b in bs)
+
+    assert padded(epoch) < 0.9 * padded(batches(3, 0, lengths, 4, 1))
+
+
 def test_loss_falls_on_a_repeated_example(trained: Trained) -> None:
     losses = trained.run.losses
     assert len(losses) == 3

@@ -116,6 +116,10 @@ def models_finetune(
         int, typer.Option(min=1, help="Train on the first N examples.")
     ] = RECIPE_EXAMPLES,
     batch: Annotated[int, typer.Option(min=1, help="Examples per step.")] = 4,
+    bucket: Annotated[
+        int,
+        typer.Option(min=1, help="Batches cut from one run sorted by length (1: random batches)."),
+    ] = 16,
     lr: Annotated[float, typer.Option(min=0.0, help="Peak learning rate.")] = RECIPE_LR,
     rank: Annotated[int, typer.Option(min=1, help="LoRA rank.")] = 16,
     seed: Annotated[int, typer.Option(help="Same seed, data and threads: same adapter.")] = 0,
@@ -165,6 +169,7 @@ def models_finetune(
         epochs=epochs,
         steps=steps,
         batch=batch,
+        bucket=bucket,
         lr=lr,
         rank=rank,
         alpha=2.0 * rank,

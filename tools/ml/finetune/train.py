@@ -2,8 +2,8 @@
 checkpoints and resume.
 
 Deterministic for a seed as far as torch allows: the LoRA initialisation
-comes from ``torch.manual_seed(seed)``, each epoch's order from
-``random.Random(f"{seed}:{epoch}")``, there is no dropout, torch runs its
+comes from ``torch.manual_seed(seed)``, each epoch's batches from
+``random.Random(f"{seed}:{epoch}")`` (``batches``), there is no dropout, torch runs its
 deterministic algorithms, and a checkpoint holds the LoRA weights, the
 optimizer state, the step and the loss curve, so a resumed run continues
 with the very batch and state it stopped at (with the same thread count,
@@ -44,6 +44,7 @@ class TrainConfig:
     threads: int = 2
     bf16: bool = True
     save_every: int = 50
+    bucket: int = 16  # batches cut from one run of examples sorted by length; 1: none
 
     def total_steps(self, per_epoch: int) -> int:
         """``steps`` when set (the epochs go on as far as needed), else every epoch."""
@@ -163,8 +164,27 @@ def step_loss(
     return answer_loss(peft_model, ids, mask, labels, bf16), int(mask.sum())
 
 
-def order(seed: int, epoch: int, n: int) -> list[int]:
-    return random.Random(f"{seed}:{epoch}").sample(range(n), n)
+def batches(
+    seed: int, epoch: int, lengths: Sequence[int], take: int, bucket: int
+) -> list[list[int]]:
+    """One epoch's batches of example indices. The examples in a random order
+    are cut into runs of ``take * bucket``; each run is sorted by length and
+    cut into batches, and the batches are shuffled. A batch is padded to its
+    longest example, so with ``bucket`` 16 little of a step goes on padding
+    (a fifth of it in random batches of the recipe's data). ``bucket`` 1:
+    the random order cut into batches."""
+    rng = random.Random(f"{seed}:{epoch}")
+    n = len(lengths)
+    idx = rng.sample(range(n), n)
+    if bucket <= 1:
+        return [idx[k : k + take] for k in range(0, n, take)]
+    out: list[list[int]] = []
+    span = take * bucket
+    for k in range(0, n, span):
+        run = sorted(idx[k : k + span], key=lambda i: (lengths[i], i))
+        out += [run[j : j + take] for j in range(0, len(run), take)]
+    rng.shuffle(out)
+    return out
 
 
 def _save(path: Path, run: Run, optim: Any, peft_model: Any, fingerprint: dict[str, Any]) -> None:
@@ -229,9 +249,13 @@ def train(
         _resume(ck_path, run, optim, peft_model, key)
     peft_model.train()
     t_start, tokens_start, seconds_before = time.monotonic(), run.tokens, run.seconds
+    lengths = [len(e.ids) for e in examples]
+    epoch_batches: tuple[int, list[list[int]]] = (-1, [])
     for step in range(run.steps, run.total):
         epoch, b = divmod(step, per_epoch)
-        picked = order(cfg.seed, epoch, len(examples))[b * take : (b + 1) * take]
+        if epoch_batches[0] != epoch:
+            epoch_batches = (epoch, batches(cfg.seed, epoch, lengths, take, cfg.bucket))
+        picked = epoch_batches[1][b]
         for pg in optim.param_groups:
             pg["lr"] = cfg.lr_at(step, run.total)
         loss, tokens = step_loss(peft_model, examples, picked, pad, cfg.bf16)

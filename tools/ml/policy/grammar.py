@@ -49,6 +49,10 @@ _PEOPLE: Final = ("the residents", "the occupants", "the tenants", "the inhabita
 _SOMEONE: Final = ("someone", "somebody", "a person", "one of the residents")
 _NOBODY: Final = ("nobody", "no one", "not a single person")
 _RELAY: Final = ("the relay", "the {dev}'s relay", "its relay", "the relay in the {dev}")
+_CONTACTS: Final = ("the relay contacts", "the contacts of the relay", "the {dev}'s relay contacts",
+                    "the switch contacts of the {dev}")  # fmt: skip
+_CIRCUIT: Final = ("the circuit to the {dev}", "the {dev}'s circuit", "the supply circuit",
+                   "the {dev}'s power circuit")  # fmt: skip
 _SUPPLY: Final = ("the {dev}'s supply", "the supply to the {dev}", "the {dev}'s power",
                   "the current to the {dev}")  # fmt: skip
 _CLOCK: Final = ("the time", "the clock", "the hour", "the local time", "the current time")
@@ -199,14 +203,18 @@ CONDITIONS: Final[dict[str, tuple[_Group, ...]]] = {
         (("the {dev}",), ("is on", "is switched on", "is powered", "is energized", "is live",
                           "is powered up", "is turned on", "has power right now"), ("",)),
         (_RELAY, ("is on", "is closed", "is engaged", "is switched on", "is in the closed position",
-                  "is pulled in"), ("",)),
+                  "is pulled in", "has closed", "stands closed", "is shut"), ("",)),
+        (_CONTACTS, ("are closed", "are made", "are touching", "have closed"), ("",)),
+        (_CIRCUIT, ("is closed", "is complete", "is made", "is live"), ("",)),
         (_SUPPLY, ("is on", "is connected", "is flowing", "is switched on"), ("",)),
     ),
     "relay.off+": (
         (("the {dev}",), ("is off", "is switched off", "is unpowered", "is without power",
                           "is powered down", "is turned off", "has no power right now"), ("",)),
         (_RELAY, ("is off", "is open", "is released", "is switched off", "is in the open position",
-                  "has dropped out"), ("",)),
+                  "has dropped out", "has opened", "stands open", "is tripped"), ("",)),
+        (_CONTACTS, ("are open", "are apart", "are not touching", "have opened"), ("",)),
+        (_CIRCUIT, ("is open", "is broken", "is interrupted", "is dead"), ("",)),
         (_SUPPLY, ("is off", "is cut", "is disconnected", "is switched off", "is interrupted"),
          ("",)),
     ),
@@ -271,6 +279,20 @@ _TARGETS: Final = {  # an action key -> (what is set, its unit with a leading sp
     "act.charge.set": (("the charging current", "the charge current", "the charger"), " A"),
     "act.light.dim": (("the light", "the brightness", "the lamp"), " percent"),
 }  # fmt: skip
+_ON_DEVICE: Final = {  # an action key -> (verb, preposition): "<verb> the {dev} <prep> {v}"
+    "act.limit.set": (("hold", "to"), ("keep", "at"), ("cap", "at"), ("limit", "to"),
+                      ("restrict", "to"), ("clamp", "at"), ("throttle", "to"), ("keep", "under"),
+                      ("hold", "at"), ("hold", "below")),
+    "act.heater.set": (("heat", "to"), ("warm", "to"), ("run", "at"), ("set", "to"),
+                       ("hold", "at"), ("keep", "at")),
+    "act.charge.set": (("charge", "at"), ("run", "at"), ("set", "to"), ("hold", "at"),
+                       ("limit", "to")),
+    "act.fan.speed": (("run", "at"), ("set", "to"), ("spin", "at"), ("put", "on")),
+    "act.light.dim": (("dim", "to"), ("set", "to"), ("run", "at"), ("bring", "to"),
+                      ("hold", "at")),
+    "act.sample.set": (("read", "every"), ("poll", "every"), ("sample", "every"),
+                       ("measure", "every"), ("check", "every")),
+}  # fmt: skip
 _ASKED: Final = ("the operator asked for", "that was requested", "the operator wants",
                  "in the operator's request", "that was asked for")  # fmt: skip
 _SET: Final = ("set {t} to", "change {t} to", "put {t} at", "bring {t} to", "make {t}",
@@ -287,7 +309,11 @@ def _actions() -> dict[str, list[str]]:
         *(f"{a}{t}" for a, t in itertools.product(
             ("do nothing", "take no action", "change nothing", "make no changes"),
             ("", " for now", " to the {dev}", " at all"))),
+        *(f"let {o} {t}" for o, t in itertools.product(objects, (
+            "be", "alone", "stay as it is", "stay as is", "rest", "stay unchanged",
+            "remain as it is", "carry on as it is", "stay the way it is"))),
         "stay put", "wait and do nothing", "do not act", "do not intervene", "sit tight",
+        "leave well alone", "let well alone", "do not interfere", "hands off",
     ]  # fmt: skip
     off = ("switch {o} off", "turn {o} off", "switch off {o}", "turn off {o}", "power {o} down",
            "shut {o} off", "cut the power to {o}", "disconnect {o}", "de-energize {o}",
@@ -309,6 +335,7 @@ def _actions() -> dict[str, list[str]]:
     ]
     for key, (things, unit) in _TARGETS.items():
         out[key] = [f"{s.format(t=t)} {{v}}{unit}" for s in _SET for t in things]
+        out[key] += [f"{v} {o} {p} {{v}}{unit}" for v, p in _ON_DEVICE.get(key, ()) for o in _IT]
         out[f"{key}.req"] = [
             *(
                 f"{s.format(t=t)} the value {a}"
