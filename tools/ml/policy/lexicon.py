@@ -2,8 +2,11 @@
 
 Each phrase key has a list of wordings. The last third of each list (at least
 one) is kept for the test split, the rest for training, so the test split
-holds wordings the training split never had. A wording's id is
-``key#index``; examples record the ids they use.
+holds wordings the training split never had. The training split also has
+``TRAIN_EXTRA``'s hand-written wordings and ``COMPOSED``, the wordings that
+``grammar`` composes (half of its picks). A wording's id is ``key#index``,
+counted through ``PHRASES``, ``TRAIN_EXTRA`` and ``COMPOSED`` in turn;
+examples record the ids they use.
 """
 
 from __future__ import annotations
