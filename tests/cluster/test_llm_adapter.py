@@ -26,7 +26,14 @@ from tools.lab.cluster import LocalCluster
 
 pytestmark = [pytest.mark.cluster, pytest.mark.micropython, pytest.mark.llm]
 
+# The shipped adapter's report reaches the default trust threshold, so it
+# would actuate (and could switch the plug off, ending the firings these
+# tests consult on) before the test's adapters are activated: these tests are
+# about swaps and provenance, so every adapter here stays advisory.
 EXTRA = """
+[decisions]
+llm_trust_threshold = 1.0
+
 [rules]
 timezone = "UTC"
 
