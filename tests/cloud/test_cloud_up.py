@@ -9,6 +9,7 @@ import json
 import os
 import stat
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,9 +19,11 @@ import nats
 import pytest
 
 from hub.core.procs import die_with_parent
+from protocol.cloud import MODELS_BUCKET, POLICIES_BUCKET, SITES_BUCKET
 from tests.console_support import aiot
 from tools.base.ports import free_port
-from tools.cloud.cluster import Creds, find_nats_server, load_layout
+from tools.cloud.buckets import ensure_buckets
+from tools.cloud.cluster import CloudServers, Creds, find_nats_server, init_cloud, load_layout
 from tools.cloud.status import tls_context
 from tools.cloud.subjects import JS_DOMAIN
 
@@ -154,6 +157,36 @@ def test_bad_folders_and_counts_are_refused(tmp_path: Path) -> None:
     (tmp_path / "y" / "cloud.json").write_text("{not json")
     broken = aiot(tmp_path, "cloud", "status", "--dir", str(tmp_path / "y"))
     assert broken.returncode == 2 and "not a cloud layout" in broken.stderr
+
+
+def test_buckets_wait_for_a_cluster_that_is_not_ready_yet(tmp_path: Path) -> None:
+    # One server of three has no JetStream meta leader: the creates go
+    # unanswered or are refused as not ready, and are tried again until the
+    # other two join; then all three buckets exist with three replicas.
+    layout = init_cloud(tmp_path / "c", nodes=3, port=0)
+    made: list[Any] = []
+    with CloudServers(layout) as servers:
+        servers.start(0)
+        worker = threading.Thread(
+            target=lambda: made.append(
+                _caught(lambda: ensure_buckets(Creds.load(layout.creds("admin")), 3, 120.0))
+            )
+        )
+        worker.start()
+        worker.join(5.0)
+        assert worker.is_alive() and not made, made  # still waiting for a leader
+        servers.start(1)
+        servers.start(2)
+        worker.join(150.0)
+        assert not worker.is_alive()
+        assert made == [[MODELS_BUCKET, POLICIES_BUCKET, SITES_BUCKET]], made
+
+
+def _caught(work: Any) -> Any:
+    try:
+        return work()
+    except Exception as exc:
+        return exc
 
 
 def test_down_leaves_no_server_running(tmp_path: Path) -> None:
