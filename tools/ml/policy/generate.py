@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Sequence
 from typing import Final
 
 from tools.ml.policy import model as pm
@@ -33,7 +34,12 @@ WINDOWS: Final = (
     (17 * 60, 21 * 60),
     (6 * 60, 9 * 60),
 )
+# Rules in a policy. The test split keeps policygen-4's counts (its draws,
+# and so its scenarios, are unchanged); the training split leans to long
+# policies, which a small model reads worst (a rule dropped or a condition
+# carried to the next rule), and goes one rule beyond the test split.
 RULE_COUNTS: Final = (1, 2, 2, 3, 3, 3, 4, 4, 5, 5)
+TRAIN_RULE_COUNTS: Final = (1, 2, 3, 3, 4, 4, 5, 5, 6, 6)
 
 
 def group(atom: pm.Atom) -> str:
@@ -129,11 +135,14 @@ def _rule(kind: DeviceKind, act: pm.ActionSpec, rng: random.Random) -> pm.Rule:
     return pm.Rule(tuple(when), act, tuple(unless))
 
 
-def random_policy(kind: DeviceKind, target: str, rng: random.Random) -> tuple[pm.Policy, int]:
-    """A policy where rule ``pos`` (or the default: ``pos == -1``) names ``target``."""
+def random_policy(
+    kind: DeviceKind, target: str, rng: random.Random, counts: Sequence[int] = RULE_COUNTS
+) -> tuple[pm.Policy, int]:
+    """A policy of ``counts`` (one drawn) rules where rule ``pos`` (or the
+    default: ``pos == -1``) names ``target``."""
     actions = [c.action for c in kind.caps] + ["none"]
     others = [a for a in actions if a != target]
-    n = rng.choice(RULE_COUNTS)
+    n = rng.choice(counts)
     pos = rng.randrange(n + 1)
     if pos == n and target != "none" and rng.random() < 0.5:
         pos = rng.randrange(n)
