@@ -416,7 +416,7 @@ def _override_last(
             "Whatever the rest says, {c}",
         )
     ).format(c=segs[0][:1].lower() + segs[0][1:])
-    return " ".join([*segs[1:], top]), segs
+    return " ".join([*segs[1:], top]), [top, *segs[1:]]
 
 
 LAYOUT_FUNCS: Final[dict[str, Layout]] = {
