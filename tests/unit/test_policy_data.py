@@ -5,7 +5,6 @@ actions, determinism for a seed, and `aiot models policy-data`."""
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,6 @@ from tools.ml.policy.codec import policy_from_json, world_from_json
 from tools.ml.policy.facts import clock
 from tools.ml.policy.generate import RULE_COUNTS, TRAIN_RULE_COUNTS
 from tools.ml.policy.lexicon import COMPOSED, PHRASES, TRAIN_EXTRA, indices, wordings
-from tools.ml.policy.render import render
 
 pytestmark = pytest.mark.unit
 
@@ -92,7 +90,7 @@ def test_the_splits_share_no_layout_exception_style_wording_shape_or_policy(
     for key in ("layout", "exception", "wording", "shape", "policy"):
         shared = seen["train"][key] & seen["test"][key] - {""}
         assert not shared, f"{key} in both splits: {sorted(shared)[:5]}"
-    assert len(seen["train"]["layout"]) == 14 and len(seen["test"]["layout"]) == 2
+    assert len(seen["train"]["layout"]) == 12 and len(seen["test"]["layout"]) == 2
     assert {"unless", "and_not"} <= seen["train"]["exception"]
     assert {"except_when", "but_not_if"} <= seen["test"]["exception"]
     # Every phrase key has wordings for both splits, none in both.
@@ -147,7 +145,7 @@ def test_actions_are_balanced_and_the_manifest_says_so(data: Path) -> None:
     assert man["layouts"] == {"train": ["action_first", "bullets", "chain", "default_bullets",
                                         "default_but", "default_lead", "default_semicolons",
                                         "else_if", "labelled", "lettered", "numbered",
-                                        "override_last", "semicolons", "sentences"],
+                                        "semicolons"],
                               "test": ["default_first", "ordinal"]}  # fmt: skip
     for split in ("train", "test"):
         actions = [d["expect_action"] for d in lines(data / f"{split}.jsonl")]
@@ -256,33 +254,6 @@ def test_the_reason_traces_the_rules_in_order_up_to_the_one_that_applies() -> No
         "1: time in 22:00-06:00 (12:00) no. 2: not home=yes yes, power=over yes, "
         "unless tariff=peak no. Rule 2."
     )
-
-
-def test_prose_layouts_keep_the_priority_the_reading_states() -> None:
-    # sentences: one sentence a rule in priority order; override_last: the
-    # first rule is stated last, as an override, and still read as rule 1.
-    home, peak = pm.Lit(pm.Occupied()), pm.Lit(pm.TariffIs("peak"))
-    policy = pm.Policy(
-        (
-            pm.Rule((pm.Lit(pm.Critical()),), pm.ActionSpec("none")),
-            pm.Rule((pm.Lit(pm.Power("over")),), pm.ActionSpec("relay.set", (("on", False),))),
-            pm.Rule((home, peak), pm.ActionSpec("notify", (("urgent", True),))),
-        ),
-        pm.ActionSpec("none"),
-    )
-    for seed in range(20):
-        for layout in ("sentences", "override_last"):
-            r = render(policy, "kitchen plug", "train", random.Random(seed), layout)
-            assert r.policy.rules[0].act.action == "none"  # the structure keeps the order
-            segs = r.segments  # each rule's sentence in priority order, then the default's
-            if layout == "sentences":
-                at = [r.text.index(x) for x in segs]
-                assert at == sorted(at), r.text
-            else:
-                assert r.text.startswith(segs[1]) and r.text.endswith(segs[0][1:]), r.text
-                assert r.text.index(segs[2]) < r.text.index(segs[3]), r.text
-    one = pm.Policy((policy.rules[1],), pm.ActionSpec("none"))
-    assert render(one, "plug", "train", random.Random(0), "override_last").layout == "sentences"
 
 
 def test_every_trace_ends_at_the_rule_the_interpreter_chose(data: Path) -> None:

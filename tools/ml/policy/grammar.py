@@ -320,8 +320,7 @@ def _actions() -> dict[str, list[str]]:
            "remove the power from {o}")  # fmt: skip
     on = ("switch {o} on", "turn {o} on", "switch on {o}", "turn on {o}", "power {o} up",
           "turn {o} back on", "restore the power to {o}", "reconnect {o}", "re-energize {o}",
-          "bring {o} back on", "switch {o} on again", "turn {o} on again", "power {o} up again",
-          "switch {o} back on", "reconnect {o} again")  # fmt: skip
+          "bring {o} back on")  # fmt: skip
     out["act.relay.off"] = [p.format(o=o) for p in off for o in _IT] + [
         "open the relay",
         "open the {dev}'s relay",

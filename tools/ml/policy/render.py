@@ -35,8 +35,6 @@ LAYOUTS: Final[dict[str, Split]] = {
     "default_but": "train",
     "semicolons": "train",
     "default_semicolons": "train",
-    "sentences": "train",
-    "override_last": "train",
     "ordinal": "test",
     "default_first": "test",
 }
@@ -381,47 +379,7 @@ def _default_semicolons(
     return f"{default} {intro} " + "; ".join(segs) + ".", [*segs, default]
 
 
-def _sentences(
-    words: _Words, p: pm.Policy, style: str, rng: random.Random
-) -> tuple[str, list[str]]:
-    """Free prose: one sentence a rule, the order alone giving the priority."""
-    lead = rng.choice(("When", "If", "Whenever"))
-    segs = [_cap(_clause(words, r, style, lead)) + "." for r in p.rules]
-    last = rng.choice(
-        (
-            "Otherwise {a}.",
-            "In any other case, {a}.",
-            "If nothing above applies, {a}.",
-            "{A} the rest of the time.",
-        )
-    )
-    segs.append(last.format(a=(a := words.default(p.default)), A=_cap(a)))
-    head = rng.choice(("", "", "For the {dev}, the earlier sentence wins:")).format(dev=words.w.dev)
-    return " ".join([x for x in (head, *segs) if x]), segs
-
-
-def _override_last(
-    words: _Words, p: pm.Policy, style: str, rng: random.Random
-) -> tuple[str, list[str]]:
-    """The first rule stated last, as an override of everything before it."""
-    lead = rng.choice(("When", "If"))
-    segs = [_cap(_clause(words, r, style, lead)) + "." for r in p.rules]
-    default = rng.choice(("Otherwise {a}.", "In any other case, {a}.", "Else, {a}."))
-    segs.append(default.format(a=words.default(p.default)))
-    top = rng.choice(
-        (
-            "Above all, {c}",
-            "One rule overrides all of these: {c}",
-            "Before any of that, check this: {c}",
-            "Whatever the rest says, {c}",
-        )
-    ).format(c=segs[0][:1].lower() + segs[0][1:])
-    return " ".join([*segs[1:], top]), [top, *segs[1:]]
-
-
 LAYOUT_FUNCS: Final[dict[str, Layout]] = {
-    "sentences": _sentences,
-    "override_last": _override_last,
     "semicolons": _semicolons,
     "default_semicolons": _default_semicolons,
     "default_lead": _default_lead,
@@ -446,8 +404,6 @@ def render(
     layout = layout or rng.choice(sorted(k for k, v in LAYOUTS.items() if v == split))
     if LAYOUTS[layout] != split:
         raise ValueError(f"layout {layout!r} belongs to the {LAYOUTS[layout]} split")
-    if layout == "override_last" and len(policy.rules) < 2:
-        layout = "sentences"  # an override of one rule would override nothing
     has_exc = any(r.unless for r in policy.rules)
     style = rng.choice(sorted(k for k, v in EXCEPTIONS.items() if v == split)) if has_exc else ""
     if style == "and_not" and not all(can_negate(x.atom) for r in policy.rules for x in r.unless):
