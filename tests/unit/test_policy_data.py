@@ -21,12 +21,7 @@ from tools.ml.policy import grammar as pg
 from tools.ml.policy import model as pm
 from tools.ml.policy.codec import policy_from_json, world_from_json
 from tools.ml.policy.facts import clock
-from tools.ml.policy.generate import (
-    NEGATE_SHARE,
-    RULE_COUNTS,
-    TRAIN_NEGATE_SHARE,
-    TRAIN_RULE_COUNTS,
-)
+from tools.ml.policy.generate import RULE_COUNTS, TRAIN_RULE_COUNTS
 from tools.ml.policy.lexicon import COMPOSED, PHRASES, TRAIN_EXTRA, indices, wordings
 
 pytestmark = pytest.mark.unit
@@ -165,25 +160,6 @@ def test_actions_are_balanced_and_the_manifest_says_so(data: Path) -> None:
         assert set(counts) == set(TRAIN_RULE_COUNTS if split == "train" else RULE_COUNTS)
         long = sum(v for k, v in counts.items() if k >= 4) / sum(counts.values())
         assert (long > 0.5) if split == "train" else (long < 0.5), (split, counts)
-
-
-def test_the_training_split_negates_more_conditions_than_the_test_split(data: Path) -> None:
-    def negated_share(split: str) -> float:
-        lits = [
-            lit
-            for d in lines(data / f"{split}.jsonl")
-            for rule in d["meta"]["shape"].split(" | ")[:-1]  # the last is the default
-            for lit in rule.split("/unless:")[0].split(",")
-        ]
-        return sum(x.startswith("!") for x in lits) / len(lits)
-
-    train, test = negated_share("train"), negated_share("test")
-    assert TRAIN_NEGATE_SHARE > NEGATE_SHARE
-    # some conditions are never negated (a request that a rule's action
-    # uses, for one), so each share sits under its setting
-    assert 0.6 * NEGATE_SHARE < test < NEGATE_SHARE, test
-    assert 0.6 * TRAIN_NEGATE_SHARE < train < TRAIN_NEGATE_SHARE, train
-    assert train > test + 0.05, (train, test)
 
 
 def test_the_same_seed_writes_the_same_files_and_a_prefix_does_not_depend_on_n(

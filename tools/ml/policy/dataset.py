@@ -29,10 +29,8 @@ from tools.ml.policy.codec import policy_json, world_json
 from tools.ml.policy.devices import KINDS, REQUEST_BY_TARGET, DeviceKind, caps_json
 from tools.ml.policy.facts import clock, shuffled
 from tools.ml.policy.generate import (
-    NEGATE_SHARE,
     ROOMS,
     RULE_COUNTS,
-    TRAIN_NEGATE_SHARE,
     TRAIN_RULE_COUNTS,
     random_policy,
     shape,
@@ -43,13 +41,11 @@ from tools.ml.policy.render import EXCEPTIONS, LAYOUTS, Rendering, render
 from tools.ml.policy.worlds import world_for
 
 SCHEMA: Final = "policy-data/1"
-GENERATOR: Final = "policygen-11"
+GENERATOR: Final = "policygen-9"
 # The tag every example's draws are seeded from. policygen-5 added training
 # wordings and exception styles only, policygen-6 training wordings and
 # layouts, policygen-7 and -8 composed training wordings, policygen-9 longer
-# training policies, policygen-11 more negated training conditions and
-# composed wordings that negate with "nothing" and "no" (policygen-10 was
-# not adopted); the test split's draws are
+# training policies; the test split's draws are
 # those of policygen-4, so a held-out file keeps its scenarios. Change the tag
 # when the test split changes.
 SEED_TAG: Final = "policygen-4"
@@ -138,11 +134,8 @@ def _first(split: Split, index: int, tag: str) -> Example:
         # none is an answer of every device: a fifth of the examples, so
         # that it is no more frequent than the other actions together allow.
         target = "none" if rng.random() < NONE_SHARE else rng.choice(kind.caps).action
-        train = split == "train"
-        counts, negate = (
-            (TRAIN_RULE_COUNTS, TRAIN_NEGATE_SHARE) if train else (RULE_COUNTS, NEGATE_SHARE)
-        )
-        policy, pos = random_policy(kind, target, rng, counts, negate)
+        counts = TRAIN_RULE_COUNTS if split == "train" else RULE_COUNTS
+        policy, pos = random_policy(kind, target, rng, counts)
         if shape_split(shape(policy)) != split:
             continue
         world = world_for(kind, policy, pos, rng, tries=60)

@@ -40,12 +40,6 @@ WINDOWS: Final = (
 # carried to the next rule), and goes one rule beyond the test split.
 RULE_COUNTS: Final = (1, 2, 2, 3, 3, 3, 4, 4, 5, 5)
 TRAIN_RULE_COUNTS: Final = (1, 2, 3, 3, 4, 4, 5, 5, 6, 6)
-# The share of a rule's conditions stated negated. The test split keeps
-# policygen-4's; the training split has more, since a small model's commonest
-# slip on a held-out wording is to lose its negation ("do not look normal"
-# read as normal) or to find one that is not there ("nothing odd" read as odd).
-NEGATE_SHARE: Final = 0.2
-TRAIN_NEGATE_SHARE: Final = 0.3
 
 
 def group(atom: pm.Atom) -> str:
@@ -117,7 +111,7 @@ def _action(action: str, rng: random.Random) -> pm.ActionSpec:
     return pm.ActionSpec(action, ((name, rng.choice(values)),))
 
 
-def _rule(kind: DeviceKind, act: pm.ActionSpec, rng: random.Random, negate: float) -> pm.Rule:
+def _rule(kind: DeviceKind, act: pm.ActionSpec, rng: random.Random) -> pm.Rule:
     pool = _groups(kind)
     when: list[pm.Lit] = []
     if act.params and act.params[0][1] == pm.FROM_REQUEST:
@@ -130,7 +124,7 @@ def _rule(kind: DeviceKind, act: pm.ActionSpec, rng: random.Random, negate: floa
             continue
         used.add(grp)
         atom = _atom(grp, kind, rng)
-        when.append(pm.Lit(atom, not (can_negate(atom) and rng.random() < negate)))
+        when.append(pm.Lit(atom, not (can_negate(atom) and rng.random() < 0.2)))
     unless: list[pm.Lit] = []
     if rng.random() < 0.3:
         spare = [g for g in ("power", "anomaly", "occupancy", "critical", "tariff", "time")]
@@ -142,15 +136,10 @@ def _rule(kind: DeviceKind, act: pm.ActionSpec, rng: random.Random, negate: floa
 
 
 def random_policy(
-    kind: DeviceKind,
-    target: str,
-    rng: random.Random,
-    counts: Sequence[int] = RULE_COUNTS,
-    negate: float = NEGATE_SHARE,
+    kind: DeviceKind, target: str, rng: random.Random, counts: Sequence[int] = RULE_COUNTS
 ) -> tuple[pm.Policy, int]:
     """A policy of ``counts`` (one drawn) rules where rule ``pos`` (or the
-    default: ``pos == -1``) names ``target``; about ``negate`` of the rules'
-    conditions are negated (those that can be)."""
+    default: ``pos == -1``) names ``target``."""
     actions = [c.action for c in kind.caps] + ["none"]
     others = [a for a in actions if a != target]
     n = rng.choice(counts)
@@ -158,8 +147,7 @@ def random_policy(
     if pos == n and target != "none" and rng.random() < 0.5:
         pos = rng.randrange(n)
     rules = [
-        _rule(kind, _action(target if i == pos else rng.choice(others), rng), rng, negate)
-        for i in range(n)
+        _rule(kind, _action(target if i == pos else rng.choice(others), rng), rng) for i in range(n)
     ]
     if pos == n:
         default = target
