@@ -37,6 +37,7 @@ class Example:
     id: str
     messages: list[dict[str, str]]
     answer: str  # the decision as the grammar spells it
+    group: str = ""  # the device's actions, which the head of the prompt is rendered from
 
     @property
     def action(self) -> str:
@@ -106,7 +107,8 @@ def load(directory: Path, split: str = "train", limit: int | None = None) -> Dat
         d = json.loads(line)
         if "messages" not in d or "answer" not in d:
             raise DataError(f"{path}:{no}: no messages/answer: not a training line")
-        out.append(Example(str(d["id"]), d["messages"], answer_text(d["answer"])))
+        group = json.dumps(d.get("capabilities"), sort_keys=True)
+        out.append(Example(str(d["id"]), d["messages"], answer_text(d["answer"]), group))
         if limit is not None and len(out) >= limit:
             break
     if not out:

@@ -119,14 +119,19 @@ def evaluate(
         results = []
         readings: dict[tuple[str, str], _Reply] = {}
         read_ms: list[float] = []
-        for i, s in enumerate(scenarios, 1):
-            caps = model_capabilities(s.capabilities)
+        # The policies are read grouped by the device's actions, so that, as on
+        # a hub, llama.cpp reuses the cached head of the prompt (the actions
+        # and the instructions) and runs only the policy's own tokens.
+        n_policies = len({_policy_key(s) for s in scenarios})
+        for s in sorted(scenarios, key=_policy_key):
             key = _policy_key(s)
             if key not in readings:
                 t0 = time.monotonic()
-                readings[key] = read(llm, render, caps, s.policy)
+                readings[key] = read(llm, render, model_capabilities(s.capabilities), s.policy)
                 read_ms.append((time.monotonic() - t0) * 1000.0)
-            r = decide(readings[key], s, base.stem, sha)
+                progress(f"eval: read policy {len(readings)}/{n_policies}")
+        for i, s in enumerate(scenarios, 1):
+            r = decide(readings[_policy_key(s)], s, base.stem, sha)
             ok = correct(r, s)
             results.append((s, r, ok))
             got = r.decision.action if r.decision else f"<{r.outcome}>"

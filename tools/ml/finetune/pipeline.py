@@ -172,6 +172,7 @@ def run(
         key=fp,
         resume=job.resume,
         progress=progress,
+        groups=[e.group for e in ds.examples],
     )
     tensors = ad.gguf_tensors(
         {k: v.numpy() for k, v in result.lora.items()}, base.n_head, base.n_head_kv

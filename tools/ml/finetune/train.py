@@ -12,7 +12,6 @@ which sets the order of float sums).
 
 from __future__ import annotations
 
-import math
 import os
 import random
 import time
@@ -29,6 +28,7 @@ from tools.ml.finetune.adapter import TENSORS
 from tools.ml.finetune.data import IGNORE, Encoded
 
 CHECKPOINT: Final = "checkpoint.pt"
+MIN_SHARED: Final = 16  # a shorter common prefix is not worth a forward of its own
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +45,9 @@ class TrainConfig:
     bf16: bool = True
     save_every: int = 50
     bucket: int = 16  # batches cut from one run of examples sorted by length; 1: none
+    # A batch holds examples of one group (one device's actions: one prompt
+    # head), and the tokens its examples share run once (``shared_prefix``).
+    shared_head: bool = True
 
     def total_steps(self, per_epoch: int) -> int:
         """``steps`` when set (the epochs go on as far as needed), else every epoch."""
@@ -74,7 +77,7 @@ class Run:
     config: TrainConfig
     total: int
     losses: list[float] = field(default_factory=list)  # one per step, mean over answer tokens
-    tokens: int = 0  # tokens through forward and backward
+    tokens: int = 0  # the examples' tokens (a head run once for a batch counts in each)
     seconds: float = 0.0  # training time, over every session of a resumed run
     resumed_at: int | None = None
     lora: dict[str, Any] = field(default_factory=dict)
@@ -143,12 +146,49 @@ def batch_tensors(batch: Sequence[Encoded], pad: int) -> tuple[Any, Any, Any]:
     return ids, mask, labels
 
 
-def answer_loss(peft_model: Any, ids: Any, mask: Any, labels: Any, bf16: bool) -> Any:
-    """Mean cross-entropy over the answer tokens; logits only where a label is."""
+def shared_prefix(batch: Sequence[Encoded]) -> int:
+    """How many leading tokens every example of ``batch`` shares (0 when fewer
+    than ``MIN_SHARED``), short of the last prompt token of the shortest
+    prompt: every position whose output carries a loss stays in the batch's
+    own forward."""
+    if len(batch) < 2:
+        return 0
+    first, limit = batch[0].ids, min(e.n_prompt for e in batch) - 1
+    n = 0
+    while n < limit and all(e.ids[n] == first[n] for e in batch[1:]):
+        n += 1
+    return n if n >= MIN_SHARED else 0
+
+
+def answer_loss(
+    peft_model: Any, ids: Any, mask: Any, labels: Any, bf16: bool, shared: int = 0
+) -> Any:
+    """Mean cross-entropy over the answer tokens; logits only where a label is.
+
+    With ``shared`` > 0 the first ``shared`` tokens, the same in every row,
+    run once (a batch of one) and their keys and values are expanded to the
+    batch for the rest of the rows: the same attention, the same loss and
+    the same gradients (summed over the rows through the expansion) as the
+    whole batch run row by row, for a fraction of the work of the head."""
+    from transformers import DynamicCache  # lazy: the finetune extra
+
     inner = peft_model.get_base_model()
+    body = inner.model
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        hidden = inner.model(input_ids=ids, attention_mask=mask).last_hidden_state
-    target = labels[:, 1:]
+        if shared:
+            head = body(input_ids=ids[:1, :shared], use_cache=True).cache
+            rows = ids.shape[0]
+            kv = [
+                (layer.keys.expand(rows, -1, -1, -1), layer.values.expand(rows, -1, -1, -1))
+                for layer in head.layers
+            ]
+            cache = DynamicCache(kv, config=inner.config)
+            hidden = body(
+                input_ids=ids[:, shared:], attention_mask=mask, cache=cache, use_cache=True
+            ).last_hidden_state
+        else:
+            hidden = body(input_ids=ids, attention_mask=mask).last_hidden_state
+    target = labels[:, shared + 1 :]
     where = target != IGNORE
     h = hidden[:, :-1][where]
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
@@ -157,33 +197,61 @@ def answer_loss(peft_model: Any, ids: Any, mask: Any, labels: Any, bf16: bool) -
 
 
 def step_loss(
-    peft_model: Any, examples: Sequence[Encoded], picked: Sequence[int], pad: int, bf16: bool
+    peft_model: Any,
+    examples: Sequence[Encoded],
+    picked: Sequence[int],
+    pad: int,
+    bf16: bool,
+    share: bool = False,
 ) -> tuple[Any, int]:
-    """(mean loss over the answer tokens, tokens evaluated) of one step's examples."""
-    ids, mask, labels = batch_tensors([examples[i] for i in picked], pad)
-    return answer_loss(peft_model, ids, mask, labels, bf16), int(mask.sum())
+    """(mean loss over the answer tokens, the examples' tokens) of one step's
+    examples; ``share``: their common prefix runs once."""
+    batch = [examples[i] for i in picked]
+    ids, mask, labels = batch_tensors(batch, pad)
+    shared = shared_prefix(batch) if share else 0
+    return answer_loss(peft_model, ids, mask, labels, bf16, shared), int(mask.sum())
 
 
 def batches(
-    seed: int, epoch: int, lengths: Sequence[int], take: int, bucket: int
+    seed: int,
+    epoch: int,
+    lengths: Sequence[int],
+    take: int,
+    bucket: int,
+    groups: Sequence[str] | None = None,
 ) -> list[list[int]]:
     """One epoch's batches of example indices. The examples in a random order
     are cut into runs of ``take * bucket``; each run is sorted by length and
     cut into batches, and the batches are shuffled. A batch is padded to its
     longest example, so with ``bucket`` 16 little of a step goes on padding
     (a fifth of it in random batches of the recipe's data). ``bucket`` 1:
-    the random order cut into batches."""
+    the random order cut into batches. With ``groups`` (a key per example),
+    each group's examples, in that random order, are cut the same way on
+    their own, so that no batch mixes two groups."""
     rng = random.Random(f"{seed}:{epoch}")
     n = len(lengths)
     idx = rng.sample(range(n), n)
-    if bucket <= 1:
+    if bucket <= 1 and groups is None:
         return [idx[k : k + take] for k in range(0, n, take)]
+    if groups is None:
+        out = _cut(idx, lengths, take, bucket)
+    else:
+        members: dict[str, list[int]] = {}
+        for i in idx:
+            members.setdefault(groups[i], []).append(i)
+        out = [b for key in sorted(members) for b in _cut(members[key], lengths, take, bucket)]
+    rng.shuffle(out)
+    return out
+
+
+def _cut(idx: list[int], lengths: Sequence[int], take: int, bucket: int) -> list[list[int]]:
+    if bucket <= 1:
+        return [idx[k : k + take] for k in range(0, len(idx), take)]
     out: list[list[int]] = []
     span = take * bucket
-    for k in range(0, n, span):
+    for k in range(0, len(idx), span):
         run = sorted(idx[k : k + span], key=lambda i: (lengths[i], i))
         out += [run[j : j + take] for j in range(0, len(run), take)]
-    rng.shuffle(out)
     return out
 
 
@@ -232,16 +300,25 @@ def train(
     key: dict[str, Any],
     resume: bool = False,
     progress: Callable[[StepReport], None] = lambda _r: None,
+    groups: Sequence[str] | None = None,
 ) -> Run:
     """Train LoRA on ``model`` (changed in place: the peft model is ``run``'s input
-    afterwards); a checkpoint every ``save_every`` steps and at the end."""
+    afterwards); a checkpoint every ``save_every`` steps and at the end.
+    ``groups``: a key per example (the device's actions, which the prompt's
+    head is rendered from); with ``cfg.shared_head`` a batch holds one
+    group's examples, and their shared head runs once."""
     torch.set_num_threads(cfg.threads)
     torch.use_deterministic_algorithms(True)
     peft_model = lora_model(model, cfg)
     params = [p for p in peft_model.parameters() if p.requires_grad]
     optim = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     take = cfg.batch
-    per_epoch = math.ceil(len(examples) / take)
+    lengths = [len(e.ids) for e in examples]
+    keys = groups if cfg.shared_head else None
+    if keys is not None and len(keys) != len(examples):
+        raise ValueError(f"{len(keys)} group keys for {len(examples)} examples")
+    # The count of batches does not depend on the epoch's order.
+    per_epoch = len(batches(cfg.seed, 0, lengths, take, cfg.bucket, keys))
     run = Run(cfg, cfg.total_steps(per_epoch))
     ck_path = checkpoint_dir / CHECKPOINT
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
@@ -249,16 +326,15 @@ def train(
         _resume(ck_path, run, optim, peft_model, key)
     peft_model.train()
     t_start, tokens_start, seconds_before = time.monotonic(), run.tokens, run.seconds
-    lengths = [len(e.ids) for e in examples]
     epoch_batches: tuple[int, list[list[int]]] = (-1, [])
     for step in range(run.steps, run.total):
         epoch, b = divmod(step, per_epoch)
         if epoch_batches[0] != epoch:
-            epoch_batches = (epoch, batches(cfg.seed, epoch, lengths, take, cfg.bucket))
+            epoch_batches = (epoch, batches(cfg.seed, epoch, lengths, take, cfg.bucket, keys))
         picked = epoch_batches[1][b]
         for pg in optim.param_groups:
             pg["lr"] = cfg.lr_at(step, run.total)
-        loss, tokens = step_loss(peft_model, examples, picked, pad, cfg.bf16)
+        loss, tokens = step_loss(peft_model, examples, picked, pad, cfg.bf16, cfg.shared_head)
         optim.zero_grad(set_to_none=True)
         loss.backward()
         optim.step()
