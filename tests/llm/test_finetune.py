@@ -159,6 +159,91 @@ def test_batches_cover_each_example_once_and_bucket_by_length(gguf: Path) -> Non
     assert padded(epoch) < 0.9 * padded(batches(3, 0, lengths, 4, 1))
 
 
+def test_grouped_batches_never_mix_two_groups(gguf: Path) -> None:
+    import random
+
+    from tools.ml.finetune.train import batches
+
+    rng = random.Random(6)
+    lengths = [rng.randrange(100, 900) for _ in range(203)]
+    groups = [rng.choice("abcde") for _ in range(203)]
+    epoch = batches(3, 0, lengths, 4, 16, groups)
+    assert sorted(i for b in epoch for i in b) == list(range(203))
+    assert all(len({groups[i] for i in b}) == 1 and len(b) <= 4 for b in epoch)
+    # Only a group's last batch may be short.
+    assert len(epoch) == sum(-(-groups.count(g) // 4) for g in "abcde")
+    assert epoch == batches(3, 0, lengths, 4, 16, groups) != batches(3, 1, lengths, 4, 16, groups)
+    # The count of batches is the same in every epoch (the run's step count rests on it).
+    assert len({len(batches(3, e, lengths, 4, 16, groups)) for e in range(4)}) == 1
+    # One group: the same cut as with no groups, by length within runs of 64.
+    one = batches(3, 0, lengths, 4, 16, ["x"] * 203)
+    assert one == batches(3, 0, lengths, 4, 16)
+
+
+def test_a_shared_head_gives_the_loss_and_gradients_of_the_whole_rows(
+    base: Any, encoded: tuple[list[Any], int]
+) -> None:
+    """The shared prefix run once and expanded to the batch computes what the
+    rows run whole compute (float32, to compare closely)."""
+    import torch
+
+    from tools.ml.finetune.data import Encoded
+    from tools.ml.finetune.train import (
+        MIN_SHARED,
+        answer_loss,
+        batch_tensors,
+        lora_model,
+        shared_prefix,
+    )
+
+    examples, pad = encoded
+    head = examples[0].ids[:40]
+    rows = [Encoded(head + e.ids[40:], e.n_prompt) for e in examples[:3]]
+    assert all(e.n_prompt > 41 for e in rows)
+    n = shared_prefix(rows)
+    assert 40 <= n < min(e.n_prompt for e in rows)
+    assert shared_prefix(rows[:1]) == 0  # a batch of one shares nothing
+    assert shared_prefix([rows[0], Encoded(rows[0].ids[:5] + (0,) * 60, 50)]) == 0  # < MIN_SHARED
+    assert MIN_SHARED > 5
+    model = lora_model(base.copy(), config())
+    gen = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for name, w in model.named_parameters():
+            if "lora_B" in name:
+                w.copy_(torch.randn(w.shape, generator=gen) * 0.02)
+    ids, mask, labels = batch_tensors(rows, pad)
+    got = []
+    for shared in (0, n):
+        model.zero_grad(set_to_none=True)
+        loss = answer_loss(model, ids, mask, labels, False, shared)
+        loss.backward()
+        grads = {k: w.grad.clone() for k, w in model.named_parameters() if w.requires_grad}
+        got.append((float(loss.detach()), grads))
+    (whole, g_whole), (once, g_once) = got
+    assert abs(whole - once) <= 1e-5 * whole, (whole, once)
+    for k, g in g_whole.items():
+        assert float((g - g_once[k]).norm()) <= 1e-4 * float(g.norm()) + 1e-9, k
+
+
+def test_training_with_a_shared_head_runs_the_same_first_step(
+    base: Any, encoded: tuple[list[Any], int], tmp_path: Path
+) -> None:
+    """``shared_head`` with groups: the batches of one group and the head run once
+    give the first step's loss of the rows run whole (bf16: close, not equal);
+    group keys that do not fit the examples are refused."""
+    examples, pad = encoded
+    three = examples[:3]
+    losses = []
+    for share in (False, True):
+        cfg = config(batch=3, steps=1, shared_head=share)
+        _m, run = _train(base, three, pad, tmp_path / str(share), cfg=cfg, groups=["g"] * 3)
+        losses.append(run.losses[0])
+    assert abs(losses[0] - losses[1]) <= 0.01 * losses[0], losses
+    with pytest.raises(ValueError, match="2 group keys for 3 examples"):
+        cfg = config(batch=3, steps=1, shared_head=True)
+        _train(base, three, pad, tmp_path / "bad", cfg=cfg, groups=["g"] * 2)
+
+
 def test_loss_falls_on_a_repeated_example(trained: Trained) -> None:
     losses = trained.run.losses
     assert len(losses) == 3

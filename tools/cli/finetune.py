@@ -120,6 +120,13 @@ def models_finetune(
         int,
         typer.Option(min=1, help="Batches cut from one run sorted by length (1: random batches)."),
     ] = 16,
+    shared_head: Annotated[
+        bool,
+        typer.Option(
+            help="Batch one device's actions together and run their shared prompt head once "
+            "a batch (faster; not the recipe: docs/llm.md, 'The shared head')."
+        ),
+    ] = False,
     lr: Annotated[float, typer.Option(min=0.0, help="Peak learning rate.")] = RECIPE_LR,
     rank: Annotated[int, typer.Option(min=1, help="LoRA rank.")] = 16,
     seed: Annotated[int, typer.Option(help="Same seed, data and threads: same adapter.")] = 0,
@@ -170,6 +177,7 @@ def models_finetune(
         steps=steps,
         batch=batch,
         bucket=bucket,
+        shared_head=shared_head,
         lr=lr,
         rank=rank,
         alpha=2.0 * rank,

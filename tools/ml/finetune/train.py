@@ -47,7 +47,7 @@ class TrainConfig:
     bucket: int = 16  # batches cut from one run of examples sorted by length; 1: none
     # A batch holds examples of one group (one device's actions: one prompt
     # head), and the tokens its examples share run once (``shared_prefix``).
-    shared_head: bool = True
+    shared_head: bool = False
 
     def total_steps(self, per_epoch: int) -> int:
         """``steps`` when set (the epochs go on as far as needed), else every epoch."""
