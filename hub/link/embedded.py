@@ -46,7 +46,13 @@ has a test in tests/integration/test_hub_embedded.py:
   ``max_queued_messages``; amqtt's are unbounded.
 - A packet larger than ``limits.max_packet_bytes`` cuts its connection
   before it is read (Mosquitto's ``max_packet_size``); amqtt reads any size
-  up to 256 MB. ``limits.max_connections`` caps the listener (amqtt waits
+  up to 256 MB.
+- Nothing more is read from a connection once it is closing. amqtt's
+  reader went on through the bytes already received: after a cut packet,
+  and after a reserved packet type (whose handling "closes" the connection
+  and reads on), every zero byte of a hostile client's buffer was one more
+  reserved packet and one more warning, up to 64 KiB of them, holding the
+  broker's loop for seconds. ``limits.max_connections`` caps the listener (amqtt waits
   with the next connection until one closes; Mosquitto refuses it).
 - A device's or the monitor's client id is replaced by its user name
   (Mosquitto's ``use_username_as_clientid``): no login can take over another
@@ -214,10 +220,18 @@ class _Bounded(StreamReaderAdapter):  # type: ignore[misc]
         self._writer = writer
         self._limit = limit
         self._stats = stats
+        self.ended = False
+
+    def end(self) -> None:
+        """Read nothing more: every later read is the end of the stream."""
+        self.ended = True
 
     async def read(self, n: int = -1) -> bytes:
+        if self.ended:
+            raise asyncio.IncompleteReadError(b"", n if n >= 0 else None)
         if n < 0 or n > self._limit:
             self._stats["oversized"] += 1
+            self.end()
             self._writer.transport.abort()
             raise asyncio.IncompleteReadError(b"", n if n >= 0 else None)
         data: bytes = await super().read(n)
@@ -271,6 +285,14 @@ class _Handler(BrokerProtocolHandler):  # type: ignore[misc]
         feed_eof = getattr(self.reader, "feed_eof", None)
         if feed_eof is not None:
             feed_eof()
+
+    async def handle_connection_closed(self) -> None:
+        # amqtt calls this for a reserved packet type, then reads the next
+        # packet; the connection ends here instead (the loop sees the end of
+        # the stream, and the broker the abnormal disconnect: the will goes out).
+        if isinstance(self.reader, _Bounded):
+            self.reader.end()
+        await super().handle_connection_closed()
 
 
 class _HubBroker(Broker):  # type: ignore[misc]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -373,6 +374,54 @@ def test_a_publish_to_a_dollar_topic_ends_the_connection_with_its_will(tmp_path:
                 assert (await until(hub, "aiot/v1/plug-1/up", b"back"))[-1][1] == b"back"
 
     run(scenario)
+
+
+def _remaining(n: int) -> bytes:
+    """MQTT's variable-length remaining length."""
+    out = bytearray()
+    while True:
+        n, digit = divmod(n, 128)
+        out.append(digit | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def test_a_connection_is_read_no_further_after_a_bad_packet(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Each bad packet comes with 64 KiB of zeros behind it. amqtt read on
+    # through them: one more reserved packet type, and one more warning, for
+    # every two bytes. Here the connection ends at the bad packet.
+    caplog.set_level(logging.WARNING, logger="amqtt")
+    zeros = b"\x00" * 65536
+    topic = _str("aiot/v1/plug-1/up")
+    bad = {
+        "reserved packet type": b"\x00\x00",
+        "oversized PUBLISH": b"\x30" + _remaining(len(topic) + len(zeros)) + topic,
+    }
+    stats: dict[str, int] = {}
+
+    async def scenario() -> None:
+        async with running(tmp_path) as broker, client(broker, HUB) as hub:
+            await hub.subscribe("aiot/v1/#", qos=1)
+            for what, packet in bad.items():
+                reader, writer, code = await raw_connect(broker, PLUG1, "plug-1")
+                assert code == 0, what
+                with contextlib.suppress(ConnectionError):
+                    writer.write(packet + zeros)
+                    await writer.drain()
+                assert await closed_by_peer(reader), what
+                writer.close()
+                await disconnected(broker, "plug-1")
+            async with client(broker, PLUG1) as dev:  # and the broker serves on
+                await dev.publish("aiot/v1/plug-1/up", b"after", qos=1)
+                assert (await until(hub, "aiot/v1/plug-1/up", b"after"))[-1][1] == b"after"
+            stats.update(broker.stats)
+
+    run(scenario)
+    reserved = [r for r in caplog.records if "reserved packet" in r.getMessage()]
+    assert len(reserved) == 1, f"{len(reserved)} reserved-packet warnings"
+    assert stats["oversized"] == 1, stats
 
 
 # -- retained messages, last will, persistent sessions ----------------------------------
