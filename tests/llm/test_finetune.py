@@ -85,6 +85,19 @@ class Trained:
     step_2: Path  # the checkpoint directory as it was after step 2
 
 
+def random_lora(model: Any, *, seed: int, scale: float) -> Any:
+    """``model`` with seeded random LoRA B matrices (peft starts them at zero,
+    where an adapter changes nothing)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, w in model.named_parameters():
+            if "lora_B" in name:
+                w.copy_(torch.randn(w.shape, generator=gen) * scale)
+    return model
+
+
 def _train(base: Any, examples: list[Any], pad: int, ck: Path, **kw: Any) -> Any:
     from tools.ml.finetune.train import fingerprint, train
 
@@ -185,7 +198,6 @@ def test_a_shared_head_gives_the_loss_and_gradients_of_the_whole_rows(
 ) -> None:
     """The shared prefix run once and expanded to the batch computes what the
     rows run whole compute (float32, to compare closely)."""
-    import torch
 
     from tools.ml.finetune.data import Encoded
     from tools.ml.finetune.train import (
@@ -205,12 +217,7 @@ def test_a_shared_head_gives_the_loss_and_gradients_of_the_whole_rows(
     assert shared_prefix(rows[:1]) == 0  # a batch of one shares nothing
     assert shared_prefix([rows[0], Encoded(rows[0].ids[:5] + (0,) * 60, 50)]) == 0  # < MIN_SHARED
     assert MIN_SHARED > 5
-    model = lora_model(base.copy(), config())
-    gen = torch.Generator().manual_seed(2)
-    with torch.no_grad():
-        for name, w in model.named_parameters():
-            if "lora_B" in name:
-                w.copy_(torch.randn(w.shape, generator=gen) * 0.02)
+    model = random_lora(lora_model(base.copy(), config()), seed=2, scale=0.02)
     ids, mask, labels = batch_tensors(rows, pad)
     got = []
     for shared in (0, n):
@@ -301,12 +308,7 @@ def test_gguf_adapter_gives_the_torch_logits(
     from tools.ml.finetune import adapter as ad
     from tools.ml.finetune.train import lora_model, lora_state
 
-    model = lora_model(base.copy(), config())
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, w in model.named_parameters():
-            if "lora_B" in name:
-                w.copy_(torch.randn(w.shape, generator=gen) * 0.1)
+    model = random_lora(lora_model(base.copy(), config()), seed=1, scale=0.1)
     ids = list(encoded[0][1].ids)[:160]  # the system prompt's start: enough to tell
     with torch.no_grad():
         adapted = model(torch.tensor([ids])).logits[0].numpy()
