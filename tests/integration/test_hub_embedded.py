@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import logging
 import socket
-import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from hub.link.broker import BrokerError, BrokerUser
 from hub.link.embedded import EmbeddedBroker, intersects
 from tests.micropython.mqtt_harness import Lab, MicroPythonDevice, run_lab
 from tests.support import micropython
+from tools.base import mqttwire
 from tools.base.ports import free_port
 
 pytestmark = pytest.mark.integration
@@ -128,11 +128,6 @@ async def disconnected(broker: EmbeddedBroker, client_id: str) -> None:
 # -- raw MQTT 3.1.1, for connections that vanish without a DISCONNECT --------------------
 
 
-def _str(s: str | bytes) -> bytes:
-    b = s.encode() if isinstance(s, str) else s
-    return struct.pack("!H", len(b)) + b
-
-
 async def raw_connect(
     broker: EmbeddedBroker,
     user: BrokerUser,
@@ -142,16 +137,10 @@ async def raw_connect(
     will: tuple[str, bytes, int, bool] | None = None,
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, int]:
     """CONNECT by hand; returns the stream and the CONNACK return code."""
-    flags = 0xC0 | 0x02  # user, password, clean session
-    payload = _str(client_id)
-    if will is not None:
-        topic, message, qos, retain = will
-        flags |= 0x04 | (qos << 3) | (0x20 if retain else 0)
-        payload += _str(topic) + _str(message)
-    payload += _str(user.name) + _str(user.password)
-    body = _str("MQTT") + bytes([4, flags]) + struct.pack("!H", keepalive) + payload
     reader, writer = await asyncio.open_connection(broker.bind.host, broker.bind.port)
-    writer.write(bytes([0x10, len(body)]) + body)
+    writer.write(
+        mqttwire.connect(client_id, user.name, user.password, keepalive=keepalive, will=will)
+    )
     await writer.drain()
     connack = await asyncio.wait_for(reader.readexactly(4), WAIT)
     return reader, writer, connack[3]
@@ -363,8 +352,7 @@ def test_a_publish_to_a_dollar_topic_ends_the_connection_with_its_will(tmp_path:
             reader, writer, _ = await raw_connect(
                 broker, PLUG1, "plug-1", will=(status, b"offline", 1, False)
             )
-            topic = _str("$SYS/x")
-            writer.write(bytes([0x30, len(topic) + 1]) + topic + b"!")  # QoS 0
+            writer.write(mqttwire.publish("$SYS/x", b"!"))  # QoS 0
             await writer.drain()
             assert [p for _, p, _, _ in await until(hub, status, b"offline")] == [b"offline"]
             assert await closed_by_peer(reader)
@@ -376,16 +364,6 @@ def test_a_publish_to_a_dollar_topic_ends_the_connection_with_its_will(tmp_path:
     run(scenario)
 
 
-def _remaining(n: int) -> bytes:
-    """MQTT's variable-length remaining length."""
-    out = bytearray()
-    while True:
-        n, digit = divmod(n, 128)
-        out.append(digit | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
 def test_a_connection_is_read_no_further_after_a_bad_packet(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -394,10 +372,11 @@ def test_a_connection_is_read_no_further_after_a_bad_packet(
     # every two bytes. Here the connection ends at the bad packet.
     caplog.set_level(logging.WARNING, logger="amqtt")
     zeros = b"\x00" * 65536
-    topic = _str("aiot/v1/plug-1/up")
+    topic = mqttwire.string("aiot/v1/plug-1/up")
     bad = {
         "reserved packet type": b"\x00\x00",
-        "oversized PUBLISH": b"\x30" + _remaining(len(topic) + len(zeros)) + topic,
+        # the header of a QoS 0 PUBLISH whose payload is the zeros
+        "oversized PUBLISH": b"\x30" + mqttwire.remaining_length(len(topic) + len(zeros)) + topic,
     }
     stats: dict[str, int] = {}
 

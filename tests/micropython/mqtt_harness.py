@@ -36,25 +36,6 @@ Event = dict[str, Any]
 # -- packets, by hand
 
 
-def remaining_length(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b, n = n & 0x7F, n >> 7
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def publish(
-    topic: bytes, payload: bytes, qos: int = 0, pid: int = 0, retain: bool = False
-) -> bytes:
-    body = len(topic).to_bytes(2, "big") + topic
-    if qos:
-        body += pid.to_bytes(2, "big")
-    body += payload
-    return bytes([0x30 | qos << 1 | retain]) + remaining_length(len(body)) + body
-
-
 CONNACK_OK = b"\x20\x02\x00\x00"
 
 

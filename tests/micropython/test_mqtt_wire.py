@@ -21,11 +21,11 @@ from tests.micropython.mqtt_harness import (
     Device,
     Lab,
     puback,
-    publish,
     run_lab,
     suback,
 )
 from tests.support import free_port
+from tools.base.mqttwire import publish
 
 RUNTIMES = [
     pytest.param("micropython", marks=pytest.mark.micropython),

@@ -18,23 +18,11 @@ from protocol import topics, wire
 from tests.cluster.hubs import running_cluster
 from tests.security.mqtt_attack import batch, client
 from tests.support import wait_until
+from tools.base import mqttwire
 
 pytestmark = pytest.mark.cluster
 
 FRAME = 16 * 1024  # [ingest] max_frame_bytes, the default
-
-
-def _remaining(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        n, byte = divmod(n, 128)
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _str(s: str) -> bytes:
-    return len(s.encode()).to_bytes(2, "big") + s.encode()
 
 
 async def oversized(port: int, device: str, password: str, size: int) -> str:
@@ -42,14 +30,12 @@ async def oversized(port: int, device: str, password: str, size: int) -> str:
     ``size``-byte payload, written whole; what the broker did."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
-        body = _str("MQTT") + bytes([4, 0xC2]) + (30).to_bytes(2, "big")
-        body += _str(device) + _str(device) + _str(password)
-        writer.write(b"\x10" + _remaining(len(body)) + body)
+        writer.write(mqttwire.connect(device, device, password, keepalive=30))
         connack = await asyncio.wait_for(reader.readexactly(4), 10)
         if connack[3] != 0:
             return f"refused {connack.hex()}"
-        var = _str(topics.topic(device, "up")) + (1).to_bytes(2, "big")
-        writer.write(b"\x32" + _remaining(len(var) + size) + var)
+        var = mqttwire.string(topics.topic(device, "up")) + (1).to_bytes(2, "big")
+        writer.write(b"\x32" + mqttwire.remaining_length(len(var) + size) + var)  # QoS 1
         with contextlib.suppress(ConnectionError):
             for at in range(0, size, 65536):
                 writer.write(b"\x00" * min(65536, size - at))

@@ -4,8 +4,8 @@
   sequence numbers (``protocol/wire.py`` encode and seal). The template is
   encoded once per device and each frame patches first_seq and base_ts into
   a copy, which ``check`` compares byte for byte with ``wire.encode``.
-- MQTT 3.1.1 packets: CONNECT, SUBSCRIBE and QoS 1 PUBLISH, as the load
-  generator writes them on its own sockets.
+- ``FrameMaker.packet``: the QoS 1 PUBLISH that carries a frame, as the
+  load generator writes it on its own socket (``tools/base/mqttwire.py``).
 - Reading frames in place: the watermark of a signed CommitAck, and the
   device and last sequence number of a TelemetryBatch (for the baseline's
   stand-in, which verifies nothing).
@@ -21,6 +21,7 @@ from typing import Final
 from protocol import messages as m
 from protocol import topics, wire
 from protocol.generated import aiot_generated as g
+from tools.base import mqttwire
 from tools.bench.codec import BenchError
 
 BATCH_READINGS: Final = 32  # the firmware's default batch_readings
@@ -79,49 +80,11 @@ class FrameMaker:
 
     def packet(self, k: int) -> bytes:
         """The QoS 1 PUBLISH packet carrying frame k (packet id from k)."""
-        return publish_packet(self.topic, k % 0xFFFF + 1, self.frame(k))
+        return mqttwire.publish(self.topic, self.frame(k), qos=1, pid=k % 0xFFFF + 1)
 
     def check(self, k: int) -> None:
         if self.frame(k) != wire.seal(wire.encode(self.batch(k)), self.key):
             raise BenchError(f"frame {k} of {self.device_id} differs from wire.encode")
-
-
-# -- MQTT 3.1.1 packets ------------------------------------------------------------------
-
-
-def _varlen(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n % 128, n // 128
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _mstr(s: bytes) -> bytes:
-    return struct.pack(">H", len(s)) + s
-
-
-def connect_packet(client_id: str, user: str, password: str, keepalive: int = 60) -> bytes:
-    """CONNECT, clean session, with user name and password."""
-    body = _mstr(b"MQTT") + bytes([4, 0xC2]) + struct.pack(">H", keepalive)
-    body += _mstr(client_id.encode()) + _mstr(user.encode()) + _mstr(password.encode())
-    return b"\x10" + _varlen(len(body)) + body
-
-
-def subscribe_packet(pid: int, topic: str, qos: int = 1) -> bytes:
-    body = struct.pack(">H", pid) + _mstr(topic.encode()) + bytes([qos])
-    return b"\x82" + _varlen(len(body)) + body
-
-
-def publish_packet(topic: bytes, pid: int, payload: bytes) -> bytes:
-    """PUBLISH at QoS 1."""
-    body = _mstr(topic) + struct.pack(">H", pid) + payload
-    return b"\x32" + _varlen(len(body)) + body
-
-
-PINGREQ: Final = b"\xc0\x00"
-DISCONNECT: Final = b"\xe0\x00"
 
 
 # -- frames read in place ----------------------------------------------------------------

@@ -47,6 +47,7 @@ from collections.abc import Callable
 from typing import Any
 
 from protocol import topics
+from tools.base import mqttwire
 from tools.bench import frames
 from tools.bench.codec import BenchError
 
@@ -119,7 +120,7 @@ class _Link(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         dev = self.dev
-        self.write(frames.connect_packet(dev.id, dev.user, dev.password))
+        self.write(mqttwire.connect(dev.id, dev.user, dev.password))
 
     def write(self, data: bytes) -> None:
         if self.transport is not None:
@@ -163,7 +164,7 @@ class _Link(asyncio.Protocol):
                 if not self.ready.done():
                     self.ready.set_exception(_Refused(f"CONNACK {rc}"))
                 return
-            self.write(frames.subscribe_packet(1, topics.topic(self.dev.id, "down")))
+            self.write(mqttwire.subscribe(1, topics.topic(self.dev.id, "down")))
         elif kind == 0x90:  # SUBACK
             granted = buf[end - 1] if end > start + 2 else 0x80
             if not self.ready.done():
@@ -183,7 +184,7 @@ class _Link(asyncio.Protocol):
     def close(self) -> None:
         if self.transport is not None:
             with contextlib.suppress(Exception):
-                self.transport.write(frames.DISCONNECT)
+                self.transport.write(mqttwire.DISCONNECT)
             self.transport.close()
 
 
@@ -299,7 +300,7 @@ class Generator:
                 if link is None:
                     continue
                 if now - link.sent_at > 20:
-                    link.write(frames.PINGREQ)
+                    link.write(mqttwire.PINGREQ)
                 if (
                     self.running
                     and self.ack_timeout is not None

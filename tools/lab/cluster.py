@@ -37,6 +37,7 @@ import httpx
 from hub.core import config as hub_config
 from hub.core import tls as hub_tls
 from hub.core.procs import die_with_parent
+from tools.base import mqttwire
 from tools.base.errors import ToolError
 from tools.base.hubclient import HubClient, HubError
 from tools.base.paths import ROOT
@@ -469,19 +470,7 @@ def mqtt_connack(
     refused; None when nothing answers. It publishes nothing, so the hub
     sees no presence; the session ends with the socket."""
 
-    def field(text: str) -> bytes:
-        raw = text.encode()
-        return len(raw).to_bytes(2, "big") + raw
-
-    body = field("MQTT") + bytes([4, 0xC2]) + (30).to_bytes(2, "big")
-    body += field(user) + field(user) + field(password)
-    size, length = len(body), b""
-    while True:  # the remaining length, as MQTT's variable-length integer
-        size, digit = divmod(size, 128)
-        length += bytes([digit | (0x80 if size else 0)])
-        if not size:
-            break
-    packet = b"\x10" + length + body
+    packet = mqttwire.connect(user, user, password, keepalive=30)
     try:
         with contextlib.ExitStack() as stack:
             sock = stack.enter_context(socket.create_connection(("127.0.0.1", port), 5))
