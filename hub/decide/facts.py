@@ -42,7 +42,10 @@ from protocol import messages as m
 PROMPT_VERSION: Final = "decide-v1"  # the base model's: two worked examples
 # A fine-tuned adapter's: it reads the policy (``reading_messages``) into the
 # lines of ``grammar.reading_gbnf``; code checks the facts against them.
-ADAPTER_PROMPT_VERSION: Final = "reading-v1"
+# reading-v2: the instructions before the device's actions, and doing nothing
+# first among them, so that every reading prompt starts with the same 72 or
+# so tokens (training runs them once a batch: docs/llm.md, "The shared head").
+ADAPTER_PROMPT_VERSION: Final = "reading-v2"
 
 
 def prompt_version(adapter: bool) -> str:
@@ -224,14 +227,14 @@ def _kind_words(p: m.ParamSpec) -> str:
     return f"{p.name}: text of {lo} to {hi} characters"
 
 
-def describe_actions(caps: Sequence[m.Capability]) -> str:
+def describe_actions(caps: Sequence[m.Capability], *, none_first: bool = False) -> str:
     lines = []
     for c in caps:
         hint = ACTION_HINTS.get(c.action, "")
         params = "; ".join(_kind_words(p) for p in c.params) or "no params"
         lines.append(f"- {c.action}: {hint + '. ' if hint else ''}Params: {params}.")
-    lines.append(f"- {NONE_ACTION}: {NONE_HINT}. Params: no params.")
-    return "\n".join(lines)
+    none = f"- {NONE_ACTION}: {NONE_HINT}. Params: no params."
+    return "\n".join([none, *lines] if none_first else [*lines, none])
 
 
 # Two worked examples on a device unlike any real one (a water pump), so the
@@ -272,11 +275,13 @@ READ_ASK: Final = "Read the policy."
 
 
 def _reading_system(caps: Sequence[m.Capability], policy: str) -> str:
+    # What every device shares first (the instructions, then doing nothing),
+    # then its own actions, then the policy.
     return (
         "Read the operator's policy for one device.\n"
-        f"Actions:\n{describe_actions(caps)}\n"
         "Write one line a rule, in the policy's order: its conditions as the fact keys "
         "they need, then -> and its action. Last, the default.\n"
+        f"Actions:\n{describe_actions(caps, none_first=True)}\n"
         f"Policy: {policy.strip()}"
     )
 

@@ -235,19 +235,24 @@ def test_a_shared_head_gives_the_loss_and_gradients_of_the_whole_rows(
 def test_training_with_a_shared_head_runs_the_same_first_step(
     base: Any, encoded: tuple[list[Any], int], tmp_path: Path
 ) -> None:
-    """``shared_head`` with groups: the batches of one group and the head run once
-    give the first step's loss of the rows run whole (bf16: close, not equal);
-    group keys that do not fit the examples are refused."""
+    """``shared_head`` on a batch of devices with other actions (every reading
+    prompt starts with the same instructions and doing nothing, run once)
+    gives the first step's loss of the rows run whole (bf16: close, not
+    equal); with ``group_actions``, group keys that do not fit are refused."""
+    from tools.ml.finetune.train import shared_prefix
+
     examples, pad = encoded
     three = examples[:3]
+    assert len({tuple(e.ids[: e.n_prompt]) for e in three}) == 3
+    assert shared_prefix(three) >= 60
     losses = []
     for share in (False, True):
         cfg = config(batch=3, steps=1, shared_head=share)
-        _m, run = _train(base, three, pad, tmp_path / str(share), cfg=cfg, groups=["g"] * 3)
+        _m, run = _train(base, three, pad, tmp_path / str(share), cfg=cfg)
         losses.append(run.losses[0])
     assert abs(losses[0] - losses[1]) <= 0.01 * losses[0], losses
     with pytest.raises(ValueError, match="2 group keys for 3 examples"):
-        cfg = config(batch=3, steps=1, shared_head=True)
+        cfg = config(batch=3, steps=1, group_actions=True)
         _train(base, three, pad, tmp_path / "bad", cfg=cfg, groups=["g"] * 2)
 
 

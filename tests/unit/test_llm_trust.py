@@ -26,6 +26,7 @@ from hub.decide.llm import (
     resolve_model,
     trust,
 )
+from protocol import messages as m
 from protocol.profiles import PLUG_CAPABILITIES
 from tools.cli import evaluate as cli_models
 from tools.ml import install_llm
@@ -223,6 +224,20 @@ def test_an_adapter_is_asked_to_read_the_policy_alone() -> None:
     full = f.build_messages(PLUG_CAPABILITIES, (f.relay_fact(True),), policy)
     assert len(json.dumps(msgs)) < len(json.dumps(full)) and "water pump" not in json.dumps(msgs)
     assert f.prompt_version(True) == f.ADAPTER_PROMPT_VERSION != f.prompt_version(False)
+
+
+def test_every_reading_prompt_starts_with_what_all_devices_share() -> None:
+    # The instructions, then doing nothing, then the device's own actions:
+    # a plug's prompt and a fan's agree up to the device's first action.
+    fan = (m.Capability("fan.speed", (m.ParamSpec("speed", m.ParamKind.Int, 0, 3),)),)
+    plug = f.reading_messages(PLUG_CAPABILITIES, "p")[0]["content"]
+    other = f.reading_messages(fan, "q")[0]["content"]
+    shared = next(i for i, (a, b) in enumerate(zip(plug, other, strict=False)) if a != b)
+    head = plug[:shared]
+    assert head.startswith("Read the operator's policy") and "Write one line a rule" in head
+    assert head.endswith("Params: no params.\n- ")
+    none = f"- {grammar.NONE_ACTION}:"
+    assert head.index("Write one line") < head.index("Actions:") < head.index(none)
 
 
 def test_facts_are_words_not_numbers() -> None:

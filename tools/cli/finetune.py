@@ -123,8 +123,15 @@ def models_finetune(
     shared_head: Annotated[
         bool,
         typer.Option(
-            help="Batch one device's actions together and run their shared prompt head once "
-            "a batch (faster; not the recipe: docs/llm.md, 'The shared head')."
+            help="Run the prompt head a batch's examples share once a batch (the same loss "
+            "and gradients, less work: docs/llm.md, 'The shared head')."
+        ),
+    ] = True,
+    group_actions: Annotated[
+        bool,
+        typer.Option(
+            help="Batch one device's actions together: a longer shared head, but it scored "
+            "lower (not the recipe)."
         ),
     ] = False,
     lr: Annotated[float, typer.Option(min=0.0, help="Peak learning rate.")] = RECIPE_LR,
@@ -178,6 +185,7 @@ def models_finetune(
         batch=batch,
         bucket=bucket,
         shared_head=shared_head,
+        group_actions=group_actions,
         lr=lr,
         rank=rank,
         alpha=2.0 * rank,

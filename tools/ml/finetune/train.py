@@ -45,9 +45,12 @@ class TrainConfig:
     bf16: bool = True
     save_every: int = 50
     bucket: int = 16  # batches cut from one run of examples sorted by length; 1: none
-    # A batch holds examples of one group (one device's actions: one prompt
-    # head), and the tokens its examples share run once (``shared_prefix``).
-    shared_head: bool = False
+    # The tokens a batch's examples share (the prompt's head) run once
+    # (``shared_prefix``): the same loss and gradients, less work.
+    shared_head: bool = True
+    # A batch holds examples of one group (one device's actions: a longer
+    # shared head). Not the recipe: it scored lower (docs/llm.md).
+    group_actions: bool = False
 
     def total_steps(self, per_epoch: int) -> int:
         """``steps`` when set (the epochs go on as far as needed), else every epoch."""
@@ -305,8 +308,9 @@ def train(
     """Train LoRA on ``model`` (changed in place: the peft model is ``run``'s input
     afterwards); a checkpoint every ``save_every`` steps and at the end.
     ``groups``: a key per example (the device's actions, which the prompt's
-    head is rendered from); with ``cfg.shared_head`` a batch holds one
-    group's examples, and their shared head runs once."""
+    head is rendered from); with ``cfg.group_actions`` a batch holds one
+    group's examples. With ``cfg.shared_head`` the tokens a batch's examples
+    share run once."""
     torch.set_num_threads(cfg.threads)
     torch.use_deterministic_algorithms(True)
     peft_model = lora_model(model, cfg)
@@ -314,7 +318,9 @@ def train(
     optim = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     take = cfg.batch
     lengths = [len(e.ids) for e in examples]
-    keys = groups if cfg.shared_head else None
+    keys = groups if cfg.group_actions else None
+    if cfg.group_actions and keys is None:
+        raise ValueError("group_actions needs a group key per example")
     if keys is not None and len(keys) != len(examples):
         raise ValueError(f"{len(keys)} group keys for {len(examples)} examples")
     # The count of batches does not depend on the epoch's order.
