@@ -337,6 +337,61 @@ def test_gguf_adapter_gives_the_torch_logits(
     assert errors[False] > 3 * errors[True], errors
 
 
+def test_lora_on_the_upper_layers_only(
+    base: Any, encoded: tuple[list[Any], int], gguf: Path, tmp_path: Path
+) -> None:
+    """``lora_from``: the lower layers carry no LoRA and run outside autograd
+    (the backward pass stops at the first adapted layer); the GGUF adapter
+    holds the upper layers' tensors alone and llama.cpp computes torch's logits."""
+    import torch
+
+    from tools.ml.finetune import adapter as ad
+    from tools.ml.finetune.train import lora_model, lora_state, step_loss
+
+    first = base.n_layer - 4
+    model = random_lora(lora_model(base.copy(), config(lora_from=first)), seed=2, scale=0.25)
+    adapted = {
+        int(n.split(".layers.")[1].split(".")[0])
+        for n, _ in model.named_parameters()
+        if "lora_" in n
+    }
+    assert adapted == set(range(first, base.n_layer))
+    tracked: dict[int, bool] = {}
+    layers = model.get_base_model().model.layers
+    for i in (first - 1, first):
+        layers[i].register_forward_hook(
+            lambda _m, _a, out, i=i: tracked.__setitem__(
+                i, (out[0] if isinstance(out, tuple) else out).requires_grad
+            )
+        )
+    examples, pad = encoded
+    loss, _ = step_loss(model, examples, [0, 1], pad, bf16=True)
+    loss.backward()
+    assert tracked == {first - 1: False, first: True}
+    grads = [p.grad for n, p in model.named_parameters() if "lora_A" in n]
+    assert grads and all(g is not None and bool(g.abs().sum() > 0) for g in grads)
+
+    ids = list(examples[1].ids)[:160]
+    with torch.no_grad():
+        torch_logits = model(torch.tensor([ids])).logits[0].numpy()
+        with model.disable_adapter():
+            plain = model(torch.tensor([ids])).logits[0].numpy()
+    lora = {k: v.numpy() for k, v in lora_state(model).items()}
+    path = tmp_path / "upper.gguf"
+    ad.write(path, ad.gguf_tensors(lora, base.n_head, base.n_head_kv), alpha=config().alpha)
+    _, back = ad.read(path)
+    assert {int(k.split(".")[1]) for k in back} == set(range(first, base.n_layer))
+    assert len(back) == 2 * 7 * 4
+    effect = _rel(torch_logits, plain)
+    base_error = _rel(_llama_logits(gguf, None, ids), plain)
+    error = _rel(_llama_logits(gguf, path, ids), torch_logits)
+    assert effect > 0.1, effect
+    assert error < 2 * base_error + 0.02 and error < effect / 4, (error, base_error, effect)
+
+    with pytest.raises(ValueError, match="outside"):
+        lora_model(base.copy(), config(lora_from=base.n_layer))
+
+
 NEAR_TIE = 0.25  # logits: where Q4_0 arithmetic may swap torch's two best
 
 

@@ -136,6 +136,13 @@ def models_finetune(
     ] = False,
     lr: Annotated[float, typer.Option(min=0.0, help="Peak learning rate.")] = RECIPE_LR,
     rank: Annotated[int, typer.Option(min=1, help="LoRA rank.")] = 16,
+    lora_from: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="LoRA on the layers from this one up (0: all); the backward pass stops there.",
+        ),
+    ] = 0,
     seed: Annotated[int, typer.Option(help="Same seed, data and threads: same adapter.")] = 0,
     threads: Annotated[int, typer.Option(min=1, help="CPU threads for torch and llama.cpp.")] = 2,
     eval_n: Annotated[
@@ -189,6 +196,7 @@ def models_finetune(
         lr=lr,
         rank=rank,
         alpha=2.0 * rank,
+        lora_from=lora_from,
         threads=threads,
         save_every=save_every,
     )

@@ -41,6 +41,8 @@ class TrainConfig:
     warmup: int = 10
     rank: int = 16
     alpha: float = 32.0
+    # LoRA on the layers from this one up: the backward pass stops there.
+    lora_from: int = 0
     threads: int = 2
     bf16: bool = True
     save_every: int = 50
@@ -107,11 +109,17 @@ def lora_model(model: Any, cfg: TrainConfig) -> Any:
     from peft import LoraConfig, get_peft_model  # lazy: the finetune extra
 
     torch.manual_seed(cfg.seed)
+    n_layers = int(model.config.num_hidden_layers)
+    if not 0 <= cfg.lora_from < n_layers:
+        raise ValueError(
+            f"lora_from {cfg.lora_from} is outside the model's 0..{n_layers - 1} layers"
+        )
     lcfg = LoraConfig(
         r=cfg.rank,
         lora_alpha=cfg.alpha,
         lora_dropout=0.0,
         target_modules=list(TENSORS),
+        layers_to_transform=list(range(cfg.lora_from, n_layers)) if cfg.lora_from else None,
         bias="none",
     )
     with warnings.catch_warnings():
