@@ -478,7 +478,9 @@ def test_finetune_command_writes_a_signed_evaluated_adapter(
     assert man["base"]["sha256"] == json.loads(gguf.with_suffix(".json").read_text())["sha256"]
     assert man["data"]["generator"] == dataset.GENERATOR and man["data"]["seed"] == 0
     assert man["training"]["steps_done"] == 1 and len(man["loss_curve"]) == 1
-    assert man["training"]["trainable_parameters"] == 4_884_480
+    # the recipe's rank 32 on the 7 projections of the 30 layers: 2 * 4,884,480
+    assert man["training"]["rank"] == 32 and man["training"]["alpha"] == 64.0
+    assert man["training"]["trainable_parameters"] == 9_768_960
     assert man["eval"]["n"] == 1 and man["eval"]["adapter_sha256"] == man["sha256"]
     # Each scenario's reading, to see what the adapter misread.
     (line,) = (out / "eval-readings.jsonl").read_text().splitlines()

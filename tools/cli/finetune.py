@@ -56,6 +56,7 @@ class _Bar:
 # it too): the defaults of the command, so that with no options it rebuilds it.
 RECIPE_EXAMPLES = 1600
 RECIPE_LR = 8e-4
+RECIPE_RANK = 32  # alpha twice the rank (docs/llm.md, run 21)
 RECIPE_TEST = 300
 
 
@@ -135,7 +136,7 @@ def models_finetune(
         ),
     ] = False,
     lr: Annotated[float, typer.Option(min=0.0, help="Peak learning rate.")] = RECIPE_LR,
-    rank: Annotated[int, typer.Option(min=1, help="LoRA rank.")] = 16,
+    rank: Annotated[int, typer.Option(min=1, help="LoRA rank (alpha twice it).")] = RECIPE_RANK,
     lora_from: Annotated[
         int,
         typer.Option(
