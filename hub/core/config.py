@@ -116,7 +116,7 @@ The format, with defaults:
     llm_trust_threshold = 0.9         # eval accuracy needed before the LLM may actuate
     llm_report = ""                   # its `aiot eval decisions --json` report; default
                                       # models/eval/results/<model>.json
-    policy = "When power is over the limit, switch the relay off. ..."
+    policy = "If the device is marked critical, do nothing: ..."
                                       # the LLM tier's policy in words for every device class
                                       # (1-4000 characters, as for a class below)
     policies = { heater = "Never switch a heater off between 06:00 and 09:00. ..." }
@@ -351,10 +351,11 @@ class DecisionsConfig:
     llm_deadline_ms: int = 5000
     llm_trust_threshold: float = 0.9
     llm_report: Path | None = None
+    # Ordered rules with the default said: the form the shipped adapter reads
+    # right (docs/llm.md, "Operator policies").
     policy: str = (
-        "When power is over the limit, switch the relay off. Never switch off a device "
-        "marked critical: for a critical device do nothing, the operator decides. When "
-        "power is under the limit, do nothing."
+        "If the device is marked critical, do nothing: the operator decides. If power is "
+        "over the limit, switch the relay off. Otherwise, do nothing."
     )
     policies: tuple[tuple[str, str], ...] = ()  # (device class, policy in words)
 

@@ -170,6 +170,38 @@ def test_an_adapter_reads_each_policy_once_and_decides_with_its_reading() -> Non
 
 
 @pytest.mark.llm
+def test_the_shipped_adapter_reads_the_default_policy_right() -> None:
+    """A hub with no policy of its own runs ``[decisions] policy``: the shipped
+    adapter's reading of it keeps a critical device on, switches a plug over
+    its limit off and does nothing otherwise (near the limit too)."""
+    found = reg.shipped_adapter(MODELS_DIR)
+    assert found is not None and found[0].path is not None, "models/llm-adapter/ ships one"
+    adapter = found[0]
+    policy = DecisionsConfig().policy
+    caps = model_capabilities(PLUG_CAPABILITIES)
+    on = f.relay_fact(True)
+    cases = [
+        ([f.power_fact(over_for_s=30), on], "relay.set"),
+        ([f.power_fact(over_for_s=30), on, f.critical_fact()], "none"),
+        ([f.power_fact(near=True), on], "none"),
+        ([f.power_fact(), on], "none"),
+        ([f.power_fact(), on, f.anomaly_fact(0.95)], "none"),
+    ]
+
+    async def run() -> str:
+        async with LlmWorker(base_model(), lora_path=adapter.path) as w:
+            await w.prime(PLUG_CAPABILITIES, policy)
+            said = w.reading(PLUG_CAPABILITIES, policy)
+            assert said is not None
+            return said
+
+    said = asyncio.run(run())
+    for facts, action in cases:
+        got = rd.decide(rd.parse(said), facts, caps).decision
+        assert got is not None and got.action == action, (facts, said)
+
+
+@pytest.mark.llm
 def test_a_reading_that_fails_falls_back_and_is_not_retried_at_once(tmp_path: Path) -> None:
     base = base_model()
     path, man = write_adapter(tmp_path / "a", base, seed=4, layers=2)
